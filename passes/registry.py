@@ -1,0 +1,97 @@
+"""The pass table: every reforge pass, its summary and paper, prerequisites and defaults.
+
+``reforge passes`` prints this table, and the pipeline selects from it; nothing else lists passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import tvm
+
+from reforge.errors import ReforgeError
+
+from .fold_batchnorm import FoldBatchNorm
+from .remove_noops import RemoveNoops
+from .tvm_builtin import DeadCode, FoldConstants
+
+OPT_LEVELS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class PassInfo:
+    """One row of the table.
+
+    ``level``: the lowest -O level that runs the pass by default (None: only on request);
+    ``targets``: target kinds where it is on by default (None: every target);
+    ``rtol``: the relative error ``--verify`` accepts after this pass (max|Δ| / max|reference|).
+    """
+
+    name: str
+    make: Callable[[], tvm.transform.Pass]
+    summary: str
+    paper: str
+    level: int | None = 1
+    targets: frozenset[str] | None = None
+    requires: tuple[str, ...] = ()
+    rtol: float = 1e-4
+
+    def on_by_default(self, opt_level: int, target_kind: str) -> bool:
+        return (self.level is not None and opt_level >= self.level
+                and (self.targets is None or target_kind in self.targets))
+
+
+PASSES: dict[str, PassInfo] = {p.name: p for p in [
+    PassInfo("remove-noops", RemoveNoops,
+             "drop inference no-ops: Dropout, eval-mode DropConnect / stochastic depth / frequency dropout "
+             "remains (x1, +0), identity reshapes, casts and transposes",
+             "Srivastava et al., Dropout, JMLR 2014; Wan et al., DropConnect, ICML 2013", rtol=1e-6),
+    PassInfo("fold-constants", FoldConstants,
+             "evaluate operators whose inputs are all constants at compile time",
+             "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 9.4 constant propagation", rtol=1e-6),
+    PassInfo("fold-batchnorm", FoldBatchNorm,
+             "fold inference BatchNorm (and constant per-channel scales/shifts) into the neighbouring "
+             "conv / dense; a lone BatchNorm becomes a per-channel affine",
+             "Ioffe & Szegedy, Batch Normalization, ICML 2015; Jacob et al., CVPR 2018 (sec. 3.2 folding)",
+             requires=("fold-constants",)),
+    PassInfo("dead-code", DeadCode,
+             "remove bindings and functions whose results are never used",
+             "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 8.5 dead-code elimination", rtol=1e-6),
+]}
+
+
+def get(name: str) -> PassInfo:
+    if name not in PASSES:
+        raise ReforgeError(f"unknown pass '{name}'; `reforge passes` lists them: {', '.join(PASSES)}")
+    return PASSES[name]
+
+
+def select(opt_level: int = 2, target_kind: str = "x86", enable=(), disable=(),
+           passes: list[str] | None = None) -> list[str]:
+    """The passes to run, in table order, with prerequisites added.
+
+    ``passes`` replaces the -O level's defaults with an explicit list; ``enable`` / ``disable``
+    adjust either. Disabling a prerequisite of a pass that runs is an error.
+    """
+    if opt_level not in OPT_LEVELS:
+        raise ReforgeError(f"unknown optimization level -O{opt_level}; use one of "
+                           f"{', '.join(f'-O{o}' for o in OPT_LEVELS)}")
+    for name in [*enable, *disable, *(passes or [])]:
+        get(name)
+    if passes is not None:
+        chosen = set(passes)
+    else:
+        chosen = {n for n, p in PASSES.items() if p.on_by_default(opt_level, target_kind)}
+    chosen = (chosen | set(enable)) - set(disable)
+    pending = list(chosen)
+    while pending:
+        for req in PASSES[pending.pop()].requires:
+            if req in disable:
+                users = sorted(n for n in chosen if req in PASSES[n].requires)
+                raise ReforgeError(f"cannot disable '{req}': '{users[0]}' requires it "
+                                   f"(disable '{users[0]}' too)")
+            if req not in chosen:
+                chosen.add(req)
+                pending.append(req)
+    return [n for n in PASSES if n in chosen]

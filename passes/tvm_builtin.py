@@ -1,0 +1,39 @@
+"""fold-constants and dead-code: TVM's own passes, wrapped to report what they removed."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from .graph import ops_histogram
+from .report import PassReport
+
+
+def _removed_calls(before: tvm.IRModule, after: tvm.IRModule) -> int:
+    return sum(ops_histogram(before).values()) - sum(ops_histogram(after).values())
+
+
+@tvm.transform.module_pass(opt_level=0, name="reforge.fold-constants")
+class FoldConstants:
+    """Evaluate every operator whose inputs are all constants at compile time."""
+
+    def __init__(self):
+        self.report = PassReport()
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        new = relax.transform.FoldConstant()(mod)
+        self.report.count("calls evaluated", _removed_calls(mod, new))
+        return new
+
+
+@tvm.transform.module_pass(opt_level=0, name="reforge.dead-code")
+class DeadCode:
+    """Remove bindings and functions whose results are never used."""
+
+    def __init__(self):
+        self.report = PassReport()
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        new = relax.transform.DeadCodeElimination()(relax.transform.CanonicalizeBindings()(mod))
+        self.report.count("calls removed", _removed_calls(mod, new))
+        return new

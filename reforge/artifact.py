@@ -1,0 +1,140 @@
+"""The deployable artifact: one .tar holding the compiled module (``model.so``) and
+``manifest.json`` (signature, target, passes, verification, versions, SHA-256 of each file).
+
+An artifact contains native code that ``load`` executes: run only artifacts you trust. ``load``
+refuses archives with unexpected members (links, paths outside the archive, extra files) and
+files whose SHA-256 does not match the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+
+import numpy as np
+import tvm
+
+from reforge.frontend.tensor_spec import TensorSpec
+
+from .errors import ReforgeError, one_line
+from .execution import Runner, check_inputs
+from .native_log import quiet_stderr
+from .targets import get_target
+
+FORMAT = "reforge-artifact/1"
+LIBRARY = "model.so"
+MANIFEST = "manifest.json"
+
+
+class Artifact:
+    """A compiled model: run it, time it, save it as a .tar."""
+
+    def __init__(self, executable, manifest: dict):
+        self.executable, self.manifest = executable, manifest
+        self._runner: Runner | None = None
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec.from_json(d) for d in self.manifest["inputs"]]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec.from_json(d) for d in self.manifest["outputs"]]
+
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            self._runner = Runner(self.executable)
+        return self._runner
+
+    def run(self, inputs) -> dict[str, np.ndarray]:
+        """Run on ``inputs`` (dict by input name, list, or one array); outputs by name."""
+        outs = self.runner.run(check_inputs(self.inputs, inputs))
+        return {spec.name: out for spec, out in zip(self.outputs, outs)}
+
+    def time(self, inputs, repeat: int = 20) -> np.ndarray:
+        """Seconds per run for ``repeat`` runs after warm-up."""
+        return self.runner.time(check_inputs(self.inputs, inputs), repeat)
+
+    def save(self, path: str) -> str:
+        """Write the artifact to ``path`` (a .tar)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            lib = os.path.join(tmp, LIBRARY)
+            with quiet_stderr():
+                self.executable.export_library(lib)
+            with open(lib, "rb") as f:
+                blob = f.read()
+        manifest = dict(self.manifest, files={LIBRARY: hashlib.sha256(blob).hexdigest()})
+        data = json.dumps(manifest, indent=2).encode()
+        out_dir = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(out_dir):
+            raise ReforgeError(f"cannot write '{path}': folder '{out_dir}' does not exist")
+        with tarfile.open(path, "w") as tar:
+            for name, payload in ((MANIFEST, data), (LIBRARY, blob)):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(payload), 0o644
+                tar.addfile(info, io.BytesIO(payload))
+        self.manifest = manifest
+        return path
+
+
+def load(path: str) -> Artifact:
+    """Load an artifact written by ``Artifact.save``, checking its integrity first."""
+    members = _read_members(path)
+    try:
+        manifest = json.loads(members[MANIFEST])
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ReforgeError(f"'{path}': manifest.json is not valid JSON: {one_line(err)}") from err
+    if manifest.get("format") != FORMAT:
+        raise ReforgeError(f"'{path}' has artifact format {manifest.get('format')!r}; this reforge reads {FORMAT}")
+    expected = manifest.get("files", {})
+    if set(expected) != {LIBRARY}:
+        raise ReforgeError(f"'{path}': manifest.json does not list the SHA-256 of {LIBRARY}")
+    if hashlib.sha256(members[LIBRARY]).hexdigest() != expected[LIBRARY]:
+        raise ReforgeError(f"'{path}' was modified after compilation: {LIBRARY} does not match its "
+                           "SHA-256 in manifest.json; refusing to load it")
+    target = manifest["target"]
+    host = get_target("x86")
+    missing = sorted(set(target.get("features", [])) - host.features)
+    if target.get("kind") != "x86" or missing:
+        raise ReforgeError(f"'{path}' was built for target '{target.get('name')}' and needs "
+                           f"{', '.join(missing) or target.get('kind')}, which this machine lacks")
+    with tempfile.TemporaryDirectory() as tmp:
+        lib_path = os.path.join(tmp, LIBRARY)
+        with open(lib_path, "wb") as f:
+            f.write(members[LIBRARY])
+        try:
+            lib = tvm.runtime.load_module(lib_path)
+        except Exception as err:  # TVM raises its own error types from dlopen failures
+            raise ReforgeError(f"'{path}': cannot load {LIBRARY}: {one_line(err)}") from err
+    return Artifact(lib, manifest)
+
+
+def _read_members(path: str) -> dict[str, bytes]:
+    """The two regular files of an artifact; anything else in the archive is refused."""
+    if not os.path.isfile(path):
+        raise ReforgeError(f"artifact '{path}' not found")
+    try:
+        tar = tarfile.open(path, "r")
+    except (tarfile.TarError, OSError) as err:
+        raise ReforgeError(f"'{path}' is not a reforge artifact (not a tar archive)") from err
+    found: dict[str, bytes] = {}
+    with tar:
+        try:
+            for member in tar.getmembers():
+                if member.name not in (MANIFEST, LIBRARY) or not member.isfile():
+                    raise ReforgeError(f"'{path}' holds an unexpected member '{member.name}'; a reforge "
+                                       f"artifact has exactly {MANIFEST} and {LIBRARY}")
+                if member.name in found:
+                    raise ReforgeError(f"'{path}' holds '{member.name}' twice")
+                found[member.name] = tar.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise ReforgeError(f"'{path}' is a damaged tar archive: {one_line(err)}") from err
+    for name in (MANIFEST, LIBRARY):
+        if name not in found:
+            raise ReforgeError(f"'{path}' is not a reforge artifact: it has no {name}")
+    return found

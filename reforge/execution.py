@@ -1,0 +1,61 @@
+"""Running a Relax executable on numpy inputs, checked against its signature."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from reforge.frontend.tensor_spec import TensorSpec
+
+from .errors import ReforgeError
+
+
+def check_inputs(specs: list[TensorSpec], inputs) -> list[np.ndarray]:
+    """Order ``inputs`` (a dict by name, a list, or one array) as ``specs``, refusing mismatches."""
+    names = [s.name for s in specs]
+    if isinstance(inputs, np.ndarray):
+        inputs = [inputs]
+    if isinstance(inputs, (list, tuple)):
+        if len(inputs) != len(specs):
+            raise ReforgeError(f"the module takes {len(specs)} inputs ({', '.join(names)}); got {len(inputs)}")
+        inputs = dict(zip(names, inputs))
+    unknown = sorted(set(inputs) - set(names))
+    if unknown:
+        raise ReforgeError(f"unknown input '{unknown[0]}'; the module's inputs are: {', '.join(names)}")
+    arrays = []
+    for spec in specs:
+        if spec.name not in inputs:
+            raise ReforgeError(f"missing input '{spec.name}' ({spec.dtype}{list(spec.shape)})")
+        a = np.asarray(inputs[spec.name])
+        if tuple(a.shape) != spec.shape:
+            raise ReforgeError(f"input '{spec.name}' has shape {list(a.shape)}; the module was compiled "
+                               f"for {list(spec.shape)}")
+        if a.dtype.name != spec.dtype:
+            raise ReforgeError(f"input '{spec.name}' has dtype {a.dtype.name}; the module expects {spec.dtype}")
+        arrays.append(np.ascontiguousarray(a))
+    return arrays
+
+
+def _flatten(value) -> list[np.ndarray]:
+    if isinstance(value, tvm.runtime.Tensor):
+        return [value.numpy()]
+    return [a for v in value for a in _flatten(v)]
+
+
+class Runner:
+    """A Relax VM over an executable (in memory or loaded from a .so) on the CPU."""
+
+    def __init__(self, executable):
+        self.device = tvm.cpu()
+        self.vm = relax.VirtualMachine(executable, self.device)
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return _flatten(self.vm["main"](*(tvm.runtime.tensor(a, self.device) for a in arrays)))
+
+    def time(self, arrays: list[np.ndarray], repeat: int, warmup: int = 3) -> np.ndarray:
+        """Seconds per run for ``repeat`` runs after ``warmup`` runs."""
+        args = [tvm.runtime.tensor(a, self.device) for a in arrays]
+        self.vm.save_function("main", "_timed_main", *args)
+        timer = self.vm.time_evaluator("_timed_main", self.device, number=1, repeat=repeat + warmup)
+        return np.asarray(timer().results[warmup:])
