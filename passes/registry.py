@@ -44,15 +44,15 @@ class PassInfo:
 
 PASSES: dict[str, PassInfo] = {p.name: p for p in [
     PassInfo("remove-noops", RemoveNoops,
-             "drop inference no-ops: Dropout, eval-mode DropConnect / stochastic depth / frequency dropout "
-             "remains (x1, +0), identity reshapes, casts and transposes",
+             "drop inference no-ops: Dropout, eval-mode DropConnect / frequency-dropout remains (x1, +0), "
+             "identity reshapes / casts / transposes",
              "Srivastava et al., Dropout, JMLR 2014; Wan et al., DropConnect, ICML 2013", rtol=1e-6),
     PassInfo("fold-constants", FoldConstants,
              "evaluate operators whose inputs are all constants at compile time",
              "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 9.4 constant propagation", rtol=1e-6),
     PassInfo("fold-batchnorm", FoldBatchNorm,
-             "fold inference BatchNorm (and constant per-channel scales/shifts) into the neighbouring "
-             "conv / dense; a lone BatchNorm becomes a per-channel affine",
+             "fold BatchNorm and constant channel scales / shifts into the neighbouring conv / dense; "
+             "a lone BatchNorm becomes a per-channel affine",
              "Ioffe & Szegedy, Batch Normalization, ICML 2015; Jacob et al., CVPR 2018 (sec. 3.2 folding)",
              requires=("fold-constants",)),
     PassInfo("dead-code", DeadCode,

@@ -85,9 +85,9 @@ class _Remove(relax.PyExprMutator):
         drop = self.lookup_binding(op.tuple_value) if isinstance(op.tuple_value, relax.Var) else None
         if op_name(drop) != "relax.nn.dropout":
             return op
-        self.report.count("dropout")
         x = drop.args[0]
         if op.index == 0:
+            self.report.count("dropout")
             return x
         mask_ty = op.ty
         return relax.op.ones(relax.ShapeExpr(list(mask_ty.shape.values)), str(mask_ty.dtype))

@@ -35,6 +35,7 @@ class Artifact:
 
     def __init__(self, executable, manifest: dict):
         self.executable, self.manifest = executable, manifest
+        self.imported = None  # the ImportedModel it was compiled from, when compiled in this process
         self._runner: Runner | None = None
 
     @property

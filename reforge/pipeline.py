@@ -68,8 +68,8 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
     ref_name = "onnxruntime" if imported.source == "onnx" else "pytorch"
     if verify:
         reference = imported.reference(feeds)
-        baseline = run_module(imported.mod, arrays, host)
-        checks.append(check("import", ref_name, baseline, reference, IMPORT_RTOL))
+        previous = run_module(imported.mod, arrays, host)
+        checks.append(check("import", ref_name, previous, reference, IMPORT_RTOL))
 
     mod, records = imported.mod, []
     for name in names:
@@ -78,8 +78,10 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
         before, start = graph_stats(mod), time.perf_counter()
         mod = pass_(mod)
         record = PassRecord(name, pass_.report, before, graph_stats(mod), time.perf_counter() - start)
-        if verify:
-            record.check = check(name, "imported module", run_module(mod, arrays, host), baseline, info.rtol)
+        if verify:  # each pass against the module it received
+            out = run_module(mod, arrays, host)
+            record.check = check(name, "before the pass", out, previous, info.rtol)
+            previous = out
         records.append(record)
         say(f"pass {name}: {record.report.total} rewrites")
 
@@ -87,6 +89,7 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
     executable = build(mod, tgt)
     say(f"built for {tgt.name} in {time.perf_counter() - start:.1f} s")
     artifact = Artifact(executable, _manifest(imported, tgt, opt_level, records))
+    artifact.imported = imported
     if verify:
         if host_can_run(tgt):
             final = artifact.run(feeds)

@@ -1,0 +1,153 @@
+"""Timing reforge against onnxruntime and PyTorch in one process, on the same inputs."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .errors import ReforgeError, one_line
+from .verify import compare
+
+BASELINES = ("onnxruntime", "torch")
+
+
+@dataclass
+class Timing:
+    runtime: str
+    times_ms: list[float] | None = None
+    rel_err: float | None = None  # outputs vs reforge's
+    unavailable: str | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times_ms)
+
+    def to_json(self) -> dict:
+        if self.unavailable:
+            return {"runtime": self.runtime, "unavailable": self.unavailable}
+        return {"runtime": self.runtime, "median_ms": self.median, "min_ms": min(self.times_ms),
+                "runs": len(self.times_ms), "rel_err_vs_reforge": self.rel_err}
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` threads in TVM's runtime pool and in PyTorch (onnxruntime is set per session)."""
+    import torch
+    import tvm
+
+    torch.set_num_threads(n)
+    os.environ["TVM_NUM_THREADS"] = str(n)
+    tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1: all (big) cores
+
+
+def time_calls(fn: Callable[[], object], repeat: int, warmup: int = 3) -> list[float]:
+    """Milliseconds of ``repeat`` calls of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _onnxruntime_runner(model, imported, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.log_severity_level = 3
+    if imported.source == "onnx":
+        src = model if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
+    else:
+        src = _export_onnx(model, imported)
+    session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return lambda feeds: session.run(None, dict(zip(names, feeds.values())))
+
+
+def _export_onnx(model, imported) -> bytes:
+    """A torch model as ONNX (torch.onnx's exporter) for the onnxruntime baseline."""
+    import torch
+
+    program = model if isinstance(model, torch.export.ExportedProgram) else None
+    if isinstance(model, (str, os.PathLike)):
+        program = torch.export.load(os.fspath(model))
+    module = program.module() if program is not None else model
+    args = tuple(torch.from_numpy(a) for a in imported.random_inputs().values())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        torch.onnx.export(program if program is not None else module, args, path, dynamo=True,
+                          external_data=False, verbose=False)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def _torch_runner(model, imported):
+    import torch
+
+    if imported.source == "onnx":
+        raise ReforgeError("the model is ONNX; there is no PyTorch module to run")
+    module = model
+    if isinstance(model, (str, os.PathLike)):
+        module = torch.export.load(os.fspath(model)).module()
+    elif isinstance(model, torch.export.ExportedProgram):
+        module = model.module()
+
+    def run(feeds):
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(a) for a in feeds.values()))
+        return [t.numpy() for t in torch.utils._pytree.tree_leaves(out)]
+
+    return run
+
+
+def bench(model, artifact, imported, against=BASELINES, threads: int = 1, repeat: int = 30,
+          seed: int = 0) -> list[Timing]:
+    """Median latency of reforge's ``artifact`` and of each baseline on one set of random inputs."""
+    if repeat < 20:
+        raise ReforgeError(f"--repeat {repeat}: benchmarks take the median of at least 20 runs")
+    unknown = [a for a in against if a not in BASELINES]
+    if unknown:
+        raise ReforgeError(f"unknown baseline '{unknown[0]}'; choose from: {', '.join(BASELINES)}")
+    set_threads(threads)
+    feeds = imported.random_inputs(seed)
+    runner = artifact.runner
+    import tvm
+
+    args = [tvm.runtime.tensor(feeds[s.name], runner.device) for s in imported.inputs]
+    ours = runner.run(list(feeds.values()))
+    results = [Timing("reforge", time_calls(lambda: runner.vm["main"](*args), repeat))]
+    for name in against:
+        try:
+            run = _onnxruntime_runner(model, imported, threads) if name == "onnxruntime" \
+                else _torch_runner(model, imported)
+            _, rel = compare(run(feeds), ours)
+            results.append(Timing(name, time_calls(lambda: run(feeds), repeat), rel_err=rel))
+        except ReforgeError as err:
+            results.append(Timing(name, unavailable=str(err)))
+        except Exception as err:  # an exporter or runtime failing on this model is a result, not a crash
+            results.append(Timing(name, unavailable=one_line(err)))
+    return results
+
+
+def format_bench(results: list[Timing], threads: int) -> str:
+    from .report_format import table
+
+    ours = results[0].median
+    rows = []
+    for r in results:
+        if r.unavailable:
+            rows.append([r.runtime, "-", "-", "-", "-", f"unavailable: {r.unavailable}"])
+            continue
+        rows.append([r.runtime, f"{r.median:.3f}", f"{min(r.times_ms):.3f}", f"{r.median / ours:.2f}x",
+                     "-" if r.rel_err is None else f"{r.rel_err:.2g}", ""])
+    head = (f"latency, {threads} thread(s), median of {len(results[0].times_ms)} runs after warm-up; "
+            "'reforge speed-up' = baseline time / reforge time")
+    return head + "\n" + table(["runtime", "median ms", "min ms", "reforge speed-up", "rel err", ""], rows)

@@ -1,0 +1,234 @@
+"""The ``reforge`` command: compile | run | inspect | passes | bench, in the manner of tvmc."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import ReforgeError, one_line
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2)."""
+
+    def error(self, message):
+        self.exit(2, f"reforge: error: {message} (see '{self.prog} --help')\n")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="an .onnx file or a saved torch.export program (.pt2)")
+    p.add_argument("--target", default="x86", help="target preset (x86, x86-avx2, x86-avx512); default x86")
+    p.add_argument("-O", dest="opt_level", type=int, default=2, metavar="LEVEL",
+                   help="optimization level: -O0 imports and lowers only, -O1 canonicalizes, -O2 (default) "
+                        "runs every exact and profitable rewrite for the target")
+    p.add_argument("--enable-pass", action="append", default=[], metavar="NAME", help="add a pass")
+    p.add_argument("--disable-pass", action="append", default=[], metavar="NAME", help="remove a pass")
+    p.add_argument("--passes", metavar="A,B,...", help="run exactly these passes (and their prerequisites)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0xD1x...",
+                   help="fix an input's shape, e.g. x:1x3x224x224 (repeat or comma-separate)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="reforge", description=__doc__)
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks and progress")
+    parser.add_argument("--version", action="store_true", help="print versions and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p = sub.add_parser("compile", help="compile a model into a deployable artifact (.tar)")
+    _add_model_options(p)
+    p.add_argument("-o", "--output", required=True, metavar="OUT.tar", help="artifact to write")
+    p.add_argument("--verify", action="store_true",
+                   help="check every pass and the final module on random inputs (exit 3 on a mismatch)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    p.add_argument("--report", metavar="REPORT.json", help="also write the compile report as JSON")
+
+    p = sub.add_parser("run", help="run a compiled artifact")
+    p.add_argument("artifact", metavar="OUT.tar")
+    p.add_argument("--inputs", metavar="IN.npz|IN.npy",
+                   help="inputs by name (.npz) or the single input (.npy); default: random N(0,1)")
+    p.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs by name")
+    p.add_argument("--print-time", action="store_true", help="time the module")
+    p.add_argument("--repeat", type=int, default=20, help="timed runs for --print-time (default 20)")
+
+    p = sub.add_parser("inspect", help="show an artifact's manifest")
+    p.add_argument("artifact", metavar="OUT.tar")
+    p.add_argument("--json", action="store_true", help="print the raw manifest")
+
+    sub.add_parser("passes", help="list every pass with its summary and paper")
+
+    p = sub.add_parser("bench", help="compile, then time reforge against onnxruntime / PyTorch")
+    _add_model_options(p)
+    p.add_argument("--against", default="onnxruntime,torch", help="baselines, comma-separated")
+    p.add_argument("--threads", type=int, default=1, help="threads for every runtime (default 1)")
+    p.add_argument("--repeat", type=int, default=30, help="timed runs per runtime (median; at least 20)")
+    p.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read once, when TVM's pool starts
+    try:
+        if args.version:
+            return _version()
+        if args.command is None:
+            build_parser().print_help()
+            return 2
+        return _COMMANDS[args.command](args)
+    except ReforgeError as err:
+        artifact = getattr(err, "artifact", None)
+        if artifact is not None:
+            from .report_format import compile_report
+
+            print(compile_report(artifact.manifest))
+        if args.verbose:
+            raise
+        print(f"reforge: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("reforge: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug in reforge or TVM: say so in one line unless --verbose
+        if args.verbose:
+            raise
+        print(f"reforge: internal error: {one_line(err)} (rerun with --verbose for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _compile_options(args) -> dict:
+    from reforge.frontend import parse_input_shapes
+
+    return dict(target=args.target, opt_level=args.opt_level, enable_passes=args.enable_pass,
+                disable_passes=args.disable_pass, input_shapes=parse_input_shapes(args.input_shape),
+                passes=[p for p in args.passes.split(",") if p] if args.passes is not None else None)
+
+
+def _log(args):
+    return (lambda msg: print(f"[reforge] {msg}", file=sys.stderr)) if args.verbose else None
+
+
+def _compile(args) -> int:
+    import reforge
+    from .report_format import compile_report
+
+    artifact = reforge.compile(args.model, verify=args.verify, seed=args.seed, log=_log(args),
+                               **_compile_options(args))
+    artifact.save(args.output)
+    print(compile_report(artifact.manifest))
+    print(f"\nwrote {args.output}")
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(artifact.manifest, f, indent=2)
+    return 0
+
+
+def _read_inputs(path: str, names: list[str]):
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise ReforgeError(f"inputs file '{path}' not found")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ReforgeError(f"cannot read inputs '{path}': {one_line(err)} (expected .npz or .npy)") from err
+    if isinstance(data, np.ndarray):
+        if len(names) != 1:
+            raise ReforgeError(f"'{path}' holds one array but the module takes {len(names)} inputs "
+                               f"({', '.join(names)}); use an .npz keyed by input name")
+        return {names[0]: data}
+    with data:
+        return {k: data[k] for k in data.files}
+
+
+def _run(args) -> int:
+    import numpy as np
+
+    import reforge
+
+    artifact = reforge.load(args.artifact)
+    names = [s.name for s in artifact.inputs]
+    if args.inputs:
+        inputs = _read_inputs(args.inputs, names)
+    else:
+        rng = np.random.default_rng(0)
+        inputs = {s.name: s.random(rng) for s in artifact.inputs}
+        print("no --inputs given: running on random N(0,1) inputs (seed 0)")
+    outputs = artifact.run(inputs)
+    for name, value in outputs.items():
+        flat = value.reshape(-1)
+        head = np.array2string(flat[:8], precision=5, separator=", ")
+        print(f"{name}: {value.dtype}{list(value.shape)} {head}{' ...' if flat.size > 8 else ''}")
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(f"wrote {args.output}")
+    if args.print_time:
+        if args.repeat < 1:
+            raise ReforgeError("--repeat must be at least 1")
+        t = artifact.time(inputs, args.repeat) * 1e3
+        print(f"time over {args.repeat} runs (ms): mean {t.mean():.3f}  median {np.median(t):.3f}  "
+              f"min {t.min():.3f}  max {t.max():.3f}  std {t.std():.3f}")
+    return 0
+
+
+def _inspect(args) -> int:
+    import reforge
+    from .report_format import inspect_report
+
+    artifact = reforge.load(args.artifact)
+    if args.json:
+        print(json.dumps(artifact.manifest, indent=2))
+    else:
+        print(inspect_report(artifact.manifest, args.artifact, os.path.getsize(args.artifact)))
+    return 0
+
+
+def _passes(_args) -> int:
+    from reforge.passes.registry import PASSES
+    from .report_format import table
+
+    rows = []
+    for p in PASSES.values():
+        default = "off" if p.level is None else f"-O{p.level}+" + (
+            f" on {', '.join(sorted(p.targets))}" if p.targets else "")
+        rows.append([p.name, default, ", ".join(p.requires) or "-", p.summary])
+    print(table(["pass", "default", "requires", "summary"], rows))
+    print("\npapers:")
+    for p in PASSES.values():
+        print(f"  {p.name}: {p.paper}")
+    return 0
+
+
+def _bench(args) -> int:
+    import reforge
+    from reforge.bench import bench, format_bench
+
+    if args.threads < 1:
+        raise ReforgeError("--threads must be at least 1")
+    artifact = reforge.compile(args.model, log=_log(args), **_compile_options(args))
+    against = [a for a in args.against.split(",") if a]
+    results = bench(args.model, artifact, artifact.imported, against, args.threads, args.repeat)
+    print(format_bench(results, args.threads))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "threads": args.threads, "target": artifact.manifest["target"],
+                       "results": [r.to_json() for r in results]}, f, indent=2)
+    return 0
+
+
+def _version() -> int:
+    import tvm
+
+    import reforge
+
+    print(f"reforge {reforge.__version__} (apache-tvm {tvm.__version__})")
+    return 0
+
+
+_COMMANDS = {"compile": _compile, "run": _run, "inspect": _inspect, "passes": _passes, "bench": _bench}
+
+if __name__ == "__main__":
+    sys.exit(main())
