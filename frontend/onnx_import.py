@@ -65,7 +65,12 @@ def import_onnx(model: onnx.ModelProto | str, input_shapes: dict[str, tuple[int,
                                   keep_params_in_input=False, sanitize=True)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        mod = importer.from_onnx(proto.graph, _opset(proto))
+        try:
+            mod = importer.from_onnx(proto.graph, _opset(proto))
+        except ReforgeError:
+            raise
+        except Exception as err:  # raised by the importer outside any one converter
+            raise ReforgeError(f"cannot import the ONNX graph: {one_line(err)}") from err
     outputs = output_specs(mod["main"], [o.name for o in proto.graph.output])
     return ImportedModel(mod=mod, inputs=inputs, outputs=outputs, source="onnx",
                          name=name or (os.path.basename(path) if path else proto.graph.name or "model"),
@@ -118,7 +123,7 @@ def _with_supported_opset(proto: onnx.ModelProto) -> onnx.ModelProto:
     try:
         from onnx import version_converter
 
-        return version_converter.convert_model(proto, MIN_OPSET)
+        return version_converter.convert_version(proto, MIN_OPSET)
     except Exception as err:  # the converter raises RuntimeError or a C++ exception type
         raise ReforgeError(f"ONNX opset {opset} is older than {MIN_OPSET} and could not be upgraded: "
                            f"{one_line(err)}") from err

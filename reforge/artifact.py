@@ -109,7 +109,8 @@ def load(path: str) -> Artifact:
         with open(lib_path, "wb") as f:
             f.write(members[LIBRARY])
         try:
-            lib = tvm.runtime.load_module(lib_path)
+            with quiet_stderr():
+                lib = tvm.runtime.load_module(lib_path)
         except Exception as err:  # TVM raises its own error types from dlopen failures
             raise ReforgeError(f"'{path}': cannot load {LIBRARY}: {one_line(err)}") from err
     return Artifact(lib, manifest)

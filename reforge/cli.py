@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed as one line
+        return done.code
     if getattr(args, "threads", None):
         os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read once, when TVM's pool starts
     try:
@@ -160,7 +163,7 @@ def _run(args) -> int:
     outputs = artifact.run(inputs)
     for name, value in outputs.items():
         flat = value.reshape(-1)
-        head = np.array2string(flat[:8], precision=5, separator=", ")
+        head = np.array2string(flat[:8], precision=5, separator=", ", max_line_width=1000)
         print(f"{name}: {value.dtype}{list(value.shape)} {head}{' ...' if flat.size > 8 else ''}")
     if args.output:
         np.savez(args.output, **outputs)

@@ -1,0 +1,67 @@
+"""Shared fixtures: small ONNX and PyTorch models written to a temporary folder."""
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+
+def make_model(nodes, inputs, outputs, initializers=(), opset=17, name="test") -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def conv_bn_relu_model(input_name="image.in", batch: int | str = 1, opset=17) -> onnx.ModelProto:
+    """x -> Conv(3->4, 3x3, pad 1) -> BatchNormalization -> Relu, random weights and statistics."""
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype("float32"), "w"),
+             numpy_helper.from_array(rng.uniform(-1.5, 1.5, 4).astype("float32"), "gamma"),
+             numpy_helper.from_array(rng.uniform(-1, 1, 4).astype("float32"), "beta"),
+             numpy_helper.from_array(rng.uniform(-1, 1, 4).astype("float32"), "mean"),
+             numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype("float32"), "var")]
+    nodes = [helper.make_node("Conv", [input_name, "w"], ["c"], name="stem/conv", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["b"], name="stem/bn"),
+             helper.make_node("Relu", ["b"], ["y"], name="stem/relu")]
+    return make_model(nodes, [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, 8, 8])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 8, 8])], inits, opset)
+
+
+@pytest.fixture
+def onnx_path(tmp_path):
+    path = tmp_path / "convbn.onnx"
+    onnx.save(conv_bn_relu_model(), path)
+    return str(path)
+
+
+class TwoInputNet(torch.nn.Module):
+    """An image branch and a 1-D signal branch, two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.conv1d = torch.nn.Conv1d(4, 6, 5)
+
+    def forward(self, image, signal):
+        return torch.relu(self.bn(self.conv(image))).mean((2, 3)), self.conv1d(signal)
+
+
+@pytest.fixture
+def two_input_net():
+    torch.manual_seed(0)
+    net = TwoInputNet()
+    net.bn.running_mean.uniform_(-1, 1)
+    net.bn.running_var.uniform_(0.5, 2)
+    return net.eval()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

@@ -1,0 +1,160 @@
+"""The reforge command line: success paths, and user mistakes as one line on stderr with exit 2
+(verification failures exit 3). Outputs are checked against onnxruntime: max|err| <= 1e-4*max|ref|."""
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from reforge.cli import main
+from reforge.passes import registry
+
+from .conftest import make_model
+
+X = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype("float32")
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(result, code, pattern):
+    got, _out, err = result
+    assert got == code, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("reforge: error: ")
+    assert re.search(pattern, err), err
+
+
+@pytest.fixture
+def artifact(tmp_path, onnx_path, capsys):
+    path = tmp_path / "m.tar"
+    assert cli(capsys, "compile", onnx_path, "-o", path)[0] == 0
+    return path
+
+
+def test_compile_verify_report(tmp_path, onnx_path, capsys):
+    code, out, _ = cli(capsys, "compile", onnx_path, "-o", tmp_path / "m.tar", "--verify",
+                       "--report", tmp_path / "r.json")
+    assert code == 0
+    assert "fold-batchnorm" in out and "final module    onnxruntime" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["verification"]["passed"] is True
+    assert [c["stage"] for c in report["verification"]["checks"]] == [
+        "import", "remove-noops", "fold-constants", "fold-batchnorm", "dead-code", "final module"]
+
+
+def test_run_writes_outputs_matching_onnxruntime(tmp_path, onnx_path, artifact, capsys):
+    np.save(tmp_path / "x.npy", X)
+    code, out, _ = cli(capsys, "run", artifact, "--inputs", tmp_path / "x.npy", "-o", tmp_path / "y.npz",
+                       "--print-time", "--repeat", 5)
+    assert code == 0 and "time over 5 runs (ms): mean" in out
+    ref = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"image.in": X})[0]
+    y = np.load(tmp_path / "y.npz")["y"]
+    assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_inspect_and_passes(artifact, capsys):
+    code, out, _ = cli(capsys, "inspect", artifact)
+    assert code == 0 and "model.so  sha256 " in out and "image.in: float32[1, 3, 8, 8]" in out
+    code, out, _ = cli(capsys, "inspect", artifact, "--json")
+    assert json.loads(out)["format"] == "reforge-artifact/1"
+    code, out, _ = cli(capsys, "passes")
+    for info in registry.PASSES.values():
+        assert info.name in out and info.paper in out
+
+
+def test_opt_levels_and_pass_selection(tmp_path, onnx_path, capsys):
+    for argv, expected in [(["-O0"], []),
+                           (["-O0", "--enable-pass", "fold-batchnorm"], ["fold-constants", "fold-batchnorm"]),
+                           (["--disable-pass", "remove-noops"], ["fold-constants", "fold-batchnorm", "dead-code"]),
+                           (["--passes", "dead-code"], ["dead-code"])]:
+        code, _, err = cli(capsys, "compile", onnx_path, "-o", tmp_path / "m.tar", "--report", tmp_path / "r.json", *argv)
+        assert code == 0, err
+        assert [p["name"] for p in json.loads((tmp_path / "r.json").read_text())["passes"]] == expected
+
+
+def test_bench_json(tmp_path, onnx_path, capsys):
+    code, out, _ = cli(capsys, "bench", onnx_path, "--repeat", 20, "--json", tmp_path / "b.json")
+    assert code == 0 and "reforge speed-up" in out
+    results = {r["runtime"]: r for r in json.loads((tmp_path / "b.json").read_text())["results"]}
+    assert results["reforge"]["runs"] == results["onnxruntime"]["runs"] == 20
+    assert results["onnxruntime"]["rel_err_vs_reforge"] < 1e-4
+    assert "no PyTorch module" in results["torch"]["unavailable"]
+
+
+def _unsupported_model(path):
+    node = helper.make_node("FrobnicateV2", ["x"], ["y"], name="block3/frob")
+    onnx.save(make_model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])]), path)
+    return path
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["compile", "missing.onnx", "-o", "m.tar"], r"model file 'missing.onnx' not found"),
+    (["compile", "{bad}", "-o", "m.tar"], r"is not a valid ONNX file"),
+    (["compile", "{unsupported}", "-o", "m.tar"], r"unsupported ONNX op 'FrobnicateV2' at node 'block3/frob'"),
+    (["compile", "{model}", "-o", "m.tar", "--input-shape", "image.in=1x3"], r"bad --input-shape 'image.in=1x3'"),
+    (["compile", "{model}", "-o", "m.tar", "--input-shape", "x:1x3x8x8"], r"unknown input 'x'"),
+    (["compile", "{model}", "-o", "m.tar", "--enable-pass", "fold-everything"], r"unknown pass 'fold-everything'"),
+    (["compile", "{model}", "-o", "m.tar", "--target", "z80"], r"unknown target 'z80'"),
+    (["compile", "{model}", "-o", "m.tar", "-O7"], r"unknown optimization level -O7"),
+    (["compile", "{model}", "-o", "no/such/dir/m.tar"], r"folder .* does not exist"),
+    (["compile", "{model}"], r"the following arguments are required: -o/--output"),
+    (["run", "missing.tar"], r"artifact 'missing.tar' not found"),
+    (["run", "{bad}"], r"is not a reforge artifact"),
+    (["run", "{artifact}", "--inputs", "{wrong_name}"], r"unknown input 'x'; the module's inputs are: image.in"),
+    (["run", "{artifact}", "--inputs", "{wrong_shape}"], r"has shape \[1, 3, 4, 4\]; the module was compiled for"),
+    (["run", "{artifact}", "--inputs", "{wrong_dtype}"], r"has dtype float64; the module expects float32"),
+    (["run", "{artifact}", "--inputs", "{bad}"], r"cannot read inputs"),
+    (["bench", "{model}", "--against", "tensorflow"], r"unknown baseline 'tensorflow'"),
+    (["bench", "{model}", "--repeat", "5"], r"at least 20 runs"),
+])
+def test_user_mistakes_exit_2_with_one_line(tmp_path, onnx_path, artifact, capsys, argv, pattern):
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07\x12\xff\xff\xff")
+    np.savez(tmp_path / "wrong_name.npz", x=X)
+    np.savez(tmp_path / "wrong_shape.npz", **{"image.in": X[:, :, :4, :4]})
+    np.savez(tmp_path / "wrong_dtype.npz", **{"image.in": X.astype("float64")})
+    files = {"bad": tmp_path / "bad.onnx", "model": onnx_path, "artifact": artifact,
+             "unsupported": _unsupported_model(tmp_path / "u.onnx"), "wrong_name": tmp_path / "wrong_name.npz",
+             "wrong_shape": tmp_path / "wrong_shape.npz", "wrong_dtype": tmp_path / "wrong_dtype.npz"}
+    argv = [str(tmp_path / a) if a == "m.tar" else a.format(**files) for a in argv]
+    assert_user_error(cli(capsys, *argv), 2, pattern)
+
+
+def test_verification_failure_exits_3(tmp_path, onnx_path, capsys, monkeypatch):
+    strict = dataclasses.replace(registry.PASSES["fold-batchnorm"], rtol=-1.0)  # any error fails
+    monkeypatch.setitem(registry.PASSES, "fold-batchnorm", strict)
+    code, out, err = cli(capsys, "compile", onnx_path, "-o", tmp_path / "m.tar", "--verify")
+    assert code == 3 and "FAIL" in out
+    assert_user_error((code, out, err), 3, r"verification failed at 'fold-batchnorm': relative error "
+                                           r"\S+ exceeds its tolerance -1$")
+    assert not (tmp_path / "m.tar").exists()
+
+
+def test_internal_error_is_one_line_and_verbose_shows_traceback(onnx_path, tmp_path, capsys, monkeypatch):
+    def boom(*_a, **_k):
+        raise RuntimeError("simulated bug\nsecond line")
+
+    monkeypatch.setattr("reforge.pipeline.build", boom)
+    code, _, err = cli(capsys, "compile", onnx_path, "-o", tmp_path / "m.tar")
+    assert code == 1 and err == ("reforge: internal error: simulated bug "
+                                 "(rerun with --verbose for the traceback)\n")
+    with pytest.raises(RuntimeError, match="simulated bug"):
+        main(["--verbose", "compile", onnx_path, "-o", str(tmp_path / "m.tar")])
+
+
+def test_console_script_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "reforge", "compile", str(tmp_path / "nope.onnx"), "-o",
+                           str(tmp_path / "m.tar")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr == f"reforge: error: model file '{tmp_path / 'nope.onnx'}' not found\n"
