@@ -41,6 +41,15 @@ def _constant_operand(call: relax.Call, neutral: float, commutative: bool) -> re
     return None
 
 
+def _is_identity_permutation(call: relax.Call) -> bool:
+    """``permute_dims`` with ``axes=None`` reverses the axes: the identity only for rank <= 1."""
+    axes = call.attrs["axes"]
+    if axes is None:
+        shape = tensor_shape(call.args[0])
+        return shape is not None and len(shape) <= 1
+    return [int(a) for a in axes] == list(range(len(axes)))
+
+
 def _identity_of(call: relax.Call) -> tuple[relax.Expr, str] | None:
     """``(input, kind)`` if ``call`` returns its input unchanged."""
     name = op_name(call)
@@ -54,8 +63,7 @@ def _identity_of(call: relax.Call) -> tuple[relax.Expr, str] | None:
         x, kind = _constant_operand(call, 0.0, False), "subtract zeros"
     elif name in ("relax.reshape", "relax.astype", "relax.permute_dims"):
         x, kind = call.args[0], name.removeprefix("relax.")
-        axes = call.attrs["axes"] if name == "relax.permute_dims" else None
-        if axes is not None and [int(a) for a in axes] != list(range(len(axes))):
+        if name == "relax.permute_dims" and not _is_identity_permutation(call):
             return None
     elif name == "relax.concat" and isinstance(call.args[0], relax.Tuple) and len(call.args[0].fields) == 1:
         x, kind = call.args[0].fields[0], "single-input concat"

@@ -9,12 +9,15 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import tvm
+
 import numpy as np
 
 from .errors import ReforgeError, one_line
 from .verify import compare
 
 BASELINES = ("onnxruntime", "torch")
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
 @dataclass
@@ -38,7 +41,6 @@ class Timing:
 def set_threads(n: int) -> None:
     """Use ``n`` threads in TVM's runtime pool and in PyTorch (onnxruntime is set per session)."""
     import torch
-    import tvm
 
     torch.set_num_threads(n)
     os.environ["TVM_NUM_THREADS"] = str(n)
@@ -108,32 +110,47 @@ def _torch_runner(model, imported):
     return run
 
 
-def bench(model, artifact, imported, against=BASELINES, threads: int = 1, repeat: int = 30,
-          seed: int = 0) -> list[Timing]:
-    """Median latency of reforge's ``artifact`` and of each baseline on one set of random inputs."""
-    if repeat < 20:
-        raise ReforgeError(f"--repeat {repeat}: benchmarks take the median of at least 20 runs")
-    unknown = [a for a in against if a not in BASELINES]
+def parse_baselines(text: str) -> list[str]:
+    """``"onnxruntime,torch"`` -> the list, refusing unknown names."""
+    names = [a for a in text.split(",") if a]
+    unknown = [a for a in names if a not in BASELINES]
     if unknown:
         raise ReforgeError(f"unknown baseline '{unknown[0]}'; choose from: {', '.join(BASELINES)}")
-    set_threads(threads)
-    feeds = imported.random_inputs(seed)
-    runner = artifact.runner
-    import tvm
+    return names
 
-    args = [tvm.runtime.tensor(feeds[s.name], runner.device) for s in imported.inputs]
-    ours = runner.run(list(feeds.values()))
-    results = [Timing("reforge", time_calls(lambda: runner.vm["main"](*args), repeat))]
+
+def baseline_runners(model, imported, against, threads: int) -> dict[str, Runner | str]:
+    """A runner per requested baseline, or the reason it cannot run on this model."""
+    runners: dict[str, Runner | str] = {}
     for name in against:
         try:
-            run = _onnxruntime_runner(model, imported, threads) if name == "onnxruntime" \
+            runners[name] = _onnxruntime_runner(model, imported, threads) if name == "onnxruntime" \
                 else _torch_runner(model, imported)
-            _, rel = compare(run(feeds), ours)
-            results.append(Timing(name, time_calls(lambda: run(feeds), repeat), rel_err=rel))
         except ReforgeError as err:
-            results.append(Timing(name, unavailable=str(err)))
-        except Exception as err:  # an exporter or runtime failing on this model is a result, not a crash
-            results.append(Timing(name, unavailable=one_line(err)))
+            runners[name] = str(err)
+        except Exception as err:  # an exporter failing on this model is a result, not a crash
+            runners[name] = one_line(err)
+    return runners
+
+
+def bench(artifact, imported, runners: dict[str, Runner | str], threads: int = 1, repeat: int = 30,
+          seed: int = 0) -> list[Timing]:
+    """Median latency of reforge's ``artifact`` and of each baseline runner on one set of random inputs."""
+    if repeat < 20:
+        raise ReforgeError(f"--repeat {repeat}: benchmarks take the median of at least 20 runs")
+    set_threads(threads)
+    feeds = imported.random_inputs(seed)
+    vm_runner = artifact.runner
+    ours = vm_runner.run(list(feeds.values()))
+    main = vm_runner.vm["main"]
+    args = [tvm.runtime.tensor(a, vm_runner.device) for a in feeds.values()]
+    results = [Timing("reforge", time_calls(lambda: main(*args), repeat))]
+    for name, run in runners.items():
+        if isinstance(run, str):
+            results.append(Timing(name, unavailable=run))
+            continue
+        _, rel = compare(run(feeds), ours)
+        results.append(Timing(name, time_calls(lambda: run(feeds), repeat), rel_err=rel))
     return results
 
 

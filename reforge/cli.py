@@ -207,13 +207,14 @@ def _passes(_args) -> int:
 
 def _bench(args) -> int:
     import reforge
-    from reforge.bench import bench, format_bench
+    from reforge.bench import baseline_runners, bench, format_bench, parse_baselines
 
     if args.threads < 1:
         raise ReforgeError("--threads must be at least 1")
+    against = parse_baselines(args.against)
     artifact = reforge.compile(args.model, log=_log(args), **_compile_options(args))
-    against = [a for a in args.against.split(",") if a]
-    results = bench(args.model, artifact, artifact.imported, against, args.threads, args.repeat)
+    runners = baseline_runners(args.model, artifact.imported, against, args.threads)
+    results = bench(artifact, artifact.imported, runners, args.threads, args.repeat)
     print(format_bench(results, args.threads))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,0 +1,1 @@
+"""reforge.autotune: MetaSchedule tuning of compiled models."""

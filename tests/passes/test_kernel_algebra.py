@@ -1,0 +1,141 @@
+"""kernel_algebra against direct computations: PyTorch convolutions (groups, 1-3 spatial dims)
+and numpy matrix products, in float64 on random shapes. Tolerance: max|err| <= 1e-10 * max|ref|.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reforge.passes import kernel_algebra as ka
+
+RTOL = 1e-10
+SEEDS = range(9)  # every pair of (1, 2, 3 spatial dims) x (1, 2, 3 groups)
+CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def close(out, ref, rtol=RTOL):
+    out, ref = np.asarray(out), np.asarray(ref)
+    assert out.shape == ref.shape
+    err = np.abs(out - ref).max() / np.abs(ref).max()
+    assert err <= rtol, f"max|err| / max|ref| = {err:.3g} > {rtol}"
+
+
+def random_conv(seed: int):
+    """A random grouped conv: x, W (OI*k), groups, conv(x, W, padding) as a function of (x, W)."""
+    rng = np.random.default_rng(seed)
+    dims, groups = 1 + seed % 3, 1 + (seed // 3) % 3
+    cin_g, cout_g = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    if seed in (4, 8):  # depthwise, with a channel multiplier when cout_g > 1
+        cin_g = 1
+    kernel = tuple(int(k) for k in rng.integers(1, 4, dims))
+    spatial = tuple(k + int(rng.integers(1, 4)) for k in kernel)
+    x = rng.standard_normal((2, groups * cin_g) + spatial)
+    w = rng.standard_normal((groups * cout_g, cin_g) + kernel)
+
+    def conv(x_, w_, padding=0):
+        return CONV[dims](torch.from_numpy(x_), torch.from_numpy(w_), groups=groups, padding=padding).numpy()
+
+    return rng, x, w, groups, conv
+
+
+def channels(v: np.ndarray, ndim: int) -> np.ndarray:
+    """A per-channel vector shaped to broadcast along axis 1 of an ndim tensor."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def signed(rng, n):
+    return rng.uniform(0.2, 2.0, n) * rng.choice([-1.0, 1.0], n)
+
+
+def test_batchnorm_scale_shift_matches_torch_batch_norm():
+    rng = np.random.default_rng(0)
+    c = 7
+    gamma, beta, mean = signed(rng, c), rng.standard_normal(c), rng.standard_normal(c)
+    var, eps = rng.uniform(1e-4, 2.0, c), 1e-3
+    x = rng.standard_normal((3, c, 4, 5))
+    s, t = ka.batchnorm_scale_shift(gamma, beta, mean, var, eps)
+    ref = F.batch_norm(*(torch.from_numpy(a) for a in (x, mean, var, gamma, beta)), training=False, eps=eps)
+    close(x * channels(s, 4) + channels(t, 4), ref.numpy())
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_scale_conv_outputs(seed):
+    rng, x, w, _, conv = random_conv(seed)
+    s = signed(rng, w.shape[0])
+    close(conv(x, ka.scale_conv_outputs(w, s)), conv(x, w) * channels(s, x.ndim))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_scale_conv_inputs(seed):
+    rng, x, w, groups, conv = random_conv(seed)
+    s = signed(rng, x.shape[1])
+    for padding in (0, 1):  # zero padding stays zero under a scale
+        close(conv(x, ka.scale_conv_inputs(w, s, groups), padding), conv(x * channels(s, x.ndim), w, padding))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_conv_bias_of_input_shift(seed):
+    rng, x, w, groups, conv = random_conv(seed)
+    t = rng.standard_normal(x.shape[1])
+    b = ka.conv_bias_of_input_shift(w, t, groups)
+    assert b.shape == (w.shape[0],)
+    close(conv(x, w) + channels(b, x.ndim), conv(x + channels(t, x.ndim), w))
+    if np.prod(w.shape[2:]) > 1:  # documented limit: a zero-padded border sees 0, not t
+        padded = conv(x + channels(t, x.ndim), w, 1)
+        assert np.abs(conv(x, w, 1) + channels(b, x.ndim) - padded).max() > 1e-3 * np.abs(padded).max()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_conv_input_channel_map_is_what_torch_reads(seed):
+    """conv of an image whose channel c is the constant c with a kernel that is 1 only at
+    W[o, i] gives idx[o, i] at output channel o."""
+    _, x, w, groups, conv = random_conv(seed)
+    idx = ka.conv_input_channel_map(w, groups)
+    assert idx.shape == w.shape[:2]
+    ramp = np.broadcast_to(channels(np.arange(x.shape[1], dtype=np.float64), x.ndim), x.shape).copy()
+    for o in range(w.shape[0]):
+        for i in range(w.shape[1]):
+            one = np.zeros_like(w)
+            one[(o, i) + (0,) * (w.ndim - 2)] = 1.0
+            read = conv(ramp, one)[:, o]
+            assert np.all(read == idx[o, i]), (o, i, idx[o, i], read.ravel()[:3])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_dense_rules(seed):
+    rng = np.random.default_rng(seed)
+    lead = tuple(int(d) for d in rng.integers(1, 4, 1 + seed % 2))  # x of rank 2 or 3
+    k, n = (int(d) for d in rng.integers(1, 9, 2))
+    x, w = rng.standard_normal(lead + (k,)), rng.standard_normal((k, n))
+    s_out, s_in, t = signed(rng, n), signed(rng, k), rng.standard_normal(k)
+    close(x @ ka.scale_dense_outputs(w, s_out), (x @ w) * s_out)
+    close(x @ ka.scale_dense_inputs(w, s_in), (x * s_in) @ w)
+    close(x @ w + ka.dense_bias_of_input_shift(w, t), (x + t) @ w)
+
+
+@pytest.mark.parametrize("fn,args", [
+    (ka.batchnorm_scale_shift, "gamma beta mean var eps"),
+    (ka.scale_conv_outputs, "w s_out"),
+    (ka.scale_conv_inputs, "w s_in groups"),
+    (ka.conv_bias_of_input_shift, "w s_in groups"),
+    (ka.conv_input_channel_map, "w groups"),
+    (ka.scale_dense_outputs, "d s_d"),
+    (ka.scale_dense_inputs, "d s_k"),
+    (ka.dense_bias_of_input_shift, "d s_k"),
+], ids=lambda v: getattr(v, "__name__", ""))
+def test_pure_functions_return_new_arrays(fn, args):
+    rng = np.random.default_rng(1)
+    pool = {"gamma": signed(rng, 4), "beta": rng.standard_normal(4), "mean": rng.standard_normal(4),
+            "var": rng.uniform(0.5, 1, 4), "eps": 1e-5, "w": rng.standard_normal((4, 2, 3, 3)),
+            "s_out": signed(rng, 4), "s_in": signed(rng, 4), "groups": 2, "d": rng.standard_normal((3, 4)),
+            "s_d": signed(rng, 4), "s_k": signed(rng, 3)}
+    call = [pool[a] for a in args.split()]
+    copies = [np.copy(a) for a in call]
+    result = fn(*call)
+    for a, c in zip(call, copies):
+        np.testing.assert_array_equal(a, c)  # no argument modified
+    for r in result if isinstance(result, tuple) else (result,):
+        assert not any(np.shares_memory(r, a) for a in call if isinstance(a, np.ndarray))

@@ -1,0 +1,87 @@
+"""The pass table and select(): -O levels, enable / disable, explicit lists, prerequisites."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import tvm
+from onnx import helper
+
+import reforge
+from reforge import ReforgeError
+from reforge.passes import PASSES, get, select
+
+TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]
+
+
+def test_table_order_and_prerequisites():
+    assert list(PASSES) == TABLE
+    assert PASSES["fold-batchnorm"].requires == ("fold-constants",)
+    assert all(not PASSES[n].requires for n in TABLE if n != "fold-batchnorm")
+
+
+@pytest.mark.parametrize("name", TABLE)
+def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
+    a, b = get(name).make(), get(name).make()
+    assert isinstance(a, tvm.transform.Pass)
+    assert a.report.total == 0 and a.report is not b.report
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    (dict(opt_level=0), []),
+    (dict(opt_level=1), TABLE),
+    (dict(opt_level=2), TABLE),
+    (dict(), TABLE),  # the default level is -O2
+    (dict(opt_level=2, disable=["dead-code"]), TABLE[:3]),
+    (dict(opt_level=2, disable=["fold-batchnorm"]), ["remove-noops", "fold-constants", "dead-code"]),
+    (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants"]), ["remove-noops", "dead-code"]),
+    (dict(opt_level=0, enable=["dead-code"]), ["dead-code"]),
+    (dict(opt_level=0, enable=["fold-batchnorm"]), ["fold-constants", "fold-batchnorm"]),
+    (dict(opt_level=0, enable=["dead-code", "remove-noops"]), ["remove-noops", "dead-code"]),  # table order
+    (dict(passes=[]), []),
+    (dict(passes=["fold-batchnorm"]), ["fold-constants", "fold-batchnorm"]),
+    (dict(passes=["dead-code", "remove-noops"]), ["remove-noops", "dead-code"]),
+    (dict(opt_level=0, passes=["remove-noops"]), ["remove-noops"]),  # an explicit list replaces -O defaults
+    (dict(passes=["remove-noops"], enable=["fold-batchnorm"]), TABLE[:3]),
+    (dict(passes=["remove-noops", "dead-code"], disable=["dead-code"]), ["remove-noops"]),
+    (dict(opt_level=2, target_kind="arm"), TABLE),  # no pass is target-restricted yet
+])
+def test_select(kwargs, expected):
+    assert select(**kwargs) == expected
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(opt_level=2, disable=["fold-constants"]),
+    dict(opt_level=0, enable=["fold-batchnorm"], disable=["fold-constants"]),
+    dict(passes=["fold-batchnorm"], disable=["fold-constants"]),
+])
+def test_disabling_a_prerequisite_names_both(kwargs):
+    with pytest.raises(ReforgeError, match=r"(?s)(?=.*'fold-constants')(?=.*'fold-batchnorm')"):
+        select(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(enable=["fold-bn"]), dict(disable=["fold-bn"]), dict(passes=["remove-noops", "fold-bn"]),
+])
+def test_unknown_pass_name(kwargs):
+    with pytest.raises(ReforgeError, match="unknown pass 'fold-bn'"):
+        select(**kwargs)
+    with pytest.raises(ReforgeError, match="unknown pass 'fold-bn'"):
+        get("fold-bn")
+
+
+@pytest.mark.parametrize("level", [-1, 3, 10])
+def test_unknown_opt_level(level):
+    with pytest.raises(ReforgeError, match=re.escape(f"-O{level}")):
+        select(opt_level=level)
+
+
+def test_compile_runs_the_selection(harness):
+    """reforge.compile runs exactly select()'s passes, in that order (the manifest records them)."""
+    model = harness.model([helper.make_node("Relu", ["x"], ["y"])], {"x": (1, 3)}, {})
+    assert reforge.compile(model, opt_level=0).manifest["passes"] == []
+    names = [p["name"] for p in reforge.compile(model, passes=["fold-batchnorm"]).manifest["passes"]]
+    assert names == ["fold-constants", "fold-batchnorm"]
+    with pytest.raises(ReforgeError, match="'fold-constants'"):
+        reforge.compile(model, disable_passes=["fold-constants"])
