@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import onnx
+
 from reforge.errors import ReforgeError
 
 from .imported import ImportedModel
@@ -27,7 +29,6 @@ def load(model, input_shapes: dict[str, tuple[int, ...]] | None = None, example_
         if ext in (".pt2", ".pt", ".ep"):
             return import_torch(path, input_shapes)
         raise ReforgeError(f"cannot tell the format of '{path}': expected a .onnx or .pt2 file")
-    type_name = f"{type(model).__module__}.{type(model).__name__}"
-    if type_name == "onnx.onnx_ml_pb2.ModelProto":
+    if isinstance(model, onnx.ModelProto):
         return import_onnx(model, input_shapes)
     return import_torch(model, input_shapes, example_inputs)

@@ -16,6 +16,7 @@ from tvm.relax.frontend.onnx import onnx_frontend
 from reforge.errors import ReforgeError, one_line
 
 from .imported import ImportedModel
+from .onnx_constants import fold_constant_plumbing
 from .relax_types import output_specs
 from .tensor_spec import TensorSpec, check_shape_names, resolve_shape
 
@@ -56,9 +57,12 @@ def import_onnx(model: onnx.ModelProto | str, input_shapes: dict[str, tuple[int,
                 name: str | None = None) -> ImportedModel:
     """Import an ONNX model (a path or a ``ModelProto``) into a Relax ``IRModule``."""
     path = model if isinstance(model, str) else None
-    proto = load_onnx_model(model) if path else model
+    original = load_onnx_model(model) if path else model
+    proto = onnx.ModelProto()
+    proto.CopyFrom(original)  # the rewrites below stay private; the reference runs the original
     proto = _with_supported_opset(proto)
     _name_nodes(proto)
+    proto = fold_constant_plumbing(proto)
     _check_operators(proto)
     inputs = _input_specs(proto, input_shapes or {})
     importer = _NodeNamedImporter({s.name: list(s.shape) for s in inputs}, {s.name: s.dtype for s in inputs},
@@ -73,8 +77,8 @@ def import_onnx(model: onnx.ModelProto | str, input_shapes: dict[str, tuple[int,
             raise ReforgeError(f"cannot import the ONNX graph: {one_line(err)}") from err
     outputs = output_specs(mod["main"], [o.name for o in proto.graph.output])
     return ImportedModel(mod=mod, inputs=inputs, outputs=outputs, source="onnx",
-                         name=name or (os.path.basename(path) if path else proto.graph.name or "model"),
-                         reference=_OnnxRuntimeReference(proto, path))
+                         name=name or (os.path.basename(path) if path else original.graph.name or "model"),
+                         reference=_OnnxRuntimeReference(original, path))
 
 
 class _NodeNamedImporter(onnx_frontend.ONNXGraphImporter):

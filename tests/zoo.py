@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 
-def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, padding: int | None = None) -> list[nn.Module]:
+def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1,
+                 padding: int | None = None) -> list[nn.Module]:
     pad = k // 2 if padding is None else padding
     return [nn.Conv2d(cin, cout, k, stride, pad, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
@@ -25,17 +26,17 @@ class AllConvNet(nn.Module):
     """All-CNN-C (Springenberg et al., "Striving for Simplicity", ICLR 2015 workshop, table 2):
     max-pooling replaced by stride-2 3x3 convs, 1x1 convs, global average pooling as the
     classifier; Dropout after the input and after each strided layer as in the paper, plus
-    BatchNorm after every conv."""
+    BatchNorm after every conv. The class maps (a biased 1x1 conv + BatchNorm) are averaged
+    without the paper's last ReLU, so that no logit is clamped to zero."""
 
     def __init__(self, classes: int = 10, w: int = 16):
         super().__init__()
         self.net = nn.Sequential(
             nn.Dropout(0.2),
-            *conv_bn_relu(3, w), *conv_bn_relu(w, w), *conv_bn_relu(w, w, stride=2), nn.Dropout(0.5),
-            *conv_bn_relu(w, 2 * w), *conv_bn_relu(2 * w, 2 * w), *conv_bn_relu(2 * w, 2 * w, stride=2),
-            nn.Dropout(0.5),
+            *conv_bn_relu(3, w), *conv_bn_relu(w, w, stride=2), nn.Dropout(0.5),
+            *conv_bn_relu(w, 2 * w), *conv_bn_relu(2 * w, 2 * w, stride=2), nn.Dropout(0.5),
             *conv_bn_relu(2 * w, 2 * w, padding=0), *conv_bn_relu(2 * w, 2 * w, 1),
-            nn.Conv2d(2 * w, classes, 1), nn.BatchNorm2d(classes), nn.ReLU(),
+            nn.Conv2d(2 * w, classes, 1), nn.BatchNorm2d(classes),
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
     def forward(self, image):
@@ -50,14 +51,15 @@ def mlpconv(cin: int, hidden: int, cout: int, k: int) -> list[nn.Module]:
 class NetworkInNetwork(nn.Module):
     """Network in Network (Lin, Chen & Yan, ICLR 2014), the CIFAR-10 configuration: three
     mlpconv blocks, max / average pooling and Dropout between them, global average pooling
-    over the last block's class maps. BatchNorm after each conv, as in the common BN variant."""
+    over the last block's class maps. BatchNorm after each conv, as in the common BN variant;
+    no ReLU on the class maps, so that no logit is clamped to zero."""
 
     def __init__(self, classes: int = 10, w: int = 24):
         super().__init__()
         self.net = nn.Sequential(
             *mlpconv(3, w, w, 5), nn.MaxPool2d(3, 2, 1), nn.Dropout(0.5),
             *mlpconv(w, w, w, 5), nn.AvgPool2d(3, 2, 1), nn.Dropout(0.5),
-            *mlpconv(w, w, classes, 3),
+            *mlpconv(w, w, classes, 3)[:-1],  # class maps: conv + BatchNorm, no ReLU
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
     def forward(self, image):
@@ -98,13 +100,14 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """A small ResNet (He et al., CVPR 2016): conv-BN-ReLU stem, max-pooling, basic blocks
-    (one stride-2 block with a projection shortcut), global average pooling, Linear."""
+    """A small ResNet (He et al., CVPR 2016): conv-BN-ReLU stem, max-pooling, two basic blocks
+    with identity shortcuts, one stride-2 block with a projection shortcut, global average
+    pooling, Linear."""
 
     def __init__(self, classes: int = 10, w: int = 16):
         super().__init__()
         self.stem = nn.Sequential(*conv_bn_relu(3, w), nn.MaxPool2d(3, 2, 1))
-        self.blocks = nn.Sequential(BasicBlock(w, w), BasicBlock(w, 2 * w, stride=2), BasicBlock(2 * w, 2 * w))
+        self.blocks = nn.Sequential(BasicBlock(w, w), BasicBlock(w, w), BasicBlock(w, 2 * w, stride=2))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, classes))
 
     def forward(self, image):
@@ -112,22 +115,27 @@ class ResNet(nn.Module):
 
 
 class SSVEPNet(nn.Module):
-    """A compact 1-D CNN for SSVEP classification from multichannel EEG, in the manner of
-    EEGNet (Lawhern et al. 2018) and Ravi et al. (J. Neural Eng. 2020): a per-electrode
-    temporal filter bank (grouped Conv1d), a pointwise spatial filter across electrodes, then
-    a separable (depthwise + pointwise) temporal conv; BatchNorm1d, ELU, AvgPool1d, Dropout;
-    a Linear classifier over the 12 stimulation frequencies."""
+    """A compact 1-D CNN for SSVEP classification from multichannel EEG (8 electrodes, 1 s at
+    256 Hz), after Ravi et al. (J. Neural Eng. 2020) and EEGNet (Lawhern et al. 2018): a
+    per-electrode temporal filter bank (grouped Conv1d) + BatchNorm1d, a pointwise spatial
+    filter across electrodes, a separable (depthwise + pointwise) temporal conv, each followed
+    by BatchNorm1d, ReLU, AvgPool1d and Dropout; a Linear classifier over 12 stimulation
+    frequencies.
 
-    def __init__(self, electrodes: int = 8, samples: int = 256, bands: int = 4, spatial: int = 16,
+    Sizing notes (compile time, not accuracy): ReLU as in Ravi et al. rather than EEGNet's ELU,
+    and 32 channels after the spatial filter, because TVM's untuned LLVM code for a fused
+    ELU, or for a BatchNorm over fewer than 32 channels x 256 samples, takes seconds to JIT."""
+
+    def __init__(self, electrodes: int = 8, samples: int = 256, bands: int = 4, spatial: int = 32,
                  classes: int = 12):
         super().__init__()
         fb = electrodes * bands
         self.net = nn.Sequential(
             nn.Conv1d(electrodes, fb, 31, padding=15, groups=electrodes, bias=False), nn.BatchNorm1d(fb),
-            nn.Conv1d(fb, spatial, 1, bias=False), nn.BatchNorm1d(spatial), nn.ELU(),
+            nn.Conv1d(fb, spatial, 1, bias=False), nn.BatchNorm1d(spatial), nn.ReLU(),
             nn.AvgPool1d(4), nn.Dropout(0.25),
             nn.Conv1d(spatial, spatial, 15, padding=7, groups=spatial, bias=False),
-            nn.Conv1d(spatial, spatial, 1, bias=False), nn.BatchNorm1d(spatial), nn.ELU(),
+            nn.Conv1d(spatial, spatial, 1, bias=False), nn.BatchNorm1d(spatial), nn.ReLU(),
             nn.AvgPool1d(8), nn.Dropout(0.25), nn.Flatten(),
             nn.Linear(spatial * samples // 32, classes))
 

@@ -152,3 +152,25 @@ def test_two_outputs_keep_their_names(tmp_path):
     assert list(out) == ["pos", "neg"]
     np.testing.assert_array_equal(out["pos"], np.maximum(x, 0))
     np.testing.assert_array_equal(out["neg"], -x)
+
+
+def test_exporter_constant_plumbing_is_evaluated(tmp_path):
+    # torch.onnx's dynamo exporter spells constants as Constant(value_ints=...) and builds a
+    # conv's zero bias as Shape(w) -> Expand -> CastLike; TVM's importer takes neither as is.
+    w = numpy_helper.from_array(np.random.default_rng(7).standard_normal((4, 3, 1, 1)).astype("float32"), "w")
+    nodes = [helper.make_node("Constant", [], ["zero"], name="c0", value_float=0.0),
+             helper.make_node("Constant", [], ["one"], name="c1", value_ints=[1]),
+             helper.make_node("Shape", ["w"], ["cout"], name="shape", start=0, end=1),
+             helper.make_node("Expand", ["zero", "cout"], ["bias64"], name="expand"),
+             helper.make_node("CastLike", ["bias64", "x"], ["bias"], name="castlike"),
+             helper.make_node("Conv", ["x", "w", "bias"], ["c"], name="conv"),
+             helper.make_node("Constant", [], ["newshape"], name="c2", value_ints=[1, -1]),
+             helper.make_node("Reshape", ["c", "newshape"], ["y"], name="flatten")]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], [w])
+    path = tmp_path / "plumbing.onnx"
+    onnx.save(model, path)
+    x = np.random.default_rng(8).standard_normal((1, 3, 2, 2)).astype("float32")
+    assert_matches_ort(reforge.compile(str(path)), path, {"x": x})
+    load(model)
+    assert len(model.graph.node) == 8 and len(model.graph.initializer) == 1  # the caller's proto is untouched
