@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import statistics
 import tempfile
@@ -14,6 +16,7 @@ import tvm
 import numpy as np
 
 from .errors import ReforgeError, one_line
+from .native_log import quiet_stderr
 from .verify import compare
 
 BASELINES = ("onnxruntime", "torch")
@@ -85,8 +88,9 @@ def _export_onnx(model, imported) -> bytes:
     args = tuple(torch.from_numpy(a) for a in imported.random_inputs().values())
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        torch.onnx.export(program if program is not None else module, args, path, dynamo=True,
-                          external_data=False, verbose=False)
+        with contextlib.redirect_stdout(io.StringIO()), quiet_stderr():  # the exporter narrates its steps
+            torch.onnx.export(program if program is not None else module, args, path, dynamo=True,
+                              external_data=False, verbose=False)
         with open(path, "rb") as f:
             return f.read()
 
