@@ -8,6 +8,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from reforge.frontend.relax_types import static_shape
+
 
 def op_name(expr) -> str | None:
     """``"relax.nn.conv2d"`` for a call to a Relax operator, else None."""
@@ -33,8 +35,6 @@ def const(value: np.ndarray, dtype: str) -> relax.Expr:
 
 def tensor_shape(expr) -> tuple[int, ...] | None:
     """Static shape of a tensor-typed expression, or None."""
-    from reforge.frontend.relax_types import static_shape
-
     return static_shape(expr.ty)
 
 

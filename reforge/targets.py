@@ -6,7 +6,6 @@ import json
 import os
 from dataclasses import dataclass, field
 
-import tvm
 from tvm.target import Target, codegen
 
 from .errors import ReforgeError
@@ -45,33 +44,24 @@ def _x86(name: str, mcpu: str | None) -> TargetSpec:
     return TargetSpec(name, "x86", tgt, feats)
 
 
-# name -> (factory, one-line description)
-_PRESETS = {
-    "x86": (lambda: _x86("x86", None), "this machine's x86-64 CPU, features detected"),
-    "x86-avx2": (lambda: _x86("x86-avx2", "haswell"), "any x86-64 CPU with AVX2 + FMA (Haswell and later)"),
-    "x86-avx512": (lambda: _x86("x86-avx512", "icelake-server"),
-                   "x86-64 with AVX-512 incl. VNNI and VPOPCNTDQ (Ice Lake server and later)"),
+# preset name -> LLVM CPU (None: this machine's)
+_X86_PRESETS = {
+    "x86": None,  # the host CPU, features detected
+    "x86-avx2": "haswell",  # any x86-64 with AVX2 + FMA
+    "x86-avx512": "icelake-server",  # AVX-512 F/BW/VL/VNNI/VPOPCNTDQ
 }
-
-
-def list_targets() -> dict[str, str]:
-    return {name: desc for name, (_, desc) in _PRESETS.items()}
 
 
 def get_target(name: str | TargetSpec) -> TargetSpec:
     """Resolve a target preset name (``x86``, ``x86-avx2``, ``x86-avx512``)."""
     if isinstance(name, TargetSpec):
         return name
-    if name not in _PRESETS:
-        raise ReforgeError(f"unknown target '{name}'; choose one of: {', '.join(_PRESETS)}")
-    return _PRESETS[name][0]()
+    if name not in _X86_PRESETS:
+        raise ReforgeError(f"unknown target '{name}'; choose one of: {', '.join(_X86_PRESETS)}")
+    return _x86(name, _X86_PRESETS[name])
 
 
 def host_can_run(target: TargetSpec) -> bool:
     """Whether this machine can execute code built for ``target``."""
     host = get_target("x86")
     return target.kind == "x86" and target.features <= host.features
-
-
-def tvm_version() -> str:
-    return tvm.__version__
