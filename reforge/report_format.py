@@ -43,7 +43,8 @@ def verification_report(manifest: dict) -> str:
     rows = [[c["stage"], c["reference"], f"{c['max_abs']:.3g}", f"{c['rel']:.3g}", f"{c['rtol']:g}",
              "ok" if c["ok"] else "FAIL"] for c in ver["checks"]]
     head = f"verification (random inputs, seed {ver['seed']}; rel = max|err| / max|reference|):"
-    return head + "\n" + table(["stage", "against", "max abs", "rel", "tolerance", ""], rows)
+    text = head + "\n" + table(["stage", "against", "max abs", "rel", "tolerance", ""], rows)
+    return text + (f"\n{ver['skipped']}" if ver.get("skipped") else "")
 
 
 def compile_report(manifest: dict) -> str:

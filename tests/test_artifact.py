@@ -123,3 +123,16 @@ def test_missing_manifest(saved, tmp_path):
 def test_wrong_inputs_are_refused(saved, inputs, message):
     with pytest.raises(ReforgeError, match=message):
         saved[0].run(inputs)
+
+
+def test_cross_compiled_target_records_its_features(onnx_path):
+    from reforge.targets import get_target, host_can_run
+
+    target = get_target("x86-avx512")
+    art = reforge.compile(onnx_path, target="x86-avx512", verify=True)
+    assert art.manifest["target"]["tvm"]["mcpu"] == "icelake-server"
+    assert {"avx512f", "avx512vpopcntdq"} <= set(art.manifest["target"]["features"])
+    stages = [c["stage"] for c in art.manifest["verification"]["checks"]]
+    runnable = host_can_run(target)
+    assert ("final module" in stages) == runnable
+    assert (art.manifest["verification"]["skipped"] is None) == runnable
