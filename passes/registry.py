@@ -46,10 +46,10 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
     PassInfo("remove-noops", RemoveNoops,
              "drop inference no-ops: Dropout, eval-mode DropConnect / frequency-dropout remains (x1, +0), "
              "identity reshapes / casts / transposes",
-             "Srivastava et al., Dropout, JMLR 2014; Wan et al., DropConnect, ICML 2013", rtol=1e-6),
+             "Srivastava et al., Dropout, JMLR 2014; Wan et al., DropConnect, ICML 2013", rtol=1e-5),
     PassInfo("fold-constants", FoldConstants,
              "evaluate operators whose inputs are all constants at compile time",
-             "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 9.4 constant propagation", rtol=1e-6),
+             "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 9.4 constant propagation", rtol=1e-5),
     PassInfo("fold-batchnorm", FoldBatchNorm,
              "fold BatchNorm and constant channel scales / shifts into the neighbouring conv / dense; "
              "a lone BatchNorm becomes a per-channel affine",
@@ -57,7 +57,7 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              requires=("fold-constants",)),
     PassInfo("dead-code", DeadCode,
              "remove bindings and functions whose results are never used",
-             "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 8.5 dead-code elimination", rtol=1e-6),
+             "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 8.5 dead-code elimination", rtol=1e-5),
 ]}
 
 

@@ -1,15 +1,72 @@
-"""Relax module to executable for a target: legalize, fuse, lower, build."""
+"""Relax module to executable for a target: layout, legalize, fuse, schedule, lower, build."""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
 import tvm
 from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
+from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
+from reforge.topi_ext.default_schedules import apply_default_schedules
+from reforge.topi_ext.layouts import blocked_conv2d_layouts
+
+from .errors import one_line
+from .native_log import quiet_stderr
 from .targets import TargetSpec
 
 
-def build(mod: tvm.IRModule, target: TargetSpec) -> relax.VMExecutable:
-    """Compile ``mod`` with the target's default Relax pipeline (legalization and operator fusion)."""
+@dataclass
+class BuildReport:
+    layout: str = "NCHW"
+    schedules: Counter = field(default_factory=Counter)  # default-schedule rule -> PrimFuncs
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"layout": self.layout, "schedules": dict(self.schedules), "seconds": round(self.seconds, 3)}
+
+
+def blocked_layout(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, str]:
+    """Convert eligible convs to NCHW[x]c; a graph TVM's layout propagation cannot handle stays NCHW."""
+    mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),  # batch_norm -> elementwise
+                                    relax.transform.CanonicalizeBindings(),  # (y, mean, var)[0] -> y
+                                    relax.transform.DeadCodeElimination()])(mod)
+    try:
+        with quiet_stderr():  # TVM logs a BlockBuilder warning while unwinding a refusal
+            converted = relax.transform.ConvertLayout({}, blocked_conv2d_layouts(lanes))(mod)
+    except (tvm.error.InternalError, ValueError, TypeError) as err:  # TVM reports unsupported graphs so
+        return mod, f"NCHW (blocked layout not applied: {one_line(err)})"
+    # pre-pack the weights into their blocked layout
+    return relax.transform.FoldConstant()(converted), f"NCHW{lanes}c where channels allow"
+
+
+def lower(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRModule:
+    """Blocked conv layouts, legalization, operator fusion and default schedules."""
+    lanes = target.vector_lanes()
+    mod, report.layout = blocked_layout(mod, lanes)
+    mod = tvm.transform.Sequential([
+        *cpu_generic.library_dispatch_passes(target.tvm_target),
+        relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ])(mod)
+    mod, report.schedules = apply_default_schedules(mod, lanes)
+    return mod
+
+
+def build(mod: tvm.IRModule, target: TargetSpec) -> tuple[relax.VMExecutable, BuildReport]:
+    """Compile ``mod`` for ``target``."""
+    start, report = time.perf_counter(), BuildReport()
     tgt = target.tvm_target
     with tgt:
-        return tvm.compile(mod, target=tgt, relax_pipeline=relax.get_default_pipeline(tgt))
+        lowered = lower(mod, target, report)
+        finish = tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(tgt) + cpu_generic.finalize_passes(tgt))
+        executable = tvm.compile(lowered, target=tgt, relax_pipeline=finish)
+    report.seconds = time.perf_counter() - start
+    return executable, report

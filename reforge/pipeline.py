@@ -85,10 +85,9 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
         records.append(record)
         say(f"pass {name}: {record.report.total} rewrites")
 
-    start = time.perf_counter()
-    executable = build(mod, tgt)
-    say(f"built for {tgt.name} in {time.perf_counter() - start:.1f} s")
-    artifact = Artifact(executable, _manifest(imported, tgt, opt_level, records))
+    executable, build_report = build(mod, tgt)
+    say(f"built for {tgt.name} in {build_report.seconds:.1f} s")
+    artifact = Artifact(executable, _manifest(imported, tgt, opt_level, records, build_report))
     artifact.imported = imported
     if verify:
         skipped = None
@@ -109,7 +108,7 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
     return artifact
 
 
-def _manifest(imported, tgt, opt_level: int, records: list[PassRecord]) -> dict:
+def _manifest(imported, tgt, opt_level: int, records: list[PassRecord], build_report) -> dict:
     from reforge import __version__
 
     return {
@@ -120,6 +119,7 @@ def _manifest(imported, tgt, opt_level: int, records: list[PassRecord]) -> dict:
         "target": tgt.describe(),
         "opt_level": opt_level,
         "passes": [r.to_json() for r in records],
+        "build": build_report.to_json(),
         "verification": None,
         "versions": {"reforge": __version__, "tvm": tvm.__version__, "tvm_ffi": tvm_ffi.__version__,
                      "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,

@@ -47,11 +47,17 @@ def verification_report(manifest: dict) -> str:
     return text + (f"\n{ver['skipped']}" if ver.get("skipped") else "")
 
 
+def build_report(manifest: dict) -> str:
+    b = manifest["build"]
+    rules = ", ".join(f"{rule} x{n}" for rule, n in sorted(b["schedules"].items()))
+    return f"build:   {b['seconds']:.1f} s; layout {b['layout']}; default schedules: {rules}"
+
+
 def compile_report(manifest: dict) -> str:
     t = manifest["target"]
     lines = [f"model:   {manifest['model']['name']} ({manifest['model']['source']})", signature(manifest),
              f"target:  {t['name']} (mcpu {t['tvm'].get('mcpu', '?')}, {', '.join(t['features']) or 'baseline ISA'})",
-             "", passes_report(manifest), "", verification_report(manifest)]
+             "", passes_report(manifest), build_report(manifest), "", verification_report(manifest)]
     return "\n".join(lines)
 
 

@@ -25,6 +25,11 @@ class TargetSpec:
     def has(self, feature: str) -> bool:
         return feature in self.features
 
+    def vector_lanes(self, bits: int = 32) -> int:
+        """Elements of ``bits`` bits in one SIMD register."""
+        width = 512 if self.has("avx512f") else 256 if self.has("avx2") else 128
+        return width // bits
+
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "tvm": json.loads(str(self.tvm_target)),
                 "features": sorted(self.features)}

@@ -55,7 +55,7 @@ def compare(out: list[np.ndarray], ref: list[np.ndarray]) -> tuple[float, float]
 
 def run_module(mod: tvm.IRModule, arrays: list[np.ndarray], host: TargetSpec) -> list[np.ndarray]:
     """Build ``mod`` for the host and run it once."""
-    return Runner(build(mod, host)).run(arrays)
+    return Runner(build(mod, host)[0]).run(arrays)
 
 
 def check(stage: str, reference: str, out, ref, rtol: float) -> Check:

@@ -1,0 +1,88 @@
+"""ImageNet-shaped models, untuned: reforge's default schedules against onnxruntime and PyTorch.
+
+    .venv/bin/python benchmarks/imagenet_shapes.py [--threads 1] [--repeat 20] [--models resnet18,vgg11]
+
+ResNet-18 (He et al. 2016) and VGG-11 with BatchNorm (Simonyan & Zisserman 2015) at 1x3x224x224,
+written here layer for layer (torchvision is not installable beside this torch), random weights and
+BatchNorm statistics. Each is exported to ONNX with BatchNorm kept; reforge compiles that file at
+-O2; onnxruntime runs the same file; PyTorch runs the module; all in this process, same inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import warnings
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import reforge  # noqa: E402
+from reforge.bench import baseline_runners, bench, format_bench, set_threads  # noqa: E402
+from tests.zoo import BasicBlock, conv_bn_relu, randomize_batchnorm  # noqa: E402
+
+
+class ResNet18(nn.Module):
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn_relu(3, 64, 7, 2, 3), nn.MaxPool2d(3, 2, 1))
+        widths, blocks, cin = [64, 128, 256, 512], [], 64
+        for i, w in enumerate(widths):
+            blocks += [BasicBlock(cin, w, 1 if i == 0 else 2), BasicBlock(w, w)]
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes))
+
+    def forward(self, image):
+        return self.head(self.blocks(self.stem(image)))
+
+
+def vgg11_bn(classes: int = 1000) -> nn.Module:
+    layers, cin = [], 3
+    for v in [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += conv_bn_relu(cin, v)
+            cin = v
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(7), nn.Flatten(), nn.Linear(512 * 49, 4096), nn.ReLU(),
+                         nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(), nn.Linear(4096, classes))
+
+
+MODELS = {"resnet18": ResNet18, "vgg11": vgg11_bn}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--models", default="resnet18,vgg11")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.models.split(","):
+            torch.manual_seed(0)
+            module = randomize_batchnorm(MODELS[name]())
+            path = os.path.join(folder, f"{name}.onnx")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, (torch.randn(1, 3, 224, 224),), path, input_names=["image"],
+                                  opset_version=17, dynamo=False, do_constant_folding=False)
+            art = reforge.compile(path)
+            runners = baseline_runners(path, art.imported, ["onnxruntime"], args.threads)
+
+            def run_torch(feeds, module=module):
+                with torch.no_grad():
+                    return [module(torch.from_numpy(feeds["image"])).numpy()]
+
+            runners["torch"] = run_torch
+            print(f"\n{name} (build: {art.manifest['build']})")
+            print(format_bench(bench(art, art.imported, runners, args.threads, args.repeat), args.threads))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""conv2d in NCHW[x]c under the default x86 schedule, against PyTorch's conv2d.
+
+Tolerance: max|out - ref| <= 1e-4 * max|ref| (fp32, summation order differs)."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import te
+
+from reforge.targets import get_target
+from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
+from reforge.topi_ext.layouts import blocked_conv2d_layouts, channel_block
+from reforge.topi_ext.schedule_x86 import schedule_func
+
+
+def pack_data(x, ib):
+    n, c, h, w = x.shape
+    return x.reshape(n, c // ib, ib, h, w).transpose(0, 1, 3, 4, 2).copy()
+
+
+def pack_kernel(w, ib, ob):
+    o, i, kh, kw = w.shape
+    return w.reshape(o // ob, ob, i // ib, ib, kh, kw).transpose(0, 2, 4, 5, 3, 1).copy()
+
+
+CASES = [  # cin, cout, size, kernel, stride, padding (t, l, b, r), dilation
+    (16, 32, 14, 3, 1, (1, 1, 1, 1), 1),
+    (3, 16, 15, 7, 2, (3, 3, 3, 3), 1),
+    (8, 24, 9, 1, 1, (0, 0, 0, 0), 1),
+    (12, 20, 11, 3, 2, (0, 1, 1, 0), 1),  # asymmetric padding
+    (8, 8, 13, 3, 1, (2, 2, 2, 2), 2),  # dilation
+    (6, 10, 7, 5, 1, (2, 2, 2, 2), 1),  # channels below a vector, odd blocks
+]
+
+
+@pytest.mark.parametrize("cin, cout, size, k, stride, pad, dil", CASES)
+def test_scheduled_conv2d_nchwc_matches_torch(cin, cout, size, k, stride, pad, dil):
+    target = get_target("x86")
+    lanes = target.vector_lanes()
+    ib, ob = channel_block(cin, lanes), channel_block(cout, lanes)
+    rng = np.random.default_rng(cin * 100 + cout)
+    x = rng.standard_normal((1, cin, size, size)).astype("float32")
+    w = rng.standard_normal((cout, cin, k, k)).astype("float32")
+    data = te.placeholder((1, cin // ib, size, size, ib), name="data")
+    kernel = te.placeholder((cout // ob, cin // ib, k, k, ib, ob), name="kernel")
+    out = conv2d_nchwc(data, kernel, (stride, stride), pad, (dil, dil), "float32")
+    func, rule = schedule_func(te.create_prim_func([data, kernel, out]), lanes)
+    assert rule == "conv2d_nchwc"
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target)
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
+    lib["main"](tvm.runtime.tensor(pack_data(x, ib)), tvm.runtime.tensor(pack_kernel(w, ib, ob)), result)
+    t, l, b, r = pad
+    xp = torch.nn.functional.pad(torch.from_numpy(x), (l, r, t, b))
+    ref = torch.nn.functional.conv2d(xp, torch.from_numpy(w), stride=stride, dilation=dil).numpy()
+    got = result.numpy().transpose(0, 1, 4, 2, 3).reshape(ref.shape)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("channels, lanes, block", [(64, 8, 8), (64, 16, 16), (3, 8, 3), (24, 16, 12), (7, 8, 7)])
+def test_channel_block(channels, lanes, block):
+    assert channel_block(channels, lanes) == block
+
+
+def test_layout_policy_skips_grouped_and_narrow_convs():
+    from tvm import relax
+
+    choose = blocked_conv2d_layouts(8)
+    x = relax.Var("x", relax.TensorType((1, 16, 8, 8), "float32"))
+
+    def conv(cout, groups=1):
+        w = relax.const(np.zeros((cout, 16 // groups, 3, 3), "float32"))
+        return relax.op.nn.conv2d(x, w, padding=1, groups=groups)
+
+    assert choose(conv(32)) == {"relax.nn.conv2d": ["NCHW8c", "OIHW8i8o", "NCHW8c"]}
+    assert choose(conv(16, groups=16)) == {"relax.nn.conv2d": ["NCHW", "OIHW"]}  # depthwise stays NCHW
+    assert choose(conv(3)) == {"relax.nn.conv2d": ["NCHW", "OIHW"]}  # a 3-lane output block does not pay
+    assert choose(relax.op.nn.relu(x)) == {}

@@ -1,0 +1,208 @@
+"""Default x86 schedules, applied at compile time to every fused PrimFunc without any search.
+
+Three shapes of work cover a CNN:
+- ``conv2d_nchwc``: output-channel lane innermost (one FMA of a broadcast input value with a
+  weight vector), ``reg_n`` output columns unrolled as a register tile of accumulators, the
+  reduction (input-channel chunks, kernel rows and columns, input-channel lane) outside that
+  tile, rows and output-channel chunks in parallel; the elementwise epilogue (bias, activation,
+  residual add) applied to the register tile before it is stored.
+- ``matmul`` with a constant weight ``(K, N)``: vectorized over N, reduction outside.
+- anything else: producers inlined; elementwise blocks flattened, parallel and vectorized;
+  reductions (pooling, means) parallel over their outer outputs and vectorized along the
+  innermost output axis when it is the contiguous channel lane.
+
+Every schedule works on a copy: a fused function the rules cannot schedule keeps TVM's plain
+loop nest (correct, slow), and the build report counts it.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+from .conv2d_nchwc import BLOCK as CONV_NCHWC
+
+PARALLEL_MIN_WORK = 1 << 18  # iterations below which threads cost more than they save
+PARALLEL_CHUNKS = 16  # parallel over the fewest outer loops giving this many chunks of work
+MAX_REG_N = 12  # output columns per register tile (accumulators: reg_n x one vector)
+
+
+def schedule_func(func: tirx.PrimFunc, lanes: int) -> tuple[tirx.PrimFunc, str]:
+    """Schedule one PrimFunc; returns it and the rule that applied (``"none"`` if none did)."""
+    for rule, apply in (("conv2d_nchwc", _conv2d_nchwc), ("matmul", _matmul), ("generic", _generic)):
+        sch = s_tir.Schedule(func)
+        try:
+            if apply(sch, lanes):
+                return sch.mod["main"], rule
+        except s_tir.ScheduleError:
+            continue
+    return func, "none"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _blocks(sch: s_tir.Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _named(sch: s_tir.Schedule, prefix: str):
+    found = [b for b in _blocks(sch) if sch.get(b).name_hint.startswith(prefix)]
+    return found[0] if len(found) == 1 else None
+
+
+def _extents(sch: s_tir.Schedule, loops) -> list[int]:
+    return [int(sch.get(loop).extent) for loop in loops]
+
+
+def _is_reduction(sch: s_tir.Schedule, block) -> bool:
+    return any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _inline_epilogue(sch: s_tir.Schedule, producer) -> None:
+    """Fold the elementwise consumers of ``producer`` (a write-back block) into it."""
+    while True:
+        consumers = sch.get_consumers(producer)
+        if len(consumers) != 1:
+            return
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except s_tir.ScheduleError:
+            return
+
+
+def _parallelize_outer(sch: s_tir.Schedule, loops: list, work: int) -> None:
+    """Run the shortest prefix of ``loops`` with at least PARALLEL_CHUNKS iterations in parallel."""
+    if work < PARALLEL_MIN_WORK or not loops:
+        return
+    count, prefix = 1, []
+    for loop in loops:
+        prefix.append(loop)
+        count *= _extents(sch, [loop])[0]
+        if count >= PARALLEL_CHUNKS:
+            break
+    sch.parallel(sch.fuse(*prefix) if len(prefix) > 1 else prefix[0])
+
+
+def _divisor_at_most(n: int, cap: int) -> int:
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
+def _parallel_vectorize_spatial(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Vectorize the innermost loop when it fills vectors; run the outer loops in parallel.
+
+    Loops are not all fused into one: that would put a division per element into the index
+    arithmetic of every non-vectorized access.
+    """
+    loops = sch.get_loops(block)
+    extents = _extents(sch, loops)
+    total = 1
+    for e in extents:
+        total *= e
+    if extents[-1] % lanes == 0:
+        outer, inner = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(inner)
+        loops = loops[:-1] + [outer]
+    _parallelize_outer(sch, loops[:-1], total)
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int) -> bool:
+    conv = _named(sch, CONV_NCHWC)
+    if conv is None:
+        return False
+    n, oco, oh, ow, oci, ico, ry, rx, ici = sch.get_loops(conv)
+    reg_n = _divisor_at_most(_extents(sch, [ow])[0], MAX_REG_N)
+    owo, owi = sch.split(ow, [None, reg_n])
+    sch.reorder(n, oco, oh, owo, ico, ry, rx, ici, owi, oci)
+    write_back = sch.cache_write(conv, 0, "local")
+    _inline_epilogue(sch, write_back)
+    sch.reverse_compute_at(write_back, owo)
+    sch.vectorize(oci)
+    sch.unroll(owi)
+    sch.parallel(sch.fuse(n, oco, oh))
+    sch.vectorize(sch.get_loops(write_back)[-1])
+    pad = _named(sch, "data_pad")
+    if pad is not None:
+        _parallel_vectorize_spatial(sch, pad, _extents(sch, sch.get_loops(pad))[-1])
+    init = sch.decompose_reduction(conv, ico)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return _schedule_rest(sch, lanes, done={conv, write_back, pad, init})
+
+
+def _matmul(sch: s_tir.Schedule, lanes: int) -> bool:
+    mm = _named(sch, "matmul")
+    if mm is None or len(sch.get_loops(mm)) != 3:
+        return False
+    i, j, k = sch.get_loops(mm)
+    vec = _divisor_at_most(_extents(sch, [j])[0], 2 * lanes)
+    jo, ji = sch.split(j, [None, vec])
+    sch.reorder(i, jo, k, ji)
+    write_back = sch.cache_write(mm, 0, "local")
+    _inline_epilogue(sch, write_back)
+    sch.reverse_compute_at(write_back, jo)
+    sch.vectorize(ji)
+    sch.vectorize(sch.get_loops(write_back)[-1])
+    m, _n, kk = _extents(sch, [i, jo, k])
+    outer = sch.fuse(i, jo)
+    if m * _extents(sch, [outer])[0] * kk * vec >= PARALLEL_MIN_WORK:
+        sch.parallel(outer)
+    init = sch.decompose_reduction(mm, k)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return _schedule_rest(sch, lanes, done={mm, write_back, init})
+
+
+def _generic(sch: s_tir.Schedule, lanes: int) -> bool:
+    for block in _blocks(sch):
+        # a padded input stays materialized: inlined into a reduction it puts a branch in the inner loop
+        if any(_is_reduction(sch, c) for c in sch.get_consumers(block)):
+            continue
+        try:
+            sch.compute_inline(block)
+        except s_tir.ScheduleError:
+            pass
+    return _schedule_rest(sch, lanes, done=set())
+
+
+def _schedule_rest(sch: s_tir.Schedule, lanes: int, done: set) -> bool:
+    """Schedule the root-level blocks not in ``done``: elementwise or reduction."""
+    done_names = {sch.get(b).name_hint for b in done if b is not None}
+    for block in _blocks(sch):
+        if sch.get(block).name_hint in done_names:
+            continue
+        if _is_reduction(sch, block):
+            _reduction(sch, block, lanes)
+        else:
+            _parallel_vectorize_spatial(sch, block, lanes)
+    return True
+
+
+def _reduction(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """Parallel over outer outputs; the innermost output axis vectorized below the reduction."""
+    loops = sch.get_loops(block)
+    kinds = [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+    if len(kinds) != len(loops) or kinds != sorted(kinds):
+        return  # loops not in the plain spatial-then-reduce order: leave it
+    spatial = [l for l, kind in zip(loops, kinds) if kind == tirx.IterVar.DataPar]
+    reduce = [l for l, kind in zip(loops, kinds) if kind != tirx.IterVar.DataPar]
+    if not spatial or not reduce:
+        return
+    extents = _extents(sch, spatial)
+    work = 1
+    for e in _extents(sch, loops):
+        work *= e
+    inner = None
+    if extents[-1] <= 2 * lanes or extents[-1] % lanes == 0:
+        vec = extents[-1] if extents[-1] <= 2 * lanes else lanes
+        outer_last, inner = sch.split(spatial[-1], [None, vec])
+        sch.reorder(*spatial[:-1], outer_last, *reduce, inner)
+        spatial = spatial[:-1] + [outer_last]
+        sch.vectorize(inner)
+        write_back = sch.cache_write(block, 0, "local")  # the vector accumulator stays in registers
+        sch.reverse_compute_at(write_back, outer_last)
+        sch.vectorize(sch.get_loops(write_back)[-1])
+    _parallelize_outer(sch, spatial, work)
+    if inner is not None:
+        init = sch.decompose_reduction(block, reduce[0])
+        sch.vectorize(sch.get_loops(init)[-1])
