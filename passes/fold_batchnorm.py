@@ -18,7 +18,7 @@ import tvm
 from tvm import relax
 
 from . import kernel_algebra as ka
-from .graph import (channel_vector, cleanup, const, const_value, is_const, mutate_functions, op_name,
+from .graph import (channel_const, channel_vector, cleanup, const, const_value, is_const, mutate_functions, op_name,
                     tensor_dtype, tensor_shape, use_counts)
 from .report import PassReport
 
@@ -97,8 +97,7 @@ class _Linear:
                           self.call.attrs)
 
     def bias_const(self, b: np.ndarray, out_rank: int, dtype: str) -> relax.Expr:
-        shape = (-1,) + (1,) * (out_rank - 1 - self.out_axis(out_rank))
-        return const(b.reshape(shape), dtype)
+        return channel_const(b, out_rank, self.out_axis(out_rank), dtype)
 
 
 def _split_const(call: relax.Call) -> tuple[relax.Expr, np.ndarray] | None:
@@ -181,10 +180,9 @@ class _Fold(relax.PyExprMutator):
         if not (np.all(np.isfinite(s)) and np.all(np.isfinite(t))):
             self.report.note("left a batch_norm alone: its scale or shift is not finite (variance + eps <= 0 or NaN)")
             return None
-        bshape = (-1,) + (1,) * (len(shape) - 1 - axis)
         self.report.count("batchnorm as affine")
-        return relax.op.add(relax.op.multiply(x, const(s.reshape(bshape), dtype)),
-                            const(t.reshape(bshape), dtype))
+        return relax.op.add(relax.op.multiply(x, channel_const(s, len(shape), axis, dtype)),
+                            channel_const(t, len(shape), axis, dtype))
 
     def _into_producer(self, call):
         """``linear(x) [+ b]`` followed by a per-output-channel scale or shift."""

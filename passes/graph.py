@@ -33,6 +33,12 @@ def const(value: np.ndarray, dtype: str) -> relax.Expr:
     return relax.const(np.ascontiguousarray(value, dtype=dtype), dtype)
 
 
+def channel_const(vec: np.ndarray, rank: int, axis: int, dtype: str) -> relax.Expr:
+    """A per-channel constant shaped to broadcast along ``axis`` of a rank-``rank`` tensor, at full
+    rank (``(1, C, 1, 1)`` for NCHW) so layout rewrites can carry it into blocked layouts."""
+    return const(vec.reshape((1,) * axis + (-1,) + (1,) * (rank - 1 - axis)), dtype)
+
+
 def tensor_shape(expr) -> tuple[int, ...] | None:
     """Static shape of a tensor-typed expression, or None."""
     return static_shape(expr.ty)
