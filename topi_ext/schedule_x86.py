@@ -6,7 +6,7 @@ Three shapes of work cover a CNN:
   reduction (input-channel chunks, kernel rows and columns, input-channel lane) outside that
   tile, rows and output-channel chunks in parallel; the elementwise epilogue (bias, activation,
   residual add) applied to the register tile before it is stored.
-- ``matmul`` with a constant weight ``(K, N)``: vectorized over N, reduction outside.
+- ``matmul`` with a constant weight ``(K, N)``: output chunks in L1, weight rows streamed.
 - anything else: producers inlined; elementwise blocks flattened, parallel and vectorized;
   reductions (pooling, means) parallel over their outer outputs and vectorized along the
   innermost output axis when it is the contiguous channel lane.
@@ -24,6 +24,7 @@ from .conv2d_nchwc import BLOCK as CONV_NCHWC
 PARALLEL_MIN_WORK = 1 << 18  # iterations below which threads cost more than they save
 PARALLEL_CHUNKS = 16  # parallel over the fewest outer loops giving this many chunks of work
 MAX_REG_N = 12  # output columns per register tile (accumulators: reg_n x one vector)
+MATMUL_CHUNK = 512  # outputs one thread accumulates in L1 while it streams the weight rows
 
 
 def schedule_func(func: tirx.PrimFunc, lanes: int) -> tuple[tirx.PrimFunc, str]:
@@ -132,22 +133,22 @@ def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int) -> bool:
 
 
 def _matmul(sch: s_tir.Schedule, lanes: int) -> bool:
+    """``x @ W`` with W ``(K, N)`` row-major: each thread owns a chunk of up to MATMUL_CHUNK
+    outputs, kept in L1, and streams the matching part of every weight row contiguously."""
     mm = _named(sch, "matmul")
     if mm is None or len(sch.get_loops(mm)) != 3:
         return False
     i, j, k = sch.get_loops(mm)
-    vec = _divisor_at_most(_extents(sch, [j])[0], 2 * lanes)
-    jo, ji = sch.split(j, [None, vec])
-    sch.reorder(i, jo, k, ji)
+    m, n, kk = _extents(sch, [i, j, k])
+    chunk = _divisor_at_most(n, MATMUL_CHUNK)
+    jo, jc = sch.split(j, [None, chunk])
+    jc_o, jv = sch.split(jc, [None, _divisor_at_most(chunk, lanes)])
+    sch.reorder(i, jo, k, jc_o, jv)
     write_back = sch.cache_write(mm, 0, "local")
     _inline_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, jo)
-    sch.vectorize(ji)
-    sch.vectorize(sch.get_loops(write_back)[-1])
-    m, _n, kk = _extents(sch, [i, jo, k])
-    outer = sch.fuse(i, jo)
-    if m * _extents(sch, [outer])[0] * kk * vec >= PARALLEL_MIN_WORK:
-        sch.parallel(outer)
+    sch.vectorize(jv)
+    _parallelize_outer(sch, [i, jo], m * n * kk)
     init = sch.decompose_reduction(mm, k)
     sch.vectorize(sch.get_loops(init)[-1])
     return _schedule_rest(sch, lanes, done={mm, write_back, init})
