@@ -57,8 +57,8 @@ class Artifact:
         outs = self.runner.run(check_inputs(self.inputs, inputs))
         return {spec.name: out for spec, out in zip(self.outputs, outs)}
 
-    def time(self, inputs, repeat: int = 20) -> np.ndarray:
-        """Seconds per run for ``repeat`` runs after warm-up."""
+    def time(self, inputs, repeat: int = 20) -> list[float]:
+        """Milliseconds per run for ``repeat`` runs after warm-up."""
         return self.runner.time(check_inputs(self.inputs, inputs), repeat)
 
     def save(self, path: str) -> str:

@@ -7,15 +7,15 @@ import io
 import os
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Callable
 
-import tvm
 
 import numpy as np
+import tvm
 
 from .errors import ReforgeError, one_line
+from .execution import time_calls
 from .native_log import quiet_stderr
 from .verify import compare
 
@@ -48,18 +48,6 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(n)
     os.environ["TVM_NUM_THREADS"] = str(n)
     tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1: all (big) cores
-
-
-def time_calls(fn: Callable[[], object], repeat: int, warmup: int = 3) -> list[float]:
-    """Milliseconds of ``repeat`` calls of ``fn`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def _onnxruntime_runner(model, imported, threads: int):
@@ -144,11 +132,9 @@ def bench(artifact, imported, runners: dict[str, Runner | str], threads: int = 1
         raise ReforgeError(f"--repeat {repeat}: benchmarks take the median of at least 20 runs")
     set_threads(threads)
     feeds = imported.random_inputs(seed)
-    vm_runner = artifact.runner
-    ours = vm_runner.run(list(feeds.values()))
-    main = vm_runner.vm["main"]
-    args = [tvm.runtime.tensor(a, vm_runner.device) for a in feeds.values()]
-    results = [Timing("reforge", time_calls(lambda: main(*args), repeat))]
+    arrays = list(feeds.values())
+    ours = artifact.runner.run(arrays)
+    results = [Timing("reforge", artifact.runner.time(arrays, repeat))]
     for name, run in runners.items():
         if isinstance(run, str):
             results.append(Timing(name, unavailable=run))

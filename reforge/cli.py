@@ -171,7 +171,7 @@ def _run(args) -> int:
     if args.print_time:
         if args.repeat < 1:
             raise ReforgeError("--repeat must be at least 1")
-        t = artifact.time(inputs, args.repeat) * 1e3
+        t = np.asarray(artifact.time(inputs, args.repeat))
         print(f"time over {args.repeat} runs (ms): mean {t.mean():.3f}  median {np.median(t):.3f}  "
               f"min {t.min():.3f}  max {t.max():.3f}  std {t.std():.3f}")
     return 0

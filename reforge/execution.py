@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Callable
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -53,9 +56,20 @@ class Runner:
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return _flatten(self.vm["main"](*(tvm.runtime.tensor(a, self.device) for a in arrays)))
 
-    def time(self, arrays: list[np.ndarray], repeat: int, warmup: int = 3) -> np.ndarray:
-        """Seconds per run for ``repeat`` runs after ``warmup`` runs."""
+    def time(self, arrays: list[np.ndarray], repeat: int) -> list[float]:
+        """Milliseconds of ``repeat`` runs after warm-up, timed as the baselines are."""
+        main = self.vm["main"]
         args = [tvm.runtime.tensor(a, self.device) for a in arrays]
-        self.vm.save_function("main", "_timed_main", *args)
-        timer = self.vm.time_evaluator("_timed_main", self.device, number=1, repeat=repeat + warmup)
-        return np.asarray(timer().results[warmup:])
+        return time_calls(lambda: main(*args), repeat)
+
+
+def time_calls(fn: Callable[[], object], repeat: int, warmup: int = 3) -> list[float]:
+    """Milliseconds of ``repeat`` calls of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
