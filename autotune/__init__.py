@@ -1,1 +1,7 @@
-"""reforge.autotune: MetaSchedule tuning of compiled models."""
+"""reforge.autotune: MetaSchedule tuning (XGBoost cost model) of compiled models, with reforge's
+own design space for its operators and a single-file records database."""
+
+from .records import TuningRecords
+from .tune import TuneResult, tune
+
+__all__ = ["TuneResult", "TuningRecords", "tune"]

@@ -1,4 +1,4 @@
-"""Relax module to executable for a target: layout, legalize, fuse, schedule, lower, build."""
+"""Relax module to executable for a target: layout, legalize, fuse, schedule (tuned or default), lower, build."""
 
 from __future__ import annotations
 
@@ -43,11 +43,10 @@ def blocked_layout(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, str]:
     return relax.transform.FoldConstant()(converted), f"NCHW{lanes}c where channels allow"
 
 
-def lower(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRModule:
-    """Blocked conv layouts, legalization, operator fusion and default schedules."""
-    lanes = target.vector_lanes()
-    mod, report.layout = blocked_layout(mod, lanes)
-    mod = tvm.transform.Sequential([
+def fuse(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRModule:
+    """Blocked conv layouts, legalization and operator fusion: the functions tuning works on."""
+    mod, report.layout = blocked_layout(mod, target.vector_lanes())
+    return tvm.transform.Sequential([
         *cpu_generic.library_dispatch_passes(target.tvm_target),
         relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),
         relax.transform.AnnotateTIROpPattern(),
@@ -56,16 +55,24 @@ def lower(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRM
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
     ])(mod)
-    mod, report.schedules = apply_default_schedules(mod, lanes)
+
+
+def lower(mod: tvm.IRModule, target: TargetSpec, report: BuildReport, database=None) -> tvm.IRModule:
+    """Fuse, then schedule: tuned records where ``database`` has them, default schedules elsewhere."""
+    mod = fuse(mod, target, report)
+    if database is not None:
+        with target.tvm_target, database:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    mod, report.schedules = apply_default_schedules(mod, target.vector_lanes())
     return mod
 
 
-def build(mod: tvm.IRModule, target: TargetSpec) -> tuple[relax.VMExecutable, BuildReport]:
-    """Compile ``mod`` for ``target``."""
+def build(mod: tvm.IRModule, target: TargetSpec, database=None) -> tuple[relax.VMExecutable, BuildReport]:
+    """Compile ``mod`` for ``target``, applying tuning records from ``database`` if given."""
     start, report = time.perf_counter(), BuildReport()
     tgt = target.tvm_target
     with tgt:
-        lowered = lower(mod, target, report)
+        lowered = lower(mod, target, report, database)
         finish = tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(tgt) + cpu_generic.finalize_passes(tgt))
         executable = tvm.compile(lowered, target=tgt, relax_pipeline=finish)
     report.seconds = time.perf_counter() - start

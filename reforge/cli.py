@@ -1,4 +1,4 @@
-"""The ``reforge`` command: compile | run | inspect | passes | bench, in the manner of tvmc."""
+"""The ``reforge`` command: compile | tune | run | inspect | passes | bench, in the manner of tvmc."""
 
 from __future__ import annotations
 
@@ -43,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check every pass and the final module on random inputs (exit 3 on a mismatch)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     p.add_argument("--report", metavar="REPORT.json", help="also write the compile report as JSON")
+    p.add_argument("--tuning-records", metavar="RECORDS.json", help="apply records written by `reforge tune`")
+
+    p = sub.add_parser("tune", help="search schedules with MetaSchedule (XGBoost cost model)")
+    _add_model_options(p)
+    p.add_argument("--trials", type=int, required=True, help="measured candidates, over all tasks")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds (records so far are kept)")
+    p.add_argument("-o", "--output", required=True, metavar="RECORDS.json", help="records to write")
+    p.add_argument("--tuning-records", metavar="PRIOR.json", help="resume from earlier records")
 
     p = sub.add_parser("run", help="run a compiled artifact")
     p.add_argument("artifact", metavar="OUT.tar")
@@ -119,13 +127,30 @@ def _compile(args) -> int:
     from .report_format import compile_report
 
     artifact = reforge.compile(args.model, verify=args.verify, seed=args.seed, log=_log(args),
-                               **_compile_options(args))
+                               tuning_records=args.tuning_records, **_compile_options(args))
     artifact.save(args.output)
     print(compile_report(artifact.manifest))
     print(f"\nwrote {args.output}")
     if args.report:
         with open(args.report, "w") as f:
             json.dump(artifact.manifest, f, indent=2)
+    return 0
+
+
+def _tune(args) -> int:
+    from reforge.autotune import tune
+    from .report_format import table
+
+    options = _compile_options(args)
+    result = tune(args.model, options.pop("target"), trials=args.trials, output=args.output,
+                  prior=args.tuning_records, timeout=args.timeout,
+                  log=lambda msg: print(msg, file=sys.stderr), **options)
+    rows = [[t.name, str(t.weight), "-" if t.default_ms is None else f"{t.default_ms:.3f}",
+             "-" if t.best_ms is None else f"{t.best_ms:.3f}"] for t in result.tasks]
+    print(table(["task", "calls", "default ms", "best ms"], rows))
+    print(f"\n{result.trials} trials in {result.seconds:.0f} s{' (time budget reached)' if result.timed_out else ''}; "
+          f"estimated latency {result.total_ms('default_ms'):.3f} ms default -> {result.total_ms('best_ms'):.3f} ms tuned")
+    print(f"wrote {result.records} records to {args.output}")
     return 0
 
 
@@ -232,7 +257,7 @@ def _version() -> int:
     return 0
 
 
-_COMMANDS = {"compile": _compile, "run": _run, "inspect": _inspect, "passes": _passes, "bench": _bench}
+_COMMANDS = {"compile": _compile, "tune": _tune, "run": _run, "inspect": _inspect, "passes": _passes, "bench": _bench}
 
 if __name__ == "__main__":
     sys.exit(main())

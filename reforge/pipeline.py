@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import tvm_ffi
 from reforge import frontend
 from reforge.passes import registry
 from reforge.passes.analysis import GraphStats, graph_stats
+from reforge.autotune.records import TuningRecords
 from reforge.passes.report import PassReport
 
 from .artifact import FORMAT, Artifact
@@ -44,61 +47,93 @@ class PassRecord:
                 "verify": self.check.to_json() if self.check else None}
 
 
+def run_passes(mod: tvm.IRModule, names: list[str], after_pass=None) -> tuple[tvm.IRModule, list[PassRecord]]:
+    """Run the named passes in order, recording each one's report and graph statistics.
+
+    ``after_pass(name, received, result)`` may return a ``Check`` to attach to the record.
+    """
+    records = []
+    for name in names:
+        pass_ = registry.get(name).make()
+        before, start, received = graph_stats(mod), time.perf_counter(), mod
+        mod = pass_(mod)
+        record = PassRecord(name, pass_.report, before, graph_stats(mod), time.perf_counter() - start)
+        if after_pass is not None:
+            record.check = after_pass(name, received, mod)
+        records.append(record)
+    return mod, records
+
+
 def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None = None,
             enable_passes=(), disable_passes=(), input_shapes: dict | None = None, example_inputs=None,
-            verify: bool = False, seed: int = 0, log: Callable[[str], None] | None = None) -> Artifact:
+            tuning_records: str | None = None, verify: bool = False, seed: int = 0,
+            log: Callable[[str], None] | None = None) -> Artifact:
     """Compile ``model`` (.onnx / .pt2 path, ``onnx.ModelProto``, ``nn.Module``, ``ExportedProgram``).
 
     The passes are the ``-O`` level's defaults for the target, or ``passes`` if given, adjusted
-    by ``enable_passes`` / ``disable_passes``. With ``verify``, the imported module, the module
-    after every pass and the built module run on the same random inputs; a stage beyond its
-    tolerance raises ``VerificationError`` (which carries the artifact and its report).
+    by ``enable_passes`` / ``disable_passes``. ``tuning_records`` (from ``reforge tune``) schedule
+    the functions they cover; the rest get the default schedules. With ``verify``, the imported
+    module, the module after every pass and the built module run on the same random inputs; a
+    stage beyond its tolerance raises ``VerificationError`` (which carries the artifact and its
+    report).
     """
     say = log or (lambda _msg: None)
     tgt = get_target(target)
     names = registry.select(opt_level, tgt.kind, enable_passes, disable_passes, passes)
+    records_db = TuningRecords.load(tuning_records, tgt.describe()) if tuning_records else None
     imported = frontend.load(model, input_shapes, example_inputs)
-    host = get_target("x86")
     say(f"imported {imported.name} ({imported.source}): "
         f"{', '.join(f'{s.name}{list(s.shape)}' for s in imported.inputs)}")
 
-    checks: list[Check] = []
-    feeds = imported.random_inputs(seed) if verify else None
-    arrays = [feeds[s.name] for s in imported.inputs] if verify else None
-    ref_name = "onnxruntime" if imported.source == "onnx" else "pytorch"
-    if verify:
-        reference = imported.reference(feeds)
-        previous = run_module(imported.mod, arrays, host)
-        checks.append(check("import", ref_name, previous, reference, IMPORT_RTOL))
+    verifier = _Verifier(imported, seed) if verify else None
+    mod, records = run_passes(imported.mod, names, verifier.after_pass if verifier else None)
+    for r in records:
+        say(f"pass {r.name}: {r.report.total} rewrites")
 
-    mod, records = imported.mod, []
-    for name in names:
-        info = registry.get(name)
-        pass_ = info.make()
-        before, start, received = graph_stats(mod), time.perf_counter(), mod
-        mod = pass_(mod)
-        record = PassRecord(name, pass_.report, before, graph_stats(mod), time.perf_counter() - start)
-        if verify:  # each pass against the module it received; an unchanged module needs no rerun
-            unchanged = tvm_ffi.structural_equal(received, mod)
-            out = previous if unchanged else run_module(mod, arrays, host)
-            record.check = check(name, "before the pass", out, previous, info.rtol)
-            previous = out
-        records.append(record)
-        say(f"pass {name}: {record.report.total} rewrites")
-
-    executable, build_report = build(mod, tgt)
+    try:
+        executable, build_report = build(mod, tgt, records_db.database() if records_db else None)
+    finally:
+        if records_db is not None:
+            records_db.close()
     say(f"built for {tgt.name} in {build_report.seconds:.1f} s")
-    artifact = Artifact(executable, _manifest(imported, tgt, opt_level, records, build_report))
+    manifest = _manifest(imported, tgt, opt_level, records, build_report)
+    if tuning_records:
+        manifest["tuning_records"] = {"path": os.path.basename(tuning_records), "sha256": _sha256(tuning_records)}
+    artifact = Artifact(executable, manifest)
     artifact.imported = imported
-    if verify:
-        skipped = None
+    if verifier is not None:
+        verifier.finish(artifact, tgt, records)
+    return artifact
+
+
+class _Verifier:
+    """``--verify``: the imported module against the original framework, each pass against the
+    module it received, the built module against the original framework again."""
+
+    def __init__(self, imported, seed: int):
+        self.imported, self.seed, self.host = imported, seed, get_target("x86")
+        self.feeds = imported.random_inputs(seed)
+        self.arrays = [self.feeds[s.name] for s in imported.inputs]
+        self.ref_name = "onnxruntime" if imported.source == "onnx" else "pytorch"
+        self.reference = imported.reference(self.feeds)
+        self.previous = run_module(imported.mod, self.arrays, self.host)
+        self.checks = [check("import", self.ref_name, self.previous, self.reference, IMPORT_RTOL)]
+
+    def after_pass(self, name: str, received: tvm.IRModule, result: tvm.IRModule) -> Check:
+        unchanged = tvm_ffi.structural_equal(received, result)  # an unchanged module needs no rerun
+        out = self.previous if unchanged else run_module(result, self.arrays, self.host)
+        found = check(name, "before the pass", out, self.previous, registry.get(name).rtol)
+        self.previous = out
+        return found
+
+    def finish(self, artifact: Artifact, tgt, records: list[PassRecord]) -> None:
+        checks, skipped = self.checks + [r.check for r in records], None
         if host_can_run(tgt):
-            final = artifact.run(feeds)
-            checks.append(check("final module", ref_name, list(final.values()), reference, FINAL_RTOL))
+            final = artifact.run(self.feeds)
+            checks.append(check("final module", self.ref_name, list(final.values()), self.reference, FINAL_RTOL))
         else:
             skipped = f"final module not run: this CPU cannot execute {tgt.name} code"
-        checks[1:1] = [r.check for r in records]
-        artifact.manifest["verification"] = {"seed": seed, "checks": [c.to_json() for c in checks],
+        artifact.manifest["verification"] = {"seed": self.seed, "checks": [c.to_json() for c in checks],
                                              "passed": all(c.ok for c in checks), "skipped": skipped}
         failed = [c for c in checks if not c.ok]
         if failed:
@@ -106,7 +141,11 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
                                     f"{failed[0].rel:.3g} exceeds its tolerance {failed[0].rtol:g}")
             err.artifact = artifact
             raise err
-    return artifact
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _manifest(imported, tgt, opt_level: int, records: list[PassRecord], build_report) -> dict:

@@ -50,7 +50,7 @@ def verification_report(manifest: dict) -> str:
 def build_report(manifest: dict) -> str:
     b = manifest["build"]
     rules = ", ".join(f"{rule} x{n}" for rule, n in sorted(b["schedules"].items()))
-    return f"build:   {b['seconds']:.1f} s; layout {b['layout']}; default schedules: {rules}"
+    return f"build:   {b['seconds']:.1f} s; layout {b['layout']}; schedules: {rules}"
 
 
 def compile_report(manifest: dict) -> str:

@@ -117,6 +117,9 @@ def _unsupported_model(path):
     (["run", "{artifact}", "--inputs", "{wrong_dtype}"], r"has dtype float64; the module expects float32"),
     (["run", "{artifact}", "--inputs", "{bad}"], r"cannot read inputs"),
     (["bench", "{model}", "--against", "tensorflow"], r"unknown baseline 'tensorflow'"),
+    (["compile", "{model}", "-o", "m.tar", "--tuning-records", "nope.json"], r"tuning records 'nope.json' not found"),
+    (["tune", "{model}", "--trials", "0", "-o", "r.json"], r"--trials must be at least 1"),
+    (["tune", "missing.onnx", "--trials", "4", "-o", "r.json"], r"model file 'missing.onnx' not found"),
     (["bench", "{model}", "--repeat", "5"], r"at least 20 runs"),
 ])
 def test_user_mistakes_exit_2_with_one_line(tmp_path, onnx_path, artifact, capsys, argv, pattern):

@@ -11,10 +11,15 @@ from .schedule_x86 import schedule_func
 
 
 def apply_default_schedules(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, Counter]:
-    """Schedule each PrimFunc for a CPU with ``lanes`` fp32 vector lanes; count the rules used."""
+    """Schedule each PrimFunc for a CPU with ``lanes`` fp32 vector lanes; count the rules used.
+
+    A function already scheduled (by tuning records) is kept and counted as ``tuned``.
+    """
     used: Counter = Counter()
     for gv, func in list(mod.functions_items()):
-        if isinstance(func, tirx.PrimFunc):
+        if isinstance(func, tirx.PrimFunc) and func.attrs is not None and func.attrs.get("tirx.is_scheduled"):
+            used["tuned"] += 1
+        elif isinstance(func, tirx.PrimFunc):
             new, rule = schedule_func(func, lanes)
             mod.update_func(gv, new)
             used[rule] += 1

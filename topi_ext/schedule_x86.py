@@ -27,16 +27,22 @@ MAX_REG_N = 12  # output columns per register tile (accumulators: reg_n x one ve
 MATMUL_CHUNK = 512  # outputs one thread accumulates in L1 while it streams the weight rows
 
 
-def schedule_func(func: tirx.PrimFunc, lanes: int) -> tuple[tirx.PrimFunc, str]:
-    """Schedule one PrimFunc; returns it and the rule that applied (``"none"`` if none did)."""
+def default_schedule(func: tirx.PrimFunc, lanes: int) -> tuple[s_tir.Schedule | None, str]:
+    """The schedule (with its trace) of the first rule that fits, and the rule's name."""
     for rule, apply in (("conv2d_nchwc", _conv2d_nchwc), ("matmul", _matmul), ("generic", _generic)):
         sch = s_tir.Schedule(func)
         try:
             if apply(sch, lanes):
-                return sch.mod["main"], rule
+                return sch, rule
         except s_tir.ScheduleError:
             continue
-    return func, "none"
+    return None, "none"
+
+
+def schedule_func(func: tirx.PrimFunc, lanes: int) -> tuple[tirx.PrimFunc, str]:
+    """Schedule one PrimFunc; returns it and the rule that applied (``"none"`` if none did)."""
+    sch, rule = default_schedule(func, lanes)
+    return (func if sch is None else sch.mod["main"]), rule
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -109,20 +115,29 @@ def _parallel_vectorize_spatial(sch: s_tir.Schedule, block, lanes: int) -> None:
 # ----------------------------------------------------------------------------- rules
 
 
-def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int) -> bool:
+def default_conv_tiles(sch: s_tir.Schedule, ow, oco) -> tuple[list, list]:
+    """Register tile: the largest divisor of the output width up to MAX_REG_N, one channel chunk."""
+    return [None, _divisor_at_most(_extents(sch, [ow])[0], MAX_REG_N)], [None, 1]
+
+
+def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles) -> bool:
+    """``tiles(sch, ow, oco)`` gives the splits of the output width and of the output-channel
+    chunks; their inner parts form the register tile (a tuner samples them)."""
     conv = _named(sch, CONV_NCHWC)
     if conv is None:
         return False
     n, oco, oh, ow, oci, ico, ry, rx, ici = sch.get_loops(conv)
-    reg_n = _divisor_at_most(_extents(sch, [ow])[0], MAX_REG_N)
-    owo, owi = sch.split(ow, [None, reg_n])
-    sch.reorder(n, oco, oh, owo, ico, ry, rx, ici, owi, oci)
+    ow_split, oco_split = tiles(sch, ow, oco)
+    owo, owi = sch.split(ow, ow_split)
+    oco_o, oco_i = sch.split(oco, oco_split)
+    sch.reorder(n, oco_o, oh, owo, ico, ry, rx, ici, oco_i, owi, oci)
     write_back = sch.cache_write(conv, 0, "local")
     _inline_epilogue(sch, write_back)
-    sch.reverse_compute_at(write_back, owo)
+    sch.reverse_compute_at(write_back, owo, preserve_unit_loops=True)
     sch.vectorize(oci)
     sch.unroll(owi)
-    sch.parallel(sch.fuse(n, oco, oh))
+    sch.unroll(oco_i)
+    sch.parallel(sch.fuse(n, oco_o, oh))
     sch.vectorize(sch.get_loops(write_back)[-1])
     pad = _named(sch, "data_pad")
     if pad is not None:
@@ -130,6 +145,11 @@ def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int) -> bool:
     init = sch.decompose_reduction(conv, ico)
     sch.vectorize(sch.get_loops(init)[-1])
     return _schedule_rest(sch, lanes, done={conv, write_back, pad, init})
+
+
+def schedule_conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles) -> bool:
+    """The conv rule with caller-chosen register tiles (the tuner's design space)."""
+    return _conv2d_nchwc(sch, lanes, tiles)
 
 
 def _matmul(sch: s_tir.Schedule, lanes: int) -> bool:
@@ -146,7 +166,7 @@ def _matmul(sch: s_tir.Schedule, lanes: int) -> bool:
     sch.reorder(i, jo, k, jc_o, jv)
     write_back = sch.cache_write(mm, 0, "local")
     _inline_epilogue(sch, write_back)
-    sch.reverse_compute_at(write_back, jo)
+    sch.reverse_compute_at(write_back, jo, preserve_unit_loops=True)
     sch.vectorize(jv)
     _parallelize_outer(sch, [i, jo], m * n * kk)
     init = sch.decompose_reduction(mm, k)
@@ -201,7 +221,7 @@ def _reduction(sch: s_tir.Schedule, block, lanes: int) -> None:
         spatial = spatial[:-1] + [outer_last]
         sch.vectorize(inner)
         write_back = sch.cache_write(block, 0, "local")  # the vector accumulator stays in registers
-        sch.reverse_compute_at(write_back, outer_last)
+        sch.reverse_compute_at(write_back, outer_last, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(write_back)[-1])
     _parallelize_outer(sch, spatial, work)
     if inner is not None:

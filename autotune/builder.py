@@ -1,0 +1,20 @@
+"""A MetaSchedule builder that works on this TVM install.
+
+The default ``LocalBuilder`` re-spawns workers that each import ``tvm.s_tir.tensor_intrin``
+(about 41 s) and time out; building with ``tvm.tirx.build`` directly skips that import.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+
+def fast_build(mod: tvm.IRModule, target: tvm.target.Target, _params) -> tvm.runtime.Module:
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def local_builder(workers: int) -> ms.builder.LocalBuilder:
+    return ms.builder.LocalBuilder(f_build=fast_build, timeout_sec=60, max_workers=workers)

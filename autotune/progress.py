@@ -1,0 +1,45 @@
+"""The tuning progress display, and the wall-clock budget, as a MetaSchedule measure callback."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+
+@derived_object
+class Progress(ms.measure_callback.PyMeasureCallback):
+    """After every measured batch: trials done, the task's best latency, time used and left.
+    Past ``timeout`` seconds it terminates every task, which ends the search cleanly."""
+
+    def __init__(self, total_trials: int, timeout: float | None, say: Callable[[str], None]):
+        self.total, self.timeout, self.say = total_trials, timeout, say
+        self.start = time.perf_counter()
+        self.done = 0
+        self.best: dict[int, float] = {}
+        self.timed_out = False
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        if not runner_results:
+            return
+        self.done += len(runner_results)
+        secs = [sum(r.run_secs) / len(r.run_secs) for r in runner_results if r.run_secs and not r.error_msg]
+        secs = [float(s) for s in secs]
+        if secs:
+            self.best[task_id] = min(secs + ([self.best[task_id]] if task_id in self.best else []))
+        elapsed = time.perf_counter() - self.start
+        left = elapsed / self.done * max(self.total - self.done, 0) if self.done else 0.0
+        if self.timeout is not None:
+            left = min(left, max(self.timeout - elapsed, 0.0))
+        name = task_scheduler.tasks_[task_id].ctx.task_name
+        best = f"{self.best[task_id] * 1e3:.3f} ms" if task_id in self.best else "no valid candidate yet"
+        self.say(f"[{self.done}/{self.total} trials] task {task_id + 1}/{len(task_scheduler.tasks_)} {name}: "
+                 f"best {best}; {elapsed:.0f} s used, ~{left:.0f} s left")
+        if self.timeout is not None and elapsed > self.timeout and not self.timed_out:
+            self.timed_out = True
+            self.say(f"time budget of {self.timeout:.0f} s spent: stopping")
+            for i, task in enumerate(task_scheduler.tasks_):
+                if not task.is_terminated:
+                    task_scheduler.terminate_task(i)

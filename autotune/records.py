@@ -1,0 +1,116 @@
+"""Tuning records in one file, JSON Lines, that ``reforge tune`` writes and resumes from and
+``reforge compile --tuning-records`` applies.
+
+    {"format": "reforge-tuning-records/1", "target": {...}}     line 1: header
+    {"workload": [structural hash, module]}                      MetaSchedule workloads
+    {"record": [workload index, [trace, run secs, target, args]]}  MetaSchedule tuning records
+
+MetaSchedule's own JSON database is two JSON Lines files in a folder; ``TuningRecords``
+materializes one for MetaSchedule and writes it back as a single file. Every line is checked
+on load, and a bad one is reported with the file's path and the line number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from tvm.s_tir import meta_schedule as ms
+
+from reforge.errors import ReforgeError, one_line
+
+FORMAT = "reforge-tuning-records/1"
+_WORKLOADS, _RECORDS = "database_workload.json", "database_tuning_record.json"
+
+
+class TuningRecords:
+    """A MetaSchedule JSON database in a private folder, loaded from / saved to one file."""
+
+    def __init__(self, target: dict):
+        self.target = target
+        self.folder = tempfile.mkdtemp(prefix="reforge-records-")
+        for name in (_WORKLOADS, _RECORDS):
+            open(os.path.join(self.folder, name), "w").close()
+
+    @classmethod
+    def load(cls, path: str, target: dict) -> "TuningRecords":
+        """Read ``path``, refusing a file for another target or with a malformed line."""
+        if not os.path.isfile(path):
+            raise ReforgeError(f"tuning records '{path}' not found")
+        with open(path) as f:
+            lines = f.read().splitlines()
+        header = _parse(path, 1, lines[0] if lines else "")
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise ReforgeError(f"{path}:1: not a reforge tuning-records file (expected format {FORMAT})")
+        if _target_key(header.get("target", {})) != _target_key(target):
+            raise ReforgeError(f"{path}: records were tuned for target '{header.get('target', {}).get('name')}' "
+                               f"({_target_key(header.get('target', {}))}); this compile is for "
+                               f"'{target['name']}' ({_target_key(target)})")
+        records = cls(target)
+        workloads: list = []
+        entries: list[str] = []
+        for number, line in enumerate(lines[1:], start=2):
+            entry = _parse(path, number, line)
+            if isinstance(entry, dict) and "workload" in entry:
+                try:
+                    workloads.append(ms.database.Workload.from_json(entry["workload"]))
+                except Exception as err:  # TVM raises assorted types on a bad module blob
+                    raise ReforgeError(f"{path}:{number}: bad workload: {one_line(err)}") from err
+                entries.append(json.dumps(entry["workload"]))
+            elif isinstance(entry, dict) and "record" in entry:
+                index, body = _record_parts(path, number, entry["record"], len(workloads))
+                try:
+                    ms.database.TuningRecord.from_json(body, workloads[index])
+                except Exception as err:  # TVM raises assorted types on a bad trace
+                    raise ReforgeError(f"{path}:{number}: bad tuning record: {one_line(err)}") from err
+                with open(os.path.join(records.folder, _RECORDS), "a") as f:
+                    f.write(json.dumps([index, body]) + "\n")
+            else:
+                raise ReforgeError(f"{path}:{number}: expected a 'workload' or 'record' entry")
+        with open(os.path.join(records.folder, _WORKLOADS), "w") as f:
+            f.write("".join(e + "\n" for e in entries))
+        return records
+
+    def database(self) -> ms.database.JSONDatabase:
+        return ms.database.JSONDatabase(work_dir=self.folder, allow_missing=False)
+
+    def count(self) -> int:
+        with open(os.path.join(self.folder, _RECORDS)) as f:
+            return sum(1 for line in f if line.strip())
+
+    def save(self, path: str) -> None:
+        """Write the folder's database to ``path`` as one file (atomically)."""
+        lines = [json.dumps({"format": FORMAT, "target": self.target})]
+        for name, key in ((_WORKLOADS, "workload"), (_RECORDS, "record")):
+            with open(os.path.join(self.folder, name)) as f:
+                lines += [json.dumps({key: json.loads(line)}) for line in f if line.strip()]
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _target_key(target: dict) -> str:
+    tvm_target = target.get("tvm", {})
+    return f"{tvm_target.get('kind')}/{tvm_target.get('mcpu')}/{tvm_target.get('mtriple', '')}".rstrip("/")
+
+
+def _parse(path: str, number: int, line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ReforgeError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+
+
+def _record_parts(path: str, number: int, record, n_workloads: int):
+    if not (isinstance(record, list) and len(record) == 2 and isinstance(record[0], int)):
+        raise ReforgeError(f"{path}:{number}: a record is [workload index, body]")
+    if not 0 <= record[0] < n_workloads:
+        raise ReforgeError(f"{path}:{number}: record refers to workload {record[0]}, but only "
+                           f"{n_workloads} come before it")
+    return record[0], record[1]

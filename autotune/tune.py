@@ -1,0 +1,139 @@
+"""reforge tune: MetaSchedule search (XGBoost cost model) over the fused functions of a model.
+
+The model is imported, rewritten and fused exactly as ``compile`` does, so the records match
+the functions ``compile --tuning-records`` will meet. Each task starts from a record of its
+default schedule, measured here: the tuned result is never slower than the untuned one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+from reforge import frontend
+from reforge.build import BuildReport, fuse
+from reforge.errors import ReforgeError
+from reforge.passes import registry
+from reforge.targets import get_target
+from reforge.topi_ext.schedule_x86 import default_schedule
+
+from .builder import local_builder
+from .progress import Progress
+from .records import TuningRecords
+from .space import space_for
+
+TRIALS_PER_ITER = 16
+_TASK_LOG = logging.getLogger("reforge.autotune.task")  # progress is reforge's own display
+_TASK_LOG.addHandler(logging.NullHandler())
+_TASK_LOG.propagate = False
+MIN_SHARE = 0.02  # tasks below this share of the default latency are not searched
+
+
+@dataclass
+class TaskResult:
+    name: str
+    weight: int
+    default_ms: float | None
+    best_ms: float | None
+
+
+@dataclass
+class TuneResult:
+    tasks: list[TaskResult] = field(default_factory=list)
+    trials: int = 0
+    seconds: float = 0.0
+    records: int = 0
+    timed_out: bool = False
+
+    def total_ms(self, attr: str) -> float:
+        return sum(t.weight * (getattr(t, attr) or 0.0) for t in self.tasks)
+
+
+def tune(model, target="x86", *, trials: int, output: str, prior: str | None = None,
+         timeout: float | None = None, runner=None, opt_level: int = 2, passes=None, enable_passes=(),
+         disable_passes=(), input_shapes=None, log: Callable[[str], None] = print) -> TuneResult:
+    """Tune ``model`` for ``trials`` measured candidates (or ``timeout`` seconds); write ``output``."""
+    if trials < 1:
+        raise ReforgeError("--trials must be at least 1")
+    tgt = get_target(target)
+    names = registry.select(opt_level, tgt.kind, enable_passes, disable_passes, passes)
+    records = TuningRecords.load(prior, tgt.describe()) if prior else TuningRecords(tgt.describe())
+    try:
+        imported = frontend.load(model, input_shapes)
+        mod = imported.mod
+        for name in names:
+            mod = registry.get(name).make()(mod)
+        with tgt.tvm_target:
+            fused = fuse(mod, tgt, BuildReport())
+        extracted = ms.relax_integration.extract_tasks(fused, tgt.tvm_target)
+        log(f"{len(extracted)} tasks in {imported.name}; {trials} trials"
+            + (f", at most {timeout:.0f} s" if timeout else ""))
+        database = records.database()
+        defaults = [_commit_default(database, task, tgt) for task in extracted]
+        total = sum(t.weight * (d or 0.0) for t, d in zip(extracted, defaults))
+        worth = [t for t, d in zip(extracted, defaults) if d is None or t.weight * d >= MIN_SHARE * total]
+        log(f"searching {len(worth)} of {len(extracted)} tasks (the others take under "
+            f"{MIN_SHARE:.0%} of the time each and keep their default schedule)")
+        result = _search(worth, database, tgt, trials, timeout, runner, log)
+        for task, default_ms in zip(extracted, defaults):
+            best = _best_ms(database, task)
+            result.tasks.append(TaskResult(task.task_name, int(task.weight), default_ms, best))
+        records.save(output)
+        result.records = records.count()
+        return result
+    finally:
+        records.close()
+
+
+def _search(extracted, database, tgt, trials, timeout, runner, log) -> TuneResult:
+    lanes, cores = tgt.vector_lanes(), int(tgt.tvm_target.attrs["num-cores"])
+    progress = Progress(trials, timeout, log)
+    start = time.perf_counter()
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # reforge prints its own progress
+    with tempfile.TemporaryDirectory(prefix="reforge-tune-") as work:
+        contexts = [ms.TuneContext(mod=task.dispatched[0], target=tgt.tvm_target,
+                                   space_generator=space_for(task.dispatched[0], lanes),
+                                   search_strategy=ms.search_strategy.EvolutionarySearch(
+                                       population_size=128, init_min_unmeasured=32),
+                                   task_name=task.task_name, logger=_TASK_LOG, num_threads=cores,
+                                   rand_state=seed).clone()
+                    for seed, task in enumerate(extracted)]
+        ms.tune_tasks(tasks=contexts, task_weights=[t.weight for t in extracted], work_dir=work,
+                      max_trials_global=trials, num_trials_per_iter=TRIALS_PER_ITER,
+                      builder=local_builder(cores), runner=runner or "local", database=database,
+                      cost_model="xgb", measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                      + [progress])
+    return TuneResult(trials=progress.done, seconds=time.perf_counter() - start, timed_out=progress.timed_out)
+
+
+def _commit_default(database, task, tgt) -> float | None:
+    """Measure the task's default schedule here and store it as a record; its latency in ms."""
+    func = task.dispatched[0]["main"]
+    sch, _rule = default_schedule(func, tgt.vector_lanes())
+    if sch is None:
+        return None
+    lib = tvm.compile(sch.mod, target=tgt.tvm_target)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(np.random.default_rng(0).standard_normal([int(d) for d in p.shape])
+                               .astype(str(p.dtype)), dev) for p in func.params]
+    secs = lib.mod.time_evaluator("main", dev, number=3, repeat=3, min_repeat_ms=20)(*args).results
+    workload = database.commit_workload(task.dispatched[0])
+    database.commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, workload, run_secs=[float(np.median(secs))], target=tgt.tvm_target,
+        args_info=ms.arg_info.ArgInfo.from_prim_func(func)))
+    return float(np.median(secs)) * 1e3
+
+
+def _best_ms(database, task) -> float | None:
+    if not database.has_workload(task.dispatched[0]):
+        return None
+    top = database.get_top_k(database.commit_workload(task.dispatched[0]), 1)
+    return float(np.mean([float(s) for s in top[0].run_secs])) * 1e3 if top else None

@@ -1,0 +1,80 @@
+"""reforge tune: records that compile applies (output still matching PyTorch, 1e-4 relative),
+resuming, the time budget, and malformed records files reported with path and line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import reforge
+from reforge import ReforgeError
+from reforge.autotune import TuningRecords, tune
+from reforge.targets import get_target
+
+SHAPE = (1, 8, 12, 12)
+
+
+def make_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU()).eval()
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tune")
+    path = folder / "net.pt2"
+    net = make_net()
+    torch.export.save(torch.export.export(net, (torch.randn(SHAPE),)), path)
+    records = folder / "records.json"
+    result = tune(str(path), trials=8, output=str(records), log=lambda _m: None)
+    return net, path, records, result
+
+
+def test_records_are_applied_and_correct(tuned):
+    net, path, records, result = tuned
+    assert result.trials >= 1 and result.records >= len(result.tasks)
+    conv = [t for t in result.tasks if "conv2d_nchwc" in t.name]
+    assert conv and all(t.best_ms <= t.default_ms for t in conv)  # the default is a record too
+    art = reforge.compile(str(path), tuning_records=str(records))
+    assert art.manifest["build"]["schedules"].get("tuned", 0) >= 1
+    assert len(art.manifest["tuning_records"]["sha256"]) == 64
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype("float32")
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    out = art.run({"input": x})["output0"]
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_resume_keeps_earlier_records_and_time_budget_stops(tuned, tmp_path):
+    _net, path, records, first = tuned
+    again = tmp_path / "again.json"
+    result = tune(str(path), trials=400, timeout=1, output=str(again), prior=str(records), log=lambda _m: None)
+    assert result.timed_out and result.trials < 400
+    before = {line for line in records.read_text().splitlines()[1:]}
+    after = {line for line in again.read_text().splitlines()[1:]}
+    assert before <= after and result.records >= first.records
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda lines: lines[:2] + ["{not json"] + lines[2:], r"records.json:3: not valid JSON"),
+    (lambda lines: lines + ['{"record": [99, []]}'], r"records.json:\d+: record refers to workload 99"),
+    (lambda lines: lines + ['{"something": 1}'], r"records.json:\d+: expected a 'workload' or 'record' entry"),
+    (lambda lines: ['{"format": "other"}'] + lines[1:], r"records.json:1: not a reforge tuning-records file"),
+])
+def test_malformed_records_name_path_and_line(tuned, tmp_path, mutate, message):
+    lines = tuned[2].read_text().splitlines()
+    bad = tmp_path / "records.json"
+    bad.write_text("\n".join(mutate(lines)) + "\n")
+    with pytest.raises(ReforgeError, match=message):
+        TuningRecords.load(str(bad), get_target("x86").describe())
+
+
+def test_records_for_another_target_are_refused(tuned, tmp_path):
+    lines = tuned[2].read_text().splitlines()
+    header = json.loads(lines[0])
+    header["target"]["tvm"]["mcpu"] = "cortex-a72"
+    other = tmp_path / "other.json"
+    other.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+    with pytest.raises(ReforgeError, match=r"records were tuned for target .*cortex-a72"):
+        reforge.compile(str(tuned[1]), tuning_records=str(other))
