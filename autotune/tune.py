@@ -7,6 +7,7 @@ default schedule, measured here: the tuned result is never slower than the untun
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
@@ -58,9 +59,13 @@ class TuneResult:
 
 
 def tune(model, target="x86", *, trials: int, output: str, prior: str | None = None,
-         timeout: float | None = None, runner=None, opt_level: int = 2, passes=None, enable_passes=(),
+         timeout: float | None = None, remote=None, opt_level: int = 2, passes=None, enable_passes=(),
          disable_passes=(), input_shapes=None, log: Callable[[str], None] = print) -> TuneResult:
-    """Tune ``model`` for ``trials`` measured candidates (or ``timeout`` seconds); write ``output``."""
+    """Tune ``model`` for ``trials`` measured candidates (or ``timeout`` seconds); write ``output``.
+
+    With ``remote`` (:class:`reforge.remote.RemoteDevices`) every measurement, the defaults' too,
+    runs on the tracker's devices, as many at once as are registered.
+    """
     if trials < 1:
         raise ReforgeError("--trials must be at least 1")
     tgt = get_target(target)
@@ -77,12 +82,13 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
         log(f"{len(extracted)} tasks in {imported.name}; {trials} trials"
             + (f", at most {timeout:.0f} s" if timeout else ""))
         database = records.database()
-        defaults = [_commit_default(database, task, tgt) for task in extracted]
+        measure = _remote_timer(remote) if remote is not None else _local_timer
+        defaults = [_commit_default(database, task, tgt, measure) for task in extracted]
         total = sum(t.weight * (d or 0.0) for t, d in zip(extracted, defaults))
         worth = [t for t, d in zip(extracted, defaults) if d is None or t.weight * d >= MIN_SHARE * total]
         log(f"searching {len(worth)} of {len(extracted)} tasks (the others take under "
             f"{MIN_SHARE:.0%} of the time each and keep their default schedule)")
-        result = _search(worth, database, tgt, trials, timeout, runner, log)
+        result = _search(worth, database, tgt, trials, timeout, remote.runner() if remote else "local", log)
         for task, default_ms in zip(extracted, defaults):
             best = _best_ms(database, task)
             result.tasks.append(TaskResult(task.task_name, int(task.weight), default_ms, best))
@@ -108,28 +114,51 @@ def _search(extracted, database, tgt, trials, timeout, runner, log) -> TuneResul
                     for seed, task in enumerate(extracted)]
         ms.tune_tasks(tasks=contexts, task_weights=[t.weight for t in extracted], work_dir=work,
                       max_trials_global=trials, num_trials_per_iter=TRIALS_PER_ITER,
-                      builder=local_builder(cores), runner=runner or "local", database=database,
+                      builder=local_builder(cores), runner=runner, database=database,
                       cost_model="xgb", measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
                       + [progress])
     return TuneResult(trials=progress.done, seconds=time.perf_counter() - start, timed_out=progress.timed_out)
 
 
-def _commit_default(database, task, tgt) -> float | None:
-    """Measure the task's default schedule here and store it as a record; its latency in ms."""
+def _commit_default(database, task, tgt, measure) -> float | None:
+    """Measure the task's default schedule and store it as a record; its latency in ms."""
     func = task.dispatched[0]["main"]
     sch, _rule = default_schedule(func, tgt.vector_lanes())
     if sch is None:
         return None
-    lib = tvm.compile(sch.mod, target=tgt.tvm_target)
-    dev = tvm.cpu()
-    args = [tvm.runtime.tensor(np.random.default_rng(0).standard_normal([int(d) for d in p.shape])
-                               .astype(str(p.dtype)), dev) for p in func.params]
-    secs = lib.mod.time_evaluator("main", dev, number=3, repeat=3, min_repeat_ms=20)(*args).results
+    arrays = [np.random.default_rng(0).standard_normal([int(d) for d in p.shape]).astype(str(p.dtype))
+              for p in func.params]
+    secs = measure(tvm.compile(sch.mod, target=tgt.tvm_target), arrays)
     workload = database.commit_workload(task.dispatched[0])
     database.commit_tuning_record(ms.database.TuningRecord(
-        sch.trace, workload, run_secs=[float(np.median(secs))], target=tgt.tvm_target,
+        sch.trace, workload, run_secs=[secs], target=tgt.tvm_target,
         args_info=ms.arg_info.ArgInfo.from_prim_func(func)))
-    return float(np.median(secs)) * 1e3
+    return secs * 1e3
+
+
+def _local_timer(lib, arrays) -> float:
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    return float(np.median(lib.mod.time_evaluator("main", dev, number=3, repeat=3, min_repeat_ms=20)(*args).results))
+
+
+def _remote_timer(remote):
+    session = remote.session()
+    uploads = itertools.count()
+
+    def measure(lib, arrays) -> float:
+        # a fresh name per module: the device's dlopen would hand back the first one it loaded
+        name = f"default{next(uploads)}.so"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, name)
+            lib.export_library(path)
+            session.upload(path)
+        rlib, dev = session.load_module(name), session.cpu()
+        args = [tvm.runtime.tensor(a, dev) for a in arrays]
+        timer = rlib.time_evaluator("main", dev, number=3, repeat=3, min_repeat_ms=20)
+        return float(np.median(timer(*args).results))
+
+    return measure
 
 
 def _best_ms(database, task) -> float | None:

@@ -83,8 +83,42 @@ class Artifact:
         return path
 
 
-def load(path: str) -> Artifact:
-    """Load an artifact written by ``Artifact.save``, checking its integrity first."""
+def load(path: str, remote=None) -> Artifact:
+    """Load an artifact written by ``Artifact.save``, checking its integrity first.
+
+    With ``remote`` (a :class:`reforge.remote.RemoteDevices`), the module is uploaded to one of
+    the tracker's devices and runs there; the CPU-feature check is then the device's business.
+    """
+    manifest, library = _verified(path)
+    if remote is not None:
+        session = remote.session()
+        try:
+            session.upload(bytearray(library), LIBRARY)
+            lib = session.load_module(LIBRARY)
+        except Exception as err:  # RPC and dlopen failures on the device arrive as assorted types
+            raise ReforgeError(f"'{path}': cannot load {LIBRARY} on {remote}: {one_line(err)}") from err
+        artifact = Artifact(lib, manifest)
+        artifact._runner = Runner(lib, session.cpu(), session=session)
+        return artifact
+    target = manifest["target"]
+    missing = sorted(set(target.get("features", [])) - get_target("x86").features)
+    if target.get("kind") != "x86" or missing:
+        raise ReforgeError(f"'{path}' was built for target '{target.get('name')}' and needs "
+                           f"{', '.join(missing) or target.get('kind')}, which this machine lacks")
+    with tempfile.TemporaryDirectory() as tmp:
+        lib_path = os.path.join(tmp, LIBRARY)
+        with open(lib_path, "wb") as f:
+            f.write(library)
+        try:
+            with quiet_stderr():
+                lib = tvm.runtime.load_module(lib_path)
+        except Exception as err:  # TVM raises its own error types from dlopen failures
+            raise ReforgeError(f"'{path}': cannot load {LIBRARY}: {one_line(err)}") from err
+    return Artifact(lib, manifest)
+
+
+def _verified(path: str) -> tuple[dict, bytes]:
+    """The manifest and the library bytes, after the format and SHA-256 checks."""
     members = _read_members(path)
     try:
         manifest = json.loads(members[MANIFEST])
@@ -98,22 +132,7 @@ def load(path: str) -> Artifact:
     if hashlib.sha256(members[LIBRARY]).hexdigest() != expected[LIBRARY]:
         raise ReforgeError(f"'{path}' was modified after compilation: {LIBRARY} does not match its "
                            "SHA-256 in manifest.json; refusing to load it")
-    target = manifest["target"]
-    host = get_target("x86")
-    missing = sorted(set(target.get("features", [])) - host.features)
-    if target.get("kind") != "x86" or missing:
-        raise ReforgeError(f"'{path}' was built for target '{target.get('name')}' and needs "
-                           f"{', '.join(missing) or target.get('kind')}, which this machine lacks")
-    with tempfile.TemporaryDirectory() as tmp:
-        lib_path = os.path.join(tmp, LIBRARY)
-        with open(lib_path, "wb") as f:
-            f.write(members[LIBRARY])
-        try:
-            with quiet_stderr():
-                lib = tvm.runtime.load_module(lib_path)
-        except Exception as err:  # TVM raises its own error types from dlopen failures
-            raise ReforgeError(f"'{path}': cannot load {LIBRARY}: {one_line(err)}") from err
-    return Artifact(lib, manifest)
+    return manifest, members[LIBRARY]
 
 
 def _read_members(path: str) -> dict[str, bytes]:

@@ -30,6 +30,19 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="fix an input's shape, e.g. x:1x3x224x224 (repeat or comma-separate)")
 
 
+def _add_rpc_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure / run on devices behind this RPC tracker")
+    p.add_argument("--rpc-key", metavar="KEY", help="the key the devices registered under")
+
+
+def _remote(args):
+    from .remote import RemoteDevices
+
+    if args.rpc_tracker is None and args.rpc_key is None:
+        return None
+    return RemoteDevices.parse(args.rpc_tracker, args.rpc_key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="reforge", description=__doc__)
     parser.add_argument("--verbose", action="store_true", help="show tracebacks and progress")
@@ -51,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds (records so far are kept)")
     p.add_argument("-o", "--output", required=True, metavar="RECORDS.json", help="records to write")
     p.add_argument("--tuning-records", metavar="PRIOR.json", help="resume from earlier records")
+    _add_rpc_options(p)
 
     p = sub.add_parser("run", help="run a compiled artifact")
     p.add_argument("artifact", metavar="OUT.tar")
@@ -59,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs by name")
     p.add_argument("--print-time", action="store_true", help="time the module")
     p.add_argument("--repeat", type=int, default=20, help="timed runs for --print-time (default 20)")
+    _add_rpc_options(p)
 
     p = sub.add_parser("inspect", help="show an artifact's manifest")
     p.add_argument("artifact", metavar="OUT.tar")
@@ -142,8 +157,9 @@ def _tune(args) -> int:
     from .report_format import table
 
     options = _compile_options(args)
+    remote = _remote(args)
     result = tune(args.model, options.pop("target"), trials=args.trials, output=args.output,
-                  prior=args.tuning_records, timeout=args.timeout,
+                  prior=args.tuning_records, timeout=args.timeout, remote=remote,
                   log=lambda msg: print(msg, file=sys.stderr), **options)
     rows = [[t.name, str(t.weight), "-" if t.default_ms is None else f"{t.default_ms:.3f}",
              "-" if t.best_ms is None else f"{t.best_ms:.3f}"] for t in result.tasks]
@@ -177,7 +193,7 @@ def _run(args) -> int:
 
     import reforge
 
-    artifact = reforge.load(args.artifact)
+    artifact = reforge.load(args.artifact, remote=_remote(args))
     names = [s.name for s in artifact.inputs]
     if args.inputs:
         inputs = _read_inputs(args.inputs, names)

@@ -47,19 +47,24 @@ def _flatten(value) -> list[np.ndarray]:
 
 
 class Runner:
-    """A Relax VM over an executable (in memory or loaded from a .so) on the CPU."""
+    """A Relax VM over an executable (in memory, loaded from a .so, or on an RPC ``session``)."""
 
-    def __init__(self, executable):
-        self.device = tvm.cpu()
+    def __init__(self, executable, device=None, session=None):
+        self.device = device if device is not None else tvm.cpu()
+        self.session = session  # keeps a remote device's session open
         self.vm = relax.VirtualMachine(executable, self.device)
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         return _flatten(self.vm["main"](*(tvm.runtime.tensor(a, self.device) for a in arrays)))
 
     def time(self, arrays: list[np.ndarray], repeat: int) -> list[float]:
-        """Milliseconds of ``repeat`` runs after warm-up, timed as the baselines are."""
-        main = self.vm["main"]
+        """Milliseconds of ``repeat`` runs after warm-up, timed as the baselines are (on a remote
+        device by the device's own timer, so the network is not counted)."""
         args = [tvm.runtime.tensor(a, self.device) for a in arrays]
+        if self.session is not None:
+            timer = self.vm.time_evaluator("main", self.device, number=1, repeat=repeat + 3)
+            return [t * 1e3 for t in timer(*args).results[3:]]
+        main = self.vm["main"]
         return time_calls(lambda: main(*args), repeat)
 
 
