@@ -1,10 +1,11 @@
 # make demo: set up .venv, compile the bundled example CNN, run it, time it next to onnxruntime
-# make test: set up .venv, run the test suite
+# make test: set up .venv and the aarch64 toolchain, run the test suite
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: install demo test bench clean
+.PHONY: install toolchains demo test bench clean
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 $(BIN)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,13 +14,19 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# the arm target's cross compiler, and qemu to run its modules here (Debian / Ubuntu)
+toolchains:
+	@command -v aarch64-linux-gnu-g++ >/dev/null && command -v qemu-aarch64 >/dev/null || \
+	  ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	   g++-aarch64-linux-gnu qemu-user >/dev/null)
+
 demo: install
 	@mkdir -p $(OUT)
 	$(BIN)/reforge compile examples/smallcnn.onnx -o $(OUT)/smallcnn.tar --verify
 	$(BIN)/reforge run $(OUT)/smallcnn.tar --print-time
 	$(BIN)/reforge bench examples/smallcnn.onnx --against onnxruntime --threads 1
 
-test: install
+test: install toolchains
 	$(BIN)/pytest -q
 
 bench: install

@@ -23,7 +23,8 @@ from reforge.frontend.tensor_spec import TensorSpec
 from .errors import ReforgeError, one_line
 from .execution import Runner, check_inputs
 from .native_log import quiet_stderr
-from .targets import get_target
+from .targets import get_target, host_can_run
+from .toolchains import export_library
 
 FORMAT = "reforge-artifact/1"
 LIBRARY = "model.so"
@@ -33,10 +34,11 @@ MANIFEST = "manifest.json"
 class Artifact:
     """A compiled model: run it, time it, save it as a .tar."""
 
-    def __init__(self, executable, manifest: dict):
+    def __init__(self, executable, manifest: dict, library: bytes | None = None):
         self.executable, self.manifest = executable, manifest
         self.imported = None  # the ImportedModel it was compiled from, when compiled in this process
-        self._runner: Runner | None = None
+        self._library = library  # model.so's bytes, once exported or read
+        self._runner = None
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -47,10 +49,37 @@ class Artifact:
         return [TensorSpec.from_json(d) for d in self.manifest["outputs"]]
 
     @property
-    def runner(self) -> Runner:
+    def runner(self):
+        """Where ``run`` and ``time`` execute: this CPU, or an aarch64 module under qemu."""
         if self._runner is None:
-            self._runner = Runner(self.executable)
+            target = self.manifest["target"]
+            if host_can_run(target):
+                self._runner = Runner(self.executable)
+            elif target.get("kind") == "arm":
+                from .qemu_runner import QemuRunner
+
+                self._runner = QemuRunner(self.library())
+            else:
+                missing = sorted(set(target.get("features", [])) - get_target("x86").features)
+                raise ReforgeError(f"this module was built for target '{target.get('name')}' and needs "
+                                   f"{', '.join(missing) or target.get('kind')}, which this machine lacks")
         return self._runner
+
+    @property
+    def emulated(self) -> bool:
+        """Whether ``run`` / ``time`` go through an emulator rather than the target's CPU."""
+        return type(self.runner).__name__ == "QemuRunner"
+
+    def library(self) -> bytes:
+        """``model.so`` as deployed: built for the target's CPU, cross-compiled where needed."""
+        if self._library is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                lib = os.path.join(tmp, LIBRARY)
+                with quiet_stderr():
+                    export_library(self.executable, lib, self.manifest["target"]["kind"])
+                with open(lib, "rb") as f:
+                    self._library = f.read()
+        return self._library
 
     def run(self, inputs) -> dict[str, np.ndarray]:
         """Run on ``inputs`` (dict by input name, list, or one array); outputs by name."""
@@ -63,12 +92,7 @@ class Artifact:
 
     def save(self, path: str) -> str:
         """Write the artifact to ``path`` (a .tar)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            lib = os.path.join(tmp, LIBRARY)
-            with quiet_stderr():
-                self.executable.export_library(lib)
-            with open(lib, "rb") as f:
-                blob = f.read()
+        blob = self.library()
         manifest = dict(self.manifest, files={LIBRARY: hashlib.sha256(blob).hexdigest()})
         data = json.dumps(manifest, indent=2).encode()
         out_dir = os.path.dirname(os.path.abspath(path))
@@ -97,14 +121,11 @@ def load(path: str, remote=None) -> Artifact:
             lib = session.load_module(LIBRARY)
         except Exception as err:  # RPC and dlopen failures on the device arrive as assorted types
             raise ReforgeError(f"'{path}': cannot load {LIBRARY} on {remote}: {one_line(err)}") from err
-        artifact = Artifact(lib, manifest)
+        artifact = Artifact(lib, manifest, library)
         artifact._runner = Runner(lib, session.cpu(), session=session)
         return artifact
-    target = manifest["target"]
-    missing = sorted(set(target.get("features", [])) - get_target("x86").features)
-    if target.get("kind") != "x86" or missing:
-        raise ReforgeError(f"'{path}' was built for target '{target.get('name')}' and needs "
-                           f"{', '.join(missing) or target.get('kind')}, which this machine lacks")
+    if not host_can_run(manifest["target"]):  # runs under qemu (aarch64) or is refused when run
+        return Artifact(None, manifest, library)
     with tempfile.TemporaryDirectory() as tmp:
         lib_path = os.path.join(tmp, LIBRARY)
         with open(lib_path, "wb") as f:
@@ -114,7 +135,7 @@ def load(path: str, remote=None) -> Artifact:
                 lib = tvm.runtime.load_module(lib_path)
         except Exception as err:  # TVM raises its own error types from dlopen failures
             raise ReforgeError(f"'{path}': cannot load {LIBRARY}: {one_line(err)}") from err
-    return Artifact(lib, manifest)
+    return Artifact(lib, manifest, library)
 
 
 def _verified(path: str) -> tuple[dict, bytes]:

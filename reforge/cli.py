@@ -19,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="an .onnx file or a saved torch.export program (.pt2)")
-    p.add_argument("--target", default="x86", help="target preset (x86, x86-avx2, x86-avx512); default x86")
+    p.add_argument("--target", default="x86", help="target preset: x86, x86-avx2, x86-avx512, arm (aarch64, cross-compiled), arm-a76; default x86")
     p.add_argument("-O", dest="opt_level", type=int, default=2, metavar="LEVEL",
                    help="optimization level: -O0 imports and lowers only, -O1 canonicalizes, -O2 (default) "
                         "runs every exact and profitable rewrite for the target")
@@ -214,7 +214,8 @@ def _run(args) -> int:
             raise ReforgeError("--repeat must be at least 1")
         t = np.asarray(artifact.time(inputs, args.repeat))
         print(f"time over {args.repeat} runs (ms): mean {t.mean():.3f}  median {np.median(t):.3f}  "
-              f"min {t.min():.3f}  max {t.max():.3f}  std {t.std():.3f}")
+              f"min {t.min():.3f}  max {t.max():.3f}  std {t.std():.3f}"
+              + ("  (emulated by qemu-aarch64: not the device's speed)" if artifact.emulated else ""))
     return 0
 
 
@@ -249,11 +250,16 @@ def _passes(_args) -> int:
 def _bench(args) -> int:
     import reforge
     from reforge.bench import baseline_runners, bench, format_bench, parse_baselines
+    from reforge.targets import get_target, host_can_run
 
     if args.threads < 1:
         raise ReforgeError("--threads must be at least 1")
     against = parse_baselines(args.against)
-    artifact = reforge.compile(args.model, log=_log(args), **_compile_options(args))
+    options = _compile_options(args)
+    if not host_can_run(get_target(options["target"])):
+        raise ReforgeError(f"bench times modules on this CPU, which cannot run target '{options['target']}' "
+                           "natively; time it on the device with `reforge run --print-time --rpc-tracker ...`")
+    artifact = reforge.compile(args.model, log=_log(args), **options)
     runners = baseline_runners(args.model, artifact.imported, against, args.threads)
     results = bench(artifact, artifact.imported, runners, args.threads, args.repeat)
     print(format_bench(results, args.threads))

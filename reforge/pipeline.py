@@ -25,7 +25,8 @@ from reforge.passes.report import PassReport
 from .artifact import FORMAT, Artifact
 from .build import build
 from .errors import VerificationError
-from .targets import get_target, host_can_run
+from .targets import get_target
+from .toolchains import runs_here
 from .verify import Check, check, run_module
 
 IMPORT_RTOL = 1e-4  # imported Relax module vs the original framework
@@ -128,11 +129,11 @@ class _Verifier:
 
     def finish(self, artifact: Artifact, tgt, records: list[PassRecord]) -> None:
         checks, skipped = self.checks + [r.check for r in records], None
-        if host_can_run(tgt):
+        if runs_here(artifact.manifest["target"]):
             final = artifact.run(self.feeds)
             checks.append(check("final module", self.ref_name, list(final.values()), self.reference, FINAL_RTOL))
         else:
-            skipped = f"final module not run: this CPU cannot execute {tgt.name} code"
+            skipped = f"final module not run: this machine cannot execute {tgt.name} code"
         artifact.manifest["verification"] = {"seed": self.seed, "checks": [c.to_json() for c in checks],
                                              "passed": all(c.ok for c in checks), "skipped": skipped}
         failed = [c for c in checks if not c.ok]
@@ -157,6 +158,7 @@ def _manifest(imported, tgt, opt_level: int, records: list[PassRecord], build_re
         "inputs": [s.to_json() for s in imported.inputs],
         "outputs": [s.to_json() for s in imported.outputs],
         "target": tgt.describe(),
+        "run": tgt.how_to_run(),
         "opt_level": opt_level,
         "passes": [r.to_json() for r in records],
         "build": build_report.to_json(),

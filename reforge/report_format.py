@@ -65,4 +65,5 @@ def inspect_report(manifest: dict, path: str, size: int) -> str:
     files = "\n".join(f"  {name}  sha256 {digest}" for name, digest in manifest.get("files", {}).items())
     versions = ", ".join(f"{k} {v}" for k, v in manifest["versions"].items())
     return "\n".join([f"artifact: {path} ({size / 1e6:.2f} MB, {manifest['format']}, created {manifest['created']})",
-                      compile_report(manifest), "", f"files:\n{files}", f"built with: {versions}"])
+                      compile_report(manifest), "", f"run:     {manifest['run']}", "", f"files:\n{files}",
+                      f"built with: {versions}"])

@@ -18,7 +18,7 @@ class TargetSpec:
     """A reforge target: its name, the TVM target, and the CPU features it may use."""
 
     name: str
-    kind: str  # "x86" for now; "arm", "cuda", "opencl-fpga" later
+    kind: str  # "x86" or "arm"
     tvm_target: Target = field(compare=False)
     features: frozenset[str] = frozenset()
 
@@ -27,8 +27,17 @@ class TargetSpec:
 
     def vector_lanes(self, bits: int = 32) -> int:
         """Elements of ``bits`` bits in one SIMD register."""
-        width = 512 if self.has("avx512f") else 256 if self.has("avx2") else 128
+        width = 512 if self.has("avx512f") else 256 if self.has("avx2") else 128  # NEON: 128
         return width // bits
+
+    def how_to_run(self) -> str:
+        """The manifest's note on where and how the artifact runs."""
+        if self.kind == "arm":
+            return ("on an aarch64 Linux device: `reforge run ARTIFACT --rpc-tracker HOST:PORT --rpc-key KEY` "
+                    "with TVM's rpc_server running on the device, or model.so loaded by libtvm_runtime.so "
+                    "(reforge/native/run_vm.cc is a C++ host); on x86, `reforge run ARTIFACT` emulates it "
+                    "with qemu-aarch64")
+        return f"`reforge run ARTIFACT` on an x86-64 CPU with {', '.join(sorted(self.features)) or 'SSE2'}"
 
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "tvm": json.loads(str(self.tvm_target)),
@@ -49,24 +58,34 @@ def _x86(name: str, mcpu: str | None) -> TargetSpec:
     return TargetSpec(name, "x86", tgt, feats)
 
 
-# preset name -> LLVM CPU (None: this machine's)
-_X86_PRESETS = {
-    "x86": None,  # the host CPU, features detected
-    "x86-avx2": "haswell",  # any x86-64 with AVX2 + FMA
-    "x86-avx512": "icelake-server",  # AVX-512 F/BW/VL/VNNI/VPOPCNTDQ
+def _arm(name: str, mcpu: str, cores: int) -> TargetSpec:
+    """aarch64 Linux with NEON, cross-compiled (``aarch64-linux-gnu-g++``)."""
+    tgt = Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": mcpu, "mattr": ["+neon"],
+                  "num-cores": cores})
+    return TargetSpec(name, "arm", tgt, frozenset({"neon"}))
+
+
+# preset name -> how to make it
+_PRESETS = {
+    "x86": lambda: _x86("x86", None),  # the host CPU, features detected
+    "x86-avx2": lambda: _x86("x86-avx2", "haswell"),  # any x86-64 with AVX2 + FMA
+    "x86-avx512": lambda: _x86("x86-avx512", "icelake-server"),  # AVX-512 F/BW/VL/VNNI/VPOPCNTDQ
+    "arm": lambda: _arm("arm", "cortex-a72", 4),  # aarch64 + NEON, e.g. Raspberry Pi 4
+    "arm-a76": lambda: _arm("arm-a76", "cortex-a76", 4),  # ARMv8.2 + dot product, e.g. Raspberry Pi 5
 }
 
 
 def get_target(name: str | TargetSpec) -> TargetSpec:
-    """Resolve a target preset name (``x86``, ``x86-avx2``, ``x86-avx512``)."""
+    """Resolve a target preset name (``reforge compile --help`` lists them)."""
     if isinstance(name, TargetSpec):
         return name
-    if name not in _X86_PRESETS:
-        raise ReforgeError(f"unknown target '{name}'; choose one of: {', '.join(_X86_PRESETS)}")
-    return _x86(name, _X86_PRESETS[name])
+    if name not in _PRESETS:
+        raise ReforgeError(f"unknown target '{name}'; choose one of: {', '.join(_PRESETS)}")
+    return _PRESETS[name]()
 
 
-def host_can_run(target: TargetSpec) -> bool:
-    """Whether this machine can execute code built for ``target``."""
-    host = get_target("x86")
-    return target.kind == "x86" and target.features <= host.features
+def host_can_run(target: dict | TargetSpec) -> bool:
+    """Whether this machine's CPU executes code built for ``target`` (a spec or its manifest entry)."""
+    kind, feats = ((target.kind, target.features) if isinstance(target, TargetSpec)
+                   else (target.get("kind"), set(target.get("features", []))))
+    return kind == "x86" and set(feats) <= get_target("x86").features

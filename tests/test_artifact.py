@@ -89,14 +89,19 @@ def test_library_as_a_link_is_refused(saved, tmp_path):
         reforge.load(str(tmp_path / "l.tar"))
 
 
-def test_artifact_for_missing_cpu_features_is_refused(saved, tmp_path):
+def test_artifact_for_missing_cpu_features_is_refused_at_run(saved, tmp_path, capsys):
+    from reforge.cli import main
+
     members = _members(saved[1])
     manifest = json.loads(members["manifest.json"])
     manifest["target"].update(name="x86-future", features=["avx2", "avx1024-imaginary"])
     members["manifest.json"] = json.dumps(manifest).encode()
     _write(tmp_path / "f.tar", members)
+    art = reforge.load(str(tmp_path / "f.tar"))  # inspecting it is fine
     with pytest.raises(ReforgeError, match=r"built for target 'x86-future' and needs avx1024-imaginary"):
-        reforge.load(str(tmp_path / "f.tar"))
+        art.run(np.zeros((1, 3, 8, 8), "float32"))
+    assert main(["run", str(tmp_path / "f.tar")]) == 2
+    assert "needs avx1024-imaginary, which this machine lacks" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("payload, message", [

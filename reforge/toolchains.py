@@ -1,0 +1,117 @@
+"""The native tools a target needs beyond TVM: cross compilers, and for aarch64 the TVM runtime
+libraries plus reforge's runner (``native/run_vm.cc``) built for that architecture.
+
+The aarch64 runtime comes from the aarch64 wheels of the installed TVM version (``pip download``),
+unpacked once into ``$REFORGE_CACHE`` (default ``~/.cache/reforge``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from importlib import metadata
+
+from tvm.support import cc
+
+from .errors import ReforgeError
+
+CROSS_CXX = {"arm": "aarch64-linux-gnu-g++"}
+AARCH64_SYSROOT = "/usr/aarch64-linux-gnu"
+QEMU_AARCH64 = "qemu-aarch64"
+_RUNNER_SOURCE = os.path.join(os.path.dirname(__file__), "native", "run_vm.cc")
+_RUNTIME_LIBS = {"apache-tvm": "tvm/lib/libtvm_runtime.so", "apache-tvm-ffi": "tvm_ffi/lib/libtvm_ffi.so"}
+_INSTALL_HINT = "apt-get install g++-aarch64-linux-gnu qemu-user"
+
+
+def require(tool: str, why: str) -> str:
+    """The path of ``tool`` on PATH, or a one-line error saying what needs it and how to get it."""
+    path = shutil.which(tool)
+    if path is None:
+        raise ReforgeError(f"{why} needs '{tool}', which is not on PATH ({_INSTALL_HINT})")
+    return path
+
+
+def runs_here(target: dict) -> bool:
+    """Whether this machine can run a module for ``target`` (a manifest entry): natively, or an
+    aarch64 module under qemu when the emulator and the cross compiler are installed."""
+    from .targets import host_can_run
+
+    return host_can_run(target) or (target.get("kind") == "arm" and shutil.which(QEMU_AARCH64) is not None
+                                    and shutil.which(CROSS_CXX["arm"]) is not None)
+
+
+def export_library(executable, path: str, kind: str) -> None:
+    """Write ``executable`` as a shared library for a target of ``kind``, cross-compiling if needed."""
+    if kind in CROSS_CXX:
+        compiler = require(CROSS_CXX[kind], f"the '{kind}' target")
+        executable.export_library(path, fcompile=cc.cross_compiler(compiler))
+    else:
+        executable.export_library(path)
+
+
+def cache_dir() -> str:
+    return os.environ.get("REFORGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "reforge")
+
+
+def aarch64_runner() -> str:
+    """The aarch64 ``run_vm`` next to its TVM runtime libraries, fetched and built on first use."""
+    with open(_RUNNER_SOURCE, "rb") as f:
+        source_hash = hashlib.sha256(f.read()).hexdigest()[:12]
+    versions = "-".join(metadata.version(p) for p in _RUNTIME_LIBS)
+    folder = os.path.join(cache_dir(), f"aarch64-{versions}-{source_hash}")
+    runner = os.path.join(folder, "run_vm")
+    if os.path.exists(runner):
+        return runner
+    compiler = require(CROSS_CXX["arm"], "running an 'arm' module here")
+    staging = tempfile.mkdtemp(prefix="aarch64-", dir=_ensure(cache_dir()))
+    try:
+        _fetch_runtime(staging)
+        _build_runner(compiler, staging)
+        if os.path.exists(folder):  # another process finished first
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return runner
+
+
+def _ensure(folder: str) -> str:
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def _fetch_runtime(dest: str) -> None:
+    """Unpack the two runtime libraries from the aarch64 wheels of the installed versions."""
+    with tempfile.TemporaryDirectory() as wheels:
+        pins = [f"{p}=={metadata.version(p)}" for p in _RUNTIME_LIBS]
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", *pins,
+               "--platform", "manylinux_2_28_aarch64", "--only-binary=:all:", "--no-deps",
+               "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}", "-d", wheels]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ReforgeError(f"cannot download the aarch64 TVM runtime ({' '.join(pins)}): "
+                               f"{(done.stderr.strip().splitlines() or ['pip failed'])[-1]}")
+        for package, member in _RUNTIME_LIBS.items():
+            wheel = next(w for w in os.listdir(wheels) if w.startswith(package.replace("-", "_") + "-"))
+            with zipfile.ZipFile(os.path.join(wheels, wheel)) as z, open(os.path.join(dest, os.path.basename(member)),
+                                                                         "wb") as out:
+                out.write(z.read(member))
+
+
+def _build_runner(compiler: str, dest: str) -> None:
+    import tvm_ffi.libinfo
+
+    cmd = [compiler, "-std=c++17", "-O2", _RUNNER_SOURCE, "-I", tvm_ffi.libinfo.find_include_path(),
+           "-I", tvm_ffi.libinfo.find_dlpack_include_path(), "-L", dest, "-ltvm_runtime", "-ltvm_ffi",
+           "-Wl,-rpath,$ORIGIN", "-o", os.path.join(dest, "run_vm")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        errors = [ln for ln in done.stderr.splitlines() if "error" in ln] or done.stderr.strip().splitlines() or ["?"]
+        raise ReforgeError(f"cannot build the aarch64 runner: {errors[0].strip()}")

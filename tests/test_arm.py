@@ -1,0 +1,97 @@
+"""The ``arm`` target: aarch64 Linux with NEON, cross-compiled with Debian's g++-aarch64-linux-gnu
+and run here under qemu-aarch64 by reforge's native runner on the aarch64 TVM runtime.
+
+Each aarch64 module's output is compared with the x86 module of the same model on the same
+inputs: ``max|arm - x86| <= 1e-4 * max|x86|`` (float32; the two differ only in vector width and
+instruction selection).
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+
+import numpy as np
+import onnx
+import pytest
+
+import reforge
+from reforge import ReforgeError
+from reforge.cli import main
+
+from . import zoo
+from .conftest import conv_bn_relu_model
+
+RTOL = 1e-4
+EM_AARCH64 = 183  # ELF e_machine
+
+
+def _elf_machine(blob: bytes) -> int:
+    assert blob[:4] == b"\x7fELF"
+    return int.from_bytes(blob[18:20], "little")
+
+
+@pytest.fixture(scope="module")
+def resnet_onnx(tmp_path_factory):
+    import torch
+
+    entry = next(e for e in zoo.MODELS if e.name == "resnet")
+    path = str(tmp_path_factory.mktemp("arm") / "resnet.onnx")
+    torch.onnx.export(entry.build(), (entry.example(),), path, input_names=["image"], output_names=["logits"],
+                      opset_version=17, dynamo=False)
+    return path
+
+
+def test_resnet_on_aarch64_matches_x86(resnet_onnx, tmp_path):
+    arm = reforge.compile(resnet_onnx, target="arm")
+    path = arm.save(str(tmp_path / "resnet_arm.tar"))
+    with tarfile.open(path) as tar:
+        assert _elf_machine(tar.extractfile("model.so").read()) == EM_AARCH64
+    loaded = reforge.load(path)
+    assert loaded.manifest["target"]["kind"] == "arm" and "aarch64" in loaded.manifest["run"]
+    assert loaded.emulated
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype("float32")
+    out = loaded.run({"image": x})["logits"]
+    ref = reforge.compile(resnet_onnx, target="x86").run({"image": x})["logits"]
+    assert np.abs(out - ref).max() <= RTOL * np.abs(ref).max()
+    assert len(loaded.time({"image": x}, 2)) == 2
+
+
+def test_aarch64_code_uses_neon(resnet_onnx):
+    arm = reforge.compile(resnet_onnx, target="arm")
+    asm = arm.executable.mod.imports[0].inspect_source("asm")
+    assert "fmla\tv" in asm  # vector fused multiply-add on 128-bit NEON registers
+    assert "vfmadd" not in asm and "ymm" not in asm
+
+
+def test_cli_compile_verify_run_for_arm(tmp_path, capsys):
+    model = str(tmp_path / "m.onnx")
+    onnx.save(conv_bn_relu_model(), model)
+    out = str(tmp_path / "m_arm.tar")
+    assert main(["compile", model, "--target", "arm", "--verify", "-o", out]) == 0
+    report = capsys.readouterr().out
+    assert "final module    onnxruntime" in report and "target:  arm (mcpu cortex-a72, neon)" in report
+    assert main(["run", out, "--print-time", "--repeat", "2"]) == 0
+    assert "emulated by qemu-aarch64" in capsys.readouterr().out
+    assert main(["bench", model, "--target", "arm"]) == 2
+    assert "cannot run target 'arm' natively" in capsys.readouterr().err
+
+
+def test_missing_cross_compiler_is_named(tmp_path, monkeypatch):
+    model = str(tmp_path / "m.onnx")
+    onnx.save(conv_bn_relu_model(), model)
+    art = reforge.compile(model, target="arm")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no aarch64-linux-gnu-g++ here
+    with pytest.raises(ReforgeError, match=r"the 'arm' target needs 'aarch64-linux-gnu-g\+\+'"):
+        art.save(str(tmp_path / "m.tar"))
+    assert not os.path.exists(tmp_path / "m.tar")
+
+
+def test_native_runner_reports_bad_input_files(tmp_path):
+    from reforge.qemu_runner import QemuRunner
+
+    model = str(tmp_path / "m.onnx")
+    onnx.save(conv_bn_relu_model(), model)
+    runner = QemuRunner(reforge.compile(model, target="arm").library())
+    with pytest.raises(ReforgeError, match=r"failed under qemu: run_vm: .*image.in"):
+        runner.run([np.zeros((1, 3, 8, 4), "float32")])  # the module was built for 1x3x8x8
