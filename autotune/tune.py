@@ -69,6 +69,9 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
     if trials < 1:
         raise ReforgeError("--trials must be at least 1")
     tgt = get_target(target)
+    if tgt.kind != "x86":  # candidates are built for the host; cross-building ones is the next step
+        raise ReforgeError(f"reforge tune supports the x86 targets (measured here or on x86 devices behind "
+                           f"--rpc-tracker); target '{tgt.name}' compiles with its default schedules")
     names = registry.select(opt_level, tgt.kind, enable_passes, disable_passes, passes)
     records = TuningRecords.load(prior, tgt.describe()) if prior else TuningRecords(tgt.describe())
     try:

@@ -29,13 +29,17 @@ from .toolchains import export_library
 FORMAT = "reforge-artifact/1"
 LIBRARY = "model.so"
 MANIFEST = "manifest.json"
+KERNEL_FILES = ("kernels.cu", "kernels.fatbin")  # a GPU target's device code, beside model.so
+MEMBERS = (MANIFEST, LIBRARY, *KERNEL_FILES)
 
 
 class Artifact:
     """A compiled model: run it, time it, save it as a .tar."""
 
-    def __init__(self, executable, manifest: dict, library: bytes | None = None):
+    def __init__(self, executable, manifest: dict, library: bytes | None = None,
+                 kernel_files: dict[str, bytes] | None = None):
         self.executable, self.manifest = executable, manifest
+        self.kernel_files = kernel_files or {}  # KERNEL_FILES entries: device code for a GPU target
         self.imported = None  # the ImportedModel it was compiled from, when compiled in this process
         self._library = library  # model.so's bytes, once exported or read
         self._runner = None
@@ -50,7 +54,8 @@ class Artifact:
 
     @property
     def runner(self):
-        """Where ``run`` and ``time`` execute: this CPU, or an aarch64 module under qemu."""
+        """Where ``run`` and ``time`` execute: this CPU, this machine's GPU, or an aarch64
+        module under qemu."""
         if self._runner is None:
             target = self.manifest["target"]
             if host_can_run(target):
@@ -59,10 +64,15 @@ class Artifact:
                 from .qemu_runner import QemuRunner
 
                 self._runner = QemuRunner(self.library())
+            elif target.get("kind") == "cuda" and tvm.cuda(0).exist:
+                self._runner = Runner(_load_library(self.library(), "this module"), tvm.cuda(0))
             else:
-                missing = sorted(set(target.get("features", [])) - get_target("x86").features)
+                if target.get("kind") == "cuda":
+                    needs = f"an NVIDIA GPU ({', '.join(target.get('features', []))}) with TVM's CUDA runtime"
+                else:
+                    needs = ", ".join(sorted(set(target.get("features", [])) - get_target("x86").features))
                 raise ReforgeError(f"this module was built for target '{target.get('name')}' and needs "
-                                   f"{', '.join(missing) or target.get('kind')}, which this machine lacks")
+                                   f"{needs}, which this machine lacks")
         return self._runner
 
     @property
@@ -92,14 +102,14 @@ class Artifact:
 
     def save(self, path: str) -> str:
         """Write the artifact to ``path`` (a .tar)."""
-        blob = self.library()
-        manifest = dict(self.manifest, files={LIBRARY: hashlib.sha256(blob).hexdigest()})
+        payloads = {LIBRARY: self.library(), **self.kernel_files}
+        manifest = dict(self.manifest, files={n: hashlib.sha256(b).hexdigest() for n, b in payloads.items()})
         data = json.dumps(manifest, indent=2).encode()
         out_dir = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(out_dir):
             raise ReforgeError(f"cannot write '{path}': folder '{out_dir}' does not exist")
         with tarfile.open(path, "w") as tar:
-            for name, payload in ((MANIFEST, data), (LIBRARY, blob)):
+            for name, payload in ((MANIFEST, data), *payloads.items()):
                 info = tarfile.TarInfo(name)
                 info.size, info.mode = len(payload), 0o644
                 tar.addfile(info, io.BytesIO(payload))
@@ -113,7 +123,9 @@ def load(path: str, remote=None) -> Artifact:
     With ``remote`` (a :class:`reforge.remote.RemoteDevices`), the module is uploaded to one of
     the tracker's devices and runs there; the CPU-feature check is then the device's business.
     """
-    manifest, library = _verified(path)
+    manifest, files = _verified(path)
+    library = files.pop(LIBRARY)
+    kernels = {n: b for n, b in files.items() if n in KERNEL_FILES}
     if remote is not None:
         session = remote.session()
         try:
@@ -121,25 +133,30 @@ def load(path: str, remote=None) -> Artifact:
             lib = session.load_module(LIBRARY)
         except Exception as err:  # RPC and dlopen failures on the device arrive as assorted types
             raise ReforgeError(f"'{path}': cannot load {LIBRARY} on {remote}: {one_line(err)}") from err
-        artifact = Artifact(lib, manifest, library)
-        artifact._runner = Runner(lib, session.cpu(), session=session)
+        artifact = Artifact(lib, manifest, library, kernels)
+        device = session.cuda() if manifest["target"].get("kind") == "cuda" else session.cpu()
+        artifact._runner = Runner(lib, device, session=session)
         return artifact
-    if not host_can_run(manifest["target"]):  # runs under qemu (aarch64) or is refused when run
-        return Artifact(None, manifest, library)
+    if not host_can_run(manifest["target"]):  # loaded when run: under qemu, on a GPU, or refused
+        return Artifact(None, manifest, library, kernels)
+    return Artifact(_load_library(library, f"'{path}'"), manifest, library, kernels)
+
+
+def _load_library(library: bytes, what: str):
+    """dlopen ``model.so`` from its bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         lib_path = os.path.join(tmp, LIBRARY)
         with open(lib_path, "wb") as f:
             f.write(library)
         try:
             with quiet_stderr():
-                lib = tvm.runtime.load_module(lib_path)
+                return tvm.runtime.load_module(lib_path)
         except Exception as err:  # TVM raises its own error types from dlopen failures
-            raise ReforgeError(f"'{path}': cannot load {LIBRARY}: {one_line(err)}") from err
-    return Artifact(lib, manifest, library)
+            raise ReforgeError(f"{what}: cannot load {LIBRARY}: {one_line(err)}") from err
 
 
-def _verified(path: str) -> tuple[dict, bytes]:
-    """The manifest and the library bytes, after the format and SHA-256 checks."""
+def _verified(path: str) -> tuple[dict, dict[str, bytes]]:
+    """The manifest and the files by name, after the format and SHA-256 checks."""
     members = _read_members(path)
     try:
         manifest = json.loads(members[MANIFEST])
@@ -148,16 +165,20 @@ def _verified(path: str) -> tuple[dict, bytes]:
     if manifest.get("format") != FORMAT:
         raise ReforgeError(f"'{path}' has artifact format {manifest.get('format')!r}; this reforge reads {FORMAT}")
     expected = manifest.get("files", {})
-    if set(expected) != {LIBRARY}:
-        raise ReforgeError(f"'{path}': manifest.json does not list the SHA-256 of {LIBRARY}")
-    if hashlib.sha256(members[LIBRARY]).hexdigest() != expected[LIBRARY]:
-        raise ReforgeError(f"'{path}' was modified after compilation: {LIBRARY} does not match its "
-                           "SHA-256 in manifest.json; refusing to load it")
-    return manifest, members[LIBRARY]
+    for name in set(members) - {MANIFEST} | {LIBRARY}:
+        if name not in expected:
+            raise ReforgeError(f"'{path}': manifest.json does not list the SHA-256 of {name}")
+    for name, digest in expected.items():
+        if name not in members:
+            raise ReforgeError(f"'{path}' lacks {name}, which its manifest.json lists")
+        if hashlib.sha256(members[name]).hexdigest() != digest:
+            raise ReforgeError(f"'{path}' was modified after compilation: {name} does not match its "
+                               "SHA-256 in manifest.json; refusing to load it")
+    return manifest, members
 
 
 def _read_members(path: str) -> dict[str, bytes]:
-    """The two regular files of an artifact; anything else in the archive is refused."""
+    """The regular files of an artifact; anything else in the archive is refused."""
     if not os.path.isfile(path):
         raise ReforgeError(f"artifact '{path}' not found")
     try:
@@ -168,9 +189,10 @@ def _read_members(path: str) -> dict[str, bytes]:
     with tar:
         try:
             for member in tar.getmembers():
-                if member.name not in (MANIFEST, LIBRARY) or not member.isfile():
+                if member.name not in MEMBERS or not member.isfile():
                     raise ReforgeError(f"'{path}' holds an unexpected member '{member.name}'; a reforge "
-                                       f"artifact has exactly {MANIFEST} and {LIBRARY}")
+                                       f"artifact has {MANIFEST}, {LIBRARY} and for GPU targets "
+                                       f"{' / '.join(KERNEL_FILES)}, as regular files")
                 if member.name in found:
                     raise ReforgeError(f"'{path}' holds '{member.name}' twice")
                 found[member.name] = tar.extractfile(member).read()

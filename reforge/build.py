@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 
 from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
 from reforge.topi_ext.default_schedules import apply_default_schedules
 from reforge.topi_ext.layouts import blocked_conv2d_layouts
+from reforge.topi_ext.schedule_gpu import apply_gpu_schedules
 
 from .errors import one_line
 from .native_log import quiet_stderr
@@ -67,13 +69,35 @@ def lower(mod: tvm.IRModule, target: TargetSpec, report: BuildReport, database=N
     return mod
 
 
+def lower_gpu(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRModule:
+    """NCHW legalization and fusion, then reforge's and dlight's GPU schedules."""
+    tgt = target.tvm_target
+    mod = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        *cuda_pipeline.library_dispatch_passes(tgt),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ])(mod)
+    mod, report.schedules = apply_gpu_schedules(mod, tgt)
+    return mod
+
+
 def build(mod: tvm.IRModule, target: TargetSpec, database=None) -> tuple[relax.VMExecutable, BuildReport]:
     """Compile ``mod`` for ``target``, applying tuning records from ``database`` if given."""
     start, report = time.perf_counter(), BuildReport()
     tgt = target.tvm_target
     with tgt:
-        lowered = lower(mod, target, report, database)
-        finish = tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(tgt) + cpu_generic.finalize_passes(tgt))
-        executable = tvm.compile(lowered, target=tgt, relax_pipeline=finish)
+        if target.kind == "cuda":
+            lowered = lower_gpu(mod, target, report)
+            passes = cuda_pipeline.dataflow_lower_passes(tgt) + cuda_pipeline.finalize_passes(tgt)
+        else:
+            lowered = lower(mod, target, report, database)
+            passes = cpu_generic.dataflow_lower_passes(tgt) + cpu_generic.finalize_passes(tgt)
+        executable = tvm.compile(lowered, target=tgt, relax_pipeline=tvm.transform.Sequential(passes))
     report.seconds = time.perf_counter() - start
     return executable, report

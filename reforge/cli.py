@@ -19,7 +19,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="an .onnx file or a saved torch.export program (.pt2)")
-    p.add_argument("--target", default="x86", help="target preset: x86, x86-avx2, x86-avx512, arm (aarch64, cross-compiled), arm-a76; default x86")
+    p.add_argument("--target", default="x86",
+                   help="target preset: x86, x86-avx2, x86-avx512, arm (aarch64, cross-compiled), arm-a76, "
+                        "cuda; default x86")
+    p.add_argument("--cuda-arch", metavar="sm_XY", help="GPU architecture for --target cuda (default sm_80)")
     p.add_argument("-O", dest="opt_level", type=int, default=2, metavar="LEVEL",
                    help="optimization level: -O0 imports and lowers only, -O1 canonicalizes, -O2 (default) "
                         "runs every exact and profitable rewrite for the target")
@@ -128,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
 def _compile_options(args) -> dict:
     from reforge.frontend import parse_input_shapes
 
-    return dict(target=args.target, opt_level=args.opt_level, enable_passes=args.enable_pass,
+    target = args.target
+    if args.cuda_arch is not None:
+        if target != "cuda":
+            raise ReforgeError("--cuda-arch applies to --target cuda")
+        target = f"cuda-{args.cuda_arch}"
+    return dict(target=target, opt_level=args.opt_level, enable_passes=args.enable_pass,
                 disable_passes=args.disable_pass, input_shapes=parse_input_shapes(args.input_shape),
                 passes=[p for p in args.passes.split(",") if p] if args.passes is not None else None)
 

@@ -26,7 +26,7 @@ from .artifact import FORMAT, Artifact
 from .build import build
 from .errors import VerificationError
 from .targets import get_target
-from .toolchains import runs_here
+from .toolchains import cuda_kernel_files, runs_here
 from .verify import Check, check, run_module
 
 IMPORT_RTOL = 1e-4  # imported Relax module vs the original framework
@@ -100,7 +100,8 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
     manifest = _manifest(imported, tgt, opt_level, records, build_report)
     if tuning_records:
         manifest["tuning_records"] = {"path": os.path.basename(tuning_records), "sha256": _sha256(tuning_records)}
-    artifact = Artifact(executable, manifest)
+    kernels = cuda_kernel_files(executable, sorted(tgt.features)[0]) if tgt.kind == "cuda" else None
+    artifact = Artifact(executable, manifest, kernel_files=kernels)
     artifact.imported = imported
     if verifier is not None:
         verifier.finish(artifact, tgt, records)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 from tvm.target import Target, codegen
@@ -18,7 +19,7 @@ class TargetSpec:
     """A reforge target: its name, the TVM target, and the CPU features it may use."""
 
     name: str
-    kind: str  # "x86" or "arm"
+    kind: str  # "x86", "arm" or "cuda"
     tvm_target: Target = field(compare=False)
     features: frozenset[str] = frozenset()
 
@@ -32,6 +33,11 @@ class TargetSpec:
 
     def how_to_run(self) -> str:
         """The manifest's note on where and how the artifact runs."""
+        if self.kind == "cuda":
+            return ("on a machine with an NVIDIA GPU of compute capability "
+                    f"{sorted(self.features)[0]} or newer and TVM built with CUDA: `reforge run ARTIFACT` (model.so "
+                    "JIT-compiles its kernels with NVRTC, or nvcc with TVM_CUDA_COMPILE_MODE=nvcc); "
+                    "kernels.fatbin holds them compiled ahead of time by nvcc, kernels.cu their source")
         if self.kind == "arm":
             return ("on an aarch64 Linux device: `reforge run ARTIFACT --rpc-tracker HOST:PORT --rpc-key KEY` "
                     "with TVM's rpc_server running on the device, or model.so loaded by libtvm_runtime.so "
@@ -65,6 +71,17 @@ def _arm(name: str, mcpu: str, cores: int) -> TargetSpec:
     return TargetSpec(name, "arm", tgt, frozenset({"neon"}))
 
 
+def _cuda(arch: str) -> TargetSpec:
+    """NVIDIA GPUs of compute capability ``arch`` (``sm_80``: A100); the host side is generic x86-64."""
+    if not re.fullmatch(r"sm_\d{2,3}[af]?", arch):
+        raise ReforgeError(f"bad CUDA architecture '{arch}': expected sm_XY, e.g. sm_80 (A100), sm_86, sm_90")
+    tgt = Target({"kind": "cuda", "arch": arch, "max_shared_memory_per_block": 48 * 1024,
+                  "max_threads_per_block": 1024, "thread_warp_size": 32}, host={"kind": "llvm", "mcpu": "x86-64"})
+    return TargetSpec("cuda" if arch == DEFAULT_CUDA_ARCH else f"cuda-{arch}", "cuda", tgt, frozenset({arch}))
+
+
+DEFAULT_CUDA_ARCH = "sm_80"
+
 # preset name -> how to make it
 _PRESETS = {
     "x86": lambda: _x86("x86", None),  # the host CPU, features detected
@@ -72,6 +89,7 @@ _PRESETS = {
     "x86-avx512": lambda: _x86("x86-avx512", "icelake-server"),  # AVX-512 F/BW/VL/VNNI/VPOPCNTDQ
     "arm": lambda: _arm("arm", "cortex-a72", 4),  # aarch64 + NEON, e.g. Raspberry Pi 4
     "arm-a76": lambda: _arm("arm-a76", "cortex-a76", 4),  # ARMv8.2 + dot product, e.g. Raspberry Pi 5
+    "cuda": lambda: _cuda(DEFAULT_CUDA_ARCH),  # "cuda-sm_XY" picks another architecture
 }
 
 
@@ -79,6 +97,8 @@ def get_target(name: str | TargetSpec) -> TargetSpec:
     """Resolve a target preset name (``reforge compile --help`` lists them)."""
     if isinstance(name, TargetSpec):
         return name
+    if name.startswith("cuda-"):
+        return _cuda(name[len("cuda-"):])
     if name not in _PRESETS:
         raise ReforgeError(f"unknown target '{name}'; choose one of: {', '.join(_PRESETS)}")
     return _PRESETS[name]()

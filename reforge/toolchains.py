@@ -54,6 +54,25 @@ def export_library(executable, path: str, kind: str) -> None:
         executable.export_library(path)
 
 
+def cuda_kernel_files(executable, arch: str) -> dict[str, bytes]:
+    """The module's CUDA kernels as source (``kernels.cu``) and as a fatbin built by nvcc for
+    ``arch`` plus PTX for newer GPUs (``kernels.fatbin``)."""
+    nvcc = require("nvcc", "the 'cuda' target")
+    source = executable.mod.imports[0].imports[0].inspect_source()
+    compute = arch.replace("sm_", "compute_")
+    with tempfile.TemporaryDirectory() as tmp:
+        cu, fatbin = os.path.join(tmp, "kernels.cu"), os.path.join(tmp, "kernels.fatbin")
+        with open(cu, "w") as f:
+            f.write(source)
+        done = subprocess.run([nvcc, "--fatbin", "-O3", f"-gencode=arch={compute},code=[{arch},{compute}]",
+                               "-o", fatbin, cu], capture_output=True, text=True)
+        if done.returncode != 0:
+            errors = [ln for ln in done.stderr.splitlines() if "error" in ln] or done.stderr.splitlines() or ["?"]
+            raise ReforgeError(f"nvcc rejected the generated kernels for {arch}: {errors[0].strip()}")
+        with open(fatbin, "rb") as f:
+            return {"kernels.cu": source.encode(), "kernels.fatbin": f.read()}
+
+
 def cache_dir() -> str:
     return os.environ.get("REFORGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "reforge")
 

@@ -1,0 +1,59 @@
+"""Running one GPU-scheduled PrimFunc on the CPU: TVM's OpenCL codegen of the same schedule,
+launched with pyopencl on PoCL. A schedule's thread bindings, shared-memory staging and barriers
+mean the same in OpenCL as in CUDA, so this checks the numerics of reforge's GPU schedules on a
+machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyopencl as cl
+import tvm
+from tvm import tirx
+from tvm_ffi.structural import structural_visit
+
+OPENCL = tvm.target.Target({"kind": "opencl"}, host={"kind": "llvm"})
+_context = None
+
+
+def _queue() -> tuple[cl.Context, cl.CommandQueue]:
+    global _context
+    if _context is None:
+        ctx = cl.create_some_context(interactive=False)
+        _context = ctx, cl.CommandQueue(ctx)
+    return _context
+
+
+def launch_dims(func: tirx.PrimFunc) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(global, local) work sizes from the thread-bound loop extents."""
+    extents: dict[str, int] = {}
+
+    def on_for(loop, visitor):
+        if loop.thread_binding is not None:
+            extents[loop.thread_binding.thread_tag] = int(loop.extent)
+        return visitor.default_visit(loop)
+
+    structural_visit(func, [(tirx.For, on_for)])
+    local = tuple(extents.get(f"threadIdx.{a}", 1) for a in "xyz")
+    return tuple(extents.get(f"blockIdx.{a}", 1) * n for a, n in zip("xyz", local)), local
+
+
+def run_kernel(func: tirx.PrimFunc, arrays: list[np.ndarray]) -> str:
+    """Run a one-kernel scheduled PrimFunc on ``arrays`` (its parameters in order, outputs
+    included), copying every buffer back; returns the OpenCL source."""
+    func = func.with_attr("global_symbol", "main")
+    src = tvm.compile(tvm.IRModule({"main": func}), target=OPENCL).mod.imports[0].inspect_source()
+    (name, signature), = re.findall(r"__kernel void (\w+)\(([^)]*)\)\s*\{", src)
+    by_name = dict(zip([p.name for p in func.params], arrays))
+    order = [re.search(r"(\w+)_ptr$", a.strip()).group(1) for a in signature.split(",")]
+    ctx, queue = _queue()
+    flags = cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR
+    buffers = {n: cl.Buffer(ctx, flags, hostbuf=a) for n, a in by_name.items()}
+    glob, local = launch_dims(func)
+    getattr(cl.Program(ctx, src).build(), name)(queue, glob, local, *[buffers[n] for n in order])
+    for n, a in by_name.items():
+        cl.enqueue_copy(queue, a, buffers[n])
+    queue.finish()
+    return src
