@@ -29,7 +29,8 @@ from .toolchains import export_library
 FORMAT = "reforge-artifact/1"
 LIBRARY = "model.so"
 MANIFEST = "manifest.json"
-KERNEL_FILES = ("kernels.cu", "kernels.fatbin")  # a GPU target's device code, beside model.so
+KERNEL_FILES = ("kernels.cu", "kernels.fatbin",  # cuda: device code beside model.so
+                "kernels.cl", "launch_plan.json", "params.bin")  # opencl-fpga: instead of model.so
 MEMBERS = (MANIFEST, LIBRARY, *KERNEL_FILES)
 
 
@@ -64,6 +65,10 @@ class Artifact:
                 from .qemu_runner import QemuRunner
 
                 self._runner = QemuRunner(self.library())
+            elif target.get("kind") == "opencl-fpga":
+                from .opencl_runner import OpenCLRunner
+
+                self._runner = OpenCLRunner(self.kernel_files)
             elif target.get("kind") == "cuda" and tvm.cuda(0).exist:
                 self._runner = Runner(_load_library(self.library(), "this module"), tvm.cuda(0))
             else:
@@ -77,12 +82,15 @@ class Artifact:
 
     @property
     def emulated(self) -> bool:
-        """Whether ``run`` / ``time`` go through an emulator rather than the target's CPU."""
-        return type(self.runner).__name__ == "QemuRunner"
+        """Whether ``run`` / ``time`` go through an emulator (qemu, or OpenCL on a CPU) rather than
+        the target's device."""
+        runner = type(self.runner).__name__
+        return runner == "QemuRunner" or (runner == "OpenCLRunner" and self.runner.on_cpu)
 
-    def library(self) -> bytes:
-        """``model.so`` as deployed: built for the target's CPU, cross-compiled where needed."""
-        if self._library is None:
+    def library(self) -> bytes | None:
+        """``model.so`` as deployed: built for the target's CPU, cross-compiled where needed
+        (None for opencl-fpga, whose artifact holds kernels and a launch plan instead)."""
+        if self._library is None and self.executable is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 lib = os.path.join(tmp, LIBRARY)
                 with quiet_stderr():
@@ -102,7 +110,8 @@ class Artifact:
 
     def save(self, path: str) -> str:
         """Write the artifact to ``path`` (a .tar)."""
-        payloads = {LIBRARY: self.library(), **self.kernel_files}
+        library = self.library()
+        payloads = {**({LIBRARY: library} if library is not None else {}), **self.kernel_files}
         manifest = dict(self.manifest, files={n: hashlib.sha256(b).hexdigest() for n, b in payloads.items()})
         data = json.dumps(manifest, indent=2).encode()
         out_dir = os.path.dirname(os.path.abspath(path))
@@ -124,9 +133,11 @@ def load(path: str, remote=None) -> Artifact:
     the tracker's devices and runs there; the CPU-feature check is then the device's business.
     """
     manifest, files = _verified(path)
-    library = files.pop(LIBRARY)
+    library = files.pop(LIBRARY, None)
     kernels = {n: b for n, b in files.items() if n in KERNEL_FILES}
     if remote is not None:
+        if library is None:
+            raise ReforgeError(f"'{path}' is an opencl-fpga artifact: run it where its OpenCL device is")
         session = remote.session()
         try:
             session.upload(bytearray(library), LIBRARY)
@@ -165,7 +176,11 @@ def _verified(path: str) -> tuple[dict, dict[str, bytes]]:
     if manifest.get("format") != FORMAT:
         raise ReforgeError(f"'{path}' has artifact format {manifest.get('format')!r}; this reforge reads {FORMAT}")
     expected = manifest.get("files", {})
-    for name in set(members) - {MANIFEST} | {LIBRARY}:
+    needed = {"kernels.cl", "launch_plan.json", "params.bin"} if manifest.get("target", {}).get(
+        "kind") == "opencl-fpga" else {LIBRARY}
+    for name in set(members) - {MANIFEST} | needed:
+        if name not in members:
+            raise ReforgeError(f"'{path}' is not a reforge artifact: it has no {name}")
         if name not in expected:
             raise ReforgeError(f"'{path}': manifest.json does not list the SHA-256 of {name}")
     for name, digest in expected.items():
@@ -198,7 +213,6 @@ def _read_members(path: str) -> dict[str, bytes]:
                 found[member.name] = tar.extractfile(member).read()
         except (tarfile.TarError, OSError, EOFError) as err:
             raise ReforgeError(f"'{path}' is a damaged tar archive: {one_line(err)}") from err
-    for name in (MANIFEST, LIBRARY):
-        if name not in found:
-            raise ReforgeError(f"'{path}' is not a reforge artifact: it has no {name}")
+    if MANIFEST not in found:
+        raise ReforgeError(f"'{path}' is not a reforge artifact: it has no {MANIFEST}")
     return found

@@ -14,10 +14,12 @@ from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
 from reforge.topi_ext.default_schedules import apply_default_schedules
 from reforge.topi_ext.layouts import blocked_conv2d_layouts
+from reforge.topi_ext.schedule_fpga import apply_fpga_schedules
 from reforge.topi_ext.schedule_gpu import apply_gpu_schedules
 
 from .errors import one_line
 from .native_log import quiet_stderr
+from .opencl_plan import OpenCLProgram, build_program
 from .targets import TargetSpec
 
 
@@ -69,10 +71,10 @@ def lower(mod: tvm.IRModule, target: TargetSpec, report: BuildReport, database=N
     return mod
 
 
-def lower_gpu(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRModule:
-    """NCHW legalization and fusion, then reforge's and dlight's GPU schedules."""
+def fuse_nchw(mod: tvm.IRModule, target: TargetSpec) -> tvm.IRModule:
+    """Legalization and fusion in the graph's own NCHW layout (the GPU and FPGA targets)."""
     tgt = target.tvm_target
-    mod = tvm.transform.Sequential([
+    return tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         *cuda_pipeline.library_dispatch_passes(tgt),
@@ -83,15 +85,32 @@ def lower_gpu(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
     ])(mod)
-    mod, report.schedules = apply_gpu_schedules(mod, tgt)
+
+
+def lower_gpu(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRModule:
+    """NCHW fusion, then reforge's and dlight's GPU schedules."""
+    mod, report.schedules = apply_gpu_schedules(fuse_nchw(mod, target), target.tvm_target)
     return mod
 
 
-def build(mod: tvm.IRModule, target: TargetSpec, database=None) -> tuple[relax.VMExecutable, BuildReport]:
-    """Compile ``mod`` for ``target``, applying tuning records from ``database`` if given."""
+def lower_fpga(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRModule:
+    """NCHW fusion, then single work-item kernels."""
+    mod, report.schedules = apply_fpga_schedules(fuse_nchw(mod, target))
+    return mod
+
+
+def build(mod: tvm.IRModule, target: TargetSpec, database=None) -> tuple[relax.VMExecutable | OpenCLProgram,
+                                                                           BuildReport]:
+    """Compile ``mod`` for ``target``, applying tuning records from ``database`` if given: a VM
+    executable, or for ``opencl-fpga`` the kernels and their launch plan."""
     start, report = time.perf_counter(), BuildReport()
     tgt = target.tvm_target
     with tgt:
+        if target.kind == "opencl-fpga":
+            report.layout = "NCHW"
+            executable = build_program(lower_fpga(mod, target, report), tgt)
+            report.seconds = time.perf_counter() - start
+            return executable, report
         if target.kind == "cuda":
             lowered = lower_gpu(mod, target, report)
             passes = cuda_pipeline.dataflow_lower_passes(tgt) + cuda_pipeline.finalize_passes(tgt)

@@ -223,7 +223,7 @@ def _run(args) -> int:
         t = np.asarray(artifact.time(inputs, args.repeat))
         print(f"time over {args.repeat} runs (ms): mean {t.mean():.3f}  median {np.median(t):.3f}  "
               f"min {t.min():.3f}  max {t.max():.3f}  std {t.std():.3f}"
-              + ("  (emulated by qemu-aarch64: not the device's speed)" if artifact.emulated else ""))
+              + ("  (emulated on this CPU: not the device's speed)" if artifact.emulated else ""))
     return 0
 
 

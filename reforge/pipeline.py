@@ -100,8 +100,11 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
     manifest = _manifest(imported, tgt, opt_level, records, build_report)
     if tuning_records:
         manifest["tuning_records"] = {"path": os.path.basename(tuning_records), "sha256": _sha256(tuning_records)}
-    kernels = cuda_kernel_files(executable, sorted(tgt.features)[0]) if tgt.kind == "cuda" else None
-    artifact = Artifact(executable, manifest, kernel_files=kernels)
+    if tgt.kind == "opencl-fpga":  # no shared library: kernels, launch plan and weights
+        artifact = Artifact(None, manifest, kernel_files=executable.files())
+    else:
+        kernels = cuda_kernel_files(executable, sorted(tgt.features)[0]) if tgt.kind == "cuda" else None
+        artifact = Artifact(executable, manifest, kernel_files=kernels)
     artifact.imported = imported
     if verifier is not None:
         verifier.finish(artifact, tgt, records)

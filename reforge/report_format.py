@@ -56,6 +56,8 @@ def build_report(manifest: dict) -> str:
 def _machine(target: dict) -> str:
     """``arch sm_80`` for a GPU, ``mcpu cortex-a72, neon`` for a CPU."""
     tvm_target = target["tvm"]
+    if target["kind"] == "opencl-fpga":
+        return "OpenCL C, single work-item kernels"
     if "arch" in tvm_target:
         return f"arch {tvm_target['arch']}"
     return f"mcpu {tvm_target.get('mcpu', '?')}, {', '.join(target['features']) or 'baseline ISA'}"

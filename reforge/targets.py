@@ -19,7 +19,7 @@ class TargetSpec:
     """A reforge target: its name, the TVM target, and the CPU features it may use."""
 
     name: str
-    kind: str  # "x86", "arm" or "cuda"
+    kind: str  # "x86", "arm", "cuda" or "opencl-fpga"
     tvm_target: Target = field(compare=False)
     features: frozenset[str] = frozenset()
 
@@ -33,6 +33,11 @@ class TargetSpec:
 
     def how_to_run(self) -> str:
         """The manifest's note on where and how the artifact runs."""
+        if self.kind == "opencl-fpga":
+            return ("compile kernels.cl with the FPGA vendor's offline compiler (Intel: `aoc kernels.cl`) and "
+                    "launch the kernels in launch_plan.json's order on params.bin's weights (the plan names "
+                    "every buffer and argument); `reforge run ARTIFACT` does this with pyopencl, on the "
+                    "CPU through PoCL when no FPGA platform is installed")
         if self.kind == "cuda":
             return ("on a machine with an NVIDIA GPU of compute capability "
                     f"{sorted(self.features)[0]} or newer and TVM built with CUDA: `reforge run ARTIFACT` (model.so "
@@ -90,6 +95,8 @@ _PRESETS = {
     "arm": lambda: _arm("arm", "cortex-a72", 4),  # aarch64 + NEON, e.g. Raspberry Pi 4
     "arm-a76": lambda: _arm("arm-a76", "cortex-a76", 4),  # ARMv8.2 + dot product, e.g. Raspberry Pi 5
     "cuda": lambda: _cuda(DEFAULT_CUDA_ARCH),  # "cuda-sm_XY" picks another architecture
+    "opencl-fpga": lambda: TargetSpec("opencl-fpga", "opencl-fpga",
+                                      Target({"kind": "opencl"}, host={"kind": "llvm", "mcpu": "x86-64"})),
 }
 
 

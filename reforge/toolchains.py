@@ -8,6 +8,7 @@ unpacked once into ``$REFORGE_CACHE`` (default ``~/.cache/reforge``).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -37,11 +38,15 @@ def require(tool: str, why: str) -> str:
 
 
 def runs_here(target: dict) -> bool:
-    """Whether this machine can run a module for ``target`` (a manifest entry): natively, or an
-    aarch64 module under qemu when the emulator and the cross compiler are installed."""
+    """Whether this machine can run a module for ``target`` (a manifest entry): natively, an
+    aarch64 module under qemu when the emulator and the cross compiler are installed, OpenCL
+    kernels with pyopencl."""
     from .targets import host_can_run
 
-    return host_can_run(target) or (target.get("kind") == "arm" and shutil.which(QEMU_AARCH64) is not None
+    kind = target.get("kind")
+    if kind == "opencl-fpga":
+        return importlib.util.find_spec("pyopencl") is not None
+    return host_can_run(target) or (kind == "arm" and shutil.which(QEMU_AARCH64) is not None
                                     and shutil.which(CROSS_CXX["arm"]) is not None)
 
 
