@@ -34,6 +34,7 @@ from .report import BlockReport
 _MAX_ROUNDS = 16
 _ACTIVATIONS = ("relax.nn.relu", "relax.nn.relu6", "relax.clip", "relax.nn.leakyrelu", "relax.nn.prelu",
                 "relax.nn.silu", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.sigmoid", "relax.tanh")
+_LINEAR = ("relax.nn.conv2d", "relax.nn.avg_pool2d", "relax.multiply")
 PARALLEL, SEQUENTIAL = "parallel branches merged", "sequential convs merged"
 
 
@@ -156,7 +157,7 @@ class _Merge(relax.PyExprMutator):
         new = None
         if op_name(call) == "relax.add" and not inner:
             new = self._merge_sum(call)
-        elif op_name(call) in ("relax.nn.conv2d", "relax.nn.avg_pool2d"):
+        elif op_name(call) == "relax.nn.conv2d":
             new = self._merge_chain(call)
         return call if new is None else new
 
@@ -170,38 +171,47 @@ class _Merge(relax.PyExprMutator):
 
     # -- sequential
 
-    def _first_conv(self, data: relax.Expr) -> _Conv | None:
-        """``conv(x) [+ b1]`` bound to ``data``, read with b1 as its bias."""
-        add = self._producer(data, ("relax.add",))
+    def _read(self, expr: relax.Expr) -> _Conv | None:
+        """A once-used ``linear(x) [+ b]`` bound to ``expr``, read with b as its bias."""
+        add = self._producer(expr, ("relax.add",))
+        bias = None
         if add is not None:
-            if not is_const(add.args[1]):
+            bias = channel_vector(const_value(add.args[1]), tensor_shape(add), 1) if is_const(add.args[1]) else None
+            if bias is None:
                 return None
-            b1 = channel_vector(const_value(add.args[1]), tensor_shape(add), 1)
-            first = _read_linear(self._producer(add.args[0], ("relax.nn.conv2d",)))
-            return replace(first, bias=first.bias + b1) if first is not None and b1 is not None else None
-        return _read_linear(self._producer(data, ("relax.nn.conv2d",)))
+            expr = add.args[0]
+        linear = _read_linear(self._producer(expr, _LINEAR))
+        return linear if linear is None or bias is None else replace(linear, bias=linear.bias + bias)
 
-    def _chain(self, second: _Conv, out_shape: tuple[int, ...]) -> _Conv | str | None:
-        """``second`` composed with the conv feeding it; a string says why it cannot be."""
-        first = self._first_conv(second.data)
-        if first is not None:
-            return _compose(first, second, out_shape)
-        act = self._producer(second.data, _ACTIVATIONS)
-        if act is not None and self._first_conv(act.args[0]) is not None:
-            return f"kept conv -> {op_name(act).removeprefix('relax.')} -> conv: a nonlinearity sits between them"
-        return None
+    def _chain(self, last: _Conv) -> tuple[_Conv, int]:
+        """``last`` composed with the linear operators that feed it, as far as that is exact,
+        and how many pairs were composed."""
+        first = self._read(last.data)
+        if first is None:
+            return last, 0
+        first, pairs = self._chain(first)
+        composed = _compose(first, last)
+        return (last, 0) if isinstance(composed, str) else (composed, pairs + 1)
 
     def _merge_chain(self, call: relax.Call) -> relax.Expr | None:
+        """A conv fed by a conv (through linear operators only), composed into one."""
         second, shape = _read_linear(call), tensor_shape(call)
-        found = self._chain(second, shape) if second is not None else None
-        if isinstance(found, _Conv) and _cost(found.weight.shape, shape) > found.cost:
-            found = "kept a conv pair: the composed kernel costs more multiply-adds than the pair"
-        if isinstance(found, str):
-            self.found.refused[found] += 1
-        if not isinstance(found, _Conv):
+        first = self._read(second.data) if second is not None else None
+        if first is None or not first.is_conv:
+            act = self._producer(second.data, _ACTIVATIONS) if second is not None else None
+            if act is not None and getattr(self._read(act.args[0]), "is_conv", False):
+                self.found.refused[f"kept conv -> {op_name(act).removeprefix('relax.')} -> conv: "
+                                   "a nonlinearity sits between them"] += 1
             return None
-        self.found.merged[SEQUENTIAL] += 1
-        return _emit(found)
+        first, pairs = self._chain(first)
+        composed = _compose(first, second)
+        if isinstance(composed, _Conv) and _cost(composed.weight.shape, shape) > composed.cost:
+            composed = "kept a conv pair: the composed kernel costs more multiply-adds than the pair"
+        if isinstance(composed, str):
+            self.found.refused[composed] += 1
+            return None
+        self.found.merged[SEQUENTIAL] += pairs + 1
+        return _emit(composed)
 
     # -- parallel
 
@@ -214,15 +224,13 @@ class _Merge(relax.PyExprMutator):
             else:
                 (consts if is_const(arg) else leaves).append(arg)
 
-    def _branch(self, leaf: relax.Expr, shape: tuple[int, ...]) -> tuple[_Conv, bool] | None:
-        """A summand read as a linear operator of some tensor (through a conv chain: True)."""
+    def _branch(self, leaf: relax.Expr, shape: tuple[int, ...]) -> tuple[_Conv, int] | None:
+        """A summand read as a linear operator of some tensor, composed through the linear
+        operators feeding it (and how many pairs that composed)."""
         if tensor_shape(leaf) != shape:
             return None
-        linear = _read_linear(self._producer(leaf, ("relax.nn.conv2d", "relax.nn.avg_pool2d", "relax.multiply")))
-        if linear is None:
-            return _identity(leaf, shape, tensor_dtype(leaf)), False
-        chain = self._chain(linear, shape) if linear.cost else None
-        return (chain, True) if isinstance(chain, _Conv) else (linear, False)
+        linear = _read_linear(self._producer(leaf, _LINEAR))
+        return (_identity(leaf, shape, tensor_dtype(leaf)), 0) if linear is None else self._chain(linear)
 
     def _merge_sum(self, call: relax.Call) -> relax.Expr | None:
         shape = tensor_shape(call)
@@ -233,7 +241,7 @@ class _Merge(relax.PyExprMutator):
         vectors = [channel_vector(const_value(c), shape, 1) for c in consts]
         bias = sum((v.astype(np.float64) for v in vectors if v is not None), np.zeros(shape[1]))
         rest = [c for c, v in zip(consts, vectors) if v is None]
-        groups: dict[relax.Expr, list[tuple[relax.Expr, _Conv, bool]]] = {}
+        groups: dict[relax.Expr, list[tuple[relax.Expr, _Conv, int]]] = {}
         for leaf in leaves:
             read = self._branch(leaf, shape)
             if read is None:
@@ -247,7 +255,7 @@ class _Merge(relax.PyExprMutator):
             if isinstance(merged, _Conv):
                 merged_any = True
                 self.found.merged[PARALLEL] += 1
-                chains = sum(chained for *_, chained in members)
+                chains = sum(pairs for *_, pairs in members)
                 if chains:
                     self.found.merged[SEQUENTIAL] += chains
                 terms.insert(0, _emit(replace(merged, bias=np.zeros(shape[1]))))
@@ -342,7 +350,7 @@ def _merge_parallel(branches: list[_Conv], out_shape: tuple[int, ...]) -> _Conv 
     return merged
 
 
-def _compose(first: _Conv, second: _Conv, out_shape: tuple[int, ...]) -> _Conv | str:
+def _compose(first: _Conv, second: _Conv) -> _Conv | str:
     """``second(first(x) + b1)`` as one conv of x, or why the pair stays."""
     if (first.dilation != (1, 1) and not first.unit_kernel) or (second.dilation != (1, 1) and not second.unit_kernel):
         return "kept a dilated conv pair"
@@ -362,6 +370,6 @@ def _compose(first: _Conv, second: _Conv, out_shape: tuple[int, ...]) -> _Conv |
     strides = (first.strides[0] * second.strides[0], first.strides[1] * second.strides[1])
     merged = _Conv(first.data, weight, groups, strides, padding, (1, 1), bias, second.dtype,
                    first.cost + second.cost, True)
-    if _out_shape(merged, tensor_shape(first.data)) != out_shape:
+    if _out_shape(merged, tensor_shape(first.data)) != _out_shape(second, tensor_shape(second.data)):
         return "kept a conv pair whose composed padding gives another output shape"
     return merged
