@@ -103,26 +103,26 @@ def _read_linear(call) -> _Conv | None:
     """conv2d with a constant kernel, average pooling, or ``x·s[c]``, as a ``_Conv``."""
     if call is None:
         return None
-    name, out = op_name(call), tensor_shape(call)
-    if out is None or len(out) != 4 or not (tensor_dtype(call) or "").startswith("float"):
+    name, out, dtype = op_name(call), tensor_shape(call), tensor_dtype(call)
+    if out is None or len(out) != 4 or not (dtype or "").startswith("float") or tensor_dtype(call.args[0]) != dtype:
         return None
     a = call.attrs if name else None
     if name == "relax.nn.conv2d" and is_const(call.args[1]) \
             and (a["data_layout"], a["kernel_layout"], a["out_layout"] or "NCHW") == ("NCHW", "OIHW", "NCHW"):
         w = const_value(call.args[1]).astype(np.float64)
         return _Conv(call.args[0], w, int(a["groups"]), _ints(a["strides"]), _ints(a["padding"]),
-                     _ints(a["dilation"]), np.zeros(out[1]), tensor_dtype(call), _cost(w.shape, out), True)
+                     _ints(a["dilation"]), np.zeros(out[1]), dtype, _cost(w.shape, out), True)
     if name == "relax.nn.avg_pool2d" and a["layout"] == "NCHW" and (a["out_layout"] or "NCHW") == "NCHW" \
             and not a["ceil_mode"] and (a["count_include_pad"] or not any(_ints(a["padding"]))):
         size = _ints(a["pool_size"])
         w = ka.channel_kernel(np.full(out[1], 1.0 / (size[0] * size[1])), size)
         return _Conv(call.args[0], w, out[1], _ints(a["strides"]), _ints(a["padding"]), _ints(a["dilation"]),
-                     np.zeros(out[1]), tensor_dtype(call), _cost(w.shape, out), False)
+                     np.zeros(out[1]), dtype, _cost(w.shape, out), False)
     if name == "relax.multiply":
         for data, c in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
             s = channel_vector(const_value(c), out, 1) if is_const(c) and not is_const(data) else None
             if s is not None and tensor_shape(data) == out:
-                return _identity(data, out, tensor_dtype(call), s.astype(np.float64))
+                return _identity(data, out, dtype, s.astype(np.float64))
     return None
 
 
@@ -239,7 +239,8 @@ class _Merge(relax.PyExprMutator):
         leaves, consts = [], []
         self._flatten(call, leaves, consts)
         vectors = [channel_vector(const_value(c), shape, 1) for c in consts]
-        bias = sum((v.astype(np.float64) for v in vectors if v is not None), np.zeros(shape[1]))
+        biases = [v.astype(np.float64) for v in vectors if v is not None]
+        bias = sum(biases, np.zeros(shape[1]))
         rest = [c for c, v in zip(consts, vectors) if v is None]
         groups: dict[relax.Expr, list[tuple[relax.Expr, _Conv, int]]] = {}
         for leaf in leaves:
@@ -267,7 +268,7 @@ class _Merge(relax.PyExprMutator):
         if not merged_any:
             return None  # nothing merged: the sum stays as written
         out = terms[0]
-        if vectors or np.any(bias):
+        if biases or np.any(bias):
             out = relax.op.add(out, channel_const(bias, 4, 1, tensor_dtype(call)))
         for term in terms[1:] + rest:
             out = relax.op.add(out, term)
@@ -369,7 +370,7 @@ def _compose(first: _Conv, second: _Conv) -> _Conv | str:
     bias = second.bias + ka.conv_bias_of_input_shift(second.weight, first.bias, second.groups)
     strides = (first.strides[0] * second.strides[0], first.strides[1] * second.strides[1])
     merged = _Conv(first.data, weight, groups, strides, padding, (1, 1), bias, second.dtype,
-                   first.cost + second.cost, True)
+                   first.cost + second.cost, first.is_conv or second.is_conv)
     if _out_shape(merged, tensor_shape(first.data)) != _out_shape(second, tensor_shape(second.data)):
         return "kept a conv pair whose composed padding gives another output shape"
     return merged

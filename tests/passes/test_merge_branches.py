@@ -220,6 +220,13 @@ KEPT = [  # id, nodes, params spec, conv2d count (before = after), reason (a sub
      [N("Conv", ["x", "W3", "B3"], ["a"], pads=[0, 0, 1, 1], strides=[2, 2]),
       N("Conv", ["x", "W1", "B1"], ["b"], strides=[2, 2]), N("Add", ["a", "b"], ["y"])],
      {"W3": (6, 4, 3, 3), "B3": (6,), "W1": (6, 4, 1, 1), "B1": (6,)}, 2, "does not align"),
+    ("different-dilations",
+     [N("Conv", ["x", "Wa"], ["a"], pads=PAD1), N("Conv", ["x", "Wb"], ["b"], pads=[2, 2, 2, 2], dilations=[2, 2]),
+      N("Add", ["a", "b"], ["y"])],
+     {"Wa": (4, 4, 3, 3), "Wb": (4, 4, 3, 3)}, 2, "different dilations"),
+    ("depthwise-3x3-plus-dense-1x1-costs-more",
+     [N("Conv", ["x", "Wd"], ["a"], pads=PAD1, group=4), N("Conv", ["x", "W1"], ["b"]), N("Add", ["a", "b"], ["y"])],
+     {"Wd": (4, 1, 3, 3), "W1": (4, 4, 1, 1)}, 2, "more multiply-adds"),
     ("relu-between-convs",
      [N("Conv", ["x", "W1", "B1"], ["a"]), N("Relu", ["a"], ["r"]), N("Conv", ["r", "W3"], ["y"], pads=PAD1)],
      {"W1": (6, 4, 1, 1), "B1": (6,), "W3": (6, 6, 3, 3)}, 2, "nn.relu"),
@@ -244,6 +251,31 @@ def test_block_that_cannot_be_proven_exact_is_kept(case_id, nodes, spec, convs, 
     assert sum(res.report.refused.values()) == 1
     assert res.report.to_json()["blocks"] == {"found": 1, "rewritten": 0, "refused": dict(res.report.refused)}
 
+    feeds = harness.random_feeds(res.imported, rng)
+    err = max_rel_err(harness.run(res.mod, res.imported, feeds)[0], harness.onnxruntime(model, feeds)[0])
+    assert err <= RTOL
+
+
+SUMS = [  # id, nodes, params spec: parallel branches that merge into one conv
+    ("dilated-3x3-plus-1x1-plus-identity",
+     [N("Conv", ["x", "W3", "B3"], ["a"], pads=[2, 2, 2, 2], dilations=[2, 2]), N("Conv", ["x", "W1"], ["b"]),
+      N("Add", ["a", "b"], ["c"]), N("Add", ["x", "c"], ["y"])],
+     {"W3": (4, 4, 3, 3), "B3": (4,), "W1": (4, 4, 1, 1)}),
+    ("grouped-5x5-plus-depthwise-3x3-plus-avgpool",
+     [N("Conv", ["x", "W5"], ["a"], pads=[2, 2, 2, 2], group=2), N("Conv", ["x", "Wd"], ["b"], pads=PAD1, group=4),
+      N("AveragePool", ["x"], ["p"], kernel_shape=[3, 3], pads=PAD1, count_include_pad=1),
+      N("Add", ["a", "b"], ["c"]), N("Add", ["c", "p"], ["y"])],
+     {"W5": (4, 2, 5, 5), "Wd": (4, 1, 3, 3)}),
+]
+
+
+@pytest.mark.parametrize("case_id,nodes,spec", SUMS, ids=[m[0] for m in SUMS])
+def test_parallel_branches_merge(case_id, nodes, spec, harness):
+    rng = np.random.default_rng(seed_of(case_id))
+    model = model_of(nodes, spec, rng)
+    res = harness.rewrite(model, FoldConstants, FoldBatchNorm, MergeBranches)
+    assert dict(res.report.rewrites) == {"parallel branches merged": 1}
+    assert res.ops_after == ({"nn.conv2d": 1, "add": 1} if "B3" in spec else {"nn.conv2d": 1})
     feeds = harness.random_feeds(res.imported, rng)
     err = max_rel_err(harness.run(res.mod, res.imported, feeds)[0], harness.onnxruntime(model, feeds)[0])
     assert err <= RTOL
