@@ -229,7 +229,11 @@ class _Merge(relax.PyExprMutator):
         operators feeding it (and how many pairs that composed)."""
         if tensor_shape(leaf) != shape:
             return None
-        linear = _read_linear(self._producer(leaf, _LINEAR))
+        op = self._producer(leaf, _LINEAR)
+        linear = _read_linear(op)
+        if linear is None and op_name(op) == "relax.nn.avg_pool2d":
+            self.found.refused["kept an average pooling that leaves its padding out of the count (or rounds its "
+                               "output size up): it is no convolution at the border"] += 1
         return (_identity(leaf, shape, tensor_dtype(leaf)), 0) if linear is None else self._chain(linear)
 
     def _merge_sum(self, call: relax.Call) -> relax.Expr | None:
