@@ -56,6 +56,19 @@ class RepVGGBlock(nn.Module):
         return torch.relu(y if self.identity is None else y + self.identity(x))
 
 
+class RepVGGNet(nn.Module):
+    """A small RepVGG-A-style network: stride-2 blocks open each stage, then global pooling and a
+    classifier. Deploy form: one conv per block."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(RepVGGBlock(3, 8, 2), RepVGGBlock(8, 8), RepVGGBlock(8, 16, 2), RepVGGBlock(16, 16))
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
 class ACBlock(nn.Module):
     """Ding et al., ACNet (ICCV 2019): BN(3×3) + BN(1×3) + BN(3×1), the asymmetric kernels padded
     to land on the square kernel's centre row / column. Deploy form: one 3×3 conv."""
@@ -141,6 +154,7 @@ class RepGhostModule(nn.Module):
 FAMILIES = [  # id, block factory, input shape, conv2d count in the deploy form
     ("RepVGG", lambda: RepVGGBlock(8, 8), (2, 8, 10, 10), 1),
     ("RepVGG-stride2-groups2", lambda: RepVGGBlock(8, 16, stride=2, groups=2), (2, 8, 10, 10), 1),
+    ("RepVGG-net", RepVGGNet, (2, 3, 16, 16), 4),
     ("ACNet", lambda: ACBlock(6, 8), (2, 6, 9, 9), 1),
     ("ACNet-stride2", lambda: ACBlock(6, 8, stride=2), (2, 6, 10, 10), 1),
     ("DBB", lambda: DiverseBranchBlock(6, 8), (2, 6, 9, 9), 1),
