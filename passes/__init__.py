@@ -1,10 +1,11 @@
 """Graph rewrites on Relax, each a ``tvm.transform.Pass`` with a ``report`` of what it did."""
 
 from .fold_batchnorm import FoldBatchNorm
+from .merge_branches import MergeBranches
 from .registry import PASSES, PassInfo, get, select
 from .remove_noops import RemoveNoops
 from .report import PassReport
 from .tvm_builtin import DeadCode, FoldConstants
 
 __all__ = ["PASSES", "PassInfo", "PassReport", "get", "select",
-           "DeadCode", "FoldBatchNorm", "FoldConstants", "RemoveNoops"]
+           "DeadCode", "FoldBatchNorm", "FoldConstants", "MergeBranches", "RemoveNoops"]

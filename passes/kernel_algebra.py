@@ -56,3 +56,56 @@ def scale_dense_inputs(w: np.ndarray, s: np.ndarray) -> np.ndarray:
 def dense_bias_of_input_shift(w: np.ndarray, t: np.ndarray) -> np.ndarray:
     """``(x + t) @ W`` = ``x @ W + t @ W``."""
     return t @ w
+
+
+# ----------------------------------------------------------------------------- re-parameterization
+# 2-D kernels ``W[o, i, kh, kw]`` with ``groups`` g; a per-channel operator (identity, ``x·s``,
+# average pooling) is the depthwise kernel ``W[c, 0] = s[c]`` with g = C.
+
+
+def channel_kernel(scale: np.ndarray, size: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """``x·s[c]`` as a depthwise kernel (g = C); with ``size`` k×k and ``s = 1/k²``, average pooling."""
+    return np.broadcast_to(scale.reshape(-1, 1, 1, 1), (scale.size, 1) + tuple(size)).copy()
+
+
+def regroup_conv(w: np.ndarray, groups: int, new_groups: int) -> np.ndarray:
+    """The same convolution written with ``new_groups`` (a divisor of ``groups``): each output
+    channel keeps its taps, placed among the wider group's input channels, zeros elsewhere.
+    The identity regrouped from C to g groups is the Dirac kernel per group."""
+    out_ch, in_per_group = w.shape[:2]
+    in_ch = in_per_group * groups
+    new_in = in_ch // new_groups
+    channel = conv_input_channel_map(w, groups)
+    local = channel - (np.arange(out_ch) // (out_ch // new_groups))[:, None] * new_in
+    new = np.zeros((out_ch, new_in) + w.shape[2:], w.dtype)
+    new[np.arange(out_ch)[:, None], local] = w
+    return new
+
+
+def embed_centre(w: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Zero-pad a ``kh×kw`` kernel to ``size`` around its centre (``size − k`` must be even)."""
+    dh, dw = size[0] - w.shape[2], size[1] - w.shape[3]
+    return np.pad(w, ((0, 0), (0, 0), (dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)))
+
+
+def merge_parallel_convs(kernels: list[tuple[np.ndarray, int]], size: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """``Σ_b conv(x, W_b)`` (aligned, same stride) = ``conv(x, Σ_b embed(W_b))`` with
+    g = gcd of the branches' groups, every kernel embedded at the centre of ``size``."""
+    groups = int(np.gcd.reduce([g for _, g in kernels]))
+    return sum(embed_centre(regroup_conv(w, g, groups), size) for w, g in kernels), groups
+
+
+def compose_convs(w1: np.ndarray, g1: int, w2: np.ndarray, g2: int) -> tuple[np.ndarray, int]:
+    """``conv(conv(x, W1), W2)`` (stride 1 first, no padding between) = ``conv(x, W)`` with
+    ``W[o, c, t] = Σ_m Σ_{a+b=t} W2[o, m, b]·W1[m, c, a]``, size ``k1 + k2 − 1``, g = gcd(g1, g2)."""
+    d1, d2 = regroup_conv(w1, g1, 1), regroup_conv(w2, g2, 1)
+    (k1h, k1w), (k2h, k2w) = d1.shape[2:], d2.shape[2:]
+    dense = np.zeros((d2.shape[0], d1.shape[1], k1h + k2h - 1, k1w + k2w - 1), np.result_type(d1, d2))
+    for bh in range(k2h):
+        for bw in range(k2w):
+            dense[:, :, bh:bh + k1h, bw:bw + k1w] += np.einsum("om,mcij->ocij", d2[:, :, bh, bw], d1)
+    groups = int(np.gcd(g1, g2))
+    out_per_group, in_per_group = dense.shape[0] // groups, dense.shape[1] // groups
+    group = np.arange(dense.shape[0]) // out_per_group
+    cols = group[:, None] * in_per_group + np.arange(in_per_group)[None, :]
+    return dense[np.arange(dense.shape[0])[:, None], cols], groups

@@ -13,6 +13,7 @@ import tvm
 from reforge.errors import ReforgeError
 
 from .fold_batchnorm import FoldBatchNorm
+from .merge_branches import MergeBranches
 from .remove_noops import RemoveNoops
 from .tvm_builtin import DeadCode, FoldConstants
 
@@ -55,6 +56,13 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "a lone BatchNorm becomes a per-channel affine",
              "Ioffe & Szegedy, Batch Normalization, ICML 2015; Jacob et al., CVPR 2018 (sec. 3.2 folding)",
              requires=("fold-constants",)),
+    PassInfo("merge-branches", MergeBranches,
+             "structural re-parameterization: parallel linear branches on one input (k×k, 1×1, 1×k / k×1, "
+             "identity, per-channel affine, average pooling) summed into one conv, and chains of linear convs "
+             "composed into one",
+             "Ding et al., RepVGG, CVPR 2021; Ding et al., ACNet, ICCV 2019; Ding et al., Diverse Branch Block, "
+             "CVPR 2021; Vasu et al., MobileOne, CVPR 2023; Chen et al., RepGhost, 2022",
+             level=2, requires=("fold-constants", "fold-batchnorm")),
     PassInfo("dead-code", DeadCode,
              "remove bindings and functions whose results are never used",
              "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 8.5 dead-code elimination", rtol=1e-5),

@@ -139,3 +139,57 @@ def test_pure_functions_return_new_arrays(fn, args):
         np.testing.assert_array_equal(a, c)  # no argument modified
     for r in result if isinstance(result, tuple) else (result,):
         assert not any(np.shares_memory(r, a) for a in call if isinstance(a, np.ndarray))
+
+
+# ----------------------------------------------------------------------------- re-parameterization
+
+
+def conv2d(x, w, groups=1, padding=0, stride=1):
+    return F.conv2d(torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(w)), groups=groups,
+                    padding=padding, stride=stride).numpy()
+
+
+@pytest.mark.parametrize("groups,new_groups", [(4, 2), (4, 1), (2, 2), (8, 4), (8, 1)])
+def test_regroup_conv(groups, new_groups):
+    rng = np.random.default_rng(groups * 10 + new_groups)
+    x = rng.standard_normal((2, 8, 5, 5))
+    w = rng.standard_normal((8, 8 // groups, 3, 3))
+    close(conv2d(x, ka.regroup_conv(w, groups, new_groups), new_groups), conv2d(x, w, groups))
+
+
+def test_channel_kernel_is_scale_identity_and_average_pooling():
+    rng = np.random.default_rng(3)
+    x, s = rng.standard_normal((2, 6, 5, 5)), signed(rng, 6)
+    close(conv2d(x, ka.channel_kernel(s), 6), x * channels(s, 4))
+    close(conv2d(x, ka.regroup_conv(ka.channel_kernel(np.ones(6)), 6, 1)), x)  # Dirac kernel, dense
+    pool = F.avg_pool2d(torch.from_numpy(x), 3, 1, 1, count_include_pad=True).numpy()
+    close(conv2d(x, ka.channel_kernel(np.full(6, 1 / 9), (3, 3)), 6, padding=1), pool)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_merge_parallel_convs_repvgg_acnet(stride):
+    """3×3 (pad 1) + 1×1 (pad 0) + 1×3 (pad 0,1) + 3×1 (pad 1,0) + identity = one 3×3, pad 1."""
+    rng = np.random.default_rng(stride)
+    x = rng.standard_normal((2, 4, 7, 7))
+    w3, w1 = rng.standard_normal((4, 2, 3, 3)), rng.standard_normal((4, 4, 1, 1))
+    w13, w31 = rng.standard_normal((4, 4, 1, 3)), rng.standard_normal((4, 1, 3, 1))
+    ref = (conv2d(x, w3, 2, 1, stride) + conv2d(x, w1, 1, 0, stride) + conv2d(x, w13, 1, (0, 1), stride)
+           + conv2d(x, w31, 4, (1, 0), stride))
+    kernels = [(w3, 2), (w1, 1), (w13, 1), (w31, 4)]
+    if stride == 1:
+        ref = ref + x
+        kernels.append((ka.channel_kernel(np.ones(4)), 4))
+    w, g = ka.merge_parallel_convs(kernels, (3, 3))
+    assert g == 1 and w.shape == (4, 4, 3, 3)
+    close(conv2d(x, w, g, 1, stride), ref)
+
+
+@pytest.mark.parametrize("g1,g2", [(1, 1), (2, 2), (4, 1), (1, 4), (2, 4), (4, 2)])
+def test_compose_convs(g1, g2):
+    """conv(conv(x, W1), W2) with no padding between = conv(x, W1 ⊛ W2), g = gcd(g1, g2)."""
+    rng = np.random.default_rng(g1 * 7 + g2)
+    x = rng.standard_normal((2, 8, 9, 9))
+    w1, w2 = rng.standard_normal((8, 8 // g1, 3, 1)), rng.standard_normal((4, 8 // g2, 3, 3))
+    w, g = ka.compose_convs(w1, g1, w2, g2)
+    assert g == np.gcd(g1, g2) and w.shape == (4, 8 // g, 5, 3)
+    close(conv2d(x, w, g, padding=1), conv2d(conv2d(x, w1, g1, padding=1), w2, g2))

@@ -12,13 +12,15 @@ import reforge
 from reforge import ReforgeError
 from reforge.passes import PASSES, get, select
 
-TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]
+TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "merge-branches", "dead-code"]
+O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # merge-branches starts at -O2
 
 
 def test_table_order_and_prerequisites():
     assert list(PASSES) == TABLE
     assert PASSES["fold-batchnorm"].requires == ("fold-constants",)
-    assert all(not PASSES[n].requires for n in TABLE if n != "fold-batchnorm")
+    assert PASSES["merge-branches"].requires == ("fold-constants", "fold-batchnorm")
+    assert all(not PASSES[n].requires for n in TABLE if n not in ("fold-batchnorm", "merge-branches"))
 
 
 @pytest.mark.parametrize("name", TABLE)
@@ -30,12 +32,14 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
 
 @pytest.mark.parametrize("kwargs,expected", [
     (dict(opt_level=0), []),
-    (dict(opt_level=1), TABLE),
+    (dict(opt_level=1), O1),
     (dict(opt_level=2), TABLE),
     (dict(), TABLE),  # the default level is -O2
-    (dict(opt_level=2, disable=["dead-code"]), TABLE[:3]),
-    (dict(opt_level=2, disable=["fold-batchnorm"]), ["remove-noops", "fold-constants", "dead-code"]),
-    (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants"]), ["remove-noops", "dead-code"]),
+    (dict(opt_level=2, disable=["dead-code"]), TABLE[:4]),
+    (dict(opt_level=2, disable=["merge-branches"]), O1),
+    (dict(opt_level=2, disable=["fold-batchnorm", "merge-branches"]), ["remove-noops", "fold-constants", "dead-code"]),
+    (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", "merge-branches"]), ["remove-noops", "dead-code"]),
+    (dict(opt_level=1, enable=["merge-branches"]), TABLE),
     (dict(opt_level=0, enable=["dead-code"]), ["dead-code"]),
     (dict(opt_level=0, enable=["fold-batchnorm"]), ["fold-constants", "fold-batchnorm"]),
     (dict(opt_level=0, enable=["dead-code", "remove-noops"]), ["remove-noops", "dead-code"]),  # table order
@@ -59,6 +63,11 @@ def test_select(kwargs, expected):
 def test_disabling_a_prerequisite_names_both(kwargs):
     with pytest.raises(ReforgeError, match=r"(?s)(?=.*'fold-constants')(?=.*'fold-batchnorm')"):
         select(**kwargs)
+
+
+def test_disabling_fold_batchnorm_at_O2_names_merge_branches():
+    with pytest.raises(ReforgeError, match=r"(?s)(?=.*'fold-batchnorm')(?=.*'merge-branches')"):
+        select(opt_level=2, disable=["fold-batchnorm"])
 
 
 @pytest.mark.parametrize("kwargs", [
