@@ -71,7 +71,8 @@ def pack_dense_weights(weight: np.ndarray, word: str = "uint64") -> np.ndarray:
 
 
 def pack_activations_np(x: np.ndarray, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW") -> np.ndarray:
-    """numpy twin of :func:`bitpack`: ±1 (``x >= 0``) or k-bit unsigned ints -> ``[N, H, W, B, CW]``."""
+    """numpy twin of :func:`bitpack`: ±1 (``x >= 0``) or k-bit unsigned ints -> ``[N, H, W, B, CW]``
+    (``[N, B, CW]`` for layout ``NC``)."""
     if layout == "NCHW":
         x = x.transpose(0, 2, 3, 1)
     if act_bits == 1:
@@ -159,36 +160,48 @@ def border_table(packed_weight: np.ndarray, in_channels: int, geom: ConvGeometry
 
 
 def bitpack(x: te.Tensor, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW") -> te.Tensor:
-    """Pack ±1 (``x >= 0`` is +1) or k-bit unsigned activations into ``[N, H, W, B, CW]`` words.
+    """Pack ±1 (``x >= 0`` is +1) or k-bit unsigned activations into words: layout ``NCHW`` or
+    ``NHWC`` -> ``[N, H, W, B, CW]`` (conv input); ``NC`` -> ``[N, B, CW]`` (dense input).
 
     For k > 1 the input holds integers 0 .. 2^k - 1 (any dtype); values are truncated to int32."""
-    if layout == "NCHW":
+    if layout == "NC":
+        n, c = (int(d) for d in x.shape)
+        lead = (n,)
+        at = lambda idx, ch: x[idx[0], ch]  # noqa: E731
+    elif layout == "NCHW":
         n, c, h, w = (int(d) for d in x.shape)
-        at = lambda b_, y, xx, ch: x[b_, ch, y, xx]  # noqa: E731
+        lead = (n, h, w)
+        at = lambda idx, ch: x[idx[0], ch, idx[1], idx[2]]  # noqa: E731
     else:
         n, h, w, c = (int(d) for d in x.shape)
-        at = lambda b_, y, xx, ch: x[b_, y, xx, ch]  # noqa: E731
+        lead = (n, h, w)
+        at = lambda idx, ch: x[idx[0], idx[1], idx[2], ch]  # noqa: E731
     wb = word_bits(word)
-    cw = num_words(c, word)
     j = te.reduce_axis((0, wb), "j")
 
-    def bit(b_, y, xx, plane, ch):
-        v = at(b_, y, xx, tirx.min(ch, c - 1))
+    def bit(idx, plane, ch):
+        v = at(idx, tirx.min(ch, c - 1))
         if act_bits == 1:
-            on = v >= tirx.const(0, v.dtype)
+            on = v >= tirx.const(0, str(x.dtype))
         else:
             on = ((v.astype("int32") >> plane) & 1) == 1
         return tirx.Select(tirx.all(ch < c, on), tirx.const(1, word), tirx.const(0, word))
 
     # the bits are disjoint: their sum is their OR
     return te.compute(
-        (n, h, w, act_bits, cw),
-        lambda b_, y, xx, plane, k: te.sum(bit(b_, y, xx, plane, k * wb + j) << j.astype(word), axis=j),
+        (*lead, act_bits, num_words(c, word)),
+        lambda *idx: te.sum(bit(idx[:-2], idx[-2], idx[-1] * wb + j) << j.astype(word), axis=j),
         name=PACK)
 
 
 def _popcount32(v):
     return tirx.popcount(v).astype("int32")
+
+
+def _acc_dtype(word: str) -> str:
+    """Accumulator of the popcounts: int64 for 64-bit words (a vector popcount of 64-bit lanes ends in
+    vpsadbw's 64-bit sums; narrowing each to int32 costs two shuffles per vector), else int32."""
+    return "int64" if word == "uint64" else "int32"
 
 
 def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor | None, in_channels: int,
@@ -214,23 +227,24 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor | Non
         data = topi.nn.pad(data, (0, t, l, 0, 0), (0, b, r, 0, 0), name=CONV + "_pad")
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     rb, rc = te.reduce_axis((0, nb), "rb"), te.reduce_axis((0, cw), "rc")
+    acc = _acc_dtype(word)
     if nb == 1:
         assert border is not None, "±1 activations need the border table"
         raw = te.compute(
             (n, oh, ow, o),
             lambda i, y, x, k: te.sum(
-                _popcount32(data[i, y * sh + ry, x * sw + rx, rb, rc] ^ weight[ry, rx, rc, k]),
+                tirx.popcount(data[i, y * sh + ry, x * sw + rx, rb, rc] ^ weight[ry, rx, rc, k]).astype(acc),
                 axis=[ry, rx, rb, rc]),
             name=CONV)
         dot = te.compute(
             (n, oh, ow, o),
-            lambda i, y, x, k: border[geom.class_of(0, y), geom.class_of(1, x), k] - 2 * raw[i, y, x, k],
+            lambda i, y, x, k: border[geom.class_of(0, y), geom.class_of(1, x), k] - 2 * raw[i, y, x, k].astype("int32"),
             name=CONV + "_dot")
     else:
         raw = te.compute(
             (n, oh, ow, o),
             lambda i, y, x, k: te.sum(
-                _popcount32(data[i, y * sh + ry, x * sw + rx, rb, rc] & weight[ry, rx, rc, k]) << rb,
+                tirx.popcount(data[i, y * sh + ry, x * sw + rx, rb, rc] & weight[ry, rx, rc, k]).astype(acc) << rb.astype(acc),
                 axis=[ry, rx, rb, rc]),
             name=CONV)
         sy, sx = te.reduce_axis((0, kh), "sy"), te.reduce_axis((0, kw), "sx")
@@ -240,7 +254,8 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor | Non
             lambda i, y, x: te.sum(_popcount32(data[i, y * sh + sy, x * sw + sx, sb, sc]) << sb,
                                    axis=[sy, sx, sb, sc]),
             name=CONV + "_asum")
-        dot = te.compute((n, oh, ow, o), lambda i, y, x, k: 2 * raw[i, y, x, k] - asum[i, y, x], name=CONV + "_dot")
+        dot = te.compute((n, oh, ow, o), lambda i, y, x, k: 2 * raw[i, y, x, k].astype("int32") - asum[i, y, x],
+                         name=CONV + "_dot")
     if threshold is not None:
         return _threshold_pack(dot, threshold, flip, word)
     if out_dtype == "int32":
@@ -274,17 +289,122 @@ def bitserial_dense(data: te.Tensor, weight: te.Tensor, in_features: int, out_dt
     kw2, m = (int(d) for d in weight.shape)
     assert kw == kw2
     rb, rc = te.reduce_axis((0, nb), "rb"), te.reduce_axis((0, kw), "rc")
+    acc = _acc_dtype(str(data.dtype))
     if nb == 1:
-        raw = te.compute((n, m), lambda i, k: te.sum(_popcount32(data[i, rb, rc] ^ weight[rc, k]), axis=[rb, rc]),
-                         name=DENSE)
-        dot = te.compute((n, m), lambda i, k: in_features - 2 * raw[i, k], name=DENSE + "_dot")
-    else:
-        raw = te.compute((n, m), lambda i, k: te.sum(_popcount32(data[i, rb, rc] & weight[rc, k]) << rb,
+        raw = te.compute((n, m), lambda i, k: te.sum(tirx.popcount(data[i, rb, rc] ^ weight[rc, k]).astype(acc),
                                                      axis=[rb, rc]), name=DENSE)
+        dot = te.compute((n, m), lambda i, k: in_features - 2 * raw[i, k].astype("int32"), name=DENSE + "_dot")
+    else:
+        raw = te.compute((n, m), lambda i, k: te.sum(
+            tirx.popcount(data[i, rb, rc] & weight[rc, k]).astype(acc) << rb.astype(acc), axis=[rb, rc]),
+            name=DENSE)
         sb, sc = te.reduce_axis((0, nb), "sb"), te.reduce_axis((0, kw), "sc")
         asum = te.compute((n,), lambda i: te.sum(_popcount32(data[i, sb, sc]) << sb, axis=[sb, sc]),
                           name=DENSE + "_asum")
-        dot = te.compute((n, m), lambda i, k: 2 * raw[i, k] - asum[i], name=DENSE + "_dot")
+        dot = te.compute((n, m), lambda i, k: 2 * raw[i, k].astype("int32") - asum[i], name=DENSE + "_dot")
     if out_dtype == "int32":
         return dot
     return te.compute(dot.shape, lambda *idx: dot(*idx).astype(out_dtype), name=DENSE + "_cast")
+
+
+# ----------------------------------------------------------------------------- Relax
+
+
+def accumulator_lanes(target, word: str) -> int:
+    """Accumulator lanes per vector register of ``target`` (a reforge TargetSpec) for ``word``."""
+    return target.vector_lanes(64 if _acc_dtype(word) == "int64" else 32)
+
+
+def _add_scheduled(bb, inputs: list[te.Tensor], output: te.Tensor, schedule, name: str):
+    from tvm import relax  # noqa: F401  (keeps the TE part importable without Relax)
+
+    func = schedule(te.create_prim_func([*inputs, output]))
+    gv = bb.add_func(func, name)  # a fresh name per distinct function (bitserial_conv2d1, ...)
+    bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
+    return gv
+
+
+def _placeholder(value, name: str) -> te.Tensor:
+    shape = [int(d) for d in value.ty.shape] if hasattr(value, "ty") else list(value.shape)
+    dtype = str(value.ty.dtype) if hasattr(value, "ty") else str(value.dtype)
+    return te.placeholder(shape, dtype, name)
+
+
+def emit_bitpack(bb, x, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW", target=None):
+    """Emit the activation pack of Relax tensor ``x`` into ``bb``; returns the packed ``[N, H, W, B, CW]``."""
+    from tvm import relax
+
+    from .schedule_bitserial import schedule_bitpack
+
+    xt = _placeholder(x, "x")
+    out = bitpack(xt, act_bits, word, layout)
+    gv = _add_scheduled(bb, [xt], out, schedule_bitpack, f"bitpack_{act_bits}b")
+    return bb.emit(relax.call_tir(gv, [x], relax.TensorType([int(d) for d in out.shape], word)))
+
+
+def emit_bitserial_conv2d(bb, data, weight: np.ndarray, strides=(1, 1), padding=(0, 0, 0, 0),
+                          out_dtype: str = "int32", threshold: np.ndarray | None = None,
+                          flip: np.ndarray | None = None, target=None):
+    """Emit a binary-weight conv on packed activations ``data`` (``[N, H, W, B, CW]``, from
+    :func:`emit_bitpack` or a previous thresholded conv) into ``bb`` as ``call_tir`` of a scheduled
+    PrimFunc. ``weight``: float OIHW (its signs are the ±1 weights, ``w >= 0`` is +1), packed here
+    into a constant. Returns ``[N, OH, OW, O]`` of ``out_dtype``, or with ``threshold`` (and
+    ``flip``) the packed sign bits ``[N, OH, OW, 1, OWords]``."""
+    from tvm import relax
+
+    from reforge.targets import get_target
+
+    from .schedule_bitserial import schedule_bitserial_conv2d
+
+    target = get_target(target or "x86")
+    at = _placeholder(data, "data")
+    n, h, w, nb, cw = (int(d) for d in at.shape)
+    word = str(at.dtype)
+    o, c, kh, kw = weight.shape
+    assert num_words(c, word) == cw, f"{c} input channels do not fill {cw} words of {word}"
+    packed = pack_conv_weights(weight, word)
+    padding = tuple(int(p) for p in padding)
+    if len(padding) == 2:
+        padding = padding * 2
+    wt = te.placeholder(packed.shape, word, "weight")
+    inputs, args = [at, wt], [data, relax.const(packed)]
+    border = None
+    if nb == 1:
+        table = border_table(packed, c, ConvGeometry(h, w, kh, kw, tuple(strides), padding))
+        border = te.placeholder(table.shape, "int32", "border")
+        inputs.append(border)
+        args.append(relax.const(table))
+    thr = fl = None
+    if threshold is not None:
+        thr = te.placeholder((o,), "int32", "threshold")
+        inputs.append(thr)
+        args.append(relax.const(np.asarray(threshold, "int32")))
+        if flip is not None:
+            fl = te.placeholder((o,), "int32", "flip")
+            inputs.append(fl)
+            args.append(relax.const(np.asarray(flip, "int32")))
+    out = bitserial_conv2d(at, wt, border, c, strides, padding, out_dtype, thr, fl)
+    lanes = accumulator_lanes(target, word)
+    gv = _add_scheduled(bb, inputs, out, lambda f: schedule_bitserial_conv2d(f, lanes), "bitserial_conv2d")
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType([int(d) for d in out.shape], str(out.dtype))))
+
+
+def emit_bitserial_dense(bb, data, weight: np.ndarray, out_dtype: str = "int32", target=None):
+    """Emit a binary-weight dense on packed activations ``data`` (``[N, B, KW]``); ``weight`` float
+    ``[M, K]`` (signs), packed here into a constant. Returns ``[N, M]`` of ``out_dtype``."""
+    from tvm import relax
+
+    from reforge.targets import get_target
+
+    from .schedule_bitserial import schedule_bitserial_dense
+
+    target = get_target(target or "x86")
+    at = _placeholder(data, "data")
+    word = str(at.dtype)
+    packed = pack_dense_weights(weight, word)
+    wt = te.placeholder(packed.shape, word, "weight")
+    out = bitserial_dense(at, wt, weight.shape[1], out_dtype)
+    lanes = accumulator_lanes(target, word)
+    gv = _add_scheduled(bb, [at, wt], out, lambda f: schedule_bitserial_dense(f, lanes), "bitserial_dense")
+    return bb.emit(relax.call_tir(gv, [data, relax.const(packed)],
+                                  relax.TensorType([int(d) for d in out.shape], str(out.dtype))))
