@@ -114,9 +114,23 @@ def schedule_bitserial_dense(func: tirx.PrimFunc, lanes: int = 4, vectors: int =
     return _mark(sch.mod["main"])
 
 
-def schedule_bitpack(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """The activation pack: parallel over (n, rows)."""
+def schedule_bitpack(func: tirx.PrimFunc, lanes: int = 4) -> tirx.PrimFunc:
+    """The activation pack. Image layouts ``[N, H, W, B, CW]``: per (row, plane, word) the 64 (32)
+    channel bits are OR-ed into a row of words kept in a local buffer, vectorized along the row (the
+    reads of an NCHW input are contiguous there), then stored; rows in parallel."""
     sch = s_tir.Schedule(func)
     block = _named(sch, PACK)
-    _parallel_outer(sch, block, 2)
+    loops = sch.get_loops(block)
+    if len(loops) == 6:
+        n, y, x, b, k, j = loops
+        xo, xi = sch.split(x, [None, _divisor_at_most(_extents(sch, [x])[0], 2 * lanes)])
+        sch.reorder(n, y, b, k, xo, j, xi)
+        write_back = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(write_back, k, preserve_unit_loops=True)
+        sch.parallel(sch.fuse(n, y))
+        sch.vectorize(xi)
+        init = sch.decompose_reduction(block, j)
+        sch.vectorize(sch.get_loops(init)[-1])
+    else:
+        _parallel_outer(sch, block, 1)
     return _mark(sch.mod["main"])
