@@ -142,9 +142,14 @@ class ConvGeometry:
         return tirx.Select(o < lo, o, tirx.Select(o < hi, tirx.const(lo, "int32"), o - hi + lo + 1))
 
 
-def border_table(packed_weight: np.ndarray, in_channels: int, geom: ConvGeometry) -> np.ndarray:
-    """``[CY, CX, O]`` int32: ``valid_taps·C + 2·Σ_pad taps popcount(W)`` per border class (±1 conv)."""
+def border_table(packed_weight: np.ndarray, in_channels: int, geom: ConvGeometry, act_bits: int = 1) -> np.ndarray:
+    """The constant part of the conv's dot products, from the packed weights.
+
+    ±1 activations: ``[CY, CX, O]``, ``valid_taps·C + 2·Σ_pad taps popcount(W)`` per border class;
+    k-bit activations: ``[1, 1, O]``, ``(2^k - 1)·Σ_taps popcount(W)``."""
     pc = np.vectorize(lambda v: bin(int(v)).count("1"), otypes=[np.int64])(packed_weight).sum(axis=2)  # [KH,KW,O]
+    if act_bits > 1:
+        return ((2 ** act_bits - 1) * pc.sum((0, 1)))[None, None, :].astype("int32")
     rows, _ = geom.classes(0)
     cols, _ = geom.classes(1)
     table = np.zeros((len(rows), len(cols), packed_weight.shape[-1]), dtype=np.int64)
@@ -209,8 +214,8 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor | Non
                      threshold: te.Tensor | None = None, flip: te.Tensor | None = None) -> te.Tensor:
     """Binary-weight conv2d on packed activations.
 
-    data ``[N, H, W, B, CW]``; weight ``[KH, KW, CW, O]`` (same word); B = 1: ±1 activations, and
-    ``border`` is :func:`border_table` (required); B > 1: k-bit unsigned activations, ``border`` None.
+    data ``[N, H, W, B, CW]``; weight ``[KH, KW, CW, O]`` (same word); B = 1: ±1 activations, B > 1:
+    k-bit unsigned activations; ``border`` is :func:`border_table` of the weights (required).
     Output ``[N, OH, OW, O]`` of ``out_dtype``; with ``threshold`` ``[O]`` int32 (and optional ``flip``
     ``[O]`` int32, 1 for a negative BatchNorm γ) the output is ``bit = dot >= thr`` (``dot <= thr``
     where flipped) packed as ``[N, OH, OW, 1, OWords]``.
@@ -228,8 +233,8 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor | Non
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     rb, rc = te.reduce_axis((0, nb), "rb"), te.reduce_axis((0, cw), "rc")
     acc = _acc_dtype(word)
+    assert border is not None, "the border table (border_table(weights)) is required"
     if nb == 1:
-        assert border is not None, "±1 activations need the border table"
         raw = te.compute(
             (n, oh, ow, o),
             lambda i, y, x, k: te.sum(
@@ -241,21 +246,24 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor | Non
             lambda i, y, x, k: border[geom.class_of(0, y), geom.class_of(1, x), k] - 2 * raw[i, y, x, k].astype("int32"),
             name=CONV + "_dot")
     else:
+        # k-bit: Σ_c a_c·w_c = Σ_b 2^b·(popcount(W) - popcount(A_b xor W)); a padded tap (A_b = 0)
+        # gives popcount(W) - popcount(W) = 0, so no border correction, and Σ_b (2^b)·popcount(W)
+        # over the kernel is the per-channel constant in ``border``. One accumulator per bit plane
+        # (the plane is a spatial axis, unrolled in the register tile), weighted in the epilogue.
         raw = te.compute(
+            (n, oh, ow, nb, o),
+            lambda i, y, x, p, k: te.sum(
+                tirx.popcount(data[i, y * sh + ry, x * sw + rx, p, rc] ^ weight[ry, rx, rc, k]).astype(acc),
+                axis=[ry, rx, rc]),
+            name=CONV)
+        # a reduction over the planes (not an unrolled sum), so that the schedule can compute it per
+        # register tile: its reads of ``raw`` are then a region over a block variable
+        rp = te.reduce_axis((0, nb), "rp")
+        dot = te.compute(
             (n, oh, ow, o),
             lambda i, y, x, k: te.sum(
-                tirx.popcount(data[i, y * sh + ry, x * sw + rx, rb, rc] & weight[ry, rx, rc, k]).astype(acc) << rb.astype(acc),
-                axis=[ry, rx, rb, rc]),
-            name=CONV)
-        sy, sx = te.reduce_axis((0, kh), "sy"), te.reduce_axis((0, kw), "sx")
-        sb, sc = te.reduce_axis((0, nb), "sb"), te.reduce_axis((0, cw), "sc")
-        asum = te.compute(
-            (n, oh, ow),
-            lambda i, y, x: te.sum(_popcount32(data[i, y * sh + sy, x * sw + sx, sb, sc]) << sb,
-                                   axis=[sy, sx, sb, sc]),
-            name=CONV + "_asum")
-        dot = te.compute((n, oh, ow, o), lambda i, y, x, k: 2 * raw[i, y, x, k].astype("int32") - asum[i, y, x],
-                         name=CONV + "_dot")
+                tirx.Select(rp == 0, border[0, 0, k], 0) - (raw[i, y, x, rp, k].astype("int32") << rp), axis=rp),
+            name=CONV + "_dot")
     if threshold is not None:
         return _threshold_pack(dot, threshold, flip, word)
     if out_dtype == "int32":
@@ -368,12 +376,10 @@ def emit_bitserial_conv2d(bb, data, weight: np.ndarray, strides=(1, 1), padding=
         padding = padding * 2
     wt = te.placeholder(packed.shape, word, "weight")
     inputs, args = [at, wt], [data, relax.const(packed)]
-    border = None
-    if nb == 1:
-        table = border_table(packed, c, ConvGeometry(h, w, kh, kw, tuple(strides), padding))
-        border = te.placeholder(table.shape, "int32", "border")
-        inputs.append(border)
-        args.append(relax.const(table))
+    table = border_table(packed, c, ConvGeometry(h, w, kh, kw, tuple(strides), padding), nb)
+    border = te.placeholder(table.shape, "int32", "border")
+    inputs.append(border)
+    args.append(relax.const(table))
     thr = fl = None
     if threshold is not None:
         thr = te.placeholder((o,), "int32", "threshold")

@@ -39,12 +39,13 @@ def _vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
         sch.vectorize(loops[-1])
 
 
-def conv_tiles(out_width: int, out_channels: int, lanes: int) -> tuple[int, int]:
-    """Default register tile (output columns, output channels): up to 4 vectors of channels, and
-    as many columns as keep the accumulators within 8 of AVX2's 16 vector registers (the rest hold
-    the weight vector, the popcount's lookup table and masks, temporaries)."""
-    oc_tile = _divisor_at_most(out_channels, 4 * lanes)
-    regs = -(-oc_tile // lanes)
+def conv_tiles(out_width: int, out_channels: int, lanes: int, planes: int = 1) -> tuple[int, int]:
+    """Default register tile (output columns, output channels): up to 4 vectors of channels (fewer
+    with several bit planes), and
+    as many columns as keep the accumulators (one per bit plane) within 8 of AVX2's 16 vector
+    registers (the rest hold the weight vector, the popcount's lookup table and masks, temporaries)."""
+    oc_tile = _divisor_at_most(out_channels, max(lanes, 4 * lanes // planes))
+    regs = -(-oc_tile // lanes) * planes
     return _divisor_at_most(out_width, max(1, 8 // regs)), oc_tile
 
 
@@ -57,33 +58,54 @@ def schedule_bitserial_conv2d(func: tirx.PrimFunc, lanes: int = 4, reg_w: int | 
     channels of the register tile (default :func:`conv_tiles`)."""
     sch = s_tir.Schedule(func)
     conv = _named(sch, CONV)
-    i, y, x, k, ry, rx, rb, rc = sch.get_loops(conv)
+    loops = sch.get_loops(conv)
+    spatial = sum(int(iv.iter_type) == tirx.IterVar.DataPar for iv in sch.get(conv).iter_vars)
+    if spatial == 4:  # ±1 activations: (n, y, x, o | ky, kx, plane, word)
+        i, y, x, k, ry, rx, rb, rc = loops
+        planes, reduction, tile = 1, [ry, rx, rb, rc], []
+    else:  # k-bit: (n, y, x, plane, o | ky, kx, word), one accumulator per plane
+        i, y, x, p, k, ry, rx, rc = loops
+        planes, reduction, tile = _extents(sch, [p])[0], [ry, rx, rc], [p]
     ow, oc = _extents(sch, [x, k])
-    default_w, default_oc = conv_tiles(ow, oc, lanes)
+    default_w, default_oc = conv_tiles(ow, oc, lanes, planes)
     reg_w = _divisor_at_most(ow, reg_w or default_w)
     vec = _divisor_at_most(oc, oc_tile or default_oc)
     xo, xi = sch.split(x, [None, reg_w])
     ko, ki = sch.split(k, [None, vec])
-    sch.reorder(i, y, ko, xo, ry, rx, rb, rc, xi, ki)
+    sch.reorder(i, y, ko, xo, *reduction, *tile, xi, ki)
     write_back = sch.cache_write(conv, 0, "local")
     _inline_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, xo, preserve_unit_loops=True)
     sch.vectorize(ki)
     sch.unroll(xi)
+    for loop in tile:
+        sch.unroll(loop)
     sch.parallel(sch.fuse(i, y, ko))
     wb_loops = sch.get_loops(write_back)
     if _extents(sch, wb_loops[-1:])[0] == vec:
         sch.vectorize(wb_loops[-1])
+    epilogue = write_back
+    if planes > 1:
+        # the epilogue weights and sums the planes, so it cannot be inlined into the per-plane
+        # write-back: compute it per register tile, reading the accumulators directly
+        epilogue = sch.get_consumers(write_back)[0]
+        sch.reverse_compute_at(epilogue, xo, preserve_unit_loops=True)
+        sch.compute_inline(write_back)
+        *_, ep_k, ep_p = sch.get_loops(epilogue)
+        sch.reorder(ep_p, ep_k)
+        sch.vectorize(ep_k)
+        ep_init = sch.decompose_reduction(epilogue, ep_p)
+        sch.vectorize(sch.get_loops(ep_init)[-1])
     init = sch.decompose_reduction(conv, ry)
     sch.vectorize(sch.get_loops(init)[-1])
-    done = {sch.get(b).name_hint for b in (conv, write_back, init)}
+    done = {sch.get(b).name_hint for b in (conv, epilogue, init)} | ({CONV + "_dot_init"} if planes > 1 else set())
     for block in _blocks(sch):
         name = sch.get(block).name_hint
         if name in done:
             continue
         if name.startswith(CONV + "_pad"):
             _parallel_outer(sch, block, 2)
-        elif name.startswith(CONV + "_asum") or name.startswith(CONV + "_sign") or name.startswith(PACK):
+        elif name.startswith(CONV + "_sign") or name.startswith(PACK):
             _parallel_outer(sch, block, 2)
         else:  # a leftover elementwise stage
             _parallel_outer(sch, block, 2)

@@ -65,12 +65,10 @@ def conv_op(rng, c, o, h, k, stride, pad, act_bits, word, threshold=False):
     data = te.placeholder(packed_x.shape, word, "data")
     weight = te.placeholder(packed_w.shape, word, "weight")
     args, arrays = [data, weight], [packed_x, packed_w]
-    border = None
-    if act_bits == 1:
-        table = bs.border_table(packed_w, c, bs.ConvGeometry(h, h + 1, k, k, (stride, stride), pad))
-        border = te.placeholder(table.shape, "int32", "border")
-        args.append(border)
-        arrays.append(table)
+    table = bs.border_table(packed_w, c, bs.ConvGeometry(h, h + 1, k, k, (stride, stride), pad), act_bits)
+    border = te.placeholder(table.shape, "int32", "border")
+    args.append(border)
+    arrays.append(table)
     thr = flip = None
     if threshold:
         thr_np = rng.integers(-c * k * k // 4, c * k * k // 4, o).astype("int32")
@@ -94,6 +92,7 @@ CONV_CASES = [  # cin, cout, size, kernel, stride, padding (t, l, b, r), activat
     (100, 16, 7, 1, 1, (0, 0, 0, 0), 1, "uint64"),
     (100, 16, 9, 3, 2, (0, 0, 0, 0), 2, "uint64"),
     (37, 8, 8, 3, 1, (1, 1, 1, 1), 2, "uint32"),
+    (20, 12, 9, 3, 2, (1, 1, 1, 1), 3, "uint64"),  # 3-bit, stride 2, padded
     (64, 32, 6, 3, 2, (0, 1, 1, 0), 1, "uint64"),  # asymmetric padding
     (16, 8, 2, 3, 1, (1, 1, 1, 1), 1, "uint64"),  # every output row a border row
     (130, 16, 9, 5, 1, (2, 2, 2, 2), 1, "uint64"),  # two border rows per side, 3 words
