@@ -278,11 +278,13 @@ def _threshold_pack(dot: te.Tensor, threshold: te.Tensor, flip: te.Tensor | None
     j = te.reduce_axis((0, wb), "j")
 
     def bit(idx, k):
-        kk = tirx.min(k, o - 1)
+        kk = k if o % wb == 0 else tirx.min(k, o - 1)  # (a plain index lets the schedule move the stage)
         v = dot(*idx, kk)
         ge = v >= threshold[kk]
         on = ge if flip is None else tirx.Select(flip[kk] != 0, v <= threshold[kk], ge)
-        return tirx.Select(tirx.all(k < o, on), tirx.const(1, word), tirx.const(0, word))
+        if o % wb:
+            on = tirx.all(k < o, on)
+        return tirx.Select(on, tirx.const(1, word), tirx.const(0, word))
 
     return te.compute(
         (*lead, 1, num_words(o, word)),

@@ -80,7 +80,17 @@ def schedule_bitserial_conv2d(func: tirx.PrimFunc, lanes: int = 4, reg_w: int | 
     sch.unroll(xi)
     for loop in tile:
         sch.unroll(loop)
-    sch.parallel(sch.fuse(i, y, ko))
+    sign = _named(sch, CONV + "_sign")
+    if sign is None:
+        sch.parallel(sch.fuse(i, y, ko))
+    else:  # threshold + pack over all output channels: a thread owns whole rows, packs them while in cache
+        rows = sch.fuse(i, y)
+        sch.parallel(rows)
+        bits = _extents(sch, sch.get_loops(sign)[-1:])[0]  # the bit loop: the word width
+        if oc % bits == 0:
+            sch.reverse_compute_at(sign, rows, preserve_unit_loops=True)
+        else:  # the last word's reads are clamped, which compute-at cannot follow: pack separately
+            _parallel_outer(sch, sign, 2)
     wb_loops = sch.get_loops(write_back)
     if _extents(sch, wb_loops[-1:])[0] == vec:
         sch.vectorize(wb_loops[-1])
@@ -105,7 +115,9 @@ def schedule_bitserial_conv2d(func: tirx.PrimFunc, lanes: int = 4, reg_w: int | 
             continue
         if name.startswith(CONV + "_pad"):
             _parallel_outer(sch, block, 2)
-        elif name.startswith(CONV + "_sign") or name.startswith(PACK):
+        elif name.startswith(CONV + "_sign"):
+            continue
+        elif name.startswith(PACK):
             _parallel_outer(sch, block, 2)
         else:  # a leftover elementwise stage
             _parallel_outer(sch, block, 2)
