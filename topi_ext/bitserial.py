@@ -243,7 +243,8 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor | Non
             name=CONV)
         dot = te.compute(
             (n, oh, ow, o),
-            lambda i, y, x, k: border[geom.class_of(0, y), geom.class_of(1, x), k] - 2 * raw[i, y, x, k].astype("int32"),
+            lambda i, y, x, k: (border[geom.class_of(0, y), geom.class_of(1, x), k]
+                                - 2 * raw[i, y, x, k].astype("int32")),
             name=CONV + "_dot")
     else:
         # k-bit: Σ_c a_c·w_c = Σ_b 2^b·(popcount(W) - popcount(A_b xor W)); a padded tap (A_b = 0)
