@@ -321,6 +321,9 @@ def bitserial_dense(data: te.Tensor, weight: te.Tensor, in_features: int, out_dt
 # ----------------------------------------------------------------------------- Relax
 
 
+OPAQUE = 8  # relax OpPatternKind.kOpaque
+
+
 def accumulator_lanes(target, word: str) -> int:
     """Accumulator lanes per vector register of ``target`` (a reforge TargetSpec) for ``word``."""
     return target.vector_lanes(64 if _acc_dtype(word) == "int64" else 32)
@@ -329,7 +332,8 @@ def accumulator_lanes(target, word: str) -> int:
 def _add_scheduled(bb, inputs: list[te.Tensor], output: te.Tensor, schedule, name: str):
     from tvm import relax  # noqa: F401  (keeps the TE part importable without Relax)
 
-    func = schedule(te.create_prim_func([*inputs, output]))
+    # opaque to FuseOps: FuseTIR cannot merge an already scheduled function with its neighbours
+    func = schedule(te.create_prim_func([*inputs, output])).with_attr("op_pattern", OPAQUE)
     gv = bb.add_func(func, name)  # a fresh name per distinct function (bitserial_conv2d1, ...)
     bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
     return gv

@@ -105,7 +105,7 @@ def test_conv_matches_integer_reference(c, o, h, k, stride, pad, bits, word):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("c, o, word", [(37, 70, "uint64"), (64, 32, "uint32")])
+@pytest.mark.parametrize("c, o, word", [(37, 70, "uint64"), (64, 32, "uint32"), (100, 128, "uint64")])
 def test_conv_threshold_packs_sign_bits(c, o, word):
     got, want = conv_op(np.random.default_rng(o), c, o, 7, 3, 1, (1, 1, 1, 1), 1, word, threshold=True)
     np.testing.assert_array_equal(got, want)
@@ -169,3 +169,43 @@ def test_relax_module_binary_layers_match_numpy():
     want_y = ref_conv(np.where(a1, 1, -1).transpose(0, 3, 1, 2), signs(w2), 2, (1, 1, 1, 1))
     np.testing.assert_array_equal(got_y, want_y.astype("float32"))
     np.testing.assert_array_equal(got_d, v.astype(np.int64) @ signs(wd).T)
+
+
+def test_reforge_build_keeps_the_scheduled_operators():
+    """Through reforge's own build (fusion, default schedules): the bit-serial PrimFuncs stay as
+    scheduled (opaque to FuseOps, skipped by the default scheduler); a bias + ReLU after them fuses
+    on its own."""
+    from reforge.build import build
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 40, 8, 8)).astype("float32")
+    w = rng.standard_normal((64, 40, 3, 3)).astype("float32")
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = bs.emit_bitserial_conv2d(bb, bs.emit_bitpack(bb, xv), w, padding=(1, 1), out_dtype="float32")
+            y = bb.emit(relax.op.nn.relu(relax.op.add(y, relax.const(np.ones(64, "float32")))))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    ex, report = build(bb.get(), TARGET)
+    assert report.schedules["tuned"] == 2  # bitpack + conv, kept as they are
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    want = np.maximum(ref_conv(signs(x), signs(w), 1, (1, 1, 1, 1)) + 1, 0)
+    np.testing.assert_array_equal(got, want.astype("float32"))
+
+
+def test_conv_kernel_uses_vector_popcount():
+    """The schedule's point: the popcount runs on vectors of output channels, not scalar popcnt."""
+    data = te.placeholder((1, 14, 14, 1, 4), "uint64", "data")
+    weight = te.placeholder((3, 3, 4, 256), "uint64", "weight")
+    border = te.placeholder((3, 3, 256), "int32", "border")
+    out = bs.bitserial_conv2d(data, weight, border, 256, (1, 1), (1, 1, 1, 1))
+    lib = build([data, weight, border], out,
+                lambda f: schedule_bitserial_conv2d(f, bs.accumulator_lanes(TARGET, "uint64")))
+    asm = lib.mod.inspect_source("asm")
+    if TARGET.has("avx512vpopcntdq"):
+        assert "vpopcntq" in asm
+    elif TARGET.has("avx2"):
+        assert "vpshufb" in asm and "vpsadbw" in asm  # LLVM's nibble-table popcount on ymm
+    assert "\tpopcnt" not in asm
