@@ -55,9 +55,9 @@ def run(lib, arrays, out):
     return res.numpy()
 
 
-def conv_op(rng, c, o, h, k, stride, pad, act_bits, word, threshold=False):
+def conv_op(rng, c, o, h, k, stride, pad, act_bits, word, threshold=False, batch=1):
     """Build and run the scheduled conv on numpy-packed inputs; returns (result, reference dot)."""
-    x, xv = inputs(rng, (1, c, h, h + 1), act_bits)
+    x, xv = inputs(rng, (batch, c, h, h + 1), act_bits)
     w = rng.standard_normal((o, c, k, k)).astype("float32")
     dot = ref_conv(xv, signs(w), stride, pad)
     packed_x = bs.pack_activations_np(x, act_bits, word)
@@ -102,6 +102,11 @@ CONV_CASES = [  # cin, cout, size, kernel, stride, padding (t, l, b, r), activat
 @pytest.mark.parametrize("c, o, h, k, stride, pad, bits, word", CONV_CASES)
 def test_conv_matches_integer_reference(c, o, h, k, stride, pad, bits, word):
     got, want = conv_op(np.random.default_rng(c * 7 + o), c, o, h, k, stride, pad, bits, word)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_conv_batch_of_two():
+    got, want = conv_op(np.random.default_rng(5), 37, 16, 6, 3, 1, (1, 1, 1, 1), 1, "uint64", batch=2)
     np.testing.assert_array_equal(got, want)
 
 
