@@ -86,9 +86,9 @@ def reforge_runners(c: int, h: int, x: np.ndarray, rng, target) -> dict:
         return lib, res
 
     conv = lambda f: schedule_bitserial_conv2d(f, lanes)  # noqa: E731
-    xnor, xnor_out = build([data, weight, border], bs.bitserial_conv2d(data, weight, border, c, (1, 1), pad), conv)
+    xnor, xnor_out = build([data, weight, border], bs.bitserial_conv2d(data, weight, border, (1, 1), pad), conv)
     sign, sign_out = build([data, weight, border, threshold],
-                           bs.bitserial_conv2d(data, weight, border, c, (1, 1), pad, threshold=threshold), conv)
+                           bs.bitserial_conv2d(data, weight, border, (1, 1), pad, threshold=threshold), conv)
     xf = te.placeholder(x.shape, "float32", "x")
     pack, pack_out = build([xf], bs.bitpack(xf, 1, WORD), schedule_bitpack)
     tx, tw, tt, tthr, tf = (tvm.runtime.tensor(a, dev) for a in (packed_x, packed_w, table, thr, x))

@@ -9,10 +9,10 @@ Layouts (channels packed last, so the inner vector of the kernels runs over outp
 - activations ``[N, H, W, B, CW]``: B bit planes (B = 1 for ±1), CW = ceil(C / word bits) words;
 - conv weights ``[KH, KW, CW, O]``, dense weights ``[KW, M]`` (packed in numpy at compile time);
 - outputs ``[N, OH, OW, O]`` int32 / float32 (NHWC), or, with a threshold epilogue, sign bits packed
-  again as ``[N, OH, OW, 1, OW_words]`` for the next binary layer.
+  again as ``[N, OH, OW, 1, ceil(O / word bits)]`` for the next binary layer.
 
-Arithmetic (exact, int32; popcounts are cast to int32 before any subtraction because LLVM treats
-uint32/uint64 arithmetic as non-wrapping):
+Arithmetic (exact; popcounts are accumulated in int64 (64-bit words) or int32 and cast to int32 before
+any subtraction, because LLVM treats uint32/uint64 arithmetic as non-wrapping):
 
 - ±1 × ±1: ``a·w = 1 - 2·(A xor W)``. The padded input is 0 words (-1 bits), so the raw sum over all
   taps, ``P = Σ popcount(A xor W)``, also counts the taps in the zero padding. Zero padding is not a
@@ -20,9 +20,14 @@ uint32/uint64 arithmetic as non-wrapping):
   kernel rows / columns fall in the padding, i.e. on a handful of border *classes* of output rows and
   columns, so it is a table ``border[class_y, class_x, o] = valid_taps·C + 2·Σ_pad taps popcount(W)``
   computed in numpy with the packed weights, and ``out = border[cy(y), cx(x), o] - 2·P``.
-- k-bit × ±1: ``Σ_c a_c·w_c = 2·Σ_b 2^b·popcount(A_b and W) - Σ_c a_c``; zero padding is the value 0
-  here and needs no correction. ``Σ_c a_c`` over the window (independent of o) is a separate, cheap
-  stage.
+- k-bit × ±1 (conv): ``Σ_c a_c·w_c = Σ_b 2^b·(popcount(W) - popcount(A_b xor W))``; a padded tap
+  (A_b = 0) contributes popcount(W) - popcount(W) = 0, so zero padding needs no correction, and
+  ``(2^k - 1)·Σ_taps popcount(W)`` is a per-channel constant (``border_table(..., act_bits=k)``).
+  Dense uses ``2·Σ_b 2^b·popcount(A_b and W) - Σ_c a_c`` (``Σ_c a_c`` is one cheap stage per row).
+
+Relax: :func:`emit_bitpack`, :func:`emit_bitserial_conv2d`, :func:`emit_bitserial_dense` add a
+scheduled PrimFunc (``tirx.is_scheduled``, opaque to FuseOps) and a ``call_tir`` to a BlockBuilder,
+with the weights packed into constants.
 """
 
 from __future__ import annotations
@@ -209,8 +214,8 @@ def _acc_dtype(word: str) -> str:
     return "int64" if word == "uint64" else "int32"
 
 
-def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor | None, in_channels: int,
-                     strides=(1, 1), padding=(0, 0, 0, 0), out_dtype: str = "int32",
+def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, strides=(1, 1),
+                     padding=(0, 0, 0, 0), out_dtype: str = "int32",
                      threshold: te.Tensor | None = None, flip: te.Tensor | None = None) -> te.Tensor:
     """Binary-weight conv2d on packed activations.
 
@@ -330,8 +335,6 @@ def accumulator_lanes(target, word: str) -> int:
 
 
 def _add_scheduled(bb, inputs: list[te.Tensor], output: te.Tensor, schedule, name: str):
-    from tvm import relax  # noqa: F401  (keeps the TE part importable without Relax)
-
     # opaque to FuseOps: FuseTIR cannot merge an already scheduled function with its neighbours
     func = schedule(te.create_prim_func([*inputs, output])).with_attr("op_pattern", OPAQUE)
     gv = bb.add_func(func, name)  # a fresh name per distinct function (bitserial_conv2d1, ...)
@@ -396,7 +399,7 @@ def emit_bitserial_conv2d(bb, data, weight: np.ndarray, strides=(1, 1), padding=
             fl = te.placeholder((o,), "int32", "flip")
             inputs.append(fl)
             args.append(relax.const(np.asarray(flip, "int32")))
-    out = bitserial_conv2d(at, wt, border, c, strides, padding, out_dtype, thr, fl)
+    out = bitserial_conv2d(at, wt, border, strides, padding, out_dtype, thr, fl)
     lanes = accumulator_lanes(target, word)
     gv = _add_scheduled(bb, inputs, out, lambda f: schedule_bitserial_conv2d(f, lanes), "bitserial_conv2d")
     return bb.emit(relax.call_tir(gv, args, relax.TensorType([int(d) for d in out.shape], str(out.dtype))))

@@ -76,7 +76,7 @@ def conv_op(rng, c, o, h, k, stride, pad, act_bits, word, threshold=False, batch
         thr, flip = te.placeholder((o,), "int32", "thr"), te.placeholder((o,), "int32", "flip")
         args += [thr, flip]
         arrays += [thr_np, flip_np]
-    out = bs.bitserial_conv2d(data, weight, border, c, (stride, stride), pad, threshold=thr, flip=flip)
+    out = bs.bitserial_conv2d(data, weight, border, (stride, stride), pad, threshold=thr, flip=flip)
     lanes = bs.accumulator_lanes(TARGET, word)
     got = run(build(args, out, lambda f: schedule_bitserial_conv2d(f, lanes)), arrays, out)
     if threshold:
@@ -205,7 +205,7 @@ def test_conv_kernel_uses_vector_popcount():
     data = te.placeholder((1, 14, 14, 1, 4), "uint64", "data")
     weight = te.placeholder((3, 3, 4, 256), "uint64", "weight")
     border = te.placeholder((3, 3, 256), "int32", "border")
-    out = bs.bitserial_conv2d(data, weight, border, 256, (1, 1), (1, 1, 1, 1))
+    out = bs.bitserial_conv2d(data, weight, border, (1, 1), (1, 1, 1, 1))
     lib = build([data, weight, border], out,
                 lambda f: schedule_bitserial_conv2d(f, bs.accumulator_lanes(TARGET, "uint64")))
     asm = lib.mod.inspect_source("asm")
