@@ -348,7 +348,7 @@ def _placeholder(value, name: str) -> te.Tensor:
     return te.placeholder(shape, dtype, name)
 
 
-def emit_bitpack(bb, x, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW", target=None):
+def emit_bitpack(bb, x, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW"):
     """Emit the activation pack of Relax tensor ``x`` into ``bb``; returns the packed ``[N, H, W, B, CW]``."""
     from tvm import relax
 
