@@ -129,7 +129,8 @@ def main() -> None:
             ours = r["reforge xnor"]
             fp32, int8 = r["onnxruntime fp32"], r["onnxruntime int8"]
             rows.append(f"| {c}→{c} @{h}x{h} | {threads} | {ours:.3f} | {r['reforge xnor+sign']:.3f} | "
-                        f"{r['reforge pack']:.3f} | {fp32:.3f} ({fp32 / ours:.1f}x) | {int8:.3f} ({int8 / ours:.1f}x) |")
+                        f"{r['reforge pack']:.3f} | {fp32:.3f} ({fp32 / ours:.1f}x) | "
+                        f"{int8:.3f} ({int8 / ours:.1f}x) |")
             print(rows[-1], flush=True)
     print(f"\nasm of the xnor kernel: vpshufb={asm.count('vpshufb')}, vpsadbw={asm.count('vpsadbw')}, "
           f"vpopcntq={asm.count('vpopcntq')}, scalar popcnt={asm.count(chr(9) + 'popcnt')}")
