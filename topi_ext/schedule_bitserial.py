@@ -1,0 +1,170 @@
+"""x86 schedules for the bit-serial operators of :mod:`bitserial`.
+
+conv2d: output channels are the vector (``lanes`` accumulators per vector register; the weight words of
+one tap are contiguous over output channels, so one vector load serves the whole register tile),
+``reg_w`` output columns are unrolled as a register tile, the reduction (kernel rows, columns, bit
+planes, channel words) runs outside that tile: per reduction step one weight vector load, then per
+column one broadcast activation word, xor / and, a vector popcount, an add. Rows (and output-channel
+chunks) run in parallel. The epilogue (border correction, cast, threshold) is applied to the register
+tile before it is stored. The result carries ``tirx.is_scheduled``, so reforge's default scheduler
+leaves it as it is.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+from .bitserial import CONV, DENSE, PACK
+from .schedule_x86 import _blocks, _divisor_at_most, _extents, _inline_epilogue
+
+def _named(sch: s_tir.Schedule, name: str):
+    found = [b for b in _blocks(sch) if sch.get(b).name_hint == name]
+    return found[0] if found else None
+
+
+def _mark(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    return func.with_attr("tirx.is_scheduled", True)
+
+
+def _parallel_outer(sch: s_tir.Schedule, block, count: int) -> None:
+    loops = sch.get_loops(block)
+    if count and len(loops) > count:
+        sch.parallel(sch.fuse(*loops[:count]) if count > 1 else loops[0])
+
+
+def _vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
+    loops = sch.get_loops(block)
+    ext = _extents(sch, loops[-1:])[0]
+    if ext > 1 and ext <= 4 * lanes:
+        sch.vectorize(loops[-1])
+
+
+def conv_tiles(out_width: int, out_channels: int, lanes: int, planes: int = 1) -> tuple[int, int]:
+    """Default register tile (output columns, output channels): up to 4 vectors of channels (fewer
+    with several bit planes), and
+    as many columns as keep the accumulators (one per bit plane) within 8 of AVX2's 16 vector
+    registers (the rest hold the weight vector, the popcount's lookup table and masks, temporaries)."""
+    oc_tile = _divisor_at_most(out_channels, max(lanes, 4 * lanes // planes))
+    regs = -(-oc_tile // lanes) * planes
+    return _divisor_at_most(out_width, max(1, 8 // regs)), oc_tile
+
+
+def schedule_bitserial_conv2d(func: tirx.PrimFunc, lanes: int = 4, reg_w: int | None = None,
+                              oc_tile: int | None = None) -> tirx.PrimFunc:
+    """Schedule a PrimFunc holding :func:`bitserial.bitserial_conv2d` (and optionally its bitpack).
+
+    ``lanes``: accumulator lanes of one vector register (AVX2: 4 for 64-bit words, whose popcounts
+    accumulate in int64; 8 for 32-bit words); ``reg_w`` x ``oc_tile``: output columns x output
+    channels of the register tile (default :func:`conv_tiles`)."""
+    sch = s_tir.Schedule(func)
+    conv = _named(sch, CONV)
+    loops = sch.get_loops(conv)
+    spatial = sum(int(iv.iter_type) == tirx.IterVar.DataPar for iv in sch.get(conv).iter_vars)
+    if spatial == 4:  # ±1 activations: (n, y, x, o | ky, kx, plane, word)
+        i, y, x, k, ry, rx, rb, rc = loops
+        planes, reduction, tile = 1, [ry, rx, rb, rc], []
+    else:  # k-bit: (n, y, x, plane, o | ky, kx, word), one accumulator per plane
+        i, y, x, p, k, ry, rx, rc = loops
+        planes, reduction, tile = _extents(sch, [p])[0], [ry, rx, rc], [p]
+    ow, oc = _extents(sch, [x, k])
+    default_w, default_oc = conv_tiles(ow, oc, lanes, planes)
+    reg_w = _divisor_at_most(ow, reg_w or default_w)
+    vec = _divisor_at_most(oc, oc_tile or default_oc)
+    xo, xi = sch.split(x, [None, reg_w])
+    ko, ki = sch.split(k, [None, vec])
+    sch.reorder(i, y, ko, xo, *reduction, *tile, xi, ki)
+    write_back = sch.cache_write(conv, 0, "local")
+    _inline_epilogue(sch, write_back)
+    sch.reverse_compute_at(write_back, xo, preserve_unit_loops=True)
+    sch.vectorize(ki)
+    sch.unroll(xi)
+    for loop in tile:
+        sch.unroll(loop)
+    sign = _named(sch, CONV + "_sign")
+    if sign is None:
+        sch.parallel(sch.fuse(i, y, ko))
+    else:  # threshold + pack over all output channels: a thread owns whole rows, packs them while in cache
+        rows = sch.fuse(i, y)
+        sch.parallel(rows)
+        bits = _extents(sch, sch.get_loops(sign)[-1:])[0]  # the bit loop: the word width
+        if oc % bits == 0:
+            sch.reverse_compute_at(sign, rows, preserve_unit_loops=True)
+        else:  # the last word's reads are clamped, which compute-at cannot follow: pack separately
+            _parallel_outer(sch, sign, 2)
+    wb_loops = sch.get_loops(write_back)
+    if _extents(sch, wb_loops[-1:])[0] == vec:
+        sch.vectorize(wb_loops[-1])
+    epilogue = write_back
+    if planes > 1:
+        # the epilogue weights and sums the planes, so it cannot be inlined into the per-plane
+        # write-back: compute it per register tile, reading the accumulators directly
+        epilogue = sch.get_consumers(write_back)[0]
+        sch.reverse_compute_at(epilogue, xo, preserve_unit_loops=True)
+        sch.compute_inline(write_back)
+        *_, ep_k, ep_p = sch.get_loops(epilogue)
+        sch.reorder(ep_p, ep_k)
+        sch.vectorize(ep_k)
+        ep_init = sch.decompose_reduction(epilogue, ep_p)
+        sch.vectorize(sch.get_loops(ep_init)[-1])
+    init = sch.decompose_reduction(conv, ry)
+    sch.vectorize(sch.get_loops(init)[-1])
+    done = {sch.get(b).name_hint for b in (conv, epilogue, init)} | ({CONV + "_dot_init"} if planes > 1 else set())
+    for block in _blocks(sch):
+        name = sch.get(block).name_hint
+        if name in done:
+            continue
+        if name.startswith(CONV + "_pad"):
+            _parallel_outer(sch, block, 2)
+        elif name.startswith(CONV + "_sign"):
+            continue
+        elif name.startswith(PACK):
+            _parallel_outer(sch, block, 2)
+        else:  # a leftover elementwise stage
+            _parallel_outer(sch, block, 2)
+            _vectorize_inner(sch, block, lanes)
+    return _mark(sch.mod["main"])
+
+
+def schedule_bitserial_dense(func: tirx.PrimFunc, lanes: int = 4, vectors: int = 4) -> tirx.PrimFunc:
+    """Dense: output features are the vector, the reduction over words outside it; batch rows and
+    output chunks in parallel."""
+    sch = s_tir.Schedule(func)
+    mm = _named(sch, DENSE)
+    i, k, rb, rc = sch.get_loops(mm)
+    (m,) = _extents(sch, [k])
+    vec = _divisor_at_most(m, lanes * vectors)
+    ko, ki = sch.split(k, [None, vec])
+    sch.reorder(i, ko, rb, rc, ki)
+    write_back = sch.cache_write(mm, 0, "local")
+    _inline_epilogue(sch, write_back)
+    sch.reverse_compute_at(write_back, ko, preserve_unit_loops=True)
+    sch.vectorize(ki)
+    sch.parallel(sch.fuse(i, ko))
+    wb_loops = sch.get_loops(write_back)
+    if _extents(sch, wb_loops[-1:])[0] == vec:
+        sch.vectorize(wb_loops[-1])
+    init = sch.decompose_reduction(mm, rb)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return _mark(sch.mod["main"])
+
+
+def schedule_bitpack(func: tirx.PrimFunc, lanes: int = 4) -> tirx.PrimFunc:
+    """The activation pack. Image layouts ``[N, H, W, B, CW]``: per (row, plane, word) the 64 (32)
+    channel bits are OR-ed into a row of words kept in a local buffer, vectorized along the row (the
+    reads of an NCHW input are contiguous there), then stored; rows in parallel."""
+    sch = s_tir.Schedule(func)
+    block = _named(sch, PACK)
+    loops = sch.get_loops(block)
+    if len(loops) == 6:
+        n, y, x, b, k, j = loops
+        xo, xi = sch.split(x, [None, _divisor_at_most(_extents(sch, [x])[0], 2 * lanes)])
+        sch.reorder(n, y, b, k, xo, j, xi)
+        write_back = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(write_back, k, preserve_unit_loops=True)
+        sch.parallel(sch.fuse(n, y))
+        sch.vectorize(xi)
+        init = sch.decompose_reduction(block, j)
+        sch.vectorize(sch.get_loops(init)[-1])
+    else:
+        _parallel_outer(sch, block, 1)
+    return _mark(sch.mod["main"])
