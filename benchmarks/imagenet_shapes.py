@@ -1,8 +1,9 @@
 """ImageNet-shaped models, untuned: reforge's default schedules against onnxruntime and PyTorch.
 
-    .venv/bin/python benchmarks/imagenet_shapes.py [--threads 1] [--repeat 20] [--models resnet18,vgg11]
+    .venv/bin/python benchmarks/imagenet_shapes.py [--threads 1] [--repeat 20] [--models resnet18,vgg11,repvgg_a0]
 
-ResNet-18 (He et al. 2016) and VGG-11 with BatchNorm (Simonyan & Zisserman 2015) at 1x3x224x224,
+ResNet-18 (He et al. 2016), VGG-11 with BatchNorm (Simonyan & Zisserman 2015) and RepVGG-A0 in
+its multi-branch training form (Ding et al. 2021) at 1x3x224x224,
 written here layer for layer (torchvision is not installable beside this torch), random weights and
 BatchNorm statistics. Each is exported to ONNX with BatchNorm kept; reforge compiles that file at
 -O2; onnxruntime runs the same file; PyTorch runs the module; all in this process, same inputs.
@@ -53,14 +54,45 @@ def vgg11_bn(classes: int = 1000) -> nn.Module:
                          nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(), nn.Linear(4096, classes))
 
 
-MODELS = {"resnet18": ResNet18, "vgg11": vgg11_bn}
+class RepVGGA0(nn.Module):
+    """RepVGG-A0 in its training form (Ding et al., CVPR 2021): stages of 1-2-4-14-1 blocks, widths
+    48-48-96-192-1280; each block is BN(3x3) + BN(1x1) (+ BN(x) where the shapes allow), then ReLU.
+    onnxruntime runs the branches; reforge's merge-branches makes each block one 3x3 conv."""
+
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        blocks, cin = [], 3
+        for width, depth in [(48, 1), (48, 2), (96, 4), (192, 14), (1280, 1)]:
+            for i in range(depth):
+                blocks.append(_RepVGGBlock(cin, width, 2 if i == 0 else 1))
+                cin = width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes))
+
+    def forward(self, image):
+        return self.head(self.blocks(image))
+
+
+class _RepVGGBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.dense = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
+        self.pointwise = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout))
+        self.identity = nn.BatchNorm2d(cin) if cin == cout and stride == 1 else None
+
+    def forward(self, x):
+        y = self.dense(x) + self.pointwise(x)
+        return torch.relu(y if self.identity is None else y + self.identity(x))
+
+
+MODELS = {"resnet18": ResNet18, "vgg11": vgg11_bn, "repvgg_a0": RepVGGA0}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--models", default="resnet18,vgg11")
+    parser.add_argument("--models", default="resnet18,vgg11,repvgg_a0")
     args = parser.parse_args()
     set_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
