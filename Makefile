@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: install toolchains demo test bench clean
+.PHONY: install toolchains demo test fuzz bench clean
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 $(BIN)/.installed: pyproject.toml
@@ -28,6 +28,11 @@ demo: install
 
 test: install toolchains
 	$(BIN)/pytest -q
+
+# make fuzz N=1000: differential fuzzing with fresh random graphs; prints graphs, rewrites per pass, mismatches
+N ?= 1000
+fuzz: install
+	REFORGE_FUZZ_FRESH=1 REFORGE_FUZZ_EXAMPLES=$(N) $(BIN)/pytest -q -p no:cacheprovider tests/fuzz/test_differential.py
 
 bench: install
 	$(BIN)/python benchmarks/zoo.py

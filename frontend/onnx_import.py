@@ -16,6 +16,7 @@ from tvm.relax.frontend.onnx import onnx_frontend
 from reforge.errors import ReforgeError, one_line
 
 from .imported import ImportedModel
+from .onnx_checks import check_initializers, check_opset, check_sizes, check_structure
 from .onnx_constants import fold_constant_plumbing
 from .relax_types import output_specs
 from .tensor_spec import TensorSpec, check_shape_names, resolve_shape
@@ -61,7 +62,11 @@ def import_onnx(model: onnx.ModelProto | str, input_shapes: dict[str, tuple[int,
     proto = onnx.ModelProto()
     proto.CopyFrom(original)  # the rewrites below stay private; the reference runs the original
     proto = _with_supported_opset(proto)
+    check_opset(_opset(proto))
     _name_nodes(proto)
+    check_structure(proto.graph)
+    check_sizes(proto.graph, input_shapes or {})
+    check_initializers(proto.graph)
     proto = fold_constant_plumbing(proto)
     _check_operators(proto)
     inputs = _input_specs(proto, input_shapes or {})
