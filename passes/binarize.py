@@ -258,7 +258,13 @@ class _Binarize(relax.PyExprMutator):
 
     def _packed(self, x):
         """Packed ±1 bits of ``x >= 0`` ``[N, H, W, 1, CW]``: a rewritten conv's thresholded output
-        when ``x`` is ``dot·α [+ b]`` of one, else a bitpack of ``x``."""
+        when ``x`` is ``dot·α [+ b]`` of one, else a bitpack of ``x``. A sign of a sign packs the
+        same bits (``sign(z) >= 0`` iff ``z >= 0``, NaN included), so nested signs are looked through."""
+        for _ in range(16):
+            inner = self._sign_of(x)
+            if inner is None:
+                break
+            x = inner[0]
         fused = self._threshold(x)
         if fused is not None:
             return fused
