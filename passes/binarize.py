@@ -33,8 +33,10 @@ Exactness rules:
   ±α weights it replaces rounds its partial sums, so outputs agree to float rounding, and exactly
   when α = 1.
 
-Not (yet) covered: max pooling on packed bits (a pool between binary layers runs in float on the ±1
-values and is packed again, which is exact), k-bit activations, grouped / dilated convs, QONNX
+Max pooling between a thresholded conv and the next binary conv runs on the packed bits (an OR:
+``max(y) >= 0`` iff some ``y >= 0``); any other pool stays float and its output is packed.
+
+Not (yet) covered: k-bit activations, grouped / dilated convs, QONNX
 ``BipolarQuant`` (the ONNX importer has no such op).
 """
 
@@ -61,10 +63,15 @@ class BinarizeReport(BlockReport):
 
     thresholds: int = 0
     ties: int = 0
+    pools: int = 0
+
+    def count_pool(self) -> None:
+        self.pools += 1
 
     def to_json(self) -> dict:
         out = super().to_json()
         out["thresholds"] = self.thresholds
+        out["packed_pools"] = self.pools
         return out
 
 
@@ -260,15 +267,34 @@ class _Binarize(relax.PyExprMutator):
         """Packed ±1 bits of ``x >= 0`` ``[N, H, W, 1, CW]``: a rewritten conv's thresholded output
         when ``x`` is ``dot·α [+ b]`` of one, else a bitpack of ``x``. A sign of a sign packs the
         same bits (``sign(z) >= 0`` iff ``z >= 0``, NaN included), so nested signs are looked through."""
+        fused = self._fused(x)
+        if fused is not None:
+            return fused
+        return bs.emit_bitpack(self.builder_, x, 1, WORD, "NCHW")
+
+    def _fused(self, x, depth: int = 0):
+        """The packed bits of ``x >= 0`` computed without unpacking, or None: ``x`` is (a sign of)
+        a rewritten conv's ``dot·α [+ b]`` (threshold), or a max pooling of such a tensor
+        (``max(y) >= 0`` iff some ``y >= 0``: an OR of the bits)."""
         for _ in range(16):
             inner = self._sign_of(x)
             if inner is None:
                 break
             x = inner[0]
         fused = self._threshold(x)
-        if fused is not None:
+        if fused is not None or depth > 8:
             return fused
-        return bs.emit_bitpack(self.builder_, x, 1, WORD, "NCHW")
+        value = self._value(x)
+        if op_name(value) == "relax.nn.max_pool2d":
+            a = value.attrs
+            if (a["layout"] == "NCHW" and (a["out_layout"] or "NCHW") == "NCHW" and not a["ceil_mode"]
+                    and all(int(p) == 0 for p in a["padding"]) and all(int(d) == 1 for d in a["dilation"])):
+                inner = self._fused(value.args[0], depth + 1)
+                if inner is not None:
+                    self.report.count_pool()
+                    return bs.emit_bitpool(self.builder_, inner, [int(p) for p in a["pool_size"]],
+                                           [int(p) for p in a["strides"]])
+        return None
 
     def _threshold(self, x):
         value, bias = self._value(x), None
