@@ -34,7 +34,9 @@ Exactness rules:
   when α = 1.
 
 Max pooling between a thresholded conv and the next binary conv runs on the packed bits (an OR:
-``max(y) >= 0`` iff some ``y >= 0``); any other pool stays float and its output is packed.
+``max(y) >= 0`` iff some ``y >= 0``); any other pool stays float and its output is packed. A binary
+dense after the NCHW flattening of such packed bits (channels a multiple of 64) reads the NHWC bits
+as they are: its weight's input features are permuted at compile time instead.
 
 Not (yet) covered: k-bit activations, grouped / dilated convs, QONNX
 ``BipolarQuant`` (the ONNX importer has no such op).
@@ -64,6 +66,7 @@ class BinarizeReport(BlockReport):
     thresholds: int = 0
     ties: int = 0
     pools: int = 0
+    flattens: int = 0
 
     def count_pool(self) -> None:
         self.pools += 1
@@ -72,6 +75,7 @@ class BinarizeReport(BlockReport):
         out = super().to_json()
         out["thresholds"] = self.thresholds
         out["packed_pools"] = self.pools
+        out["packed_flattens"] = self.flattens
         return out
 
 
@@ -255,8 +259,13 @@ class _Binarize(relax.PyExprMutator):
             return None
         x, spelling = found
         bb = self.builder_
-        packed = bs.emit_bitpack(bb, x, 1, WORD, "NC")
         signs = np.where(w.T >= 0, 1.0, -1.0).astype("float32")  # [M, K]
+        flat = self._flat_fused(x)
+        if flat is not None:  # packed NHWC bits of a thresholded conv: permute the weight's K instead
+            packed, perm = flat
+            signs = signs[:, perm]
+        else:
+            packed = bs.emit_bitpack(bb, x, 1, WORD, "NC")
         y = bs.emit_bitserial_dense(bb, packed, signs, "float32", target=self.target)
         if not np.all(alpha == 1):
             y = bb.emit(relax.op.multiply(y, relax.const(alpha.reshape(1, -1).astype("float32"))))
@@ -295,6 +304,31 @@ class _Binarize(relax.PyExprMutator):
                     return bs.emit_bitpool(self.builder_, inner, [int(p) for p in a["pool_size"]],
                                            [int(p) for p in a["strides"]])
         return None
+
+    def _flat_fused(self, x):
+        """``(packed [N, 1, H·W·CW], perm)`` when ``x`` is (a sign of) the NCHW flattening of a tensor
+        :meth:`_fused` keeps packed (NHWC bits, C a multiple of the word): the dense reads those words
+        directly, with its weight's input features permuted from ``c·H·W + y·W + x`` to
+        ``(y·W + x)·C + c``."""
+        for _ in range(16):
+            inner = self._sign_of(x)
+            if inner is None:
+                break
+            x = inner[0]
+        value = self._value(x)
+        if op_name(value) not in ("relax.reshape", "relax.flatten"):
+            return None
+        src, out = tensor_shape(value.args[0]), tensor_shape(x)
+        if (src is None or out is None or len(src) != 4 or out != (src[0], src[1] * src[2] * src[3])
+                or src[1] % bs.word_bits(WORD)):
+            return None
+        packed = self._fused(value.args[0])
+        if packed is None:
+            return None
+        n, c, h, w = src
+        flat = self.builder_.emit(relax.op.reshape(packed, [n, 1, h * w * bs.num_words(c, WORD)]))
+        self.report.flattens += 1
+        return flat, np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).reshape(-1)
 
     def _threshold(self, x):
         value, bias = self._value(x), None
