@@ -220,3 +220,36 @@ def test_layers_left_in_float_are_reported(name, make, reason):
     assert rec["blocks"]["rewritten"] == 0 and rec["after"]["ops"]["nn.conv2d"] == 1
     assert any(reason in r for r in rec["blocks"]["refused"]), rec["blocks"]
     assert max_rel_err(run(art, x.numpy()), onnxruntime(model, x.numpy())) <= 1e-5
+
+
+def qonnx_conv(w: np.ndarray, act_scale: float, w_scale: float) -> onnx.ModelProto:
+    """Brevitas-style QONNX: BipolarQuant on the input and on the weight initializer, then Conv."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    q = "qonnx.custom_op.general"
+    nodes = [helper.make_node("BipolarQuant", ["x", "xs"], ["xq"], name="qx", domain=q),
+             helper.make_node("BipolarQuant", ["w", "ws"], ["wq"], name="qw", domain=q),
+             helper.make_node("Conv", ["xq", "wq"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(act_scale, np.float32), "xs"),
+             numpy_helper.from_array(np.array(w_scale, np.float32), "ws")]
+    graph = helper.make_graph(nodes, "qonnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(q, 1)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("act_scale,w_scale", [(1.0, 1.0), (1.0, 0.25), (0.5, 0.75)])
+def test_qonnx_bipolar_quant_is_binarized(act_scale, w_scale):
+    """QONNX BipolarQuant = where(x >= 0, 1, -1)·scale (its reference implementation), exact zeros
+    included. Reference: the same arithmetic in PyTorch; powers of two scale exactly, 0.75·0.5 too."""
+    rng = np.random.default_rng(seed_of(f"qonnx{act_scale}{w_scale}"))
+    w = rng.standard_normal((32, 16, 3, 3)).astype("float32")
+    x = rng.standard_normal((1, 16, 8, 8)).astype("float32")
+    x[0, :, 0, 0] = 0.0
+    art = reforge.compile(qonnx_conv(w, act_scale, w_scale), opt_level=2)
+    rec = record(art)
+    assert rec["blocks"]["rewritten"] == 1 and "nn.conv2d" not in rec["after"]["ops"]
+    pm1 = lambda a: torch.where(torch.from_numpy(a) >= 0, 1.0, -1.0)  # noqa: E731
+    ref = F.conv2d(pm1(x) * act_scale, pm1(w) * w_scale, padding=1).numpy()
+    np.testing.assert_array_equal(run(art, x), ref)
