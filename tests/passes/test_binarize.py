@@ -253,3 +253,31 @@ def test_qonnx_bipolar_quant_is_binarized(act_scale, w_scale):
     pm1 = lambda a: torch.where(torch.from_numpy(a) >= 0, 1.0, -1.0)  # noqa: E731
     ref = F.conv2d(pm1(x) * act_scale, pm1(w) * w_scale, padding=1).numpy()
     np.testing.assert_array_equal(run(art, x), ref)
+
+
+class TieChain(nn.Module):
+    """conv -> + 2 -> sign -> conv: the dot products are even, so ``d + 2`` is exactly 0 at d = -2."""
+
+    def __init__(self, spelling: str):
+        super().__init__()
+        self.c1, self.c2 = BinConv(8, 16), BinConv(16, 8, spelling=spelling)
+
+    def forward(self, x):
+        return self.c2(self.c1(x) + 2.0)
+
+
+def test_threshold_ties_are_reported_and_count_as_plus_one():
+    """A fused threshold where the float expression hits exactly 0 at an integer dot product: the
+    report says so, and the result follows the +1 rule (equal to the ``where`` spelling in PyTorch)."""
+    torch.manual_seed(seed_of("ties"))
+    module, plus_one = TieChain("sign").eval(), TieChain("where").eval()
+    plus_one.load_state_dict(module.state_dict())
+    x = torch.randn(1, 8, 10, 10)
+    model = to_onnx(module, x)
+    art = reforge.compile(model, opt_level=2)
+    rec = record(art)
+    assert rec["thresholds"] == 1 and any("exactly 0" in n or "exact 0" in n for n in rec["notes"]), rec["notes"]
+    out = run(art, x.numpy())
+    with torch.no_grad():
+        np.testing.assert_array_equal(out, plus_one(x).numpy())
+        assert not np.array_equal(out, module(x).numpy())  # Sign(0) = 0 happened somewhere
