@@ -265,7 +265,7 @@ class _Binarize(relax.PyExprMutator):
             packed, perm = flat
             signs = signs[:, perm]
         else:
-            packed = bs.emit_bitpack(bb, x, 1, WORD, "NC")
+            packed = bs.emit_bitpack(bb, self._peel(x), 1, WORD, "NC")
         y = bs.emit_bitserial_dense(bb, packed, signs, "float32", target=self.target)
         if not np.all(alpha == 1):
             y = bb.emit(relax.op.multiply(y, relax.const(alpha.reshape(1, -1).astype("float32"))))
@@ -279,17 +279,23 @@ class _Binarize(relax.PyExprMutator):
         fused = self._fused(x)
         if fused is not None:
             return fused
-        return bs.emit_bitpack(self.builder_, x, 1, WORD, "NCHW")
+        return bs.emit_bitpack(self.builder_, self._peel(x), 1, WORD, "NCHW")
 
-    def _fused(self, x, depth: int = 0):
-        """The packed bits of ``x >= 0`` computed without unpacking, or None: ``x`` is (a sign of)
-        a rewritten conv's ``dot·α [+ b]`` (threshold), or a max pooling of such a tensor
-        (``max(y) >= 0`` iff some ``y >= 0``: an OR of the bits)."""
+    def _peel(self, x):
+        """``z`` for ``sign(sign(... z))``: the same bits (``sign(z) >= 0`` iff ``z >= 0``), so packing
+        ``z`` leaves the float signs dead."""
         for _ in range(16):
             inner = self._sign_of(x)
             if inner is None:
                 break
             x = inner[0]
+        return x
+
+    def _fused(self, x, depth: int = 0):
+        """The packed bits of ``x >= 0`` computed without unpacking, or None: ``x`` is (a sign of)
+        a rewritten conv's ``dot·α [+ b]`` (threshold), or a max pooling of such a tensor
+        (``max(y) >= 0`` iff some ``y >= 0``: an OR of the bits)."""
+        x = self._peel(x)
         fused = self._threshold(x)
         if fused is not None or depth > 8:
             return fused
@@ -310,11 +316,7 @@ class _Binarize(relax.PyExprMutator):
         :meth:`_fused` keeps packed (NHWC bits, C a multiple of the word): the dense reads those words
         directly, with its weight's input features permuted from ``c·H·W + y·W + x`` to
         ``(y·W + x)·C + c``."""
-        for _ in range(16):
-            inner = self._sign_of(x)
-            if inner is None:
-                break
-            x = inner[0]
+        x = self._peel(x)
         value = self._value(x)
         if op_name(value) not in ("relax.reshape", "relax.flatten"):
             return None
