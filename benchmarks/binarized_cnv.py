@@ -131,7 +131,8 @@ def main() -> None:
                     f"{np.abs(ours_out - ref).max():.2g} |")
         print(rows[-1], flush=True)
     print(f"\nms, median of {args.repeat} calls, best of {args.rounds} rounds\n")
-    print("| model | threads | reforge -O2 | onnxruntime (ratio) | onnxruntime, Sign(W) folded (ratio) | max abs diff |")
+    print("| model | threads | reforge -O2 | onnxruntime (ratio) | onnxruntime, Sign(W) folded (ratio) "
+          "| max abs diff |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
 

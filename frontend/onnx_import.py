@@ -83,7 +83,8 @@ def import_onnx(model: onnx.ModelProto | str, input_shapes: dict[str, tuple[int,
                          name=name or (os.path.basename(path) if path else original.graph.name or "model"),
                          # onnxruntime cannot run QONNX ops: with them, the reference runs the lowered
                          # graph (QONNX's own reference semantics written in standard ONNX)
-                         reference=_OnnxRuntimeReference(lowered, None) if qonnx else _OnnxRuntimeReference(original, path))
+                         reference=(_OnnxRuntimeReference(lowered, None) if qonnx
+                                    else _OnnxRuntimeReference(original, path)))
 
 
 class _NodeNamedImporter(onnx_frontend.ONNXGraphImporter):

@@ -6,7 +6,7 @@ constant is folded by fold-constants, and the pass reads a left-over ``sign(cons
 input is a ±1 activation, in any of the spellings exporters emit:
 
     sign(x)                                  torch.sign, ONNX Sign
-    where(x >= 0, 1, -1)                     torch.where
+    where(x >= 0, 1, -1)                     torch.where; QONNX BipolarQuant (frontend/qonnx.py)
     x + (s - x),  s one of the above         straight-through estimator (detach trick)
     max_pool2d / reshape of a ±1 tensor      (a ±1 tensor is packed as it is)
 
@@ -38,13 +38,16 @@ Max pooling between a thresholded conv and the next binary conv runs on the pack
 dense after the NCHW flattening of such packed bits (channels a multiple of 64) reads the NHWC bits
 as they are: its weight's input features are permuted at compile time instead.
 
-Not (yet) covered: k-bit activations, grouped / dilated convs, QONNX
-``BipolarQuant`` (the ONNX importer has no such op).
+Targets: the operators carry x86 schedules (vector lanes of the host), so the registry runs the pass
+on the CPU targets (x86, arm) only; CUDA / OpenCL-FPGA keep binarized layers in float.
+
+Not (yet) covered: k-bit activations (QONNX ``Quant``), grouped / dilated convs, a ternary kernel
+that would make ``Sign(0) = 0`` exact, max pooling on packed bits of a float-packed tensor.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -53,7 +56,8 @@ from tvm import relax
 from reforge.topi_ext import bitserial as bs
 
 from . import kernel_algebra as ka
-from .graph import channel_const, channel_vector, cleanup, const_value, is_const, mutate_functions, op_name, tensor_shape
+from .graph import (channel_const, channel_vector, cleanup, const_value, is_const, mutate_functions, op_name,
+                    tensor_shape)
 from .report import BlockReport
 
 WORD = "uint64"
@@ -67,9 +71,6 @@ class BinarizeReport(BlockReport):
     ties: int = 0
     pools: int = 0
     flattens: int = 0
-
-    def count_pool(self) -> None:
-        self.pools += 1
 
     def to_json(self) -> dict:
         out = super().to_json()
@@ -101,7 +102,7 @@ class _Layer:
     alpha: np.ndarray
     strides: tuple
     padding: tuple
-    taps: int = field(default=0)
+    taps: int  # C·KH·KW: the dot products lie in [-taps, taps]
 
 
 def _sign_input(value) -> tuple[relax.Expr, str] | None:
@@ -203,7 +204,7 @@ class _Binarize(relax.PyExprMutator):
             new = self._dense(call)
         return call if new is None else new
 
-    def _layer_weight(self, call, kind: str, w: np.ndarray | None, out_axis: int):
+    def _layer_weight(self, kind: str, w: np.ndarray | None, out_axis: int):
         if w is None or w.dtype != np.float32:
             return None
         alpha, has_zero = ka.binary_scales(w, out_axis)
@@ -226,7 +227,7 @@ class _Binarize(relax.PyExprMutator):
                 or (a["data_layout"], a["kernel_layout"], a["out_layout"] or "NCHW") != ("NCHW", "OIHW", "NCHW")
                 or tensor_shape(call.args[0]) is None):
             return None
-        alpha = self._layer_weight(call, "conv", w, 0)
+        alpha = self._layer_weight("conv", w, 0)
         if alpha is None:
             return None
         found = self._activation(call, "conv")
@@ -251,7 +252,7 @@ class _Binarize(relax.PyExprMutator):
         shape = tensor_shape(call.args[0])
         if w is None or w.ndim != 2 or shape is None or len(shape) != 2:
             return None
-        alpha = self._layer_weight(call, "dense", w, 1)
+        alpha = self._layer_weight("dense", w, 1)
         if alpha is None:
             return None
         found = self._activation(call, "dense")
@@ -306,7 +307,7 @@ class _Binarize(relax.PyExprMutator):
                     and all(int(p) == 0 for p in a["padding"]) and all(int(d) == 1 for d in a["dilation"])):
                 inner = self._fused(value.args[0], depth + 1)
                 if inner is not None:
-                    self.report.count_pool()
+                    self.report.pools += 1
                     return bs.emit_bitpool(self.builder_, inner, [int(p) for p in a["pool_size"]],
                                            [int(p) for p in a["strides"]])
         return None

@@ -50,7 +50,8 @@ class BinConv(nn.Module):
         super().__init__()
         w = torch.randn(cout, cin, 3, 3)
         self.weight = nn.Parameter(torch.where(w >= 0, 1.0, -1.0) if presigned else w)
-        self.stride, self.padding, self.spelling, self.scale, self.presigned = stride, padding, spelling, scale, presigned
+        self.stride, self.padding, self.spelling = stride, padding, spelling
+        self.scale, self.presigned = scale, presigned
 
     def forward(self, x):
         w = self.weight if self.presigned else bsign(self.weight, self.spelling.split("-")[0])

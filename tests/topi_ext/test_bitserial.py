@@ -153,7 +153,8 @@ def test_bitpool_is_max_pool_of_pm1(c, h, w, pool, stride):
     pooled = np.full((1, c, oh, ow), -np.inf)
     for dy in range(pool):
         for dx in range(pool):
-            pooled = np.maximum(pooled, s[:, :, dy:dy + stride * (oh - 1) + 1:stride, dx:dx + stride * (ow - 1) + 1:stride])
+            window = s[:, :, dy:dy + stride * (oh - 1) + 1:stride, dx:dx + stride * (ow - 1) + 1:stride]
+            pooled = np.maximum(pooled, window)
     data = te.placeholder((1, h, w, 1, bs.num_words(c, "uint64")), "uint64", "data")
     out = bs.bitpool(data, (pool, pool), (stride, stride))
     got = run(build([data], out, schedule_bitpool), [bs.pack_activations_np(x)], out)
