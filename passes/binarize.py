@@ -204,21 +204,27 @@ class _Binarize(relax.PyExprMutator):
             new = self._dense(call)
         return call if new is None else new
 
-    def _layer_weight(self, kind: str, w: np.ndarray | None, out_axis: int):
+    def _binary_layer(self, call, kind: str, w: np.ndarray | None, out_axis: int):
+        """``(α, (x, spelling))`` for a binary layer, else None. Refusals are reported only for layers
+        that look binarized: ±1 weights with a non-±1 input (not for a 1-tap layer, whose weights are
+        trivially of constant magnitude), or a ±1 input with a weight holding exact zeros."""
         if w is None or w.dtype != np.float32:
             return None
         alpha, has_zero = ka.binary_scales(w, out_axis)
-        if has_zero:
-            self.report.refuse(f"{kind} left in float: its ±1 weight has an exact 0 (Sign(0) = 0 is not ±1)")
-        return alpha
-
-    def _activation(self, call, kind: str):
+        if alpha is None and not has_zero:
+            return None
         found = self._sign_of(call.args[0])
         if found is None and self._is_pm1(call.args[0]):
             found = (call.args[0], "±1")
+        if has_zero:
+            if found is not None:
+                self.report.refuse(f"{kind} left in float: its ±1 weight has an exact 0 (Sign(0) = 0 is not ±1)")
+            return None
         if found is None:
-            self.report.refuse(f"{kind} with ±1 weights left in float: its input is not a ±1 activation")
-        return found
+            if w.size // w.shape[out_axis] > 1:
+                self.report.refuse(f"{kind} with ±1 weights left in float: its input is not a ±1 activation")
+            return None
+        return alpha, found
 
     def _conv(self, call):
         a = call.attrs
@@ -227,13 +233,10 @@ class _Binarize(relax.PyExprMutator):
                 or (a["data_layout"], a["kernel_layout"], a["out_layout"] or "NCHW") != ("NCHW", "OIHW", "NCHW")
                 or tensor_shape(call.args[0]) is None):
             return None
-        alpha = self._layer_weight("conv", w, 0)
-        if alpha is None:
+        layer = self._binary_layer(call, "conv", w, 0)
+        if layer is None:
             return None
-        found = self._activation(call, "conv")
-        if found is None:
-            return None
-        x, spelling = found
+        alpha, (x, spelling) = layer
         packed = self._packed(x)
         signs = np.where(w >= 0, 1.0, -1.0).astype("float32")
         strides = tuple(int(s) for s in a["strides"])
@@ -252,13 +255,10 @@ class _Binarize(relax.PyExprMutator):
         shape = tensor_shape(call.args[0])
         if w is None or w.ndim != 2 or shape is None or len(shape) != 2:
             return None
-        alpha = self._layer_weight("dense", w, 1)
-        if alpha is None:
+        layer = self._binary_layer(call, "dense", w, 1)
+        if layer is None:
             return None
-        found = self._activation(call, "dense")
-        if found is None:
-            return None
-        x, spelling = found
+        alpha, (x, spelling) = layer
         bb = self.builder_
         signs = np.where(w.T >= 0, 1.0, -1.0).astype("float32")  # [M, K]
         flat = self._flat_fused(x)

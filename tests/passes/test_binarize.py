@@ -282,3 +282,23 @@ def test_threshold_ties_are_reported_and_count_as_plus_one():
     with torch.no_grad():
         np.testing.assert_array_equal(out, plus_one(x).numpy())
         assert not np.array_equal(out, module(x).numpy())  # Sign(0) = 0 happened somewhere
+
+
+def test_float_layers_are_not_reported():
+    """A float net (one conv with a Dirac kernel, which has constant-magnitude nonzeros, one 1x1 conv on
+    one channel, one ordinary conv): nothing found, nothing refused."""
+    class Float(nn.Module):
+        def __init__(self):
+            super().__init__()
+            dirac = torch.zeros(4, 4, 3, 3)
+            dirac[range(4), range(4), 1, 1] = 1.0
+            self.dirac, self.one, self.conv = nn.Parameter(dirac), nn.Parameter(torch.randn(4, 1, 1, 1)), \
+                nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = torch.sign(F.conv2d(torch.relu(x), self.dirac, padding=1))
+            return self.conv(F.conv2d(y[:, :1], self.one)) + y
+
+    x = torch.randn(1, 4, 6, 6)
+    rec = record(reforge.compile(to_onnx(Float().eval(), x), opt_level=2))
+    assert rec["blocks"] == {"found": 0, "rewritten": 0, "refused": {}} and rec["notes"] == []
