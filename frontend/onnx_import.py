@@ -18,6 +18,7 @@ from reforge.errors import ReforgeError, one_line
 from .imported import ImportedModel
 from .onnx_checks import check_initializers, check_opset, check_sizes, check_structure
 from .onnx_constants import fold_constant_plumbing
+from .qonnx import lower_qonnx
 from .relax_types import output_specs
 from .tensor_spec import TensorSpec, check_shape_names, resolve_shape
 
@@ -67,6 +68,8 @@ def import_onnx(model: onnx.ModelProto | str, input_shapes: dict[str, tuple[int,
     check_structure(proto.graph)
     check_sizes(proto.graph, input_shapes or {})
     check_initializers(proto.graph)
+    qonnx = lower_qonnx(proto)  # BipolarQuant -> standard ONNX (frontend/qonnx.py)
+    lowered = proto
     proto = fold_constant_plumbing(proto)
     _check_operators(proto)
     inputs = _input_specs(proto, input_shapes or {})
@@ -83,7 +86,10 @@ def import_onnx(model: onnx.ModelProto | str, input_shapes: dict[str, tuple[int,
     outputs = output_specs(mod["main"], [o.name for o in proto.graph.output])
     return ImportedModel(mod=mod, inputs=inputs, outputs=outputs, source="onnx",
                          name=name or (os.path.basename(path) if path else original.graph.name or "model"),
-                         reference=_OnnxRuntimeReference(original, path))
+                         # onnxruntime cannot run QONNX ops: with them, the reference runs the lowered
+                         # graph (QONNX's own reference semantics written in standard ONNX)
+                         reference=(_OnnxRuntimeReference(lowered, None) if qonnx
+                                    else _OnnxRuntimeReference(original, path)))
 
 
 class _NodeNamedImporter(onnx_frontend.ONNXGraphImporter):

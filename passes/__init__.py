@@ -1,5 +1,6 @@
 """Graph rewrites on Relax, each a ``tvm.transform.Pass`` with a ``report`` of what it did."""
 
+from .binarize import Binarize
 from .fold_batchnorm import FoldBatchNorm
 from .merge_branches import MergeBranches
 from .registry import PASSES, PassInfo, get, select
@@ -8,4 +9,4 @@ from .report import PassReport
 from .tvm_builtin import DeadCode, FoldConstants
 
 __all__ = ["PASSES", "PassInfo", "PassReport", "get", "select",
-           "DeadCode", "FoldBatchNorm", "FoldConstants", "MergeBranches", "RemoveNoops"]
+           "Binarize", "DeadCode", "FoldBatchNorm", "FoldConstants", "MergeBranches", "RemoveNoops"]

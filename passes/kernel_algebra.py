@@ -109,3 +109,49 @@ def compose_convs(w1: np.ndarray, g1: int, w2: np.ndarray, g2: int) -> tuple[np.
     group = np.arange(dense.shape[0]) // out_per_group
     cols = group[:, None] * in_per_group + np.arange(in_per_group)[None, :]
     return dense[np.arange(dense.shape[0])[:, None], cols], groups
+
+
+def binary_scales(w: np.ndarray, out_axis: int = 0) -> tuple[np.ndarray | None, bool]:
+    """Read a weight as ``α[o]·S`` with ``S`` ±1 and ``α > 0`` per output channel (``out_axis``).
+
+    Returns ``(α, has_zero)``: ``α`` is None when the weight is not of that form; ``has_zero`` tells
+    that it would be, but for exact zeros (ONNX ``Sign(0) = 0``: not a ±1 value)."""
+    mag = np.abs(np.moveaxis(w, out_axis, 0).reshape(w.shape[out_axis], -1))
+    alpha = mag.max(axis=1)
+    nonzero = mag != 0
+    same = np.all((mag == alpha[:, None]) | ~nonzero)
+    if not same or not np.all(np.isfinite(alpha)) or not np.any(alpha > 0):
+        return None, False
+    if not np.all(nonzero):
+        return None, True
+    return alpha, False
+
+
+def binary_thresholds(alpha: np.ndarray, bias: np.ndarray, taps: int,
+                      dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel integer thresholds for ``sign(α[o]·d + b[o]) >= 0`` on integer dot products
+    ``-taps <= d <= taps``: the graph's own float expression ``fl(fl(α·d) + b)`` is evaluated at
+    every integer candidate (exact, no real-number algebra), so ``bit = d >= thr[o]`` reproduces it
+    (α < 0 gives ``flip[o] = 1``: ``bit = d <= thr[o]``). Returns ``(thr, flip)`` int32; the
+    caller checks :func:`threshold_ties` for candidates where the expression is exactly 0."""
+    d = np.arange(-taps, taps + 1).astype(dtype)
+    f = np.asarray(alpha, dtype)[:, None] * d[None, :] + np.asarray(bias, dtype)[:, None]
+    on = f >= 0
+    flip = (np.asarray(alpha) < 0).astype("int32")
+    thr = np.empty(len(alpha), "int64")
+    for o in range(len(alpha)):
+        idx = np.flatnonzero(on[o])
+        if not flip[o]:
+            thr[o] = idx[0] - taps if idx.size else taps + 1
+            assert np.array_equal(on[o], d >= thr[o]), "the affine expression is not monotone"
+        else:
+            thr[o] = idx[-1] - taps if idx.size else -taps - 1
+            assert np.array_equal(on[o], d <= thr[o]), "the affine expression is not monotone"
+    return thr.astype("int32"), flip
+
+
+def threshold_ties(alpha: np.ndarray, bias: np.ndarray, taps: int, dtype: str = "float32") -> int:
+    """How many (channel, integer dot) pairs make ``fl(fl(α·d) + b)`` exactly 0 (Sign would give 0)."""
+    d = np.arange(-taps, taps + 1).astype(dtype)
+    f = np.asarray(alpha, dtype)[:, None] * d[None, :] + np.asarray(bias, dtype)[:, None]
+    return int(np.count_nonzero(f == 0))

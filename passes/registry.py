@@ -12,6 +12,7 @@ import tvm
 
 from reforge.errors import ReforgeError
 
+from .binarize import Binarize
 from .fold_batchnorm import FoldBatchNorm
 from .merge_branches import MergeBranches
 from .remove_noops import RemoveNoops
@@ -63,6 +64,11 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Ding et al., RepVGG, CVPR 2021; Ding et al., ACNet, ICCV 2019; Ding et al., Diverse Branch Block, "
              "CVPR 2021; Vasu et al., MobileOne, CVPR 2023; Chen et al., RepGhost, 2022",
              level=2, requires=("fold-constants", "fold-batchnorm")),
+    PassInfo("binarize", Binarize,
+             "binarized conv / dense (±1 weights, sign / where / STE activations) to bit-packed XNOR-popcount "
+             "operators; BatchNorm + sign between binary convs fused into integer thresholds",
+             "Courbariaux et al., BinaryNet, 2016; Rastegari et al., XNOR-Net, ECCV 2016",
+             level=2, targets=frozenset({"x86", "arm"}), requires=("fold-constants", "fold-batchnorm")),
     PassInfo("dead-code", DeadCode,
              "remove bindings and functions whose results are never used",
              "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 8.5 dead-code elimination", rtol=1e-5),
@@ -96,9 +102,9 @@ def select(opt_level: int = 2, target_kind: str = "x86", enable=(), disable=(),
     while pending:
         for req in PASSES[pending.pop()].requires:
             if req in disable:
-                users = sorted(n for n in chosen if req in PASSES[n].requires)
-                raise ReforgeError(f"cannot disable '{req}': '{users[0]}' requires it "
-                                   f"(disable '{users[0]}' too)")
+                users = ", ".join(f"'{n}'" for n in sorted(n for n in chosen if req in PASSES[n].requires))
+                raise ReforgeError(f"cannot disable '{req}': {users} require{'s' if ',' not in users else ''} it "
+                                   f"(disable {users} too)")
             if req not in chosen:
                 chosen.add(req)
                 pending.append(req)

@@ -41,6 +41,7 @@ from tvm import te, tirx, topi
 CONV = "bitserial_conv2d"  # name of the main reduction block (the schedule looks for it)
 DENSE = "bitserial_dense"
 PACK = "bitpack"
+POOL = "bitpool"
 
 
 def word_bits(word: str) -> int:
@@ -323,6 +324,25 @@ def bitserial_dense(data: te.Tensor, weight: te.Tensor, in_features: int, out_dt
     return te.compute(dot.shape, lambda *idx: dot(*idx).astype(out_dtype), name=DENSE + "_cast")
 
 
+def bitpool(data: te.Tensor, pool_size=(2, 2), strides=(2, 2)) -> te.Tensor:
+    """Max pooling of ±1 values on packed bits ``[N, H, W, B, CW]`` (B = 1): the max of ±1 values is
+    +1 iff one of them is, i.e. the OR of their bits (bit 1 = +1). Unpadded, floor mode."""
+    n, h, w, nb, cw = (int(d) for d in data.shape)
+    ph, pw = (int(p) for p in pool_size)
+    sh, sw = (int(s) for s in strides)
+    oh, ow = (h - ph) // sh + 1, (w - pw) // sw + 1
+
+    def window(i, y, x, b, c):
+        acc = None
+        for dy in range(ph):
+            for dx in range(pw):
+                v = data[i, y * sh + dy, x * sw + dx, b, c]
+                acc = v if acc is None else acc | v
+        return acc
+
+    return te.compute((n, oh, ow, nb, cw), window, name=POOL)
+
+
 # ----------------------------------------------------------------------------- Relax
 
 
@@ -424,3 +444,15 @@ def emit_bitserial_dense(bb, data, weight: np.ndarray, out_dtype: str = "int32",
     gv = _add_scheduled(bb, [at, wt], out, lambda f: schedule_bitserial_dense(f, lanes), "bitserial_dense")
     return bb.emit(relax.call_tir(gv, [data, relax.const(packed)],
                                   relax.TensorType([int(d) for d in out.shape], str(out.dtype))))
+
+
+def emit_bitpool(bb, data, pool_size=(2, 2), strides=(2, 2)):
+    """Emit :func:`bitpool` of packed ±1 activations ``data`` into ``bb``; returns the pooled packed tensor."""
+    from tvm import relax
+
+    from .schedule_bitserial import schedule_bitpool
+
+    at = _placeholder(data, "data")
+    out = bitpool(at, pool_size, strides)
+    gv = _add_scheduled(bb, [at], out, schedule_bitpool, "bitpool")
+    return bb.emit(relax.call_tir(gv, [data], relax.TensorType([int(d) for d in out.shape], str(out.dtype))))

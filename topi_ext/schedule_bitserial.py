@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from .bitserial import CONV, DENSE, PACK
+from .bitserial import CONV, DENSE, PACK, POOL
 from .schedule_x86 import _blocks, _divisor_at_most, _extents, _inline_epilogue
 
 def _named(sch: s_tir.Schedule, name: str):
@@ -167,4 +167,14 @@ def schedule_bitpack(func: tirx.PrimFunc, lanes: int = 4) -> tirx.PrimFunc:
         sch.vectorize(sch.get_loops(init)[-1])
     else:
         _parallel_outer(sch, block, 1)
+    return _mark(sch.mod["main"])
+
+
+def schedule_bitpool(func: tirx.PrimFunc, lanes: int = 4) -> tirx.PrimFunc:
+    """The OR pool on packed bits: rows in parallel, the words of a pixel vectorized."""
+    sch = s_tir.Schedule(func)
+    block = _named(sch, POOL)
+    n, y, x, b, c = sch.get_loops(block)
+    sch.parallel(sch.fuse(n, y))
+    _vectorize_inner(sch, block, lanes)
     return _mark(sch.mod["main"])

@@ -193,3 +193,37 @@ def test_compose_convs(g1, g2):
     w, g = ka.compose_convs(w1, g1, w2, g2)
     assert g == np.gcd(g1, g2) and w.shape == (4, 8 // g, 5, 3)
     close(conv2d(x, w, g, padding=1), conv2d(conv2d(x, w1, g1, padding=1), w2, g2))
+
+
+# ----------------------------------------------------------------------------- binary layers
+
+
+def test_binary_scales_reads_alpha_times_signs():
+    rng = np.random.default_rng(0)
+    s = np.where(rng.standard_normal((6, 4, 3, 3)) >= 0, 1.0, -1.0).astype("float32")
+    alpha = rng.uniform(0.1, 2, 6).astype("float32")
+    got, has_zero = ka.binary_scales(s * alpha[:, None, None, None])
+    np.testing.assert_array_equal(got, alpha)
+    assert not has_zero
+    dense = s.reshape(6, -1).T * alpha[None, :]  # [K, M]: output features on axis 1
+    np.testing.assert_array_equal(ka.binary_scales(dense, 1)[0], alpha)
+    with_zero = s.copy()
+    with_zero[2, 1, 0, 0] = 0.0
+    assert ka.binary_scales(with_zero) == (None, True)
+    assert ka.binary_scales(rng.standard_normal((6, 4, 3, 3)).astype("float32")) == (None, False)
+
+
+@pytest.mark.parametrize("taps", [9, 72, 576])
+def test_binary_thresholds_reproduce_the_float_expression(taps):
+    """bit = d >= thr (d <= thr where flipped) equals fl(fl(α·d) + b) >= 0 at every integer d, exactly."""
+    rng = np.random.default_rng(taps)
+    alpha = rng.uniform(0.01, 3, 40).astype("float32") * rng.choice([-1, 1], 40).astype("float32")
+    bias = rng.uniform(-taps, taps, 40).astype("float32") * np.abs(alpha)
+    bias[:3] = [10 * taps, -10 * taps, 0.0]  # always on / always off / a tie at d = 0
+    thr, flip = ka.binary_thresholds(alpha, bias, taps)
+    d = np.arange(-taps, taps + 1).astype("float32")
+    want = (alpha[:, None] * d[None, :] + bias[:, None]) >= 0
+    got = np.where(flip[:, None] != 0, d[None, :] <= thr[:, None], d[None, :] >= thr[:, None])
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(flip, alpha < 0)
+    assert ka.threshold_ties(alpha, bias, taps) >= 1

@@ -12,15 +12,17 @@ import reforge
 from reforge import ReforgeError
 from reforge.passes import PASSES, get, select
 
-TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "merge-branches", "dead-code"]
-O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # merge-branches starts at -O2
+TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "merge-branches", "binarize", "dead-code"]
+O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # merge-branches, binarize start at -O2
+CPU_ONLY = ("binarize",)  # bit-serial operators have CPU schedules only
 
 
 def test_table_order_and_prerequisites():
     assert list(PASSES) == TABLE
     assert PASSES["fold-batchnorm"].requires == ("fold-constants",)
     assert PASSES["merge-branches"].requires == ("fold-constants", "fold-batchnorm")
-    assert all(not PASSES[n].requires for n in TABLE if n not in ("fold-batchnorm", "merge-branches"))
+    assert PASSES["binarize"].requires == ("fold-constants", "fold-batchnorm")
+    assert all(not PASSES[n].requires for n in TABLE if n not in ("fold-batchnorm", "merge-branches", "binarize"))
 
 
 @pytest.mark.parametrize("name", TABLE)
@@ -35,11 +37,12 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(opt_level=1), O1),
     (dict(opt_level=2), TABLE),
     (dict(), TABLE),  # the default level is -O2
-    (dict(opt_level=2, disable=["dead-code"]), TABLE[:4]),
-    (dict(opt_level=2, disable=["merge-branches"]), O1),
-    (dict(opt_level=2, disable=["fold-batchnorm", "merge-branches"]), ["remove-noops", "fold-constants", "dead-code"]),
-    (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", "merge-branches"]), ["remove-noops", "dead-code"]),
-    (dict(opt_level=1, enable=["merge-branches"]), TABLE),
+    (dict(opt_level=2, disable=["dead-code"]), TABLE[:5]),
+    (dict(opt_level=2, disable=["merge-branches", "binarize"]), O1),
+    (dict(opt_level=2, disable=["merge-branches"]), [*O1[:3], "binarize", "dead-code"]),
+    (dict(opt_level=2, disable=["fold-batchnorm", "merge-branches", "binarize"]), ["remove-noops", "fold-constants", "dead-code"]),
+    (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", "merge-branches", "binarize"]), ["remove-noops", "dead-code"]),
+    (dict(opt_level=1, enable=["merge-branches", "binarize"]), TABLE),
     (dict(opt_level=0, enable=["dead-code"]), ["dead-code"]),
     (dict(opt_level=0, enable=["fold-batchnorm"]), ["fold-constants", "fold-batchnorm"]),
     (dict(opt_level=0, enable=["dead-code", "remove-noops"]), ["remove-noops", "dead-code"]),  # table order
@@ -49,7 +52,9 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(opt_level=0, passes=["remove-noops"]), ["remove-noops"]),  # an explicit list replaces -O defaults
     (dict(passes=["remove-noops"], enable=["fold-batchnorm"]), TABLE[:3]),
     (dict(passes=["remove-noops", "dead-code"], disable=["dead-code"]), ["remove-noops"]),
-    (dict(opt_level=2, target_kind="arm"), TABLE),  # no pass is target-restricted yet
+    (dict(opt_level=2, target_kind="arm"), TABLE),
+    (dict(opt_level=2, target_kind="cuda"), [n for n in TABLE if n not in CPU_ONLY]),
+    (dict(opt_level=2, target_kind="opencl-fpga"), [n for n in TABLE if n not in CPU_ONLY]),
 ])
 def test_select(kwargs, expected):
     assert select(**kwargs) == expected
@@ -65,8 +70,8 @@ def test_disabling_a_prerequisite_names_both(kwargs):
         select(**kwargs)
 
 
-def test_disabling_fold_batchnorm_at_O2_names_merge_branches():
-    with pytest.raises(ReforgeError, match=r"(?s)(?=.*'fold-batchnorm')(?=.*'merge-branches')"):
+def test_disabling_fold_batchnorm_at_O2_names_its_users():
+    with pytest.raises(ReforgeError, match=r"(?s)(?=.*'fold-batchnorm')(?=.*'merge-branches')(?=.*'binarize')"):
         select(opt_level=2, disable=["fold-batchnorm"])
 
 

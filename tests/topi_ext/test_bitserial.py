@@ -10,7 +10,8 @@ from tvm import relax, te
 
 from reforge.targets import get_target
 from reforge.topi_ext import bitserial as bs
-from reforge.topi_ext.schedule_bitserial import schedule_bitpack, schedule_bitserial_conv2d, schedule_bitserial_dense
+from reforge.topi_ext.schedule_bitserial import (schedule_bitpack, schedule_bitpool, schedule_bitserial_conv2d,
+                                                 schedule_bitserial_dense)
 
 TARGET = get_target("x86")
 
@@ -141,6 +142,23 @@ def test_bitpack_matches_numpy(shape, bits, layout, word):
     out = bs.bitpack(xt, bits, word, layout)
     got = run(build([xt], out, schedule_bitpack), [x], out)
     np.testing.assert_array_equal(got, bs.pack_activations_np(x, bits, word, layout))
+
+
+@pytest.mark.parametrize("c, h, w, pool, stride", [(64, 8, 8, 2, 2), (130, 9, 7, 3, 2), (20, 6, 6, 2, 1)])
+def test_bitpool_is_max_pool_of_pm1(c, h, w, pool, stride):
+    """OR of packed bits = max pooling of the ±1 values (reference: numpy max pool, then packed)."""
+    x = np.random.default_rng(c).standard_normal((1, c, h, w)).astype("float32")
+    s = np.where(x >= 0, 1.0, -1.0)
+    oh, ow = (h - pool) // stride + 1, (w - pool) // stride + 1
+    pooled = np.full((1, c, oh, ow), -np.inf)
+    for dy in range(pool):
+        for dx in range(pool):
+            window = s[:, :, dy:dy + stride * (oh - 1) + 1:stride, dx:dx + stride * (ow - 1) + 1:stride]
+            pooled = np.maximum(pooled, window)
+    data = te.placeholder((1, h, w, 1, bs.num_words(c, "uint64")), "uint64", "data")
+    out = bs.bitpool(data, (pool, pool), (stride, stride))
+    got = run(build([data], out, schedule_bitpool), [bs.pack_activations_np(x)], out)
+    np.testing.assert_array_equal(got, bs.pack_activations_np(pooled))
 
 
 def test_relax_module_binary_layers_match_numpy():

@@ -1,0 +1,306 @@
+"""binarize: binarized conv / dense layers to bit-serial operators, through reforge.compile at -O2.
+
+Models are small PyTorch nets in the spellings exporters produce (torch.sign, torch.where, the
+straight-through detach trick, XNOR-Net scales, BatchNorm + sign between binary convs), exported to
+ONNX (torch.onnx.export, opset 17, dynamo=False) and through torch.export.
+
+References: onnxruntime on the exported ONNX model (graph optimizations off), and PyTorch for
+torch.export. Tolerance: none (``assert_array_equal``) where the output is an integer dot product or
+an integer-valued dense after thresholds; ``RTOL_EPILOGUE`` where a float scale epilogue follows the
+binary layer (``α·d`` in float32 versus the float conv's rounded partial sums).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import reforge
+
+from .conftest import max_rel_err, seed_of
+from .test_merge_branches import quiet_onnx_export
+
+RTOL_EPILOGUE = 1e-6
+
+
+def bsign(x, spelling: str):
+    if spelling == "sign":
+        return torch.sign(x)
+    if spelling == "where":
+        return torch.where(x >= 0, 1.0, -1.0)
+    if spelling == "sign-ste":
+        return x + (torch.sign(x) - x).detach()
+    if spelling == "where-ste":
+        return x + (torch.where(x >= 0, 1.0, -1.0) - x).detach()
+    raise ValueError(spelling)
+
+
+class BinConv(nn.Module):
+    """conv(bsign(x), bsign(W)); ``scale``: XNOR-Net α = mean|W| per output channel after the conv;
+    ``presigned``: the weight is stored already as ±1 (no sign op in the graph)."""
+
+    def __init__(self, cin, cout, stride=1, padding=1, spelling="sign", scale=False, presigned=False):
+        super().__init__()
+        w = torch.randn(cout, cin, 3, 3)
+        self.weight = nn.Parameter(torch.where(w >= 0, 1.0, -1.0) if presigned else w)
+        self.stride, self.padding, self.spelling = stride, padding, spelling
+        self.scale, self.presigned = scale, presigned
+
+    def forward(self, x):
+        w = self.weight if self.presigned else bsign(self.weight, self.spelling.split("-")[0])
+        y = F.conv2d(bsign(x, self.spelling), w, stride=self.stride, padding=self.padding)
+        if self.scale:
+            y = y * self.weight.abs().mean((1, 2, 3)).view(1, -1, 1, 1)
+        return y
+
+
+class BinLinear(nn.Module):
+    def __init__(self, cin, cout, spelling="sign"):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin))
+        self.bias = nn.Parameter(torch.randn(cout))
+        self.spelling = spelling
+
+    def forward(self, x):
+        return F.linear(bsign(x, self.spelling), bsign(self.weight, "sign"), self.bias)
+
+
+class Chain(nn.Module):
+    """conv -> BN -> (sign) conv -> BN -> sign -> maxpool -> (sign) conv -> BN -> flatten -> (sign) dense:
+    every BN + sign becomes a threshold, the pool an OR on the packed bits, the flatten a permutation of
+    the dense weight."""
+
+    def __init__(self, spelling="sign"):
+        super().__init__()
+        self.c1, self.c2, self.c3 = BinConv(8, 64, spelling=spelling), BinConv(64, 64, spelling=spelling), \
+            BinConv(64, 64, spelling=spelling)
+        self.b1, self.b2, self.b3 = nn.BatchNorm2d(64), nn.BatchNorm2d(64), nn.BatchNorm2d(64)
+        self.fc = BinLinear(64 * 8 * 8, 10, spelling)
+        self.spelling = spelling
+
+    def forward(self, x):
+        y = self.c2(self.b1(self.c1(x)))
+        y = F.max_pool2d(bsign(self.b2(y), self.spelling), 2)
+        return self.fc(self.b3(self.c3(y)).flatten(1))
+
+
+def randomize_bn(module: nn.Module) -> nn.Module:
+    """BN statistics that put the thresholds inside the dot products' range, some γ negative."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-8, 8)
+            m.running_var.uniform_(1, 30)
+            m.weight.data.uniform_(-1.5, 1.5)
+            m.bias.data.uniform_(-1, 1)
+    return module.eval()
+
+
+def to_onnx(module: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    with quiet_onnx_export():
+        torch.onnx.export(module, (x,), buf, input_names=["x"], output_names=["y"], dynamo=False, opset_version=17)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+
+
+def compile_both(module: nn.Module, x: torch.Tensor, exporter: str, verify: bool = False):
+    """(artifact, reference output) for the ONNX export (onnxruntime) or torch.export (PyTorch)."""
+    if exporter == "onnx":
+        model = to_onnx(module, x)
+        return reforge.compile(model, opt_level=2, verify=verify), onnxruntime(model, x.numpy())
+    with torch.no_grad():
+        ref = module(x).numpy()
+    return reforge.compile(module, opt_level=2, example_inputs=(x,), verify=verify), ref
+
+
+def record(art) -> dict:
+    return next(p for p in art.manifest["passes"] if p["name"] == "binarize")
+
+
+def run(art, x: np.ndarray) -> np.ndarray:
+    return list(art.run({art.manifest["inputs"][0]["name"]: x}).values())[0]
+
+
+CASES = [  # id, module factory, input shape, bit-exact
+    ("sign", lambda: BinConv(8, 16), (1, 8, 12, 12), True),
+    ("where-stride2", lambda: BinConv(8, 16, stride=2, spelling="where"), (1, 8, 13, 13), True),
+    ("sign-ste-unpadded", lambda: BinConv(70, 16, padding=0, spelling="sign-ste"), (2, 70, 9, 9), True),
+    ("where-ste", lambda: BinConv(16, 8, spelling="where-ste"), (1, 16, 10, 10), True),
+    ("xnor-scale", lambda: BinConv(16, 32, scale=True), (1, 16, 8, 8), False),
+    ("presigned-weights", lambda: BinConv(16, 32, presigned=True), (1, 16, 8, 8), True),
+    ("dense", lambda: nn.Sequential(BinLinear(200, 64), nn.BatchNorm1d(64), BinLinear(64, 10)), (1, 200), True),
+]
+
+
+@pytest.mark.parametrize("exporter", ["onnx", "torch.export"])
+@pytest.mark.parametrize("name,make,shape,exact", CASES, ids=[c[0] for c in CASES])
+def test_binary_layers_become_bitserial(name, make, shape, exact, exporter):
+    torch.manual_seed(seed_of(name))
+    module = randomize_bn(make())
+    x = torch.randn(shape)
+    art, ref = compile_both(module, x, exporter)
+    rec = record(art)
+    ops = rec["after"]["ops"]
+    assert "nn.conv2d" not in ops and "matmul" not in ops, ops
+    assert ops["call_tir"] >= 2 and rec["blocks"]["refused"] == {}
+    assert rec["blocks"]["rewritten"] == (2 if name == "dense" else 1)
+    out = run(art, x.numpy())
+    if exact:
+        np.testing.assert_array_equal(out, ref)
+    else:
+        assert max_rel_err(out, ref) <= RTOL_EPILOGUE
+
+
+@pytest.mark.parametrize("exporter", ["onnx", "torch.export"])
+@pytest.mark.parametrize("spelling", ["sign", "where-ste"])
+def test_batchnorm_sign_between_binary_convs_becomes_a_threshold(spelling, exporter):
+    torch.manual_seed(seed_of("chain" + spelling))
+    module = randomize_bn(Chain(spelling))
+    x = torch.randn(1, 8, 16, 16)
+    verify = exporter == "onnx" and spelling == "sign"  # every pass checked on random inputs too (slow: once)
+    art, ref = compile_both(module, x, exporter, verify=verify)
+    rec = record(art)
+    assert not verify or (rec["verify"]["ok"] and rec["verify"]["rel"] < 1e-6)
+    assert rec["blocks"]["rewritten"] == 4 and rec["thresholds"] == 3
+    assert rec["packed_pools"] == 1 and rec["packed_flattens"] == 1
+    assert "nn.conv2d" not in rec["after"]["ops"] and "matmul" not in rec["after"]["ops"]
+    np.testing.assert_array_equal(run(art, x.numpy()), ref)  # integer-valued: dense of ±1 + bias
+
+
+def test_exact_zeros_in_a_sign_input_count_as_plus_one():
+    """The documented rule: ONNX Sign(0) = 0, the packed bit of 0 is +1. With zeros in the input of
+    ``sign`` the result equals onnxruntime on the input with those zeros replaced by a positive
+    number; ``where(x >= 0, 1, -1)`` has no such case and stays exact."""
+    torch.manual_seed(seed_of("zeros"))
+    x = torch.randn(1, 8, 12, 12)
+    x[torch.rand_like(x) < 0.2] = 0.0
+    positive = torch.where(x == 0, torch.full_like(x, 0.5), x).numpy()
+    for spelling in ("sign", "where"):
+        model = to_onnx(BinConv(8, 16, spelling=spelling), x)
+        out = run(reforge.compile(model, opt_level=2), x.numpy())
+        if spelling == "sign":
+            np.testing.assert_array_equal(out, onnxruntime(model, positive))
+            assert not np.array_equal(out, onnxruntime(model, x.numpy()))
+        else:
+            np.testing.assert_array_equal(out, onnxruntime(model, x.numpy()))
+
+
+class ReluConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(16, 8, 3, 3))
+
+    def forward(self, x):
+        return F.conv2d(torch.relu(x), torch.sign(self.weight), padding=1)
+
+
+@pytest.mark.parametrize("name,make,reason", [
+    ("zero-weight", lambda: BinConv(8, 16), "exact 0"),
+    ("relu-activation", ReluConv, "not a ±1 activation"),
+])
+def test_layers_left_in_float_are_reported(name, make, reason):
+    torch.manual_seed(seed_of(name))
+    module = make()
+    if name == "zero-weight":
+        module.weight.data[3, 2, 1, 1] = 0.0
+    x = torch.randn(1, 8, 10, 10)
+    model = to_onnx(module, x)
+    art = reforge.compile(model, opt_level=2)
+    rec = record(art)
+    assert rec["blocks"]["rewritten"] == 0 and rec["after"]["ops"]["nn.conv2d"] == 1
+    assert any(reason in r for r in rec["blocks"]["refused"]), rec["blocks"]
+    assert max_rel_err(run(art, x.numpy()), onnxruntime(model, x.numpy())) <= 1e-5
+
+
+def qonnx_conv(w: np.ndarray, act_scale: float, w_scale: float) -> onnx.ModelProto:
+    """Brevitas-style QONNX: BipolarQuant on the input and on the weight initializer, then Conv."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    q = "qonnx.custom_op.general"
+    nodes = [helper.make_node("BipolarQuant", ["x", "xs"], ["xq"], name="qx", domain=q),
+             helper.make_node("BipolarQuant", ["w", "ws"], ["wq"], name="qw", domain=q),
+             helper.make_node("Conv", ["xq", "wq"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(act_scale, np.float32), "xs"),
+             numpy_helper.from_array(np.array(w_scale, np.float32), "ws")]
+    graph = helper.make_graph(nodes, "qonnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(q, 1)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("act_scale,w_scale", [(1.0, 1.0), (1.0, 0.25), (0.5, 0.75)])
+def test_qonnx_bipolar_quant_is_binarized(act_scale, w_scale):
+    """QONNX BipolarQuant = where(x >= 0, 1, -1)·scale (its reference implementation), exact zeros
+    included. Reference: the same arithmetic in PyTorch; powers of two scale exactly, 0.75·0.5 too."""
+    rng = np.random.default_rng(seed_of(f"qonnx{act_scale}{w_scale}"))
+    w = rng.standard_normal((32, 16, 3, 3)).astype("float32")
+    x = rng.standard_normal((1, 16, 8, 8)).astype("float32")
+    x[0, :, 0, 0] = 0.0
+    art = reforge.compile(qonnx_conv(w, act_scale, w_scale), opt_level=2)
+    rec = record(art)
+    assert rec["blocks"]["rewritten"] == 1 and "nn.conv2d" not in rec["after"]["ops"]
+    pm1 = lambda a: torch.where(torch.from_numpy(a) >= 0, 1.0, -1.0)  # noqa: E731
+    ref = F.conv2d(pm1(x) * act_scale, pm1(w) * w_scale, padding=1).numpy()
+    np.testing.assert_array_equal(run(art, x), ref)
+
+
+class TieChain(nn.Module):
+    """conv -> + 2 -> sign -> conv: the dot products are even, so ``d + 2`` is exactly 0 at d = -2."""
+
+    def __init__(self, spelling: str):
+        super().__init__()
+        self.c1, self.c2 = BinConv(8, 16), BinConv(16, 8, spelling=spelling)
+
+    def forward(self, x):
+        return self.c2(self.c1(x) + 2.0)
+
+
+def test_threshold_ties_are_reported_and_count_as_plus_one():
+    """A fused threshold where the float expression hits exactly 0 at an integer dot product: the
+    report says so, and the result follows the +1 rule (equal to the ``where`` spelling in PyTorch)."""
+    torch.manual_seed(seed_of("ties"))
+    module, plus_one = TieChain("sign").eval(), TieChain("where").eval()
+    plus_one.load_state_dict(module.state_dict())
+    x = torch.randn(1, 8, 10, 10)
+    model = to_onnx(module, x)
+    art = reforge.compile(model, opt_level=2)
+    rec = record(art)
+    assert rec["thresholds"] == 1 and any("exactly 0" in n or "exact 0" in n for n in rec["notes"]), rec["notes"]
+    out = run(art, x.numpy())
+    with torch.no_grad():
+        np.testing.assert_array_equal(out, plus_one(x).numpy())
+        assert not np.array_equal(out, module(x).numpy())  # Sign(0) = 0 happened somewhere
+
+
+def test_float_layers_are_not_reported():
+    """A float net (one conv with a Dirac kernel, which has constant-magnitude nonzeros, one 1x1 conv on
+    one channel, one ordinary conv): nothing found, nothing refused."""
+    class Float(nn.Module):
+        def __init__(self):
+            super().__init__()
+            dirac = torch.zeros(4, 4, 3, 3)
+            dirac[range(4), range(4), 1, 1] = 1.0
+            self.dirac, self.one, self.conv = nn.Parameter(dirac), nn.Parameter(torch.randn(4, 1, 1, 1)), \
+                nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = torch.sign(F.conv2d(torch.relu(x), self.dirac, padding=1))
+            return self.conv(F.conv2d(y[:, :1], self.one)) + y
+
+    x = torch.randn(1, 4, 6, 6)
+    rec = record(reforge.compile(to_onnx(Float().eval(), x), opt_level=2))
+    assert rec["blocks"] == {"found": 0, "rewritten": 0, "refused": {}} and rec["notes"] == []
