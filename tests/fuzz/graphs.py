@@ -5,7 +5,8 @@ what reforge's passes rewrite: convs (kernel 1-15, stride 1-2, symmetric or asym
 dilation, groups and depthwise, with or without bias), BatchNorm with random statistics (negative
 γ included), ReLU / LeakyReLU / ELU, Dropout, residual adds and multi-branch sums on one input
 (branches of different kernels, an identity, an average pool), channel concat, max / average
-pooling; then global pooling and a dense layer, or not. Weights come from a seeded generator,
+pooling, sign-binarized convs (±1 weights, with or without a BatchNorm after); then global
+pooling and a dense layer, or not. Weights come from a seeded generator,
 so a drawn graph is a pure function of hypothesis' choices and shrinks with them.
 """
 
@@ -78,9 +79,11 @@ def conv_params(draw, shape, same: bool = False):
             "bias": draw(st.booleans())}
 
 
-def emit_conv(b: Builder, x: str, shape, p) -> tuple[str, tuple]:
+def emit_conv(b: Builder, x: str, shape, p, binary: bool = False) -> tuple[str, tuple]:
+    """A conv on ``x``; ``binary``: ±1 weights (the conv of a binarized layer)."""
     _, c, h, w = shape
-    weight = b.const(b.rng.standard_normal((p["cout"], c // p["groups"], p["k"], p["k"])) / np.sqrt(c * p["k"] ** 2))
+    weight = b.rng.standard_normal((p["cout"], c // p["groups"], p["k"], p["k"]))
+    weight = b.const(np.where(weight >= 0, 1.0, -1.0) if binary else weight / np.sqrt(c * p["k"] ** 2))
     inputs = [x, weight] + ([b.const(b.rng.standard_normal(p["cout"]) * 0.1, "b")] if p["bias"] else [])
     y = b.node("Conv", inputs, kernel_shape=[p["k"]] * 2, strides=[p["stride"]] * 2, pads=p["pads"],
                dilations=[p["dilation"]] * 2, group=p["groups"])
@@ -108,11 +111,15 @@ def emit_activation(b: Builder, x: str, kind: str) -> str:
 def layer(draw, b: Builder, x: str, shape):
     """One layer on the running tensor: (new tensor name, new shape)."""
     kind = draw(st.sampled_from(["conv", "conv", "conv_bn", "act", "residual", "branches", "concat",
-                                 "pool", "dropout"]))
+                                 "pool", "dropout", "binary"]))
     _, c, h, w = shape
     if kind in ("conv", "conv_bn"):
         y, shape = emit_conv(b, x, shape, draw(conv_params(shape)))
         return (emit_batchnorm(b, y, shape[1]) if kind == "conv_bn" else y), shape
+    if kind == "binary":  # Sign -> conv with ±1 weights (-> BatchNorm, whose sign the next binary layer takes)
+        y, shape = emit_conv(b, b.node("Sign", [x]), shape, draw(conv_params(shape)), binary=True)
+        b.layers[-1] = "binary " + b.layers[-1]
+        return (emit_batchnorm(b, y, shape[1]) if draw(st.booleans()) else y), shape
     if kind == "act":
         return emit_activation(b, x, draw(st.sampled_from(["relu", "leakyrelu", "elu"]))), shape
     if kind == "dropout":
