@@ -11,11 +11,13 @@ from tvm.s_tir import meta_schedule as ms
 
 @derived_object
 class Progress(ms.measure_callback.PyMeasureCallback):
-    """After every measured batch: trials done, the task's best latency, time used and left.
+    """After every measured batch: ``checkpoint()`` (the records file is rewritten, so a killed
+    run loses at most one batch), then trials done, the task's best latency, time used and left.
     Past ``timeout`` seconds it terminates every task, which ends the search cleanly."""
 
-    def __init__(self, total_trials: int, timeout: float | None, say: Callable[[str], None]):
-        self.total, self.timeout, self.say = total_trials, timeout, say
+    def __init__(self, total_trials: int, timeout: float | None, say: Callable[[str], None],
+                 checkpoint: Callable[[], None]):
+        self.total, self.timeout, self.say, self.checkpoint = total_trials, timeout, say, checkpoint
         self.start = time.perf_counter()
         self.done = 0
         self.best: dict[int, float] = {}
@@ -25,6 +27,7 @@ class Progress(ms.measure_callback.PyMeasureCallback):
         if not runner_results:
             return
         self.done += len(runner_results)
+        self.checkpoint()
         secs = [sum(r.run_secs) / len(r.run_secs) for r in runner_results if r.run_secs and not r.error_msg]
         secs = [float(s) for s in secs]
         if secs:

@@ -87,11 +87,13 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
         database = records.database()
         measure = _remote_timer(remote) if remote is not None else _local_timer
         defaults = [_commit_default(database, task, tgt, measure) for task in extracted]
+        records.save(output)  # from here on the file always holds a usable set of records
         total = sum(t.weight * (d or 0.0) for t, d in zip(extracted, defaults))
         worth = [t for t, d in zip(extracted, defaults) if d is None or t.weight * d >= MIN_SHARE * total]
         log(f"searching {len(worth)} of {len(extracted)} tasks (the others take under "
             f"{MIN_SHARE:.0%} of the time each and keep their default schedule)")
-        result = _search(worth, database, tgt, trials, timeout, remote.runner() if remote else "local", log)
+        result = _search(worth, database, tgt, trials, timeout, remote.runner() if remote else "local", log,
+                         checkpoint=lambda: records.save(output))
         for task, default_ms in zip(extracted, defaults):
             best = _best_ms(database, task)
             result.tasks.append(TaskResult(task.task_name, int(task.weight), default_ms, best))
@@ -102,9 +104,9 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
         records.close()
 
 
-def _search(extracted, database, tgt, trials, timeout, runner, log) -> TuneResult:
+def _search(extracted, database, tgt, trials, timeout, runner, log, checkpoint) -> TuneResult:
     lanes, cores = tgt.vector_lanes(), int(tgt.tvm_target.attrs["num-cores"])
-    progress = Progress(trials, timeout, log)
+    progress = Progress(trials, timeout, log, checkpoint)
     start = time.perf_counter()
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # reforge prints its own progress
     with tempfile.TemporaryDirectory(prefix="reforge-tune-") as work:

@@ -78,3 +78,28 @@ def test_records_for_another_target_are_refused(tuned, tmp_path):
     other.write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
     with pytest.raises(ReforgeError, match=r"records were tuned for target .*cortex-a72"):
         reforge.compile(str(tuned[1]), tuning_records=str(other))
+
+
+def test_killed_tuning_leaves_records_that_resume(tuned, tmp_path):
+    """SIGKILL after the first measured batch: the records file is complete and a second tune
+    resumes from it."""
+    import signal
+    import subprocess
+    import sys
+
+    _net, path, _records, _first = tuned
+    out = tmp_path / "killed.json"
+    proc = subprocess.Popen([sys.executable, "-m", "reforge", "tune", str(path), "--trials", "400", "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.startswith("[") and "trials]" in line:  # one batch measured and checkpointed
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    kept = out.read_text().splitlines()
+    assert json.loads(kept[0])["format"] == "reforge-tuning-records/1" and len(kept) > 2
+    art = reforge.compile(str(path), tuning_records=str(out))
+    assert art.manifest["build"]["schedules"].get("tuned", 0) >= 1
+    resumed = tune(str(path), trials=4, output=str(out), prior=str(out), log=lambda _m: None)
+    assert resumed.records >= sum(1 for line in kept if line.startswith('{"record"'))  # nothing lost
