@@ -2,8 +2,11 @@
 
 The blocked conv (``conv2d_nchwc``) is searched over its register tile: the split of the output
 width (how many columns of accumulators) and of the output-channel chunks (how many vectors per
-column), both ``sample_perfect_tile`` decisions the evolutionary search mutates. Everything else
-in the schedule is the default one, so every candidate is a valid, fully scheduled function.
+column), both ``sample_perfect_tile`` decisions the evolutionary search mutates. The bit-serial
+conv likewise over its register tile (output columns × output channels), as categorical choices
+among the divisors that keep the accumulators in registers; the other bit-serial operators
+(pack, dense, OR-pool) keep their one schedule. Everything else in a schedule is the default one,
+so every candidate is a valid, fully scheduled function.
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ import tvm_ffi
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
+from reforge.topi_ext.bitserial import CONV as BITSERIAL_CONV
+from reforge.topi_ext.bitserial import op_kind
 from reforge.topi_ext.conv2d_nchwc import BLOCK as CONV_NCHWC
+from reforge.topi_ext.schedule_bitserial import schedule_op
 from reforge.topi_ext.schedule_x86 import MAX_REG_N, schedule_conv2d_nchwc
 
 MAX_CHANNEL_CHUNKS = 2  # vectors per register-tile column
+MAX_BITSERIAL_COLUMNS, MAX_BITSERIAL_CHANNELS = 8, 64
 
 
 def _sampled_tiles(sch: s_tir.Schedule, ow, oco):
@@ -32,6 +39,22 @@ def conv2d_nchwc_space(lanes: int) -> ms.space_generator.ScheduleFn:
     return ms.space_generator.ScheduleFn(generate, sch_rules=[], postprocs=[], mutator_probs="from-target")
 
 
+def _sampled_bitserial_tiles(sch: s_tir.Schedule, ow: int, oc: int, default_w: int, default_oc: int):
+    def choice(extent: int, default: int, limit: int):
+        options = sorted({d for d in range(1, min(extent, limit) + 1) if extent % d == 0} | {default})
+        return sch.sample_categorical(options, [1.0 / len(options)] * len(options))
+
+    return (choice(ow, default_w, MAX_BITSERIAL_COLUMNS), choice(oc, default_oc, MAX_BITSERIAL_CHANNELS))
+
+
+def bitserial_space(lanes: int, tunable: bool) -> ms.space_generator.ScheduleFn:
+    def generate(sch: s_tir.Schedule) -> s_tir.Schedule:
+        schedule_op(sch, lanes, _sampled_bitserial_tiles if tunable else None)
+        return sch
+
+    return ms.space_generator.ScheduleFn(generate, sch_rules=[], postprocs=[], mutator_probs="from-target")
+
+
 def block_names(func) -> set[str]:
     names: set[str] = set()
 
@@ -45,6 +68,9 @@ def block_names(func) -> set[str]:
 
 def space_for(task_mod, lanes: int):
     """The design space of one task (a module holding one fused PrimFunc)."""
+    kind = op_kind(task_mod["main"])
+    if kind is not None:
+        return bitserial_space(lanes, tunable=kind == BITSERIAL_CONV)
     if CONV_NCHWC in block_names(task_mod["main"]):
         return conv2d_nchwc_space(lanes)
     return "post-order-apply"

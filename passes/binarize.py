@@ -84,12 +84,11 @@ class BinarizeReport(BlockReport):
 class Binarize:
     """Rewrite binarized conv2d / dense layers to bit-serial operators, fusing BN + sign into thresholds."""
 
-    def __init__(self, target: str = "x86"):
+    def __init__(self):
         self.report = BinarizeReport()
-        self.target = target
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mod = mutate_functions(mod, lambda m, f: _Binarize(m, self.report, self.target))
+        mod = mutate_functions(mod, lambda m, f: _Binarize(m, self.report))
         return cleanup(mod)
 
 
@@ -123,9 +122,9 @@ def _sign_input(value) -> tuple[relax.Expr, str] | None:
 
 @relax.expr_functor.mutator
 class _Binarize(relax.PyExprMutator):
-    def __init__(self, mod, report: BinarizeReport, target):
+    def __init__(self, mod, report: BinarizeReport):
         super().__init__(mod)
-        self.report, self.target = report, target
+        self.report = report
         self.layers: dict[relax.Var, _Layer] = {}  # float outputs (dot·α, NCHW) of rewritten convs
 
     # ------------------------------------------------------------------ reading the graph
@@ -242,7 +241,7 @@ class _Binarize(relax.PyExprMutator):
         strides = tuple(int(s) for s in a["strides"])
         padding = tuple(int(p) for p in a["padding"])
         bb = self.builder_
-        out = bs.emit_bitserial_conv2d(bb, packed, signs, strides, padding, "float32", target=self.target)
+        out = bs.emit_bitserial_conv2d(bb, packed, signs, strides, padding, "float32")
         y = bb.emit(relax.op.permute_dims(out, [0, 3, 1, 2]))
         if not np.all(alpha == 1):
             y = bb.emit(relax.op.multiply(y, channel_const(alpha, 4, 1, "float32")))
@@ -267,7 +266,7 @@ class _Binarize(relax.PyExprMutator):
             signs = signs[:, perm]
         else:
             packed = bs.emit_bitpack(bb, self._peel(x), 1, WORD, "NC")
-        y = bs.emit_bitserial_dense(bb, packed, signs, "float32", target=self.target)
+        y = bs.emit_bitserial_dense(bb, packed, signs, "float32")
         if not np.all(alpha == 1):
             y = bb.emit(relax.op.multiply(y, relax.const(alpha.reshape(1, -1).astype("float32"))))
         self.report.count(f"dense -> bitserial_dense ({spelling})")
@@ -356,4 +355,4 @@ class _Binarize(relax.PyExprMutator):
                              "where ONNX Sign gives 0")
         self.report.thresholds += 1
         return bs.emit_bitserial_conv2d(self.builder_, layer.packed, layer.signs, layer.strides, layer.padding,
-                                        threshold=thr, flip=flip if flip.any() else None, target=self.target)
+                                        threshold=thr, flip=flip if flip.any() else None)

@@ -25,9 +25,10 @@ any subtraction, because LLVM treats uint32/uint64 arithmetic as non-wrapping):
   ``(2^k - 1)·Σ_taps popcount(W)`` is a per-channel constant (``border_table(..., act_bits=k)``).
   Dense uses ``2·Σ_b 2^b·popcount(A_b and W) - Σ_c a_c`` (``Σ_c a_c`` is one cheap stage per row).
 
-Relax: :func:`emit_bitpack`, :func:`emit_bitserial_conv2d`, :func:`emit_bitserial_dense` add a
-scheduled PrimFunc (``tirx.is_scheduled``, opaque to FuseOps) and a ``call_tir`` to a BlockBuilder,
-with the weights packed into constants.
+Relax: :func:`emit_bitpack`, :func:`emit_bitserial_conv2d`, :func:`emit_bitserial_dense`,
+:func:`emit_bitpool` add the operator's PrimFunc (tagged ``reforge.op``, opaque to FuseOps; the
+build schedules it for the target, :mod:`schedule_bitserial`) and a ``call_tir`` to a
+BlockBuilder, with the weights packed into constants.
 """
 
 from __future__ import annotations
@@ -354,9 +355,15 @@ def accumulator_lanes(target, word: str) -> int:
     return target.vector_lanes(64 if _acc_dtype(word) == "int64" else 32)
 
 
-def _add_scheduled(bb, inputs: list[te.Tensor], output: te.Tensor, schedule, name: str):
-    # opaque to FuseOps: FuseTIR cannot merge an already scheduled function with its neighbours
-    func = schedule(te.create_prim_func([*inputs, output])).with_attr("op_pattern", OPAQUE)
+def op_kind(func) -> str | None:
+    """The bit-serial operator a PrimFunc emitted here holds (attr ``reforge.op``), if any."""
+    return str(func.attrs["reforge.op"]) if func.attrs is not None and "reforge.op" in func.attrs else None
+
+
+def _add_op(bb, inputs: list[te.Tensor], output: te.Tensor, kind: str, name: str):
+    """Add the operator's PrimFunc, unscheduled and tagged ``reforge.op`` (scheduled at build for the
+    target, or by tuning); opaque to FuseOps, so it stays one function with its own schedule."""
+    func = te.create_prim_func([*inputs, output]).with_attr("op_pattern", OPAQUE).with_attr("reforge.op", kind)
     gv = bb.add_func(func, name)  # a fresh name per distinct function (bitserial_conv2d1, ...)
     bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
     return gv
@@ -372,17 +379,15 @@ def emit_bitpack(bb, x, act_bits: int = 1, word: str = "uint64", layout: str = "
     """Emit the activation pack of Relax tensor ``x`` into ``bb``; returns the packed ``[N, H, W, B, CW]``."""
     from tvm import relax
 
-    from .schedule_bitserial import schedule_bitpack
-
     xt = _placeholder(x, "x")
     out = bitpack(xt, act_bits, word, layout)
-    gv = _add_scheduled(bb, [xt], out, schedule_bitpack, f"bitpack_{act_bits}b")
+    gv = _add_op(bb, [xt], out, PACK, f"bitpack_{act_bits}b")
     return bb.emit(relax.call_tir(gv, [x], relax.TensorType([int(d) for d in out.shape], word)))
 
 
 def emit_bitserial_conv2d(bb, data, weight: np.ndarray, strides=(1, 1), padding=(0, 0, 0, 0),
                           out_dtype: str = "int32", threshold: np.ndarray | None = None,
-                          flip: np.ndarray | None = None, target=None):
+                          flip: np.ndarray | None = None):
     """Emit a binary-weight conv on packed activations ``data`` (``[N, H, W, B, CW]``, from
     :func:`emit_bitpack` or a previous thresholded conv) into ``bb`` as ``call_tir`` of a scheduled
     PrimFunc. ``weight``: float OIHW (its signs are the ±1 weights, ``w >= 0`` is +1), packed here
@@ -390,11 +395,6 @@ def emit_bitserial_conv2d(bb, data, weight: np.ndarray, strides=(1, 1), padding=
     ``flip``) the packed sign bits ``[N, OH, OW, 1, OWords]``."""
     from tvm import relax
 
-    from reforge.targets import get_target
-
-    from .schedule_bitserial import schedule_bitserial_conv2d
-
-    target = get_target(target or "x86")
     at = _placeholder(data, "data")
     n, h, w, nb, cw = (int(d) for d in at.shape)
     word = str(at.dtype)
@@ -420,28 +420,21 @@ def emit_bitserial_conv2d(bb, data, weight: np.ndarray, strides=(1, 1), padding=
             inputs.append(fl)
             args.append(relax.const(np.asarray(flip, "int32")))
     out = bitserial_conv2d(at, wt, border, strides, padding, out_dtype, thr, fl)
-    lanes = accumulator_lanes(target, word)
-    gv = _add_scheduled(bb, inputs, out, lambda f: schedule_bitserial_conv2d(f, lanes), "bitserial_conv2d")
+    gv = _add_op(bb, inputs, out, CONV, "bitserial_conv2d")
     return bb.emit(relax.call_tir(gv, args, relax.TensorType([int(d) for d in out.shape], str(out.dtype))))
 
 
-def emit_bitserial_dense(bb, data, weight: np.ndarray, out_dtype: str = "int32", target=None):
+def emit_bitserial_dense(bb, data, weight: np.ndarray, out_dtype: str = "int32"):
     """Emit a binary-weight dense on packed activations ``data`` (``[N, B, KW]``); ``weight`` float
     ``[M, K]`` (signs), packed here into a constant. Returns ``[N, M]`` of ``out_dtype``."""
     from tvm import relax
 
-    from reforge.targets import get_target
-
-    from .schedule_bitserial import schedule_bitserial_dense
-
-    target = get_target(target or "x86")
     at = _placeholder(data, "data")
     word = str(at.dtype)
     packed = pack_dense_weights(weight, word)
     wt = te.placeholder(packed.shape, word, "weight")
     out = bitserial_dense(at, wt, weight.shape[1], out_dtype)
-    lanes = accumulator_lanes(target, word)
-    gv = _add_scheduled(bb, [at, wt], out, lambda f: schedule_bitserial_dense(f, lanes), "bitserial_dense")
+    gv = _add_op(bb, [at, wt], out, DENSE, "bitserial_dense")
     return bb.emit(relax.call_tir(gv, [data, relax.const(packed)],
                                   relax.TensorType([int(d) for d in out.shape], str(out.dtype))))
 
@@ -450,9 +443,7 @@ def emit_bitpool(bb, data, pool_size=(2, 2), strides=(2, 2)):
     """Emit :func:`bitpool` of packed ±1 activations ``data`` into ``bb``; returns the pooled packed tensor."""
     from tvm import relax
 
-    from .schedule_bitserial import schedule_bitpool
-
     at = _placeholder(data, "data")
     out = bitpool(at, pool_size, strides)
-    gv = _add_scheduled(bb, [at], out, schedule_bitpool, "bitpool")
+    gv = _add_op(bb, [at], out, POOL, "bitpool")
     return bb.emit(relax.call_tir(gv, [data], relax.TensorType([int(d) for d in out.shape], str(out.dtype))))

@@ -6,15 +6,18 @@ one tap are contiguous over output channels, so one vector load serves the whole
 planes, channel words) runs outside that tile: per reduction step one weight vector load, then per
 column one broadcast activation word, xor / and, a vector popcount, an add. Rows (and output-channel
 chunks) run in parallel. The epilogue (border correction, cast, threshold) is applied to the register
-tile before it is stored. The result carries ``tirx.is_scheduled``, so reforge's default scheduler
-leaves it as it is.
+tile before it is stored.
+
+The operators reach a model unscheduled, tagged ``reforge.op``: reforge's default scheduler applies
+:func:`schedule_op` for the target's vector width, and ``reforge tune`` searches the conv's register
+tile (``autotune/space.py``). ``schedule_*`` schedule a PrimFunc directly (tests, benchmarks).
 """
 
 from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from .bitserial import CONV, DENSE, PACK, POOL
+from .bitserial import CONV, DENSE, PACK, POOL, _acc_dtype, op_kind
 from .schedule_x86 import _blocks, _divisor_at_most, _extents, _inline_epilogue
 
 def _named(sch: s_tir.Schedule, name: str):
@@ -56,7 +59,21 @@ def schedule_bitserial_conv2d(func: tirx.PrimFunc, lanes: int = 4, reg_w: int | 
     ``lanes``: accumulator lanes of one vector register (AVX2: 4 for 64-bit words, whose popcounts
     accumulate in int64; 8 for 32-bit words); ``reg_w`` x ``oc_tile``: output columns x output
     channels of the register tile (default :func:`conv_tiles`)."""
+    def chosen(_sch, ow: int, oc: int, default_w: int, default_oc: int) -> tuple[int, int]:
+        return _fixed_tiles(_sch, ow, oc, reg_w or default_w, oc_tile or default_oc)
+
     sch = s_tir.Schedule(func)
+    _conv(sch, lanes, chosen)
+    return _mark(sch.mod["main"])
+
+
+def _fixed_tiles(_sch, ow: int, oc: int, default_w: int, default_oc: int) -> tuple[int, int]:
+    return _divisor_at_most(ow, default_w), _divisor_at_most(oc, default_oc)
+
+
+def _conv(sch: s_tir.Schedule, lanes: int, tiles=_fixed_tiles) -> None:
+    """The conv schedule on ``sch``; ``tiles(sch, ow, oc, default_w, default_oc)`` picks the register
+    tile (ints, or sampled ``ExprRV`` s when tuning)."""
     conv = _named(sch, CONV)
     loops = sch.get_loops(conv)
     spatial = sum(int(iv.iter_type) == tirx.IterVar.DataPar for iv in sch.get(conv).iter_vars)
@@ -68,10 +85,10 @@ def schedule_bitserial_conv2d(func: tirx.PrimFunc, lanes: int = 4, reg_w: int | 
         planes, reduction, tile = _extents(sch, [p])[0], [ry, rx, rc], [p]
     ow, oc = _extents(sch, [x, k])
     default_w, default_oc = conv_tiles(ow, oc, lanes, planes)
-    reg_w = _divisor_at_most(ow, reg_w or default_w)
-    vec = _divisor_at_most(oc, oc_tile or default_oc)
+    reg_w, vec = tiles(sch, ow, oc, default_w, default_oc)
     xo, xi = sch.split(x, [None, reg_w])
     ko, ki = sch.split(k, [None, vec])
+    vec = vec if isinstance(vec, int) else int(sch.get(vec))
     sch.reorder(i, y, ko, xo, *reduction, *tile, xi, ki)
     write_back = sch.cache_write(conv, 0, "local")
     _inline_epilogue(sch, write_back)
@@ -122,13 +139,17 @@ def schedule_bitserial_conv2d(func: tirx.PrimFunc, lanes: int = 4, reg_w: int | 
         else:  # a leftover elementwise stage
             _parallel_outer(sch, block, 2)
             _vectorize_inner(sch, block, lanes)
-    return _mark(sch.mod["main"])
 
 
 def schedule_bitserial_dense(func: tirx.PrimFunc, lanes: int = 4, vectors: int = 4) -> tirx.PrimFunc:
+    sch = s_tir.Schedule(func)
+    _dense(sch, lanes, vectors)
+    return _mark(sch.mod["main"])
+
+
+def _dense(sch: s_tir.Schedule, lanes: int, vectors: int = 4) -> None:
     """Dense: output features are the vector, the reduction over words outside it; batch rows and
     output chunks in parallel."""
-    sch = s_tir.Schedule(func)
     mm = _named(sch, DENSE)
     i, k, rb, rc = sch.get_loops(mm)
     (m,) = _extents(sch, [k])
@@ -145,14 +166,18 @@ def schedule_bitserial_dense(func: tirx.PrimFunc, lanes: int = 4, vectors: int =
         sch.vectorize(wb_loops[-1])
     init = sch.decompose_reduction(mm, rb)
     sch.vectorize(sch.get_loops(init)[-1])
-    return _mark(sch.mod["main"])
 
 
 def schedule_bitpack(func: tirx.PrimFunc, lanes: int = 4) -> tirx.PrimFunc:
+    sch = s_tir.Schedule(func)
+    _pack(sch, lanes)
+    return _mark(sch.mod["main"])
+
+
+def _pack(sch: s_tir.Schedule, lanes: int) -> None:
     """The activation pack. Image layouts ``[N, H, W, B, CW]``: per (row, plane, word) the 64 (32)
     channel bits are OR-ed into a row of words kept in a local buffer, vectorized along the row (the
     reads of an NCHW input are contiguous there), then stored; rows in parallel."""
-    sch = s_tir.Schedule(func)
     block = _named(sch, PACK)
     loops = sch.get_loops(block)
     if len(loops) == 6:
@@ -167,14 +192,31 @@ def schedule_bitpack(func: tirx.PrimFunc, lanes: int = 4) -> tirx.PrimFunc:
         sch.vectorize(sch.get_loops(init)[-1])
     else:
         _parallel_outer(sch, block, 1)
-    return _mark(sch.mod["main"])
 
 
 def schedule_bitpool(func: tirx.PrimFunc, lanes: int = 4) -> tirx.PrimFunc:
-    """The OR pool on packed bits: rows in parallel, the words of a pixel vectorized."""
     sch = s_tir.Schedule(func)
+    _pool(sch, lanes)
+    return _mark(sch.mod["main"])
+
+
+def _pool(sch: s_tir.Schedule, lanes: int) -> None:
+    """The OR pool on packed bits: rows in parallel, the words of a pixel vectorized."""
     block = _named(sch, POOL)
     n, y, x, b, c = sch.get_loops(block)
     sch.parallel(sch.fuse(n, y))
     _vectorize_inner(sch, block, lanes)
-    return _mark(sch.mod["main"])
+
+
+def schedule_op(sch: s_tir.Schedule, fp32_lanes: int, tiles=None) -> str:
+    """Apply the operator's schedule to ``sch`` for a CPU with ``fp32_lanes`` float lanes; ``tiles``
+    (conv only) picks the register tile, as in :func:`_conv`. Returns the operator kind."""
+    func = sch.mod["main"]
+    kind = op_kind(func)
+    word = str(func.params[-1 if kind == PACK else 0].dtype)  # the packed words: the pack's output
+    lanes = fp32_lanes * 32 // (64 if _acc_dtype(word) == "int64" else 32)  # accumulator lanes per register
+    if kind == CONV:
+        _conv(sch, lanes, tiles or _fixed_tiles)
+    else:
+        {DENSE: _dense, PACK: _pack, POOL: _pool}[kind](sch, lanes)
+    return kind

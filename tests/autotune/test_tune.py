@@ -103,3 +103,30 @@ def test_killed_tuning_leaves_records_that_resume(tuned, tmp_path):
     assert art.manifest["build"]["schedules"].get("tuned", 0) >= 1
     resumed = tune(str(path), trials=4, output=str(out), prior=str(out), log=lambda _m: None)
     assert resumed.records >= sum(1 for line in kept if line.startswith('{"record"'))  # nothing lost
+
+
+class BinaryNet(torch.nn.Module):
+    """A float conv, then a sign-binarized conv (which the binarize pass makes bit-serial)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = torch.nn.Conv2d(3, 64, 3, padding=1)
+        self.weight = torch.nn.Parameter(torch.randn(64, 64, 3, 3))
+
+    def forward(self, x):
+        return torch.nn.functional.conv2d(torch.sign(self.first(x)), torch.sign(self.weight), padding=1)
+
+
+def test_bitserial_conv_is_searched_in_its_own_space(tmp_path):
+    torch.manual_seed(0)
+    net, x = BinaryNet().eval(), torch.randn(1, 3, 12, 12)
+    path, records = tmp_path / "binary.pt2", tmp_path / "records.json"
+    torch.export.save(torch.export.export(net, (x,)), path)
+    result = tune(str(path), trials=24, output=str(records), log=lambda _m: None)
+    (conv,) = [t for t in result.tasks if t.name.startswith("bitserial_conv2d")]
+    assert conv.default_ms is not None and conv.best_ms <= conv.default_ms
+    art = reforge.compile(str(path), tuning_records=str(records))
+    assert art.manifest["build"]["schedules"].get("tuned", 0) >= 1
+    with torch.no_grad():
+        ref = net(x).numpy()
+    np.testing.assert_array_equal(list(art.run([x.numpy()]).values())[0], ref)  # integer-valued: exact

@@ -194,10 +194,9 @@ def test_relax_module_binary_layers_match_numpy():
     np.testing.assert_array_equal(got_d, v.astype(np.int64) @ signs(wd).T)
 
 
-def test_reforge_build_keeps_the_scheduled_operators():
-    """Through reforge's own build (fusion, default schedules): the bit-serial PrimFuncs stay as
-    scheduled (opaque to FuseOps, skipped by the default scheduler); a bias + ReLU after them fuses
-    on its own."""
+def test_reforge_build_schedules_the_operators():
+    """Through reforge's own build (fusion, default schedules): the bit-serial PrimFuncs stay whole
+    (opaque to FuseOps) and get their own schedules; a bias + ReLU after them fuses on its own."""
     from reforge.build import build
 
     rng = np.random.default_rng(1)
@@ -212,7 +211,7 @@ def test_reforge_build_keeps_the_scheduled_operators():
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     ex, report = build(bb.get(), TARGET)
-    assert report.schedules["tuned"] == 2  # bitpack + conv, kept as they are
+    assert report.schedules["bitpack"] == 1 and report.schedules["bitserial_conv2d"] == 1
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     want = np.maximum(ref_conv(signs(x), signs(w), 1, (1, 1, 1, 1)) + 1, 0)
     np.testing.assert_array_equal(got, want.astype("float32"))
