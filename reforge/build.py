@@ -47,17 +47,19 @@ def blocked_layout(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, str]:
     return relax.transform.FoldConstant()(converted), f"NCHW{lanes}c where channels allow"
 
 
+def _fusion() -> list[tvm.transform.Pass]:
+    """After legalization: mark operator patterns, fold what became constant, fuse."""
+    return [relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(), relax.transform.FuseOps(),
+            relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
+
+
 def fuse(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRModule:
     """Blocked conv layouts, legalization and operator fusion: the functions tuning works on."""
     mod, report.layout = blocked_layout(mod, target.vector_lanes())
     return tvm.transform.Sequential([
         *cpu_generic.library_dispatch_passes(target.tvm_target),
         relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        relax.transform.DeadCodeElimination(),
+        *_fusion(),
     ])(mod)
 
 
@@ -79,11 +81,7 @@ def fuse_nchw(mod: tvm.IRModule, target: TargetSpec) -> tvm.IRModule:
         relax.transform.CanonicalizeBindings(),
         *cuda_pipeline.library_dispatch_passes(tgt),
         relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        relax.transform.DeadCodeElimination(),
+        *_fusion(),
     ])(mod)
 
 

@@ -19,6 +19,8 @@ from collections import Counter
 import tvm
 from tvm import s_tir, tirx
 
+from .schedule_x86 import _inline_epilogue
+
 UNROLL_MAX = 16
 
 
@@ -74,11 +76,7 @@ def _accumulate_in_register(sch: s_tir.Schedule, block) -> None:
     loops = sch.get_loops(block)
     out = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(out, loops[_spatial_count(sch, block) - 1], preserve_unit_loops=True)
-    while len(consumers := sch.get_consumers(out)) == 1:
-        try:
-            sch.reverse_compute_inline(consumers[0])
-        except s_tir.ScheduleError:
-            return
+    _inline_epilogue(sch, out)
 
 
 def _bind_one_work_item(sch: s_tir.Schedule) -> None:

@@ -17,6 +17,8 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 
+from .schedule_x86 import _inline_epilogue
+
 K_THREADS, K_INNER = 4, 8  # output channels per block: 32, 8 per thread
 PIXELS = 64  # output pixels per block, one per thread
 RC_TILES = (8, 4, 2, 1)  # input channels staged in shared memory per step: the largest that fits
@@ -89,18 +91,6 @@ def _tiles(block) -> tuple[int, int, int] | None:
         if 4 * tile * (K_THREADS * K_INNER * kh * kw + patch) <= SHARED_BYTES:
             return rows, cols, tile
     return None
-
-
-def _inline_epilogue(sch: s_tir.Schedule, block) -> None:
-    """Fold the elementwise consumers (bias, activation, residual add) into the write-back."""
-    while True:
-        consumers = sch.get_consumers(block)
-        if len(consumers) != 1:
-            return
-        try:
-            sch.reverse_compute_inline(consumers[0])
-        except s_tir.ScheduleError:
-            return
 
 
 def apply_gpu_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, Counter]:
