@@ -38,8 +38,10 @@ Max pooling between a thresholded conv and the next binary conv runs on the pack
 dense after the NCHW flattening of such packed bits (channels a multiple of 64) reads the NHWC bits
 as they are: its weight's input features are permuted at compile time instead.
 
-Targets: the operators carry x86 schedules (vector lanes of the host), so the registry runs the pass
-on the CPU targets (x86, arm) only; CUDA / OpenCL-FPGA keep binarized layers in float.
+Targets: the operators are scheduled at build for the CPU targets (x86, arm: the target's vector
+width) and as single work-item OpenCL kernels for opencl-fpga (``popcount`` on 64-bit words), so
+the registry runs the pass there; CUDA keeps binarized layers in float until the operators have a
+GPU schedule that has run on a GPU.
 
 Not (yet) covered: k-bit activations (QONNX ``Quant``), grouped / dilated convs, a ternary kernel
 that would make ``Sign(0) = 0`` exact, max pooling on packed bits of a float-packed tensor.
