@@ -1,11 +1,14 @@
 """Graph rewrites on Relax, each a ``tvm.transform.Pass`` with a ``report`` of what it did."""
 
 from .fold_batchnorm import FoldBatchNorm
+from .fold_channel_tile import FoldChannelTile
 from .merge_branches import MergeBranches
 from .registry import PASSES, PassInfo, get, select
 from .remove_noops import RemoveNoops
+from .remove_residual import RemoveResidual
 from .report import PassReport
 from .tvm_builtin import DeadCode, FoldConstants
 
 __all__ = ["PASSES", "PassInfo", "PassReport", "get", "select",
-           "DeadCode", "FoldBatchNorm", "FoldConstants", "MergeBranches", "RemoveNoops"]
+           "DeadCode", "FoldBatchNorm", "FoldChannelTile", "FoldConstants", "MergeBranches", "RemoveNoops",
+           "RemoveResidual"]

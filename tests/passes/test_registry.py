@@ -12,15 +12,20 @@ import reforge
 from reforge import ReforgeError
 from reforge.passes import PASSES, get, select
 
-TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "merge-branches", "dead-code"]
-O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # merge-branches starts at -O2
+TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "fold-channel-tile", "merge-branches", "remove-residual",
+         "dead-code"]
+O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # the -O2 passes start at -O2
+O2 = [n for n in TABLE if n != "remove-residual"]  # remove-residual is on by default only for opencl-fpga
+O2_FPGA = TABLE
+REWRITES = ("fold-batchnorm", "fold-channel-tile", "merge-branches", "remove-residual")  # need fold-batchnorm
 
 
 def test_table_order_and_prerequisites():
     assert list(PASSES) == TABLE
     assert PASSES["fold-batchnorm"].requires == ("fold-constants",)
-    assert PASSES["merge-branches"].requires == ("fold-constants", "fold-batchnorm")
-    assert all(not PASSES[n].requires for n in TABLE if n not in ("fold-batchnorm", "merge-branches"))
+    for name in REWRITES[1:]:
+        assert PASSES[name].requires == ("fold-constants", "fold-batchnorm")
+    assert all(not PASSES[n].requires for n in TABLE if n not in REWRITES)
 
 
 @pytest.mark.parametrize("name", TABLE)
@@ -33,13 +38,18 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
 @pytest.mark.parametrize("kwargs,expected", [
     (dict(opt_level=0), []),
     (dict(opt_level=1), O1),
-    (dict(opt_level=2), TABLE),
-    (dict(), TABLE),  # the default level is -O2
-    (dict(opt_level=2, disable=["dead-code"]), TABLE[:4]),
-    (dict(opt_level=2, disable=["merge-branches"]), O1),
-    (dict(opt_level=2, disable=["fold-batchnorm", "merge-branches"]), ["remove-noops", "fold-constants", "dead-code"]),
-    (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", "merge-branches"]), ["remove-noops", "dead-code"]),
-    (dict(opt_level=1, enable=["merge-branches"]), TABLE),
+    (dict(opt_level=2), O2),
+    (dict(), O2),  # the default level is -O2
+    (dict(opt_level=2, disable=["dead-code"]), O2[:-1]),
+    (dict(opt_level=2, disable=["merge-branches", "fold-channel-tile"]), O1),
+    (dict(opt_level=2, disable=["fold-batchnorm", "merge-branches", "fold-channel-tile"]),
+     ["remove-noops", "fold-constants", "dead-code"]),
+    (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", "merge-branches", "fold-channel-tile"]),
+     ["remove-noops", "dead-code"]),
+    (dict(opt_level=1, enable=["merge-branches"]), ["remove-noops", "fold-constants", "fold-batchnorm",
+                                                    "merge-branches", "dead-code"]),
+    (dict(opt_level=2, enable=["remove-residual"]), TABLE),
+    (dict(opt_level=0, enable=["remove-residual"]), ["fold-constants", "fold-batchnorm", "remove-residual"]),
     (dict(opt_level=0, enable=["dead-code"]), ["dead-code"]),
     (dict(opt_level=0, enable=["fold-batchnorm"]), ["fold-constants", "fold-batchnorm"]),
     (dict(opt_level=0, enable=["dead-code", "remove-noops"]), ["remove-noops", "dead-code"]),  # table order
@@ -49,7 +59,10 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(opt_level=0, passes=["remove-noops"]), ["remove-noops"]),  # an explicit list replaces -O defaults
     (dict(passes=["remove-noops"], enable=["fold-batchnorm"]), TABLE[:3]),
     (dict(passes=["remove-noops", "dead-code"], disable=["dead-code"]), ["remove-noops"]),
-    (dict(opt_level=2, target_kind="arm"), TABLE),  # no pass is target-restricted yet
+    (dict(opt_level=2, target_kind="arm"), O2),
+    (dict(opt_level=2, target_kind="cuda"), O2),
+    (dict(opt_level=2, target_kind="opencl-fpga"), O2_FPGA),  # remove-residual: on by default for the FPGA only
+    (dict(opt_level=1, target_kind="opencl-fpga"), O1),
 ])
 def test_select(kwargs, expected):
     assert select(**kwargs) == expected
@@ -65,8 +78,8 @@ def test_disabling_a_prerequisite_names_both(kwargs):
         select(**kwargs)
 
 
-def test_disabling_fold_batchnorm_at_O2_names_merge_branches():
-    with pytest.raises(ReforgeError, match=r"(?s)(?=.*'fold-batchnorm')(?=.*'merge-branches')"):
+def test_disabling_fold_batchnorm_at_O2_names_a_pass_that_needs_it():
+    with pytest.raises(ReforgeError, match=r"(?s)(?=.*'fold-batchnorm')(?=.*'(fold-channel-tile|merge-branches)')"):
         select(opt_level=2, disable=["fold-batchnorm"])
 
 
