@@ -1,0 +1,201 @@
+"""remove-residual (RMNet reserve-and-merge) on ResNet-18 and ResNet-50, written here in PyTorch
+(torchvision's v1.5 layout: stride on the bottleneck's 3×3; random weights, randomized BatchNorm
+statistics, eval mode), and on blocks it must leave alone.
+
+Each network goes through both exporters (torch.onnx, legacy exporter, opset 17; torch.export) and
+``reforge.compile(..., enable_passes=["remove-residual"])``. The built module is compared with the
+PyTorch module itself at rtol 1e-5 (max|out - ref| <= 1e-5 * max|ref|); after the passes no add of
+two non-constant tensors (a skip connection) is left, every block is rewritten and the report
+states the multiply-adds before and after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+from tvm import relax
+
+import reforge
+from reforge import frontend
+from reforge.passes import registry
+from reforge.passes.graph import is_const, op_name
+from reforge.pipeline import run_passes
+
+from .conftest import max_rel_err, seed_of
+from .test_fold_batchnorm import randomize_bn
+from .test_merge_branches import conv_bn, to_onnx
+
+RTOL = 1e-5  # max|out - ref| / max|ref| against PyTorch
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, width: int, stride: int = 1):
+        super().__init__()
+        cout = width * self.expansion
+        self.body = nn.Sequential(conv_bn(cin, width, 3, stride, 1), nn.ReLU(), conv_bn(width, cout, 3, 1, 1))
+        self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class Bottleneck(BasicBlock):
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int = 1):
+        super().__init__(cin, width, stride)
+        self.body = nn.Sequential(conv_bn(cin, width, 1), nn.ReLU(), conv_bn(width, width, 3, stride, 1), nn.ReLU(),
+                                  conv_bn(width, width * 4, 1))
+
+
+class ResNet(nn.Module):
+    """He et al.'s ResNet: 7×7/2 stem, 3×3/2 max pooling, four stages (the first block of stages 2-4
+    strided, with a projection shortcut), global average pooling, a classifier."""
+
+    def __init__(self, block: type[BasicBlock], layers: list[int], base: int = 64, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn(3, base, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        blocks, cin = [], base
+        for stage, n in enumerate(layers):
+            width = base * 2 ** stage
+            for i in range(n):
+                blocks.append(block(cin, width, 2 if i == 0 and stage > 0 else 1))
+                cin = width * block.expansion
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)).mean((2, 3)))
+
+
+NETS = [  # id, factory, input shape, blocks with identity / projection shortcut
+    ("ResNet-18", lambda: ResNet(BasicBlock, [2, 2, 2, 2]), (1, 3, 64, 64), 5, 3),
+    # ResNet-50's depth and shape, a quarter of its width (base 16): the reserved channels make its
+    # bottlenecks ~10x the multiply-adds, and a test should stay fast
+    ("ResNet-50/4", lambda: ResNet(Bottleneck, [3, 4, 6, 3], base=16), (1, 3, 64, 64), 12, 4),
+]
+
+
+def skip_adds(mod) -> int:
+    """Adds whose operands are both computed tensors (skip connections), in ``main``."""
+    count = 0
+
+    @relax.expr_functor.visitor
+    class _Adds(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            nonlocal count
+            if op_name(call) == "relax.add" and not any(is_const(a) for a in call.args):
+                count += 1
+
+    _Adds().visit_expr(mod["main"])
+    return count
+
+
+def record_of(art, name: str = "remove-residual") -> dict:
+    return next(p for p in art.manifest["passes"] if p["name"] == name)
+
+
+@pytest.mark.parametrize("exporter", ["onnx", "torch.export"])
+@pytest.mark.parametrize("name,make,shape,identity,projection", NETS, ids=[n[0] for n in NETS])
+def test_resnet_becomes_a_plain_chain(name: str, make: Callable[[], nn.Module], shape, identity: int,
+                                      projection: int, exporter: str):
+    torch.manual_seed(seed_of(name))
+    net = randomize_bn(make())
+    x = torch.randn(shape)
+    model = to_onnx(net, x) if exporter == "onnx" else net
+    example = None if exporter == "onnx" else (x,)
+
+    names = registry.select(enable=["remove-residual"])
+    imported = frontend.load(model, None, example)
+    mod, records = run_passes(imported.mod, names)
+    assert skip_adds(imported.mod) == identity + projection
+    assert skip_adds(mod) == 0
+    report = records[names.index("remove-residual")].report.to_json()
+    assert report["rewrites"] == {"residual blocks removed (identity shortcut)": identity,
+                                  "residual blocks removed (projection shortcut)": projection}
+    assert report["blocks"] == {"found": identity + projection, "rewritten": identity + projection, "refused": {}}
+    macs_before, macs_after = report["macs"]
+    assert macs_after > macs_before  # dense reserved channels cost multiply-adds; the report says how many
+
+    art = reforge.compile(model, example_inputs=example, enable_passes=["remove-residual"])
+    assert record_of(art)["macs"] == [macs_before, macs_after]
+    with torch.no_grad():
+        ref = net(x).numpy()
+    out = list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0]
+    err = max_rel_err(out, ref)
+    assert err <= RTOL, f"max|err| / max|ref| = {err:.3g} > {RTOL}"
+
+
+# ----------------------------------------------------------------------------- what must stay
+
+
+class AfterConv(nn.Module):
+    """A basic block whose input is a conv + BatchNorm output (no ReLU): it can be negative, so the
+    reserved channels would not survive the block's inner ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.pre = conv_bn(4, 8, 3, 1, 1)
+        self.block = BasicBlock(8, 8)
+
+    def forward(self, x):
+        return self.block(self.pre(x))
+
+
+class LeakyInside(nn.Module):
+    """A basic block after a ReLU whose inner activation is LeakyReLU: the pass only passes reserved
+    channels through a ReLU (the LeakyReLU ±x extension is not implemented), so the block stays."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = BasicBlock(4, 4)
+        self.block.body[1] = nn.LeakyReLU(0.1)
+
+    def forward(self, x):
+        return self.block(torch.relu(x))
+
+
+KEPT = [  # id, factory, input shape, reason (a substring of the note)
+    ("input-after-conv-bn", AfterConv, (1, 4, 8, 8), "not provably non-negative (it comes from add)"),
+    ("input-is-the-model-input", lambda: BasicBlock(4, 4), (1, 4, 8, 8), "a function parameter"),
+    ("leaky-relu-inside", LeakyInside, (1, 4, 8, 8), "nn.leakyrelu between its convs"),
+]
+
+
+@pytest.mark.parametrize("case_id,make,shape,reason", KEPT, ids=[k[0] for k in KEPT])
+def test_block_that_cannot_be_proven_exact_is_kept(case_id, make, shape, reason):
+    torch.manual_seed(seed_of(case_id))
+    net = randomize_bn(make())
+    x = torch.randn(shape)
+    art = reforge.compile(to_onnx(net, x), enable_passes=["remove-residual"])
+    record = record_of(art)
+    assert record["rewrites"] == {}
+    assert record["blocks"]["found"] == 1 and record["blocks"]["rewritten"] == 0
+    assert any(reason in n for n in record["notes"]), record["notes"]
+    assert record["macs"][0] == record["macs"][1]
+    with torch.no_grad():
+        ref = net(x).numpy()
+    err = max_rel_err(list(art.run({"x": x.numpy()}).values())[0], ref)
+    assert err <= RTOL
+
+
+def test_on_by_default_at_O2_only_for_the_fpga():
+    assert "remove-residual" in registry.select(opt_level=2, target_kind="opencl-fpga")
+    for kind in ("x86", "arm", "cuda"):
+        assert "remove-residual" not in registry.select(opt_level=2, target_kind=kind)
+    assert "remove-residual" not in registry.select(opt_level=1, target_kind="opencl-fpga")
+    assert "remove-residual" in registry.select(opt_level=2, target_kind="x86", enable=["remove-residual"])
+
+
+def test_x86_O2_keeps_the_residual():
+    torch.manual_seed(seed_of("x86-O2"))
+    net = randomize_bn(nn.Sequential(nn.ReLU(), BasicBlock(4, 4)))
+    x = torch.randn(1, 4, 8, 8)
+    art = reforge.compile(to_onnx(net, x), opt_level=2)
+    assert "remove-residual" not in [p["name"] for p in art.manifest["passes"]]
+    assert record_of(art, "dead-code")["after"]["ops"]["add"] == 3  # two biases and the skip connection
