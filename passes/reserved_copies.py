@@ -61,6 +61,10 @@ def _centre_only(w: np.ndarray) -> np.ndarray | None:
 
 @relax.expr_functor.mutator
 class _Split(relax.PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.reserved: set = set()  # the copied parts of the concats this rewrite made
+
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         if op_name(call) != "relax.nn.conv2d" or not is_const(call.args[1]):
@@ -83,33 +87,36 @@ class _Split(relax.PyExprMutator):
         return name in ("relax.strided_slice", "relax.nn.max_pool2d") and depth < _MAX_DEPTH \
             and self._relu_output(value.args[0], depth + 1)
 
-    def _parts(self, expr, depth: int = 0) -> list[relax.Expr] | None:
-        """``[a, b, …]`` if ``expr`` is ``concat((a, b, …), axis=1)``, possibly under per-channel bias
-        adds and ReLUs, which are split along with it."""
+    def _parts(self, expr, depth: int = 0) -> tuple[list[relax.Expr], bool] | None:
+        """``([a, b, …], reserved)`` if ``expr`` is ``concat((a, b, …), axis=1)``, possibly under per-channel
+        bias adds and ReLUs, which are split along with it; ``reserved``: a concat this rewrite made."""
         value = self._bound(expr)
         name = op_name(value)
         if depth > _MAX_DEPTH or name is None:
             return None
         if name == "relax.concat" and isinstance(value.args[0], relax.Tuple) and int(value.attrs["axis"]) in (1, -3) \
                 and len(tensor_shape(expr) or ()) == 4:
-            return list(value.args[0].fields)
+            fields = list(value.args[0].fields)
+            return fields, any(f.same_as(r) for f in fields[:1] for r in self.reserved)
         if name == "relax.nn.relu":
-            parts = self._parts(value.args[0], depth + 1)
-            return None if parts is None else [p if self._relu_output(p) else self.builder_.normalize(relax.op.nn.relu(p))
-                                               for p in parts]
+            found = self._parts(value.args[0], depth + 1)
+            if found is None:
+                return None
+            return [p if self._relu_output(p) else self.builder_.normalize(relax.op.nn.relu(p)) for p in found[0]], \
+                found[1]
         if name == "relax.add" and is_const(value.args[1]) and not is_const(value.args[0]):
             bias = channel_vector(const_value(value.args[1]), tensor_shape(expr), 1)
-            parts = self._parts(value.args[0], depth + 1) if bias is not None else None
-            if parts is None:
+            found = self._parts(value.args[0], depth + 1) if bias is not None else None
+            if found is None:
                 return None
             out, start = [], 0
-            for p in parts:
+            for p in found[0]:
                 n = tensor_shape(p)[1]
                 piece = bias[start:start + n]
                 out.append(self.builder_.normalize(relax.op.add(p, channel_const(piece, 4, 1, tensor_dtype(expr))))
                            if np.any(piece) else p)
                 start += n
-            return out
+            return out, found[1]
         return None
 
     def _split(self, call: relax.Call, w: np.ndarray) -> relax.Expr | None:
@@ -121,12 +128,12 @@ class _Split(relax.PyExprMutator):
         rows = copy_rows(w)
         if rows == w.shape[0]:
             rows = 0  # a pure copy conv: leave it
-        parts = self._parts(x)
+        parts, reserved = self._parts(x) or (None, False)
         if rows == 0 and parts is None:
             return None
         rest = w[rows:]
         # the conv over the remaining output rows, its input split along the concat
-        terms, start, saves = [], 0, rows > 0
+        terms, start, saves = [], 0, rows > 0 or reserved
         for part in parts or [x]:
             n = tensor_shape(part)[1] if parts else w.shape[1]
             block = rest[:, start:start + n]
@@ -160,4 +167,6 @@ class _Split(relax.PyExprMutator):
             h, wd = out_shape[2], out_shape[3]
             copied = relax.op.strided_slice(source, axes=[1, 2, 3], begin=[0, 0, 0],
                                             end=[rows, h * strides[0], wd * strides[1]], strides=[1, *strides])
+        copied = self.builder_.emit(copied) if not isinstance(copied, relax.Var) else copied
+        self.reserved.add(copied)
         return relax.op.concat([copied, body], axis=1)
