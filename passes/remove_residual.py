@@ -10,6 +10,10 @@ plain chain once its input is known to be non-negative (x ≥ 0):
     convₙ'   the reserved channels enter as extra inputs, merged with a Dirac kernel (identity
              shortcut) or with P at the kernel centre (projection); bias bₙ + bₚ
 
+Blocks whose inner activations are all LeakyReLU(a) need no sign proof: they reserve ``+x`` and
+``-x`` (2·C_in channels), since after m activations ``σᵐ(x) − σᵐ(−x) = (1 + aᵐ)·x``, and merge them
+with ``±1/(1 + aᵐ)``.
+
 Reserved channels are dense: the block's multiply-adds grow (ResNet-18 about ×1.8, bottlenecks far
 more), which the report states. The rewrite is exact; a block whose input is not provably
 non-negative (a ReLU / ReLU6 output, or a pooling of one), whose inner activation is not a ReLU,
@@ -32,6 +36,7 @@ from .merge_branches import _ACTIVATIONS, _Conv, _emit, _read_linear
 from .report import BlockReport
 
 IDENTITY, PROJECTION = "residual blocks removed (identity shortcut)", "residual blocks removed (projection shortcut)"
+PAIR = " with a reserved +x / -x pair"  # LeakyReLU blocks whose input may be negative
 _MAX_CONVS = 8
 # operators whose output is non-negative when their input is (max / average pooling, ...)
 _KEEPS_SIGN = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d")
@@ -103,22 +108,33 @@ class _Remove(relax.PyExprMutator):
         if isinstance(block, str):
             self.report.refuse(block)
             return None
-        x, convs, projection = block
-        reason = _not_nonnegative(x, self) or _misaligned(convs, projection, tensor_shape(x), shape)
+        x, convs, projection, acts = block
+        reason = _misaligned(convs, projection, tensor_shape(x), shape)
+        signs, scale = (1.0,), 1.0  # x ≥ 0: ReLU and LeakyReLU both pass it unchanged
+        negative = _not_nonnegative(x, self)
+        if negative and not reason:
+            alphas = {alpha for alpha in acts}
+            leak = alphas.pop() if len(alphas) == 1 else None
+            # LeakyReLU(a) on every inner activation: reserve +x and -x; after m of them
+            # σᵐ(x) - σᵐ(-x) = (1 + aᵐ)·x for either sign of x
+            if leak is None or leak == 0.0 or 1.0 + leak ** len(acts) == 0.0:
+                reason = negative
+            else:
+                signs, scale = (1.0, -1.0), 1.0 / (1.0 + leak ** len(acts))
         if reason:
             self.report.refuse(reason)
             return None
-        self.report.count(PROJECTION if projection is not None else IDENTITY)
-        return _reserve_and_merge(x, convs, projection)
+        self.report.count((PROJECTION if projection is not None else IDENTITY) + (PAIR if len(signs) > 1 else ""))
+        return _reserve_and_merge(x, convs, projection, acts, signs, scale)
 
     def _block(self, main, short):
-        """``(x, [conv₁ … convₙ], projection or None)`` if ``main`` is a chain of at least two convs with
-        ReLUs between them, fed by the shortcut's input; a reason if it is a block this pass must keep;
-        None if it is no residual block."""
+        """``(x, [conv₁ … convₙ], projection or None, [a₁ … aₙ₋₁])`` if ``main`` is a chain of at least two
+        convs with ReLUs / LeakyReLUs (slopes aᵢ; 0 for ReLU) between them, fed by the shortcut's input;
+        a reason if it is a block this pass must keep; None if it is no residual block."""
         projection = self._conv(short)
         if projection is not None and not projection.is_conv:
             projection = None
-        convs, other_act, expr = [], None, main
+        convs, acts, other_act, expr = [], [], None, main
         for _ in range(_MAX_CONVS):
             conv = self._conv(expr)
             if conv is None or not conv.is_conv:
@@ -128,11 +144,15 @@ class _Remove(relax.PyExprMutator):
             if (reaches_projection or conv.data.same_as(short)) and len(convs) > 1:
                 if other_act:
                     return f"kept a residual block: {other_act} between its convs would change the reserved channels"
-                return conv.data, convs, projection if reaches_projection else None
+                return conv.data, convs, projection if reaches_projection else None, acts
             act = self._producer(conv.data, _ACTIVATIONS)
             if act is None:
                 return None
-            if op_name(act) != "relax.nn.relu":
+            if op_name(act) == "relax.nn.relu":
+                acts.insert(0, 0.0)
+            elif op_name(act) == "relax.nn.leakyrelu":
+                acts.insert(0, float(act.attrs["alpha"]))
+            else:
                 other_act = op_name(act).removeprefix("relax.")
             expr = act.args[0]
         return None
@@ -172,9 +192,12 @@ def _misaligned(convs: list[_Conv], projection: _Conv | None, in_shape, out_shap
     return None
 
 
-def _reserve_and_merge(x: relax.Expr, convs: list[_Conv], projection: _Conv | None) -> relax.Expr:
-    """The block as a chain: every conv widened by ``C_in`` reserved channels that carry ``x``."""
+def _reserve_and_merge(x: relax.Expr, convs: list[_Conv], projection: _Conv | None, acts: list[float],
+                       signs: tuple[float, ...], scale: float) -> relax.Expr:
+    """The block as a chain: every conv widened by reserved channels that carry ``s·x`` for each sign s
+    (``C_in`` each), merged back into the last conv with weight ``s·scale``."""
     cin = tensor_shape(x)[1]
+    r = cin * len(signs)
     out = x
     for i, c in enumerate(convs):
         w = ka.regroup_conv(c.weight, c.groups, 1)
@@ -182,14 +205,17 @@ def _reserve_and_merge(x: relax.Expr, convs: list[_Conv], projection: _Conv | No
         if i == len(convs) - 1:
             reserved = dirac(cin, c.size) if projection is None else ka.embed_centre(
                 ka.regroup_conv(projection.weight, projection.groups, 1), c.size)
-            weight = np.concatenate([reserved, w], axis=1)
+            weight = np.concatenate([s * scale * reserved for s in signs] + [w], axis=1)
             bias = c.bias + (projection.bias if projection is not None else 0)
+        elif i == 0:
+            weight = np.concatenate([s * dirac(cin, c.size) for s in signs] + [w], axis=0)
+            bias = np.concatenate([np.zeros(r), c.bias])
         else:
-            weight = np.zeros((cin + o, (cin if i == 0 else cin + inner)) + c.size)
-            weight[:cin, :cin] = dirac(cin, c.size)
-            weight[cin:, (0 if i == 0 else cin):] = w
-            bias = np.concatenate([np.zeros(cin), c.bias])
+            weight = np.zeros((r + o, r + inner) + c.size)
+            weight[:r, :r] = dirac(r, c.size)
+            weight[r:, r:] = w
+            bias = np.concatenate([np.zeros(r), c.bias])
         out = _emit(replace(c, data=out, weight=weight, groups=1, bias=bias))
         if i < len(convs) - 1:
-            out = relax.op.nn.relu(out)
+            out = relax.op.nn.relu(out) if acts[i] == 0.0 else relax.op.nn.leakyrelu(out, acts[i])
     return out
