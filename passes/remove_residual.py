@@ -15,10 +15,11 @@ Blocks whose inner activations are all LeakyReLU(a) need no sign proof: they res
 with ``±1/(1 + aᵐ)``.
 
 Reserved channels are dense: the block's multiply-adds grow (ResNet-18 about ×1.8, bottlenecks far
-more), which the report states. The rewrite is exact; a block whose input is not provably
-non-negative (a ReLU / ReLU6 output, or a pooling of one), whose inner activation is not a ReLU,
-or whose convs would misalign the reserved channels (padding other than k//2 each side, dilation)
-stays as written, and the report says why.
+more), which the report states; the x86 / arm build runs them as copies again (reserved_copies.py).
+The rewrite is exact; a block whose input is not provably non-negative (a ReLU / ReLU6 output, or a
+pooling of one) unless all its inner activations are LeakyReLU, whose inner activation is neither
+ReLU nor LeakyReLU, or whose convs would misalign the reserved channels (padding other than k//2
+each side, dilation) stays as written, and the report says why.
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ class _Remove(relax.PyExprMutator):
         return _reserve_and_merge(x, convs, projection, acts, signs, scale)
 
     def _block(self, main, short):
-        """``(x, [conv₁ … convₙ], projection or None, [a₁ … aₙ₋₁])`` if ``main`` is a chain of at least two
-        convs with ReLUs / LeakyReLUs (slopes aᵢ; 0 for ReLU) between them, fed by the shortcut's input;
+        """``(x, [conv₁ … convₙ], projection or None, [a₁ … aₙ₋₁])`` if ``main`` is a chain of at least
+        two convs with ReLUs / LeakyReLUs (slopes aᵢ; 0 for ReLU) between them, fed by the shortcut's input;
         a reason if it is a block this pass must keep; None if it is no residual block."""
         projection = self._conv(short)
         if projection is not None and not projection.is_conv:
@@ -182,7 +183,8 @@ def _misaligned(convs: list[_Conv], projection: _Conv | None, in_shape, out_shap
         if c.dilation != (1, 1) and c.size != (1, 1):
             return "kept a residual block with a dilated conv"
         if kh % 2 == 0 or kw % 2 == 0 or c.padding != (kh // 2, kw // 2, kh // 2, kw // 2):
-            return "kept a residual block: a conv's padding is not k//2 on every side, the reserved channels would shift"
+            return ("kept a residual block: a conv's padding is not k//2 on every side, "
+                    "the reserved channels would shift")
     stride = (int(np.prod([c.strides[0] for c in convs])), int(np.prod([c.strides[1] for c in convs])))
     if projection is None:
         if stride != (1, 1) or in_shape != out_shape:

@@ -6,7 +6,10 @@ Each network goes through both exporters (torch.onnx, legacy exporter, opset 17;
 ``reforge.compile(..., enable_passes=["remove-residual"])``. The built module is compared with the
 PyTorch module itself at rtol 1e-5 (max|out - ref| <= 1e-5 * max|ref|); after the passes no add of
 two non-constant tensors (a skip connection) is left, every block is rewritten and the report
-states the multiply-adds before and after.
+states the multiply-adds before and after; the x86 build's copy lowering (reserved_copies.py)
+brings the multiply-adds back to the residual network's. LeakyReLU networks whose block inputs may
+be negative reserve a +x / -x pair. Blocks the pass must keep are checked at the same tolerance,
+with the reason in the report.
 """
 
 from __future__ import annotations
