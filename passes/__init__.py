@@ -2,11 +2,14 @@
 
 from .binarize import Binarize
 from .fold_batchnorm import FoldBatchNorm
+from .fold_channel_tile import FoldChannelTile
 from .merge_branches import MergeBranches
 from .registry import PASSES, PassInfo, get, select
 from .remove_noops import RemoveNoops
+from .remove_residual import RemoveResidual
 from .report import PassReport
 from .tvm_builtin import DeadCode, FoldConstants
 
 __all__ = ["PASSES", "PassInfo", "PassReport", "get", "select",
-           "Binarize", "DeadCode", "FoldBatchNorm", "FoldConstants", "MergeBranches", "RemoveNoops"]
+           "Binarize", "DeadCode", "FoldBatchNorm", "FoldChannelTile", "FoldConstants", "MergeBranches",
+           "RemoveNoops", "RemoveResidual"]

@@ -14,8 +14,10 @@ from reforge.errors import ReforgeError
 
 from .binarize import Binarize
 from .fold_batchnorm import FoldBatchNorm
+from .fold_channel_tile import FoldChannelTile
 from .merge_branches import MergeBranches
 from .remove_noops import RemoveNoops
+from .remove_residual import RemoveResidual
 from .tvm_builtin import DeadCode, FoldConstants
 
 OPT_LEVELS = (0, 1, 2)
@@ -57,6 +59,12 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "a lone BatchNorm becomes a per-channel affine",
              "Ioffe & Szegedy, Batch Normalization, ICML 2015; Jacob et al., CVPR 2018 (sec. 3.2 folding)",
              requires=("fold-constants",)),
+    PassInfo("fold-channel-tile", FoldChannelTile,
+             "a conv reading a channel tile (repeat / Tile / concat of one tensor β times), through per-channel "
+             "affines, reads the tensor itself with the kernel's β input-channel slices summed (scales folded in)",
+             "Shi et al., Rep-BNN: Towards a Precise Binary Neural Network with Enhanced Feature Map via Repeating, "
+             "arXiv 2022",
+             level=2, requires=("fold-constants", "fold-batchnorm")),
     PassInfo("merge-branches", MergeBranches,
              "structural re-parameterization: parallel linear branches on one input (k×k, 1×1, 1×k / k×1, "
              "identity, per-channel affine, average pooling) summed into one conv, and chains of linear convs "
@@ -64,6 +72,13 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Ding et al., RepVGG, CVPR 2021; Ding et al., ACNet, ICCV 2019; Ding et al., Diverse Branch Block, "
              "CVPR 2021; Vasu et al., MobileOne, CVPR 2023; Chen et al., RepGhost, 2022",
              level=2, requires=("fold-constants", "fold-batchnorm")),
+    PassInfo("remove-residual", RemoveResidual,
+             "RMNet reserve-and-merge: a residual block (basic or bottleneck; identity or 1x1 projection shortcut) "
+             "whose input is provably non-negative becomes a plain chain, the input carried in reserved channels; "
+             "costs multiply-adds (dense reserved channels), so on by default only for FPGA streaming",
+             "Meng et al., RMNet: Equivalently Removing Residual Connection from Deep Neural Networks (RM Operation), "
+             "arXiv 2021",
+             level=2, targets=frozenset({"opencl-fpga"}), requires=("fold-constants", "fold-batchnorm")),
     PassInfo("binarize", Binarize,
              "binarized conv / dense (±1 weights, sign / where / STE activations) to bit-packed XNOR-popcount "
              "operators; BatchNorm + sign between binary convs fused into integer thresholds",

@@ -12,17 +12,22 @@ import reforge
 from reforge import ReforgeError
 from reforge.passes import PASSES, get, select
 
-TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "merge-branches", "binarize", "dead-code"]
-O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # merge-branches, binarize start at -O2
-NOT_CUDA = ("binarize",)  # bit-serial operators: CPU and FPGA schedules, none run on a GPU yet
+TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "fold-channel-tile", "merge-branches", "remove-residual",
+         "binarize", "dead-code"]
+O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # the -O2 passes start at -O2
+O2 = [n for n in TABLE if n != "remove-residual"]  # remove-residual is on by default only for opencl-fpga
+O2_FPGA = TABLE
+O2_CUDA = [n for n in O2 if n != "binarize"]  # bit-serial operators: CPU and FPGA schedules, none run on a GPU yet
+REWRITES = ("fold-batchnorm", "fold-channel-tile", "merge-branches", "remove-residual", "binarize")  # need fold-batchnorm
+O2_ONLY = ["fold-channel-tile", "merge-branches", "binarize"]
 
 
 def test_table_order_and_prerequisites():
     assert list(PASSES) == TABLE
     assert PASSES["fold-batchnorm"].requires == ("fold-constants",)
-    assert PASSES["merge-branches"].requires == ("fold-constants", "fold-batchnorm")
-    assert PASSES["binarize"].requires == ("fold-constants", "fold-batchnorm")
-    assert all(not PASSES[n].requires for n in TABLE if n not in ("fold-batchnorm", "merge-branches", "binarize"))
+    for name in REWRITES[1:]:
+        assert PASSES[name].requires == ("fold-constants", "fold-batchnorm")
+    assert all(not PASSES[n].requires for n in TABLE if n not in REWRITES)
 
 
 @pytest.mark.parametrize("name", TABLE)
@@ -35,14 +40,16 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
 @pytest.mark.parametrize("kwargs,expected", [
     (dict(opt_level=0), []),
     (dict(opt_level=1), O1),
-    (dict(opt_level=2), TABLE),
-    (dict(), TABLE),  # the default level is -O2
-    (dict(opt_level=2, disable=["dead-code"]), TABLE[:5]),
-    (dict(opt_level=2, disable=["merge-branches", "binarize"]), O1),
-    (dict(opt_level=2, disable=["merge-branches"]), [*O1[:3], "binarize", "dead-code"]),
-    (dict(opt_level=2, disable=["fold-batchnorm", "merge-branches", "binarize"]), ["remove-noops", "fold-constants", "dead-code"]),
-    (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", "merge-branches", "binarize"]), ["remove-noops", "dead-code"]),
-    (dict(opt_level=1, enable=["merge-branches", "binarize"]), TABLE),
+    (dict(opt_level=2), O2),
+    (dict(), O2),  # the default level is -O2
+    (dict(opt_level=2, disable=["dead-code"]), O2[:-1]),
+    (dict(opt_level=2, disable=O2_ONLY), O1),
+    (dict(opt_level=2, disable=["fold-batchnorm", *O2_ONLY]), ["remove-noops", "fold-constants", "dead-code"]),
+    (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", *O2_ONLY]), ["remove-noops", "dead-code"]),
+    (dict(opt_level=1, enable=["merge-branches"]), ["remove-noops", "fold-constants", "fold-batchnorm",
+                                                    "merge-branches", "dead-code"]),
+    (dict(opt_level=2, enable=["remove-residual"]), TABLE),
+    (dict(opt_level=0, enable=["remove-residual"]), ["fold-constants", "fold-batchnorm", "remove-residual"]),
     (dict(opt_level=0, enable=["dead-code"]), ["dead-code"]),
     (dict(opt_level=0, enable=["fold-batchnorm"]), ["fold-constants", "fold-batchnorm"]),
     (dict(opt_level=0, enable=["dead-code", "remove-noops"]), ["remove-noops", "dead-code"]),  # table order
@@ -52,9 +59,10 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(opt_level=0, passes=["remove-noops"]), ["remove-noops"]),  # an explicit list replaces -O defaults
     (dict(passes=["remove-noops"], enable=["fold-batchnorm"]), TABLE[:3]),
     (dict(passes=["remove-noops", "dead-code"], disable=["dead-code"]), ["remove-noops"]),
-    (dict(opt_level=2, target_kind="arm"), TABLE),
-    (dict(opt_level=2, target_kind="cuda"), [n for n in TABLE if n not in NOT_CUDA]),
-    (dict(opt_level=2, target_kind="opencl-fpga"), TABLE),
+    (dict(opt_level=2, target_kind="arm"), O2),
+    (dict(opt_level=2, target_kind="cuda"), O2_CUDA),
+    (dict(opt_level=2, target_kind="opencl-fpga"), O2_FPGA),  # remove-residual: on by default for the FPGA only
+    (dict(opt_level=1, target_kind="opencl-fpga"), O1),
 ])
 def test_select(kwargs, expected):
     assert select(**kwargs) == expected
