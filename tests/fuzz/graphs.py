@@ -5,8 +5,8 @@ what reforge's passes rewrite: convs (kernel 1-15, stride 1-2, symmetric or asym
 dilation, groups and depthwise, with or without bias), BatchNorm with random statistics (negative
 γ included), ReLU / LeakyReLU / ELU, Dropout, residual adds and multi-branch sums on one input
 (branches of different kernels, an identity, an average pool), channel concat, max / average
-pooling, sign-binarized convs (±1 weights, with or without a BatchNorm after); then global
-pooling and a dense layer, or not. Weights come from a seeded generator,
+pooling, sign-binarized convs (±1 weights, with or without a BatchNorm after), channel tiling
+(Concat / Tile of one tensor) before a conv; then global pooling and a dense layer, or not. Weights come from a seeded generator,
 so a drawn graph is a pure function of hypothesis' choices and shrinks with them.
 """
 
@@ -41,6 +41,11 @@ class Builder:
     def const(self, value: np.ndarray, prefix: str = "w") -> str:
         name = self.name(prefix)
         self.inits.append(onnx.numpy_helper.from_array(value.astype(np.float32), name))
+        return name
+
+    def const_int(self, value: np.ndarray) -> str:
+        name = self.name("i")
+        self.inits.append(onnx.numpy_helper.from_array(value.astype(np.int64), name))
         return name
 
     def node(self, op: str, inputs: list[str], **attrs) -> str:
@@ -111,7 +116,7 @@ def emit_activation(b: Builder, x: str, kind: str) -> str:
 def layer(draw, b: Builder, x: str, shape):
     """One layer on the running tensor: (new tensor name, new shape)."""
     kind = draw(st.sampled_from(["conv", "conv", "conv_bn", "act", "residual", "branches", "concat",
-                                 "pool", "dropout", "binary"]))
+                                 "pool", "dropout", "binary", "tile"]))
     _, c, h, w = shape
     if kind in ("conv", "conv_bn"):
         y, shape = emit_conv(b, x, shape, draw(conv_params(shape)))
@@ -120,6 +125,14 @@ def layer(draw, b: Builder, x: str, shape):
         y, shape = emit_conv(b, b.node("Sign", [x]), shape, draw(conv_params(shape)), binary=True)
         b.layers[-1] = "binary " + b.layers[-1]
         return (emit_batchnorm(b, y, shape[1]) if draw(st.booleans()) else y), shape
+    if kind == "tile":  # Rep-BNN's RepConv: the feature map repeated β times along channels, then a conv
+        beta = draw(st.sampled_from([2, 3]))
+        if draw(st.booleans()):
+            tiled = b.node("Concat", [x] * beta, axis=1)
+        else:
+            tiled = b.node("Tile", [x, b.const_int(np.array([1, beta, 1, 1]))])
+        b.layers.append(f"tile{beta}")
+        return emit_conv(b, tiled, (1, c * beta, h, w), draw(conv_params((1, c * beta, h, w))))
     if kind == "act":
         return emit_activation(b, x, draw(st.sampled_from(["relu", "leakyrelu", "elu"]))), shape
     if kind == "dropout":
