@@ -1,6 +1,7 @@
 """Graph rewrites on Relax, each a ``tvm.transform.Pass`` with a ``report`` of what it did."""
 
 from .fold_batchnorm import FoldBatchNorm
+from .fwht import FastWHT
 from .merge_branches import MergeBranches
 from .registry import PASSES, PassInfo, get, select
 from .remove_noops import RemoveNoops
@@ -8,4 +9,4 @@ from .report import PassReport
 from .tvm_builtin import DeadCode, FoldConstants
 
 __all__ = ["PASSES", "PassInfo", "PassReport", "get", "select",
-           "DeadCode", "FoldBatchNorm", "FoldConstants", "MergeBranches", "RemoveNoops"]
+           "DeadCode", "FastWHT", "FoldBatchNorm", "FoldConstants", "MergeBranches", "RemoveNoops"]

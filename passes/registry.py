@@ -13,6 +13,7 @@ import tvm
 from reforge.errors import ReforgeError
 
 from .fold_batchnorm import FoldBatchNorm
+from .fwht import FastWHT
 from .merge_branches import MergeBranches
 from .remove_noops import RemoveNoops
 from .tvm_builtin import DeadCode, FoldConstants
@@ -63,6 +64,13 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Ding et al., RepVGG, CVPR 2021; Ding et al., ACNet, ICCV 2019; Ding et al., Diverse Branch Block, "
              "CVPR 2021; Vasu et al., MobileOne, CVPR 2023; Chen et al., RepGhost, 2022",
              level=2, requires=("fold-constants", "fold-batchnorm")),
+    PassInfo("fwht", FastWHT,
+             "products with a constant Hadamard matrix (MatMul / Gemm / 1×1 conv; any scale, natural or "
+             "sequency order, zero-padded, block-diagonal) become a fast Walsh-Hadamard transform",
+             "Fino & Algazi, Unified matrix treatment of the fast Walsh-Hadamard transform, IEEE Trans. "
+             "Computers 1976; Pan, Badawi & Cetin, Block Walsh-Hadamard transform based binary layers in "
+             "deep neural networks, ACM TECS 2022",
+             level=2, requires=("fold-constants",), rtol=1e-5),
     PassInfo("dead-code", DeadCode,
              "remove bindings and functions whose results are never used",
              "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 8.5 dead-code elimination", rtol=1e-5),

@@ -7,7 +7,12 @@ from collections import Counter
 import tvm
 from tvm import tirx
 
+from .schedule_wht import schedule_wht
 from .schedule_x86 import schedule_func
+from .wht import OP as WHT_OP
+
+# reforge operators by their PrimFunc's ``reforge.op`` attribute -> their CPU schedule
+OPERATOR_SCHEDULES = {WHT_OP: schedule_wht}
 
 
 def apply_default_schedules(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, Counter]:
@@ -19,6 +24,11 @@ def apply_default_schedules(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tirx.PrimFunc) and func.attrs is not None and func.attrs.get("tirx.is_scheduled"):
             used["tuned"] += 1
+        elif isinstance(func, tirx.PrimFunc) and func.attrs is not None \
+                and str(func.attrs.get("reforge.op", "")) in OPERATOR_SCHEDULES:
+            op = str(func.attrs["reforge.op"])
+            mod.update_func(gv, OPERATOR_SCHEDULES[op](func, lanes))
+            used[op] += 1
         elif isinstance(func, tirx.PrimFunc):
             new, rule = schedule_func(func, lanes)
             mod.update_func(gv, new)

@@ -12,15 +12,16 @@ import reforge
 from reforge import ReforgeError
 from reforge.passes import PASSES, get, select
 
-TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "merge-branches", "dead-code"]
-O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # merge-branches starts at -O2
+TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "merge-branches", "fwht", "dead-code"]
+O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # merge-branches and fwht start at -O2
 
 
 def test_table_order_and_prerequisites():
     assert list(PASSES) == TABLE
     assert PASSES["fold-batchnorm"].requires == ("fold-constants",)
     assert PASSES["merge-branches"].requires == ("fold-constants", "fold-batchnorm")
-    assert all(not PASSES[n].requires for n in TABLE if n not in ("fold-batchnorm", "merge-branches"))
+    assert PASSES["fwht"].requires == ("fold-constants",)
+    assert all(not PASSES[n].requires for n in TABLE if n not in ("fold-batchnorm", "merge-branches", "fwht"))
 
 
 @pytest.mark.parametrize("name", TABLE)
@@ -35,11 +36,16 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(opt_level=1), O1),
     (dict(opt_level=2), TABLE),
     (dict(), TABLE),  # the default level is -O2
-    (dict(opt_level=2, disable=["dead-code"]), TABLE[:4]),
-    (dict(opt_level=2, disable=["merge-branches"]), O1),
-    (dict(opt_level=2, disable=["fold-batchnorm", "merge-branches"]), ["remove-noops", "fold-constants", "dead-code"]),
-    (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", "merge-branches"]), ["remove-noops", "dead-code"]),
-    (dict(opt_level=1, enable=["merge-branches"]), TABLE),
+    (dict(opt_level=2, disable=["dead-code"]), TABLE[:5]),
+    (dict(opt_level=2, disable=["merge-branches", "fwht"]), O1),
+    (dict(opt_level=2, disable=["merge-branches"]), ["remove-noops", "fold-constants", "fold-batchnorm", "fwht",
+                                                      "dead-code"]),
+    (dict(opt_level=2, disable=["fold-batchnorm", "merge-branches"]),
+     ["remove-noops", "fold-constants", "fwht", "dead-code"]),
+    (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", "merge-branches", "fwht"]),
+     ["remove-noops", "dead-code"]),
+    (dict(opt_level=1, enable=["merge-branches"]), [n for n in TABLE if n != "fwht"]),
+    (dict(opt_level=1, enable=["fwht"]), ["remove-noops", "fold-constants", "fold-batchnorm", "fwht", "dead-code"]),
     (dict(opt_level=0, enable=["dead-code"]), ["dead-code"]),
     (dict(opt_level=0, enable=["fold-batchnorm"]), ["fold-constants", "fold-batchnorm"]),
     (dict(opt_level=0, enable=["dead-code", "remove-noops"]), ["remove-noops", "dead-code"]),  # table order

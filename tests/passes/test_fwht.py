@@ -1,0 +1,174 @@
+"""fwht: Hadamard products become the fast Walsh-Hadamard transform.
+
+Matrix recognition is checked on every spelling (natural, scaled, negative scale, sequency, permuted
+columns, zero-padded, block-diagonal) and on near misses it must refuse. End to end: ONNX graphs
+(MatMul, Gemm with bias, 1×1 Conv) and PyTorch modules (a Linear with Hadamard weights,
+``torch.matmul`` by a Hadamard constant) through torch.onnx and torch.export; the rewritten graph has
+the WHT call and no dense matmul / conv left, and its output matches the reference, onnxruntime
+(graph optimizations off) or PyTorch, within max|out − ref| / max|ref| <= 1e-5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from onnx import helper
+from torch import nn
+
+import reforge
+from reforge.passes import FastWHT, FoldConstants
+from reforge.passes.fwht import match_hadamard
+from reforge.topi_ext.wht import sequency_perm, walsh
+
+from .conftest import max_rel_err, seed_of
+from .test_merge_branches import to_onnx
+
+RTOL = 1e-5
+N = helper.make_node
+
+
+def H(n):
+    return scipy.linalg.hadamard(n).astype("float32")
+
+
+# ----------------------------------------------------------------------------- recognition
+
+
+def test_spellings_are_recognized():
+    n = 64
+    m = match_hadamard(H(n))
+    assert (m.n, m.k, m.scale, m.blocks, m.order) == (n, n, 1.0, 1, "natural")
+    s = np.float32(1 / np.sqrt(n))
+    assert match_hadamard(H(n) * s).scale == s
+    assert match_hadamard(H(n) * -3).scale == -3
+    m = match_hadamard(walsh(n).astype("float32") * s)
+    assert m.order == "sequency" and np.array_equal(m.perm, sequency_perm(n))
+    perm = np.random.default_rng(0).permutation(n)
+    m = match_hadamard(H(n)[:, perm])
+    assert m.order == "permuted" and np.array_equal(m.perm, perm)
+    m = match_hadamard(H(128)[:100, :90])
+    assert (m.n, m.k, len(m.perm), m.order) == (128, 100, 90, "zero-padded")
+    block = np.kron(np.eye(4, dtype="float32"), H(16) * 0.25)
+    m = match_hadamard(block)
+    assert (m.n, m.blocks, m.scale, m.kind) == (16, 4, 0.25, "natural block Hadamard")
+
+
+@pytest.mark.parametrize("case", ["flipped entry", "random signs", "two magnitudes", "rows permuted", "zero column",
+                                  "unequal blocks"])
+def test_near_misses_are_refused(case):
+    rng = np.random.default_rng(seed_of(case))
+    w = H(32)
+    if case == "flipped entry":
+        w[5, 7] *= -1
+    elif case == "random signs":
+        w = np.where(rng.random((32, 32)) < 0.5, -1, 1).astype("float32")
+    elif case == "two magnitudes":
+        w[:, 3] *= 2
+    elif case == "rows permuted":
+        w = w[rng.permutation(32)]
+    elif case == "zero column":
+        w[:, 4] = 0
+    else:
+        w = np.kron(np.eye(2, dtype="float32"), H(16))
+        w[16:, 16:] *= 2
+    assert match_hadamard(w) is None
+
+
+# ----------------------------------------------------------------------------- ONNX graphs
+
+
+def onnx_case(kind: str, n: int, rng):
+    """(nodes, inputs, params) of a graph ``y = f(x)`` with a Hadamard constant."""
+    s = np.float32(1 / np.sqrt(n))
+    if kind == "matmul":
+        return [N("MatMul", ["x", "w"], ["y"])], {"x": (3, 5, n)}, {"w": H(n) * s}
+    if kind == "matmul-sequency":
+        return [N("MatMul", ["x", "w"], ["y"])], {"x": (4, n)}, {"w": walsh(n).astype("float32")}
+    if kind == "gemm-bias":  # a Linear: y = x Wᵀ + b
+        return ([N("Gemm", ["x", "w", "b"], ["y"], transB=1)], {"x": (6, n)},
+                {"w": H(n) * -2, "b": rng.standard_normal(n).astype("float32")})
+    if kind == "matmul-padded":
+        k = n - n // 4 + 1
+        return [N("MatMul", ["x", "w"], ["y"])], {"x": (2, k)}, {"w": H(n)[:k, :k] * s}
+    if kind == "matmul-block":
+        return [N("MatMul", ["x", "w"], ["y"])], {"x": (2, 4 * n)}, {"w": np.kron(np.eye(4, dtype="float32"), H(n))}
+    if kind == "conv1x1":
+        w = (H(n) * s).reshape(n, n, 1, 1)
+        return [N("Conv", ["x", "w"], ["y"])], {"x": (1, n, 5, 6)}, {"w": w}
+    raise ValueError(kind)
+
+
+CASES = [(kind, n) for kind in ["matmul", "matmul-sequency", "gemm-bias", "conv1x1"] for n in (8, 64, 1024)] + [
+    ("matmul-padded", 128), ("matmul-block", 16)]
+
+
+@pytest.mark.parametrize("kind,n", CASES, ids=[f"{k}-{n}" for k, n in CASES])
+def test_onnx_hadamard_products_become_wht(kind, n, harness):
+    rng = np.random.default_rng(seed_of(f"{kind}{n}"))
+    nodes, inputs, params = onnx_case(kind, n, rng)
+    model = harness.model(nodes, inputs, params)
+    res = harness.rewrite(model, FoldConstants, FastWHT)
+    assert res.report.total == 1, res.report.notes
+    assert res.ops_after.get("matmul", 0) == 0 and res.ops_after.get("nn.conv2d", 0) == 0
+    assert res.ops_after["call_tir"] == 1
+    assert any(getattr(f, "attrs", None) is not None and f.attrs.get("reforge.op") == "wht"
+               for _, f in res.mod.functions_items())
+    feeds = harness.random_feeds(res.imported, rng)
+    out, ref = harness.run(res.mod, res.imported, feeds), harness.onnxruntime(model, feeds)
+    assert out[0].shape == ref[0].shape
+    assert max_rel_err(out[0], ref[0]) <= RTOL
+
+
+def test_small_and_non_hadamard_products_stay_dense(harness):
+    rng = np.random.default_rng(1)
+    nodes = [N("MatMul", ["x", "w4"], ["a"]), N("MatMul", ["a", "r"], ["y"])]
+    model = harness.model(nodes, {"x": (2, 4)}, {"w4": H(4), "r": rng.standard_normal((4, 4)).astype("float32")})
+    res = harness.rewrite(model, FoldConstants, FastWHT)
+    assert res.report.total == 0 and res.ops_after["matmul"] == 2
+    assert any("crossover" in note for note in res.report.notes)
+
+
+# ----------------------------------------------------------------------------- PyTorch, through reforge.compile
+
+
+class HadamardLinear(nn.Module):
+    def __init__(self, n: int, bias: bool):
+        super().__init__()
+        self.fc = nn.Linear(n, n, bias=bias)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.from_numpy(H(n) / np.sqrt(n)))
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))
+
+
+class HadamardMatmul(nn.Module):
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_buffer("h", torch.from_numpy(walsh(n).astype("float32")))
+
+    def forward(self, x):
+        return torch.matmul(x, self.h) * 0.5
+
+
+MODULES = [("linear", 8), ("linear-bias", 256), ("matmul", 16), ("matmul", 1024)]
+
+
+@pytest.mark.parametrize("exporter", ["onnx", "torch.export"])
+@pytest.mark.parametrize("name,n", MODULES, ids=[f"{m}-{n}" for m, n in MODULES])
+def test_torch_modules_compile_to_wht(name, n, exporter):
+    torch.manual_seed(seed_of(name))
+    module = (HadamardMatmul(n) if name == "matmul" else HadamardLinear(n, name == "linear-bias")).eval()
+    x = torch.randn(4, n)
+    model = to_onnx(module, x) if exporter == "onnx" else module
+    art = reforge.compile(model, opt_level=2, example_inputs=None if exporter == "onnx" else (x,))
+    record = next(p for p in art.manifest["passes"] if p["name"] == "fwht")
+    assert sum(record["rewrites"].values()) == 1
+    assert record["after"]["ops"].get("matmul", 0) == 0
+    assert art.manifest["build"]["schedules"].get("wht") == 1  # the x86 WHT schedule ran
+    with torch.no_grad():
+        ref = module(x).numpy()
+    out = list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0]
+    assert max_rel_err(out, ref) <= RTOL
