@@ -8,13 +8,17 @@ torch Linear or ``torch.matmul`` by a constant become after fold-constants; and 
 1×1, stride 1, unpadded, groups 1, NCHW, whose weight read as a ``[C, O]`` matrix is one):
 
 - ``c·H_N``: the Sylvester matrix, any scale c (±c entries; c < 0 too), natural order;
+- ``diag(d)·H_N``: rows scaled by nonzero d_k (a per-input scale folded into the matrix, e.g. by
+  fold-batchnorm from the WHT layer's ``v ⊙ z``): the input is scaled by d in the first stage;
 - any column order of it, sequency (Walsh) order included: the output is gathered by ``perm``;
 - zero-padded: ``K`` rows with N = next power of two >= K (the WHT layer's padding) and M <= N
   columns (the crop);
 - block-diagonal with identical Hadamard blocks (block WHT): the transform runs per block.
 
 Entries must be exactly ±c (no tolerance): a matrix that is not provably one of these is left alone.
-A following bias ``add`` stays a separate elementwise op.
+A following bias ``add`` stays a separate elementwise op. The WHT layer's soft threshold on the
+transform's output, ``sign(z)·relu(|z| − T)`` (T a constant: a scalar, or one value per transformed
+coefficient), is fused into the transform's epilogue when nothing else reads z.
 
 Size: the dense product costs K·M multiply-adds per row, the transform N·log2 N adds plus the
 output pass. Measured on this CPU (AMD Zen 3, AVX2, 1 thread; ``benchmarks/wht.py --sizes ...``)
@@ -33,7 +37,8 @@ from tvm import relax
 
 from reforge.topi_ext.wht import emit_wht, hadamard_entries, next_pow2, sequency_perm
 
-from .graph import cleanup, const_value, is_const, mutate_functions, op_name, tensor_dtype, tensor_shape
+from .graph import (channel_vector, cleanup, const_value, is_const, mutate_functions, op_name, tensor_dtype,
+                    tensor_shape, use_counts)
 from .report import PassReport
 
 MIN_N = 8  # smallest transform rewritten (see the module docstring)
@@ -48,7 +53,10 @@ class FastWHT:
         self.min_n = min_n
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return cleanup(mutate_functions(mod, lambda m, _f: _Rewrite(m, self.report, self.min_n)))
+        mod = cleanup(mutate_functions(mod, lambda m, _f: _Rewrite(m, self.report, self.min_n)))
+        if self.report.total:
+            mod = cleanup(mutate_functions(mod, lambda m, f: _FuseThreshold(m, use_counts(f), self.report)))
+        return mod
 
 
 # ----------------------------------------------------------------------------- matrix recognition
@@ -63,6 +71,7 @@ class HadamardMatch:
     scale: float
     perm: np.ndarray  # output columns per block, indices into 0..n-1
     blocks: int = 1
+    in_scale: np.ndarray | None = None  # per-row factors d (then ``scale`` is 1)
 
     @property
     def order(self) -> str:
@@ -76,7 +85,8 @@ class HadamardMatch:
 
     @property
     def kind(self) -> str:
-        return f"{self.order} {'block ' if self.blocks > 1 else ''}Hadamard"
+        scaled = "row-scaled " if self.in_scale is not None else ""
+        return f"{scaled}{self.order} {'block ' if self.blocks > 1 else ''}Hadamard"
 
 
 def _match_single(w: np.ndarray) -> HadamardMatch | None:
@@ -84,16 +94,24 @@ def _match_single(w: np.ndarray) -> HadamardMatch | None:
     n = next_pow2(k)
     if k < 2 or m > n:
         return None
-    c = w[0, 0]
-    if c == 0 or not np.isfinite(c) or not np.all(w[0] == c) or not np.all(np.abs(w) == abs(c)):
+    d = w[:, 0]  # row k is d_k·H[k, perm] / H[k, perm[0]], a column permutation of H again
+    if not np.all(np.isfinite(d)) or np.any(d == 0) or not np.all(np.abs(w) == np.abs(d)[:, None]):
         return None
-    negative = w != c  # entries -c
+    negative = w != d[:, None]  # entries -d_k
     cols = np.zeros(m, np.int64)
     for b in range(n.bit_length() - 1):  # column j of H has -1 in row 2^b iff bit b of j is set
         cols |= negative[1 << b].astype(np.int64) << b
     if not np.array_equal(negative, hadamard_entries(np.arange(k), cols) < 0):
         return None
-    return HadamardMatch(n, k, float(c), cols)
+    # d's signs may themselves be a Hadamard column j (any column order of c·H, read from column 0):
+    # move them into the permutation, d·H[:, j] and cols xor j, so that a plain c·H[:, perm] needs no d
+    flip = np.sign(d) != np.sign(d[0])
+    j = sum(int(flip[1 << b]) << b for b in range(n.bit_length() - 1))
+    if np.array_equal(flip, hadamard_entries(np.arange(k), [j])[:, 0] < 0):
+        d, cols = np.where(flip, -d, d), cols ^ j
+    if np.all(d == d[0]):
+        return HadamardMatch(n, k, float(d[0]), cols)
+    return HadamardMatch(n, k, 1.0, cols, in_scale=d.astype(np.float64))
 
 
 def match_hadamard(w: np.ndarray) -> HadamardMatch | None:
@@ -181,5 +199,78 @@ class _Rewrite(relax.PyExprMutator):
         shape = tensor_shape(x)
         lead, q = _prod(shape[:axis]) * match.blocks, _prod(shape[axis + 1:])
         xr = self.builder_.emit(relax.op.reshape(x, (lead, match.k, q)))
-        y = self.builder_.emit(emit_wht(self.builder_, xr, match.n, match.scale, match.perm))
+        y = self.builder_.emit(emit_wht(self.builder_, xr, match.n, match.scale, match.perm,
+                                        in_scale=match.in_scale))
         return relax.op.reshape(y, [int(d) for d in out_shape])
+
+
+# ----------------------------------------------------------------------------- soft threshold
+
+
+def _wht_call(mod: tvm.IRModule, expr):
+    """``(call_tir, info)`` if ``expr`` is a call_tir of a WHT PrimFunc without a bias or threshold."""
+    if op_name(expr) != "relax.call_tir":
+        return None
+    func = mod[expr.args[0]] if expr.args[0] in mod.get_global_vars() else None
+    info = func.attrs.get("reforge.wht") if func is not None and func.attrs is not None else None
+    if info is None or bool(info["bias"]) or bool(info["threshold"]):
+        return None
+    return expr, info
+
+
+@relax.expr_functor.mutator
+class _FuseThreshold(relax.PyExprMutator):
+    """``sign(z) · relu(abs(z) − T)`` with ``z = reshape(wht(x))`` → ``reshape(wht(x; threshold=T))``."""
+
+    def __init__(self, mod, uses, report: PassReport):
+        super().__init__(mod)
+        self.mod, self.uses, self.report = mod, uses, report
+
+    def _bound(self, expr, name: str, uses: int = 1):
+        if isinstance(expr, relax.Var) and self.uses.get(expr, 0) == uses:
+            value = self.lookup_binding(expr)
+            if op_name(value) == name:
+                return value
+        return None
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if op_name(call) != "relax.multiply":
+            return call
+        for sgn_var, mag_var in (call.args, call.args[::-1]):
+            fused = self._fuse(sgn_var, mag_var, tensor_shape(call))
+            if fused is not None:
+                self.report.count("soft threshold fused")
+                return fused
+        return call
+
+    def _fuse(self, sgn_var, mag_var, out_shape):
+        sgn = self._bound(sgn_var, "relax.sign")
+        relu = self._bound(mag_var, "relax.nn.relu")
+        sub = self._bound(relu.args[0], "relax.subtract") if relu is not None else None
+        absz = self._bound(sub.args[0], "relax.abs") if sub is not None else None
+        if sgn is None or absz is None or not sgn.args[0].same_as(absz.args[0]) or not is_const(sub.args[1]):
+            return None
+        z = sgn.args[0]
+        reshape = self._bound(z, "relax.reshape", uses=2)
+        y = reshape.args[0] if reshape is not None else None
+        found = _wht_call(self.mod, self.lookup_binding(y)) if isinstance(y, relax.Var) \
+            and self.uses.get(y, 0) == 1 else None
+        if found is None or tensor_shape(z) != out_shape:
+            return None
+        wcall, info = found
+        p, m, q = tensor_shape(wcall)
+        t = const_value(sub.args[1]).astype(np.float64)
+        if t.size == 1:
+            thr = np.full(m, float(t.reshape(-1)[0]))
+        else:  # one value per coefficient: the transformed axis of z must be the only one T varies along
+            axes = [a for a in range(len(out_shape)) if out_shape[a] == m and _prod(out_shape[a + 1:]) == q]
+            thr = next((v for v in (channel_vector(t, out_shape, a) for a in axes) if v is not None), None)
+            if thr is None:
+                return None
+        x, *rest = wcall.args[1].fields
+        in_scale = const_value(rest.pop(0)) if bool(info["in_scale"]) else None
+        perm = const_value(rest.pop(0)) if bool(info["perm"]) else None
+        new = self.builder_.emit(emit_wht(self.builder_, x, int(info["n"]), float(info["scale"]), perm,
+                                          threshold=thr, in_scale=in_scale))
+        return relax.op.reshape(new, [int(d) for d in out_shape])

@@ -11,7 +11,9 @@ axis of an NCHW tensor (``P = N``, ``Q = H·W``, what a 1×1 conv with a Hadamar
 output is ``[P, M, Q]``: ``out[p, m, q] = scale · fwht(x)[p, perm[m], q] (+ bias[m])``, where
 ``perm`` (M <= N entries) crops the zero-padded transform, selects sequency (Walsh) order
 (:func:`sequency_perm`) or any other column order. With ``threshold`` the output is
-``sign(z)·max(|z| − T[m], 0)`` of that ``z`` (the WHT layer's soft threshold, fused in the epilogue).
+``sign(z)·max(|z| − T[m], 0)`` of that ``z`` (the WHT layer's soft threshold, fused in the epilogue);
+with ``in_scale`` the input is multiplied by ``d[k]`` first (``x @ (diag(d)·H)``, a Hadamard matrix
+with scaled rows, what folding the WHT layer's ``v ⊙`` into the matrix leaves).
 
 Relax: :func:`emit_wht` adds the PrimFunc (attribute ``reforge.op = "wht"``, opaque to FuseOps, not
 scheduled: the target's default scheduler finds it by the attribute; x86 uses
@@ -94,18 +96,22 @@ def _butterfly(prev: te.Tensor, h: int):
 
 
 def wht(x: te.Tensor, n: int, scale: float = 1.0, perm: te.Tensor | None = None, bias: te.Tensor | None = None,
-        threshold: te.Tensor | None = None) -> te.Tensor:
+        threshold: te.Tensor | None = None, in_scale: te.Tensor | None = None) -> te.Tensor:
     """FWHT of ``x [P, K, Q]`` over axis 1, zero-padded to ``n`` (a power of two >= K).
 
+    ``in_scale [K]`` multiplies the input first (``x ⊙ d`` then H: a Hadamard matrix with scaled rows);
     ``perm [M]`` int32 (default: identity, M = n) picks output columns; ``bias [M]`` is added after
     the scale; ``threshold [M]`` applies ``sign(z)·max(|z| − T, 0)`` last."""
     p, k, q = (int(d) for d in x.shape)
     assert n & (n - 1) == 0 and k <= n, (n, k)
     dtype = str(x.dtype)
     zero = tirx.const(0, dtype)
-    if k < n:
-        prev = te.compute((p, n, q), lambda a, i, c: tirx.Select(i < k, x[a, tirx.min(i, k - 1), c], zero),
-                          name="wht_pad")
+    if k < n or in_scale is not None:
+        def load(a, i, c):
+            ii = tirx.min(i, k - 1) if k < n else i
+            v = x[a, ii, c] if in_scale is None else x[a, ii, c] * in_scale[ii]
+            return tirx.Select(i < k, v, zero) if k < n else v
+        prev = te.compute((p, n, q), load, name="wht_pad")
     else:
         prev = x
     h = 1
@@ -135,12 +141,15 @@ def wht(x: te.Tensor, n: int, scale: float = 1.0, perm: te.Tensor | None = None,
 
 
 def wht_prim_func(shape, dtype: str, n: int, scale: float = 1.0, perm: np.ndarray | None = None,
-                  bias: bool = False, threshold: bool = False):
+                  bias: bool = False, threshold: bool = False, in_scale: bool = False):
     """The PrimFunc of :func:`wht` for an input ``shape`` ``[P, K, Q]``; parameters
-    ``(x, [perm], [bias], [threshold], out)``, tagged ``reforge.op = "wht"``."""
+    ``(x, [in_scale], [perm], [bias], [threshold], out)``, tagged ``reforge.op = "wht"``."""
     xt = te.placeholder([int(d) for d in shape], dtype, "x")
     inputs = [xt]
-    pt = bt = tt = None
+    st = pt = bt = tt = None
+    if in_scale:
+        st = te.placeholder((int(shape[1]),), dtype, "in_scale")
+        inputs.append(st)
     m = n if perm is None else len(perm)
     if perm is not None:
         pt = te.placeholder((m,), "int32", "perm")
@@ -151,13 +160,17 @@ def wht_prim_func(shape, dtype: str, n: int, scale: float = 1.0, perm: np.ndarra
     if threshold:
         tt = te.placeholder((m,), dtype, "threshold")
         inputs.append(tt)
-    out = wht(xt, n, scale, pt, bt, tt)
-    func = te.create_prim_func([*inputs, out])
-    return func.with_attr("op_pattern", OPAQUE).with_attr("reforge.op", OP), out
+    out = wht(xt, n, scale, pt, bt, tt, st)
+    func = te.create_prim_func([*inputs, out]).with_attr("op_pattern", OPAQUE).with_attr("reforge.op", OP)
+    # what a later rewrite (the fused soft threshold) needs to emit the operator again
+    func = func.with_attr("reforge.wht", {"n": n, "scale": float(scale), "perm": perm is not None,
+                                          "bias": bool(bias), "threshold": bool(threshold),
+                                          "in_scale": bool(in_scale)})
+    return func, out
 
 
 def emit_wht(bb, x, n: int, scale: float = 1.0, perm: np.ndarray | None = None, bias: np.ndarray | None = None,
-             threshold: np.ndarray | None = None):
+             threshold: np.ndarray | None = None, in_scale: np.ndarray | None = None):
     """Emit ``wht`` of the Relax tensor ``x [P, K, Q]`` into ``bb``; returns the ``[P, M, Q]`` result.
 
     ``perm`` None or the identity of length n means no permutation."""
@@ -167,10 +180,13 @@ def emit_wht(bb, x, n: int, scale: float = 1.0, perm: np.ndarray | None = None, 
     dtype = str(x.ty.dtype)
     if perm is not None and len(perm) == n and np.array_equal(perm, np.arange(n)):
         perm = None
-    func, out = wht_prim_func(shape, dtype, n, scale, perm, bias is not None, threshold is not None)
+    func, out = wht_prim_func(shape, dtype, n, scale, perm, bias is not None, threshold is not None,
+                              in_scale is not None)
     gv = bb.add_func(func, OP)
     bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
     args = [x]
+    if in_scale is not None:
+        args.append(relax.const(np.asarray(in_scale, dtype)))
     if perm is not None:
         args.append(relax.const(np.asarray(perm, "int32")))
     if bias is not None:

@@ -50,6 +50,12 @@ def test_spellings_are_recognized():
     assert m.order == "permuted" and np.array_equal(m.perm, perm)
     m = match_hadamard(H(128)[:100, :90])
     assert (m.n, m.k, len(m.perm), m.order) == (128, 100, 90, "zero-padded")
+    d = np.random.default_rng(1).uniform(-2, 2, n).astype("float32")
+    w = d[:, None] * H(n)[:, perm]
+    m = match_hadamard(w)
+    assert m.scale == 1 and m.kind == "row-scaled permuted Hadamard"
+    np.testing.assert_array_equal(m.in_scale[:, None] * H(n)[:, m.perm], w)  # (d, perm) is not unique
+    assert match_hadamard(np.where(d[:, None] > 0, 0, d[:, None]) * H(n)) is None  # zero rows
     block = np.kron(np.eye(4, dtype="float32"), H(16) * 0.25)
     m = match_hadamard(block)
     assert (m.n, m.blocks, m.scale, m.kind) == (16, 4, 0.25, "natural block Hadamard")
@@ -92,6 +98,8 @@ def onnx_case(kind: str, n: int, rng):
     if kind == "matmul-padded":
         k = n - n // 4 + 1
         return [N("MatMul", ["x", "w"], ["y"])], {"x": (2, k)}, {"w": H(n)[:k, :k] * s}
+    if kind == "matmul-rowscaled":
+        return [N("MatMul", ["x", "w"], ["y"])], {"x": (3, n)}, {"w": rng.uniform(0.5, 2, (n, 1)).astype("float32") * H(n)}
     if kind == "matmul-block":
         return [N("MatMul", ["x", "w"], ["y"])], {"x": (2, 4 * n)}, {"w": np.kron(np.eye(4, dtype="float32"), H(n))}
     if kind == "conv1x1":
@@ -101,7 +109,7 @@ def onnx_case(kind: str, n: int, rng):
 
 
 CASES = [(kind, n) for kind in ["matmul", "matmul-sequency", "gemm-bias", "conv1x1"] for n in (8, 64, 1024)] + [
-    ("matmul-padded", 128), ("matmul-block", 16)]
+    ("matmul-padded", 128), ("matmul-block", 16), ("matmul-rowscaled", 256)]
 
 
 @pytest.mark.parametrize("kind,n", CASES, ids=[f"{k}-{n}" for k, n in CASES])
@@ -168,6 +176,81 @@ def test_torch_modules_compile_to_wht(name, n, exporter):
     assert sum(record["rewrites"].values()) == 1
     assert record["after"]["ops"].get("matmul", 0) == 0
     assert art.manifest["build"]["schedules"].get("wht") == 1  # the x86 WHT schedule ran
+    with torch.no_grad():
+        ref = module(x).numpy()
+    out = list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0]
+    assert max_rel_err(out, ref) <= RTOL
+
+
+# ----------------------------------------------------------------------------- soft threshold
+
+
+def threshold_graph(kind: str, n: int, rng, extra_use: bool = False):
+    """``sign(z)·relu(|z| − T)`` on ``z = x @ H`` (or a 1×1 conv), T a scalar or per coefficient."""
+    if kind == "conv":
+        w, x, t = (H(n) / np.sqrt(n)).reshape(n, n, 1, 1), (1, n, 3, 4), rng.uniform(0, 1, (n, 1, 1))
+        first = N("Conv", ["x", "w"], ["z"])
+    else:
+        w, x = H(n) / np.float32(np.sqrt(n)), (5, n)
+        t = rng.uniform(0, 1, n) if kind == "vector" else np.float32(0.5)
+        first = N("MatMul", ["x", "w"], ["z"])
+    nodes = [first, N("Sign", ["z"], ["s"]), N("Abs", ["z"], ["a"]), N("Sub", ["a", "t"], ["d"]),
+             N("Relu", ["d"], ["r"]), N("Mul", ["s", "r"], ["y"] if not extra_use else ["m"])]
+    if extra_use:
+        nodes.append(N("Add", ["m", "z"], ["y"]))
+    return nodes, {"x": x}, {"w": np.asarray(w, "float32"), "t": np.asarray(t, "float32")}
+
+
+@pytest.mark.parametrize("kind", ["scalar", "vector", "conv"])
+def test_soft_threshold_is_fused(kind, harness):
+    rng = np.random.default_rng(seed_of(kind))
+    model = harness.model(*threshold_graph(kind, 64, rng))
+    res = harness.rewrite(model, FoldConstants, FastWHT)
+    assert res.report.rewrites["soft threshold fused"] == 1
+    for op in ("sign", "abs", "nn.relu", "multiply", "subtract", "matmul", "nn.conv2d"):
+        assert res.ops_after.get(op, 0) == 0, op
+    feeds = harness.random_feeds(res.imported, rng)
+    out, ref = harness.run(res.mod, res.imported, feeds), harness.onnxruntime(model, feeds)
+    assert (ref[0] == 0).sum() > 0  # some coefficients thresholded away
+    assert max_rel_err(out[0], ref[0]) <= RTOL
+
+
+def test_soft_threshold_of_a_shared_output_is_not_fused(harness):
+    rng = np.random.default_rng(7)
+    model = harness.model(*threshold_graph("scalar", 32, rng, extra_use=True))
+    res = harness.rewrite(model, FoldConstants, FastWHT)
+    assert res.report.total == 1 and "soft threshold fused" not in res.report.rewrites
+    feeds = harness.random_feeds(res.imported, rng)
+    out, ref = harness.run(res.mod, res.imported, feeds), harness.onnxruntime(model, feeds)
+    assert max_rel_err(out[0], ref[0]) <= RTOL
+
+
+class WHTLayer(nn.Module):
+    """Pan et al.'s 1-D WHT layer: ``y = H·S_T(v ⊙ H·x)/N + x`` along the features (sign·relu form)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_buffer("h", torch.from_numpy(H(n)))
+        self.v = nn.Parameter(torch.rand(n) + 0.5)
+        self.t = nn.Parameter(torch.rand(n) * 0.5)
+
+    def forward(self, x):
+        z = torch.matmul(x, self.h)
+        z = torch.sign(z) * torch.relu(torch.abs(z) - self.t)
+        return torch.matmul(z * self.v, self.h) / self.h.shape[0] + x
+
+
+@pytest.mark.parametrize("exporter", ["onnx", "torch.export"])
+def test_wht_layer_compiles_to_two_transforms(exporter):
+    torch.manual_seed(3)
+    module, x = WHTLayer(128).eval(), torch.randn(8, 128) * 4
+    model = to_onnx(module, x) if exporter == "onnx" else module
+    art = reforge.compile(model, opt_level=2, example_inputs=None if exporter == "onnx" else (x,))
+    record = next(p for p in art.manifest["passes"] if p["name"] == "fwht")
+    # the second matrix arrives as diag(v / N)·H: fold-batchnorm folded the v ⊙ and the 1/N into it
+    assert record["rewrites"]["natural Hadamard"] == 1 and record["rewrites"]["row-scaled natural Hadamard"] == 1
+    assert record["rewrites"]["soft threshold fused"] == 1
+    assert record["after"]["ops"].get("matmul", 0) == 0
     with torch.no_grad():
         ref = module(x).numpy()
     out = list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0]

@@ -91,6 +91,19 @@ def test_zero_padded_and_cropped(k, m, q):
     assert rel_err(run_op(x, n, 0.25, perm), reference(x, n, 0.25, perm)) <= RTOL
 
 
+@pytest.mark.parametrize("k,q", [(64, 1), (50, 5)])
+def test_input_scale(k, q):
+    n = wht.next_pow2(k)
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((3, k, q)).astype("float32")
+    d = rng.uniform(-2, 2, k).astype("float32")
+    func, out = wht.wht_prim_func(x.shape, "float32", n, 0.5, in_scale=True)
+    lib = tvm.compile(tvm.IRModule({"main": schedule_wht(func, TARGET.vector_lanes())}), target=TARGET.tvm_target)
+    res = tvm.runtime.tensor(np.zeros([int(v) for v in out.shape], "float32"))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(d), res)
+    assert rel_err(res.numpy(), reference(x * d[None, :, None], n, 0.5)) <= RTOL
+
+
 def test_unscheduled_func_is_correct_too():
     """The plain loop nest (what --verify and non-x86 targets start from) computes the same."""
     x = np.random.default_rng(0).standard_normal((2, 32, 3)).astype("float32")
