@@ -12,6 +12,7 @@ import tvm
 
 from reforge.errors import ReforgeError
 
+from .fft_conv import FFTConv
 from .fold_batchnorm import FoldBatchNorm
 from .fwht import FastWHT
 from .merge_branches import MergeBranches
@@ -71,6 +72,12 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Computers 1976; Pan, Badawi & Cetin, Block Walsh-Hadamard transform based binary layers in "
              "deep neural networks, ACM TECS 2022",
              level=2, requires=("fold-constants",), rtol=1e-5),
+    PassInfo("fft-conv", FFTConv,
+             "large-kernel stride-1 convs through 2-D real DFTs (weight spectra precomputed, per-frequency "
+             "channel mixing as a batched complex matmul), chosen by a multiply-add cost model; off by default",
+             "Mathieu, Henaff & LeCun, Fast training of convolutional networks through FFTs, ICLR 2014; "
+             "Vasilache et al., Fast convolutional nets with fbfft, ICLR 2015",
+             level=None, requires=("fold-constants",)),
     PassInfo("dead-code", DeadCode,
              "remove bindings and functions whose results are never used",
              "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 8.5 dead-code elimination", rtol=1e-5),

@@ -12,7 +12,8 @@ import reforge
 from reforge import ReforgeError
 from reforge.passes import PASSES, get, select
 
-TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "merge-branches", "fwht", "dead-code"]
+TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "merge-branches", "fwht", "fft-conv", "dead-code"]
+O2 = [n for n in TABLE if n != "fft-conv"]  # fft-conv: only on request
 O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # merge-branches and fwht start at -O2
 
 
@@ -20,8 +21,10 @@ def test_table_order_and_prerequisites():
     assert list(PASSES) == TABLE
     assert PASSES["fold-batchnorm"].requires == ("fold-constants",)
     assert PASSES["merge-branches"].requires == ("fold-constants", "fold-batchnorm")
-    assert PASSES["fwht"].requires == ("fold-constants",)
-    assert all(not PASSES[n].requires for n in TABLE if n not in ("fold-batchnorm", "merge-branches", "fwht"))
+    assert PASSES["fwht"].requires == PASSES["fft-conv"].requires == ("fold-constants",)
+    assert all(not PASSES[n].requires for n in TABLE
+               if n not in ("fold-batchnorm", "merge-branches", "fwht", "fft-conv"))
+    assert PASSES["fft-conv"].level is None
 
 
 @pytest.mark.parametrize("name", TABLE)
@@ -34,9 +37,11 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
 @pytest.mark.parametrize("kwargs,expected", [
     (dict(opt_level=0), []),
     (dict(opt_level=1), O1),
-    (dict(opt_level=2), TABLE),
-    (dict(), TABLE),  # the default level is -O2
-    (dict(opt_level=2, disable=["dead-code"]), TABLE[:5]),
+    (dict(opt_level=2), O2),
+    (dict(), O2),  # the default level is -O2
+    (dict(opt_level=2, disable=["dead-code"]), O2[:5]),
+    (dict(opt_level=2, enable=["fft-conv"]), TABLE),
+    (dict(opt_level=0, enable=["fft-conv"]), ["fold-constants", "fft-conv"]),
     (dict(opt_level=2, disable=["merge-branches", "fwht"]), O1),
     (dict(opt_level=2, disable=["merge-branches"]), ["remove-noops", "fold-constants", "fold-batchnorm", "fwht",
                                                       "dead-code"]),
@@ -44,7 +49,7 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
      ["remove-noops", "fold-constants", "fwht", "dead-code"]),
     (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", "merge-branches", "fwht"]),
      ["remove-noops", "dead-code"]),
-    (dict(opt_level=1, enable=["merge-branches"]), [n for n in TABLE if n != "fwht"]),
+    (dict(opt_level=1, enable=["merge-branches"]), [n for n in O2 if n != "fwht"]),
     (dict(opt_level=1, enable=["fwht"]), ["remove-noops", "fold-constants", "fold-batchnorm", "fwht", "dead-code"]),
     (dict(opt_level=0, enable=["dead-code"]), ["dead-code"]),
     (dict(opt_level=0, enable=["fold-batchnorm"]), ["fold-constants", "fold-batchnorm"]),
@@ -55,7 +60,7 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(opt_level=0, passes=["remove-noops"]), ["remove-noops"]),  # an explicit list replaces -O defaults
     (dict(passes=["remove-noops"], enable=["fold-batchnorm"]), TABLE[:3]),
     (dict(passes=["remove-noops", "dead-code"], disable=["dead-code"]), ["remove-noops"]),
-    (dict(opt_level=2, target_kind="arm"), TABLE),  # no pass is target-restricted yet
+    (dict(opt_level=2, target_kind="arm"), O2),  # no pass is target-restricted yet
 ])
 def test_select(kwargs, expected):
     assert select(**kwargs) == expected
