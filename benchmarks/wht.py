@@ -14,6 +14,7 @@ MIN_N comes from.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -32,6 +33,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import reforge  # noqa: E402
 from reforge.bench import set_threads  # noqa: E402
+from reforge.passes import FastWHT, registry  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
 
 
@@ -60,6 +62,8 @@ def runners(n: int, rows: int, conv: bool, threads: int) -> dict:
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     ref = sess.run(None, {"x": x})[0]
     dense = reforge.compile(m, disable_passes=["fwht"])
+    # rewrite every size, below the pass's MIN_N too, so that the small sizes show the crossover
+    registry.PASSES["fwht"] = dataclasses.replace(registry.PASSES["fwht"], make=lambda: FastWHT(min_n=2))
     fast = reforge.compile(m)
     assert sum(next(p for p in fast.manifest["passes"] if p["name"] == "fwht")["rewrites"].values()) == 1
     for art in (dense, fast):

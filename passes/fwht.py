@@ -21,10 +21,10 @@ transform's output, ``sign(z)·relu(|z| − T)`` (T a constant: a scalar, or one
 coefficient), is fused into the transform's epilogue when nothing else reads z.
 
 Size: the dense product costs K·M multiply-adds per row, the transform N·log2 N adds plus the
-output pass. Measured on this CPU (AMD Zen 3, AVX2, 1 thread; ``benchmarks/wht.py --sizes ...``)
-against reforge's own dense matmul schedule, the transform is faster from N = 8 on (the crossover
-is below N = 8, where both take well under a microsecond per row), so the pass rewrites N >= MIN_N
-= 8 and leaves H_2 / H_4 to the dense code.
+output pass. Measured on this CPU (AMD Zen 3, AVX2, 1 thread, 64 rows; ``benchmarks/wht.py --sizes
+2 4 8 16 32``) against reforge's own dense matmul: dense is faster up to N = 8 (1.3 vs 1.7-1.9 µs,
+mostly call overhead), they tie at N = 16 (2.0 µs), and the transform wins from N = 32 on (1.5× at
+32, 7.8× at 256, 61× at 1024); the pass rewrites N >= MIN_N = 16.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from .graph import (channel_vector, cleanup, const_value, is_const, mutate_funct
                     tensor_shape, use_counts)
 from .report import PassReport
 
-MIN_N = 8  # smallest transform rewritten (see the module docstring)
+MIN_N = 16  # smallest transform rewritten (see the module docstring)
 
 
 @tvm.transform.module_pass(opt_level=0, name="reforge.fwht")

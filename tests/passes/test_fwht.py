@@ -117,7 +117,7 @@ def test_onnx_hadamard_products_become_wht(kind, n, harness):
     rng = np.random.default_rng(seed_of(f"{kind}{n}"))
     nodes, inputs, params = onnx_case(kind, n, rng)
     model = harness.model(nodes, inputs, params)
-    res = harness.rewrite(model, FoldConstants, FastWHT)
+    res = harness.rewrite(model, FoldConstants, lambda: FastWHT(min_n=8))  # N = 8 is below the default MIN_N
     assert res.report.total == 1, res.report.notes
     assert res.ops_after.get("matmul", 0) == 0 and res.ops_after.get("nn.conv2d", 0) == 0
     assert res.ops_after["call_tir"] == 1
@@ -132,7 +132,7 @@ def test_onnx_hadamard_products_become_wht(kind, n, harness):
 def test_small_and_non_hadamard_products_stay_dense(harness):
     rng = np.random.default_rng(1)
     nodes = [N("MatMul", ["x", "w4"], ["a"]), N("MatMul", ["a", "r"], ["y"])]
-    model = harness.model(nodes, {"x": (2, 4)}, {"w4": H(4), "r": rng.standard_normal((4, 4)).astype("float32")})
+    model = harness.model(nodes, {"x": (2, 8)}, {"w4": H(8), "r": rng.standard_normal((8, 8)).astype("float32")})
     res = harness.rewrite(model, FoldConstants, FastWHT)
     assert res.report.total == 0 and res.ops_after["matmul"] == 2
     assert any("crossover" in note for note in res.report.notes)
@@ -161,7 +161,7 @@ class HadamardMatmul(nn.Module):
         return torch.matmul(x, self.h) * 0.5
 
 
-MODULES = [("linear", 8), ("linear-bias", 256), ("matmul", 16), ("matmul", 1024)]
+MODULES = [("linear", 16), ("linear-bias", 256), ("matmul", 32), ("matmul", 1024)]
 
 
 @pytest.mark.parametrize("exporter", ["onnx", "torch.export"])
