@@ -13,10 +13,12 @@ The DFTs are products with constant DFT matrices (REFERENCES B1: TVM 0.27 has no
 small DFTs as matmuls are what the default schedules and MetaSchedule handle), so the operator is
 a Relax subgraph of ``matmul`` / ``permute_dims`` / ``reshape`` / ``add`` that every target builds:
 
-1. ``x @ A`` (W → half spectrum, real and imaginary parts), 2. ``B @ ·`` (H → spectrum, complex),
-3. per frequency a complex ``[N, C] @ [C, O]`` channel mix (a batched matmul over the L_h·F_w
-frequencies, weight spectra ``[F, C, O]`` constants), 4. ``G @ ·`` (inverse over H, the output rows),
-5. ``· @ C`` (inverse real DFT over W, the output columns), plus the bias.
+1. ``x @ A`` (W → half spectrum), 2. ``· @ B`` (H → spectrum, complex), 3. per frequency a complex
+``[N, C] @ [C, O]`` channel mix (a batched matmul over the L_h·F_w frequencies with the weight spectra
+as constants), 4. ``· @ G`` (inverse over H, the output rows only), 5. ``· @ C`` (inverse real DFT over
+W, the output columns only), plus the bias. Complex products are real ones on ``[re | im]`` stacked
+vectors with ``[[Mr, Mi], [−Mi, Mr]]`` blocks; transposes between the steps bring the next axis last,
+so every product is a plain 2-D ``v @ M`` with a constant M (the channel mix a batched one).
 
 The cost model (:func:`fft_costs`, :func:`prefer_fft`) counts real multiply-adds of both ways.
 """
@@ -103,41 +105,46 @@ def _angles(freqs, positions, length: int) -> np.ndarray:
     return 2 * np.pi * np.outer(freqs, positions) / length
 
 
+def _complex_block(mr: np.ndarray, mi: np.ndarray) -> np.ndarray:
+    """``[[Mr, Mi], [−Mi, Mr]]``: ``[vr | vi] @ block = [Re | Im]`` of ``(vr + i·vi) @ (Mr + i·Mi)``."""
+    return np.block([[mr, mi], [-mi, mr]])
+
+
 def dft_constants(g: FFTConvGeometry, weight: np.ndarray) -> dict[str, np.ndarray]:
-    """The DFT matrices and weight spectra, in float64."""
+    """The matrices of the five products, in float64, each a right operand ``v @ M`` with the real and
+    imaginary parts of a complex axis stacked (``[re | im]``)."""
     oh, ow = g.out_hw
     t, l = g.padding[0], g.padding[1]
     fw = np.arange(g.fw)
-    a = _angles(np.arange(g.w) + l, fw, g.lw)  # [W, Fw]: x @ A
-    b = _angles(np.arange(g.lh), np.arange(g.h) + t, g.lh)  # [Lh, H]: B @ x
-    gi = _angles(np.arange(oh), np.arange(g.lh), g.lh)  # [OH, Lh]
-    alpha = np.full(g.fw, 2.0)
+    a = _angles(np.arange(g.w) + l, fw, g.lw)  # [W, Fw]: forward real DFT over W, padded positions
+    b = _angles(np.arange(g.h) + t, np.arange(g.lh), g.lh)  # [H, Lh]: forward DFT over H
+    gi = _angles(np.arange(g.lh), np.arange(oh), g.lh)  # [Lh, OH]: inverse over H, output rows only
+    alpha = np.full(g.fw, 2.0)  # the half spectrum stands for its mirror too, except DC and Nyquist
     alpha[0] = 1.0
     if g.lw % 2 == 0:
         alpha[-1] = 1.0
-    ci = _angles(fw, np.arange(ow), g.lw)  # [Fw, OW]
-    spec = np.fft.rfft2(weight.astype(np.float64), s=(g.lh, g.lw))  # [O, C, Lh, Fw]
-    k = np.conj(spec).reshape(g.o, g.c, g.lh * g.fw).transpose(2, 1, 0)  # [F, C, O], conj: correlation
-    return {"ar": np.cos(a), "ai": -np.sin(a), "br": np.cos(b), "bi": -np.sin(b),
-            "kr": k.real, "ki": k.imag,
-            "gr": np.cos(gi) / g.lh, "gi": np.sin(gi) / g.lh,
-            "cr": alpha[:, None] * np.cos(ci) / g.lw, "ci": -alpha[:, None] * np.sin(ci) / g.lw}
+    ci = _angles(fw, np.arange(ow), g.lw)  # [Fw, OW]: inverse real DFT over W, output columns only
+    spec = np.conj(np.fft.rfft2(weight.astype(np.float64), s=(g.lh, g.lw)))  # [O, C, Lh, Fw]; conj: correlation
+    k = spec.transpose(3, 2, 1, 0).reshape(g.fw * g.lh, g.c, g.o)  # [F = (fw, fh), C, O]
+    return {"a": np.concatenate([np.cos(a), -np.sin(a)], axis=1),  # [W, 2Fw]
+            "b": _complex_block(np.cos(b), -np.sin(b)),  # [2H, 2Lh]
+            "k": np.concatenate([np.concatenate([k.real, k.imag], 2), np.concatenate([-k.imag, k.real], 2)], 1),
+            "g": _complex_block(np.cos(gi) / g.lh, np.sin(gi) / g.lh),  # [2Lh, 2OH]
+            "c": np.concatenate([alpha[:, None] * np.cos(ci), -alpha[:, None] * np.sin(ci)], 0) / g.lw}  # [2Fw, OW]
 
 
 def fft_conv2d_np(x: np.ndarray, weight: np.ndarray, padding, bias: np.ndarray | None = None) -> np.ndarray:
     """numpy twin of the Relax graph (float64), step by step."""
     g = geometry(x.shape, weight.shape, padding)
     k = dft_constants(g, weight)
-    x = x.astype(np.float64)
-    xr, xi = x @ k["ar"], x @ k["ai"]
-    sr, si = k["br"] @ xr - k["bi"] @ xi, k["br"] @ xi + k["bi"] @ xr  # [N, C, Lh, Fw]
-    sr = sr.reshape(g.n, g.c, -1).transpose(2, 0, 1)
-    si = si.reshape(g.n, g.c, -1).transpose(2, 0, 1)
-    yr, yi = sr @ k["kr"] - si @ k["ki"], sr @ k["ki"] + si @ k["kr"]  # [F, N, O]
-    yr = yr.transpose(1, 2, 0).reshape(g.n, g.o, g.lh, g.fw)
-    yi = yi.transpose(1, 2, 0).reshape(g.n, g.o, g.lh, g.fw)
-    zr, zi = k["gr"] @ yr - k["gi"] @ yi, k["gr"] @ yi + k["gi"] @ yr
-    y = zr @ k["cr"] + zi @ k["ci"]
+    oh, ow = g.out_hw
+    s = x.astype(np.float64) @ k["a"]  # [N, C, H, (2, Fw)]
+    s = s.reshape(g.n, g.c, g.h, 2, g.fw).transpose(0, 1, 4, 3, 2).reshape(-1, 2 * g.h) @ k["b"]
+    s = s.reshape(g.n, g.c, g.fw, 2, g.lh).transpose(2, 4, 0, 3, 1).reshape(g.fw * g.lh, g.n, 2 * g.c)
+    y = s @ k["k"]  # [F, N, (2, O)]
+    y = y.reshape(g.fw, g.lh, g.n, 2, g.o).transpose(2, 4, 0, 3, 1).reshape(-1, 2 * g.lh) @ k["g"]
+    y = y.reshape(g.n, g.o, g.fw, 2, oh).transpose(0, 1, 4, 3, 2).reshape(-1, 2 * g.fw) @ k["c"]
+    y = y.reshape(g.n, g.o, oh, ow)
     if bias is not None:
         y = y + bias.reshape(1, -1, 1, 1)
     return y
@@ -148,31 +155,27 @@ def fft_conv2d_np(x: np.ndarray, weight: np.ndarray, padding, bias: np.ndarray |
 
 def emit_fft_conv2d(bb, x, weight: np.ndarray, padding, bias: np.ndarray | None = None, dtype: str = "float32"):
     """Emit the FFT conv of Relax tensor ``x`` (NCHW) with constant ``weight`` (OIHW) into ``bb``;
-    returns the (emitted) output ``[N, O, OH, OW]``."""
+    returns the (emitted) output ``[N, O, OH, OW]``. The graph is :func:`fft_conv2d_np`'s: every
+    product a 2-D ``v @ M`` (or, for the channel mix, a batched one) with a constant right operand,
+    with transposes between them that bring the next transformed axis last."""
     from tvm import relax
 
     g = geometry([int(d) for d in x.ty.shape], weight.shape, padding)
     k = {name: relax.const(np.ascontiguousarray(v, dtype), dtype) for name, v in dft_constants(g, weight).items()}
-    op = relax.op
-    mm, emit = op.matmul, bb.emit
+    op, emit = relax.op, bb.emit
+    oh, ow = g.out_hw
 
-    def cmul_left(mr, mi, vr, vi):  # (mr + i·mi) @ (vr + i·vi)
-        return (emit(op.subtract(emit(mm(mr, vr)), emit(mm(mi, vi)))),
-                emit(op.add(emit(mm(mr, vi)), emit(mm(mi, vr)))))
+    def product(v, rows_shape, perm, flat, matrix):
+        """reshape v to ``rows_shape``, permute, flatten to ``flat``, multiply by ``matrix``."""
+        v = emit(op.permute_dims(emit(op.reshape(v, rows_shape)), perm))
+        return emit(op.matmul(emit(op.reshape(v, flat)), matrix))
 
-    xr, xi = emit(mm(x, k["ar"])), emit(mm(x, k["ai"]))
-    sr, si = cmul_left(k["br"], k["bi"], xr, xi)
-    f = g.lh * g.fw
-
-    def to_freq(t):
-        return emit(op.permute_dims(emit(op.reshape(t, (g.n, g.c, f))), [2, 0, 1]))
-
-    def from_freq(t):
-        return emit(op.reshape(emit(op.permute_dims(t, [1, 2, 0])), (g.n, g.o, g.lh, g.fw)))
-
-    yr, yi = cmul_left(to_freq(sr), to_freq(si), k["kr"], k["ki"])
-    zr, zi = cmul_left(k["gr"], k["gi"], from_freq(yr), from_freq(yi))
-    y = emit(op.add(emit(mm(zr, k["cr"])), emit(mm(zi, k["ci"]))))
+    s = emit(op.matmul(emit(op.reshape(x, (g.n * g.c * g.h, g.w))), k["a"]))
+    s = product(s, (g.n, g.c, g.h, 2, g.fw), [0, 1, 4, 3, 2], (g.n * g.c * g.fw, 2 * g.h), k["b"])
+    y = product(s, (g.n, g.c, g.fw, 2, g.lh), [2, 4, 0, 3, 1], (g.fw * g.lh, g.n, 2 * g.c), k["k"])
+    y = product(y, (g.fw, g.lh, g.n, 2, g.o), [2, 4, 0, 3, 1], (g.n * g.o * g.fw, 2 * g.lh), k["g"])
+    y = product(y, (g.n, g.o, g.fw, 2, oh), [0, 1, 4, 3, 2], (g.n * g.o * oh, 2 * g.fw), k["c"])
+    y = emit(op.reshape(y, (g.n, g.o, oh, ow)))
     if bias is not None:
         y = emit(op.add(y, relax.const(np.asarray(bias, dtype).reshape(1, -1, 1, 1), dtype)))
     return y
