@@ -29,13 +29,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# FFT is chosen when direct MACs >= FFT_RATIO x the FFT's (mixing + TRANSFORM_WEIGHT x transforms)
-# and the kernel is at least MIN_KERNEL on both sides; see prefer_fft. The constants reproduce the
-# decisions measured on this kind of CPU in REFERENCES.md B1 (same padding, batch 1: 3×3 never;
-# C=64 @32²: k=7 loses, k=11 and 15 win; C=256 @32²: k=5 wins; C=16: only k=15 wins), which came from
-# another FFT implementation: they are not yet calibrated against this graph's own timings.
-FFT_RATIO = 4.4
-TRANSFORM_WEIGHT = 2.0
+# FFT is chosen when direct MACs >= MIX_WEIGHT x the FFT's channel-mixing MACs + TRANSFORM_WEIGHT x its
+# transform MACs, and the kernel is at least MIN_KERNEL on both sides. Fitted to benchmarks/fft_conv.py
+# on this CPU (Zen 3, AVX2, 1 thread, batch 1, same padding; reforge's direct conv at about 0.025 ns per
+# MAC, the mix, which streams the complex weight spectra, at about 0.45): 3×3 and 5×5 never; 64 channels
+# @64²: k=7 a tie (direct), k=11 FFT 2.0x; @32²: k=11 2.0x, k=15 3.6x; 16 channels @32²: k=11 1.6x;
+# 256 channels @32², k=5: direct (FFT 1.8x slower, the mix dominates).
+MIX_WEIGHT = 18.0
+TRANSFORM_WEIGHT = 0.8
 MIN_KERNEL = 5
 
 
@@ -95,7 +96,7 @@ def prefer_fft(g: FFTConvGeometry) -> bool:
     if min(g.kh, g.kw) < MIN_KERNEL:
         return False
     direct, mixing, transforms = fft_costs(g)
-    return direct >= FFT_RATIO * (mixing + TRANSFORM_WEIGHT * transforms)
+    return direct >= MIX_WEIGHT * mixing + TRANSFORM_WEIGHT * transforms
 
 
 # ----------------------------------------------------------------------------- constants
