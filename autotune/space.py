@@ -4,8 +4,8 @@ The blocked conv (``conv2d_nchwc``) is searched over its register tile: the spli
 width (how many columns of accumulators) and of the output-channel chunks (how many vectors per
 column), both ``sample_perfect_tile`` decisions the evolutionary search mutates. The bit-serial
 conv likewise over its register tile (output columns × output channels), as categorical choices
-among the divisors that keep the accumulators in registers; the other bit-serial operators
-(pack, dense, OR-pool) keep their one schedule. Everything else in a schedule is the default one,
+among the divisors that keep the accumulators in registers; reforge's other operators (bit-serial
+pack, dense, OR-pool; the fast WHT) keep their one schedule. Everything else in a schedule is the default one,
 so every candidate is a valid, fully scheduled function.
 """
 
@@ -18,7 +18,7 @@ from tvm.s_tir import meta_schedule as ms
 from reforge.topi_ext.bitserial import CONV as BITSERIAL_CONV
 from reforge.topi_ext.bitserial import op_kind
 from reforge.topi_ext.conv2d_nchwc import BLOCK as CONV_NCHWC
-from reforge.topi_ext.schedule_bitserial import schedule_op
+from reforge.topi_ext.operator_schedules import OPERATOR_SCHEDULES
 from reforge.topi_ext.schedule_x86 import MAX_REG_N, schedule_conv2d_nchwc
 
 MAX_CHANNEL_CHUNKS = 2  # vectors per register-tile column
@@ -47,9 +47,10 @@ def _sampled_bitserial_tiles(sch: s_tir.Schedule, ow: int, oc: int, default_w: i
     return (choice(ow, default_w, MAX_BITSERIAL_COLUMNS), choice(oc, default_oc, MAX_BITSERIAL_CHANNELS))
 
 
-def bitserial_space(lanes: int, tunable: bool) -> ms.space_generator.ScheduleFn:
+def operator_space(lanes: int, kind: str) -> ms.space_generator.ScheduleFn:
+    """A reforge operator's schedule; the bit-serial conv's register tile sampled."""
     def generate(sch: s_tir.Schedule) -> s_tir.Schedule:
-        schedule_op(sch, lanes, _sampled_bitserial_tiles if tunable else None)
+        OPERATOR_SCHEDULES[kind](sch, lanes, _sampled_bitserial_tiles if kind == BITSERIAL_CONV else None)
         return sch
 
     return ms.space_generator.ScheduleFn(generate, sch_rules=[], postprocs=[], mutator_probs="from-target")
@@ -69,8 +70,8 @@ def block_names(func) -> set[str]:
 def space_for(task_mod, lanes: int):
     """The design space of one task (a module holding one fused PrimFunc)."""
     kind = op_kind(task_mod["main"])
-    if kind is not None:
-        return bitserial_space(lanes, tunable=kind == BITSERIAL_CONV)
+    if kind in OPERATOR_SCHEDULES:
+        return operator_space(lanes, kind)
     if CONV_NCHWC in block_names(task_mod["main"]):
         return conv2d_nchwc_space(lanes)
     return "post-order-apply"

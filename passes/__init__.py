@@ -1,8 +1,10 @@
 """Graph rewrites on Relax, each a ``tvm.transform.Pass`` with a ``report`` of what it did."""
 
 from .binarize import Binarize
+from .fft_conv import FFTConv
 from .fold_batchnorm import FoldBatchNorm
 from .fold_channel_tile import FoldChannelTile
+from .fwht import FastWHT
 from .merge_branches import MergeBranches
 from .registry import PASSES, PassInfo, get, select
 from .remove_noops import RemoveNoops
@@ -11,5 +13,5 @@ from .report import PassReport
 from .tvm_builtin import DeadCode, FoldConstants
 
 __all__ = ["PASSES", "PassInfo", "PassReport", "get", "select",
-           "Binarize", "DeadCode", "FoldBatchNorm", "FoldChannelTile", "FoldConstants", "MergeBranches",
-           "RemoveNoops", "RemoveResidual"]
+           "Binarize", "DeadCode", "FastWHT", "FFTConv", "FoldBatchNorm", "FoldChannelTile", "FoldConstants",
+           "MergeBranches", "RemoveNoops", "RemoveResidual"]

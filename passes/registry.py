@@ -13,8 +13,10 @@ import tvm
 from reforge.errors import ReforgeError
 
 from .binarize import Binarize
+from .fft_conv import FFTConv
 from .fold_batchnorm import FoldBatchNorm
 from .fold_channel_tile import FoldChannelTile
+from .fwht import FastWHT
 from .merge_branches import MergeBranches
 from .remove_noops import RemoveNoops
 from .remove_residual import RemoveResidual
@@ -79,6 +81,19 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Meng et al., RMNet: Equivalently Removing Residual Connection from Deep Neural Networks (RM Operation), "
              "arXiv 2021",
              level=2, targets=frozenset({"opencl-fpga"}), requires=("fold-constants", "fold-batchnorm")),
+    PassInfo("fwht", FastWHT,
+             "products with a constant Hadamard matrix (MatMul / Gemm / 1×1 conv; any scale, natural or "
+             "sequency order, zero-padded, block-diagonal) become a fast Walsh-Hadamard transform",
+             "Fino & Algazi, Unified matrix treatment of the fast Walsh-Hadamard transform, IEEE Trans. "
+             "Computers 1976; Pan, Badawi & Cetin, Block Walsh-Hadamard transform based binary layers in "
+             "deep neural networks, ACM TECS 2022",
+             level=2, requires=("fold-constants",), rtol=1e-5),
+    PassInfo("fft-conv", FFTConv,
+             "large-kernel stride-1 convs through 2-D real DFTs (weight spectra precomputed, per-frequency "
+             "channel mixing as a batched complex matmul), chosen by a multiply-add cost model; off by default",
+             "Mathieu, Henaff & LeCun, Fast training of convolutional networks through FFTs, ICLR 2014; "
+             "Vasilache et al., Fast convolutional nets with fbfft, ICLR 2015",
+             level=None, requires=("fold-constants",)),
     PassInfo("binarize", Binarize,
              "binarized conv / dense (±1 weights, sign / where / STE activations) to bit-packed XNOR-popcount "
              "operators; BatchNorm + sign between binary convs fused into integer thresholds",

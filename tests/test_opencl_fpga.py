@@ -7,6 +7,7 @@ Each model's output is compared with the x86 module on the same inputs:
 
 from __future__ import annotations
 
+import re
 import io
 import json
 import tarfile
@@ -55,7 +56,9 @@ def test_kernels_are_single_work_item_and_the_plan_is_complete():
     params = [b for b in plan["buffers"] if b["kind"] == "param"]
     assert sum(b["nbytes"] for b in params) == len(art.kernel_files["params.bin"])
     assert [buffers[n]["kind"] for n in plan["outputs"]] == ["output"]
-    assert art.manifest["build"]["schedules"]["single_work_item_reduction"] >= 9
+    assert art.manifest["build"]["schedules"]["single_work_item_reduction"] >= 5
+    removed = next(p for p in art.manifest["passes"] if p["name"] == "remove-residual")  # -O2 default here
+    assert sum(removed["rewrites"].values()) >= 1  # the streaming form: skip connections gone
 
 
 def test_cli_compile_verify_run_and_tamper(tmp_path, capsys):
@@ -64,7 +67,7 @@ def test_cli_compile_verify_run_and_tamper(tmp_path, capsys):
     out = str(tmp_path / "m.tar")
     assert main(["compile", model, "--target", "opencl-fpga", "--verify", "-o", out]) == 0
     report = capsys.readouterr().out
-    assert "final module    onnxruntime" in report and "OpenCL C, single work-item kernels" in report
+    assert re.search(r"final module\s+onnxruntime", report) and "OpenCL C, single work-item kernels" in report
     with tarfile.open(out) as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
     assert set(members) == {"manifest.json", "kernels.cl", "launch_plan.json", "params.bin"}

@@ -13,7 +13,8 @@ from .schedule_x86 import schedule_func
 def apply_default_schedules(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, Counter]:
     """Schedule each PrimFunc for a CPU with ``lanes`` fp32 vector lanes; count the rules used.
 
-    A function already scheduled (by tuning records) is kept and counted as ``tuned``.
+    A function already scheduled (by tuning records) is kept and counted as ``tuned``; reforge's
+    own operators get their schedules (``operator_schedules``), counted by operator.
     """
     used: Counter = Counter()
     for gv, func in list(mod.functions_items()):

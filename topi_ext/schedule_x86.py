@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from .bitserial import op_kind
 from .conv2d_nchwc import BLOCK as CONV_NCHWC
 
 PARALLEL_MIN_WORK = 1 << 18  # iterations below which threads cost more than they save
@@ -30,11 +29,11 @@ MATMUL_CHUNK = 512  # outputs one thread accumulates in L1 while it streams the 
 
 def default_schedule(func: tirx.PrimFunc, lanes: int) -> tuple[s_tir.Schedule | None, str]:
     """The schedule (with its trace) of the first rule that fits, and the rule's name."""
-    if op_kind(func) is not None:  # one of reforge's bit-serial operators: its own schedule
-        from .schedule_bitserial import schedule_op  # it builds on this module's helpers
+    from .operator_schedules import schedule_operator  # reforge's operators build on this module's helpers
 
-        sch = s_tir.Schedule(func)
-        return sch, schedule_op(sch, lanes)
+    found = schedule_operator(func, lanes)
+    if found is not None:
+        return found
     for rule, apply in (("conv2d_nchwc", _conv2d_nchwc), ("matmul", _matmul), ("generic", _generic)):
         sch = s_tir.Schedule(func)
         try:

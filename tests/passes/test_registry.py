@@ -13,13 +13,13 @@ from reforge import ReforgeError
 from reforge.passes import PASSES, get, select
 
 TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "fold-channel-tile", "merge-branches", "remove-residual",
-         "binarize", "dead-code"]
+         "fwht", "fft-conv", "binarize", "dead-code"]
 O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # the -O2 passes start at -O2
-O2 = [n for n in TABLE if n != "remove-residual"]  # remove-residual is on by default only for opencl-fpga
-O2_FPGA = TABLE
+O2 = [n for n in TABLE if n not in ("remove-residual", "fft-conv")]  # remove-residual: opencl-fpga; fft-conv: on request
+O2_FPGA = [n for n in TABLE if n != "fft-conv"]
 O2_CUDA = [n for n in O2 if n != "binarize"]  # bit-serial operators: CPU and FPGA schedules, none run on a GPU yet
 REWRITES = ("fold-batchnorm", "fold-channel-tile", "merge-branches", "remove-residual", "binarize")  # need fold-batchnorm
-O2_ONLY = ["fold-channel-tile", "merge-branches", "binarize"]
+O2_ONLY = ["fold-channel-tile", "merge-branches", "fwht", "binarize"]
 
 
 def test_table_order_and_prerequisites():
@@ -27,7 +27,9 @@ def test_table_order_and_prerequisites():
     assert PASSES["fold-batchnorm"].requires == ("fold-constants",)
     for name in REWRITES[1:]:
         assert PASSES[name].requires == ("fold-constants", "fold-batchnorm")
-    assert all(not PASSES[n].requires for n in TABLE if n not in REWRITES)
+    assert PASSES["fwht"].requires == PASSES["fft-conv"].requires == ("fold-constants",)
+    assert all(not PASSES[n].requires for n in TABLE if n not in (*REWRITES, "fwht", "fft-conv"))
+    assert PASSES["fft-conv"].level is None
 
 
 @pytest.mark.parametrize("name", TABLE)
@@ -44,12 +46,16 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(), O2),  # the default level is -O2
     (dict(opt_level=2, disable=["dead-code"]), O2[:-1]),
     (dict(opt_level=2, disable=O2_ONLY), O1),
-    (dict(opt_level=2, disable=["fold-batchnorm", *O2_ONLY]), ["remove-noops", "fold-constants", "dead-code"]),
+    (dict(opt_level=2, disable=["fold-batchnorm", "fold-channel-tile", "merge-branches", "binarize"]),
+     ["remove-noops", "fold-constants", "fwht", "dead-code"]),
     (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", *O2_ONLY]), ["remove-noops", "dead-code"]),
     (dict(opt_level=1, enable=["merge-branches"]), ["remove-noops", "fold-constants", "fold-batchnorm",
                                                     "merge-branches", "dead-code"]),
-    (dict(opt_level=2, enable=["remove-residual"]), TABLE),
+    (dict(opt_level=1, enable=["fwht"]), ["remove-noops", "fold-constants", "fold-batchnorm", "fwht", "dead-code"]),
+    (dict(opt_level=2, enable=["remove-residual"]), [n for n in TABLE if n != "fft-conv"]),
     (dict(opt_level=0, enable=["remove-residual"]), ["fold-constants", "fold-batchnorm", "remove-residual"]),
+    (dict(opt_level=2, enable=["fft-conv"]), [n for n in TABLE if n != "remove-residual"]),
+    (dict(opt_level=0, enable=["fft-conv"]), ["fold-constants", "fft-conv"]),
     (dict(opt_level=0, enable=["dead-code"]), ["dead-code"]),
     (dict(opt_level=0, enable=["fold-batchnorm"]), ["fold-constants", "fold-batchnorm"]),
     (dict(opt_level=0, enable=["dead-code", "remove-noops"]), ["remove-noops", "dead-code"]),  # table order

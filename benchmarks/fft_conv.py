@@ -1,0 +1,92 @@
+"""FFT convolution vs direct convolution: one stride-1 'same' conv (batch 1) under onnxruntime, under
+reforge -O2 (direct conv, blocked layout and default schedules) and under reforge -O2 with the
+fft-conv pass forced onto it, in this process, on the same inputs, 1 thread by default.
+
+    .venv/bin/python benchmarks/fft_conv.py [--layers 64:64:3 64:64:11] [--threads 1]
+
+A layer is C:H:k (C channels in and out, H×H input, k×k kernel). (Nx) = runtime ms / reforge fft ms;
+the last column is what the pass's cost model would pick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
+os.environ["TVM_NUM_THREADS"] = _threads
+
+import onnxruntime as ort  # noqa: E402
+import tvm  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import reforge  # noqa: E402
+from reforge.bench import set_threads  # noqa: E402
+from reforge.execution import time_calls  # noqa: E402
+from reforge.passes import FFTConv, registry  # noqa: E402
+from reforge.topi_ext import fft_conv  # noqa: E402
+
+
+def model(c: int, h: int, k: int, rng):
+    w = (rng.standard_normal((c, c, k, k)) / (k * np.sqrt(c))).astype("float32")
+    pads = [(k - 1) // 2, (k - 1) // 2, k // 2, k // 2]
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=pads)
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, h])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, h, h])],
+                              [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m, w, pads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", nargs="+", default=["64:64:3", "64:64:7", "64:64:11"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    registry.PASSES["fft-conv"] = dataclasses.replace(registry.PASSES["fft-conv"],
+                                                      make=lambda: FFTConv(policy="always"))
+    rows = []
+    for layer in args.layers:
+        c, h, k = (int(v) for v in layer.split(":"))
+        rng = np.random.default_rng(k)
+        m, w, pads = model(c, h, k, rng)
+        x = rng.standard_normal((1, c, h, h)).astype("float32")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
+        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        ref = sess.run(None, {"x": x})[0]
+        direct, fft = reforge.compile(m), reforge.compile(m, enable_passes=["fft-conv"])
+        tx = [tvm.runtime.tensor(x)]
+        fns = {"onnxruntime": lambda: sess.run(None, {"x": x})}
+        for name, art in (("reforge direct", direct), ("reforge fft", fft)):
+            out = list(art.run({"x": x}).values())[0]
+            err = float(np.abs(out - ref).max() / np.abs(ref).max())
+            assert err <= 1e-4, (name, err)
+            fns[name] = (lambda main: lambda: main(*tx))(art.runner.vm["main"])
+        rounds = [{n: statistics.median(time_calls(fn, args.repeat, warmup=2)) for n, fn in fns.items()}
+                  for _ in range(args.rounds)]
+        r = {n: min(rnd[n] for rnd in rounds) for n in fns}
+        ours = r["reforge fft"]
+        pick = fft_conv.prefer_fft(fft_conv.geometry(x.shape, w.shape, pads))
+        rows.append(f"| {c}→{c} @{h}² k={k} | {args.threads} | {r['onnxruntime']:.2f} ({r['onnxruntime'] / ours:.2f}x) | "
+                    f"{r['reforge direct']:.2f} ({r['reforge direct'] / ours:.2f}x) | {ours:.2f} | "
+                    f"{'fft' if pick else 'direct'} |")
+        print(rows[-1], flush=True)
+    print(f"\nms, median of {args.repeat} calls, best of {args.rounds} rounds; (Nx) = runtime / reforge fft\n")
+    print("| layer | threads | onnxruntime | reforge direct | reforge fft | cost model picks |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()

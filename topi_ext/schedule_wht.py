@@ -1,0 +1,71 @@
+"""x86 (and aarch64) schedule for the fast Walsh-Hadamard transform of :mod:`wht`.
+
+The transform of one row (``Q = 1``: a matmul input, rows contiguous) or of one strip of ``vec``
+columns (``Q > 1``: the channel axis of NCHW, ``vec`` neighbouring pixels contiguous) is computed by
+all log2 N stages while it stays in L1: every stage is computed at the output's row / strip loop,
+so each stage buffer is one row (N floats) or one N × vec strip. Rows / strips run in parallel.
+Inside a stage the butterfly's index ``i`` is split into (group, half, offset); the half (2) is
+unrolled, which resolves the add / subtract select, and the offset (h contiguous elements) is
+vectorized once h fills a vector; for ``Q > 1`` the strip's pixels are the vector at every stage.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+
+from .schedule_x86 import PARALLEL_MIN_WORK, _blocks, _divisor_at_most, _extents
+from .wht import OUT, STAGE
+
+
+def _mark(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    return func.with_attr("tirx.is_scheduled", True)
+
+
+def schedule_wht(func: tirx.PrimFunc, lanes: int = 8) -> tirx.PrimFunc:
+    """Schedule a PrimFunc built by :func:`wht.wht_prim_func` for a CPU with ``lanes`` fp32 lanes."""
+    sch = s_tir.Schedule(func)
+    schedule_wht_on(sch, lanes)
+    return _mark(sch.mod["main"])
+
+
+def schedule_wht_on(sch: s_tir.Schedule, lanes: int) -> None:
+    """:func:`schedule_wht` on a given schedule (whose trace tuning records keep)."""
+    func = sch.mod["main"]
+    blocks = {sch.get(b).name_hint: b for b in _blocks(sch)}
+    out = blocks[OUT]
+    p, m, q = sch.get_loops(out)
+    P, M, Q = _extents(sch, [p, m, q])
+    stages = sorted((name for name in blocks if name.startswith(STAGE)), key=lambda s: int(s[len(STAGE):]))
+    n = 1 << len(stages)
+    if Q == 1:
+        vec = 1
+        outer = p
+        if "perm" not in [prm.name for prm in func.params] and M % lanes == 0:
+            mo, mi = sch.split(m, [None, lanes])
+            sch.vectorize(mi)
+    else:
+        vec = _divisor_at_most(Q, 2 * lanes)
+        qo, qi = sch.split(q, [None, vec])
+        sch.reorder(p, qo, m, qi)
+        outer = sch.fuse(p, qo)
+        if vec > 1:
+            sch.vectorize(qi)
+    for name in reversed(["wht_pad", *stages]):
+        if name in blocks:
+            sch.compute_at(blocks[name], outer, preserve_unit_loops=True)
+    for s, name in enumerate(stages):
+        h = 1 << s
+        i, c = sch.get_loops(blocks[name])[-2:]
+        j, t, k = sch.split(i, [n // (2 * h), 2, h])
+        sch.unroll(t)
+        if vec > 1:
+            sch.vectorize(c)
+        elif h >= lanes:
+            ko, ki = sch.split(k, [None, lanes])
+            sch.vectorize(ki)
+        elif h > 1:
+            sch.unroll(k)
+    if "wht_pad" in blocks and vec > 1:
+        sch.vectorize(sch.get_loops(blocks["wht_pad"])[-1])
+    if P * M * Q * max(1, len(stages)) >= PARALLEL_MIN_WORK // 4 and _extents(sch, [outer])[0] > 1:
+        sch.parallel(outer)

@@ -1,0 +1,196 @@
+"""Fast Walsh-Hadamard transform (FWHT): ``y = scale · (x @ H_N)[..., perm] (+ bias)``, optionally
+soft-thresholded, in N·log2 N additions instead of N² multiply-adds.
+
+H_N is the Sylvester Hadamard matrix (``scipy.linalg.hadamard``): ``H[k, j] = (-1)^popcount(k & j)``,
+symmetric, natural ("Hadamard") order. The butterfly ``H_2N = H_2 ⊗ H_N`` gives log2 N stages; stage
+s (``h = 2^s``) maps pairs ``(i, i + h)`` with ``i & h == 0`` to ``(a + b, a − b)``.
+
+The operator works on a 3-D view ``x [P, K, Q]`` and transforms the middle axis (length K <= N,
+zero-padded to N), so one compute covers the last axis of a matmul input (``Q = 1``) and the channel
+axis of an NCHW tensor (``P = N``, ``Q = H·W``, what a 1×1 conv with a Hadamard weight becomes). Its
+output is ``[P, M, Q]``: ``out[p, m, q] = scale · fwht(x)[p, perm[m], q] (+ bias[m])``, where
+``perm`` (M <= N entries) crops the zero-padded transform, selects sequency (Walsh) order
+(:func:`sequency_perm`) or any other column order. With ``threshold`` the output is
+``sign(z)·max(|z| − T[m], 0)`` of that ``z`` (the WHT layer's soft threshold, fused in the epilogue);
+with ``in_scale`` the input is multiplied by ``d[k]`` first (``x @ (diag(d)·H)``, a Hadamard matrix
+with scaled rows, what folding the WHT layer's ``v ⊙`` into the matrix leaves).
+
+Relax: :func:`emit_wht` adds the PrimFunc (attribute ``reforge.op = "wht"``, opaque to FuseOps, not
+scheduled: the target's default scheduler finds it by the attribute; x86 uses
+:func:`schedule_wht.schedule_wht`) and a ``call_tir``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+OP = "wht"  # the PrimFunc's ``reforge.op`` attribute
+STAGE = "wht_stage"  # blocks wht_stage0 .. wht_stage{m-1}
+OUT = "wht_out"
+OPAQUE = 8  # relax OpPatternKind.kOpaque
+
+
+# ----------------------------------------------------------------------------- numpy
+
+
+def hadamard_entries(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``H[rows[:, None], cols[None, :]] = (-1)^popcount(row & col)`` as ±1 int8."""
+    bits = np.bitwise_and.outer(np.asarray(rows, np.int64), np.asarray(cols, np.int64))
+    parity = np.zeros_like(bits)
+    while bits.any():
+        parity ^= bits & 1
+        bits >>= 1
+    return (1 - 2 * parity).astype(np.int8)
+
+
+def hadamard(n: int) -> np.ndarray:
+    """Sylvester Hadamard matrix of order ``n`` (a power of two), entries ±1, natural order."""
+    return hadamard_entries(np.arange(n), np.arange(n)).astype(np.float64)
+
+
+def sequency_perm(n: int) -> np.ndarray:
+    """Row ``k`` of the sequency-ordered Walsh matrix is row ``perm[k]`` of ``hadamard(n)``:
+    ``perm[k] = bitreverse(gray(k))``; row ``perm[k]`` has exactly k sign changes."""
+    m = n.bit_length() - 1
+    gray = np.arange(n) ^ (np.arange(n) >> 1)
+    rev = np.zeros(n, dtype=np.int64)
+    for b in range(m):
+        rev |= ((gray >> b) & 1) << (m - 1 - b)
+    return rev
+
+
+def walsh(n: int) -> np.ndarray:
+    """The Walsh matrix in sequency order."""
+    return hadamard(n)[sequency_perm(n)]
+
+
+def fwht_np(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Unnormalized FWHT along ``axis`` (length a power of two), in float64: ``x @ hadamard(N)``."""
+    y = np.moveaxis(np.asarray(x, np.float64), axis, -1).copy()
+    n = y.shape[-1]
+    h = 1
+    while h < n:
+        y = y.reshape(y.shape[:-1] + (n // (2 * h), 2, h))
+        a, b = y[..., 0, :].copy(), y[..., 1, :].copy()
+        y[..., 0, :], y[..., 1, :] = a + b, a - b
+        y = y.reshape(y.shape[:-3] + (n,))
+        h *= 2
+    return np.moveaxis(y, -1, axis)
+
+
+def next_pow2(k: int) -> int:
+    return 1 << max(0, (k - 1).bit_length())
+
+
+# ----------------------------------------------------------------------------- TE
+
+
+def _butterfly(prev: te.Tensor, h: int):
+    """Stage with half-width ``h``: ``(a, b) -> (a + b, a − b)`` on pairs ``(i, i + h)``, ``i & h == 0``."""
+    def stage(a, i, c):
+        base = tirx.floordiv(i, 2 * h) * (2 * h) + tirx.floormod(i, h)
+        lo, hi = prev[a, base, c], prev[a, base + h, c]
+        return tirx.Select(tirx.floormod(tirx.floordiv(i, h), 2) == 0, lo + hi, lo - hi)
+    return stage
+
+
+def wht(x: te.Tensor, n: int, scale: float = 1.0, perm: te.Tensor | None = None, bias: te.Tensor | None = None,
+        threshold: te.Tensor | None = None, in_scale: te.Tensor | None = None) -> te.Tensor:
+    """FWHT of ``x [P, K, Q]`` over axis 1, zero-padded to ``n`` (a power of two >= K).
+
+    ``in_scale [K]`` multiplies the input first (``x ⊙ d`` then H: a Hadamard matrix with scaled rows);
+    ``perm [M]`` int32 (default: identity, M = n) picks output columns; ``bias [M]`` is added after
+    the scale; ``threshold [M]`` applies ``sign(z)·max(|z| − T, 0)`` last."""
+    p, k, q = (int(d) for d in x.shape)
+    assert n & (n - 1) == 0 and k <= n, (n, k)
+    dtype = str(x.dtype)
+    zero = tirx.const(0, dtype)
+    if k < n or in_scale is not None:
+        def load(a, i, c):
+            ii = tirx.min(i, k - 1) if k < n else i
+            v = x[a, ii, c] if in_scale is None else x[a, ii, c] * in_scale[ii]
+            return tirx.Select(i < k, v, zero) if k < n else v
+        prev = te.compute((p, n, q), load, name="wht_pad")
+    else:
+        prev = x
+    h = 1
+    s = 0
+    while h < n:
+        prev = te.compute((p, n, q), _butterfly(prev, h), name=f"{STAGE}{s}")
+        h *= 2
+        s += 1
+    m = int(perm.shape[0]) if perm is not None else n
+
+    def out(a, j, c):
+        # (the clamp bounds the gathered region, so the stages can be computed per row)
+        z = prev[a, tirx.min(tirx.max(perm[j], 0), n - 1) if perm is not None else j, c]
+        if scale != 1.0:
+            z = z * tirx.const(scale, dtype)
+        if bias is not None:
+            z = z + bias[j]
+        if threshold is not None:
+            mag = tirx.max(tirx.abs(z) - threshold[j], zero)
+            z = tirx.Select(z > zero, mag, tirx.Select(z < zero, -mag, zero))
+        return z
+
+    return te.compute((p, m, q), out, name=OUT)
+
+
+# ----------------------------------------------------------------------------- Relax
+
+
+def wht_prim_func(shape, dtype: str, n: int, scale: float = 1.0, perm: np.ndarray | None = None,
+                  bias: bool = False, threshold: bool = False, in_scale: bool = False):
+    """The PrimFunc of :func:`wht` for an input ``shape`` ``[P, K, Q]``; parameters
+    ``(x, [in_scale], [perm], [bias], [threshold], out)``, tagged ``reforge.op = "wht"``."""
+    xt = te.placeholder([int(d) for d in shape], dtype, "x")
+    inputs = [xt]
+    st = pt = bt = tt = None
+    if in_scale:
+        st = te.placeholder((int(shape[1]),), dtype, "in_scale")
+        inputs.append(st)
+    m = n if perm is None else len(perm)
+    if perm is not None:
+        pt = te.placeholder((m,), "int32", "perm")
+        inputs.append(pt)
+    if bias:
+        bt = te.placeholder((m,), dtype, "bias")
+        inputs.append(bt)
+    if threshold:
+        tt = te.placeholder((m,), dtype, "threshold")
+        inputs.append(tt)
+    out = wht(xt, n, scale, pt, bt, tt, st)
+    func = te.create_prim_func([*inputs, out]).with_attr("op_pattern", OPAQUE).with_attr("reforge.op", OP)
+    # what a later rewrite (the fused soft threshold) needs to emit the operator again
+    func = func.with_attr("reforge.wht", {"n": n, "scale": float(scale), "perm": perm is not None,
+                                          "bias": bool(bias), "threshold": bool(threshold),
+                                          "in_scale": bool(in_scale)})
+    return func, out
+
+
+def emit_wht(bb, x, n: int, scale: float = 1.0, perm: np.ndarray | None = None, bias: np.ndarray | None = None,
+             threshold: np.ndarray | None = None, in_scale: np.ndarray | None = None):
+    """Emit ``wht`` of the Relax tensor ``x [P, K, Q]`` into ``bb``; returns the ``[P, M, Q]`` result.
+
+    ``perm`` None or the identity of length n means no permutation."""
+    from tvm import relax
+
+    shape = [int(d) for d in x.ty.shape]
+    dtype = str(x.ty.dtype)
+    if perm is not None and len(perm) == n and np.array_equal(perm, np.arange(n)):
+        perm = None
+    func, out = wht_prim_func(shape, dtype, n, scale, perm, bias is not None, threshold is not None,
+                              in_scale is not None)
+    gv = bb.add_func(func, OP)
+    bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
+    args = [x]
+    if in_scale is not None:
+        args.append(relax.const(np.asarray(in_scale, dtype)))
+    if perm is not None:
+        args.append(relax.const(np.asarray(perm, "int32")))
+    if bias is not None:
+        args.append(relax.const(np.asarray(bias, dtype)))
+    if threshold is not None:
+        args.append(relax.const(np.asarray(threshold, dtype)))
+    return relax.call_tir(gv, args, relax.TensorType([int(d) for d in out.shape], dtype))
