@@ -7,9 +7,9 @@ Each model's output is compared with the x86 module on the same inputs:
 
 from __future__ import annotations
 
-import re
 import io
 import json
+import re
 import tarfile
 
 import numpy as np
