@@ -84,8 +84,7 @@ class Artifact:
     def emulated(self) -> bool:
         """Whether ``run`` / ``time`` go through an emulator (qemu, or OpenCL on a CPU) rather than
         the target's device."""
-        runner = type(self.runner).__name__
-        return runner == "QemuRunner" or (runner == "OpenCLRunner" and self.runner.on_cpu)
+        return self.runner.emulated
 
     def library(self) -> bytes | None:
         """``model.so`` as deployed: built for the target's CPU, cross-compiled where needed

@@ -49,6 +49,8 @@ def _flatten(value) -> list[np.ndarray]:
 class Runner:
     """A Relax VM over an executable (in memory, loaded from a .so, or on an RPC ``session``)."""
 
+    emulated = False  # runs on the target's own CPU / GPU
+
     def __init__(self, executable, device=None, session=None):
         self.device = device if device is not None else tvm.cpu()
         self.session = session  # keeps a remote device's session open

@@ -42,7 +42,7 @@ class OpenCLRunner:
             raise ReforgeError(f"launch plan format {self.plan.get('format')!r}; this reforge reads {PLAN_FORMAT}")
         try:
             self.context, self.queue = _device(cl)
-            self.on_cpu = bool(self.context.devices[0].type & cl.device_type.CPU)
+            self.emulated = bool(self.context.devices[0].type & cl.device_type.CPU)  # PoCL, not an FPGA
             self.program = cl.Program(self.context, files[SOURCE].decode()).build()
         except cl.Error as err:
             raise ReforgeError(f"no usable OpenCL device or kernels: {one_line(err)}") from err

@@ -21,6 +21,8 @@ TIMEOUT = 1800  # seconds for one emulated invocation
 class QemuRunner:
     """``run`` / ``time`` as :class:`reforge.execution.Runner`, for an aarch64 ``model.so``."""
 
+    emulated = True
+
     def __init__(self, library: bytes):
         self.qemu = require(QEMU_AARCH64, "running an 'arm' module on this machine")
         self.runner = aarch64_runner()
