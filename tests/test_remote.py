@@ -3,10 +3,10 @@ Remote outputs are compared with the local run of the same artifact (identical c
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -22,41 +22,60 @@ from .conftest import conv_bn_relu_model
 KEY = "reforge-test"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# ports: each process searches a range and binds the first free port, so no port is picked in advance
+# and then lost to another process (the race that made this fixture flaky)
+PORTS = (9190, 9990)
+TRACKER = ("import sys; from tvm.rpc.tracker import Tracker; "
+           "t = Tracker('127.0.0.1', port=int(sys.argv[1]), port_end=int(sys.argv[2])); "
+           "print(t.port, flush=True); t.proc.join()")
 
 
-def start_server(tracker_port: int) -> subprocess.Popen:
-    port = free_port()
-    return subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{tracker_port}",
-                             "--key", KEY, "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def spawn(argv: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as err:
+        return subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, stderr=err, text=True,
+                                start_new_session=True)
 
 
-def wait_for_servers(port: int, n: int, seconds: float = 90) -> None:
+def start_tracker(log: Path) -> tuple[subprocess.Popen, int]:
+    """A tracker on the first free port of PORTS; the port it bound is read back from its stdout."""
+    proc = spawn(["-c", TRACKER, *map(str, PORTS)], log)
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        proc.wait(timeout=30)
+        raise RuntimeError(f"RPC tracker did not start: {log.read_text()[-2000:]}")
+    return proc, int(line)
+
+
+def start_server(tracker_port: int, log: Path) -> subprocess.Popen:
+    return spawn(["-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{tracker_port}", "--key", KEY,
+                  "--host", "127.0.0.1", "--port", str(PORTS[0]), "--port-end", str(PORTS[1])], log)
+
+
+def wait_for_servers(port: int, servers: list[subprocess.Popen], logs: list[Path], seconds: float = 120) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
         try:
             info = rpc.connect_tracker("127.0.0.1", port).summary()["server_info"]
-            if sum(1 for s in info if s.get("key") == f"server:{KEY}") >= n:
+            if sum(1 for s in info if s.get("key") == f"server:{KEY}") >= len(servers):
                 return
         except (OSError, RuntimeError):
             pass
+        dead = [log for proc, log in zip(servers, logs) if proc.poll() is not None]
+        if dead:
+            raise RuntimeError(f"RPC server exited: {dead[0].read_text()[-2000:]}")
         time.sleep(0.5)
-    raise TimeoutError(f"{n} RPC servers did not register")
+    raise TimeoutError(f"{len(servers)} RPC servers did not register: {logs[0].read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")
-def tracker():
-    port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-                               "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)]
-    procs += [start_server(port), start_server(port)]
+def tracker(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("rpc")
+    proc, port = start_tracker(logs / "tracker.log")
+    procs = [proc]
     try:
-        wait_for_servers(port, 2)
+        server_logs = [logs / f"server{i}.log" for i in range(2)]
+        procs += [start_server(port, log) for log in server_logs]
+        wait_for_servers(port, procs[1:], server_logs)
         yield port, procs
     finally:
         for p in procs:
