@@ -24,6 +24,11 @@ from tvm import relax
 from .graph import const_value, op_name
 
 
+# every activation operator a rewrite must not move a linear operator across, known to the table or not
+ACTIVATION_OPS = ("relax.nn.relu", "relax.nn.relu6", "relax.clip", "relax.nn.leakyrelu", "relax.nn.prelu",
+                  "relax.nn.silu", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.sigmoid", "relax.tanh")
+
+
 @dataclass(frozen=True)
 class Activation:
     name: str

@@ -30,16 +30,16 @@ import tvm_ffi
 from tvm import relax, topi
 
 from . import kernel_algebra as ka
+from .activations import ACTIVATION_OPS
 from .analysis import graph_stats
-from .graph import channel_const, channel_vector, cleanup, const, const_value, is_const, mutate_functions, op_name, \
-    tensor_dtype, tensor_shape
-from .merge_branches import _ACTIVATIONS, _emit, _read_linear
+from .graph import (channel_const, channel_vector, cleanup, const, const_value, emit_conv, is_const, mutate_functions,
+                    op_name, read_linear, tensor_dtype, tensor_shape)
 from .report import BlockReport
 
 FOLDED = "channel tiles folded into a conv"
 BORDER = " with a border-corrected bias map"  # per-copy shifts before a zero-padding conv
 _AFFINE = ("relax.multiply", "relax.add", "relax.subtract", "relax.divide")
-_PER_COPY = (*_ACTIVATIONS, "relax.sign", "relax.round", "relax.floor", "relax.ceil")
+_PER_COPY = (*ACTIVATION_OPS, "relax.sign", "relax.round", "relax.floor", "relax.ceil")
 _MAX_DEPTH = 16
 
 
@@ -72,7 +72,7 @@ class _Fold(relax.PyExprMutator):
         return self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
 
     def _fold(self, call: relax.Call) -> relax.Expr | None:
-        conv = _read_linear(call)
+        conv = read_linear(call)
         if conv is None:
             return None
         shape = tensor_shape(conv.data)
@@ -115,7 +115,7 @@ class _Fold(relax.PyExprMutator):
                     conv.weight, shift, shape[2:], conv.strides, conv.padding, conv.dilation)
                 bias = np.zeros_like(bias)
         self.report.count(FOLDED + (BORDER if border is not None else ""))
-        out = _emit(replace(conv, data=data, weight=summed, bias=bias))
+        out = emit_conv(replace(conv, data=data, weight=summed, bias=bias))
         return out if border is None else relax.op.add(out, const(border[None], conv.dtype))
 
     def _tile(self, expr) -> tuple[relax.Expr, int] | None:

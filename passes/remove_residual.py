@@ -34,10 +34,10 @@ import tvm
 from tvm import relax
 
 from . import kernel_algebra as ka
-from .activations import Activation, lower_bound, read_activation
+from .activations import ACTIVATION_OPS, Activation, lower_bound, read_activation
 from .analysis import graph_stats
-from .graph import cleanup, const_value, is_const, mutate_functions, op_name, tensor_dtype, tensor_shape, use_counts
-from .merge_branches import _ACTIVATIONS, _Conv, _emit, _read_linear
+from .graph import (Conv, cleanup, const_value, emit_conv, is_const, mutate_functions, op_name, read_linear,
+                    tensor_dtype, tensor_shape, use_counts)
 from .report import BlockReport
 
 IDENTITY, PROJECTION = "residual blocks removed (identity shortcut)", "residual blocks removed (projection shortcut)"
@@ -83,7 +83,7 @@ class _Remove(relax.PyExprMutator):
                 return value
         return None
 
-    def _conv(self, expr, uses: int = 1) -> _Conv | None:
+    def _conv(self, expr, uses: int = 1) -> Conv | None:
         """A ``conv2d(x, W) [+ b]`` (constant W and b) bound to ``expr``, used ``uses`` times."""
         add, bias = self._producer(expr, ("relax.add",), uses), None
         if add is not None:
@@ -93,7 +93,7 @@ class _Remove(relax.PyExprMutator):
             if bias.size != tensor_shape(add)[1] and bias.size != 1:
                 return None
             expr = add.args[0]
-        conv = _read_linear(self._producer(expr, ("relax.nn.conv2d",), uses if add is None else 1))
+        conv = read_linear(self._producer(expr, ("relax.nn.conv2d",), uses if add is None else 1))
         if conv is None or bias is None:
             return conv
         return replace(conv, bias=conv.bias + np.broadcast_to(bias.reshape(-1), conv.bias.shape))
@@ -155,7 +155,7 @@ class _Remove(relax.PyExprMutator):
             found = read_activation(conv.data, self.lookup, self.builder_.get()) \
                 if self.uses.get(conv.data, 1) == 1 else None
             if found is None:
-                act = self._producer(conv.data, _ACTIVATIONS)
+                act = self._producer(conv.data, ACTIVATION_OPS)
                 if act is None:
                     return None
                 other_act, expr, uses = op_name(act).removeprefix("relax."), act.args[0], 1
@@ -170,7 +170,7 @@ class _Remove(relax.PyExprMutator):
         return self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
 
 
-def _misaligned(convs: list[_Conv], projection: _Conv | None, in_shape, out_shape) -> str | None:
+def _misaligned(convs: list[Conv], projection: Conv | None, in_shape, out_shape) -> str | None:
     """Why the reserved channels would not line up with the shortcut, or None."""
     for c in [*convs, *([projection] if projection is not None else [])]:
         kh, kw = c.size
@@ -188,7 +188,7 @@ def _misaligned(convs: list[_Conv], projection: _Conv | None, in_shape, out_shap
     return None
 
 
-def _reserve_and_merge(x: relax.Expr, convs: list[_Conv], projection: _Conv | None, acts: list[Activation],
+def _reserve_and_merge(x: relax.Expr, convs: list[Conv], projection: Conv | None, acts: list[Activation],
                        signs: tuple[float, ...], scale: float, offset: float) -> relax.Expr:
     """The block as a chain: every conv widened by reserved channels that carry ``s·x + offset`` for each
     sign s (``C_in`` each), merged back into the last conv with weight ``s·scale``."""
@@ -213,7 +213,7 @@ def _reserve_and_merge(x: relax.Expr, convs: list[_Conv], projection: _Conv | No
             weight[:r, :r] = dirac(r, c.size)
             weight[r:, r:] = w
             bias = np.concatenate([np.zeros(r), c.bias])
-        out = _emit(replace(c, data=out, weight=weight, groups=1, bias=bias))
+        out = emit_conv(replace(c, data=out, weight=weight, groups=1, bias=bias))
         if i < len(convs) - 1:
             out = acts[i].apply(out)
     return out
