@@ -7,12 +7,17 @@ slice ``W_k`` of the kernel, so the tile never needs to exist:
     conv(tile_β(x), W)              =  conv(x, Σ_k W_k)
     conv(tile_β(x)·S + T, W)        =  conv(x, Σ_k W_k·S_k) + Σ W·T           unpadded conv
                                     =  conv(x + t, Σ_k W_k·S_k)               when T_k = t·S_k for every copy
+                                    =  conv(x, Σ_k W_k·S_k) + B               zero-padding conv, any T
+
+with ``B[o, y, x] = Σ W[o, i, p, q]·T[i]`` over the taps of output (y, x) that land inside the
+image (the zero-padded border is not shifted: ``pad₀(z + T) ≠ pad₀(z) + T``): a constant
+``(1, O, H', W')`` bias, the per-channel ``Σ W·T`` in the interior and less at the border.
 
 Per-channel affine ops (constant multiply / add / subtract / divide, a lone BatchNorm after
 fold-batchnorm) between the tile and the conv are folded this way: scales into the slices before
-summing, shifts into the bias when the conv does not pad, else moved ahead of the tile when they
-are the same input shift for every copy. Anything else per copy between tile and conv (ReActNet's
-learnable bias before ``sign``) stays, and the report says so.
+summing, shifts into the bias when the conv does not pad, moved ahead of the tile when they are the
+same input shift for every copy, else into the bias map B. Anything else per copy between tile and
+conv (ReActNet's learnable bias before ``sign``) stays, and the report says so.
 """
 
 from __future__ import annotations
@@ -25,15 +30,16 @@ import tvm_ffi
 from tvm import relax, topi
 
 from . import kernel_algebra as ka
+from .activations import ACTIVATION_OPS
 from .analysis import graph_stats
-from .graph import channel_const, channel_vector, cleanup, const_value, is_const, mutate_functions, op_name, \
-    tensor_dtype, tensor_shape
-from .merge_branches import _ACTIVATIONS, _emit, _read_linear
+from .graph import (channel_const, channel_vector, cleanup, const, const_value, emit_conv, is_const, mutate_functions,
+                    op_name, read_linear, tensor_dtype, tensor_shape)
 from .report import BlockReport
 
 FOLDED = "channel tiles folded into a conv"
+BORDER = " with a border-corrected bias map"  # per-copy shifts before a zero-padding conv
 _AFFINE = ("relax.multiply", "relax.add", "relax.subtract", "relax.divide")
-_PER_COPY = (*_ACTIVATIONS, "relax.sign", "relax.round", "relax.floor", "relax.ceil")
+_PER_COPY = (*ACTIVATION_OPS, "relax.sign", "relax.round", "relax.floor", "relax.ceil")
 _MAX_DEPTH = 16
 
 
@@ -66,7 +72,7 @@ class _Fold(relax.PyExprMutator):
         return self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
 
     def _fold(self, call: relax.Call) -> relax.Expr | None:
-        conv = _read_linear(call)
+        conv = read_linear(call)
         if conv is None:
             return None
         shape = tensor_shape(conv.data)
@@ -97,18 +103,20 @@ class _Fold(relax.PyExprMutator):
                 shift = shift + c if op == "relax.add" else shift - c
         weight = ka.scale_conv_inputs(conv.weight, scale, 1)
         summed = weight.reshape(weight.shape[0], beta, channels, *weight.shape[2:]).sum(axis=1)
-        bias, data = conv.bias, x
-        if np.any(shift):
-            if not any(conv.padding):
-                bias = bias + ka.conv_bias_of_input_shift(conv.weight, shift, 1)
-            else:
-                t = _common_input_shift(scale.reshape(beta, channels), shift.reshape(beta, channels))
-                if t is None:
-                    self.report.refuse("kept a channel tile: its copies are shifted differently and the conv zero-pads")
-                    return None
+        bias, data, border = conv.bias, x, None
+        if np.any(shift) and not any(conv.padding):
+            bias = bias + ka.conv_bias_of_input_shift(conv.weight, shift, 1)
+        elif np.any(shift):
+            t = _common_input_shift(scale.reshape(beta, channels), shift.reshape(beta, channels))
+            if t is not None:
                 data = relax.op.add(x, channel_const(t, 4, 1, tensor_dtype(x)))
-        self.report.count(FOLDED)
-        return _emit(replace(conv, data=data, weight=summed, bias=bias))
+            else:  # copies shifted differently before a zero-padding conv: the bias map B
+                border = bias[:, None, None] + ka.conv_bias_map_of_input_shift(
+                    conv.weight, shift, shape[2:], conv.strides, conv.padding, conv.dilation)
+                bias = np.zeros_like(bias)
+        self.report.count(FOLDED + (BORDER if border is not None else ""))
+        out = emit_conv(replace(conv, data=data, weight=summed, bias=bias))
+        return out if border is None else relax.op.add(out, const(border[None], conv.dtype))
 
     def _tile(self, expr) -> tuple[relax.Expr, int] | None:
         """``(x, β)`` if ``expr`` is x tiled β times along channels (NCHW), else None."""

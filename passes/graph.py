@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm import relax
 
 from reforge.frontend.relax_types import static_shape
+
+from . import kernel_algebra as ka
 
 
 def op_name(expr) -> str | None:
@@ -109,3 +112,86 @@ def cleanup(mod: tvm.IRModule) -> tvm.IRModule:
     """Drop aliases and dead bindings left behind by a rewrite."""
     return tvm.transform.Sequential([relax.transform.CanonicalizeBindings(),
                                      relax.transform.DeadCodeElimination()])(mod)
+
+
+# ----------------------------------------------------------------------------- linear operators as conv2d
+# (merge-branches, remove-residual and fold-channel-tile read and emit them)
+
+
+@dataclass(frozen=True)
+class Conv:
+    """A linear operator read as ``conv2d(data, weight) + bias`` (NCHW / OIHW, float64 numbers).
+
+    ``cost``: multiply-adds per batch of the operators it stands for (0 for ``x·s``);
+    ``is_conv``: it contains a real convolution (merging only identities and scales gains nothing).
+    """
+
+    data: relax.Expr
+    weight: np.ndarray
+    groups: int
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: tuple[int, int]
+    bias: np.ndarray
+    dtype: str
+    cost: int
+    is_conv: bool
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.weight.shape[2], self.weight.shape[3]
+
+    @property
+    def unit_kernel(self) -> bool:
+        return self.size == (1, 1)
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+def conv_cost(weight_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    return int(np.prod(out_shape[1:])) * int(np.prod(weight_shape[1:]))
+
+
+def read_linear(call) -> Conv | None:
+    """conv2d with a constant kernel, average pooling, or ``x·s[c]``, as a ``Conv``."""
+    if call is None:
+        return None
+    name, out, dtype = op_name(call), tensor_shape(call), tensor_dtype(call)
+    if out is None or len(out) != 4 or not (dtype or "").startswith("float") or tensor_dtype(call.args[0]) != dtype:
+        return None
+    a = call.attrs if name else None
+    if name == "relax.nn.conv2d" and is_const(call.args[1]) \
+            and (a["data_layout"], a["kernel_layout"], a["out_layout"] or "NCHW") == ("NCHW", "OIHW", "NCHW"):
+        w = const_value(call.args[1]).astype(np.float64)
+        return Conv(call.args[0], w, int(a["groups"]), _ints(a["strides"]), _ints(a["padding"]),
+                     _ints(a["dilation"]), np.zeros(out[1]), dtype, conv_cost(w.shape, out), True)
+    if name == "relax.nn.avg_pool2d" and a["layout"] == "NCHW" and (a["out_layout"] or "NCHW") == "NCHW" \
+            and not a["ceil_mode"] and (a["count_include_pad"] or not any(_ints(a["padding"]))):
+        size = _ints(a["pool_size"])
+        w = ka.channel_kernel(np.full(out[1], 1.0 / (size[0] * size[1])), size)
+        return Conv(call.args[0], w, out[1], _ints(a["strides"]), _ints(a["padding"]), _ints(a["dilation"]),
+                     np.zeros(out[1]), dtype, conv_cost(w.shape, out), False)
+    if name == "relax.multiply":
+        for data, c in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
+            s = channel_vector(const_value(c), out, 1) if is_const(c) and not is_const(data) else None
+            if s is not None and tensor_shape(data) == out:
+                return identity_conv(data, out, dtype, s.astype(np.float64))
+    return None
+
+
+def identity_conv(data: relax.Expr, shape: tuple[int, ...], dtype: str, scale: np.ndarray | None = None) -> Conv:
+    """``data·s[c]`` (the identity when ``scale`` is None) as a depthwise 1×1 conv."""
+    s = np.ones(shape[1]) if scale is None else scale
+    return Conv(data, ka.channel_kernel(s), shape[1], (1, 1), (0, 0, 0, 0), (1, 1), np.zeros(shape[1]), dtype, 0,
+                 False)
+
+
+def emit_conv(conv: Conv) -> relax.Expr:
+    """``conv2d(data, W) [+ bias]`` in the operator's dtype."""
+    out = relax.op.nn.conv2d(conv.data, const(conv.weight, conv.dtype), strides=conv.strides,
+                             padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    if np.any(conv.bias):
+        out = relax.op.add(out, channel_const(conv.bias, 4, 1, conv.dtype))
+    return out

@@ -48,6 +48,21 @@ def conv_bias_of_input_shift(w: np.ndarray, t: np.ndarray, groups: int) -> np.nd
     return (w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2) * shifts).sum(axis=1)
 
 
+def conv_bias_map_of_input_shift(w: np.ndarray, t: np.ndarray, in_hw: tuple[int, int], strides: tuple[int, int],
+                                 padding: tuple[int, int, int, int], dilation: tuple[int, int]) -> np.ndarray:
+    """``conv(pad₀(x + t[c]), W)`` = ``conv(pad₀(x), W) + B`` for a zero-padding 2-D conv (groups 1), with
+    ``B[o, y, x] = Σ_{i,p,q} W[o, i, p, q]·t[i]·[tap (p, q) of output (y, x) lands inside the image]``:
+    the interior sees ``Σ W·t``, the border only the taps that do not read padding. Shape ``(O, H', W')``."""
+    taps = np.einsum("oipq,i->opq", w, t)
+    inside = []
+    for axis in (0, 1):
+        k, pad, size = w.shape[2 + axis], padding[axis], in_hw[axis]
+        out = (size + pad + padding[axis + 2] - dilation[axis] * (k - 1) - 1) // strides[axis] + 1
+        pos = np.arange(out)[:, None] * strides[axis] + np.arange(k)[None, :] * dilation[axis] - pad
+        inside.append(((pos >= 0) & (pos < size)).astype(w.dtype))  # [output, tap]
+    return np.einsum("opq,yp,xq->oyx", taps, inside[0], inside[1])
+
+
 def scale_dense_inputs(w: np.ndarray, s: np.ndarray) -> np.ndarray:
     """``(x·s[k]) @ W`` = ``x @ W'`` with ``W'[k] = W[k]·s[k]``."""
     return w * s.reshape(-1, 1)

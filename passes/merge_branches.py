@@ -27,13 +27,12 @@ from tvm import relax
 
 from . import kernel_algebra as ka
 from .analysis import graph_stats
-from .graph import (channel_const, channel_vector, cleanup, const, const_value, is_const, mutate_functions, op_name,
-                    tensor_dtype, tensor_shape, use_counts)
+from .activations import ACTIVATION_OPS
+from .graph import (Conv, channel_const, channel_vector, cleanup, const_value, conv_cost, emit_conv, identity_conv,
+                    is_const, mutate_functions, op_name, read_linear, tensor_dtype, tensor_shape, use_counts)
 from .report import BlockReport
 
 _MAX_ROUNDS = 16
-_ACTIVATIONS = ("relax.nn.relu", "relax.nn.relu6", "relax.clip", "relax.nn.leakyrelu", "relax.nn.prelu",
-                "relax.nn.silu", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.sigmoid", "relax.tanh")
 _LINEAR = ("relax.nn.conv2d", "relax.nn.avg_pool2d", "relax.multiply")
 PARALLEL, SEQUENTIAL = "parallel branches merged", "sequential convs merged"
 
@@ -61,76 +60,6 @@ class MergeBranches:
 
 
 # ----------------------------------------------------------------------------- pattern
-
-
-@dataclass(frozen=True)
-class _Conv:
-    """A linear operator read as ``conv2d(data, weight) + bias`` (NCHW / OIHW, float64 numbers).
-
-    ``cost``: multiply-adds per batch of the operators it stands for (0 for ``x·s``);
-    ``is_conv``: it contains a real convolution (merging only identities and scales gains nothing).
-    """
-
-    data: relax.Expr
-    weight: np.ndarray
-    groups: int
-    strides: tuple[int, int]
-    padding: tuple[int, int, int, int]  # top, left, bottom, right
-    dilation: tuple[int, int]
-    bias: np.ndarray
-    dtype: str
-    cost: int
-    is_conv: bool
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.weight.shape[2], self.weight.shape[3]
-
-    @property
-    def unit_kernel(self) -> bool:
-        return self.size == (1, 1)
-
-
-def _ints(values) -> tuple[int, ...]:
-    return tuple(int(v) for v in values)
-
-
-def _cost(weight_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
-    return int(np.prod(out_shape[1:])) * int(np.prod(weight_shape[1:]))
-
-
-def _read_linear(call) -> _Conv | None:
-    """conv2d with a constant kernel, average pooling, or ``x·s[c]``, as a ``_Conv``."""
-    if call is None:
-        return None
-    name, out, dtype = op_name(call), tensor_shape(call), tensor_dtype(call)
-    if out is None or len(out) != 4 or not (dtype or "").startswith("float") or tensor_dtype(call.args[0]) != dtype:
-        return None
-    a = call.attrs if name else None
-    if name == "relax.nn.conv2d" and is_const(call.args[1]) \
-            and (a["data_layout"], a["kernel_layout"], a["out_layout"] or "NCHW") == ("NCHW", "OIHW", "NCHW"):
-        w = const_value(call.args[1]).astype(np.float64)
-        return _Conv(call.args[0], w, int(a["groups"]), _ints(a["strides"]), _ints(a["padding"]),
-                     _ints(a["dilation"]), np.zeros(out[1]), dtype, _cost(w.shape, out), True)
-    if name == "relax.nn.avg_pool2d" and a["layout"] == "NCHW" and (a["out_layout"] or "NCHW") == "NCHW" \
-            and not a["ceil_mode"] and (a["count_include_pad"] or not any(_ints(a["padding"]))):
-        size = _ints(a["pool_size"])
-        w = ka.channel_kernel(np.full(out[1], 1.0 / (size[0] * size[1])), size)
-        return _Conv(call.args[0], w, out[1], _ints(a["strides"]), _ints(a["padding"]), _ints(a["dilation"]),
-                     np.zeros(out[1]), dtype, _cost(w.shape, out), False)
-    if name == "relax.multiply":
-        for data, c in ((call.args[0], call.args[1]), (call.args[1], call.args[0])):
-            s = channel_vector(const_value(c), out, 1) if is_const(c) and not is_const(data) else None
-            if s is not None and tensor_shape(data) == out:
-                return _identity(data, out, dtype, s.astype(np.float64))
-    return None
-
-
-def _identity(data: relax.Expr, shape: tuple[int, ...], dtype: str, scale: np.ndarray | None = None) -> _Conv:
-    """``data·s[c]`` (the identity when ``scale`` is None) as a depthwise 1×1 conv."""
-    s = np.ones(shape[1]) if scale is None else scale
-    return _Conv(data, ka.channel_kernel(s), shape[1], (1, 1), (0, 0, 0, 0), (1, 1), np.zeros(shape[1]), dtype, 0,
-                 False)
 
 
 # ----------------------------------------------------------------------------- rewrite
@@ -171,7 +100,7 @@ class _Merge(relax.PyExprMutator):
 
     # -- sequential
 
-    def _read(self, expr: relax.Expr) -> _Conv | None:
+    def _read(self, expr: relax.Expr) -> Conv | None:
         """A once-used ``linear(x) [+ b]`` bound to ``expr``, read with b as its bias."""
         add = self._producer(expr, ("relax.add",))
         bias = None
@@ -180,10 +109,10 @@ class _Merge(relax.PyExprMutator):
             if bias is None:
                 return None
             expr = add.args[0]
-        linear = _read_linear(self._producer(expr, _LINEAR))
+        linear = read_linear(self._producer(expr, _LINEAR))
         return linear if linear is None or bias is None else replace(linear, bias=linear.bias + bias)
 
-    def _chain(self, last: _Conv) -> tuple[_Conv, int]:
+    def _chain(self, last: Conv) -> tuple[Conv, int]:
         """``last`` composed with the linear operators that feed it, as far as that is exact,
         and how many pairs were composed."""
         first = self._read(last.data)
@@ -195,23 +124,23 @@ class _Merge(relax.PyExprMutator):
 
     def _merge_chain(self, call: relax.Call) -> relax.Expr | None:
         """A conv fed by a conv (through linear operators only), composed into one."""
-        second, shape = _read_linear(call), tensor_shape(call)
+        second, shape = read_linear(call), tensor_shape(call)
         first = self._read(second.data) if second is not None else None
         if first is None or not first.is_conv:
-            act = self._producer(second.data, _ACTIVATIONS) if second is not None else None
+            act = self._producer(second.data, ACTIVATION_OPS) if second is not None else None
             if act is not None and getattr(self._read(act.args[0]), "is_conv", False):
                 self.found.refused[f"kept conv -> {op_name(act).removeprefix('relax.')} -> conv: "
                                    "a nonlinearity sits between them"] += 1
             return None
         first, pairs = self._chain(first)
         composed = _compose(first, second)
-        if isinstance(composed, _Conv) and _cost(composed.weight.shape, shape) > composed.cost:
+        if isinstance(composed, Conv) and conv_cost(composed.weight.shape, shape) > composed.cost:
             composed = "kept a conv pair: the composed kernel costs more multiply-adds than the pair"
         if isinstance(composed, str):
             self.found.refused[composed] += 1
             return None
         self.found.merged[SEQUENTIAL] += pairs + 1
-        return _emit(composed)
+        return emit_conv(composed)
 
     # -- parallel
 
@@ -224,17 +153,17 @@ class _Merge(relax.PyExprMutator):
             else:
                 (consts if is_const(arg) else leaves).append(arg)
 
-    def _branch(self, leaf: relax.Expr, shape: tuple[int, ...]) -> tuple[_Conv, int] | None:
+    def _branch(self, leaf: relax.Expr, shape: tuple[int, ...]) -> tuple[Conv, int] | None:
         """A summand read as a linear operator of some tensor, composed through the linear
         operators feeding it (and how many pairs that composed)."""
         if tensor_shape(leaf) != shape:
             return None
         op = self._producer(leaf, _LINEAR)
-        linear = _read_linear(op)
+        linear = read_linear(op)
         if linear is None and op_name(op) == "relax.nn.avg_pool2d":
             self.found.refused["kept an average pooling that leaves its padding out of the count (or rounds its "
                                "output size up): it is no convolution at the border"] += 1
-        return (_identity(leaf, shape, tensor_dtype(leaf)), 0) if linear is None else self._chain(linear)
+        return (identity_conv(leaf, shape, tensor_dtype(leaf)), 0) if linear is None else self._chain(linear)
 
     def _merge_sum(self, call: relax.Call) -> relax.Expr | None:
         shape = tensor_shape(call)
@@ -246,7 +175,7 @@ class _Merge(relax.PyExprMutator):
         biases = [v.astype(np.float64) for v in vectors if v is not None]
         bias = sum(biases, np.zeros(shape[1]))
         rest = [c for c, v in zip(consts, vectors) if v is None]
-        groups: dict[relax.Expr, list[tuple[relax.Expr, _Conv, int]]] = {}
+        groups: dict[relax.Expr, list[tuple[relax.Expr, Conv, int]]] = {}
         for leaf in leaves:
             read = self._branch(leaf, shape)
             if read is None:
@@ -257,13 +186,13 @@ class _Merge(relax.PyExprMutator):
         for members in groups.values():
             convs = [c for _, c, _ in members]
             merged = _merge_parallel(convs, shape) if len(convs) > 1 and any(c.is_conv for c in convs) else None
-            if isinstance(merged, _Conv):
+            if isinstance(merged, Conv):
                 merged_any = True
                 self.found.merged[PARALLEL] += 1
                 chains = sum(pairs for *_, pairs in members)
                 if chains:
                     self.found.merged[SEQUENTIAL] += chains
-                terms.insert(0, _emit(replace(merged, bias=np.zeros(shape[1]))))
+                terms.insert(0, emit_conv(replace(merged, bias=np.zeros(shape[1]))))
                 bias = bias + merged.bias
             else:
                 if isinstance(merged, str):
@@ -298,15 +227,6 @@ def _inner_adds(func: relax.Function, uses: Counter) -> set:
     return inner
 
 
-def _emit(conv: _Conv) -> relax.Expr:
-    """``conv2d(data, W) [+ bias]`` in the operator's dtype."""
-    out = relax.op.nn.conv2d(conv.data, const(conv.weight, conv.dtype), strides=conv.strides,
-                             padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
-    if np.any(conv.bias):
-        out = relax.op.add(out, channel_const(conv.bias, 4, 1, conv.dtype))
-    return out
-
-
 # ----------------------------------------------------------------------------- numeric helpers
 
 
@@ -314,14 +234,14 @@ def _out_size(size: int, kernel: int, pad: int, stride: int, dilation: int) -> i
     return (size + pad - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _out_shape(conv: _Conv, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+def _out_shape(conv: Conv, in_shape: tuple[int, ...]) -> tuple[int, ...]:
     (pt, pl, pb, pr), (kh, kw) = conv.padding, conv.size
     return (in_shape[0], conv.weight.shape[0],
             _out_size(in_shape[2], kh, pt + pb, conv.strides[0], conv.dilation[0]),
             _out_size(in_shape[3], kw, pl + pr, conv.strides[1], conv.dilation[1]))
 
 
-def _merge_parallel(branches: list[_Conv], out_shape: tuple[int, ...]) -> _Conv | str:
+def _merge_parallel(branches: list[Conv], out_shape: tuple[int, ...]) -> Conv | str:
     """One conv for the sum of ``branches`` (same input), or why the block stays."""
     if len({b.strides for b in branches}) > 1:
         return "kept parallel branches with different strides"
@@ -345,17 +265,17 @@ def _merge_parallel(branches: list[_Conv], out_shape: tuple[int, ...]) -> _Conv 
         return "kept parallel branches whose padding does not align with the merged kernel's centre"
     (top, left), bottom, right = starts.pop(), max(e[0] for e in ends), max(e[1] for e in ends)
     weight, groups = ka.merge_parallel_convs([(b.weight, b.groups) for b in branches], size)
-    merged = _Conv(branches[0].data, weight, groups, branches[0].strides, (top, left, bottom, right),
+    merged = Conv(branches[0].data, weight, groups, branches[0].strides, (top, left, bottom, right),
                    tuple(dilation), sum(b.bias for b in branches), branches[0].dtype,
                    sum(b.cost for b in branches), True)
     if _out_shape(merged, merged_in) != out_shape:
         return "kept parallel branches whose padding does not align with the merged kernel's centre"
-    if _cost(weight.shape, out_shape) > merged.cost:
+    if conv_cost(weight.shape, out_shape) > merged.cost:
         return "kept parallel branches: the merged kernel costs more multiply-adds (their groups differ)"
     return merged
 
 
-def _compose(first: _Conv, second: _Conv) -> _Conv | str:
+def _compose(first: Conv, second: Conv) -> Conv | str:
     """``second(first(x) + b1)`` as one conv of x, or why the pair stays."""
     if (first.dilation != (1, 1) and not first.unit_kernel) or (second.dilation != (1, 1) and not second.unit_kernel):
         return "kept a dilated conv pair"
@@ -373,7 +293,7 @@ def _compose(first: _Conv, second: _Conv) -> _Conv | str:
     weight, groups = ka.compose_convs(first.weight, first.groups, second.weight, second.groups)
     bias = second.bias + ka.conv_bias_of_input_shift(second.weight, first.bias, second.groups)
     strides = (first.strides[0] * second.strides[0], first.strides[1] * second.strides[1])
-    merged = _Conv(first.data, weight, groups, strides, padding, (1, 1), bias, second.dtype,
+    merged = Conv(first.data, weight, groups, strides, padding, (1, 1), bias, second.dtype,
                    first.cost + second.cost, first.is_conv or second.is_conv)
     if _out_shape(merged, tensor_shape(first.data)) != _out_shape(second, tensor_shape(second.data)):
         return "kept a conv pair whose composed padding gives another output shape"

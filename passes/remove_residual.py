@@ -1,25 +1,28 @@
 """remove-residual: RMNet's reserve-and-merge (Meng et al., RM Operation, 2021).
 
-A residual block ``y = convₙ(relu(… relu(conv₁(x) + b₁) …)) + bₙ + s(x)``, with the shortcut
-``s`` the identity or a 1×1 projection ``conv(x, P) + bₚ`` (stride = the block's), becomes a
-plain chain once its input is known to be non-negative (x ≥ 0):
+A residual block ``y = convₙ(σ(… σ(conv₁(x) + b₁) …)) + bₙ + s(x)``, with the shortcut ``s`` the
+identity or a 1×1 projection ``conv(x, P) + bₚ`` (stride = the block's), becomes a plain chain when
+every inner activation σ is the identity on [0, ∞) (ReLU, LeakyReLU, ELU, FPlus: the table in
+activations.py) and the block input is provably bounded below, ``x ≥ −c`` (c = 0 after a ReLU,
+α after an ELU(α), 1 after an FPlus, the same after pooling one). It reserves ``x + c ≥ 0``:
 
-    conv₁'   C_in reserved output channels carry x through a Dirac kernel, with conv₁'s stride;
-             relu leaves them unchanged since x ≥ 0
+    conv₁'   C_in reserved output channels carry x through a Dirac kernel, with conv₁'s stride,
+             and bias +c; σ leaves them unchanged since x + c ≥ 0
     convᵢ'   (middle convs, bottlenecks) a Dirac block on the reserved channels, zeros across
-    convₙ'   the reserved channels enter as extra inputs, merged with a Dirac kernel (identity
-             shortcut) or with P at the kernel centre (projection); bias bₙ + bₚ
+    convₙ'   the reserved channels enter as extra inputs through M, a Dirac kernel (identity
+             shortcut) or P at the kernel centre (projection); bias bₙ + bₚ − c·Σ_{i,taps} M[o]
 
-Blocks whose inner activations are all LeakyReLU(a) need no sign proof: they reserve ``+x`` and
-``-x`` (2·C_in channels), since after m activations ``σᵐ(x) − σᵐ(−x) = (1 + aᵐ)·x``, and merge them
+Only centre taps read reserved channels and every conv pads k//2, so padding never reaches them.
+Blocks whose inner activations are all LeakyReLU(a) need no bound: they reserve ``+x`` and ``-x``
+(2·C_in channels), since after m activations ``σᵐ(x) − σᵐ(−x) = (1 + aᵐ)·x``, and merge them
 with ``±1/(1 + aᵐ)``.
 
 Reserved channels are dense: the block's multiply-adds grow (ResNet-18 about ×1.8, bottlenecks far
 more), which the report states; the x86 / arm build runs them as copies again (reserved_copies.py).
-The rewrite is exact; a block whose input is not provably non-negative (a ReLU / ReLU6 output, or a
-pooling of one) unless all its inner activations are LeakyReLU, whose inner activation is neither
-ReLU nor LeakyReLU, or whose convs would misalign the reserved channels (padding other than k//2
-each side, dilation) stays as written, and the report says why.
+The rewrite is exact; a block whose input has no provable lower bound (unless all its inner
+activations are LeakyReLU), whose inner activation is not the identity on [0, ∞) (ReLU6, SiLU …),
+or whose convs would misalign the reserved channels (padding other than k//2 each side, dilation)
+stays as written, and the report says why.
 """
 
 from __future__ import annotations
@@ -31,16 +34,16 @@ import tvm
 from tvm import relax
 
 from . import kernel_algebra as ka
+from .activations import ACTIVATION_OPS, Activation, lower_bound, read_activation
 from .analysis import graph_stats
-from .graph import cleanup, const_value, is_const, mutate_functions, op_name, tensor_dtype, tensor_shape, use_counts
-from .merge_branches import _ACTIVATIONS, _Conv, _emit, _read_linear
+from .graph import (Conv, cleanup, const_value, emit_conv, is_const, mutate_functions, op_name, read_linear,
+                    tensor_dtype, tensor_shape, use_counts)
 from .report import BlockReport
 
 IDENTITY, PROJECTION = "residual blocks removed (identity shortcut)", "residual blocks removed (projection shortcut)"
 PAIR = " with a reserved +x / -x pair"  # LeakyReLU blocks whose input may be negative
+OFFSET = " with reserved x + c"  # input bounded below by -c < 0 (an ELU / FPlus output)
 _MAX_CONVS = 8
-# operators whose output is non-negative when their input is (max / average pooling, ...)
-_KEEPS_SIGN = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d")
 
 
 @tvm.transform.module_pass(opt_level=0, name="reforge.remove-residual")
@@ -73,16 +76,16 @@ class _Remove(relax.PyExprMutator):
         new = self._remove(call) if op_name(call) == "relax.add" else None
         return call if new is None else new
 
-    def _producer(self, expr, ops) -> relax.Call | None:
-        if isinstance(expr, relax.Var) and self.uses.get(expr, 1) == 1:
+    def _producer(self, expr, ops, uses: int = 1) -> relax.Call | None:
+        if isinstance(expr, relax.Var) and self.uses.get(expr, 1) == uses:
             value = self.lookup_binding(expr)
             if op_name(value) in ops:
                 return value
         return None
 
-    def _conv(self, expr) -> _Conv | None:
-        """A once-used ``conv2d(x, W) [+ b]`` (constant W and b) bound to ``expr``."""
-        add, bias = self._producer(expr, ("relax.add",)), None
+    def _conv(self, expr, uses: int = 1) -> Conv | None:
+        """A ``conv2d(x, W) [+ b]`` (constant W and b) bound to ``expr``, used ``uses`` times."""
+        add, bias = self._producer(expr, ("relax.add",), uses), None
         if add is not None:
             if not is_const(add.args[1]):
                 return None
@@ -90,7 +93,7 @@ class _Remove(relax.PyExprMutator):
             if bias.size != tensor_shape(add)[1] and bias.size != 1:
                 return None
             expr = add.args[0]
-        conv = _read_linear(self._producer(expr, ("relax.nn.conv2d",)))
+        conv = read_linear(self._producer(expr, ("relax.nn.conv2d",), uses if add is None else 1))
         if conv is None or bias is None:
             return conv
         return replace(conv, bias=conv.bias + np.broadcast_to(bias.reshape(-1), conv.bias.shape))
@@ -111,33 +114,36 @@ class _Remove(relax.PyExprMutator):
             return None
         x, convs, projection, acts = block
         reason = _misaligned(convs, projection, tensor_shape(x), shape)
-        signs, scale = (1.0,), 1.0  # x ≥ 0: ReLU and LeakyReLU both pass it unchanged
-        negative = _not_nonnegative(x, self)
-        if negative and not reason:
-            alphas = {alpha for alpha in acts}
-            leak = alphas.pop() if len(alphas) == 1 else None
+        signs, scale, offset = (1.0,), 1.0, 0.0
+        bound = lower_bound(x, self.lookup, self.builder_.get())
+        if not reason and isinstance(bound, str):
+            slopes = {a.slope for a in acts}
+            leak = slopes.pop() if len(slopes) == 1 else None
             # LeakyReLU(a) on every inner activation: reserve +x and -x; after m of them
             # σᵐ(x) - σᵐ(-x) = (1 + aᵐ)·x for either sign of x
             if leak is None or leak == 0.0 or 1.0 + leak ** len(acts) == 0.0:
-                reason = negative
+                reason = f"kept a residual block: its input has no provable lower bound (it comes from {bound})"
             else:
                 signs, scale = (1.0, -1.0), 1.0 / (1.0 + leak ** len(acts))
+        elif not reason:
+            offset = -bound  # reserve x + c, c = -bound >= 0
         if reason:
             self.report.refuse(reason)
             return None
-        self.report.count((PROJECTION if projection is not None else IDENTITY) + (PAIR if len(signs) > 1 else ""))
-        return _reserve_and_merge(x, convs, projection, acts, signs, scale)
+        kind = (PROJECTION if projection is not None else IDENTITY) + (PAIR if len(signs) > 1 else "")
+        self.report.count(kind + (OFFSET if offset else ""))
+        return _reserve_and_merge(x, convs, projection, acts, signs, scale, offset)
 
     def _block(self, main, short):
-        """``(x, [conv₁ … convₙ], projection or None, [a₁ … aₙ₋₁])`` if ``main`` is a chain of at least
-        two convs with ReLUs / LeakyReLUs (slopes aᵢ; 0 for ReLU) between them, fed by the shortcut's input;
+        """``(x, [conv₁ … convₙ], projection or None, [σ₁ … σₙ₋₁])`` if ``main`` is a chain of at least
+        two convs with activations the identity on [0, ∞) between them, fed by the shortcut's input;
         a reason if it is a block this pass must keep; None if it is no residual block."""
         projection = self._conv(short)
         if projection is not None and not projection.is_conv:
             projection = None
-        convs, acts, other_act, expr = [], [], None, main
+        convs, acts, other_act, expr, uses = [], [], None, main, 1
         for _ in range(_MAX_CONVS):
-            conv = self._conv(expr)
+            conv = self._conv(expr, uses)
             if conv is None or not conv.is_conv:
                 return None
             convs.insert(0, conv)
@@ -146,37 +152,25 @@ class _Remove(relax.PyExprMutator):
                 if other_act:
                     return f"kept a residual block: {other_act} between its convs would change the reserved channels"
                 return conv.data, convs, projection if reaches_projection else None, acts
-            act = self._producer(conv.data, _ACTIVATIONS)
-            if act is None:
-                return None
-            if op_name(act) == "relax.nn.relu":
-                acts.insert(0, 0.0)
-            elif op_name(act) == "relax.nn.leakyrelu":
-                acts.insert(0, float(act.attrs["alpha"]))
-            else:
-                other_act = op_name(act).removeprefix("relax.")
-            expr = act.args[0]
+            found = read_activation(conv.data, self.lookup, self.builder_.get()) \
+                if self.uses.get(conv.data, 1) == 1 else None
+            if found is None:
+                act = self._producer(conv.data, ACTIVATION_OPS)
+                if act is None:
+                    return None
+                other_act, expr, uses = op_name(act).removeprefix("relax."), act.args[0], 1
+                continue
+            if not found.act.identity_from_zero:
+                other_act = found.act.name
+            acts.insert(0, found.act)
+            expr, uses = found.data, found.uses
         return None
 
     def lookup(self, expr):
         return self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
 
 
-def _not_nonnegative(x: relax.Expr, mutator: _Remove, depth: int = 0) -> str | None:
-    """None if ``x ≥ 0`` is proven by its producer, else the reason it is not."""
-    value = mutator.lookup(x)
-    name = op_name(value)
-    if name in ("relax.nn.relu", "relax.nn.relu6"):
-        return None
-    if name == "relax.clip" and is_const(value.args[1]) and float(const_value(value.args[1])) >= 0:
-        return None
-    if name in _KEEPS_SIGN and depth < 8:
-        return _not_nonnegative(value.args[0], mutator, depth + 1)
-    what = name.removeprefix("relax.") if name else ("a function parameter" if value is None else "an unknown producer")
-    return f"kept a residual block: its input is not provably non-negative (it comes from {what})"
-
-
-def _misaligned(convs: list[_Conv], projection: _Conv | None, in_shape, out_shape) -> str | None:
+def _misaligned(convs: list[Conv], projection: Conv | None, in_shape, out_shape) -> str | None:
     """Why the reserved channels would not line up with the shortcut, or None."""
     for c in [*convs, *([projection] if projection is not None else [])]:
         kh, kw = c.size
@@ -194,10 +188,10 @@ def _misaligned(convs: list[_Conv], projection: _Conv | None, in_shape, out_shap
     return None
 
 
-def _reserve_and_merge(x: relax.Expr, convs: list[_Conv], projection: _Conv | None, acts: list[float],
-                       signs: tuple[float, ...], scale: float) -> relax.Expr:
-    """The block as a chain: every conv widened by reserved channels that carry ``s·x`` for each sign s
-    (``C_in`` each), merged back into the last conv with weight ``s·scale``."""
+def _reserve_and_merge(x: relax.Expr, convs: list[Conv], projection: Conv | None, acts: list[Activation],
+                       signs: tuple[float, ...], scale: float, offset: float) -> relax.Expr:
+    """The block as a chain: every conv widened by reserved channels that carry ``s·x + offset`` for each
+    sign s (``C_in`` each), merged back into the last conv with weight ``s·scale``."""
     cin = tensor_shape(x)[1]
     r = cin * len(signs)
     out = x
@@ -207,17 +201,19 @@ def _reserve_and_merge(x: relax.Expr, convs: list[_Conv], projection: _Conv | No
         if i == len(convs) - 1:
             reserved = dirac(cin, c.size) if projection is None else ka.embed_centre(
                 ka.regroup_conv(projection.weight, projection.groups, 1), c.size)
-            weight = np.concatenate([s * scale * reserved for s in signs] + [w], axis=1)
-            bias = c.bias + (projection.bias if projection is not None else 0)
+            merge = [s * scale * reserved for s in signs]
+            weight = np.concatenate(merge + [w], axis=1)
+            bias = c.bias + (projection.bias if projection is not None else 0) \
+                - offset * sum(m.sum(axis=(1, 2, 3)) for m in merge)
         elif i == 0:
             weight = np.concatenate([s * dirac(cin, c.size) for s in signs] + [w], axis=0)
-            bias = np.concatenate([np.zeros(r), c.bias])
+            bias = np.concatenate([np.full(r, offset), c.bias])
         else:
             weight = np.zeros((r + o, r + inner) + c.size)
             weight[:r, :r] = dirac(r, c.size)
             weight[r:, r:] = w
             bias = np.concatenate([np.zeros(r), c.bias])
-        out = _emit(replace(c, data=out, weight=weight, groups=1, bias=bias))
+        out = emit_conv(replace(c, data=out, weight=weight, groups=1, bias=bias))
         if i < len(convs) - 1:
-            out = relax.op.nn.relu(out) if acts[i] == 0.0 else relax.op.nn.leakyrelu(out, acts[i])
+            out = acts[i].apply(out)
     return out

@@ -10,8 +10,8 @@ structure from the weights alone (exact zeros and ones) and runs it as data move
                                           = conv(b, W) + conv(a, C₁ₓ₁, stride s)   C centre-only
                                           = conv(b, W)            C = 0
 
-Per-channel bias adds and ReLUs between a concat and the next conv are split along the concat, so
-the reserved part reaches the column rule. Only convs whose padding is k//2 on every side (the
+Per-channel bias adds and activations (ReLU, ELU, ...: passes/activations.py) between a concat and
+the next conv are split along the concat, so the reserved part reaches the column rule. Only convs whose padding is k//2 on every side (the
 Dirac tap reads x[i·s]) and groups = 1 are touched. The graph it leaves is the residual form again;
 it is a lowering for CPU targets, not a registered pass.
 """
@@ -22,6 +22,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .activations import read_activation
 from .graph import channel_const, channel_vector, cleanup, const, const_value, is_const, mutate_functions, op_name, \
     tensor_dtype, tensor_shape
 
@@ -98,12 +99,13 @@ class _Split(relax.PyExprMutator):
                 and len(tensor_shape(expr) or ()) == 4:
             fields = list(value.args[0].fields)
             return fields, any(f.same_as(r) for f in fields[:1] for r in self.reserved)
-        if name == "relax.nn.relu":
-            found = self._parts(value.args[0], depth + 1)
+        act = read_activation(expr, self._bound)
+        if act is not None:  # an elementwise activation (ReLU, ELU, ...): applied to each part
+            found = self._parts(act.data, depth + 1)
             if found is None:
                 return None
-            return [p if self._relu_output(p) else self.builder_.normalize(relax.op.nn.relu(p)) for p in found[0]], \
-                found[1]
+            return [p if act.act.name == "relu" and self._relu_output(p) else self.builder_.normalize(act.act.apply(p))
+                    for p in found[0]], found[1]
         if name == "relax.add" and is_const(value.args[1]) and not is_const(value.args[0]):
             bias = channel_vector(const_value(value.args[1]), tensor_shape(expr), 1)
             found = self._parts(value.args[0], depth + 1) if bias is not None else None

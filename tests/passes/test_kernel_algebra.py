@@ -227,3 +227,19 @@ def test_binary_thresholds_reproduce_the_float_expression(taps):
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(flip, alpha < 0)
     assert ka.threshold_ties(alpha, bias, taps) >= 1
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, (1, 1, 1, 1), 1), (2, (2, 1, 0, 2), 1), (1, (2, 2, 2, 2), 2),
+                                                      (3, (0, 0, 0, 0), 1)])
+def test_bias_map_of_an_input_shift_under_zero_padding(stride, padding, dilation):
+    """``conv(pad₀(x + t)) − conv(pad₀(x))`` against PyTorch, asymmetric padding included."""
+    rng = np.random.default_rng(stride + dilation)
+    w, t, x = rng.standard_normal((5, 4, 3, 3)), rng.standard_normal(4), rng.standard_normal((1, 4, 7, 8))
+    top, left, bottom, right = padding
+
+    def conv(a):
+        padded = F.pad(torch.from_numpy(a), (left, right, top, bottom))
+        return F.conv2d(padded, torch.from_numpy(w), stride=stride, dilation=dilation)[0].numpy()
+
+    ref = conv(x + t.reshape(1, -1, 1, 1)) - conv(x)
+    close(ka.conv_bias_map_of_input_shift(w, t, (7, 8), (stride, stride), padding, (dilation, dilation)), ref, 1e-9)

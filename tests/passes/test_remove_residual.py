@@ -8,8 +8,10 @@ PyTorch module itself at rtol 1e-5 (max|out - ref| <= 1e-5 * max|ref|); after th
 two non-constant tensors (a skip connection) is left, every block is rewritten and the report
 states the multiply-adds before and after; the x86 build's copy lowering (reserved_copies.py)
 brings the multiply-adds back to the residual network's. LeakyReLU networks whose block inputs may
-be negative reserve a +x / -x pair. Blocks the pass must keep are checked at the same tolerance,
-with the reason in the report.
+be negative reserve a +x / -x pair; ELU(α) networks (ONNX ``Elu``, torch.export ``F.elu``, both
+imported as ``−α·relu(1 − exp(x)) + relu(x)``) reserve ``x + α`` (also checked against onnxruntime
+on the ONNX file). Blocks the pass must keep are checked at the same tolerance, with the reason in
+the report.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from reforge import frontend
 from reforge.passes import registry
 from reforge.passes.analysis import graph_stats
 from reforge.passes.graph import is_const, op_name
-from reforge.passes.remove_residual import IDENTITY, PAIR, PROJECTION, dirac
+from reforge.passes.activations import read_activation
+from reforge.passes.remove_residual import IDENTITY, OFFSET, PAIR, PROJECTION, dirac
 from reforge.passes.reserved_copies import copy_rows, reserved_channels_as_copies
 from reforge.pipeline import run_passes
 
-from .conftest import max_rel_err, seed_of
+from .conftest import Harness, max_rel_err, seed_of
 from .test_fold_batchnorm import randomize_bn
 from .test_merge_branches import conv_bn, to_onnx
 
@@ -89,18 +92,18 @@ NETS = [  # id, factory, input shape, blocks with identity / projection shortcut
 
 
 def skip_adds(mod) -> int:
-    """Adds whose operands are both computed tensors (skip connections), in ``main``."""
-    count = 0
+    """Adds whose operands are both computed tensors (skip connections), in ``main``; the add inside
+    an activation's spelling (ELU's ``−α·relu(1 − exp(x)) + relu(x)``) is none."""
+    bound = {}
 
     @relax.expr_functor.visitor
-    class _Adds(relax.PyExprVisitor):
-        def visit_call_(self, call):
-            nonlocal count
-            if op_name(call) == "relax.add" and not any(is_const(a) for a in call.args):
-                count += 1
+    class _Bindings(relax.PyExprVisitor):
+        def visit_var_binding_(self, binding):
+            bound[binding.var] = binding.value
 
-    _Adds().visit_expr(mod["main"])
-    return count
+    _Bindings().visit_expr(mod["main"])
+    return sum(1 for var, value in bound.items() if op_name(value) == "relax.add"
+               and not any(is_const(a) for a in value.args) and read_activation(var, bound.get) is None)
 
 
 def record_of(art, name: str = "remove-residual") -> dict:
@@ -170,7 +173,7 @@ class ClippedInside(nn.Module):
 
 
 KEPT = [  # id, factory, input shape, exporter, reason (a substring of the note)
-    ("input-after-conv-bn", AfterConv, (1, 4, 8, 8), "onnx", "not provably non-negative (it comes from add)"),
+    ("input-after-conv-bn", AfterConv, (1, 4, 8, 8), "onnx", "no provable lower bound (it comes from add)"),
     ("input-is-the-model-input", lambda: BasicBlock(4, 4), (1, 4, 8, 8), "onnx", "a function parameter"),
     # (torch.onnx writes ReLU6 as a NaN-propagating Clip, imported as a kernel, not an activation)
     ("relu6-inside", ClippedInside, (1, 4, 8, 8), "torch.export", "clip between its convs would change"),
@@ -239,6 +242,96 @@ def test_leaky_relu_blocks_reserve_a_pair(case_id, make, exporter, rewrites):
         ref = net(x).numpy()
     err = max_rel_err(list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0], ref)
     assert err <= RTOL, f"max|err| / max|ref| = {err:.3g} > {RTOL}"
+
+
+class EluNet(nn.Module):
+    """A stem (conv, BatchNorm, an activation, 3×3/2 max pooling), then an identity block and a strided
+    block with a projection shortcut (basic or bottleneck), every activation ``inner`` inside the
+    blocks and ``outer`` on the stem and after each skip add. ELU(α) outputs are ≥ −α: the blocks
+    reserve x + α."""
+
+    def __init__(self, block: type[BasicBlock], inner: str = "elu", outer: str = "elu", alpha: float = 0.7):
+        super().__init__()
+        acts = {"elu": lambda: nn.ELU(alpha), "relu": nn.ReLU, "gelu": nn.GELU}
+        self.outer = acts[outer]()
+        self.stem = nn.Sequential(conv_bn(3, 8, 3, 1, 1), acts[outer](), nn.MaxPool2d(3, 2, 1))
+        self.blocks = nn.ModuleList([block(8, 8 // block.expansion), block(8, 16 // block.expansion, 2)])
+        for b in self.blocks:
+            for i, m in enumerate(b.body):
+                if isinstance(m, nn.ReLU):
+                    b.body[i] = acts[inner]()
+
+    def forward(self, x):
+        x = self.stem(x)
+        for b in self.blocks:
+            x = self.outer(b.body(x) + b.shortcut(x))
+        return x
+
+
+ELU = [  # id, factory, exporter, rewrites
+    ("basic-elu", lambda: EluNet(BasicBlock), "onnx", {IDENTITY + OFFSET: 1, PROJECTION + OFFSET: 1}),
+    ("basic-elu", lambda: EluNet(BasicBlock), "torch.export", {IDENTITY + OFFSET: 1, PROJECTION + OFFSET: 1}),
+    ("bottleneck-elu", lambda: EluNet(Bottleneck), "onnx", {IDENTITY + OFFSET: 1, PROJECTION + OFFSET: 1}),
+    ("bottleneck-elu-alpha1", lambda: EluNet(Bottleneck, alpha=1.0), "torch.export",
+     {IDENTITY + OFFSET: 1, PROJECTION + OFFSET: 1}),
+    # ELU block inputs, ReLUs inside: x + α >= 0 passes the ReLUs too
+    ("basic-elu-outside-relu-inside", lambda: EluNet(BasicBlock, inner="relu"), "onnx",
+     {IDENTITY + OFFSET: 1, PROJECTION + OFFSET: 1}),
+    # ReLU block inputs, ELUs inside: c = 0, nothing to offset
+    ("basic-relu-outside-elu-inside", lambda: EluNet(BasicBlock, outer="relu"), "torch.export",
+     {IDENTITY: 1, PROJECTION: 1}),
+]
+
+
+@pytest.mark.parametrize("case_id,make,exporter,rewrites", ELU, ids=[f"{c[0]}-{c[2]}" for c in ELU])
+def test_elu_blocks_reserve_x_plus_alpha(case_id, make, exporter, rewrites):
+    torch.manual_seed(seed_of(case_id))
+    net = randomize_bn(make())
+    x = torch.randn(1, 3, 16, 16) * 2
+    model = to_onnx(net, x) if exporter == "onnx" else net
+    imported = frontend.load(model, None, None if exporter == "onnx" else (x,))
+    names = registry.select(enable=["remove-residual"])
+    mod, records = run_passes(imported.mod, names)
+    assert skip_adds(imported.mod) == 2 and skip_adds(mod) == 0
+    # the CPU build's copies (through ELUs too) bring the multiply-adds back to the residual network's
+    macs_before = records[names.index("remove-residual")].report.to_json()["macs"][0]
+    assert graph_stats(reserved_channels_as_copies(mod)).macs == macs_before
+    art = reforge.compile(imported, enable_passes=["remove-residual"])
+    assert record_of(art)["rewrites"] == rewrites
+    with torch.no_grad():
+        ref = net(x).numpy()
+    out = list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0]
+    assert (ref < 0).any() == isinstance(net.outer, nn.ELU)  # the outputs reach the ELU's negative side
+    err = max_rel_err(out, ref)
+    assert err <= RTOL, f"max|err| / max|ref| = {err:.3g} > {RTOL}"
+    if exporter == "onnx":
+        err = max_rel_err(out, Harness.onnxruntime(model, {"x": x.numpy()})[0])
+        assert err <= RTOL, f"against onnxruntime: max|err| / max|ref| = {err:.3g} > {RTOL}"
+
+
+KEPT_ELU = [  # id, factory, exporter, reason
+    # no bound: the block reads a conv output
+    ("elu-after-conv", lambda: nn.Sequential(conv_bn(3, 8, 3, 1, 1), EluNet(BasicBlock).blocks[0]), "onnx",
+     "no provable lower bound (it comes from add)"),
+    # GELU is not the identity on [0, inf) (torch.export keeps nn.gelu)
+    ("gelu-inside", lambda: EluNet(BasicBlock, inner="gelu"), "torch.export", "gelu between its convs would change"),
+]
+
+
+@pytest.mark.parametrize("case_id,make,exporter,reason", KEPT_ELU, ids=[k[0] for k in KEPT_ELU])
+def test_elu_block_without_a_bound_is_kept(case_id, make, exporter, reason):
+    torch.manual_seed(seed_of(case_id))
+    net = randomize_bn(make())
+    x = torch.randn(1, 3, 16, 16)
+    model, example = (to_onnx(net, x), None) if exporter == "onnx" else (net, (x,))
+    art = reforge.compile(model, example_inputs=example, enable_passes=["remove-residual"])
+    record = record_of(art)
+    assert not any(OFFSET in k for k in record["rewrites"])
+    assert any(reason in n for n in record["notes"]), record["notes"]
+    with torch.no_grad():
+        ref = net(x).numpy()
+    err = max_rel_err(list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0], ref)
+    assert err <= RTOL
 
 
 def test_on_by_default_at_O2_only_for_the_fpga():

@@ -1,0 +1,181 @@
+"""Re-parameterizable networks: reforge on the TRAINING form against onnxruntime on the DEPLOY form.
+
+    .venv/bin/python benchmarks/rep_training_form.py [--threads 1] [--rounds 5] [--repeat 10]
+                                                     [--models repvgg_a0,mobileone_s0]
+
+RepVGG-A0 (Ding et al., CVPR 2021; benchmarks/imagenet_shapes.py) and MobileOne-S0 (Vasu et al.,
+CVPR 2023, written here from the paper: a 3×3/2 stem block, then stages of 2-8-10-1 blocks at widths
+48-128-256-1024, each block a depthwise 3×3 then a pointwise 1×1 MobileOne block with k = 4
+conv-BN branches, a 1×1 conv-BN scale branch on the 3×3 blocks and a BN identity branch where the
+shapes allow, then ReLU), random weights and BatchNorm statistics, 1x3x224x224. reforge compiles the
+training form's ONNX file (every branch with its BatchNorm) at -O2; the deploy form is the same
+network with every block merged by hand here in PyTorch (BatchNorm into each kernel, 1×1 and identity
+at the 3×3 centre, branches summed), exported to ONNX and run by onnxruntime (all graph optimizations)
+and by PyTorch. All in one process on the same inputs, alternating rounds so drift in the machine's
+speed hits all. Checks that the deploy form and reforge's rewritten graph hold the paper's number of
+convs, and prints median ms, ratios and the outputs' relative difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import warnings
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import reforge  # noqa: E402
+from reforge.bench import _onnxruntime_runner, set_threads  # noqa: E402
+from reforge.execution import time_calls  # noqa: E402
+from reforge.verify import compare  # noqa: E402
+from benchmarks.imagenet_shapes import RepVGGA0, _RepVGGBlock  # noqa: E402
+from tests.zoo import randomize_batchnorm  # noqa: E402
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout))
+
+
+class MobileOneBlock(nn.Module):
+    """Training form: k conv-BN branches, a 1×1 conv-BN scale branch (k×k blocks only), a BN identity
+    (stride 1, cin == cout), summed, then ReLU."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, groups: int, branches: int):
+        super().__init__()
+        self.convs = nn.ModuleList([_conv_bn(cin, cout, k, stride, groups) for _ in range(branches)])
+        self.scale = _conv_bn(cin, cout, 1, stride, groups) if k > 1 else None
+        self.identity = nn.BatchNorm2d(cin) if cin == cout and stride == 1 else None
+
+    def forward(self, x):
+        out = sum(c(x) for c in self.convs)
+        out = out + self.scale(x) if self.scale is not None else out
+        return torch.relu(out + self.identity(x) if self.identity is not None else out)
+
+
+class MobileOneS0(nn.Module):
+    """MobileOne-S0: width multipliers (0.75, 1, 1, 2), k = 4 branches (the stem block has one)."""
+
+    def __init__(self, classes: int = 1000, branches: int = 4):
+        super().__init__()
+        blocks, cin = [MobileOneBlock(3, 48, 3, 2, 1, 1)], 48
+        for width, depth in [(48, 2), (128, 8), (256, 10), (1024, 1)]:
+            for i in range(depth):
+                blocks.append(MobileOneBlock(cin, cin, 3, 2 if i == 0 else 1, cin, branches))  # depthwise
+                blocks.append(MobileOneBlock(cin, width, 1, 1, 1, branches))  # pointwise
+                cin = width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes))
+
+    def forward(self, image):
+        return self.head(self.blocks(image))
+
+
+# deploy-form convs per the papers: RepVGG-A0 1+2+4+14+1 3×3 layers; MobileOne-S0 the stem and a
+# depthwise + pointwise pair for each of 2+8+5+5+1 blocks
+MODELS = {"repvgg_a0": (RepVGGA0, 22), "mobileone_s0": (MobileOneS0, 1 + 2 * 21)}
+
+
+# ----------------------------------------------------------------------------- deploy form, by hand
+
+
+def _fold(branch: nn.Module, cin: int, groups: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A conv-BN branch, or a lone BN (the identity), as a ``size``×``size`` kernel and a bias."""
+    bn = branch[1] if isinstance(branch, nn.Sequential) else branch
+    if isinstance(branch, nn.Sequential):
+        w = branch[0].weight
+    else:  # the identity: a Dirac kernel per group
+        w = torch.zeros(cin, cin // groups, 1, 1)
+        w[torch.arange(cin), torch.arange(cin) % (cin // groups), 0, 0] = 1.0
+    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    pad = (size - w.shape[2]) // 2
+    return nn.functional.pad(w * s.reshape(-1, 1, 1, 1), [pad] * 4), bn.bias - bn.running_mean * s
+
+
+@torch.no_grad()
+def deploy(block: nn.Module) -> nn.Sequential:
+    """One block of either network as ``conv(x, Σ W_b) + Σ b_b``, then ReLU."""
+    if isinstance(block, _RepVGGBlock):
+        first, branches = block.dense[0], [block.dense, block.pointwise, block.identity]
+    else:
+        first, branches = block.convs[0][0], [*block.convs, block.scale, block.identity]
+    size = first.kernel_size[0]
+    folded = [_fold(b, first.in_channels, first.groups, size) for b in branches if b is not None]
+    conv = nn.Conv2d(first.in_channels, first.out_channels, size, first.stride, size // 2, groups=first.groups)
+    conv.weight.copy_(sum(w for w, _ in folded))
+    conv.bias.copy_(sum(b for _, b in folded))
+    return nn.Sequential(conv, nn.ReLU())
+
+
+def deploy_form(model: nn.Module) -> nn.Module:
+    return nn.Sequential(*[deploy(b) for b in model.blocks], model.head).eval()
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def export(module: nn.Module, path: str) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(1, 3, 224, 224),), path, input_names=["image"], opset_version=17,
+                          dynamo=False, do_constant_folding=False)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--models", default="repvgg_a0,mobileone_s0")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    for name in args.models.split(","):
+        make, paper_convs = MODELS[name]
+        torch.manual_seed(0)
+        train = randomize_batchnorm(make())
+        fused = deploy_form(train)
+        with tempfile.TemporaryDirectory() as folder:
+            art = reforge.compile(export(train, os.path.join(folder, "train.onnx")))
+            deploy_path = export(fused, os.path.join(folder, "deploy.onnx"))
+            ort_run = _onnxruntime_runner(deploy_path, art.imported, args.threads)
+        convs = {"deploy form": sum(isinstance(m, nn.Conv2d) for m in fused.modules()),
+                 "reforge -O2": next(p for p in art.manifest["passes"] if p["name"] == "dead-code")["after"]["ops"]
+                 .get("nn.conv2d", 0)}
+        assert all(n == paper_convs for n in convs.values()), (convs, paper_convs)
+        feeds = art.imported.random_inputs(0)
+        arrays, image = list(feeds.values()), torch.from_numpy(list(feeds.values())[0])
+
+        def run_torch():
+            with torch.no_grad():
+                return fused(image)
+
+        runs = {"reforge (training form)": lambda: art.runner.run(arrays),
+                "onnxruntime (deploy form)": lambda: ort_run(feeds), "PyTorch (deploy form)": run_torch}
+        ours = art.runner.run(arrays)
+        with torch.no_grad():
+            errs = {"onnxruntime": compare(ort_run(feeds), ours)[1],
+                    "PyTorch deploy": compare([run_torch().numpy()], ours)[1],
+                    "PyTorch training form": compare([train(image).numpy()], ours)[1]}
+        times = {k: [] for k in runs}
+        for _ in range(args.rounds):  # alternate, so all see the same machine
+            times["reforge (training form)"] += art.runner.time(arrays, args.repeat)
+            for k in list(runs)[1:]:
+                times[k] += time_calls(runs[k], args.repeat)
+        base = statistics.median(times["reforge (training form)"])
+        print(f"\n{name} 1x3x224x224, {args.threads} thread(s), median of {args.rounds}x{args.repeat} runs, "
+              f"interleaved; convs {convs} (paper: {paper_convs}); reforge rewrites: "
+              f"{next(p for p in art.manifest['passes'] if p['name'] == 'merge-branches')['rewrites']}")
+        print("outputs vs reforge (relative): " + ", ".join(f"{k} {v:.2g}" for k, v in errs.items()))
+        for k, ts in times.items():
+            med = statistics.median(ts)
+            print(f"  {k:28s} {med:8.2f} ms  (min {min(ts):.2f})  baseline / reforge {med / base:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
