@@ -14,11 +14,12 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .differential import check, configurations
+from .differential import STATS, check, configurations, summary
 from .graphs import cnn_models
 
 EXAMPLES = int(os.environ.get("REFORGE_FUZZ_EXAMPLES", "60"))
 FRESH = os.environ.get("REFORGE_FUZZ_FRESH") == "1"
+PROGRESS = 25  # `make fuzz` (pytest -s) prints the report line every PROGRESS graphs
 
 
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=not FRESH, database=None,
@@ -27,3 +28,5 @@ FRESH = os.environ.get("REFORGE_FUZZ_FRESH") == "1"
 def test_reforge_agrees_with_onnxruntime(drawn, seed):
     model, _layers = drawn
     check(model, configurations(), seed)
+    if FRESH and STATS["graphs"] % PROGRESS == 0:
+        print(summary(), flush=True)
