@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from .differential import STATS, check, configurations, summary
 from .graphs import cnn_models
 
-EXAMPLES = int(os.environ.get("REFORGE_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("REFORGE_FUZZ_EXAMPLES", "40"))
 FRESH = os.environ.get("REFORGE_FUZZ_FRESH") == "1"
 PROGRESS = 25  # `make fuzz` (pytest -s) prints the report line every PROGRESS graphs
 
