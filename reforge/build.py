@@ -11,6 +11,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 
+from reforge.passes.graph import mutate_functions, op_name
 from reforge.passes.reserved_copies import reserved_channels_as_copies
 from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
 from reforge.topi_ext.default_schedules import apply_default_schedules
@@ -44,8 +45,24 @@ def blocked_layout(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, str]:
             converted = relax.transform.ConvertLayout({}, blocked_conv2d_layouts(lanes))(mod)
     except (tvm.error.InternalError, ValueError, TypeError) as err:  # TVM reports unsupported graphs so
         return mod, f"NCHW (blocked layout not applied: {one_line(err)})"
+    converted = mutate_functions(converted, lambda m, _f: _BoolLayouts(m))
     # pre-pack the weights into their blocked layout
     return relax.transform.FoldConstant()(converted), f"NCHW{lanes}c where channels allow"
+
+
+@relax.expr_functor.mutator
+class _BoolLayouts(relax.PyExprMutator):
+    """A comparison after a blocked conv leaves a bool tensor in NCHW[x]c, and TVM 0.27 legalizes its
+    ``layout_transform`` with a float pad value, which its schedule rejects for bool (the build
+    failed on ``where(conv(x) >= 0, 1, -1)``): move bool tensors as uint8."""
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if op_name(call) != "relax.layout_transform" or call.args[0].ty.dtype != "bool":
+            return call
+        moved = self.builder_.emit(relax.op.layout_transform(
+            self.builder_.emit(relax.op.astype(call.args[0], "uint8")), call.attrs.index_map))
+        return relax.op.astype(moved, "bool")
 
 
 def _fusion() -> list[tvm.transform.Pass]:
