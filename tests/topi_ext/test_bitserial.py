@@ -122,9 +122,10 @@ def test_conv_batch_of_two():
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("c, o, word", [(37, 70, "uint64"), (64, 32, "uint32"), (100, 128, "uint64")])
-def test_conv_threshold_packs_sign_bits(c, o, word):
-    got, want = conv_op(np.random.default_rng(o), c, o, 7, 3, 1, (1, 1, 1, 1), 1, word, threshold=True)
+@pytest.mark.parametrize("c, o, word, bits", [(37, 70, "uint64", 1), (64, 32, "uint32", 1), (100, 128, "uint64", 1),
+                                              (37, 64, "uint64", 2), (70, 128, "uint64", "t"), (20, 70, "uint64", "t")])
+def test_conv_threshold_packs_sign_bits(c, o, word, bits):
+    got, want = conv_op(np.random.default_rng(o), c, o, 7, 3, 1, (1, 1, 1, 1), bits, word, threshold=True)
     np.testing.assert_array_equal(got, want)
 
 
