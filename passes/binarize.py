@@ -3,35 +3,44 @@
 A layer is binary when its weight is ±1 (times a positive per-output-channel scale α, which is what
 BatchNorm / XNOR-Net scales folded into the weight by fold-batchnorm look like; ``sign(W)`` on a
 constant is folded by fold-constants, and the pass reads a left-over ``sign(const)`` itself) and its
-input is a ±1 activation, in any of the spellings exporters emit:
+input is one of:
 
-    sign(x)                                  torch.sign, ONNX Sign
+    sign(x)                                  torch.sign, ONNX Sign: {-1, 0, +1}
     where(x >= 0, 1, -1)                     torch.where; QONNX BipolarQuant (frontend/qonnx.py)
     x + (s - x),  s one of the above         straight-through estimator (detach trick)
-    max_pool2d / reshape of a ±1 tensor      (a ±1 tensor is packed as it is)
+    max_pool2d / reshape of such a tensor
+    q·s, q = rnd(clamp(v, 0, hi))            QONNX unsigned Quant (frontend/qonnx.py), k = bits of hi,
+                                             2 <= k <= 8, s a positive scalar (or folded into W)
 
-Rewrite: ``conv(sign(x), α·S) -> bitserial_conv2d(bitpack(x >= 0), S)·α`` (NHWC result transposed
-back to NCHW), the same for dense; the bias and everything after stay as they were (float epilogue).
-Where the input of the next binary conv is ``sign(α·d + b)`` of a rewritten conv's dot product d,
-the float epilogue and the pack become the conv's integer threshold (``bit = d >= thr[o]``): the
-thresholds come from evaluating the graph's own float expression ``fl(fl(α·d) + b)`` at every
-integer candidate d (kernel_algebra.binary_thresholds), so they are exact by construction.
+Packing (``x`` the float tensor behind the spelling):
+- ±1: bits ``x >= 0``, when the input provably holds no 0 (:meth:`_Binarize._nonzero`: a ``where``
+  spelling, a sign of such a tensor, a fused threshold whose float expression is nonzero at every
+  integer dot product); ``where(x >= 0, 1, -1)`` is reproduced exactly for every input (NaN included);
+- ternary: ``sign(x)`` anywhere else (ONNX / torch ``Sign(0) = 0``): planes ``x > 0``, ``x < 0`` and the
+  ternary kernel, ``dot = Σ_{a>0} w - Σ_{a<0} w``, exact on inputs with exact zeros (NaN aside: a
+  NaN input packs as 0 where the float conv gives NaN);
+- k-bit: the bit planes of the integers q, ``dot = Σ_b 2^b·Σ_c q_bc·w_c``; the scale s joins α in the
+  float epilogue.
 
-Exactness rules:
-- weights: checked at compile time. A weight with an exact 0 (``Sign(0) = 0``) is not ±1: the layer
-  stays float and the report says so. Zero padding is exact (the operators' border correction).
-- activations: bits are ``x >= 0`` (+1) / ``x < 0`` (-1). ``where(x >= 0, 1, -1)`` is reproduced
-  exactly for every input (NaN included). ONNX / torch ``Sign(0) = 0`` is not a ±1 value: for the
-  ``sign`` spelling the rewritten layer equals the original on every input without exact zeros in
-  the tensor fed to sign, and where that tensor holds an exact 0 the layer computes as if it were
-  +1 (the BNN convention of Courbariaux et al., larq, TVM's binarize_pack). Whether a float input
-  can be exactly 0 is not provable in general; for a fused threshold the pass checks every integer
-  candidate and notes in the report if the affine expression can be exactly 0 (a tie).
+Rewrite: ``conv(act(x), α·S) -> bitserial_conv2d(pack(x), S)·α·s`` (NHWC result transposed back to
+NCHW), the same for dense; the bias and everything after stay as they were (float epilogue). Where
+the input of the next binary conv / dense is a ±1 ``sign(α·d + b)`` of a rewritten layer's dot product
+d, the float epilogue and the pack become that layer's integer threshold (``bit = d >= thr[o]``): the
+thresholds come from evaluating the graph's own float expression ``fl(fl(α·d) + b)`` at every integer
+candidate d (kernel_algebra.binary_thresholds), so they are exact by construction. A ``sign`` whose
+expression is exactly 0 at some integer d (a tie) is not ±1: it stays a float epilogue packed ternary
+(reported); a ``where`` maps the tie to +1, as the threshold does.
+
+Left in float, with the reason in the report: a ±1 weight with an exact 0, a k-bit Quant that is
+signed, has a zero point, more than 8 bits or a per-channel scale (ONNX node names do not survive
+TVM's importer: the reason names the setting), grouped / dilated convs.
+
+Other exactness rules:
 - the STE spelling ``x + (sign(x) - x)`` equals sign(x) in float32 for |x| < 2^24; it is read as
-  sign(x).
+  sign(x) (and packed ternary: the STE of Sign maps 0 to 0).
 - float epilogue: ``α·d`` is computed in float32 from the exact integer d; the float conv with
   ±α weights it replaces rounds its partial sums, so outputs agree to float rounding, and exactly
-  when α = 1.
+  when α (and s) are powers of two.
 
 Max pooling between a thresholded conv and the next binary conv runs on the packed bits (an OR:
 ``max(y) >= 0`` iff some ``y >= 0``); any other pool stays float and its output is packed. A binary
@@ -43,8 +52,8 @@ width) and as single work-item OpenCL kernels for opencl-fpga (``popcount`` on 6
 the registry runs the pass there; CUDA keeps binarized layers in float until the operators have a
 GPU schedule that has run on a GPU.
 
-Not (yet) covered: k-bit activations (QONNX ``Quant``), grouped / dilated convs, a ternary kernel
-that would make ``Sign(0) = 0`` exact, max pooling on packed bits of a float-packed tensor.
+Not (yet) covered: signed k-bit activations, grouped / dilated convs, ternary weights, max pooling on
+packed bits of a float-packed tensor.
 """
 
 from __future__ import annotations

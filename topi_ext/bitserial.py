@@ -1,6 +1,8 @@
-"""Bit-packed conv2d and dense for ±1 weights with 1-bit (±1) or k-bit unsigned activations.
+"""Bit-packed conv2d and dense for ±1 weights with 1-bit (±1), ternary {-1, 0, +1} or k-bit unsigned
+activations.
 
-Bits. A ±1 value is one bit (1 = +1, 0 = -1); a k-bit unsigned activation is k bit planes. Bits are
+Bits. A ±1 value is one bit (1 = +1, 0 = -1); a ternary value two planes (a > 0, a < 0; 0 sets
+neither); a k-bit unsigned activation k bit planes. Bits are
 packed along the input channels into words of ``word`` (uint32 / uint64); channels past the last
 one are 0 in activations *and* weights, so they never count.
 
@@ -24,6 +26,10 @@ any subtraction, because LLVM treats uint32/uint64 arithmetic as non-wrapping):
   (A_b = 0) contributes popcount(W) - popcount(W) = 0, so zero padding needs no correction, and
   ``(2^k - 1)·Σ_taps popcount(W)`` is a per-channel constant (``border_table(..., act_bits=k)``).
   Dense uses ``2·Σ_b 2^b·popcount(A_b and W) - Σ_c a_c`` (``Σ_c a_c`` is one cheap stage per row).
+- ternary × ±1: the same per-plane identity with plane weights +1 (a > 0) and -1 (a < 0):
+  ``Σ_c a_c·w_c = popcount(A_neg xor W) - popcount(A_pos xor W)`` summed over taps (the popcount(W)
+  terms cancel, so the border table is 0 and padding adds nothing); dense
+  ``2·(popcount(A_pos and W) - popcount(A_neg and W)) - (popcount(A_pos) - popcount(A_neg))``.
 
 Relax: :func:`emit_bitpack`, :func:`emit_bitserial_conv2d`, :func:`emit_bitserial_dense`,
 :func:`emit_bitpool` add the operator's PrimFunc (tagged ``reforge.op``, opaque to FuseOps; the
