@@ -431,8 +431,8 @@ def emit_bitserial_conv2d(bb, data, weight: np.ndarray, strides=(1, 1), padding=
                           flip: np.ndarray | None = None, ternary: bool = False):
     """Emit a binary-weight conv on packed activations ``data`` (``[N, H, W, B, CW]``, from
     :func:`emit_bitpack` or a previous thresholded conv; ``ternary``: the two planes of a ternary
-    pack) into ``bb`` as ``call_tir`` of a PrimFunc. ``weight``: float OIHW (its signs are the ±1 weights, ``w >= 0`` is +1), packed here
-    into a constant. Returns ``[N, OH, OW, O]`` of ``out_dtype``, or with ``threshold`` (and
+    pack) into ``bb`` as ``call_tir`` of a PrimFunc. ``weight``: float OIHW (its signs are the ±1
+    weights, ``w >= 0`` is +1), packed here into a constant. Returns ``[N, OH, OW, O]`` of ``out_dtype``, or with ``threshold`` (and
     ``flip``) the packed sign bits ``[N, OH, OW, 1, OWords]``."""
     from tvm import relax
 

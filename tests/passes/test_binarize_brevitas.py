@@ -4,10 +4,11 @@ binary weights (``SignedBinaryWeightPerTensorConst``: ``BipolarQuant``).
 
 Reference: onnxruntime on the exported graph with its QONNX nodes replaced by their float formula in
 plain ONNX ops (as in test_binarize_kbit.py). Tolerance: none. The scales are set to powers of two
-(activation ``Uint8ActPerTensorFloatMaxInit`` with ``max_val = 0.25·(2^k - 1)``, weight ``scaling_const = 0.125``): with Brevitas' defaults
-(1/3, 0.1) the float graph itself is not exact, and the second Quant rounds values that sit exactly
-on a .5 tie in real arithmetic (``d·0.1 / (1/3)·(1/3)``) up or down by float noise, so neither
-side is a reference for the other there."""
+(activations ``Uint8ActPerTensorFloatMaxInit`` with ``max_val = 0.25·(2^k - 1)``, weights
+``scaling_const = 0.125``): with Brevitas' defaults (1/3, 0.1) the float graph itself is not exact,
+and the second Quant rounds values that sit exactly on a .5 tie in real arithmetic
+(``d·0.1·(1/3) / (1/3)``) up or down by float noise, so neither side is a reference for the other
+there."""
 
 from __future__ import annotations
 
