@@ -147,6 +147,29 @@ def test_dense_matches_integer_reference(n, k, m, bits, word):
     np.testing.assert_array_equal(got, xv @ signs(w).T)
 
 
+@pytest.mark.parametrize("n, k, m, bits", [(2, 100, 70, 1), (1, 70, 64, "t"), (3, 130, 24, 2)])
+def test_dense_threshold_packs_sign_bits(n, k, m, bits):
+    """Dense with the threshold epilogue: ``dot >= thr`` (``<=`` where flipped) packed ``[N, 1, MW]``."""
+    rng = np.random.default_rng(m + k)
+    x, xv = inputs(rng, (n, k), bits)
+    ternary = bits == "t"
+    w = rng.standard_normal((m, k)).astype("float32")
+    thr_np = rng.integers(-k // 4, k // 4, m).astype("int32")
+    flip_np = rng.integers(0, 2, m).astype("int32")
+    packed_x = bs.pack_activations_np(x, 1 if ternary else bits, "uint64", layout="NC", ternary=ternary)
+    packed_w = bs.pack_dense_weights(w)
+    data = te.placeholder(packed_x.shape, "uint64", "data")
+    weight = te.placeholder(packed_w.shape, "uint64", "weight")
+    thr, flip = te.placeholder((m,), "int32", "thr"), te.placeholder((m,), "int32", "flip")
+    out = bs.bitserial_dense(data, weight, k, ternary=ternary, threshold=thr, flip=flip)
+    lanes = bs.accumulator_lanes(TARGET, "uint64")
+    got = run(build([data, weight, thr, flip], out, lambda f: schedule_bitserial_dense(f, lanes)),
+              [packed_x, packed_w, thr_np, flip_np], out)
+    dot = xv @ signs(w).T
+    want = bs.pack_bits_np(np.where(flip_np != 0, dot <= thr_np, dot >= thr_np))[:, None, :]
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("shape, bits, layout, word", [((1, 37, 5, 6), 1, "NCHW", "uint64"),
                                                        ((2, 4, 3, 70), 2, "NHWC", "uint32"),
                                                        ((3, 100), 3, "NC", "uint64"),
