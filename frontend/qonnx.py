@@ -1,13 +1,28 @@
 """QONNX quantizers lowered to standard ONNX before TVM's importer sees them.
 
-``BipolarQuant(x, scale)`` (domains ``qonnx.custom_op.general`` and the older ``finn.custom_op.general``,
-as Brevitas' ``export_qonnx`` writes them) is, per the QONNX reference implementation,
-``where(x >= 0, 1, -1) · scale``: exactly the ``where`` spelling the binarize pass recognizes (0 -> +1,
-so no Sign(0) caveat). On a weight initializer the chain is constant and folds to ±scale; on an
-activation a scalar scale folds into the next conv / dense (fold-batchnorm).
+Domains ``qonnx.custom_op.general`` and the older ``finn.custom_op.general``, as Brevitas'
+``export_qonnx`` writes them; the semantics are QONNX's reference implementation
+(``docs/qonnx-custom-ops/bipolarquant_v1.md``, ``intquant_v1.md`` of fastmachinelearning/qonnx):
 
-Not lowered (the import still stops with "unsupported ONNX op"): ``Quant`` / ``IntQuant`` (k-bit),
-``FloatQuant``, ``Trunc``, FINN's ``MultiThreshold`` / ``XnorPopcountMatMul``.
+- ``BipolarQuant(x, scale) = where(x >= 0, 1, -1) · scale``: exactly the ``where`` spelling the
+  binarize pass recognizes (0 -> +1). On a weight initializer the chain is constant and folds to
+  ±scale; on an activation a scalar scale folds into the next conv / dense (fold-batchnorm).
+- ``Quant`` / ``IntQuant(x, scale, zeropt, bitwidth)`` with attributes ``signed`` (default 1),
+  ``narrow`` (0), ``rounding_mode`` (``ROUND``):
+  ``(rnd(clip(x / scale + zeropt, lo, hi)) - zeropt) · scale`` (the clamp written as the reference
+  does, ``where(v > hi, hi, v)`` then ``where(v < lo, lo, v)``) with
+  ``[lo, hi] = [0, 2^k - 1]`` unsigned (``2^k - 2`` narrow), ``[-2^(k-1), 2^(k-1) - 1]`` signed
+  (``-2^(k-1) + 1`` narrow). The reference clips before rounding; with integer bounds and a monotone
+  rounding that fixes integers this equals ``clip(rnd(.))``. Rounding modes: ROUND (half to even,
+  ONNX Round), CEIL, FLOOR, UP (away from 0), DOWN / ROUND_TO_ZERO (toward 0), HALF_UP, HALF_DOWN,
+  written with ``s = sign(v)``, ``a = |v|`` as ``s·ceil(a)``, ``s·floor(a)``, ``s·floor(a + 0.5)``,
+  ``s·ceil(a - 0.5)``. ``bitwidth`` must be a constant positive integer (an initializer or Constant):
+  anything else is an import error naming the node. Every other setting (per-channel scale or
+  zero-point, any k) is lowered as written; whether the binarize pass runs a layer bit-serially is
+  its own decision (README, Bit-serial operators).
+
+Not lowered (the import still stops with "unsupported ONNX op"): ``FloatQuant``, ``Trunc``, FINN's
+``MultiThreshold`` / ``XnorPopcountMatMul``.
 """
 
 from __future__ import annotations
@@ -16,24 +31,108 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from reforge.errors import ReforgeError
+
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general")
+INT_QUANT = ("Quant", "IntQuant")
+ROUNDING = ("ROUND", "CEIL", "FLOOR", "UP", "DOWN", "ROUND_TO_ZERO", "HALF_UP", "HALF_DOWN")
+
+
+def int_range(bits: int, signed: bool, narrow: bool) -> tuple[int, int]:
+    """``[lo, hi]`` of a k-bit integer (QONNX ``min_int`` / ``max_int``)."""
+    if signed:
+        return -(2 ** (bits - 1)) + int(narrow), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1 - int(narrow)
+
+
+class _Emitter:
+    """Appends standard ONNX nodes (and scalar constants) named under one QONNX node's name."""
+
+    def __init__(self, proto: onnx.ModelProto, prefix: str):
+        self.proto, self.prefix, self.nodes, self.n = proto, prefix, [], 0
+
+    def const(self, value: float) -> str:
+        name = f"{self.prefix}/c{self.n}"
+        self.n += 1
+        self.proto.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], output: str | None = None) -> str:
+        out = output or f"{self.prefix}/{op_type.lower()}{self.n}"
+        self.n += 1
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out))
+        return out
+
+
+def _bipolar(e: _Emitter, node: onnx.NodeProto) -> None:
+    x, scale = node.input
+    ge = e.op("GreaterOrEqual", [x, e.const(0.0)])
+    pm1 = e.op("Where", [ge, e.const(1.0), e.const(-1.0)])
+    e.op("Mul", [pm1, scale], node.output[0])
+
+
+def _round(e: _Emitter, v: str, mode: str) -> str:
+    if mode == "ROUND":
+        return e.op("Round", [v])
+    if mode in ("CEIL", "FLOOR"):
+        return e.op(mode.capitalize(), [v])
+    sign, mag = e.op("Sign", [v]), e.op("Abs", [v])
+    if mode == "UP":
+        mag = e.op("Ceil", [mag])
+    elif mode in ("DOWN", "ROUND_TO_ZERO"):
+        mag = e.op("Floor", [mag])
+    elif mode == "HALF_UP":
+        mag = e.op("Floor", [e.op("Add", [mag, e.const(0.5)])])
+    else:  # HALF_DOWN
+        mag = e.op("Ceil", [e.op("Sub", [mag, e.const(0.5)])])
+    return e.op("Mul", [sign, mag])
+
+
+def _bitwidth(proto: onnx.ModelProto, node: onnx.NodeProto) -> int:
+    name = node.input[3] if len(node.input) > 3 else ""
+    value = next((numpy_helper.to_array(t) for t in proto.graph.initializer if t.name == name), None)
+    if value is None:
+        value = next((numpy_helper.to_array(a.t) for n in proto.graph.node if n.op_type == "Constant"
+                      and list(n.output) == [name] for a in n.attribute if a.name == "value"), None)
+    if value is None or value.size != 1 or not float(value.reshape(-1)[0]).is_integer() or value.reshape(-1)[0] < 1:
+        raise ReforgeError(f"QONNX {node.op_type} at node '{node.name}': the bitwidth must be a constant positive "
+                           f"integer (an initializer), got {'a computed tensor' if value is None else value}")
+    return int(value.reshape(-1)[0])
+
+
+def _int_quant(proto: onnx.ModelProto, e: _Emitter, node: onnx.NodeProto) -> None:
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    mode = attrs.get("rounding_mode", b"ROUND")
+    mode = (mode.decode() if isinstance(mode, bytes) else str(mode)).upper()
+    if mode not in ROUNDING:
+        raise ReforgeError(f"QONNX {node.op_type} at node '{node.name}': unknown rounding_mode '{mode}'")
+    lo, hi = int_range(_bitwidth(proto, node), bool(attrs.get("signed", 1)), bool(attrs.get("narrow", 0)))
+    x, scale, zeropt = node.input[:3]
+    v = e.op("Add", [e.op("Div", [x, scale]), zeropt])
+    lo_c, hi_c = e.const(lo), e.const(hi)
+    v = e.op("Where", [e.op("Greater", [v, hi_c]), hi_c, v])  # the reference's clamp, NaN kept
+    v = e.op("Where", [e.op("Less", [v, lo_c]), lo_c, v])
+    q = _round(e, v, mode)
+    e.op("Mul", [e.op("Sub", [q, zeropt]), scale], node.output[0])
 
 
 def lower_qonnx(proto: onnx.ModelProto) -> int:
-    """Replace every BipolarQuant node of ``proto`` (in place) by standard ONNX; returns how many."""
+    """Replace every BipolarQuant / Quant / IntQuant node of ``proto`` (in place) by standard ONNX;
+    returns how many."""
     nodes, count = [], 0
     for node in proto.graph.node:
-        if node.domain not in QONNX_DOMAINS or node.op_type != "BipolarQuant" or len(node.input) != 2:
+        kind = node.op_type if node.domain in QONNX_DOMAINS else None
+        if kind == "BipolarQuant" and len(node.input) == 2:
+            e = _Emitter(proto, f"{node.name}/bipolar")
+            _bipolar(e, node)
+        elif kind in INT_QUANT and len(node.input) == 4:
+            e = _Emitter(proto, f"{node.name}/quant")
+            _int_quant(proto, e, node)
+        else:
             nodes.append(node)
             continue
         count += 1
-        x, scale = node.input
-        p = f"{node.name}/bipolar"
-        consts = {f"{p}/zero": 0.0, f"{p}/one": 1.0, f"{p}/minus_one": -1.0}
-        proto.graph.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), n) for n, v in consts.items())
-        nodes += [helper.make_node("GreaterOrEqual", [x, f"{p}/zero"], [f"{p}/ge"], name=f"{p}/ge"),
-                  helper.make_node("Where", [f"{p}/ge", f"{p}/one", f"{p}/minus_one"], [f"{p}/pm1"], name=f"{p}/where"),
-                  helper.make_node("Mul", [f"{p}/pm1", scale], list(node.output), name=f"{p}/scale")]
+        nodes += e.nodes
     if count:
         del proto.graph.node[:]
         proto.graph.node.extend(nodes)

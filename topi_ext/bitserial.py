@@ -1,6 +1,8 @@
-"""Bit-packed conv2d and dense for ±1 weights with 1-bit (±1) or k-bit unsigned activations.
+"""Bit-packed conv2d and dense for ±1 weights with 1-bit (±1), ternary {-1, 0, +1} or k-bit unsigned
+activations.
 
-Bits. A ±1 value is one bit (1 = +1, 0 = -1); a k-bit unsigned activation is k bit planes. Bits are
+Bits. A ±1 value is one bit (1 = +1, 0 = -1); a ternary value two planes (a > 0, a < 0; 0 sets
+neither); a k-bit unsigned activation k bit planes. Bits are
 packed along the input channels into words of ``word`` (uint32 / uint64); channels past the last
 one are 0 in activations *and* weights, so they never count.
 
@@ -24,6 +26,10 @@ any subtraction, because LLVM treats uint32/uint64 arithmetic as non-wrapping):
   (A_b = 0) contributes popcount(W) - popcount(W) = 0, so zero padding needs no correction, and
   ``(2^k - 1)·Σ_taps popcount(W)`` is a per-channel constant (``border_table(..., act_bits=k)``).
   Dense uses ``2·Σ_b 2^b·popcount(A_b and W) - Σ_c a_c`` (``Σ_c a_c`` is one cheap stage per row).
+- ternary × ±1: the same per-plane identity with plane weights +1 (a > 0) and -1 (a < 0):
+  ``Σ_c a_c·w_c = popcount(A_neg xor W) - popcount(A_pos xor W)`` summed over taps (the popcount(W)
+  terms cancel, so the border table is 0 and padding adds nothing); dense
+  ``2·(popcount(A_pos and W) - popcount(A_neg and W)) - (popcount(A_pos) - popcount(A_neg))``.
 
 Relax: :func:`emit_bitpack`, :func:`emit_bitserial_conv2d`, :func:`emit_bitserial_dense`,
 :func:`emit_bitpool` add the operator's PrimFunc (tagged ``reforge.op``, opaque to FuseOps; the
@@ -77,12 +83,15 @@ def pack_dense_weights(weight: np.ndarray, word: str = "uint64") -> np.ndarray:
     return np.ascontiguousarray(pack_bits_np(weight >= 0, word).T)
 
 
-def pack_activations_np(x: np.ndarray, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW") -> np.ndarray:
-    """numpy twin of :func:`bitpack`: ±1 (``x >= 0``) or k-bit unsigned ints -> ``[N, H, W, B, CW]``
-    (``[N, B, CW]`` for layout ``NC``)."""
+def pack_activations_np(x: np.ndarray, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW",
+                        ternary: bool = False) -> np.ndarray:
+    """numpy twin of :func:`bitpack`: ±1 (``x >= 0``), ternary (planes ``x > 0``, ``x < 0``) or k-bit
+    unsigned ints -> ``[N, H, W, B, CW]`` (``[N, B, CW]`` for layout ``NC``)."""
     if layout == "NCHW":
         x = x.transpose(0, 2, 3, 1)
-    if act_bits == 1:
+    if ternary:
+        planes = np.stack([x > 0, x < 0], axis=-2)
+    elif act_bits == 1:
         planes = (x >= 0)[..., None, :]
     else:
         q = x.astype(np.int64)
@@ -149,12 +158,16 @@ class ConvGeometry:
         return tirx.Select(o < lo, o, tirx.Select(o < hi, tirx.const(lo, "int32"), o - hi + lo + 1))
 
 
-def border_table(packed_weight: np.ndarray, in_channels: int, geom: ConvGeometry, act_bits: int = 1) -> np.ndarray:
+def border_table(packed_weight: np.ndarray, in_channels: int, geom: ConvGeometry, act_bits: int = 1,
+                 ternary: bool = False) -> np.ndarray:
     """The constant part of the conv's dot products, from the packed weights.
 
     ±1 activations: ``[CY, CX, O]``, ``valid_taps·C + 2·Σ_pad taps popcount(W)`` per border class;
-    k-bit activations: ``[1, 1, O]``, ``(2^k - 1)·Σ_taps popcount(W)``."""
+    k-bit activations: ``[1, 1, O]``, ``(Σ_b 2^b)·Σ_taps popcount(W) = (2^k - 1)·Σ_taps popcount(W)``;
+    ternary: the plane weights +1, -1 sum to 0, so the table is 0."""
     pc = np.vectorize(lambda v: bin(int(v)).count("1"), otypes=[np.int64])(packed_weight).sum(axis=2)  # [KH,KW,O]
+    if ternary:
+        return np.zeros((1, 1, packed_weight.shape[-1]), "int32")
     if act_bits > 1:
         return ((2 ** act_bits - 1) * pc.sum((0, 1)))[None, None, :].astype("int32")
     rows, _ = geom.classes(0)
@@ -171,9 +184,11 @@ def border_table(packed_weight: np.ndarray, in_channels: int, geom: ConvGeometry
 # ----------------------------------------------------------------------------- TE computes
 
 
-def bitpack(x: te.Tensor, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW") -> te.Tensor:
-    """Pack ±1 (``x >= 0`` is +1) or k-bit unsigned activations into words: layout ``NCHW`` or
-    ``NHWC`` -> ``[N, H, W, B, CW]`` (conv input); ``NC`` -> ``[N, B, CW]`` (dense input).
+def bitpack(x: te.Tensor, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW",
+            ternary: bool = False) -> te.Tensor:
+    """Pack ±1 (``x >= 0`` is +1), ternary (two planes: ``x > 0``, ``x < 0``; 0 sets neither) or k-bit
+    unsigned activations into words: layout ``NCHW`` or ``NHWC`` -> ``[N, H, W, B, CW]`` (conv input);
+    ``NC`` -> ``[N, B, CW]`` (dense input).
 
     For k > 1 the input holds integers 0 .. 2^k - 1 (any dtype); values are truncated to int32."""
     if layout == "NC":
@@ -191,17 +206,22 @@ def bitpack(x: te.Tensor, act_bits: int = 1, word: str = "uint64", layout: str =
     wb = word_bits(word)
     j = te.reduce_axis((0, wb), "j")
 
+    planes = 2 if ternary else act_bits
+
     def bit(idx, plane, ch):
         v = at(idx, tirx.min(ch, c - 1))
-        if act_bits == 1:
-            on = v >= tirx.const(0, str(x.dtype))
+        zero = tirx.const(0, str(x.dtype))
+        if ternary:
+            on = tirx.Select(plane == 0, v > zero, v < zero)
+        elif act_bits == 1:
+            on = v >= zero
         else:
             on = ((v.astype("int32") >> plane) & 1) == 1
         return tirx.Select(tirx.all(ch < c, on), tirx.const(1, word), tirx.const(0, word))
 
     # the bits are disjoint: their sum is their OR
     return te.compute(
-        (*lead, act_bits, num_words(c, word)),
+        (*lead, planes, num_words(c, word)),
         lambda *idx: te.sum(bit(idx[:-2], idx[-2], idx[-1] * wb + j) << j.astype(word), axis=j),
         name=PACK)
 
@@ -218,11 +238,13 @@ def _acc_dtype(word: str) -> str:
 
 def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, strides=(1, 1),
                      padding=(0, 0, 0, 0), out_dtype: str = "int32",
-                     threshold: te.Tensor | None = None, flip: te.Tensor | None = None) -> te.Tensor:
+                     threshold: te.Tensor | None = None, flip: te.Tensor | None = None,
+                     ternary: bool = False) -> te.Tensor:
     """Binary-weight conv2d on packed activations.
 
     data ``[N, H, W, B, CW]``; weight ``[KH, KW, CW, O]`` (same word); B = 1: ±1 activations, B > 1:
-    k-bit unsigned activations; ``border`` is :func:`border_table` of the weights (required).
+    k-bit unsigned activations, or with ``ternary`` (B = 2) the planes ``a > 0``, ``a < 0`` of
+    activations in {-1, 0, +1}; ``border`` is :func:`border_table` of the weights (required).
     Output ``[N, OH, OW, O]`` of ``out_dtype``; with ``threshold`` ``[O]`` int32 (and optional ``flip``
     ``[O]`` int32, 1 for a negative BatchNorm γ) the output is ``bit = dot >= thr`` (``dot <= thr``
     where flipped) packed as ``[N, OH, OW, 1, OWords]``.
@@ -254,9 +276,10 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, stri
                                 - 2 * raw[i, y, x, k].astype("int32")),
             name=CONV + "_dot")
     else:
-        # k-bit: Σ_c a_c·w_c = Σ_b 2^b·(popcount(W) - popcount(A_b xor W)); a padded tap (A_b = 0)
-        # gives popcount(W) - popcount(W) = 0, so no border correction, and Σ_b (2^b)·popcount(W)
-        # over the kernel is the per-channel constant in ``border``. One accumulator per bit plane
+        # planes with weights s_b (k-bit: 2^b; ternary: +1 for a > 0, -1 for a < 0):
+        # Σ_c a_c·w_c = Σ_b s_b·(popcount(W) - popcount(A_b xor W)); a padded tap (A_b = 0) gives
+        # popcount(W) - popcount(W) = 0, so no border correction, and Σ_b s_b·popcount(W) over the
+        # kernel is the per-channel constant in ``border`` (0 for ternary). One accumulator per plane
         # (the plane is a spatial axis, unrolled in the register tile), weighted in the epilogue.
         raw = te.compute(
             (n, oh, ow, nb, o),
@@ -270,7 +293,8 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, stri
         dot = te.compute(
             (n, oh, ow, o),
             lambda i, y, x, k: te.sum(
-                tirx.Select(rp == 0, border[0, 0, k], 0) - (raw[i, y, x, rp, k].astype("int32") << rp), axis=rp),
+                tirx.Select(rp == 0, border[0, 0, k], 0) - _plane_weighted(raw[i, y, x, rp, k].astype("int32"), rp,
+                                                                           ternary, "int32"), axis=rp),
             name=CONV + "_dot")
     if threshold is not None:
         return _threshold_pack(dot, threshold, flip, word)
@@ -279,7 +303,14 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, stri
     return te.compute(dot.shape, lambda *idx: dot(*idx).astype(out_dtype), name=CONV + "_cast")
 
 
-def _threshold_pack(dot: te.Tensor, threshold: te.Tensor, flip: te.Tensor | None, word: str) -> te.Tensor:
+def _plane_weighted(v, plane, ternary: bool, dtype: str):
+    """``s_b·v`` for bit plane ``b``: ``v << b`` (k-bit), ``+v`` / ``-v`` for the planes a > 0 / a < 0
+    (ternary). ``v`` is signed, of ``dtype``."""
+    return tirx.Select(plane == 0, v, -v) if ternary else v << plane.astype(dtype)
+
+
+def _threshold_pack(dot: te.Tensor, threshold: te.Tensor, flip: te.Tensor | None, word: str,
+                    op: str = CONV) -> te.Tensor:
     """Sign bits ``dot >= thr`` (``dot <= thr`` where ``flip``) packed over the last axis of ``dot``."""
     *lead, o = (int(d) for d in dot.shape)
     wb = word_bits(word)
@@ -297,12 +328,18 @@ def _threshold_pack(dot: te.Tensor, threshold: te.Tensor, flip: te.Tensor | None
     return te.compute(
         (*lead, 1, num_words(o, word)),
         lambda *idx: te.sum(bit(idx[:-2], idx[-1] * wb + j) << j.astype(word), axis=j),
-        name=CONV + "_sign")
+        name=op + "_sign")
 
 
-def bitserial_dense(data: te.Tensor, weight: te.Tensor, in_features: int, out_dtype: str = "int32") -> te.Tensor:
-    """Binary-weight dense: data ``[N, B, KW]`` packed activations (B = 1: ±1; B > 1: k-bit unsigned),
-    weight ``[KW, M]`` sign bits -> ``[N, M]``. Only the ``in_features`` real bits count."""
+def bitserial_dense(data: te.Tensor, weight: te.Tensor, in_features: int, out_dtype: str = "int32",
+                    ternary: bool = False, threshold: te.Tensor | None = None,
+                    flip: te.Tensor | None = None) -> te.Tensor:
+    """Binary-weight dense: data ``[N, B, KW]`` packed activations (B = 1: ±1; B > 1: k-bit unsigned;
+    ``ternary``: planes a > 0, a < 0), weight ``[KW, M]`` sign bits -> ``[N, M]``. Only the
+    ``in_features`` real bits count. Planes: ``dot = 2·Σ_b s_b·popcount(A_b and W) - Σ_b s_b·popcount(A_b)``
+    (``Σ_c a_c·w_c`` with ``Σ_{c in A_b} w_c = 2·popcount(A_b and W) - popcount(A_b)``). With
+    ``threshold`` (and ``flip``) ``[M]`` the output is the packed sign bits ``[N, 1, MW]`` (as the
+    conv's), the packed input of a next binary dense."""
     n, nb, kw = (int(d) for d in data.shape)
     kw2, m = (int(d) for d in weight.shape)
     assert kw == kw2
@@ -314,12 +351,16 @@ def bitserial_dense(data: te.Tensor, weight: te.Tensor, in_features: int, out_dt
         dot = te.compute((n, m), lambda i, k: in_features - 2 * raw[i, k].astype("int32"), name=DENSE + "_dot")
     else:
         raw = te.compute((n, m), lambda i, k: te.sum(
-            tirx.popcount(data[i, rb, rc] & weight[rc, k]).astype(acc) << rb.astype(acc), axis=[rb, rc]),
+            _plane_weighted(tirx.popcount(data[i, rb, rc] & weight[rc, k]).astype(acc), rb, ternary, acc),
+            axis=[rb, rc]),
             name=DENSE)
         sb, sc = te.reduce_axis((0, nb), "sb"), te.reduce_axis((0, kw), "sc")
-        asum = te.compute((n,), lambda i: te.sum(_popcount32(data[i, sb, sc]) << sb, axis=[sb, sc]),
+        asum = te.compute((n,), lambda i: te.sum(_plane_weighted(_popcount32(data[i, sb, sc]), sb, ternary, "int32"),
+                                                 axis=[sb, sc]),
                           name=DENSE + "_asum")
         dot = te.compute((n, m), lambda i, k: 2 * raw[i, k].astype("int32") - asum[i], name=DENSE + "_dot")
+    if threshold is not None:
+        return _threshold_pack(dot, threshold, flip, str(data.dtype), DENSE)
     if out_dtype == "int32":
         return dot
     return te.compute(dot.shape, lambda *idx: dot(*idx).astype(out_dtype), name=DENSE + "_cast")
@@ -375,23 +416,23 @@ def _placeholder(value, name: str) -> te.Tensor:
     return te.placeholder(shape, dtype, name)
 
 
-def emit_bitpack(bb, x, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW"):
+def emit_bitpack(bb, x, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW", ternary: bool = False):
     """Emit the activation pack of Relax tensor ``x`` into ``bb``; returns the packed ``[N, H, W, B, CW]``."""
     from tvm import relax
 
     xt = _placeholder(x, "x")
-    out = bitpack(xt, act_bits, word, layout)
-    gv = _add_op(bb, [xt], out, PACK, f"bitpack_{act_bits}b")
+    out = bitpack(xt, act_bits, word, layout, ternary)
+    gv = _add_op(bb, [xt], out, PACK, "bitpack_ternary" if ternary else f"bitpack_{act_bits}b")
     return bb.emit(relax.call_tir(gv, [x], relax.TensorType([int(d) for d in out.shape], word)))
 
 
 def emit_bitserial_conv2d(bb, data, weight: np.ndarray, strides=(1, 1), padding=(0, 0, 0, 0),
                           out_dtype: str = "int32", threshold: np.ndarray | None = None,
-                          flip: np.ndarray | None = None):
+                          flip: np.ndarray | None = None, ternary: bool = False):
     """Emit a binary-weight conv on packed activations ``data`` (``[N, H, W, B, CW]``, from
-    :func:`emit_bitpack` or a previous thresholded conv) into ``bb`` as ``call_tir`` of a scheduled
-    PrimFunc. ``weight``: float OIHW (its signs are the ±1 weights, ``w >= 0`` is +1), packed here
-    into a constant. Returns ``[N, OH, OW, O]`` of ``out_dtype``, or with ``threshold`` (and
+    :func:`emit_bitpack` or a previous thresholded conv; ``ternary``: the two planes of a ternary
+    pack) into ``bb`` as ``call_tir`` of a PrimFunc. ``weight``: float OIHW (its signs are the ±1
+    weights, ``w >= 0`` is +1), packed here into a constant. Returns ``[N, OH, OW, O]`` of ``out_dtype``, or with ``threshold`` (and
     ``flip``) the packed sign bits ``[N, OH, OW, 1, OWords]``."""
     from tvm import relax
 
@@ -406,37 +447,54 @@ def emit_bitserial_conv2d(bb, data, weight: np.ndarray, strides=(1, 1), padding=
         padding = padding * 2
     wt = te.placeholder(packed.shape, word, "weight")
     inputs, args = [at, wt], [data, relax.const(packed)]
-    table = border_table(packed, c, ConvGeometry(h, w, kh, kw, tuple(strides), padding), nb)
+    table = border_table(packed, c, ConvGeometry(h, w, kh, kw, tuple(strides), padding), nb, ternary)
     border = te.placeholder(table.shape, "int32", "border")
     inputs.append(border)
     args.append(relax.const(table))
     thr = fl = None
     if threshold is not None:
-        thr = te.placeholder((o,), "int32", "threshold")
-        inputs.append(thr)
-        args.append(relax.const(np.asarray(threshold, "int32")))
-        if flip is not None:
-            fl = te.placeholder((o,), "int32", "flip")
-            inputs.append(fl)
-            args.append(relax.const(np.asarray(flip, "int32")))
-    out = bitserial_conv2d(at, wt, border, strides, padding, out_dtype, thr, fl)
+        thr, fl, extra = _threshold_args(threshold, flip, o)
+        inputs += [t for t in (thr, fl) if t is not None]
+        args += extra
+    out = bitserial_conv2d(at, wt, border, strides, padding, out_dtype, thr, fl, ternary)
     gv = _add_op(bb, inputs, out, CONV, "bitserial_conv2d")
     return bb.emit(relax.call_tir(gv, args, relax.TensorType([int(d) for d in out.shape], str(out.dtype))))
 
 
-def emit_bitserial_dense(bb, data, weight: np.ndarray, out_dtype: str = "int32"):
-    """Emit a binary-weight dense on packed activations ``data`` (``[N, B, KW]``); ``weight`` float
-    ``[M, K]`` (signs), packed here into a constant. Returns ``[N, M]`` of ``out_dtype``."""
+def emit_bitserial_dense(bb, data, weight: np.ndarray, out_dtype: str = "int32", ternary: bool = False,
+                         threshold: np.ndarray | None = None, flip: np.ndarray | None = None):
+    """Emit a binary-weight dense on packed activations ``data`` (``[N, B, KW]``; ``ternary``: the two
+    planes of a ternary pack); ``weight`` float ``[M, K]`` (signs), packed here into a constant.
+    Returns ``[N, M]`` of ``out_dtype``, or with ``threshold`` (and ``flip``) the packed sign bits
+    ``[N, 1, MW]``."""
     from tvm import relax
 
     at = _placeholder(data, "data")
     word = str(at.dtype)
     packed = pack_dense_weights(weight, word)
     wt = te.placeholder(packed.shape, word, "weight")
-    out = bitserial_dense(at, wt, weight.shape[1], out_dtype)
-    gv = _add_op(bb, [at, wt], out, DENSE, "bitserial_dense")
-    return bb.emit(relax.call_tir(gv, [data, relax.const(packed)],
-                                  relax.TensorType([int(d) for d in out.shape], str(out.dtype))))
+    inputs, args = [at, wt], [data, relax.const(packed)]
+    thr = fl = None
+    if threshold is not None:
+        thr, fl, extra = _threshold_args(threshold, flip, weight.shape[0])
+        inputs += [t for t in (thr, fl) if t is not None]
+        args += extra
+    out = bitserial_dense(at, wt, weight.shape[1], out_dtype, ternary, thr, fl)
+    gv = _add_op(bb, inputs, out, DENSE, "bitserial_dense")
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType([int(d) for d in out.shape], str(out.dtype))))
+
+
+def _threshold_args(threshold: np.ndarray, flip: np.ndarray | None, channels: int):
+    """Placeholders and Relax constants of a threshold (and flip) epilogue over ``channels`` outputs."""
+    from tvm import relax
+
+    thr = te.placeholder((channels,), "int32", "threshold")
+    args = [relax.const(np.asarray(threshold, "int32"))]
+    fl = None
+    if flip is not None:
+        fl = te.placeholder((channels,), "int32", "flip")
+        args.append(relax.const(np.asarray(flip, "int32")))
+    return thr, fl, args
 
 
 def emit_bitpool(bb, data, pool_size=(2, 2), strides=(2, 2)):

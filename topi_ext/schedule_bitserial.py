@@ -104,9 +104,10 @@ def _conv(sch: s_tir.Schedule, lanes: int, tiles=_fixed_tiles) -> None:
         rows = sch.fuse(i, y)
         sch.parallel(rows)
         bits = _extents(sch, sch.get_loops(sign)[-1:])[0]  # the bit loop: the word width
-        if oc % bits == 0:
+        if oc % bits == 0 and planes == 1:
             sch.reverse_compute_at(sign, rows, preserve_unit_loops=True)
-        else:  # the last word's reads are clamped, which compute-at cannot follow: pack separately
+        else:  # the last word's reads are clamped, or the plane epilogue is not under the rows yet:
+            # pack separately
             _parallel_outer(sch, sign, 2)
     wb_loops = sch.get_loops(write_back)
     if _extents(sch, wb_loops[-1:])[0] == vec:

@@ -180,22 +180,44 @@ def test_batchnorm_sign_between_binary_convs_becomes_a_threshold(spelling, expor
     np.testing.assert_array_equal(run(art, x.numpy()), ref)  # integer-valued: dense of ±1 + bias
 
 
-def test_exact_zeros_in_a_sign_input_count_as_plus_one():
-    """The documented rule: ONNX Sign(0) = 0, the packed bit of 0 is +1. With zeros in the input of
-    ``sign`` the result equals onnxruntime on the input with those zeros replaced by a positive
-    number; ``where(x >= 0, 1, -1)`` has no such case and stays exact."""
-    torch.manual_seed(seed_of("zeros"))
-    x = torch.randn(1, 8, 12, 12)
-    x[torch.rand_like(x) < 0.2] = 0.0
-    positive = torch.where(x == 0, torch.full_like(x, 0.5), x).numpy()
-    for spelling in ("sign", "where"):
-        model = to_onnx(BinConv(8, 16, spelling=spelling), x)
-        out = run(reforge.compile(model, opt_level=2), x.numpy())
-        if spelling == "sign":
-            np.testing.assert_array_equal(out, onnxruntime(model, positive))
-            assert not np.array_equal(out, onnxruntime(model, x.numpy()))
-        else:
-            np.testing.assert_array_equal(out, onnxruntime(model, x.numpy()))
+@pytest.mark.parametrize("exporter", ["onnx", "torch.export"])
+@pytest.mark.parametrize("spelling", ["sign", "where"])
+def test_batchnorm_sign_between_binary_denses_becomes_a_threshold(spelling, exporter):
+    """dense -> BN -> (sign) dense -> BN -> (sign) dense: each BN + sign becomes the previous dense's
+    integer threshold, its output the packed input of the next dense (70 and 66 features: partial words)."""
+    torch.manual_seed(seed_of("dense-chain" + spelling))
+    module = randomize_bn(nn.Sequential(BinLinear(200, 70, spelling), nn.BatchNorm1d(70), BinLinear(70, 66, spelling),
+                                        nn.BatchNorm1d(66), BinLinear(66, 10, spelling)))
+    x = torch.randn(3, 200)
+    art, ref = compile_both(module, x, exporter)
+    rec = record(art)
+    assert rec["blocks"]["rewritten"] == 3 and rec["thresholds"] == 2, rec
+    assert "matmul" not in rec["after"]["ops"]
+    np.testing.assert_array_equal(run(art, x.numpy()), ref)
+
+
+ZERO_CASES = [  # id, module factory, input shape, expected rewrite
+    ("sign", lambda: BinConv(8, 16), (1, 8, 12, 12), "conv -> bitserial_conv2d (sign, ternary)"),
+    ("sign-ste-stride2", lambda: BinConv(70, 16, stride=2, spelling="sign-ste"), (1, 70, 9, 9),
+     "conv -> bitserial_conv2d (sign-ste, ternary)"),
+    ("where", lambda: BinConv(8, 16, spelling="where"), (1, 8, 12, 12), "conv -> bitserial_conv2d (where)"),
+    ("dense-sign", lambda: BinLinear(200, 24), (2, 200), "dense -> bitserial_dense (sign, ternary)"),
+]
+
+
+@pytest.mark.parametrize("name,make,shape,rewrite", ZERO_CASES, ids=[c[0] for c in ZERO_CASES])
+def test_exact_zeros_in_a_sign_input_are_exact(name, make, shape, rewrite):
+    """ONNX Sign(0) = 0: a ``sign`` activation is packed ternary (planes x > 0, x < 0), so inputs with
+    exact zeros give onnxruntime's result bit for bit; ``where(x >= 0, 1, -1)`` maps 0 to +1 and
+    stays on the binary kernel."""
+    torch.manual_seed(seed_of("zeros" + name))
+    module = make()
+    x = torch.randn(shape)
+    x[torch.rand_like(x) < 0.3] = 0.0
+    model = to_onnx(module, x)
+    art = reforge.compile(model, opt_level=2)
+    assert record(art)["rewrites"] == {rewrite: 1}
+    np.testing.assert_array_equal(run(art, x.numpy()), onnxruntime(model, x.numpy()))
 
 
 class ReluConv(nn.Module):
@@ -209,7 +231,7 @@ class ReluConv(nn.Module):
 
 @pytest.mark.parametrize("name,make,reason", [
     ("zero-weight", lambda: BinConv(8, 16), "exact 0"),
-    ("relu-activation", ReluConv, "not a ±1 activation"),
+    ("relu-activation", ReluConv, "not a ±1, ternary or k-bit activation"),
 ])
 def test_layers_left_in_float_are_reported(name, make, reason):
     torch.manual_seed(seed_of(name))
@@ -269,21 +291,24 @@ class TieChain(nn.Module):
         return self.c2(self.c1(x) + 2.0)
 
 
-def test_threshold_ties_are_reported_and_count_as_plus_one():
-    """A fused threshold where the float expression hits exactly 0 at an integer dot product: the
-    report says so, and the result follows the +1 rule (equal to the ``where`` spelling in PyTorch)."""
+def test_threshold_ties_stay_exact():
+    """``sign(d + 2)`` is exactly 0 at d = -2: no threshold (a ±1 bit cannot hold the 0), the float
+    epilogue is packed ternary instead and the report says why; ``where(d + 2 >= 0, 1, -1)`` maps that
+    0 to +1 and does become a threshold. Both equal PyTorch bit for bit."""
     torch.manual_seed(seed_of("ties"))
     module, plus_one = TieChain("sign").eval(), TieChain("where").eval()
     plus_one.load_state_dict(module.state_dict())
     x = torch.randn(1, 8, 10, 10)
-    model = to_onnx(module, x)
-    art = reforge.compile(model, opt_level=2)
-    rec = record(art)
-    assert rec["thresholds"] == 1 and any("exactly 0" in n or "exact 0" in n for n in rec["notes"]), rec["notes"]
-    out = run(art, x.numpy())
-    with torch.no_grad():
-        np.testing.assert_array_equal(out, plus_one(x).numpy())
-        assert not np.array_equal(out, module(x).numpy())  # Sign(0) = 0 happened somewhere
+    outs = []
+    for net, thresholds in ((module, 0), (plus_one, 1)):
+        art = reforge.compile(to_onnx(net, x), opt_level=2)
+        rec = record(art)
+        assert rec["thresholds"] == thresholds and rec["blocks"]["rewritten"] == 2, rec
+        assert thresholds or any("exactly 0" in n for n in rec["notes"]), rec["notes"]
+        outs.append(run(art, x.numpy()))
+        with torch.no_grad():
+            np.testing.assert_array_equal(outs[-1], net(x).numpy())
+    assert not np.array_equal(*outs)  # Sign(0) = 0 happened somewhere
 
 
 def test_float_layers_are_not_reported():

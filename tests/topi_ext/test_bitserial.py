@@ -1,7 +1,7 @@
 """Bit-serial conv2d / dense under their x86 schedules, bit for bit against numpy.
 
-Reference: the float conv / dense of the ±1 (or k-bit) tensors with zero padding, computed exactly in
-int64. Tolerance: none (np.testing.assert_array_equal)."""
+Reference: the float conv / dense of the ±1 (k-bit, or ternary {-1, 0, +1}) tensors with zero padding,
+computed exactly in int64. Tolerance: none (np.testing.assert_array_equal). ``bits`` "t" = ternary."""
 
 import numpy as np
 import pytest
@@ -36,7 +36,11 @@ def signs(a):
 
 
 def inputs(rng, shape, act_bits):
-    """Float activations and the integer values they stand for (±1, or 0 .. 2^k - 1)."""
+    """Float activations and the integer values they stand for (±1, 0 .. 2^k - 1, or {-1, 0, +1} for
+    ``act_bits == "t"``: about a third exact zeros)."""
+    if act_bits == "t":
+        x = rng.integers(-1, 2, shape).astype("float32") * rng.uniform(0.5, 2, shape).astype("float32")
+        return x, np.sign(x).astype(np.int64)
     if act_bits == 1:
         x = rng.standard_normal(shape).astype("float32")
         return x, signs(x)
@@ -59,14 +63,16 @@ def run(lib, arrays, out):
 def conv_op(rng, c, o, h, k, stride, pad, act_bits, word, threshold=False, batch=1):
     """Build and run the scheduled conv on numpy-packed inputs; returns (result, reference dot)."""
     x, xv = inputs(rng, (batch, c, h, h + 1), act_bits)
+    ternary = act_bits == "t"
     w = rng.standard_normal((o, c, k, k)).astype("float32")
     dot = ref_conv(xv, signs(w), stride, pad)
-    packed_x = bs.pack_activations_np(x, act_bits, word)
+    packed_x = bs.pack_activations_np(x, 1 if ternary else act_bits, word, ternary=ternary)
     packed_w = bs.pack_conv_weights(w, word)
     data = te.placeholder(packed_x.shape, word, "data")
     weight = te.placeholder(packed_w.shape, word, "weight")
     args, arrays = [data, weight], [packed_x, packed_w]
-    table = bs.border_table(packed_w, c, bs.ConvGeometry(h, h + 1, k, k, (stride, stride), pad), act_bits)
+    table = bs.border_table(packed_w, c, bs.ConvGeometry(h, h + 1, k, k, (stride, stride), pad),
+                            packed_x.shape[3], ternary)
     border = te.placeholder(table.shape, "int32", "border")
     args.append(border)
     arrays.append(table)
@@ -77,7 +83,7 @@ def conv_op(rng, c, o, h, k, stride, pad, act_bits, word, threshold=False, batch
         thr, flip = te.placeholder((o,), "int32", "thr"), te.placeholder((o,), "int32", "flip")
         args += [thr, flip]
         arrays += [thr_np, flip_np]
-    out = bs.bitserial_conv2d(data, weight, border, (stride, stride), pad, threshold=thr, flip=flip)
+    out = bs.bitserial_conv2d(data, weight, border, (stride, stride), pad, threshold=thr, flip=flip, ternary=ternary)
     lanes = bs.accumulator_lanes(TARGET, word)
     got = run(build(args, out, lambda f: schedule_bitserial_conv2d(f, lanes)), arrays, out)
     if threshold:
@@ -97,6 +103,11 @@ CONV_CASES = [  # cin, cout, size, kernel, stride, padding (t, l, b, r), activat
     (64, 32, 6, 3, 2, (0, 1, 1, 0), 1, "uint64"),  # asymmetric padding
     (16, 8, 2, 3, 1, (1, 1, 1, 1), 1, "uint64"),  # every output row a border row
     (130, 16, 9, 5, 1, (2, 2, 2, 2), 1, "uint64"),  # two border rows per side, 3 words
+    (37, 20, 10, 3, 2, (1, 1, 1, 1), "t", "uint64"),  # ternary: zeros, stride 2, padded, 37 channels
+    (100, 16, 7, 1, 1, (0, 0, 0, 0), "t", "uint64"),  # ternary 1x1, 2 words
+    (70, 24, 8, 3, 1, (0, 0, 0, 0), "t", "uint32"),  # ternary unpadded, 3 words of 32
+    (130, 8, 9, 3, 2, (1, 1, 1, 1), 3, "uint64"),  # 3-bit, 3 words, stride 2
+    (20, 12, 8, 1, 2, (0, 0, 0, 0), 2, "uint64"),  # 2-bit 1x1 stride 2
 ]
 
 
@@ -111,37 +122,66 @@ def test_conv_batch_of_two():
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("c, o, word", [(37, 70, "uint64"), (64, 32, "uint32"), (100, 128, "uint64")])
-def test_conv_threshold_packs_sign_bits(c, o, word):
-    got, want = conv_op(np.random.default_rng(o), c, o, 7, 3, 1, (1, 1, 1, 1), 1, word, threshold=True)
+@pytest.mark.parametrize("c, o, word, bits", [(37, 70, "uint64", 1), (64, 32, "uint32", 1), (100, 128, "uint64", 1),
+                                              (37, 64, "uint64", 2), (70, 128, "uint64", "t"), (20, 70, "uint64", "t")])
+def test_conv_threshold_packs_sign_bits(c, o, word, bits):
+    got, want = conv_op(np.random.default_rng(o), c, o, 7, 3, 1, (1, 1, 1, 1), bits, word, threshold=True)
     np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("n, k, m, bits, word", [(2, 100, 24, 1, "uint64"), (1, 200, 40, 1, "uint32"),
-                                                 (3, 70, 16, 2, "uint64")])
+                                                 (3, 70, 16, 2, "uint64"), (2, 130, 20, 3, "uint64"),
+                                                 (2, 100, 24, "t", "uint64"), (1, 70, 16, "t", "uint32")])
 def test_dense_matches_integer_reference(n, k, m, bits, word):
     rng = np.random.default_rng(k)
     x, xv = inputs(rng, (n, k), bits)
+    ternary = bits == "t"
     w = rng.standard_normal((m, k)).astype("float32")
-    packed_x = bs.pack_activations_np(x, bits, word, layout="NC")
+    packed_x = bs.pack_activations_np(x, 1 if ternary else bits, word, layout="NC", ternary=ternary)
     packed_w = bs.pack_dense_weights(w, word)
     data = te.placeholder(packed_x.shape, word, "data")
     weight = te.placeholder(packed_w.shape, word, "weight")
-    out = bs.bitserial_dense(data, weight, k)
+    out = bs.bitserial_dense(data, weight, k, ternary=ternary)
     lanes = bs.accumulator_lanes(TARGET, word)
     got = run(build([data, weight], out, lambda f: schedule_bitserial_dense(f, lanes)), [packed_x, packed_w], out)
     np.testing.assert_array_equal(got, xv @ signs(w).T)
 
 
+@pytest.mark.parametrize("n, k, m, bits", [(2, 100, 70, 1), (1, 70, 64, "t"), (3, 130, 24, 2)])
+def test_dense_threshold_packs_sign_bits(n, k, m, bits):
+    """Dense with the threshold epilogue: ``dot >= thr`` (``<=`` where flipped) packed ``[N, 1, MW]``."""
+    rng = np.random.default_rng(m + k)
+    x, xv = inputs(rng, (n, k), bits)
+    ternary = bits == "t"
+    w = rng.standard_normal((m, k)).astype("float32")
+    thr_np = rng.integers(-k // 4, k // 4, m).astype("int32")
+    flip_np = rng.integers(0, 2, m).astype("int32")
+    packed_x = bs.pack_activations_np(x, 1 if ternary else bits, "uint64", layout="NC", ternary=ternary)
+    packed_w = bs.pack_dense_weights(w)
+    data = te.placeholder(packed_x.shape, "uint64", "data")
+    weight = te.placeholder(packed_w.shape, "uint64", "weight")
+    thr, flip = te.placeholder((m,), "int32", "thr"), te.placeholder((m,), "int32", "flip")
+    out = bs.bitserial_dense(data, weight, k, ternary=ternary, threshold=thr, flip=flip)
+    lanes = bs.accumulator_lanes(TARGET, "uint64")
+    got = run(build([data, weight, thr, flip], out, lambda f: schedule_bitserial_dense(f, lanes)),
+              [packed_x, packed_w, thr_np, flip_np], out)
+    dot = xv @ signs(w).T
+    want = bs.pack_bits_np(np.where(flip_np != 0, dot <= thr_np, dot >= thr_np))[:, None, :]
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("shape, bits, layout, word", [((1, 37, 5, 6), 1, "NCHW", "uint64"),
                                                        ((2, 4, 3, 70), 2, "NHWC", "uint32"),
-                                                       ((3, 100), 3, "NC", "uint64")])
+                                                       ((3, 100), 3, "NC", "uint64"),
+                                                       ((1, 37, 5, 6), "t", "NCHW", "uint64"),
+                                                       ((2, 70), "t", "NC", "uint32")])
 def test_bitpack_matches_numpy(shape, bits, layout, word):
-    x, _ = inputs(np.random.default_rng(bits), shape, bits)
+    x, _ = inputs(np.random.default_rng(len(shape)), shape, bits)
+    ternary = bits == "t"
     xt = te.placeholder(shape, "float32", "x")
-    out = bs.bitpack(xt, bits, word, layout)
+    out = bs.bitpack(xt, 1 if ternary else bits, word, layout, ternary)
     got = run(build([xt], out, schedule_bitpack), [x], out)
-    np.testing.assert_array_equal(got, bs.pack_activations_np(x, bits, word, layout))
+    np.testing.assert_array_equal(got, bs.pack_activations_np(x, 1 if ternary else bits, word, layout, ternary))
 
 
 @pytest.mark.parametrize("c, h, w, pool, stride", [(64, 8, 8, 2, 2), (130, 9, 7, 3, 2), (20, 6, 6, 2, 1)])
