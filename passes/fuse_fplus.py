@@ -37,7 +37,7 @@ class FuseFPlus:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         self.report.before = graph_stats(mod)
-        mod = cleanup(mutate_functions(mod, lambda m, f: _Fuse(m, use_counts(f), self.report)))
+        mod = cleanup(mutate_functions(mod, lambda m, f: _Fuse(m, _scaled_subtractions(f), self.report)))
         self.report.after = graph_stats(mod)
         return mod
 
@@ -61,20 +61,33 @@ def _scaled(expr, dtype: str) -> tuple[relax.Expr, float]:
     return expr, 1.0
 
 
+def _scaled_subtractions(func: relax.Function) -> list[relax.Call]:
+    """Subtractions read only by a scalar multiply (a PFPlus λ): matched at the multiply instead."""
+    uses = use_counts(func)
+    values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    found = []
+    for value in values.values():
+        inner, lam = _scaled(value, tensor_dtype(value)) if op_name(value) == "relax.multiply" else (None, 1.0)
+        if isinstance(inner, relax.Var) and uses.get(inner, 0) == 1 and op_name(values.get(inner)) == "relax.subtract":
+            found.append(values[inner])
+    return found
+
+
 @relax.expr_functor.mutator
 class _Fuse(relax.PyExprMutator):
-    def __init__(self, mod, uses, report: BlockReport):
+    def __init__(self, mod, scaled: list[relax.Call], report: BlockReport):
         super().__init__(mod)
-        self.uses, self.report = uses, report
+        self.scaled, self.report = scaled, report
 
     def _value(self, expr):
         """The call bound to ``expr`` (a variable), or ``expr`` itself."""
         return self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
 
     def visit_call_(self, call):
+        deferred = any(call.same_as(c) for c in self.scaled)
         call = self.visit_expr_post_order(call)
         dtype = tensor_dtype(call)
-        if dtype not in _FLOATS or tensor_shape(call) is None:
+        if deferred or dtype not in _FLOATS or tensor_shape(call) is None:
             return call
         found = {"relax.subtract": self._power_form, "relax.where": self._where_form,
                  "relax.multiply": self._outer_scale}.get(op_name(call), lambda *_: None)(call, dtype)
@@ -101,6 +114,7 @@ class _Fuse(relax.PyExprMutator):
         pair = base.args if op_name(base) == "relax.add" else ()
         for unit, term in (pair, pair[::-1]):
             absx, mu = _scaled(self._value(term), dtype)
+            absx = self._value(absx)
             if _scalar(unit, dtype) == 1.0 and op_name(absx) == "relax.abs" and absx.args[0].same_as(x):
                 if not (np.isfinite(mu) and mu > 0):
                     return f"(1 + μ|x|)^sign(x) − 1 with μ = {mu:g}: the base may reach 0 (needs μ > 0)"
@@ -133,15 +147,13 @@ class _Fuse(relax.PyExprMutator):
         return "where form", x, 1.0, 1.0
 
     def _outer_scale(self, call, dtype: str):
-        """``λ·fplus(x; 1, μ)`` whose fplus has no other reader: ``("λ scale fused", x, λ, μ)``."""
+        """``λ·((1 + μ|x|)^sign(x) − 1)``: ``("power form", x, λ, μ)``, a reason, or None."""
         inner, lam = _scaled(call, dtype)
-        prev = self._value(inner) if isinstance(inner, relax.Var) and self.uses.get(inner, 0) == 1 else None
-        if op_name(prev) != "relax.call_tir" or not np.isfinite(lam):
-            return None
-        mod = self.builder_.get()
-        func = mod[prev.args[0]] if prev.args[0] in mod.get_global_vars() else None
-        if func is None or func.attrs is None or func.attrs.get("reforge.op") != OP \
-                or tensor_shape(call) != tensor_shape(inner):
-            return None
-        info = func.attrs["reforge.fplus"]
-        return "λ scale fused", prev.args[1].fields[0], lam * float(info["lam"]), float(info["mu"])
+        sub = self._value(inner)
+        found = self._power_form(sub, dtype) if lam != 1.0 and op_name(sub) == "relax.subtract" else None
+        if found is None or isinstance(found, str):
+            return found
+        if not np.isfinite(lam):
+            return f"λ·((1 + μ|x|)^sign(x) − 1) with λ = {lam:g}"
+        kind, x, _, mu = found
+        return kind, x, lam, mu

@@ -47,7 +47,6 @@ def emit_fplus(bb, x, lam: float = 1.0, mu: float = 1.0):
     xt = te.placeholder(shape, dtype, "x")
     out = fplus(xt, lam, mu)
     func = te.create_prim_func([xt, out]).with_attr("op_pattern", ELEMWISE).with_attr("reforge.op", OP)
-    func = func.with_attr("reforge.fplus", {"lam": float(lam), "mu": float(mu)})  # for a later λ fold
     gv = bb.add_func(func, OP)
     bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
     return relax.call_tir(gv, [x], relax.TensorType(shape, dtype))
