@@ -44,9 +44,9 @@ def emit_fplus(bb, x, lam: float = 1.0, mu: float = 1.0):
     from tvm import relax
 
     shape, dtype = [int(d) for d in x.ty.shape], str(x.ty.dtype)
-    xt = te.placeholder(shape, dtype, "x")
+    xt = te.placeholder([tirx.IntImm("int64", d) for d in shape], dtype, "x")  # int64, as legalized ops: FuseTIR
+    # maps a fused function's buffers to one relax var only when their shapes have the same type
     out = fplus(xt, lam, mu)
     func = te.create_prim_func([xt, out]).with_attr("op_pattern", ELEMWISE).with_attr("reforge.op", OP)
-    gv = bb.add_func(func, OP)
-    bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
+    gv = bb.add_func(func.without_attr("global_symbol"), OP)  # internal: removed once fused into a conv
     return relax.call_tir(gv, [x], relax.TensorType(shape, dtype))
