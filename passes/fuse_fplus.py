@@ -157,3 +157,46 @@ class _Fuse(relax.PyExprMutator):
             return f"λ·((1 + μ|x|)^sign(x) − 1) with λ = {lam:g}"
         kind, x, _, mu = found
         return kind, x, lam, mu
+
+
+# ----------------------------------------------------------------------------- blocked layouts
+
+
+def fplus_in_blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
+    """After the x86 build's blocked conv layouts: ``fplus(layout_transform(y))`` becomes
+    ``layout_transform(fplus(y))`` (elementwise, so exact for any layout, padded lanes included), and a
+    ``layout_transform`` back to y's layout after it cancels; fplus then reads the conv directly and
+    FuseOps puts it in the conv's epilogue."""
+    return cleanup(mutate_functions(mod, lambda m, _f: _Commute(m)))
+
+
+def _fplus_params(mod: tvm.IRModule, call) -> tuple[float, float] | None:
+    """``(λ, μ)`` if ``call`` is a call_tir of an fplus PrimFunc."""
+    if op_name(call) != "relax.call_tir" or call.args[0] not in mod.get_global_vars():
+        return None
+    attrs = mod[call.args[0]].attrs
+    info = attrs.get("reforge.fplus") if attrs is not None and attrs.get("reforge.op") == OP else None
+    return None if info is None else (float(info["lam"]), float(info["mu"]))
+
+
+@relax.expr_functor.mutator
+class _Commute(relax.PyExprMutator):
+    def _bound(self, expr, name: str):
+        value = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+        return value if op_name(value) == name else None
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        mod = self.builder_.get()
+        params = _fplus_params(mod, call)
+        if params is not None:  # fplus(layout_transform(y)) -> layout_transform(fplus(y))
+            lt = self._bound(call.args[1].fields[0], "relax.layout_transform")
+            if lt is None:
+                return call
+            y = self.builder_.emit(emit_fplus(self.builder_, lt.args[0], *params))
+            return relax.Call(lt.op, [y], lt.attrs)
+        lt = self._bound(call.args[0], "relax.layout_transform") if op_name(call) == "relax.layout_transform" else None
+        if lt is not None and _fplus_params(mod, self._bound(lt.args[0], "relax.call_tir")) is not None \
+                and tensor_shape(lt.args[0]) == tensor_shape(call):  # and back again, as TVM's
+            return lt.args[0]  # OptimizeLayoutTransform cancels a pair
+        return call

@@ -48,5 +48,6 @@ def emit_fplus(bb, x, lam: float = 1.0, mu: float = 1.0):
     # maps a fused function's buffers to one relax var only when their shapes have the same type
     out = fplus(xt, lam, mu)
     func = te.create_prim_func([xt, out]).with_attr("op_pattern", ELEMWISE).with_attr("reforge.op", OP)
+    func = func.with_attr("reforge.fplus", {"lam": float(lam), "mu": float(mu)})  # to emit it again for a new shape
     gv = bb.add_func(func.without_attr("global_symbol"), OP)  # internal: removed once fused into a conv
     return relax.call_tir(gv, [x], relax.TensorType(shape, dtype))

@@ -19,7 +19,7 @@ from tvm import te
 
 import reforge
 from reforge.autotune.space import block_names
-from reforge.build import fuse_nchw
+from reforge.build import BuildReport, fuse, fuse_nchw
 from reforge.passes import FoldConstants, FuseFPlus
 from reforge.targets import get_target
 from reforge.topi_ext.fplus import OP, fplus, fplus_np
@@ -95,19 +95,36 @@ def test_torch_modules_compile_to_one_fplus(form, exporter):
     with torch.no_grad():
         ref = module(x).numpy()
     assert (ref < 0).any() and (ref > 0).any()
+    assert art.manifest["build"]["schedules"]["conv2d_nchwc"] == 1  # conv + fplus fused: one blocked schedule
     out = list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0]
     assert max_rel_err(out, ref) <= RTOL
 
 
-def test_fplus_fuses_into_the_conv_epilogue():
-    """op_pattern elementwise: FuseOps puts fplus in the conv's fused function (NCHW build)."""
-    module, x = ConvFPlus("pow").eval(), torch.randn(1, 3, 8, 8)
+class TwoConvs(nn.Module):
+    """conv → FPlus (power form) → conv → FPlus (where form)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = ConvFPlus("pow"), ConvFPlus("where")
+        self.second.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.second(self.first(x))
+
+
+@pytest.mark.parametrize("target_name", ["x86", "cuda"])
+def test_fplus_fuses_into_the_conv_epilogue(target_name):
+    """op_pattern elementwise: FuseOps puts each fplus in its conv's fused function, both in the NCHW
+    build (cuda) and after x86's blocked layouts (fplus moved past the layout transform)."""
+    module, x = TwoConvs().eval(), torch.randn(1, 3, 8, 8)
     mod = FuseFPlus()(FoldConstants()(reforge.frontend.load(module, example_inputs=(x,)).mod))
-    target = get_target("cuda")
+    target = get_target(target_name)
     with target.tvm_target:
-        fused = fuse_nchw(mod, target)
-    funcs = [f for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert len(funcs) == 1 and {"conv2d_nchw", OP} <= block_names(funcs[0]), [block_names(f) for f in funcs]
+        fused = fuse(mod, target, BuildReport()) if target_name == "x86" else fuse_nchw(mod, target)
+    blocks = [block_names(f) for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    conv = "conv2d_nchwc" if target_name == "x86" else "conv2d_nchw"
+    assert sum({conv, OP} <= b for b in blocks) == 2 and sum(OP in b for b in blocks) == 2, blocks
+    assert sum("te_layout_transform" in b for b in blocks) == (2 if target_name == "x86" else 0)  # in and out
 
 
 # ----------------------------------------------------------------------------- ONNX graphs, look-alikes
