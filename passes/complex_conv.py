@@ -75,7 +75,7 @@ def _term(bindings: dict, var) -> _Conv | None:
 
 
 def _geometry(c: _Conv) -> tuple:
-    return c.weight.shape[2:], c.strides, c.padding, c.dilation, c.groups
+    return c.weight.shape, c.strides, c.padding, c.dilation, c.groups, c.dtype
 
 
 def _blocks(func: relax.Function, report: BlockReport) -> list[_Block]:
@@ -97,8 +97,9 @@ def _blocks(func: relax.Function, report: BlockReport) -> list[_Block]:
                 continue
             taken.add(imag)
             terms = [*real.args, *imag.args]
-            if len({_geometry(t) for t in (a, b, c, d)}) > 1 or a.dtype != b.dtype:
-                report.refuse("complex conv: the four convs differ in kernel size, strides, padding or dilation")
+            if len({_geometry(t) for t in (a, b, c, d)}) > 1:
+                report.refuse("complex conv: the four convs differ in kernel size, channels, strides, padding or "
+                              "dilation")
             elif a.groups != 1:
                 report.refuse("complex conv: grouped convs")
             elif tensor_shape(a.data) != tensor_shape(b.data):

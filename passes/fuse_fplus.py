@@ -5,10 +5,9 @@
 
 both become ``fplus(x; λ, μ)`` (:mod:`reforge.topi_ext.fplus`), an elementwise PrimFunc that FuseOps
 puts into the epilogue of the conv before it. Constants must be scalars: the 1s exactly 1, μ > 0
-and finite (the base stays positive), λ finite; a scalar multiply of an FPlus output nothing else
-reads is folded in as λ. A candidate (a ``power(·, sign(x)) − c`` or a ``where`` on the sign of x
-whose branches are x and a quotient of x) that differs from the definition stays, and the report
-says how.
+and finite (the base stays positive); λ is a finite scalar multiply that alone reads the − 1. A
+candidate (``power(·, sign(x)) − c``, or a ``where`` on the sign of x whose branches are x and a
+quotient of x) that differs from the definition stays, and the report says how.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """FPlus and PFPlus activations as one elementwise operator.
 
-    FPlus(x)        = (1 + |x|)^sign(x) − 1            = x for x >= 0,   x / (1 − x) for x < 0
-    PFPlus(x; λ, μ) = λ·((1 + μ|x|)^sign(x) − 1)       = λ·t for t >= 0, λ·t / (1 − t) for t < 0,  t = μ·x
+    FPlus(x)        = (1 + |x|)^sign(x) − 1            = x for x >= 0,  x / (1 − x) for x < 0
+    PFPlus(x; λ, μ) = λ·((1 + μ|x|)^sign(x) − 1)       = λ·t for t >= 0, λ·t / (1 − t) for t < 0; t = μ·x
 
 (Duan et al., FPLUS / PFPLUS; μ > 0 keeps the base positive, FPlus is λ = μ = 1.) The operator
 evaluates the piecewise rational form: no ``pow``, no ``sign``, and exact zeros stay 0.

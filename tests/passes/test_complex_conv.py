@@ -109,7 +109,7 @@ def block_graph(imag_conv: dict | None = None, kernels: tuple[int, ...] = (3, 3,
 
 CASES = [  # (name, graph kwargs, rewritten, refusal reason fragment)
     ("general 2×2 block", {}, True, None),
-    ("padding differs", dict(imag_conv=dict(pads=[0, 0, 2, 2])), False, "differ in kernel size, strides, padding"),
+    ("padding differs", dict(imag_conv=dict(pads=[0, 0, 2, 2])), False, "strides, padding or dilation"),
     ("dilation differs", dict(imag_conv=dict(dilations=[2, 2], pads=[2, 2, 2, 2])), False, "or dilation"),
     ("kernel differs", dict(kernels=(3, 3, 1, 3)), False, "differ in kernel size"),
 ]
