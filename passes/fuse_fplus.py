@@ -166,6 +166,8 @@ def fplus_in_blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
     ``layout_transform(fplus(y))`` (elementwise, so exact for any layout, padded lanes included), and a
     ``layout_transform`` back to y's layout after it cancels; fplus then reads the conv directly and
     FuseOps puts it in the conv's epilogue."""
+    if not any(f.attrs is not None and f.attrs.get("reforge.op") == OP for _, f in mod.functions_items()):
+        return mod
     return cleanup(mutate_functions(mod, lambda m, _f: _Commute(m)))
 
 
