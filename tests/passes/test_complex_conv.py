@@ -129,3 +129,12 @@ def test_onnx_blocks_and_refusals(name, kwargs, rewritten, reason, harness):
     feeds = harness.random_feeds(res.imported, rng)
     out, ref = harness.run(res.mod, res.imported, feeds), harness.onnxruntime(model, feeds)
     assert max_rel_err(out[0], ref[0]) <= RTOL
+
+
+def test_partial_product_read_elsewhere_is_refused(harness):
+    nodes, inputs, params = block_graph()
+    nodes[-1] = N("Concat", ["re", "im", "a"], ["y"], axis=1)  # conv(xr, A) is an output of its own too
+    model = harness.model(nodes, inputs, params)
+    res = harness.rewrite(model, FoldConstants, FoldBatchNorm, ComplexConv)
+    assert res.report.total == 0 and res.ops_after["nn.conv2d"] == 4
+    assert any("read elsewhere" in note for note in res.report.notes), res.report.notes

@@ -180,3 +180,16 @@ def test_onnx_graphs_and_look_alikes(name, graph, rewritten, reason, harness):
     assert max_rel_err(out[0][finite], ref[0][finite]) <= RTOL
     if rewritten:
         assert np.all(out[0][feeds["x"] == 0] == 0)
+
+
+def test_scale_of_a_shared_fplus_stays_a_multiply(harness):
+    """``0.5·f`` where f = FPlus(x) is read twice: f becomes the operator, the multiply stays."""
+    nodes, inputs, params = power_graph()
+    nodes[-1] = N("Sub", ["p", "minus"], ["f"])
+    nodes += [N("Mul", ["f", "half"], ["h"]), N("Add", ["h", "f"], ["y"])]
+    model = harness.model(nodes, inputs, {**params, "half": np.float32(0.5)})
+    res = harness.rewrite(model, FoldConstants, FuseFPlus)
+    assert res.report.rewrites == {"power form": 1} and res.ops_after["multiply"] == 1
+    feeds = {"x": with_zeros((2, 4, 6, 6), np.random.default_rng(11))}
+    out, ref = harness.run(res.mod, res.imported, feeds), harness.onnxruntime(model, feeds)
+    assert max_rel_err(out[0], ref[0]) <= RTOL
