@@ -66,7 +66,7 @@ def _scaled_subtractions(func: relax.Function) -> list[relax.Call]:
     values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     found = []
     for value in values.values():
-        inner, lam = _scaled(value, tensor_dtype(value)) if op_name(value) == "relax.multiply" else (None, 1.0)
+        inner, _ = _scaled(value, tensor_dtype(value)) if op_name(value) == "relax.multiply" else (None, 1.0)
         if isinstance(inner, relax.Var) and uses.get(inner, 0) == 1 and op_name(values.get(inner)) == "relax.subtract":
             found.append(values[inner])
     return found
@@ -149,7 +149,7 @@ class _Fuse(relax.PyExprMutator):
         """``λ·((1 + μ|x|)^sign(x) − 1)``: ``("power form", x, λ, μ)``, a reason, or None."""
         inner, lam = _scaled(call, dtype)
         sub = self._value(inner)
-        found = self._power_form(sub, dtype) if lam != 1.0 and op_name(sub) == "relax.subtract" else None
+        found = self._power_form(sub, dtype) if op_name(sub) == "relax.subtract" else None
         if found is None or isinstance(found, str):
             return found
         if not np.isfinite(lam):
