@@ -1,9 +1,11 @@
 """Graph rewrites on Relax, each a ``tvm.transform.Pass`` with a ``report`` of what it did."""
 
 from .binarize import Binarize
+from .complex_conv import ComplexConv
 from .fft_conv import FFTConv
 from .fold_batchnorm import FoldBatchNorm
 from .fold_channel_tile import FoldChannelTile
+from .fuse_fplus import FuseFPlus
 from .fwht import FastWHT
 from .merge_branches import MergeBranches
 from .registry import PASSES, PassInfo, get, select
@@ -13,5 +15,5 @@ from .report import PassReport
 from .tvm_builtin import DeadCode, FoldConstants
 
 __all__ = ["PASSES", "PassInfo", "PassReport", "get", "select",
-           "Binarize", "DeadCode", "FastWHT", "FFTConv", "FoldBatchNorm", "FoldChannelTile", "FoldConstants",
+           "Binarize", "ComplexConv", "DeadCode", "FastWHT", "FFTConv", "FoldBatchNorm", "FoldChannelTile", "FoldConstants", "FuseFPlus",
            "MergeBranches", "RemoveNoops", "RemoveResidual"]

@@ -170,3 +170,10 @@ def threshold_ties(alpha: np.ndarray, bias: np.ndarray, taps: int, dtype: str = 
     d = np.arange(-taps, taps + 1).astype(dtype)
     f = np.asarray(alpha, dtype)[:, None] * d[None, :] + np.asarray(bias, dtype)[:, None]
     return int(np.count_nonzero(f == 0))
+
+
+def block_kernel(blocks: list[list[np.ndarray]]) -> np.ndarray:
+    """Convs between channel groups as one conv: output group r of ``conv(concat_j x_j, W)`` is
+    ``Σ_j conv(x_j, W[r][j])`` for ``W = [[W00, W01, ...], [W10, ...], ...]`` (groups 1, one geometry);
+    e.g. the complex conv ``[[Wr, −Wi], [Wi, Wr]]`` over ``concat(xr, xi)``."""
+    return np.concatenate([np.concatenate(row, axis=1) for row in blocks], axis=0)

@@ -13,9 +13,11 @@ import tvm
 from reforge.errors import ReforgeError
 
 from .binarize import Binarize
+from .complex_conv import ComplexConv
 from .fft_conv import FFTConv
 from .fold_batchnorm import FoldBatchNorm
 from .fold_channel_tile import FoldChannelTile
+from .fuse_fplus import FuseFPlus
 from .fwht import FastWHT
 from .merge_branches import MergeBranches
 from .remove_noops import RemoveNoops
@@ -67,6 +69,13 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Shi et al., Rep-BNN: Towards a Precise Binary Neural Network with Enhanced Feature Map via Repeating, "
              "arXiv 2022",
              level=2, requires=("fold-constants", "fold-batchnorm")),
+    PassInfo("complex-conv", ComplexConv,
+             "a complex conv written as four real convs (yr = conv(xr, Wr) − conv(xi, Wi), yi = conv(xr, Wi) + "
+             "conv(xi, Wr), any 2×2 block of convs alike) becomes one conv over concat(xr, xi) with the block "
+             "kernel [[Wr, −Wi], [Wi, Wr]]",
+             "Worrall et al., Harmonic Networks: Deep Translation and Rotation Equivariance, CVPR 2017; "
+             "Trabelsi et al., Deep Complex Networks, ICLR 2018",
+             level=2, requires=("fold-constants", "fold-batchnorm")),
     PassInfo("merge-branches", MergeBranches,
              "structural re-parameterization: parallel linear branches on one input (k×k, 1×1, 1×k / k×1, "
              "identity, per-channel affine, average pooling) summed into one conv, and chains of linear convs "
@@ -74,6 +83,12 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Ding et al., RepVGG, CVPR 2021; Ding et al., ACNet, ICCV 2019; Ding et al., Diverse Branch Block, "
              "CVPR 2021; Vasu et al., MobileOne, CVPR 2023; Chen et al., RepGhost, 2022",
              level=2, requires=("fold-constants", "fold-batchnorm")),
+    PassInfo("fuse-fplus", FuseFPlus,
+             "FPlus / PFPlus activations written with pow / abs / sign or where, λ·((1 + μ|x|)^sign(x) − 1), "
+             "become one elementwise operator, fused into the preceding conv's epilogue",
+             "Duan et al., FPLUS: First Power Linear Unit with Sign, arXiv 2111.14349, 2021; "
+             "Duan, Yang & Dai, Feature Activation through First Power Linear Unit with Sign, Electronics 2022",
+             level=2, requires=("fold-constants",), rtol=1e-5),
     PassInfo("remove-residual", RemoveResidual,
              "RMNet reserve-and-merge: a residual block (basic or bottleneck; identity or 1x1 projection shortcut) "
              "whose input is provably non-negative becomes a plain chain, the input carried in reserved channels; "

@@ -11,6 +11,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 
+from reforge.passes.fuse_fplus import fplus_in_blocked_layout
 from reforge.passes.graph import mutate_functions, op_name
 from reforge.passes.reserved_copies import reserved_channels_as_copies
 from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
@@ -75,6 +76,7 @@ def fuse(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRMo
     """Blocked conv layouts, legalization and operator fusion: the functions tuning works on."""
     mod = reserved_channels_as_copies(mod)  # remove-residual's reserved channels: copies, not multiplications
     mod, report.layout = blocked_layout(mod, target.vector_lanes())
+    mod = fplus_in_blocked_layout(mod)  # fplus reads the blocked conv, to fuse into its epilogue
     return tvm.transform.Sequential([
         *cpu_generic.library_dispatch_passes(target.tvm_target),
         relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),

@@ -12,14 +12,15 @@ import reforge
 from reforge import ReforgeError
 from reforge.passes import PASSES, get, select
 
-TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "fold-channel-tile", "merge-branches", "remove-residual",
-         "fwht", "fft-conv", "binarize", "dead-code"]
+TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches",
+         "fuse-fplus", "remove-residual", "fwht", "fft-conv", "binarize", "dead-code"]
 O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # the -O2 passes start at -O2
 O2 = [n for n in TABLE if n not in ("remove-residual", "fft-conv")]  # remove-residual: opencl-fpga; fft-conv: on request
 O2_FPGA = [n for n in TABLE if n != "fft-conv"]
 O2_CUDA = [n for n in O2 if n != "binarize"]  # bit-serial operators: CPU and FPGA schedules, none run on a GPU yet
-REWRITES = ("fold-batchnorm", "fold-channel-tile", "merge-branches", "remove-residual", "binarize")  # need fold-batchnorm
-O2_ONLY = ["fold-channel-tile", "merge-branches", "fwht", "binarize"]
+REWRITES = ("fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches", "remove-residual",  # need
+            "binarize")  # fold-batchnorm
+O2_ONLY = ["fold-channel-tile", "complex-conv", "merge-branches", "fuse-fplus", "fwht", "binarize"]
 
 
 def test_table_order_and_prerequisites():
@@ -27,8 +28,9 @@ def test_table_order_and_prerequisites():
     assert PASSES["fold-batchnorm"].requires == ("fold-constants",)
     for name in REWRITES[1:]:
         assert PASSES[name].requires == ("fold-constants", "fold-batchnorm")
-    assert PASSES["fwht"].requires == PASSES["fft-conv"].requires == ("fold-constants",)
-    assert all(not PASSES[n].requires for n in TABLE if n not in (*REWRITES, "fwht", "fft-conv"))
+    for name in ("fuse-fplus", "fwht", "fft-conv"):
+        assert PASSES[name].requires == ("fold-constants",)
+    assert all(not PASSES[n].requires for n in TABLE if n not in (*REWRITES, "fuse-fplus", "fwht", "fft-conv"))
     assert PASSES["fft-conv"].level is None
 
 
@@ -46,8 +48,8 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(), O2),  # the default level is -O2
     (dict(opt_level=2, disable=["dead-code"]), O2[:-1]),
     (dict(opt_level=2, disable=O2_ONLY), O1),
-    (dict(opt_level=2, disable=["fold-batchnorm", "fold-channel-tile", "merge-branches", "binarize"]),
-     ["remove-noops", "fold-constants", "fwht", "dead-code"]),
+    (dict(opt_level=2, disable=["fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches", "binarize"]),
+     ["remove-noops", "fold-constants", "fuse-fplus", "fwht", "dead-code"]),
     (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", *O2_ONLY]), ["remove-noops", "dead-code"]),
     (dict(opt_level=1, enable=["merge-branches"]), ["remove-noops", "fold-constants", "fold-batchnorm",
                                                     "merge-branches", "dead-code"]),
