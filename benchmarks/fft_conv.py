@@ -49,7 +49,7 @@ def model(c: int, h: int, k: int, rng):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", nargs="+", default=["64:64:3", "64:64:5", "64:64:7", "64:64:11", "64:64:15",
-                                                        "256:32:3", "256:32:5", "256:32:7", "16:32:5", "16:32:11"])
+                                                        "256:32:3", "256:32:5", "256:32:7", "16:32:5", "16:32:11", "16:32:15"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)

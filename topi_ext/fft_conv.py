@@ -41,8 +41,8 @@ FFT_SIZES = (8, 16, 32, 64)
 # shuffles between them (per value moved)
 NS_DIRECT = 0.025
 NS_MIX = 0.05
-NS_TRANSFORM = 0.1
-NS_MOVE = 1.0
+NS_TRANSFORM = 0.092
+NS_MOVE = 2.35
 MARGIN = 1.3  # FFT only when its estimate is this many times below direct's
 MAX_SPECTRUM_BYTES = 128 << 20  # weight spectra larger than this never go through FFT
 
