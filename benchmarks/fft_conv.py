@@ -49,7 +49,8 @@ def model(c: int, h: int, k: int, rng):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", nargs="+", default=["64:64:3", "64:64:5", "64:64:7", "64:64:11", "64:64:15",
-                                                        "256:32:3", "256:32:5", "256:32:7", "16:32:5", "16:32:11", "16:32:15"])
+                                                        "256:32:3", "256:32:5", "256:32:7", "16:32:5", "16:32:11",
+                                                        "16:32:15"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
@@ -63,7 +64,7 @@ def main() -> None:
         g = fft_conv.geometry((1, c, h, h), w.shape, pads)
         tiling = fft_conv.Tiling(g, size[0]) if size else fft_conv.plan_any(g)
         registry.PASSES["fft-conv"] = dataclasses.replace(registry.PASSES["fft-conv"],
-                                                          make=lambda t=tiling: FFTConv(policy="always", tiling=t))
+                                                          make=lambda l=tiling.l: FFTConv(policy="always", size=l))
         x = rng.standard_normal((1, c, h, h)).astype("float32")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1

@@ -25,11 +25,11 @@ from .report import PassReport
 class FFTConv:
     """Rewrite large-kernel stride-1 convs to FFT convolutions with precomputed weight spectra."""
 
-    def __init__(self, policy: str = "cost", tiling: fft_conv.Tiling | None = None):
-        """``policy="always"`` rewrites every eligible conv, with ``tiling``'s FFT size if given."""
+    def __init__(self, policy: str = "cost", size: int | None = None):
+        """``policy="always"`` rewrites every eligible conv, with FFT size ``size`` if given (> the kernel)."""
         assert policy in ("cost", "always")
         self.report = PassReport()
-        self.policy, self.size = policy, None if tiling is None else tiling.l
+        self.policy, self.size = policy, size
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         return cleanup(mutate_functions(mod, lambda m, _f: _Rewrite(m, self.report, self.policy, self.size)))
@@ -64,5 +64,5 @@ class _Rewrite(relax.PyExprMutator):
         if tiling is None:
             self.report.note("left convs direct where the cost model estimates direct faster")
             return call
-        self.report.count(f"conv {g.kh}x{g.kw} to FFT")
+        self.report.count(f"conv {g.kh}x{g.kw} to FFT (L = {tiling.l})")
         return fft_conv.emit_fft_conv2d(self.builder_, x, weight, g.padding, tiling=tiling)

@@ -24,7 +24,6 @@ both ways with per-kind costs measured by benchmarks/fft_conv.py, and picks L.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,14 +35,15 @@ OPAQUE = 8  # relax OpPatternKind.kOpaque
 COLUMN_MULTIPLE = 8  # DFT matrix columns padded to this (fp32 vector lanes)
 
 FFT_SIZES = (8, 16, 32, 64)
-# ns per real multiply-add, measured by benchmarks/fft_conv.py on this CPU (2-core AMD EPYC, AVX2,
-# 1 thread, batch 1): reforge's direct conv, the channel mix GEMM, the DFT products and the
-# shuffles between them (per value moved)
+# ns per real multiply-add on this CPU (2-core AMD EPYC VM, AVX2, 1 thread, batch 1), fitted to per-operator
+# profiles of the FFT graph and to benchmarks/fft_conv.py's rows (a shared, loaded machine: the ratios to
+# NS_DIRECT are what was measured): reforge's direct conv, the channel-mix GEMM, the DFT products (padded
+# columns counted); NS_MOVE per spectrum value shuffled (take / transpose / slice) between the steps.
 NS_DIRECT = 0.025
 NS_MIX = 0.05
 NS_TRANSFORM = 0.092
 NS_MOVE = 2.35
-MARGIN = 1.3  # FFT only when its estimate is this many times below direct's
+MARGIN = 1.3  # FFT only when its estimate is this many times below direct's (the rows' run-to-run noise)
 MAX_SPECTRUM_BYTES = 128 << 20  # weight spectra larger than this never go through FFT
 
 
@@ -150,6 +150,12 @@ def plan_fft(g: FFTConvGeometry) -> Tiling | None:
     return min(fits, key=fft_ns, default=None)
 
 
+def plan_any(g: FFTConvGeometry) -> Tiling:
+    """:func:`plan_fft`, or when no size fits the spectrum cap the smallest power of two above the kernel
+    (forced rewrites)."""
+    return plan_fft(g) or Tiling(g, 1 << max(g.kh, g.kw).bit_length())
+
+
 def prefer_fft(g: FFTConvGeometry) -> Tiling | None:
     """The tiling to use when the FFT estimate beats the direct conv's by MARGIN, else None."""
     t = plan_fft(g)
@@ -254,11 +260,6 @@ def fft_conv2d_np(x: np.ndarray, weight: np.ndarray, padding, bias: np.ndarray |
     return y
 
 
-def plan_any(g: FFTConvGeometry) -> Tiling:
-    """:func:`plan_fft`, or when no size fits the spectrum cap the smallest valid one (forced rewrites)."""
-    return plan_fft(g) or Tiling(g, next(l for l in FFT_SIZES if l >= max(g.kh, g.kw)))
-
-
 # ----------------------------------------------------------------------------- Relax
 
 
@@ -277,7 +278,8 @@ def emit_fft_conv2d(bb, x, weight: np.ndarray, padding, bias: np.ndarray | None 
     top, left = g.padding[:2]
 
     def product(v, shape, perm, rows, matrix, keep):
-        """reshape v to ``shape``, permute by ``perm``, flatten to ``rows`` rows, ``@ matrix``, keep ``keep`` columns."""
+        """reshape v to ``shape``, permute by ``perm``, flatten to ``rows`` rows, ``@ matrix``, keep ``keep``
+        columns."""
         v = emit(op.reshape(emit(op.permute_dims(emit(op.reshape(v, shape)), perm)), (rows, -1)))
         y = emit(op.matmul(v, matrix))
         return y if keep == int(matrix.ty.shape[1]) else emit(op.strided_slice(y, [1], [0], [keep]))
