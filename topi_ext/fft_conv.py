@@ -31,6 +31,7 @@ from tvm import te
 
 MIX_OP = "fft_mix"  # the channel mix PrimFunc's ``reforge.op`` attribute
 MIX_ACC, MIX_OUT = "fft_mix_acc", "fft_mix"  # its blocks: the GEMM, the complex combination
+MIX_STRIP = 16  # weight spectra packed in strips of this many output columns (the GEMM's register tile)
 OPAQUE = 8  # relax OpPatternKind.kOpaque
 COLUMN_MULTIPLE = 8  # DFT matrix columns padded to this (fp32 vector lanes)
 
@@ -184,9 +185,9 @@ def _pad_columns(m: np.ndarray) -> np.ndarray:
 def dft_constants(t: Tiling, weight: np.ndarray) -> dict[str, np.ndarray]:
     """float64 right operands ``v @ M`` of the four DFT products (columns padded) and the weight spectra.
 
-    a ``[L, 2F]`` real DFT of a window row; b ``[2L, 2L]`` complex DFT over H; k ``[(F, L), C, 2O]``
-    ``conj(DFT2(w))`` as ``[Re | Im]``; g ``[2L, 2T_h]`` inverse over H, a tile's rows only; c ``[2F, T_w]``
-    inverse real DFT over W, a tile's columns only (the half spectrum stands for its mirror: weights
+    a ``[L, 2F]`` real DFT of a window row; b ``[2L, 2L]`` complex DFT over H; k ``conj(DFT2(w))``, per
+    frequency (F, L) a ``[C, 2O]`` matrix ``[Re | Im]`` packed in strips of columns (:func:`pack_spectra`);
+    g ``[2L, 2T_h]`` inverse over H, a tile's rows only; c ``[2F, T_w]`` inverse real DFT over W, a tile's columns only (the half spectrum stands for its mirror: weights
     2 but for DC and Nyquist)."""
     l, f = t.l, t.f
     a = _angles(np.arange(l), np.arange(f), l)
@@ -199,9 +200,21 @@ def dft_constants(t: Tiling, weight: np.ndarray) -> dict[str, np.ndarray]:
     k = spec.transpose(3, 2, 1, 0).reshape(f * l, t.g.c, t.g.o)
     return {"a": _pad_columns(np.concatenate([np.cos(a), -np.sin(a)], axis=1)),
             "b": _complex_block(np.cos(b), -np.sin(b)),
-            "k": np.concatenate([k.real, k.imag], axis=2),
+            "k": pack_spectra(np.concatenate([k.real, k.imag], axis=2)),
             "g": _pad_columns(_complex_block(np.cos(gi) / l, np.sin(gi) / l)),
             "c": _pad_columns(np.concatenate([alpha[:, None] * np.cos(ci), -alpha[:, None] * np.sin(ci)], 0) / l)}
+
+
+def strip_width(cols: int) -> int:
+    return max(d for d in range(1, MIX_STRIP + 1) if cols % d == 0)
+
+
+def pack_spectra(k: np.ndarray) -> np.ndarray:
+    """``[Q, C, 2O]`` → ``[Q, 2O / V, C, V]``: each strip of V columns contiguous, so the GEMM streams the
+    weights sequentially instead of one cache line per row of a strided strip."""
+    q, c, cols = k.shape
+    v = strip_width(cols)
+    return np.ascontiguousarray(k.reshape(q, c, cols // v, v).transpose(0, 2, 1, 3))
 
 
 def window_indices(tiles: int, stride: int, l: int) -> np.ndarray:
@@ -213,22 +226,23 @@ def window_indices(tiles: int, stride: int, l: int) -> np.ndarray:
 
 
 def mix(x: te.Tensor, k: te.Tensor, name: str = MIX_OUT) -> te.Tensor:
-    """``x [Q, 2P, C]`` (rows: real parts of P vectors, then imaginary), ``k [Q, C, 2O]`` (``[Re K | Im K]``):
-    ``y[q, 0] = Re(x_q K_q)``, ``y[q, 1] = Im(x_q K_q)``, ``[Q, 2, P, O]``, through the real GEMM
+    """``x [Q, 2P, C]`` (rows: real parts of P vectors, then imaginary), ``k [Q, 2O / V, C, V]`` (``[Re K | Im K]``
+    packed): ``y[q, 0] = Re(x_q K_q)``, ``y[q, 1] = Im(x_q K_q)``, ``[Q, 2, P, O]``, through the real GEMM
     ``m_q = x_q @ k_q``: ``Re = m[:P, :O] − m[P:, O:]``, ``Im = m[:P, O:] + m[P:, :O]``."""
     q, p2, c = (int(d) for d in x.shape)
-    o = int(k.shape[2]) // 2
-    p = p2 // 2
+    _, strips, _, v = (int(d) for d in k.shape)
+    o, p = strips * v // 2, p2 // 2
     r = te.reduce_axis((0, c), "c")
-    m = te.compute((q, p2, 2 * o), lambda b, i, j: te.sum(x[b, i, r] * k[b, r, j], axis=r), name=MIX_ACC)
+    m = te.compute((q, p2, 2 * o), lambda b, i, j: te.sum(x[b, i, r] * k[b, j // v, r, j % v], axis=r), name=MIX_ACC)
     return te.compute((q, 2, p, o), lambda b, s, i, j: te.if_then_else(
         s == 0, m[b, i, j] - m[b, i + p, j + o], m[b, i, j + o] + m[b, i + p, j]), name=name)
 
 
 def mix_prim_func(q: int, p: int, c: int, o: int, dtype: str = "float32"):
-    """The mix PrimFunc ``(x [Q, 2P, C], k [Q, C, 2O], out [Q, 2, P, O])``, tagged ``reforge.op``."""
+    """The mix PrimFunc ``(x [Q, 2P, C], k [Q, 2O / V, C, V], out [Q, 2, P, O])``, tagged ``reforge.op``."""
+    v = strip_width(2 * o)
     x = te.placeholder((q, 2 * p, c), dtype, "x")
-    k = te.placeholder((q, c, 2 * o), dtype, "k")
+    k = te.placeholder((q, 2 * o // v, c, v), dtype, "k")
     out = mix(x, k)
     return te.create_prim_func([x, k, out]).with_attr("op_pattern", OPAQUE).with_attr("reforge.op", MIX_OP)
 
@@ -250,7 +264,7 @@ def fft_conv2d_np(x: np.ndarray, weight: np.ndarray, padding, bias: np.ndarray |
     s = s.reshape(g.n, g.c, t.hp, t.nw, -1)[..., :2 * f][:, :, window_indices(t.nh, t.th, L)]
     s = s.reshape(g.n, g.c, t.nh, L, t.nw, 2, f).transpose(0, 1, 2, 4, 6, 5, 3).reshape(-1, 2 * L) @ k["b"]
     s = s.reshape(g.n, g.c, t.nh, t.nw, f, 2, L).transpose(4, 6, 5, 0, 2, 3, 1).reshape(f * L, 2 * p, g.c)
-    m = s @ k["k"]
+    m = s @ k["k"].transpose(0, 2, 1, 3).reshape(f * L, g.c, 2 * g.o)
     y = np.stack([m[:, :p, :g.o] - m[:, p:, g.o:], m[:, :p, g.o:] + m[:, p:, :g.o]], axis=1)
     y = y.reshape(f, L, 2, g.n, t.nh, t.nw, g.o).transpose(3, 6, 4, 5, 0, 2, 1).reshape(-1, 2 * L) @ k["g"]
     y = y[:, :2 * t.th].reshape(g.n, g.o, t.nh, t.nw, f, 2, t.th).transpose(0, 1, 2, 6, 3, 5, 4)
