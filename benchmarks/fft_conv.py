@@ -83,7 +83,7 @@ def main() -> None:
         r = {n: min(rnd[n] for rnd in rounds) for n in fns}
         ours = r["reforge fft"]
         pick = fft_conv.prefer_fft(g)
-        est = f"{fft_conv.NS_DIRECT * fft_conv.fft_costs(tiling)[0] / 1e6:.1f} / {fft_conv.fft_ns(tiling) / 1e6:.1f}"
+        est = f"{fft_conv.direct_ns(g) / 1e6:.1f} / {fft_conv.fft_ns(tiling) / 1e6:.1f}"
         rows.append(f"| {c}→{c} @{h}² k={k} | {r['onnxruntime']:.2f} ({r['onnxruntime'] / ours:.2f}x) | "
                     f"{r['reforge direct']:.2f} ({r['reforge direct'] / ours:.2f}x) | {ours:.2f} | "
                     f"{tiling.l} / {tiling.th} | {'fft L=%d' % pick.l if pick else 'direct'} ({est}) |")

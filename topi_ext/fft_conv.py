@@ -41,6 +41,8 @@ FFT_SIZES = (8, 16, 32, 64)
 # NS_DIRECT are what was measured): reforge's direct conv, the channel-mix GEMM, the DFT products (padded
 # columns counted); NS_MOVE per spectrum value shuffled (take / transpose / slice) between the steps.
 NS_DIRECT = 0.025
+NS_DIRECT_NARROW = 0.05  # the direct conv with at most NARROW input or output channels (little reuse per load)
+NARROW = 16
 NS_MIX = 0.05
 NS_TRANSFORM = 0.092
 NS_MOVE = 2.35
@@ -139,6 +141,11 @@ def fft_costs(t: Tiling) -> tuple[int, int, int, int]:
     return direct, mix, forward + inverse, moved
 
 
+def direct_ns(g: FFTConvGeometry) -> float:
+    oh, ow = g.out_hw
+    return (NS_DIRECT_NARROW if min(g.c, g.o) <= NARROW else NS_DIRECT) * g.n * g.o * g.c * oh * ow * g.kh * g.kw
+
+
 def fft_ns(t: Tiling) -> float:
     _, mix, transforms, moved = fft_costs(t)
     return NS_MIX * mix + NS_TRANSFORM * transforms + NS_MOVE * moved
@@ -162,8 +169,7 @@ def prefer_fft(g: FFTConvGeometry) -> Tiling | None:
     t = plan_fft(g)
     if t is None:
         return None
-    direct = fft_costs(t)[0]
-    return t if MARGIN * fft_ns(t) <= NS_DIRECT * direct else None
+    return t if MARGIN * fft_ns(t) <= direct_ns(g) else None
 
 
 # ----------------------------------------------------------------------------- constants
