@@ -142,11 +142,13 @@ def fft_costs(t: Tiling) -> tuple[int, int, int, int]:
 
 
 def direct_ns(g: FFTConvGeometry) -> float:
+    """Estimated ns of reforge's direct conv: ``NS_DIRECT · N·O·C·OH·OW·k_h·k_w`` (narrow: NS_DIRECT_NARROW)."""
     oh, ow = g.out_hw
     return (NS_DIRECT_NARROW if min(g.c, g.o) <= NARROW else NS_DIRECT) * g.n * g.o * g.c * oh * ow * g.kh * g.kw
 
 
 def fft_ns(t: Tiling) -> float:
+    """Estimated ns of the FFT conv: ``NS_MIX · mix + NS_TRANSFORM · transforms + NS_MOVE · moved``."""
     _, mix, transforms, moved = fft_costs(t)
     return NS_MIX * mix + NS_TRANSFORM * transforms + NS_MOVE * moved
 
@@ -193,8 +195,8 @@ def dft_constants(t: Tiling, weight: np.ndarray) -> dict[str, np.ndarray]:
 
     a ``[L, 2F]`` real DFT of a window row; b ``[2L, 2L]`` complex DFT over H; k ``conj(DFT2(w))``, per
     frequency (F, L) a ``[C, 2O]`` matrix ``[Re | Im]`` packed in strips of columns (:func:`pack_spectra`);
-    g ``[2L, 2T_h]`` inverse over H, a tile's rows only; c ``[2F, T_w]`` inverse real DFT over W, a tile's columns only (the half spectrum stands for its mirror: weights
-    2 but for DC and Nyquist)."""
+    g ``[2L, 2T_h]`` inverse over H, a tile's rows only; c ``[2F, T_w]`` inverse real DFT over W, a tile's
+    columns only (the half spectrum stands for its mirror: weights 2 but for DC and Nyquist)."""
     l, f = t.l, t.f
     a = _angles(np.arange(l), np.arange(f), l)
     b = _angles(np.arange(l), np.arange(l), l)
