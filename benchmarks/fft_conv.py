@@ -4,8 +4,9 @@ fft-conv pass forced onto it, in this process, on the same inputs, 1 thread by d
 
     .venv/bin/python benchmarks/fft_conv.py [--layers 64:64:3 64:64:11] [--threads 1]
 
-A layer is C:H:k (C channels in and out, H×H input, k×k kernel). (Nx) = runtime ms / reforge fft ms;
-the last column is what the pass's cost model would pick.
+A layer is C:H:k (C channels in and out, H×H input, k×k kernel), optionally C:H:k:L to force the FFT
+size L. (Nx) = runtime ms / reforge fft ms; then the FFT size L and tile T (outputs per tile side), and
+what the pass's cost model picks (with its estimates, ms).
 """
 
 from __future__ import annotations
@@ -47,25 +48,29 @@ def model(c: int, h: int, k: int, rng):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", nargs="+", default=["64:64:3", "64:64:7", "64:64:11"])
+    parser.add_argument("--layers", nargs="+", default=["64:64:3", "64:64:5", "64:64:7", "64:64:11", "64:64:15",
+                                                        "256:32:3", "256:32:5", "256:32:7", "16:32:5", "16:32:11",
+                                                        "16:32:15"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     set_threads(args.threads)
-    registry.PASSES["fft-conv"] = dataclasses.replace(registry.PASSES["fft-conv"],
-                                                      make=lambda: FFTConv(policy="always"))
     rows = []
     for layer in args.layers:
-        c, h, k = (int(v) for v in layer.split(":"))
+        c, h, k, *size = (int(v) for v in layer.split(":"))
         rng = np.random.default_rng(k)
         m, w, pads = model(c, h, k, rng)
+        g = fft_conv.geometry((1, c, h, h), w.shape, pads)
+        tiling = fft_conv.Tiling(g, size[0]) if size else fft_conv.plan_any(g)
+        registry.PASSES["fft-conv"] = dataclasses.replace(registry.PASSES["fft-conv"],
+                                                          make=lambda l=tiling.l: FFTConv(policy="always", size=l))
         x = rng.standard_normal((1, c, h, h)).astype("float32")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
         sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         ref = sess.run(None, {"x": x})[0]
-        direct, fft = reforge.compile(m), reforge.compile(m, enable_passes=["fft-conv"])
+        direct, fft = reforge.compile(m, disable_passes=["fft-conv"]), reforge.compile(m, enable_passes=["fft-conv"])
         tx = [tvm.runtime.tensor(x)]
         fns = {"onnxruntime": lambda: sess.run(None, {"x": x})}
         for name, art in (("reforge direct", direct), ("reforge fft", fft)):
@@ -77,13 +82,15 @@ def main() -> None:
                   for _ in range(args.rounds)]
         r = {n: min(rnd[n] for rnd in rounds) for n in fns}
         ours = r["reforge fft"]
-        pick = fft_conv.prefer_fft(fft_conv.geometry(x.shape, w.shape, pads))
-        rows.append(f"| {c}→{c} @{h}² k={k} | {args.threads} | {r['onnxruntime']:.2f} ({r['onnxruntime'] / ours:.2f}x) | "
+        pick = fft_conv.prefer_fft(g)
+        est = f"{fft_conv.direct_ns(g) / 1e6:.1f} / {fft_conv.fft_ns(tiling) / 1e6:.1f}"
+        rows.append(f"| {c}→{c} @{h}² k={k} | {r['onnxruntime']:.2f} ({r['onnxruntime'] / ours:.2f}x) | "
                     f"{r['reforge direct']:.2f} ({r['reforge direct'] / ours:.2f}x) | {ours:.2f} | "
-                    f"{'fft' if pick else 'direct'} |")
+                    f"{tiling.l} / {tiling.th} | {'fft L=%d' % pick.l if pick else 'direct'} ({est}) |")
         print(rows[-1], flush=True)
     print(f"\nms, median of {args.repeat} calls, best of {args.rounds} rounds; (Nx) = runtime / reforge fft\n")
-    print("| layer | threads | onnxruntime | reforge direct | reforge fft | cost model picks |")
+    print(f"{args.threads} thread(s)\n")
+    print("| layer | onnxruntime | reforge direct | reforge fft | FFT size / tile | cost model (est. direct / fft) |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
 

@@ -1,16 +1,13 @@
-"""fft-conv: large-kernel convolutions through the 2-D real DFT (:mod:`reforge.topi_ext.fft_conv`).
+"""fft-conv: large-kernel convolutions through tiled 2-D real DFTs (:mod:`reforge.topi_ext.fft_conv`).
 
-    conv2d(x, W) = IDFT2(Σ_c DFT2(x_pad) · conj(DFT2(W)))      weight spectra computed here, once
+    conv2d(x, W) on each L×L window = IDFT2(Σ_c DFT2(window) · conj(DFT2(W)))   (overlap-save)
 
 Rewritten: ``relax.nn.conv2d`` with a constant weight, NCHW / OIHW, stride 1, dilation 1, groups 1,
-any zero padding, static float32 shapes, where the cost model (:func:`fft_conv.prefer_fft`: the kernel
-at least 5×5 and several times fewer weighted multiply-adds than the direct conv) picks FFT, or every
-such conv with ``FFTConv(policy="always")``. A following bias ``add`` stays as it is.
-
-Off by default (on request: ``--enable-pass fft-conv``): the transforms and the per-frequency channel
-mix are plain matmuls under the default schedules, not a tuned FFT kernel; the cost model is fitted
-to ten layer shapes on one CPU; and the weight spectra, ``L_h·(L_w/2+1)·C·O`` complex values, are not
-yet capped in size (92 MB for 64 channels at 64², k = 11; gigabytes for wide layers on large maps).
+any zero padding, static float32 shapes, where the cost model (:func:`fft_conv.prefer_fft`: measured
+costs per multiply-add of the direct conv, the channel-mix GEMM and the DFT products; the weight
+spectra, ``L·(L/2+1)·C·O`` complex values, at most ``MAX_SPECTRUM_BYTES``) estimates FFT faster, with
+the FFT size it picks; or every such conv with ``FFTConv(policy="always")``. A following bias ``add``
+stays as it is. On at -O2: it leaves 3×3 convs alone everywhere.
 """
 
 from __future__ import annotations
@@ -28,20 +25,21 @@ from .report import PassReport
 class FFTConv:
     """Rewrite large-kernel stride-1 convs to FFT convolutions with precomputed weight spectra."""
 
-    def __init__(self, policy: str = "cost"):
+    def __init__(self, policy: str = "cost", size: int | None = None):
+        """``policy="always"`` rewrites every eligible conv, with FFT size ``size`` if given (> the kernel)."""
         assert policy in ("cost", "always")
         self.report = PassReport()
-        self.policy = policy
+        self.policy, self.size = policy, size
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return cleanup(mutate_functions(mod, lambda m, _f: _Rewrite(m, self.report, self.policy)))
+        return cleanup(mutate_functions(mod, lambda m, _f: _Rewrite(m, self.report, self.policy, self.size)))
 
 
 @relax.expr_functor.mutator
 class _Rewrite(relax.PyExprMutator):
-    def __init__(self, mod, report: PassReport, policy: str):
+    def __init__(self, mod, report: PassReport, policy: str, size: int | None):
         super().__init__(mod)
-        self.report, self.policy = report, policy
+        self.report, self.policy, self.size = report, policy, size
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
@@ -59,10 +57,12 @@ class _Rewrite(relax.PyExprMutator):
             return call
         weight = const_value(call.args[1])
         g = fft_conv.geometry(shape, weight.shape, [int(p) for p in a["padding"]])
-        if self.policy == "cost" and not fft_conv.prefer_fft(g):
-            self.report.note("left convs direct where the cost model prefers it (every kernel below 5x5)"
-                             if min(g.kh, g.kw) < fft_conv.MIN_KERNEL else
-                             "left a large-kernel conv direct: the cost model prefers it at this size")
+        if self.policy == "cost":
+            tiling = fft_conv.prefer_fft(g)
+        else:
+            tiling = fft_conv.plan_any(g) if self.size is None else fft_conv.Tiling(g, self.size)
+        if tiling is None:
+            self.report.note("left convs direct where the cost model estimates direct faster")
             return call
-        self.report.count(f"conv {g.kh}x{g.kw} to FFT")
-        return fft_conv.emit_fft_conv2d(self.builder_, x, weight, g.padding)
+        self.report.count(f"conv {g.kh}x{g.kw} to FFT (L = {tiling.l})")
+        return fft_conv.emit_fft_conv2d(self.builder_, x, weight, g.padding, tiling=tiling)

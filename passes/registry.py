@@ -104,11 +104,12 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "deep neural networks, ACM TECS 2022",
              level=2, requires=("fold-constants",), rtol=1e-5),
     PassInfo("fft-conv", FFTConv,
-             "large-kernel stride-1 convs through 2-D real DFTs (weight spectra precomputed, per-frequency "
-             "channel mixing as a batched complex matmul), chosen by a multiply-add cost model; off by default",
+             "large-kernel stride-1 convs through overlap-save tiled 2-D real DFTs (weight spectra precomputed, "
+             "per-frequency channel mixing as a batched GEMM over the tiles), where a cost model measured on "
+             "this CPU estimates FFT faster (never 3×3); x86 only (the model's CPU)",
              "Mathieu, Henaff & LeCun, Fast training of convolutional networks through FFTs, ICLR 2014; "
              "Vasilache et al., Fast convolutional nets with fbfft, ICLR 2015",
-             level=None, requires=("fold-constants",)),
+             level=2, targets=frozenset({"x86"}), requires=("fold-constants",)),
     PassInfo("binarize", Binarize,
              "binarized conv / dense (±1 weights, sign / where / STE activations) to bit-packed XNOR-popcount "
              "operators; BatchNorm + sign between binary convs fused into integer thresholds",

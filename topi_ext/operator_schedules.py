@@ -6,12 +6,15 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 
 from .bitserial import CONV, DENSE, PACK, POOL, op_kind
+from .fft_conv import MIX_OP
 from .schedule_bitserial import schedule_op
+from .schedule_fft import schedule_mix_on
 from .schedule_wht import schedule_wht_on
 from .wht import OP as WHT
 
 OPERATOR_SCHEDULES = {**{kind: schedule_op for kind in (CONV, DENSE, PACK, POOL)},
-                      WHT: lambda sch, lanes, _tiles=None: schedule_wht_on(sch, lanes)}
+                      WHT: lambda sch, lanes, _tiles=None: schedule_wht_on(sch, lanes),
+                      MIX_OP: lambda sch, lanes, _tiles=None: schedule_mix_on(sch, lanes)}
 
 
 def schedule_operator(func: tirx.PrimFunc, lanes: int) -> tuple[s_tir.Schedule, str] | None:
