@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dft import angles, complex_block, half_spectrum_weights
+
 # FFT is chosen when direct MACs >= MIX_WEIGHT x the FFT's channel-mixing MACs + TRANSFORM_WEIGHT x its
 # transform MACs, and the kernel is at least MIN_KERNEL on both sides. Fitted to benchmarks/fft_conv.py
 # on this CPU (Zen 3, AVX2, 1 thread, batch 1, same padding; reforge's direct conv at about 0.025 ns per
@@ -102,35 +104,23 @@ def prefer_fft(g: FFTConvGeometry) -> bool:
 # ----------------------------------------------------------------------------- constants
 
 
-def _angles(freqs, positions, length: int) -> np.ndarray:
-    return 2 * np.pi * np.outer(freqs, positions) / length
-
-
-def _complex_block(mr: np.ndarray, mi: np.ndarray) -> np.ndarray:
-    """``[[Mr, Mi], [−Mi, Mr]]``: ``[vr | vi] @ block = [Re | Im]`` of ``(vr + i·vi) @ (Mr + i·Mi)``."""
-    return np.block([[mr, mi], [-mi, mr]])
-
-
 def dft_constants(g: FFTConvGeometry, weight: np.ndarray) -> dict[str, np.ndarray]:
     """The matrices of the five products, in float64, each a right operand ``v @ M`` with the real and
     imaginary parts of a complex axis stacked (``[re | im]``)."""
     oh, ow = g.out_hw
     t, l = g.padding[0], g.padding[1]
     fw = np.arange(g.fw)
-    a = _angles(np.arange(g.w) + l, fw, g.lw)  # [W, Fw]: forward real DFT over W, padded positions
-    b = _angles(np.arange(g.h) + t, np.arange(g.lh), g.lh)  # [H, Lh]: forward DFT over H
-    gi = _angles(np.arange(g.lh), np.arange(oh), g.lh)  # [Lh, OH]: inverse over H, output rows only
-    alpha = np.full(g.fw, 2.0)  # the half spectrum stands for its mirror too, except DC and Nyquist
-    alpha[0] = 1.0
-    if g.lw % 2 == 0:
-        alpha[-1] = 1.0
-    ci = _angles(fw, np.arange(ow), g.lw)  # [Fw, OW]: inverse real DFT over W, output columns only
+    a = angles(np.arange(g.w) + l, fw, g.lw)  # [W, Fw]: forward real DFT over W, padded positions
+    b = angles(np.arange(g.h) + t, np.arange(g.lh), g.lh)  # [H, Lh]: forward DFT over H
+    gi = angles(np.arange(g.lh), np.arange(oh), g.lh)  # [Lh, OH]: inverse over H, output rows only
+    alpha = half_spectrum_weights(g.fw, g.lw)
+    ci = angles(fw, np.arange(ow), g.lw)  # [Fw, OW]: inverse real DFT over W, output columns only
     spec = np.conj(np.fft.rfft2(weight.astype(np.float64), s=(g.lh, g.lw)))  # [O, C, Lh, Fw]; conj: correlation
     k = spec.transpose(3, 2, 1, 0).reshape(g.fw * g.lh, g.c, g.o)  # [F = (fw, fh), C, O]
     return {"a": np.concatenate([np.cos(a), -np.sin(a)], axis=1),  # [W, 2Fw]
-            "b": _complex_block(np.cos(b), -np.sin(b)),  # [2H, 2Lh]
+            "b": complex_block(np.cos(b), -np.sin(b)),  # [2H, 2Lh]
             "k": np.concatenate([np.concatenate([k.real, k.imag], 2), np.concatenate([-k.imag, k.real], 2)], 1),
-            "g": _complex_block(np.cos(gi) / g.lh, np.sin(gi) / g.lh),  # [2Lh, 2OH]
+            "g": complex_block(np.cos(gi) / g.lh, np.sin(gi) / g.lh),  # [2Lh, 2OH]
             "c": np.concatenate([alpha[:, None] * np.cos(ci), -alpha[:, None] * np.sin(ci)], 0) / g.lw}  # [2Fw, OW]
 
 
