@@ -67,7 +67,8 @@ class ComplexLowering:
 
     def __init__(self, program: torch.export.ExportedProgram):
         self.program = program
-        values = {**program.state_dict, **program.constants}
+        values = {name: t.detach() for name, t in {**program.state_dict, **program.constants}.items()
+                  if isinstance(t, torch.Tensor)}
         self._placeholders = {s.arg.name: values.get(s.target) for s in program.graph_signature.input_specs}
         self._constants: dict[fx.Node, torch.Tensor | None] = {}
         self.folded = 0
