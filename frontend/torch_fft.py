@@ -84,7 +84,9 @@ class ComplexLowering:
                 "view_as_real.default": _identity, "view_as_complex.default": _identity,
                 "clone.default": _identity, "complex.default": _complex,
                 "abs.default": self._dispatch(_abs, lambda imp: imp._unary_op(relax.op.abs)),
-                "_to_copy.default": self._dispatch(_to_complex, lambda imp: imp._to_copy)}
+                "_to_copy.default": self._dispatch(_to_complex, lambda imp: imp._to_copy),
+                "slice.Tensor": self._dispatch(_slice, lambda imp: imp._slice),
+                "constant_pad_nd.default": self._dispatch(_pad, lambda imp: imp._constant_pad_nd)}
 
     def _dispatch(self, complex_fn: Callable, default: Callable) -> Callable:
         return lambda node, imp: complex_fn(node, imp) if self._involved(node) else default(imp)(node)
@@ -118,6 +120,9 @@ class ComplexLowering:
                 if len(dims) > 2 or dims != list(range(rank - len(dims), rank)):
                     raise ReforgeError(f"'aten.{name}' at node '{node.name}' transforms dims {dims} of a {rank}-D "
                                        "tensor: only the last one or two dims are supported")
+            if name == "constant_pad_nd.default" and (node.args[2:] or [0])[0] != 0:
+                raise ReforgeError(f"unsupported nonzero pad value of 'aten.{name}' on a complex tensor "
+                                   f"at node '{node.name}'")
             if node.kwargs.get("alpha", 1) != 1:
                 raise ReforgeError(f"unsupported alpha={node.kwargs['alpha']} of 'aten.{name}' on a complex tensor "
                                    f"at node '{node.name}'")
@@ -262,6 +267,25 @@ def _complex(node: fx.Node, imp) -> relax.Expr:
     shape = _shape(node) + [1]
     re, im = (bb.emit(relax.op.broadcast_to(bb.emit(relax.op.expand_dims(imp.env[a], -1)), shape)) for a in node.args)
     return _pair(bb, re, im)
+
+
+def _slice(node: fx.Node, imp) -> relax.Expr:
+    """``z[..., start:end:step, ...]`` along a complex axis (the pair axis stays last)."""
+    shape = _shape(node.args[0])
+    dim, start, end, step = (node.args[i] if i < len(node.args) else d for i, d in enumerate((0, None, None, 1), 1))
+    dim %= len(shape)
+    start, end = slice(start, end, step).indices(shape[dim])[:2]
+    return imp.block_builder.emit(relax.op.strided_slice(imp.env[node.args[0]], [dim], [start], [end], [step]))
+
+
+def _pad(node: fx.Node, imp) -> relax.Expr:
+    """Zero padding of complex axes: torch's ``[before, after]`` pairs run from the last axis back."""
+    pad, rank = list(node.args[1]), len(_shape(node.args[0]))
+    width = [0] * (2 * rank + 2)
+    for i in range(0, len(pad), 2):
+        axis = rank - 1 - i // 2
+        width[2 * axis:2 * axis + 2] = pad[i:i + 2]
+    return imp.block_builder.emit(relax.op.nn.pad(imp.env[node.args[0]], width, "constant", 0.0))
 
 
 def _to_complex(node: fx.Node, imp) -> relax.Expr:

@@ -64,6 +64,16 @@ class FullSpectrum(torch.nn.Module):
         return y + torch.fft.irfft2(half * half.abs(), s=x.shape[-2:], norm=self.norm) - z.imag
 
 
+class Resized(torch.nn.Module):
+    """``s=`` sizes: zero-padded and cropped spectra, and a 1-D transform with ``n=``."""
+
+    def forward(self, x):
+        up = torch.fft.irfft2(torch.fft.rfft2(x, s=(8, 10), norm="ortho"), s=(9, 12), norm="ortho")
+        crop = torch.fft.irfft2(torch.fft.rfft2(x)[..., 1:5, :], s=(4, 5))
+        line = torch.fft.irfft(torch.fft.rfft(x) * 0.5, n=7)
+        return up[..., :6, :7] + crop.sum() + line
+
+
 class ConvSpectralConv(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -100,6 +110,10 @@ def test_learned_multiplier(norm):
 @pytest.mark.parametrize("norm,hw", [("backward", (6, 8)), ("ortho", (5, 7)), ("forward", (8, 5))])
 def test_full_spectrum(norm, hw):
     close_to_torch(FullSpectrum(norm), (1, 2, *hw))
+
+
+def test_sizes():
+    close_to_torch(Resized(), (1, 2, 6, 7))
 
 
 def test_conv_spectral_conv_end_to_end():
