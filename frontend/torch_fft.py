@@ -227,22 +227,22 @@ def _promote(bb, arg, dtype: str, imp) -> relax.Expr:
     if _is_complex(arg):
         return imp.env[arg]
     if not isinstance(arg, fx.Node):
-        return relax.const(np.array([arg, 0], dtype), dtype)
+        return relax.const(np.array([complex(arg).real, complex(arg).imag], dtype), dtype)
     re = bb.emit(relax.op.expand_dims(bb.emit(relax.op.astype(imp.env[arg], dtype)), -1))
     return _pair(bb, re, bb.emit(relax.op.zeros_like(re)))
 
 
 def _mul(node: fx.Node, imp) -> relax.Expr:
     """``(a + ib)(c + id) = (ac − bd) + i(ad + bc)``; a real factor scales both parts."""
-    bb, (a, b) = imp.block_builder, node.args
-    if not (_is_complex(a) and _is_complex(b)):
-        z, r = (a, b) if _is_complex(a) else (b, a)
-        z = imp.env[z]
-        if isinstance(r, fx.Node):
-            return bb.emit(relax.op.multiply(z, bb.emit(relax.op.expand_dims(imp.env[r], -1))))
-        return bb.emit(relax.op.multiply(z, relax.const(r, str(z.ty.dtype))))
-    (ar, ai), (br, bi) = _parts(bb, imp.env[a]), _parts(bb, imp.env[b])
-    mul, emit = relax.op.multiply, bb.emit
+    bb, emit, (a, b) = imp.block_builder, imp.block_builder.emit, node.args[:2]
+    real = [x for x in (a, b) if not (_is_complex(x) or isinstance(x, complex))]
+    if real:
+        z, r = imp.env[b if real[0] is a else a], real[0]
+        r = emit(relax.op.expand_dims(imp.env[r], -1)) if isinstance(r, fx.Node) else relax.const(r, str(z.ty.dtype))
+        return emit(relax.op.multiply(z, r))
+    dtype = _pair_dtype(node)
+    (ar, ai), (br, bi) = (_parts(bb, _promote(bb, x, dtype, imp)) for x in (a, b))
+    mul = relax.op.multiply
     re = emit(relax.op.subtract(emit(mul(ar, br)), emit(mul(ai, bi))))
     im = emit(relax.op.add(emit(mul(ar, bi)), emit(mul(ai, br))))
     return _pair(bb, re, im)
@@ -290,7 +290,6 @@ def _pad(node: fx.Node, imp) -> relax.Expr:
 
 def _to_complex(node: fx.Node, imp) -> relax.Expr:
     """A real tensor cast to complex gets im = 0; complex to complex keeps the pair."""
-    src = node.args[0]
-    if _is_complex(src):
-        return imp.env[src]
-    return _promote(imp.block_builder, src, _pair_dtype(node), imp)
+    bb, src, dtype = imp.block_builder, node.args[0], _pair_dtype(node)
+    z = _promote(bb, src, dtype, imp)
+    return z if str(z.ty.dtype) == dtype else bb.emit(relax.op.astype(z, dtype))
