@@ -19,10 +19,6 @@ import math
 
 import numpy as np
 
-# aten's ``normalization`` argument of _fft_r2c / _fft_c2r / _fft_c2c: none, by 1/√n ("ortho"), by 1/n
-NORM_MODES = (0, 1, 2)
-
-
 # ----------------------------------------------------------------------------- numpy
 
 
@@ -48,7 +44,8 @@ def half_spectrum_weights(n_freq: int, length: int) -> np.ndarray:
 
 
 def norm_scale(mode: int, length: int) -> float:
-    """torch's per-axis normalization factor for aten ``normalization`` 0, 1, 2."""
+    """torch's per-axis factor for aten's ``normalization`` argument of _fft_r2c / _fft_c2r / _fft_c2c:
+    0 none, 1 by 1/√n ("ortho"), 2 by 1/n."""
     return (1.0, 1.0 / math.sqrt(length), 1.0 / length)[mode]
 
 
