@@ -11,8 +11,8 @@ matrix
     P_f = F_H · diag(M[:, f]) · F_H⁻¹              (row-vector convention, v @ P_f)
 
 so ``y = R⁻¹( P_f applied along H )( u @ R )``: 4·H·W·F + 4·H²·F real multiply-adds per image, against
-(H·W)² for the dense ``[HW, HW]`` operator, which is used instead when it is cheaper (maps of about
-5×5 and smaller). torch's normalization factors of both transforms are folded into the matrices.
+(H·W)² for the dense ``[HW, HW]`` operator, which is used instead when it is cheaper (tiny maps, up
+to about 4×5). torch's normalization factors of both transforms are folded into the matrices.
 M may vary over the leading axes (e.g. one multiplier per channel): those axes become the batch of
 P (or of the dense operator), the others its rows.
 """
