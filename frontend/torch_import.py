@@ -8,6 +8,8 @@ import warnings
 
 import numpy as np
 import torch
+import tvm
+from tvm import relax
 from tvm.relax.frontend.torch import from_exported_program
 
 from reforge.errors import ReforgeError, one_line
@@ -15,6 +17,7 @@ from reforge.errors import ReforgeError, one_line
 from .imported import ImportedModel
 from .relax_types import output_specs
 from .tensor_spec import TensorSpec, check_shape_names, resolve_shape
+from .torch_fft import ComplexLowering, has_complex
 
 
 def load_pt2(path: str) -> torch.export.ExportedProgram:
@@ -48,16 +51,31 @@ def import_torch(model: torch.nn.Module | torch.export.ExportedProgram | str,
         raise ReforgeError(f"cannot import a {type(model).__name__}: give an nn.Module, an ExportedProgram, "
                            "an .onnx or a .pt2 path")
     inputs = _program_inputs(program)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            mod = from_exported_program(program, unwrap_unit_return_tuple=True)
-    except Exception as err:  # TVM reports unsupported aten ops as assorted exception types
-        raise ReforgeError(f"cannot import the PyTorch program: {one_line(err)}") from err
+    mod = _from_program(program)
     n_out = len(program.graph_signature.user_outputs)
     outputs = output_specs(mod["main"], [f"output{i}" for i in range(n_out)])
     return ImportedModel(mod=mod, inputs=inputs, outputs=outputs, source=source,
                          name=name or type(runnable).__name__, reference=_TorchReference(runnable, inputs))
+
+
+def _from_program(program: torch.export.ExportedProgram) -> tvm.IRModule:
+    """TVM's importer; complex (torch.fft) subgraphs through :class:`ComplexLowering`'s converters."""
+    lowering = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if has_complex(program):
+                program = program.run_decompositions()
+                lowering = ComplexLowering(program)
+            mod = from_exported_program(program, unwrap_unit_return_tuple=True,
+                                        custom_convert_map=lowering and lowering.convert_map(),
+                                        run_ep_decomposition=lowering is None)
+    except ReforgeError:
+        raise
+    except Exception as err:  # TVM reports unsupported aten ops as assorted exception types
+        raise ReforgeError(f"cannot import the PyTorch program: {one_line(err)}") from err
+    # a folded Fourier multiplier leaves its transform and product unread
+    return relax.transform.DeadCodeElimination()(mod) if lowering and lowering.folded else mod
 
 
 class _TorchReference:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import te
 
+from .dft import angles, complex_block, half_spectrum_weights
+
 MIX_OP = "fft_mix"  # the channel mix PrimFunc's ``reforge.op`` attribute
 MIX_ACC, MIX_OUT = "fft_mix_acc", "fft_mix"  # its blocks: the GEMM, the complex combination
 MIX_STRIP = 16  # weight spectra packed in strips of this many output columns (the GEMM's register tile)
@@ -177,15 +179,6 @@ def prefer_fft(g: FFTConvGeometry) -> Tiling | None:
 # ----------------------------------------------------------------------------- constants
 
 
-def _angles(a, b, length: int) -> np.ndarray:
-    return 2 * np.pi * np.outer(a, b) / length
-
-
-def _complex_block(mr: np.ndarray, mi: np.ndarray) -> np.ndarray:
-    """``[[Mr, Mi], [−Mi, Mr]]``: ``[vr | vi] @ block = [Re | Im]`` of ``(vr + i·vi) @ (Mr + i·Mi)``."""
-    return np.block([[mr, mi], [-mi, mr]])
-
-
 def _pad_columns(m: np.ndarray) -> np.ndarray:
     return np.pad(m, ((0, 0), (0, _padded(m.shape[1]) - m.shape[1])))
 
@@ -198,18 +191,17 @@ def dft_constants(t: Tiling, weight: np.ndarray) -> dict[str, np.ndarray]:
     g ``[2L, 2T_h]`` inverse over H, a tile's rows only; c ``[2F, T_w]`` inverse real DFT over W, a tile's
     columns only (the half spectrum stands for its mirror: weights 2 but for DC and Nyquist)."""
     l, f = t.l, t.f
-    a = _angles(np.arange(l), np.arange(f), l)
-    b = _angles(np.arange(l), np.arange(l), l)
-    gi = _angles(np.arange(l), np.arange(t.th), l)
-    alpha = np.full(f, 2.0)
-    alpha[0] = alpha[-1] = 1.0
-    ci = _angles(np.arange(f), np.arange(t.tw), l)
+    a = angles(np.arange(l), np.arange(f), l)
+    b = angles(np.arange(l), np.arange(l), l)
+    gi = angles(np.arange(l), np.arange(t.th), l)
+    alpha = half_spectrum_weights(f, l)
+    ci = angles(np.arange(f), np.arange(t.tw), l)
     spec = np.conj(np.fft.rfft2(weight.astype(np.float64), s=(l, l)))  # [O, C, L, F]; conj: correlation
     k = spec.transpose(3, 2, 1, 0).reshape(f * l, t.g.c, t.g.o)
     return {"a": _pad_columns(np.concatenate([np.cos(a), -np.sin(a)], axis=1)),
-            "b": _complex_block(np.cos(b), -np.sin(b)),
+            "b": complex_block(np.cos(b), -np.sin(b)),
             "k": pack_spectra(np.concatenate([k.real, k.imag], axis=2)),
-            "g": _pad_columns(_complex_block(np.cos(gi) / l, np.sin(gi) / l)),
+            "g": _pad_columns(complex_block(np.cos(gi) / l, np.sin(gi) / l)),
             "c": _pad_columns(np.concatenate([alpha[:, None] * np.cos(ci), -alpha[:, None] * np.sin(ci)], 0) / l)}
 
 

@@ -17,6 +17,8 @@ loop nest (correct, slow), and the build report counts it.
 
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir, tirx
 
 from .conv2d_nchwc import BLOCK as CONV_NCHWC
@@ -161,19 +163,19 @@ def _matmul(sch: s_tir.Schedule, lanes: int) -> bool:
     """``x @ W`` with W ``(K, N)`` row-major: each thread owns a chunk of up to MATMUL_CHUNK
     outputs, kept in L1, and streams the matching part of every weight row contiguously."""
     mm = _named(sch, "matmul")
-    if mm is None or len(sch.get_loops(mm)) != 3:
+    if mm is None or len(sch.get_loops(mm)) not in (3, 4):
         return False
-    i, j, k = sch.get_loops(mm)
+    *batch, i, j, k = sch.get_loops(mm)
     m, n, kk = _extents(sch, [i, j, k])
     chunk = _divisor_at_most(n, MATMUL_CHUNK)
     jo, jc = sch.split(j, [None, chunk])
     jc_o, jv = sch.split(jc, [None, _divisor_at_most(chunk, lanes)])
-    sch.reorder(i, jo, k, jc_o, jv)
+    sch.reorder(*batch, i, jo, k, jc_o, jv)
     write_back = sch.cache_write(mm, 0, "local")
     _inline_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, jo, preserve_unit_loops=True)
     sch.vectorize(jv)
-    _parallelize_outer(sch, [i, jo], m * n * kk)
+    _parallelize_outer(sch, [*batch, i, jo], m * n * kk * math.prod(_extents(sch, batch)))
     init = sch.decompose_reduction(mm, k)
     sch.vectorize(sch.get_loops(init)[-1])
     return _schedule_rest(sch, lanes, done={mm, write_back, init})
