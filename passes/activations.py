@@ -3,13 +3,12 @@
     identity_from_zero   σ(t) = t for every t ≥ 0 (ReLU, LeakyReLU, ELU, FPlus; not ReLU6)
     lower                σ(t) ≥ lower for every t (−inf: no bound), so a tensor σ(·) is ≥ lower
     slope                σ(t) = slope·t for t < 0 (ReLU 0, LeakyReLU a), None if not linear there
-    apply                σ on another tensor (a widened one)
+    apply                σ on another tensor (a widened one), emitted through a block builder
 
-An entry is keyed by the Relax operator, or by the ``reforge.op`` tag of a ``call_tir`` PrimFunc
-(how reforge's fused operators appear, e.g. FPlus from fuse-fplus:
-``"fplus": lambda call: Activation("fplus", True, -1.0, None, emit_fplus)`` once its emitter exists;
-``FPlus(t) = t`` for t ≥ 0, ``t/(1 − t) > −1`` for t < 0). Importers spell ELU(α) as
-``−α·relu(1 − exp(t)) + relu(t)``; :func:`read_activation` reads that spelling as the entry ``elu``.
+An entry is keyed by the Relax operator, or by the ``reforge.op`` tag of a ``call_tir`` PrimFunc (how
+reforge's fused operators appear: PFPlus(t; λ, μ) from fuse-fplus is λμ·t for t ≥ 0 and
+λ·μt/(1 − μt) > −λ for t < 0). Importers spell ELU(α) as ``−α·relu(1 − exp(t)) + relu(t)``;
+:func:`read_activation` reads that spelling as the entry ``elu``.
 """
 
 from __future__ import annotations
@@ -20,6 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 from tvm import relax
+
+from reforge.topi_ext.fplus import OP as FPLUS_OP
+from reforge.topi_ext.fplus import emit_fplus
 
 from .graph import const_value, op_name
 
@@ -35,7 +37,7 @@ class Activation:
     identity_from_zero: bool
     lower: float
     slope: float | None
-    apply: Callable[[relax.Expr], relax.Expr]
+    apply: Callable[[relax.BlockBuilder, relax.Expr], relax.Expr]
 
 
 def _scalar(expr) -> float | None:
@@ -44,17 +46,17 @@ def _scalar(expr) -> float | None:
 
 
 def relu() -> Activation:
-    return Activation("relu", True, 0.0, 0.0, relax.op.nn.relu)
+    return Activation("relu", True, 0.0, 0.0, lambda _bb, x: relax.op.nn.relu(x))
 
 
 def leaky_relu(alpha: float) -> Activation:
     return Activation("leakyrelu", True, 0.0 if alpha <= 0 else -np.inf, alpha,
-                      lambda x: relax.op.nn.leakyrelu(x, alpha))
+                      lambda _bb, x: relax.op.nn.leakyrelu(x, alpha))
 
 
 def elu(alpha: float, dtype: str) -> Activation:
     """ELU(α): t for t ≥ 0, α(eᵗ − 1) > −α for t < 0; emitted in the importers' spelling."""
-    def apply(x):
+    def apply(_bb, x):
         return relax.op.add(relax.op.multiply(relax.const(-alpha, dtype), relax.op.nn.relu(
             relax.op.subtract(relax.const(1.0, dtype), relax.op.exp(x)))), relax.op.nn.relu(x))
     return Activation("elu", True, min(0.0, -alpha), None, apply)
@@ -64,14 +66,27 @@ def _clip(call: relax.Call) -> Activation:
     lo, hi = _scalar(call.args[1]), _scalar(call.args[2])
     lower = -np.inf if lo is None else lo
     return Activation("clip", lower == 0.0 and hi == np.inf, lower, None,
-                      lambda x: relax.op.clip(x, call.args[1], call.args[2]))
+                      lambda _bb, x: relax.op.clip(x, call.args[1], call.args[2]))
 
 
 ACTIVATIONS: dict[str, Callable[[relax.Call], Activation]] = {
     "relax.nn.relu": lambda call: relu(),
     "relax.nn.leakyrelu": lambda call: leaky_relu(float(call.attrs["alpha"])),
-    "relax.nn.relu6": lambda call: Activation("relu6", False, 0.0, None, relax.op.nn.relu6),
+    "relax.nn.relu6": lambda call: Activation("relu6", False, 0.0, None, lambda _bb, x: relax.op.nn.relu6(x)),
     "relax.clip": _clip,
+}
+
+
+def pfplus(lam: float, mu: float) -> Activation:
+    """PFPlus(t; λ, μ) = λ·(μt ≥ 0 ? μt : μt/(1 − μt)), μ > 0: the identity on [0, ∞) when λμ = 1,
+    bounded below by −λ when λ > 0 (FPlus: λ = μ = 1, ≥ −1)."""
+    return Activation("fplus", lam * mu == 1.0, -lam if lam > 0 else -np.inf, None,
+                      lambda bb, x: emit_fplus(bb, bb.normalize(x), lam, mu))
+
+
+# reforge's operators, by the ``reforge.op`` tag of their PrimFunc
+TAGGED: dict[str, Callable[[tvm.tirx.PrimFunc], Activation]] = {
+    FPLUS_OP: lambda func: pfplus(*(float(func.attrs["reforge.fplus"][k]) for k in ("lam", "mu"))),
 }
 
 
@@ -94,8 +109,8 @@ def read_activation(expr, lookup: Callable, mod: tvm.IRModule | None = None) -> 
         func = mod[value.args[0]] if value.args[0] in mod.functions else None
         tag = str(func.attrs["reforge.op"]) if func is not None and func.attrs is not None \
             and "reforge.op" in func.attrs else None
-        if tag in ACTIVATIONS and len(value.args[1].fields) == 1:
-            return Matched(value.args[1].fields[0], ACTIVATIONS[tag](value))
+        if tag in TAGGED and len(value.args[1].fields) == 1:
+            return Matched(value.args[1].fields[0], TAGGED[tag](func))
     return _read_elu(value, lookup)
 
 

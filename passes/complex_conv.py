@@ -25,8 +25,8 @@ from tvm import relax
 
 from . import kernel_algebra as ka
 from .analysis import graph_stats
-from .graph import channel_vector, cleanup, const_value, is_const, mutate_functions, op_name, tensor_shape, use_counts
-from .merge_branches import _Conv, _emit, _read_linear
+from .graph import (Conv, channel_vector, cleanup, const_value, emit_conv, is_const, mutate_functions, op_name,
+                    read_linear, tensor_shape, use_counts)
 from .report import BlockReport
 
 COMPLEX, BLOCK = "complex convs merged", "2×2 conv blocks merged"
@@ -55,26 +55,26 @@ class _Block:
 
     real: relax.Call
     imag: relax.Call
-    a: _Conv
-    b: _Conv
-    c: _Conv
-    d: _Conv
+    a: Conv
+    b: Conv
+    c: Conv
+    d: Conv
 
 
-def _term(bindings: dict, var) -> _Conv | None:
-    """``conv2d(x, W) [+ bias]`` bound to ``var``, as a ``_Conv`` with its bias."""
+def _term(bindings: dict, var) -> Conv | None:
+    """``conv2d(x, W) [+ bias]`` bound to ``var``, as a ``Conv`` with its bias."""
     value = bindings.get(var)
     bias = None
     if op_name(value) == "relax.add" and is_const(value.args[1]) and not is_const(value.args[0]):
         bias, value = const_value(value.args[1]), bindings.get(value.args[0])
-    conv = _read_linear(value) if op_name(value) == "relax.nn.conv2d" else None
+    conv = read_linear(value) if op_name(value) == "relax.nn.conv2d" else None
     if conv is None or bias is None:
         return conv
     vec = channel_vector(bias, tensor_shape(value), 1)
     return None if vec is None else replace(conv, bias=vec.astype(np.float64))
 
 
-def _geometry(c: _Conv) -> tuple:
+def _geometry(c: Conv) -> tuple:
     return c.weight.shape, c.strides, c.padding, c.dilation, c.groups, c.dtype
 
 
@@ -144,7 +144,7 @@ class _Merge(relax.PyExprMutator):
             x = self.builder_.emit(relax.op.concat([xr, xi], axis=1)) if x is None else x
             w = ka.block_kernel([[blk.a.weight, -blk.b.weight], [blk.c.weight, blk.d.weight]])
             bias = np.concatenate([blk.a.bias - blk.b.bias, blk.c.bias + blk.d.bias])
-            self.merged[i] = self.builder_.emit(_emit(replace(blk.a, data=x, weight=w, bias=bias)))
+            self.merged[i] = self.builder_.emit(emit_conv(replace(blk.a, data=x, weight=w, bias=bias)))
         return self.merged[i]
 
     def _slice(self, y: relax.Var, half: int, out_ch: int) -> relax.Expr:

@@ -132,7 +132,7 @@ class _Remove(relax.PyExprMutator):
             return None
         kind = (PROJECTION if projection is not None else IDENTITY) + (PAIR if len(signs) > 1 else "")
         self.report.count(kind + (OFFSET if offset else ""))
-        return _reserve_and_merge(x, convs, projection, acts, signs, scale, offset)
+        return _reserve_and_merge(self.builder_, x, convs, projection, acts, signs, scale, offset)
 
     def _block(self, main, short):
         """``(x, [conv₁ … convₙ], projection or None, [σ₁ … σₙ₋₁])`` if ``main`` is a chain of at least
@@ -188,8 +188,8 @@ def _misaligned(convs: list[Conv], projection: Conv | None, in_shape, out_shape)
     return None
 
 
-def _reserve_and_merge(x: relax.Expr, convs: list[Conv], projection: Conv | None, acts: list[Activation],
-                       signs: tuple[float, ...], scale: float, offset: float) -> relax.Expr:
+def _reserve_and_merge(bb: relax.BlockBuilder, x: relax.Expr, convs: list[Conv], projection: Conv | None,
+                       acts: list[Activation], signs: tuple[float, ...], scale: float, offset: float) -> relax.Expr:
     """The block as a chain: every conv widened by reserved channels that carry ``s·x + offset`` for each
     sign s (``C_in`` each), merged back into the last conv with weight ``s·scale``."""
     cin = tensor_shape(x)[1]
@@ -215,5 +215,5 @@ def _reserve_and_merge(x: relax.Expr, convs: list[Conv], projection: Conv | None
             bias = np.concatenate([np.zeros(r), c.bias])
         out = emit_conv(replace(c, data=out, weight=weight, groups=1, bias=bias))
         if i < len(convs) - 1:
-            out = acts[i].apply(out)
+            out = acts[i].apply(bb, out)
     return out

@@ -99,12 +99,12 @@ class _Split(relax.PyExprMutator):
                 and len(tensor_shape(expr) or ()) == 4:
             fields = list(value.args[0].fields)
             return fields, any(f.same_as(r) for f in fields[:1] for r in self.reserved)
-        act = read_activation(expr, self._bound)
+        act = read_activation(expr, self._bound, self.builder_.get())
         if act is not None:  # an elementwise activation (ReLU, ELU, ...): applied to each part
             found = self._parts(act.data, depth + 1)
             if found is None:
                 return None
-            return [p if act.act.name == "relu" and self._relu_output(p) else self.builder_.normalize(act.act.apply(p))
+            return [p if act.act.name == "relu" and self._relu_output(p) else self.builder_.normalize(act.act.apply(self.builder_, p))
                     for p in found[0]], found[1]
         if name == "relax.add" and is_const(value.args[1]) and not is_const(value.args[0]):
             bias = channel_vector(const_value(value.args[1]), tensor_shape(expr), 1)

@@ -21,6 +21,8 @@ from reforge import ReforgeError
 from reforge.build import BuildReport, lower_gpu
 from reforge.cli import main
 from reforge.targets import get_target
+from reforge.topi_ext import fft_conv
+from reforge.topi_ext.schedule_gpu import apply_gpu_schedules
 
 from . import zoo
 from .conftest import conv_bn_relu_model
@@ -129,3 +131,28 @@ def test_resnet_on_the_gpu_matches_x86(resnet_cuda):
     ref = reforge.compile(entry.build(), target="x86", example_inputs=(entry.example(),)).run({"image": x})
     for name in ref:
         assert np.abs(out[name] - ref[name]).max() <= 1e-4 * np.abs(ref[name]).max()
+
+
+def test_fft_conv_builds_and_its_channel_mix_runs():
+    """dlight's Matmul rule asserts on the FFT conv's channel mix (a GEMM with a complex combination
+    after it): the mix falls through to the next rule, and the kernel it gets is exact on PoCL."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(16, 16, 15, padding=7).eval()
+    art = reforge.compile(conv, target="cuda", example_inputs=(torch.randn(1, 16, 32, 32),),
+                          enable_passes=["fft-conv"])
+    (record,) = [p for p in art.manifest["passes"] if p["name"] == "fft-conv"]
+    assert record["rewrites"] == {"conv 15x15 to FFT (L = 32)": 1}
+    assert art.kernel_files["kernels.fatbin"][:4] == FATBIN_MAGIC
+    q, p, c, o = 6, 5, 12, 8
+    mod, used = apply_gpu_schedules(tvm.IRModule({"mix": fft_conv.mix_prim_func(q, p, c, o)}),
+                                    get_target("cuda").tvm_target)
+    assert "matmul" not in used and sum(used.values()) == 1
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((q, 2 * p, c)).astype("float32")
+    k = rng.standard_normal((q, 2 * o // fft_conv.strip_width(2 * o), c, fft_conv.strip_width(2 * o)))
+    k = k.astype("float32")
+    out = np.zeros((q, 2, p, o), "float32")
+    run_kernel(mod["mix"], [x, k, out])
+    m = x @ k.transpose(0, 2, 1, 3).reshape(q, c, 2 * o)  # real GEMM on [Re | Im] rows against [Re K | Im K]
+    ref = np.stack([m[:, :p, :o] - m[:, p:, o:], m[:, :p, o:] + m[:, p:, :o]], axis=1)
+    assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()

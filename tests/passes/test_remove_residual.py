@@ -9,8 +9,8 @@ two non-constant tensors (a skip connection) is left, every block is rewritten a
 states the multiply-adds before and after; the x86 build's copy lowering (reserved_copies.py)
 brings the multiply-adds back to the residual network's. LeakyReLU networks whose block inputs may
 be negative reserve a +x / -x pair; ELU(α) networks (ONNX ``Elu``, torch.export ``F.elu``, both
-imported as ``−α·relu(1 − exp(x)) + relu(x)``) reserve ``x + α`` (also checked against onnxruntime
-on the ONNX file). Blocks the pass must keep are checked at the same tolerance, with the reason in
+imported as ``−α·relu(1 − exp(x)) + relu(x)``) reserve ``x + α``, FPlus / PFPlus(λ, μ) networks
+(fused by fuse-fplus first) ``x + λ`` (also checked against onnxruntime on the ONNX file). Blocks the pass must keep are checked at the same tolerance, with the reason in
 the report.
 """
 
@@ -244,15 +244,29 @@ def test_leaky_relu_blocks_reserve_a_pair(case_id, make, exporter, rewrites):
     assert err <= RTOL, f"max|err| / max|ref| = {err:.3g} > {RTOL}"
 
 
+class FPlus(nn.Module):
+    """PFPlus ``λ·((1 + μ|x|)^sign(x) − 1)``, FPlus at λ = μ = 1 (written as torch.where)."""
+
+    def __init__(self, lam: float = 1.0, mu: float = 1.0):
+        super().__init__()
+        self.lam, self.mu = lam, mu
+
+    def forward(self, x):
+        if self.lam == self.mu == 1.0:
+            return torch.where(x >= 0, x, x / (1 - x))
+        return self.lam * (torch.pow(1 + self.mu * torch.abs(x), torch.sign(x)) - 1)
+
+
 class EluNet(nn.Module):
     """A stem (conv, BatchNorm, an activation, 3×3/2 max pooling), then an identity block and a strided
     block with a projection shortcut (basic or bottleneck), every activation ``inner`` inside the
     blocks and ``outer`` on the stem and after each skip add. ELU(α) outputs are ≥ −α: the blocks
-    reserve x + α."""
+    reserve x + α (FPlus: x + 1)."""
 
     def __init__(self, block: type[BasicBlock], inner: str = "elu", outer: str = "elu", alpha: float = 0.7):
         super().__init__()
-        acts = {"elu": lambda: nn.ELU(alpha), "relu": nn.ReLU, "gelu": nn.GELU}
+        acts = {"elu": lambda: nn.ELU(alpha), "relu": nn.ReLU, "gelu": nn.GELU, "fplus": FPlus,
+                "pfplus": lambda: FPlus(2.0, 0.5)}
         self.outer = acts[outer]()
         self.stem = nn.Sequential(conv_bn(3, 8, 3, 1, 1), acts[outer](), nn.MaxPool2d(3, 2, 1))
         self.blocks = nn.ModuleList([block(8, 8 // block.expansion), block(8, 16 // block.expansion, 2)])
@@ -280,6 +294,11 @@ ELU = [  # id, factory, exporter, rewrites
     # ReLU block inputs, ELUs inside: c = 0, nothing to offset
     ("basic-relu-outside-elu-inside", lambda: EluNet(BasicBlock, outer="relu"), "torch.export",
      {IDENTITY: 1, PROJECTION: 1}),
+    # FPlus >= -1, the identity on [0, inf): one reforge operator after fuse-fplus
+    ("basic-fplus", lambda: EluNet(BasicBlock, inner="fplus", outer="fplus"), "onnx",
+     {IDENTITY + OFFSET: 1, PROJECTION + OFFSET: 1}),
+    ("bottleneck-fplus", lambda: EluNet(Bottleneck, inner="fplus", outer="fplus"), "torch.export",
+     {IDENTITY + OFFSET: 1, PROJECTION + OFFSET: 1}),
 ]
 
 
@@ -301,7 +320,7 @@ def test_elu_blocks_reserve_x_plus_alpha(case_id, make, exporter, rewrites):
     with torch.no_grad():
         ref = net(x).numpy()
     out = list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0]
-    assert (ref < 0).any() == isinstance(net.outer, nn.ELU)  # the outputs reach the ELU's negative side
+    assert (ref < 0).any() == (not isinstance(net.outer, nn.ReLU))  # outputs on the activation's negative side
     err = max_rel_err(out, ref)
     assert err <= RTOL, f"max|err| / max|ref| = {err:.3g} > {RTOL}"
     if exporter == "onnx":
@@ -315,6 +334,10 @@ KEPT_ELU = [  # id, factory, exporter, reason
      "no provable lower bound (it comes from add)"),
     # GELU is not the identity on [0, inf) (torch.export keeps nn.gelu)
     ("gelu-inside", lambda: EluNet(BasicBlock, inner="gelu"), "torch.export", "gelu between its convs would change"),
+    # PFPlus(λ = 2, μ = 1/2) inside: fold-batchnorm moves λ into the next conv, and the fplus(λ = 1,
+    # μ = 1/2) left is t/2 for t >= 0, not the identity: it would halve the reserved channels
+    ("pfplus-inside", lambda: EluNet(BasicBlock, inner="pfplus", outer="relu"), "onnx",
+     "fplus between its convs would change"),
 ]
 
 
