@@ -26,8 +26,10 @@ demo: install
 	$(BIN)/reforge run $(OUT)/smallcnn.tar --print-time
 	$(BIN)/reforge bench examples/smallcnn.onnx --against onnxruntime --threads 1
 
+# one pytest worker per core; a test file stays on one worker (its module fixtures are built once)
+JOBS ?= $(shell nproc)
 test: install toolchains
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(JOBS) --dist loadfile
 
 # make fuzz N=1000: differential fuzzing with fresh random graphs; prints (every 25 graphs and at the end)
 # graphs, modules built, mismatches, CPU s/graph, rewrites/runs per pass, passes below 100 rewrites

@@ -5,13 +5,15 @@ what reforge's passes rewrite, in the spellings they recognize:
 
 - convs (kernel 1-15, stride 1-2, symmetric or asymmetric padding, dilation, groups and depthwise,
   with or without bias), BatchNorm with random statistics (negative γ included), ReLU / LeakyReLU /
-  ELU and FPlus in its elementwise form ``Pow(1 + |x|, sign(x)) - 1``;
+  ELU and FPlus in its elementwise forms ``Pow(1 + |x|, sign(x)) - 1`` and ``Where(x >= 0, x, x / (1 - x))``
+  (fuse-fplus);
 - no-ops (Dropout, its unused mask output, ×1, +0, ÷1, −0, identity Reshape / Transpose / Cast,
   one-input Concat) and a channel Split with an output left unused (remove-noops, dead-code);
 - residual blocks (basic k×k-k×k or bottleneck 1×1-3×3-1×1, ReLU or LeakyReLU inside, identity or
   strided 1×1 projection shortcut, usually on a ReLU output: remove-residual), sums of 2-3 branches
   on one input (convs of different kernels, identity, average pool: merge-branches), chains of two
-  linear convs, channel concat, channel tiling before a conv (fold-channel-tile), pooling;
+  linear convs, channel concat, channel tiling before a conv (fold-channel-tile), pooling; complex
+  convs as four real convs on the two channel halves, ``[A·xr − B·xi, C·xr + D·xi]`` (complex-conv);
 - Hadamard products: a 1×1 conv or a MatMul on the last axis by ``c·H_N[:K, perm]`` (N 16 or 32,
   natural or sequency order, any scale, rows scaled or not), with the WHT layer's soft threshold
   or not (fwht); large-kernel stride-1 convs on maps where FFT is cheaper (fft-conv);
@@ -140,10 +142,13 @@ def emit_activation(b: Builder, x: str, kind: str) -> str:
     b.layers.append(kind)
     if kind == "leakyrelu":
         return b.node("LeakyRelu", [x], alpha=0.1)
+    one = b.const(np.ones(()), "one") if kind.startswith("fplus") else ""
     if kind == "fplus":  # FPlus, elementwise: (1 + |x|) ** sign(x) - 1
-        one = b.const(np.ones(()), "one")
         powered = b.node("Pow", [b.node("Add", [b.node("Abs", [x]), one]), b.node("Sign", [x])])
         return b.node("Sub", [powered, one])
+    if kind == "fplus-where":  # FPlus as where(x >= 0, x, x / (1 - x))
+        nonneg = b.node("GreaterOrEqual", [x, b.const(np.zeros(()), "zero")])
+        return b.node("Where", [nonneg, x, b.node("Div", [x, b.node("Sub", [one, x])])])
     return b.node({"relu": "Relu", "elu": "Elu"}[kind], [x])
 
 
@@ -210,12 +215,12 @@ def binary_layers(draw, b: Builder, x: str, shape):
 
 @st.composite
 def residual(draw, b: Builder, x: str, shape):
-    """RMNet's input: basic (k×k, k×k) or bottleneck (1×1, 3×3, 1×1) block, ReLU or LeakyReLU inside,
+    """RMNet's input: basic (k×k, k×k) or bottleneck (1×1, 3×3, 1×1) block, ReLU, LeakyReLU or FPlus inside,
     identity or strided 1×1 projection shortcut, BatchNorm after each conv or not; usually after a ReLU."""
     _, c, h, w = shape
     if draw(st.integers(0, 4)):
         x = emit_activation(b, x, "relu")
-    act = draw(st.sampled_from(["relu", "relu", "leakyrelu"]))
+    act = draw(st.sampled_from(["relu", "relu", "leakyrelu", "fplus", "fplus-where"]))
     bn = draw(st.booleans())
     stride = draw(st.sampled_from([1, 1, 2])) if h >= 2 and w >= 2 else 1
     cout = draw(st.sampled_from([c, c, max(1, 2 * c if 2 * c <= MAX_CHANNELS else c // 2)]))
@@ -242,6 +247,29 @@ def residual(draw, b: Builder, x: str, shape):
         short = emit_batchnorm(b, short, cout) if bn else short
     b.layers.append("residual" + ("/projection" if project else ""))
     return b.node("Add", [y, short] if draw(st.booleans()) else [short, y]), s
+
+
+@st.composite
+def complex_conv(draw, b: Builder, x: str, shape):
+    """A complex conv as four real convs on the channel halves ``xr``, ``xi`` of x (an odd channel
+    count widened by a 1×1 conv first): ``concat(A·xr − B·xi, C·xr + D·xi)``, the same attributes for
+    all four, kernels independent (a general 2×2 block) or shared as ``C = B``, ``D = A`` (complex)."""
+    _, c, h, w = shape
+    if c % 2:
+        p = {"k": 1, "stride": 1, "pads": [0] * 4, "dilation": 1, "groups": 1, "cout": c + 1, "bias": True}
+        x, shape = emit_conv(b, x, shape, p)
+        c = c + 1
+    half = (1, c // 2, h, w)
+    xr, xi = b.outputs("Split", [x, b.const_int(np.array([c // 2, c // 2]))], 2, axis=1)
+    p = draw(conv_params(half, plain=True))
+    p["groups"] = 1
+    wa, wb = conv_weight(b, half, p), conv_weight(b, half, p)
+    wc, wd = (wb, wa) if draw(st.booleans()) else (conv_weight(b, half, p), conv_weight(b, half, p))
+    (a, out), (pb, _), (pc, _), (d, _) = [emit_conv(b, v, half, p, k)
+                                          for v, k in ((xr, wa), (xi, wb), (xr, wc), (xi, wd))]
+    b.layers.append("complex")
+    real, imag = b.node("Sub", [a, pb]), b.node("Add", [pc, d] if draw(st.booleans()) else [d, pc])
+    return b.node("Concat", [real, imag], axis=1), (1, 2 * out[1], out[2], out[3])
 
 
 @st.composite
@@ -280,7 +308,7 @@ def layer(draw, b: Builder, x: str, shape):
     """One layer on the running tensor: (new tensor name, new shape)."""
     kind = draw(st.sampled_from(["conv", "conv_bn", "act", "residual", "residual", "branches", "branches", "chain",
                                  "concat", "pool", "noop", "noop", "noop", "binary", "binary", "tile", "tile",
-                                 "hadamard", "bigconv", "bigconv", "bigconv"]))
+                                 "hadamard", "bigconv", "bigconv", "bigconv", "complex", "complex"]))
     _, c, h, w = shape
     if kind in ("conv", "conv_bn"):
         y, shape = emit_conv(b, x, shape, draw(conv_params(shape)))
@@ -302,7 +330,9 @@ def layer(draw, b: Builder, x: str, shape):
             tiled = emit_batchnorm(b, tiled, c * beta)
         return emit_conv(b, tiled, (1, c * beta, h, w), draw(conv_params((1, c * beta, h, w), plain=True)))
     if kind == "act":
-        return emit_activation(b, x, draw(st.sampled_from(["relu", "leakyrelu", "elu", "fplus"]))), shape
+        return emit_activation(b, x, draw(st.sampled_from(["relu", "leakyrelu", "elu", "fplus", "fplus-where"]))), shape
+    if kind == "complex":
+        return draw(complex_conv(b, x, shape))
     if kind == "hadamard":
         matmul = w >= 9 and draw(st.booleans())
         if matmul:  # MatMul over the last axis
