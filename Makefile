@@ -3,6 +3,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
+JOBS ?= $(shell nproc)
 
 .PHONY: install toolchains demo test fuzz bench clean
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
@@ -26,16 +27,17 @@ demo: install
 	$(BIN)/reforge run $(OUT)/smallcnn.tar --print-time
 	$(BIN)/reforge bench examples/smallcnn.onnx --against onnxruntime --threads 1
 
-# one pytest worker per core; a test file stays on one worker (its module fixtures are built once)
-JOBS ?= $(shell nproc)
+# one pytest worker per core; files whose module fixtures are costly stay on one worker (xdist_group)
 test: install toolchains
-	$(BIN)/pytest -q -n $(JOBS) --dist loadfile
+	$(BIN)/pytest -q -n $(JOBS) --dist loadgroup
 
-# make fuzz N=1000: differential fuzzing with fresh random graphs; prints (every 25 graphs and at the end)
-# graphs, modules built, mismatches, CPU s/graph, rewrites/runs per pass, passes below 100 rewrites
+# make fuzz N=1000: differential fuzzing with fresh random graphs in JOBS parallel streams; prints at the
+# end (with JOBS=1 also every 25 graphs) graphs, modules built, mismatches, CPU s/graph, rewrites/runs per
+# pass, passes below 100 rewrites
 N ?= 1000
 fuzz: install
-	REFORGE_FUZZ_FRESH=1 REFORGE_FUZZ_EXAMPLES=$(N) $(BIN)/pytest -q -s -p no:cacheprovider tests/fuzz/test_differential.py
+	REFORGE_FUZZ_FRESH=1 REFORGE_FUZZ_EXAMPLES=$(N) REFORGE_FUZZ_SHARDS=$(JOBS) $(BIN)/pytest -q -s -p no:cacheprovider \
+	  $(if $(filter 1,$(JOBS)),,-n $(JOBS)) tests/fuzz/test_differential.py
 
 bench: install
 	$(BIN)/python benchmarks/zoo.py

@@ -1,5 +1,9 @@
 """Shared fixtures: small ONNX and PyTorch models written to a temporary folder."""
 
+import json
+import os
+import shutil
+import tempfile
 import warnings
 
 import numpy as np
@@ -65,3 +69,41 @@ def _quiet_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+# --- the fuzz report line (tests/fuzz), summed over pytest-xdist workers: each worker leaves its
+# statistics in a folder the controller names, the controller adds them up. Here, not in
+# tests/fuzz/conftest.py: an xdist controller collects nothing, so it loads only this conftest.
+_FUZZ_STATS = "reforge_fuzz_stats"
+_fuzz_folder: list[str] = []
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller, or a run without workers
+        _fuzz_folder.append(tempfile.mkdtemp(prefix="reforge-fuzz-"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):  # xdist: where a worker leaves its statistics
+    node.workerinput[_FUZZ_STATS] = _fuzz_folder[0]
+
+
+def pytest_sessionfinish(session):
+    from .fuzz.differential import STATS
+
+    workerinput = getattr(session.config, "workerinput", None)
+    if workerinput is not None and STATS["graphs"]:
+        with open(os.path.join(workerinput[_FUZZ_STATS], f"{workerinput['workerid']}.json"), "w") as f:
+            json.dump(STATS, f)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    from .fuzz.differential import STATS, merge_stats, summary
+
+    for folder in _fuzz_folder:
+        for name in sorted(os.listdir(folder)):
+            with open(os.path.join(folder, name)) as f:
+                merge_stats(json.load(f))
+        shutil.rmtree(folder, ignore_errors=True)
+    if STATS["graphs"]:
+        terminalreporter.write_line(summary())

@@ -23,6 +23,8 @@ from reforge.cli import main
 from . import zoo
 from .conftest import conv_bn_relu_model
 
+pytestmark = pytest.mark.xdist_group("arm")  # one worker: the module fixtures are built once
+
 RTOL = 1e-4
 EM_AARCH64 = 183  # ELF e_machine
 

@@ -11,6 +11,8 @@ import pytest
 import reforge
 from reforge import ReforgeError
 
+pytestmark = pytest.mark.xdist_group("artifact")  # one worker: the module fixtures are built once
+
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):

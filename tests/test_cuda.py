@@ -28,6 +28,8 @@ from . import zoo
 from .conftest import conv_bn_relu_model
 from .opencl_emulation import run_kernel
 
+pytestmark = pytest.mark.xdist_group("cuda")  # one worker: the module fixtures are built once
+
 FATBIN_MAGIC = bytes.fromhex("50ed55ba")  # little-endian 0xBA55ED50
 
 

@@ -19,6 +19,8 @@ from reforge.remote import RemoteDevices
 
 from .conftest import conv_bn_relu_model
 
+pytestmark = pytest.mark.xdist_group("remote")  # one worker: the module fixtures are built once
+
 KEY = "reforge-test"
 
 

@@ -12,6 +12,8 @@ from reforge import ReforgeError
 from reforge.autotune import TuningRecords, tune
 from reforge.targets import get_target
 
+pytestmark = pytest.mark.xdist_group("tune")  # one worker: the module fixtures are built once
+
 SHAPE = (1, 8, 12, 12)
 
 

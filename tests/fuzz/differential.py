@@ -96,6 +96,15 @@ def _rewrite(prefixes: dict[tuple[str, ...], tvm.IRModule], names: tuple[str, ..
     return prefixes[names]
 
 
+def merge_stats(other: dict) -> None:
+    """Add another process's STATS (as JSON) into this one's."""
+    for key, value in other.items():
+        if isinstance(value, dict):
+            STATS[key].update(value)
+        else:
+            STATS[key] += value
+
+
 def summary() -> str:
     """The greppable report line of a run."""
     per_pass = ", ".join(f"{name} {STATS['rewrites'][name]}/{STATS['runs'][name]}" for name in sorted(registry.PASSES))
