@@ -3,6 +3,7 @@
 Tolerance: max|out - ref| <= 1e-5 * max|ref| (fp32; the same taps, summed in the same order up to FMA
 rounding)."""
 
+import math
 import re
 
 import numpy as np
@@ -15,7 +16,7 @@ import reforge
 from reforge.targets import get_target
 from reforge.topi_ext.depthwise_nchwc import depthwise_conv2d_nchwc
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, channel_block
-from reforge.topi_ext.schedule_x86 import schedule_func
+from reforge.topi_ext.schedule_x86 import PARALLEL_MIN_WORK, schedule_func
 
 from ..zoo import randomize_batchnorm
 
@@ -48,6 +49,7 @@ CASES = [  # channels, size, kernel, stride, padding, dilation
     *[(c, 12, 3, 1, 1, 1) for c in (8, 16, 24, 32, 12, 20, 4)],  # with 8 lanes: 12 -> block 6, 20 -> 5, 4 -> 4
     *[(16, 13, k, s, p, 1) for k in (3, 5, 7) for s in (1, 2) for p in (0, 1, 2)],
     (16, 15, 3, 1, 2, 2), (24, 16, 5, 2, 4, 2), (12, 11, 3, 1, 1, 2),  # dilation 2
+    (32, 56, 3, 1, 1, 1), (32, 60, 3, 1, 0, 1),  # above PARALLEL_MIN_WORK: threads, with and without padding
 ]
 
 
@@ -61,6 +63,7 @@ def test_scheduled_depthwise_bias_relu_matches_torch(channels, size, k, stride, 
     assert rule == "depthwise_nchwc"
     script = scheduled.script()
     assert 'T.sblock("T_add")' not in script and 'T.sblock("T_relu")' not in script  # epilogue in the tile
+    assert ("T.parallel" in script) == (math.prod(out_shape) * k * k >= PARALLEL_MIN_WORK)
     rng = np.random.default_rng(channels * 1000 + k * 100 + stride * 10 + pad)
     x = rng.standard_normal((1, channels, size, size)).astype("float32")
     w = rng.standard_normal((channels, 1, k, k)).astype("float32")
