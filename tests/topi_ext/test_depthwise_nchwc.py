@@ -158,3 +158,27 @@ def test_mobilenet_style_model_compiles_to_blocked_depthwise():
         ref = net(torch.from_numpy(x)).numpy()
     out = art.run({"image": x})["output0"]
     assert np.abs(out - ref).max() <= RTOL * np.abs(ref).max()
+
+
+class DepthwiseResidual(torch.nn.Module):
+    """relu(depthwise(x) + x): the residual add and ReLU fuse into the depthwise conv's function."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(16, 16, 3, 1, 1, groups=16)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) + x)
+
+
+def test_residual_epilogue_fuses_into_blocked_depthwise():
+    torch.manual_seed(0)
+    net, shape = DepthwiseResidual().eval(), (1, 16, 20, 20)
+    art = reforge.compile(net, target="x86", input_shapes={"x": shape})
+    # the conv with add + ReLU, and the two layout transforms at the edges: nothing else
+    assert art.manifest["build"]["schedules"] == {"depthwise_nchwc": 1, "generic": 2}
+    x = np.random.default_rng(3).standard_normal(shape).astype("float32")
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    out = art.run({"x": x})["output0"]
+    assert np.abs(out - ref).max() <= RTOL * np.abs(ref).max()
