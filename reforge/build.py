@@ -12,7 +12,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 
 from reforge.passes.fuse_fplus import fplus_in_blocked_layout
-from reforge.passes.graph import mutate_functions, op_name
+from reforge.passes.graph import mutate_functions, op_name, ops_histogram
 from reforge.passes.reserved_copies import reserved_channels_as_copies
 from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
 from reforge.topi_ext.default_schedules import apply_default_schedules
@@ -29,11 +29,13 @@ from .targets import TargetSpec
 @dataclass
 class BuildReport:
     layout: str = "NCHW"
+    layout_transforms: int = 0  # activation layout_transform calls the blocked layout left in main
     schedules: Counter = field(default_factory=Counter)  # default-schedule rule -> PrimFuncs
     seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return {"layout": self.layout, "schedules": dict(self.schedules), "seconds": round(self.seconds, 3)}
+        return {"layout": self.layout, "layout_transforms": self.layout_transforms,
+                "schedules": dict(self.schedules), "seconds": round(self.seconds, 3)}
 
 
 def blocked_layout(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, str]:
@@ -77,6 +79,7 @@ def fuse(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRMo
     mod = reserved_channels_as_copies(mod)  # remove-residual's reserved channels: copies, not multiplications
     mod, report.layout = blocked_layout(mod, target.vector_lanes())
     mod = fplus_in_blocked_layout(mod)  # fplus reads the blocked conv, to fuse into its epilogue
+    report.layout_transforms = ops_histogram(mod)["layout_transform"]
     return tvm.transform.Sequential([
         *cpu_generic.library_dispatch_passes(target.tvm_target),
         relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),

@@ -50,7 +50,8 @@ def verification_report(manifest: dict) -> str:
 def build_report(manifest: dict) -> str:
     b = manifest["build"]
     rules = ", ".join(f"{rule} x{n}" for rule, n in sorted(b["schedules"].items()))
-    return f"build:   {b['seconds']:.1f} s; layout {b['layout']}; schedules: {rules}"
+    moves = f" ({b['layout_transforms']} layout transforms)" if b.get("layout_transforms") else ""
+    return f"build:   {b['seconds']:.1f} s; layout {b['layout']}{moves}; schedules: {rules}"
 
 
 def _machine(target: dict) -> str:

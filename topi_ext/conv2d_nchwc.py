@@ -5,7 +5,8 @@
 
 Keeping the input-channel chunk and lane as separate reduction axes (``ico``, ``ici``) lets the
 schedule put the output-channel lane innermost (one vector FMA per input element) without
-index arithmetic. groups = 1 only; grouped convs stay in NCHW.
+index arithmetic. groups = 1 here; depthwise convs (groups = channels) have their own blocked
+compute (:mod:`.depthwise_nchwc`); other grouped convs stay in NCHW.
 """
 
 from __future__ import annotations
@@ -19,17 +20,30 @@ _BLOCKED = re.compile(r"^NCHW(\d+)c$")
 _BLOCKED_KERNEL = re.compile(r"^OIHW(\d+)i(\d+)o$")
 
 
+def pad_nchwc(data: te.Tensor, padding) -> te.Tensor:
+    """``data`` (N, C/b, H, W, b) zero-padded by ``padding`` = (top, left, bottom, right); as is if all 0."""
+    top, left, bottom, right = (int(p) for p in padding)
+    if not (top or left or bottom or right):
+        return data
+    return topi.nn.pad(data, (0, 0, top, left, 0), (0, 0, bottom, right, 0), name="data_pad")
+
+
+def output_size(data: te.Tensor, kernel_hw: tuple[int, int], strides, padding, dilation) -> tuple[int, int]:
+    """(out_h, out_w) of a conv over ``data`` (N, C/b, H, W, b): ⌊(H + pads − (k − 1)·d − 1) / s⌋ + 1."""
+    height, width = int(data.shape[2]), int(data.shape[3])
+    (kh, kw), (sh, sw), (dh, dw) = kernel_hw, (int(s) for s in strides), (int(d) for d in dilation)
+    top, left, bottom, right = (int(p) for p in padding)
+    return (height + top + bottom - (kh - 1) * dh - 1) // sh + 1, (width + left + right - (kw - 1) * dw - 1) // sw + 1
+
+
 def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding, dilation, out_dtype: str) -> te.Tensor:
-    n, ic_chunks, height, width, ib = (int(d) for d in data.shape)
+    n, ic_chunks, _, _, ib = (int(d) for d in data.shape)
     oc_chunks, k_chunks, kh, kw, kib, ob = (int(d) for d in kernel.shape)
     assert (k_chunks, kib) == (ic_chunks, ib), "groups must be 1"
     sh, sw = (int(s) for s in strides)
     dh, dw = (int(d) for d in dilation)
-    top, left, bottom, right = (int(p) for p in padding)
-    out_h = (height + top + bottom - (kh - 1) * dh - 1) // sh + 1
-    out_w = (width + left + right - (kw - 1) * dw - 1) // sw + 1
-    if top or left or bottom or right:
-        data = topi.nn.pad(data, (0, 0, top, left, 0), (0, 0, bottom, right, 0), name="data_pad")
+    out_h, out_w = output_size(data, (kh, kw), strides, padding, dilation)
+    data = pad_nchwc(data, padding)
     ico = te.reduce_axis((0, ic_chunks), "ico")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
@@ -44,15 +58,29 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding, dilation,
 
 
 def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    """Legalize ``relax.nn.conv2d``: blocked layouts to :func:`conv2d_nchwc`, the rest as TVM does."""
+    """Legalize ``relax.nn.conv2d``: blocked layouts to :func:`conv2d_nchwc` (groups 1) or
+    :func:`depthwise_conv2d_nchwc` (groups = channels), the rest as TVM does."""
+    from .depthwise_nchwc import depthwise_conv2d_nchwc, is_blocked_depthwise
+
     a = call.attrs
     data, kernel = _BLOCKED.match(a.data_layout), _BLOCKED_KERNEL.match(a.kernel_layout)
-    if data is None or kernel is None or a.out_layout != f"NCHW{kernel[2]}c" or int(a.groups) != 1:
+    if data is None or kernel is None or a.out_layout != f"NCHW{kernel[2]}c":
         return _tvm_default(bb, call)
-    out_dtype = a.out_dtype if a.out_dtype is not None and str(a.out_dtype) not in ("", "void") \
-        else call.args[0].ty.dtype
-    return bb.call_te(conv2d_nchwc, call.args[0], call.args[1], a.strides, a.padding, a.dilation, str(out_dtype),
-                      primfunc_name_hint="conv2d_nchwc")
+    if int(a.groups) == 1:
+        compute, name = conv2d_nchwc, "conv2d_nchwc"
+    elif is_blocked_depthwise(call):
+        compute, name = depthwise_conv2d_nchwc, "depthwise_conv2d_nchwc"
+    else:
+        return _tvm_default(bb, call)
+    return bb.call_te(compute, call.args[0], call.args[1], a.strides, a.padding, a.dilation, _out_dtype(call),
+                      primfunc_name_hint=name)
+
+
+def _out_dtype(call: relax.Call) -> str:
+    out_dtype = call.attrs.out_dtype
+    if out_dtype is None or str(out_dtype) in ("", "void"):
+        return str(call.args[0].ty.dtype)
+    return str(out_dtype)
 
 
 def _tvm_default(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:

@@ -100,6 +100,19 @@ def test_torch_modules_compile_to_one_fplus(form, exporter):
     assert max_rel_err(out, ref) <= RTOL
 
 
+def test_fplus_fuses_into_the_blocked_depthwise_epilogue():
+    """x86: a depthwise conv runs in NCHW8c too, and fplus after it joins its fused function."""
+    torch.manual_seed(5)
+    module, x = ConvFPlus("where").eval(), torch.randn(1, 8, 8, 8) * 2
+    module.conv = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    art = reforge.compile(module, opt_level=2, example_inputs=(x,))
+    assert art.manifest["build"]["schedules"] == {"depthwise_nchwc": 1, "generic": 2}  # + layout in and out
+    with torch.no_grad():
+        ref = module(x).numpy()
+    out = list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0]
+    assert max_rel_err(out, ref) <= RTOL
+
+
 class TwoConvs(nn.Module):
     """conv → FPlus (power form) → conv → FPlus (where form)."""
 

@@ -63,6 +63,8 @@ def test_channel_block(channels, lanes, block):
 
 
 def test_layout_policy_skips_grouped_and_narrow_convs():
+    """groups 1 blocked; depthwise has its own blocked layout (test_depthwise_nchwc.py); other grouped
+    convs and narrow outputs stay NCHW."""
     from tvm import relax
 
     choose = blocked_conv2d_layouts(8)
@@ -73,6 +75,7 @@ def test_layout_policy_skips_grouped_and_narrow_convs():
         return relax.op.nn.conv2d(x, w, padding=1, groups=groups)
 
     assert choose(conv(32)) == {"relax.nn.conv2d": ["NCHW8c", "OIHW8i8o", "NCHW8c"]}
-    assert choose(conv(16, groups=16)) == {"relax.nn.conv2d": ["NCHW", "OIHW"]}  # depthwise stays NCHW
+    assert choose(conv(16, groups=16)) == {"relax.nn.conv2d": ["NCHW8c", "OIHW1i8o", "NCHW8c"]}  # depthwise
+    assert choose(conv(16, groups=4)) == {"relax.nn.conv2d": ["NCHW", "OIHW"]}
     assert choose(conv(3)) == {"relax.nn.conv2d": ["NCHW", "OIHW"]}  # a 3-lane output block does not pay
     assert choose(relax.op.nn.relu(x)) == {}
