@@ -48,6 +48,7 @@ class Builder:
     nodes: list = field(default_factory=list)
     inits: list = field(default_factory=list)
     layers: list[str] = field(default_factory=list)
+    exact: set[str] = field(default_factory=set)  # tensors that are integer sums computed exactly
     _n: int = 0
 
     def name(self, prefix: str) -> str:
@@ -184,14 +185,18 @@ def emit_soft_threshold(b: Builder, z: str, t_shape: tuple) -> str:
 
 
 def emit_sign(b: Builder, x: str, spelling: str, c: int) -> str:
-    """A ±1 activation of ``x``; ``Sign`` and the straight-through spelling see ``x`` shifted by a
-    non-integer per channel, so no exact 0 (a ReLU output, an integer dot product) reaches them."""
+    """A ±1 activation of ``x``. ``x`` is first shifted by a non-integer per channel, so no exact 0
+    (a ReLU output, an integer dot product) and no float tie reaches the sign: ONNX ``Sign(0) = 0``,
+    and where a float runtime sums α-scaled ±1 terms, an exact 0 comes out as ±rounding noise whose
+    sign depends on the summation order. An integer sum computed exactly (``b.exact``: an unscaled
+    binary conv without bias) goes to ``Where(x >= 0, 1, -1)`` unshifted, exact zeros included (+1)."""
     b.layers.append(spelling)
+    if not (x in b.exact and spelling == "where"):
+        shift = b.rng.uniform(0.05, 0.45, (1, c, 1, 1)) * b.rng.choice([-1.0, 1.0], (1, c, 1, 1))
+        x = b.node("Add", [x, b.const(shift, "shift")])
     if spelling == "where":
         ge = b.node("GreaterOrEqual", [x, b.const(np.zeros(()), "zero")])
         return b.node("Where", [ge, b.const(np.ones(()), "one"), b.const(-np.ones(()), "minus")])
-    shift = b.rng.uniform(0.05, 0.45, (1, c, 1, 1)) * b.rng.choice([-1.0, 1.0], (1, c, 1, 1))
-    x = b.node("Add", [x, b.const(shift, "shift")])
     sign = b.node("Sign", [x])
     return sign if spelling == "sign" else b.node("Add", [x, b.node("Sub", [sign, x])])
 
@@ -206,8 +211,10 @@ def binary_layers(draw, b: Builder, x: str, shape):
             shape = (1, shape[1], shape[2] // 2, shape[3] // 2)
             b.layers.append("maxpool")
         p = draw(conv_params(shape, plain=True))
-        x, shape = emit_conv(b, x, shape, p, conv_weight(b, shape, p, binary=True, scaled=draw(st.booleans())),
-                             tag="binary ")
+        scaled = draw(st.booleans())
+        x, shape = emit_conv(b, x, shape, p, conv_weight(b, shape, p, binary=True, scaled=scaled), tag="binary ")
+        if not scaled and not p["bias"]:
+            b.exact.add(x)
         if draw(st.booleans()):
             x = emit_batchnorm(b, x, shape[1])
     return x, shape
