@@ -97,11 +97,14 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "arXiv 2021",
              level=2, targets=frozenset({"opencl-fpga"}), requires=("fold-constants", "fold-batchnorm")),
     PassInfo("fwht", FastWHT,
-             "products with a constant Hadamard matrix (MatMul / Gemm / 1×1 conv; any scale, natural or "
-             "sequency order, zero-padded, block-diagonal) become a fast Walsh-Hadamard transform",
+             "products with a constant Hadamard matrix (MatMul / Gemm / 1×1 conv, either side of a 2-D H·X·Hᵀ; "
+             "any scale, natural or sequency order, zero-padded, block-diagonal, rows or columns scaled) and "
+             "butterfly chains (log2 N stages of slice / add / sub / concat) become a fast Walsh-Hadamard "
+             "transform, with the soft / smooth threshold after it fused",
              "Fino & Algazi, Unified matrix treatment of the fast Walsh-Hadamard transform, IEEE Trans. "
-             "Computers 1976; Pan, Badawi & Cetin, Block Walsh-Hadamard transform based binary layers in "
-             "deep neural networks, ACM TECS 2022",
+             "Computers 1976; Pan, Badawi & Cetin, Fast Walsh-Hadamard transform and smooth-thresholding based "
+             "binary layers in deep neural networks, CVPR-W 2021; Pan, Badawi & Cetin, Block Walsh-Hadamard "
+             "transform based binary layers in deep neural networks, ACM TECS 2022",
              level=2, requires=("fold-constants",), rtol=1e-5),
     PassInfo("fft-conv", FFTConv,
              "large-kernel stride-1 convs through overlap-save tiled 2-D real DFTs (weight spectra precomputed, "

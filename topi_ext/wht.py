@@ -1,5 +1,5 @@
 """Fast Walsh-Hadamard transform (FWHT): ``y = scale · (x @ H_N)[..., perm] (+ bias)``, optionally
-soft-thresholded, in N·log2 N additions instead of N² multiply-adds.
+soft- or smooth-thresholded, in N·log2 N additions instead of N² multiply-adds.
 
 H_N is the Sylvester Hadamard matrix (``scipy.linalg.hadamard``): ``H[k, j] = (-1)^popcount(k & j)``,
 symmetric, natural ("Hadamard") order. The butterfly ``H_2N = H_2 ⊗ H_N`` gives log2 N stages; stage
@@ -10,8 +10,10 @@ zero-padded to N), so one compute covers the last axis of a matmul input (``Q = 
 axis of an NCHW tensor (``P = N``, ``Q = H·W``, what a 1×1 conv with a Hadamard weight becomes). Its
 output is ``[P, M, Q]``: ``out[p, m, q] = scale · fwht(x)[p, perm[m], q] (+ bias[m])``, where
 ``perm`` (M <= N entries) crops the zero-padded transform, selects sequency (Walsh) order
-(:func:`sequency_perm`) or any other column order. With ``threshold`` the output is
-``sign(z)·max(|z| − T[m], 0)`` of that ``z`` (the WHT layer's soft threshold, fused in the epilogue);
+(:func:`sequency_perm`) or any other column order; ``out_scale[m]`` multiplies coefficient m (a
+Hadamard matrix with scaled columns, ``H·diag(e)``) before the bias. With ``threshold`` the output is
+the WHT layer's nonlinearity of that ``z``, fused in the epilogue: the soft threshold
+``sign(z)·max(|z| − T[m], 0)``, or with ``smooth`` the smooth threshold ``tanh(z)·max(|z| − T[m], 0)``;
 with ``in_scale`` the input is multiplied by ``d[k]`` first (``x @ (diag(d)·H)``, a Hadamard matrix
 with scaled rows, what folding the WHT layer's ``v ⊙`` into the matrix leaves).
 
@@ -96,12 +98,14 @@ def _butterfly(prev: te.Tensor, h: int):
 
 
 def wht(x: te.Tensor, n: int, scale: float = 1.0, perm: te.Tensor | None = None, bias: te.Tensor | None = None,
-        threshold: te.Tensor | None = None, in_scale: te.Tensor | None = None) -> te.Tensor:
+        threshold: te.Tensor | None = None, in_scale: te.Tensor | None = None, out_scale: te.Tensor | None = None,
+        smooth: bool = False) -> te.Tensor:
     """FWHT of ``x [P, K, Q]`` over axis 1, zero-padded to ``n`` (a power of two >= K).
 
     ``in_scale [K]`` multiplies the input first (``x ⊙ d`` then H: a Hadamard matrix with scaled rows);
-    ``perm [M]`` int32 (default: identity, M = n) picks output columns; ``bias [M]`` is added after
-    the scale; ``threshold [M]`` applies ``sign(z)·max(|z| − T, 0)`` last."""
+    ``perm [M]`` int32 (default: identity, M = n) picks output columns; ``out_scale [M]`` multiplies
+    them after the scale (scaled columns), ``bias [M]`` is added next; ``threshold [M]`` applies
+    ``sign(z)·max(|z| − T, 0)`` last, or ``tanh(z)·max(|z| − T, 0)`` with ``smooth``."""
     p, k, q = (int(d) for d in x.shape)
     assert n & (n - 1) == 0 and k <= n, (n, k)
     dtype = str(x.dtype)
@@ -127,11 +131,13 @@ def wht(x: te.Tensor, n: int, scale: float = 1.0, perm: te.Tensor | None = None,
         z = prev[a, tirx.min(tirx.max(perm[j], 0), n - 1) if perm is not None else j, c]
         if scale != 1.0:
             z = z * tirx.const(scale, dtype)
+        if out_scale is not None:
+            z = z * out_scale[j]
         if bias is not None:
             z = z + bias[j]
         if threshold is not None:
             mag = tirx.max(tirx.abs(z) - threshold[j], zero)
-            z = tirx.Select(z > zero, mag, tirx.Select(z < zero, -mag, zero))
+            z = tirx.tanh(z) * mag if smooth else tirx.Select(z > zero, mag, tirx.Select(z < zero, -mag, zero))
         return z
 
     return te.compute((p, m, q), out, name=OUT)
@@ -141,12 +147,13 @@ def wht(x: te.Tensor, n: int, scale: float = 1.0, perm: te.Tensor | None = None,
 
 
 def wht_prim_func(shape, dtype: str, n: int, scale: float = 1.0, perm: np.ndarray | None = None,
-                  bias: bool = False, threshold: bool = False, in_scale: bool = False):
+                  bias: bool = False, threshold: bool = False, in_scale: bool = False, out_scale: bool = False,
+                  smooth: bool = False):
     """The PrimFunc of :func:`wht` for an input ``shape`` ``[P, K, Q]``; parameters
-    ``(x, [in_scale], [perm], [bias], [threshold], out)``, tagged ``reforge.op = "wht"``."""
+    ``(x, [in_scale], [perm], [out_scale], [bias], [threshold], out)``, tagged ``reforge.op = "wht"``."""
     xt = te.placeholder([int(d) for d in shape], dtype, "x")
     inputs = [xt]
-    st = pt = bt = tt = None
+    st = pt = ot = bt = tt = None
     if in_scale:
         st = te.placeholder((int(shape[1]),), dtype, "in_scale")
         inputs.append(st)
@@ -154,23 +161,28 @@ def wht_prim_func(shape, dtype: str, n: int, scale: float = 1.0, perm: np.ndarra
     if perm is not None:
         pt = te.placeholder((m,), "int32", "perm")
         inputs.append(pt)
+    if out_scale:
+        ot = te.placeholder((m,), dtype, "out_scale")
+        inputs.append(ot)
     if bias:
         bt = te.placeholder((m,), dtype, "bias")
         inputs.append(bt)
     if threshold:
         tt = te.placeholder((m,), dtype, "threshold")
         inputs.append(tt)
-    out = wht(xt, n, scale, pt, bt, tt, st)
+    out = wht(xt, n, scale, pt, bt, tt, st, ot, smooth)
     func = te.create_prim_func([*inputs, out]).with_attr("op_pattern", OPAQUE).with_attr("reforge.op", OP)
-    # what a later rewrite (the fused soft threshold) needs to emit the operator again
+    # what a later rewrite (the fused epilogue) needs to emit the operator again
     func = func.with_attr("reforge.wht", {"n": n, "scale": float(scale), "perm": perm is not None,
-                                          "bias": bool(bias), "threshold": bool(threshold),
+                                          "out_scale": bool(out_scale), "bias": bool(bias),
+                                          "threshold": ("smooth" if smooth else "soft") if threshold else "",
                                           "in_scale": bool(in_scale)})
     return func, out
 
 
 def emit_wht(bb, x, n: int, scale: float = 1.0, perm: np.ndarray | None = None, bias: np.ndarray | None = None,
-             threshold: np.ndarray | None = None, in_scale: np.ndarray | None = None):
+             threshold: np.ndarray | None = None, in_scale: np.ndarray | None = None,
+             out_scale: np.ndarray | None = None, smooth: bool = False):
     """Emit ``wht`` of the Relax tensor ``x [P, K, Q]`` into ``bb``; returns the ``[P, M, Q]`` result.
 
     ``perm`` None or the identity of length n means no permutation."""
@@ -181,7 +193,7 @@ def emit_wht(bb, x, n: int, scale: float = 1.0, perm: np.ndarray | None = None, 
     if perm is not None and len(perm) == n and np.array_equal(perm, np.arange(n)):
         perm = None
     func, out = wht_prim_func(shape, dtype, n, scale, perm, bias is not None, threshold is not None,
-                              in_scale is not None)
+                              in_scale is not None, out_scale is not None, smooth)
     gv = bb.add_func(func, OP)
     bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
     args = [x]
@@ -189,6 +201,8 @@ def emit_wht(bb, x, n: int, scale: float = 1.0, perm: np.ndarray | None = None, 
         args.append(relax.const(np.asarray(in_scale, dtype)))
     if perm is not None:
         args.append(relax.const(np.asarray(perm, "int32")))
+    if out_scale is not None:
+        args.append(relax.const(np.asarray(out_scale, dtype)))
     if bias is not None:
         args.append(relax.const(np.asarray(bias, dtype)))
     if threshold is not None:

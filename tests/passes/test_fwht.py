@@ -56,6 +56,9 @@ def test_spellings_are_recognized():
     assert m.scale == 1 and m.kind == "row-scaled permuted Hadamard"
     np.testing.assert_array_equal(m.in_scale[:, None] * H(n)[:, m.perm], w)  # (d, perm) is not unique
     assert match_hadamard(np.where(d[:, None] > 0, 0, d[:, None]) * H(n)) is None  # zero rows
+    m = match_hadamard(H(n)[:, perm] * d * s)  # columns scaled: (x @ H) ⊙ d folded into the matrix
+    assert m.kind == "column-scaled permuted Hadamard"
+    np.testing.assert_allclose(H(n)[:, m.perm] * m.scale * m.out_scale, H(n)[:, perm] * d * s, rtol=1e-7)
     block = np.kron(np.eye(4, dtype="float32"), H(16) * 0.25)
     m = match_hadamard(block)
     assert (m.n, m.blocks, m.scale, m.kind) == (16, 4, 0.25, "natural block Hadamard")
@@ -70,8 +73,8 @@ def test_near_misses_are_refused(case):
         w[5, 7] *= -1
     elif case == "random signs":
         w = np.where(rng.random((32, 32)) < 0.5, -1, 1).astype("float32")
-    elif case == "two magnitudes":
-        w[:, 3] *= 2
+    elif case == "two magnitudes":  # neither rows nor columns scaled
+        w[3, 3] *= 2
     elif case == "rows permuted":
         w = w[rng.permutation(32)]
     elif case == "zero column":
@@ -255,3 +258,232 @@ def test_wht_layer_compiles_to_two_transforms(exporter):
         ref = module(x).numpy()
     out = list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0]
     assert max_rel_err(out, ref) <= RTOL
+
+
+class SmoothWHTLayer(nn.Module):
+    """The 1-D WHT layer with the smooth threshold of Pan, Badawi & Cetin (CVPR-W 2021, ACM TECS 2022):
+    ``y = H·S(H·x/√N)/√N``, ``S(z) = tanh(w⊙z)·relu(|w⊙z| − T)``, w and T per coefficient."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.register_buffer("h", torch.from_numpy(H(n) / np.float32(np.sqrt(n))))
+        self.w = nn.Parameter(torch.rand(n) + 0.5)
+        self.t = nn.Parameter(torch.rand(n) * 0.5)
+
+    def forward(self, x):
+        z = torch.matmul(x, self.h) * self.w
+        return torch.matmul(torch.tanh(z) * torch.relu(torch.abs(z) - self.t), self.h)
+
+
+@pytest.mark.parametrize("exporter", ["onnx", "torch.export"])
+def test_smooth_wht_layer_compiles_to_two_transforms(exporter):
+    """fold-batchnorm folds w into the first matrix's columns (H·diag(w)): a column-scaled transform,
+    then the smooth threshold fused into its epilogue."""
+    torch.manual_seed(5)
+    module, x = SmoothWHTLayer(256).eval(), torch.randn(8, 256)
+    model = to_onnx(module, x) if exporter == "onnx" else module
+    art = reforge.compile(model, opt_level=2, example_inputs=None if exporter == "onnx" else (x,))
+    record = next(p for p in art.manifest["passes"] if p["name"] == "fwht")
+    assert record["rewrites"] == {"column-scaled natural Hadamard": 1, "natural Hadamard": 1,
+                                  "smooth threshold fused": 1}
+    assert record["after"]["ops"] == {"call_tir": 2, "reshape": 4}
+    with torch.no_grad():
+        ref = module(x).numpy()
+    out = list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0]
+    assert (np.abs(module.h.numpy().T @ out.T) < 1e-5).any()  # some coefficients thresholded away
+    assert max_rel_err(out, ref) <= RTOL
+
+
+@pytest.mark.parametrize("kind", ["scaled", "prescaled", "conv"])
+def test_smooth_threshold_is_fused(kind, harness):
+    """``tanh(u)·relu(|u| − T)`` on ``u = w ⊙ z`` (w per coefficient, kept as a Mul: no fold-batchnorm
+    here), on ``u = z`` itself (z already scaled), and on a 1×1 conv's output."""
+    n = 64
+    rng = np.random.default_rng(seed_of(kind))
+    t = rng.uniform(0, 1, (n, 1, 1) if kind == "conv" else n).astype("float32")
+    w = rng.uniform(0.5, 1.5, (n, 1, 1) if kind == "conv" else n).astype("float32")
+    h = H(n) / np.float32(np.sqrt(n))
+    first = N("Conv", ["x", "h"], ["z"]) if kind == "conv" else N("MatMul", ["x", "h"], ["z"])
+    scale = [] if kind == "prescaled" else [N("Mul", ["z", "w"], ["u"])]
+    u = "z" if kind == "prescaled" else "u"
+    nodes = [first, *scale, N("Tanh", [u], ["g"]), N("Abs", [u], ["a"]), N("Sub", ["a", "t"], ["d"]),
+             N("Relu", ["d"], ["r"]), N("Mul", ["g", "r"], ["y"])]
+    params = {"h": h.reshape(n, n, 1, 1) if kind == "conv" else h, "t": t, **({} if kind == "prescaled" else {"w": w})}
+    model = harness.model(nodes, {"x": (1, n, 3, 4) if kind == "conv" else (5, n)}, params)
+    res = harness.rewrite(model, FoldConstants, FastWHT)
+    assert res.report.rewrites["smooth threshold fused"] == 1
+    assert res.ops_after == {"call_tir": 1, "reshape": 2}
+    feeds = harness.random_feeds(res.imported, rng)
+    out, ref = harness.run(res.mod, res.imported, feeds), harness.onnxruntime(model, feeds)
+    assert (ref[0] == 0).sum() > 0
+    assert max_rel_err(out[0], ref[0]) <= RTOL
+
+
+# ----------------------------------------------------------------------------- 2-D WHT
+
+
+class WHT2D(nn.Module):
+    """``H_a·X·H_bᵀ / √(ab)`` per channel of an NCHW tensor (the 2-D WHT of Pan et al.'s block-WHT
+    layers), the right factor in sequency order."""
+
+    def __init__(self, a: int, b: int):
+        super().__init__()
+        self.register_buffer("left", torch.from_numpy(H(a) / np.float32(np.sqrt(a))))
+        self.register_buffer("right", torch.from_numpy(walsh(b).astype("float32") / np.float32(np.sqrt(b))))
+
+    def forward(self, x):
+        return torch.matmul(torch.matmul(self.left, x), self.right.T)
+
+
+@pytest.mark.parametrize("exporter", ["onnx", "torch.export"])
+def test_2d_wht_becomes_two_transforms(exporter, harness):
+    torch.manual_seed(6)
+    module, x = WHT2D(16, 32).eval(), torch.randn(2, 3, 16, 32)
+    model = to_onnx(module, x) if exporter == "onnx" else module
+    art = reforge.compile(model, opt_level=2, example_inputs=None if exporter == "onnx" else (x,))
+    record = next(p for p in art.manifest["passes"] if p["name"] == "fwht")
+    assert record["rewrites"] == {"left-product natural Hadamard": 1, "sequency Hadamard": 1}
+    assert record["after"]["ops"].get("matmul", 0) == 0 and record["after"]["ops"]["call_tir"] == 2
+    out = list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0]
+    # scipy: H_16 · X · W_32ᵀ per channel, in float64
+    want = np.einsum("ik,nckl,jl->ncij", scipy.linalg.hadamard(16), x.numpy().astype(np.float64), walsh(32))
+    assert max_rel_err(out, want / np.sqrt(16 * 32)) <= RTOL
+    ref = harness.onnxruntime(model, {"x": x.numpy()})[0] if exporter == "onnx" else module(x).detach().numpy()
+    assert max_rel_err(out, ref) <= RTOL
+
+
+# ----------------------------------------------------------------------------- butterfly spelling
+# Realistic PyTorch FWHTs (the way a model writes the transform without a matrix), each exported
+# as log2 N stages of slices, a ± b and concat.
+
+
+def fwht_interleaved(u):
+    """Pairs (x[2i], x[2i+1]) on a trailing axis, normalized (HazyResearch's hadamard_transform_torch):
+    strided slices ::2 / 1::2, cat on the last axis."""
+    m = int(np.log2(u.shape[-1]))
+    x = u[..., None]
+    for _ in range(m):
+        x = torch.cat((x[..., ::2, :] + x[..., 1::2, :], x[..., ::2, :] - x[..., 1::2, :]), dim=-1)
+    return x.squeeze(-2) / 2 ** (m / 2)
+
+
+def fwht_view(x):
+    """The classic iterative loop: view(-1, N/2h, 2, h), (a + b, a − b) stacked (take / expand / concat)."""
+    shape, n, h = x.shape, x.shape[-1], 1
+    while h < n:
+        y = x.reshape(-1, n // (2 * h), 2, h)
+        a, b = y[:, :, 0, :], y[:, :, 1, :]
+        x = torch.stack((a + b, a - b), dim=2).reshape(shape)
+        h *= 2
+    return x
+
+
+def fwht_split(x):
+    """A [B, 2, 2, …, 2] view, split into halves along each axis in turn (torch.split; torch.chunk's
+    ONNX export computes the sizes with Shape / Gather, which the ONNX importer rejects)."""
+    shape, m = x.shape, int(np.log2(x.shape[-1]))
+    y = x.reshape(-1, *([2] * m))
+    for d in range(1, m + 1):
+        a, b = torch.split(y, 1, dim=d)
+        y = torch.cat((a + b, a - b), dim=d)
+    return y.reshape(shape)
+
+
+def fwht_halves(x, wrong_first: bool = False, flip_last: bool = False):
+    """Halves slices (x[:h], x[h:]) per block, h = N/2 down to 1. ``wrong_first``: the first stage
+    computes (a + b, a + b); ``flip_last``: the last one (a + b, b − a)."""
+    shape, n = x.shape, x.shape[-1]
+    h = n // 2
+    while h >= 1:
+        y = x.reshape(-1, n // (2 * h), 2 * h)
+        a, b = y[..., :h], y[..., h:]
+        second = a + b if wrong_first and 2 * h == n else b - a if flip_last and h == 1 else a - b
+        x = torch.cat((a + b, second), dim=-1).reshape(shape)
+        h //= 2
+    return x
+
+
+def fwht_halves_walsh(x):
+    """fwht_halves gathered into sequency order (index_select)."""
+    return torch.index_select(fwht_halves(x), -1, torch.from_numpy(sequency_perm(int(x.shape[-1]))))
+
+
+def fwht_rows(x):
+    """Along the H axis of NCHW (the 2-D WHT's column pass): transpose, interleaved pairs, transpose back."""
+    return fwht_interleaved(x.transpose(-1, -2)).transpose(-1, -2)
+
+
+class Butterfly(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+BUTTERFLIES = {  # name: (function, input shape, matrix the output equals x times, report kind)
+    "interleaved": (fwht_interleaved, (4, 64), H(64) / 8, "butterfly natural Hadamard"),
+    "interleaved-1024": (fwht_interleaved, (2, 1024), H(1024) / 32, "butterfly natural Hadamard"),
+    "view": (fwht_view, (3, 128), H(128), "butterfly natural Hadamard"),
+    "split": (fwht_split, (5, 32), H(32), "butterfly natural Hadamard"),
+    "halves-walsh": (fwht_halves_walsh, (4, 64), walsh(64).T, "butterfly sequency Hadamard"),
+    "rows-nchw": (fwht_rows, (2, 3, 16, 5), H(16) / 4, "butterfly natural Hadamard"),
+    "flipped-last-stage": (lambda v: fwht_halves(v, flip_last=True), (3, 32), H(32) * np.tile([1, -1], 16),
+                           "butterfly column-scaled natural Hadamard"),
+}
+CHAIN_OPS = ("strided_slice", "take", "split", "concat", "add", "subtract", "expand_dims", "squeeze",
+             "permute_dims", "index_select")
+
+
+@pytest.mark.parametrize("exporter", ["onnx", "torch.export"])
+@pytest.mark.parametrize("name", BUTTERFLIES)
+def test_butterfly_chain_becomes_one_transform(name, exporter, harness):
+    """Against scipy's matrix, and against onnxruntime on the exported graph (torch.onnx) or PyTorch
+    (torch.export); max|out − ref| / max|ref| <= 1e-5."""
+    fn, shape, matrix, kind = BUTTERFLIES[name]
+    torch.manual_seed(seed_of(name))
+    module, x = Butterfly(fn).eval(), torch.randn(*shape)
+    model = to_onnx(module, x) if exporter == "onnx" else module
+    art = reforge.compile(model, opt_level=2, example_inputs=None if exporter == "onnx" else (x,))
+    record = next(p for p in art.manifest["passes"] if p["name"] == "fwht")
+    assert record["rewrites"] == {kind: 1}, record["notes"]
+    ops = record["after"]["ops"]
+    assert ops["call_tir"] == 1 and not any(ops.get(op, 0) for op in CHAIN_OPS), ops  # the chain is gone
+    assert art.manifest["build"]["schedules"].get("wht") == 1
+    out = list(art.run({art.manifest["inputs"][0]["name"]: x.numpy()}).values())[0]
+    axis = 2 if name == "rows-nchw" else -1
+    want = np.moveaxis(np.moveaxis(x.numpy().astype(np.float64), axis, -1) @ matrix, -1, axis)
+    assert max_rel_err(out, want) <= RTOL
+    ref = harness.onnxruntime(model, {"x": x.numpy()})[0] if exporter == "onnx" else module(x).numpy()
+    assert max_rel_err(out, ref) <= RTOL
+
+
+@pytest.mark.parametrize("exporter", ["onnx", "torch.export"])
+def test_butterfly_chain_with_a_wrong_sign_is_refused(exporter, harness):
+    """The first stage computes (a + b, a + b) (the bug in phy710/Block-Walsh-Hadamard-Transform-Layer-
+    Speed-Test's fwht2_add.py): the chain is left whole, with the reason in the report. (Not built:
+    the generic x86 schedule inlines the chain's stages into an expression that doubles per stage.)"""
+    module, x = Butterfly(lambda v: fwht_halves(v, wrong_first=True)).eval(), torch.randn(4, 32)
+    model = to_onnx(module, x) if exporter == "onnx" else module
+    res = harness.rewrite(model, FoldConstants, FastWHT, **({} if exporter == "onnx" else {"example_inputs": (x,)}))
+    assert res.report.total == 0
+    assert any("5-stage butterfly chain" in note and "non-orthogonal column pairs" in note
+               and "not a Sylvester Hadamard matrix" in note for note in res.report.notes), res.report.notes
+    assert res.ops_after["concat"] == 5
+    assert res.ops_after.get("call_tir", 0) == 0
+
+
+@pytest.mark.parametrize("case", ["random signs", "rows permuted"])
+def test_non_hadamard_sign_matrix_is_refused(case, harness):
+    """A random ±c matrix, and H with its rows permuted (orthogonal ±c, a Hadamard matrix, but not
+    Sylvester's in any column order: x·P·H is not a permuted FWHT output), stay dense with a note."""
+    rng = np.random.default_rng(seed_of(case))
+    w = np.where(rng.random((32, 32)) < 0.5, -1, 1).astype("float32") if case == "random signs" \
+        else H(32)[rng.permutation(32)]
+    model = harness.model([N("MatMul", ["x", "w"], ["y"])], {"x": (3, 32)}, {"w": w * 0.25})
+    res = harness.rewrite(model, FoldConstants, FastWHT)
+    assert res.report.total == 0 and res.ops_after["matmul"] == 1
+    pairs = "0 non-orthogonal" if case == "rows permuted" else "non-orthogonal"
+    assert any("±0.25 matrix" in note and pairs in note and "not a Sylvester Hadamard matrix" in note
+               for note in res.report.notes), res.report.notes

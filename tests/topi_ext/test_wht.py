@@ -104,6 +104,26 @@ def test_input_scale(k, q):
     assert rel_err(res.numpy(), reference(x * d[None, :, None], n, 0.5)) <= RTOL
 
 
+@pytest.mark.parametrize("q", [1, 6])
+def test_output_scale_bias_smooth_threshold(q):
+    """Scaled columns ``H·diag(e)``, a bias, then the smooth threshold ``tanh(z)·max(|z| − T, 0)``."""
+    n = 64
+    rng = np.random.default_rng(q)
+    x = rng.standard_normal((3, n, q)).astype("float32")
+    perm = wht.sequency_perm(n)
+    e, bias, thr = (rng.uniform(-2, 2, n), rng.standard_normal(n), rng.uniform(0, 3, n))
+    func, out = wht.wht_prim_func(x.shape, "float32", n, 0.125, perm, bias=True, threshold=True, out_scale=True,
+                                  smooth=True)
+    assert func.attrs["reforge.wht"]["threshold"] == "smooth"
+    lib = tvm.compile(tvm.IRModule({"main": schedule_wht(func, TARGET.vector_lanes())}), target=TARGET.tvm_target)
+    res = tvm.runtime.tensor(np.zeros([int(v) for v in out.shape], "float32"))
+    lib["main"](*(tvm.runtime.tensor(np.asarray(a, d)) for a, d in
+                  ((x, "float32"), (perm, "int32"), (e, "float32"), (bias, "float32"), (thr, "float32"))), res)
+    z = reference(x, n, 0.125, perm) * e[None, :, None] + bias[None, :, None]
+    ref = np.tanh(z) * np.maximum(np.abs(z) - thr[None, :, None], 0)
+    assert (res.numpy() == 0).sum() > 0 and rel_err(res.numpy(), ref) <= RTOL
+
+
 def test_unscheduled_func_is_correct_too():
     """The plain loop nest (what --verify and non-x86 targets start from) computes the same."""
     x = np.random.default_rng(0).standard_normal((2, 32, 3)).astype("float32")
