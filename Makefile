@@ -27,9 +27,9 @@ demo: install
 	$(BIN)/reforge run $(OUT)/smallcnn.tar --print-time
 	$(BIN)/reforge bench examples/smallcnn.onnx --against onnxruntime --threads 1
 
-# one pytest worker per core; files whose module fixtures are costly stay on one worker (xdist_group)
+# one pytest worker per core; a test file stays on one worker (its module fixtures are built once)
 test: install toolchains
-	$(BIN)/pytest -q -n $(JOBS) --dist loadgroup
+	$(BIN)/pytest -q -n $(JOBS) --dist loadfile
 
 # make fuzz N=1000: differential fuzzing with fresh random graphs in JOBS parallel streams; prints at the
 # end (with JOBS=1 also every 25 graphs) graphs, modules built, mismatches, CPU s/graph, rewrites/runs per

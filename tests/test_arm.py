@@ -23,8 +23,6 @@ from reforge.cli import main
 from . import zoo
 from .conftest import conv_bn_relu_model
 
-pytestmark = pytest.mark.xdist_group("arm")  # one worker: its fixtures are built once
-
 RTOL = 1e-4
 EM_AARCH64 = 183  # ELF e_machine
 
@@ -34,7 +32,7 @@ def _elf_machine(blob: bytes) -> int:
     return int.from_bytes(blob[18:20], "little")
 
 
-@pytest.fixture(scope="session")  # not module: xdist interleaves files, tearing module fixtures down
+@pytest.fixture(scope="module")
 def resnet_onnx(tmp_path_factory):
     import torch
 

@@ -11,10 +11,8 @@ import pytest
 import reforge
 from reforge import ReforgeError
 
-pytestmark = pytest.mark.xdist_group("artifact")  # one worker: its fixtures are built once
 
-
-@pytest.fixture(scope="session")  # not module: xdist interleaves files, tearing module fixtures down
+@pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     from .conftest import conv_bn_relu_model
     import onnx

@@ -28,8 +28,6 @@ from . import zoo
 from .conftest import conv_bn_relu_model
 from .opencl_emulation import run_kernel
 
-pytestmark = pytest.mark.xdist_group("cuda")  # one worker: its fixtures are built once
-
 FATBIN_MAGIC = bytes.fromhex("50ed55ba")  # little-endian 0xBA55ED50
 
 
@@ -86,7 +84,7 @@ def test_direct_conv2d_schedule_numerics(cin, cout, hw, k, pad, stride, residual
     assert np.abs(out - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
-@pytest.fixture(scope="session")  # not module: xdist interleaves files, tearing module fixtures down
+@pytest.fixture(scope="module")
 def resnet_cuda():
     entry = next(e for e in zoo.MODELS if e.name == "resnet")
     return entry, reforge.compile(entry.build(), target="cuda", example_inputs=(entry.example(),))

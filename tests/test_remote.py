@@ -19,8 +19,6 @@ from reforge.remote import RemoteDevices
 
 from .conftest import conv_bn_relu_model
 
-pytestmark = pytest.mark.xdist_group("remote")  # one worker: its fixtures are built once
-
 KEY = "reforge-test"
 
 
@@ -69,7 +67,7 @@ def wait_for_servers(port: int, servers: list[subprocess.Popen], logs: list[Path
     raise TimeoutError(f"{len(servers)} RPC servers did not register: {logs[0].read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="session")  # not module: xdist interleaves files, tearing module fixtures down
+@pytest.fixture(scope="module")
 def tracker(tmp_path_factory):
     logs = tmp_path_factory.mktemp("rpc")
     proc, port = start_tracker(logs / "tracker.log")
@@ -86,7 +84,7 @@ def tracker(tmp_path_factory):
             p.wait()
 
 
-@pytest.fixture(scope="session")  # not module: xdist interleaves files, tearing module fixtures down
+@pytest.fixture(scope="module")
 def artifact_path(tmp_path_factory):
     folder = tmp_path_factory.mktemp("remote")
     onnx.save(conv_bn_relu_model(), folder / "m.onnx")

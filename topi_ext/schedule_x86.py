@@ -32,6 +32,7 @@ PARALLEL_MIN_WORK = 1 << 18  # iterations below which threads cost more than the
 PARALLEL_CHUNKS = 16  # parallel over the fewest outer loops giving this many chunks of work
 MAX_REG_N = 12  # output columns per register tile (accumulators: reg_n x one vector)
 MATMUL_CHUNK = 512  # outputs one thread accumulates in L1 while it streams the weight rows
+INLINE_COPY_CHARS = 600  # a producer printed longer than this is not inlined into a consumer loading it twice
 
 
 def default_schedule(func: tirx.PrimFunc, lanes: int) -> tuple[s_tir.Schedule | None, str]:
@@ -219,13 +220,25 @@ def _matmul(sch: s_tir.Schedule, lanes: int) -> bool:
 def _generic(sch: s_tir.Schedule, lanes: int) -> bool:
     for block in _blocks(sch):
         # a padded input stays materialized: inlined into a reduction it puts a branch in the inner loop
-        if any(_is_reduction(sch, c) for c in sch.get_consumers(block)):
+        if any(_is_reduction(sch, c) for c in sch.get_consumers(block)) or _inlining_copies_too_much(sch, block):
             continue
         try:
             sch.compute_inline(block)
         except s_tir.ScheduleError:
             pass
     return _schedule_rest(sch, lanes, done=set())
+
+
+def _inlining_copies_too_much(sch: s_tir.Schedule, block) -> bool:
+    """Inlining copies the block's expression into each load of its buffer: a consumer that loads it
+    twice doubles it, and a chain of such stages (a butterfly, a+b and a−b of the stage before) grows
+    as 2^stages. Keep a block materialized once its expression is long (as printed: this TVM has no
+    Python TIR visitor) and some consumer loads it more than once."""
+    body = sch.get(block)
+    if len(str(body.body)) <= INLINE_COPY_CHARS:
+        return False
+    load = f"{body.writes[0].source.name}["
+    return any(str(sch.get(c).body).count(load) > 1 for c in sch.get_consumers(block))
 
 
 def _schedule_rest(sch: s_tir.Schedule, lanes: int, done: set) -> bool:

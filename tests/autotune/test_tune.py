@@ -12,8 +12,6 @@ from reforge import ReforgeError
 from reforge.autotune import TuningRecords, tune
 from reforge.targets import get_target
 
-pytestmark = pytest.mark.xdist_group("tune")  # one worker: its fixtures are built once
-
 SHAPE = (1, 8, 12, 12)
 
 
@@ -22,7 +20,7 @@ def make_net():
     return torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU()).eval()
 
 
-@pytest.fixture(scope="session")  # not module: xdist interleaves files, tearing module fixtures down
+@pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tune")
     path = folder / "net.pt2"
