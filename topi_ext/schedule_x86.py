@@ -22,6 +22,7 @@ loop nest (correct, slow), and the build report counts it.
 from __future__ import annotations
 
 import math
+import re
 
 from tvm import s_tir, tirx
 
@@ -230,15 +231,16 @@ def _generic(sch: s_tir.Schedule, lanes: int) -> bool:
 
 
 def _inlining_copies_too_much(sch: s_tir.Schedule, block) -> bool:
-    """Inlining copies the block's expression into each load of its buffer: a consumer that loads it
-    twice doubles it, and a chain of such stages (a butterfly, a+b and a−b of the stage before) grows
-    as 2^stages. Keep a block materialized once its expression is long (as printed: this TVM has no
-    Python TIR visitor) and some consumer loads it more than once."""
+    """Inlining copies the block's expression into each load of its buffer, so n loads (by one
+    consumer or several) make n copies, and a chain of such stages (a butterfly: a + b and a − b of
+    the stage before, or two slices of its concat) grows as 2^stages. Keep a block materialized once
+    its expression is long (as printed: this TVM has no Python TIR visitor) and its buffer is loaded
+    more than once in all."""
     body = sch.get(block)
     if len(str(body.body)) <= INLINE_COPY_CHARS:
         return False
-    load = f"{body.writes[0].source.name}["
-    return any(str(sch.get(c).body).count(load) > 1 for c in sch.get_consumers(block))
+    load = re.compile(rf"(?<![\w.]){re.escape(body.writes[0].source.name)}\[")
+    return sum(len(load.findall(str(sch.get(c).body))) for c in sch.get_consumers(block)) > 1
 
 
 def _schedule_rest(sch: s_tir.Schedule, lanes: int, done: set) -> bool:
