@@ -4,9 +4,12 @@
     {"format": "reforge-tuning-records/1", "target": {...}}     line 1: header
     {"workload": [structural hash, module]}                      MetaSchedule workloads
     {"record": [workload index, [trace, run secs, target, args]]}  MetaSchedule tuning records
+    {"choice": {"pass": "fft-conv", "conv": key, "fft_size": L or null, "ms": {way: ms}}}
+                                                                 a pass's measured decision
 
 MetaSchedule's own JSON database is two JSON Lines files in a folder; ``TuningRecords``
-materializes one for MetaSchedule and writes it back as a single file. Every line is checked
+materializes one for MetaSchedule and writes it back as a single file; the choices (fft-conv's
+direct or FFT per conv, ``autotune/fft_choice.py``) are reforge's own. Every line is checked
 on load, and a bad one is reported with the file's path and the line number.
 """
 
@@ -30,6 +33,7 @@ class TuningRecords:
 
     def __init__(self, target: dict):
         self.target = target
+        self.choices: dict[str, dict] = {}  # conv key -> fft-conv's measured choice
         self.folder = tempfile.mkdtemp(prefix="reforge-records-")
         for name in (_WORKLOADS, _RECORDS):
             open(os.path.join(self.folder, name), "w").close()
@@ -67,11 +71,23 @@ class TuningRecords:
                     raise ReforgeError(f"{path}:{number}: bad tuning record: {one_line(err)}") from err
                 with open(os.path.join(records.folder, _RECORDS), "a") as f:
                     f.write(json.dumps([index, body]) + "\n")
+            elif isinstance(entry, dict) and "choice" in entry:
+                choice = entry["choice"]
+                if not (isinstance(choice, dict) and choice.get("pass") == "fft-conv"
+                        and isinstance(choice.get("conv"), str)
+                        and (choice.get("fft_size") is None or isinstance(choice.get("fft_size"), int))):
+                    raise ReforgeError(f"{path}:{number}: a choice is {{\"pass\": \"fft-conv\", \"conv\": key, "
+                                       f"\"fft_size\": integer or null, \"ms\": {{...}}}}")
+                records.choices[choice["conv"]] = choice
             else:
-                raise ReforgeError(f"{path}:{number}: expected a 'workload' or 'record' entry")
+                raise ReforgeError(f"{path}:{number}: expected a 'workload', 'record' or 'choice' entry")
         with open(os.path.join(records.folder, _WORKLOADS), "w") as f:
             f.write("".join(e + "\n" for e in entries))
         return records
+
+    def pass_options(self) -> dict[str, dict]:
+        """Keyword arguments for the passes whose decisions were measured (``registry.make``)."""
+        return {"fft-conv": {"measured": {k: c["fft_size"] for k, c in self.choices.items()}}} if self.choices else {}
 
     def database(self) -> ms.database.JSONDatabase:
         return ms.database.JSONDatabase(work_dir=self.folder, allow_missing=False)
@@ -83,6 +99,7 @@ class TuningRecords:
     def save(self, path: str) -> None:
         """Write the folder's database to ``path`` as one file (atomically)."""
         lines = [json.dumps({"format": FORMAT, "target": self.target})]
+        lines += [json.dumps({"choice": c}) for c in self.choices.values()]
         for name, key in ((_WORKLOADS, "workload"), (_RECORDS, "record")):
             with open(os.path.join(self.folder, name)) as f:
                 lines += [json.dumps({key: json.loads(line)}) for line in f if line.strip()]

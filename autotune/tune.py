@@ -2,7 +2,9 @@
 
 The model is imported, rewritten and fused exactly as ``compile`` does, so the records match
 the functions ``compile --tuning-records`` will meet. Each task starts from a record of its
-default schedule, measured here: the tuned result is never slower than the untuned one.
+default schedule, measured here: the tuned result is never slower than the untuned one. Where
+fft-conv runs, each conv it may rewrite and whose cost-model estimates are close is first timed
+direct and as FFT (``fft_choice``); the records keep the faster, which ``compile`` then follows.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from typing import Callable
 
 import numpy as np
 import tvm
+from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 
 from reforge import frontend
 from reforge.build import BuildReport, fuse
 from reforge.errors import ReforgeError
 from reforge.passes import registry
+from reforge.passes.fft_conv import eligible_convs
 from reforge.targets import get_target
 from reforge.topi_ext.schedule_x86 import default_schedule
 
+from . import fft_choice
 from .builder import local_builder
 from .progress import Progress
 from .records import TuningRecords
@@ -77,15 +82,18 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
     try:
         imported = frontend.load(model, input_shapes)
         mod = imported.mod
+        measure = _remote_timer(remote) if remote is not None else _local_timer
         for name in names:
-            mod = registry.get(name).make()(mod)
+            if name == "fft-conv":
+                _choose_fft_by_measurement(mod, tgt, records, measure, log)
+                records.save(output)
+            mod = registry.get(name).make(**records.pass_options().get(name, {}))(mod)
         with tgt.tvm_target:
             fused = fuse(mod, tgt, BuildReport())
         extracted = ms.relax_integration.extract_tasks(fused, tgt.tvm_target)
         log(f"{len(extracted)} tasks in {imported.name}; {trials} trials"
             + (f", at most {timeout:.0f} s" if timeout else ""))
         database = records.database()
-        measure = _remote_timer(remote) if remote is not None else _local_timer
         defaults = [_commit_default(database, task, tgt, measure) for task in extracted]
         records.save(output)  # from here on the file always holds a usable set of records
         total = sum(t.weight * (d or 0.0) for t, d in zip(extracted, defaults))
@@ -125,6 +133,19 @@ def _search(extracted, database, tgt, trials, timeout, runner, log, checkpoint) 
     return TuneResult(trials=progress.done, seconds=time.perf_counter() - start, timed_out=progress.timed_out)
 
 
+def _choose_fft_by_measurement(mod, tgt, records: TuningRecords, measure, log) -> None:
+    """Measure, direct and as FFT, each conv fft-conv may rewrite that no record has decided yet."""
+    for g in eligible_convs(mod):
+        if g.key in records.choices:
+            continue
+        found = fft_choice.measure(g, tgt, measure)
+        if found is not None:
+            records.choices[g.key] = {"pass": "fft-conv", "conv": g.key, **found}
+            times = ", ".join(f"{way} {ms:.3f} ms" for way, ms in found["ms"].items())
+            pick = "direct" if found["fft_size"] is None else f"FFT L={found['fft_size']}"
+            log(f"fft-conv, measured: conv {g.key}: {times} -> {pick}")
+
+
 def _commit_default(database, task, tgt, measure) -> float | None:
     """Measure the task's default schedule and store it as a record; its latency in ms."""
     func = task.dispatched[0]["main"]
@@ -142,9 +163,8 @@ def _commit_default(database, task, tgt, measure) -> float | None:
 
 
 def _local_timer(lib, arrays) -> float:
-    dev = tvm.cpu()
-    args = [tvm.runtime.tensor(a, dev) for a in arrays]
-    return float(np.median(lib.mod.time_evaluator("main", dev, number=3, repeat=3, min_repeat_ms=20)(*args).results))
+    vm = isinstance(lib, relax.VMExecutable)
+    return _timed(lib if vm else lib.mod, tvm.cpu(), arrays, vm)
 
 
 def _remote_timer(remote):
@@ -158,12 +178,16 @@ def _remote_timer(remote):
             path = os.path.join(tmp, name)
             lib.export_library(path)
             session.upload(path)
-        rlib, dev = session.load_module(name), session.cpu()
-        args = [tvm.runtime.tensor(a, dev) for a in arrays]
-        timer = rlib.time_evaluator("main", dev, number=3, repeat=3, min_repeat_ms=20)
-        return float(np.median(timer(*args).results))
+        return _timed(session.load_module(name), session.cpu(), arrays, isinstance(lib, relax.VMExecutable))
 
     return measure
+
+
+def _timed(module, dev, arrays, relax_vm: bool) -> float:
+    """Median seconds of ``main`` (a PrimFunc, or a Relax function run by the VM) on ``dev``."""
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    runner = relax.VirtualMachine(module, dev) if relax_vm else module
+    return float(np.median(runner.time_evaluator("main", dev, number=3, repeat=3, min_repeat_ms=20)(*args).results))
 
 
 def _best_ms(database, task) -> float | None:

@@ -109,7 +109,7 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
     PassInfo("fft-conv", FFTConv,
              "large-kernel stride-1 convs through overlap-save tiled 2-D real DFTs (weight spectra precomputed, "
              "per-frequency channel mixing as a batched GEMM over the tiles), where a cost model measured on "
-             "this CPU estimates FFT faster (never 3×3); x86 only (the model's CPU)",
+             "this CPU estimates FFT faster (never 3×3), or where `reforge tune` measured it faster; x86 only",
              "Mathieu, Henaff & LeCun, Fast training of convolutional networks through FFTs, ICLR 2014; "
              "Vasilache et al., Fast convolutional nets with fbfft, ICLR 2015",
              level=2, targets=frozenset({"x86"}), requires=("fold-constants",)),

@@ -48,14 +48,16 @@ class PassRecord:
                 "verify": self.check.to_json() if self.check else None}
 
 
-def run_passes(mod: tvm.IRModule, names: list[str], after_pass=None) -> tuple[tvm.IRModule, list[PassRecord]]:
+def run_passes(mod: tvm.IRModule, names: list[str], after_pass=None,
+               options: dict[str, dict] | None = None) -> tuple[tvm.IRModule, list[PassRecord]]:
     """Run the named passes in order, recording each one's report and graph statistics.
 
-    ``after_pass(name, received, result)`` may return a ``Check`` to attach to the record.
+    ``after_pass(name, received, result)`` may return a ``Check`` to attach to the record;
+    ``options[name]`` are keyword arguments for that pass (tuning records' measured choices).
     """
     records = []
     for name in names:
-        pass_ = registry.get(name).make()
+        pass_ = registry.get(name).make(**(options or {}).get(name, {}))
         before, start, received = graph_stats(mod), time.perf_counter(), mod
         mod = pass_(mod)
         record = PassRecord(name, pass_.report, before, graph_stats(mod), time.perf_counter() - start)
@@ -73,10 +75,10 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
 
     The passes are the ``-O`` level's defaults for the target, or ``passes`` if given, adjusted
     by ``enable_passes`` / ``disable_passes``. ``tuning_records`` (from ``reforge tune``) schedule
-    the functions they cover; the rest get the default schedules. With ``verify``, the imported
-    module, the module after every pass and the built module run on the same random inputs; a
-    stage beyond its tolerance raises ``VerificationError`` (which carries the artifact and its
-    report).
+    the functions they cover (the rest get the default schedules) and decide fft-conv for the convs
+    they measured. With ``verify``, the imported module, the module after every pass and the built
+    module run on the same random inputs; a stage beyond its tolerance raises ``VerificationError``
+    (which carries the artifact and its report).
     """
     say = log or (lambda _msg: None)
     tgt = get_target(target)
@@ -87,7 +89,8 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
         f"{', '.join(f'{s.name}{list(s.shape)}' for s in imported.inputs)}")
 
     verifier = _Verifier(imported, seed) if verify else None
-    mod, records = run_passes(imported.mod, names, verifier.after_pass if verifier else None)
+    mod, records = run_passes(imported.mod, names, verifier.after_pass if verifier else None,
+                              records_db.pass_options() if records_db else None)
     for r in records:
         say(f"pass {r.name}: {r.report.total} rewrites")
 

@@ -68,6 +68,12 @@ class FFTConvGeometry:
         t, l, b, r = self.padding
         return self.h + t + b - self.kh + 1, self.w + l + r - self.kw + 1
 
+    @property
+    def key(self) -> str:
+        """How tuning records name the conv: ``N×C×H×W -> O k KH×KW pad T,L,B,R``."""
+        return (f"{self.n}x{self.c}x{self.h}x{self.w} -> {self.o} k {self.kh}x{self.kw} "
+                f"pad {','.join(map(str, self.padding))}")
+
 
 def geometry(x_shape, w_shape, padding) -> FFTConvGeometry:
     n, c, h, w = (int(d) for d in x_shape)
@@ -155,11 +161,16 @@ def fft_ns(t: Tiling) -> float:
     return NS_MIX * mix + NS_TRANSFORM * transforms + NS_MOVE * moved
 
 
-def plan_fft(g: FFTConvGeometry) -> Tiling | None:
-    """The cheapest tiling whose weight spectra fit MAX_SPECTRUM_BYTES (tiles at least k − 1 wide), or None."""
+def tilings(g: FFTConvGeometry) -> list[Tiling]:
+    """The tilings whose weight spectra fit MAX_SPECTRUM_BYTES (tiles at least k − 1 wide), cheapest first."""
     fits = [Tiling(g, l) for l in FFT_SIZES
             if l - max(g.kh, g.kw) + 1 >= max(g.kh, g.kw) - 1 and Tiling(g, l).spectrum_bytes <= MAX_SPECTRUM_BYTES]
-    return min(fits, key=fft_ns, default=None)
+    return sorted(fits, key=fft_ns)
+
+
+def plan_fft(g: FFTConvGeometry) -> Tiling | None:
+    """The cheapest of :func:`tilings`, or None."""
+    return next(iter(tilings(g)), None)
 
 
 def plan_any(g: FFTConvGeometry) -> Tiling:

@@ -15,9 +15,19 @@ from reforge.targets import get_target
 SHAPE = (1, 8, 12, 12)
 
 
+FFT_CONV = "1x16x12x12 -> 8 k 9x9 pad 4,4,4,4"  # its cost-model estimates are close: tune measures it
+SMALL_CONV = "1x8x12x12 -> 16 k 3x3 pad 1,1,1,1"  # FFT estimated 5x slower: never measured
+
+
 def make_net():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU()).eval()
+    return torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(16, 8, 9, padding=4)).eval()
+
+
+def reference(net, x):
+    with torch.no_grad():
+        return net(torch.from_numpy(x)).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +50,44 @@ def test_records_are_applied_and_correct(tuned):
     assert art.manifest["build"]["schedules"].get("tuned", 0) >= 1
     assert len(art.manifest["tuning_records"]["sha256"]) == 64
     x = np.random.default_rng(0).standard_normal(SHAPE).astype("float32")
-    with torch.no_grad():
-        ref = net(torch.from_numpy(x)).numpy()
+    ref = reference(net, x)
     out = art.run({"input": x})["output0"]
     assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_fft_conv_is_decided_by_measurement(tuned):
+    """The 9×9 conv was timed direct and at two FFT sizes; the record keeps the fastest and compile
+    follows it (the 3×3 conv, where the cost model is sure, was not timed)."""
+    _net, path, records, _result = tuned
+    choices = [json.loads(line)["choice"] for line in records.read_text().splitlines() if '"choice"' in line]
+    assert [c["conv"] for c in choices] == [FFT_CONV]
+    (choice,) = choices
+    assert set(choice["ms"]) == {"direct", "fft L=16", "fft L=32"}
+    fastest = min(choice["ms"], key=choice["ms"].get)
+    assert choice["fft_size"] == (None if fastest == "direct" else int(fastest.split("=")[1]))
+    art = reforge.compile(str(path), tuning_records=str(records))
+    fft = next(p for p in art.manifest["passes"] if p["name"] == "fft-conv")
+    if choice["fft_size"] is None:
+        assert fft["rewrites"] == {} and "left convs direct where tuning measured direct faster" in fft["notes"]
+    else:
+        assert fft["rewrites"] == {f"conv 9x9 to FFT (L = {choice['fft_size']}, measured)": 1}
+
+
+def test_recorded_choices_override_the_cost_model(tuned, tmp_path):
+    """Records that choose FFT for both convs (the cost model would take neither) are followed, and the
+    result still matches PyTorch (1e-4 relative)."""
+    net, path, records, _result = tuned
+    lines = [line for line in records.read_text().splitlines() if '"choice"' not in line]
+    forced = [json.dumps({"choice": {"pass": "fft-conv", "conv": key, "fft_size": size, "ms": {}}})
+              for key, size in ((FFT_CONV, 16), (SMALL_CONV, 8))]
+    edited = tmp_path / "records.json"
+    edited.write_text("\n".join(lines[:1] + forced + lines[1:]) + "\n")
+    art = reforge.compile(str(path), tuning_records=str(edited))
+    fft = next(p for p in art.manifest["passes"] if p["name"] == "fft-conv")
+    assert fft["rewrites"] == {"conv 9x9 to FFT (L = 16, measured)": 1, "conv 3x3 to FFT (L = 8, measured)": 1}
+    x = np.random.default_rng(1).standard_normal(SHAPE).astype("float32")
+    ref = reference(net, x)
+    assert np.abs(art.run({"input": x})["output0"] - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def test_resume_keeps_earlier_records_and_time_budget_stops(tuned, tmp_path):
@@ -59,7 +103,9 @@ def test_resume_keeps_earlier_records_and_time_budget_stops(tuned, tmp_path):
 @pytest.mark.parametrize("mutate, message", [
     (lambda lines: lines[:2] + ["{not json"] + lines[2:], r"records.json:3: not valid JSON"),
     (lambda lines: lines + ['{"record": [99, []]}'], r"records.json:\d+: record refers to workload 99"),
-    (lambda lines: lines + ['{"something": 1}'], r"records.json:\d+: expected a 'workload' or 'record' entry"),
+    (lambda lines: lines + ['{"something": 1}'], r"records.json:\d+: expected a 'workload', 'record' or 'choice'"),
+    (lambda lines: lines + ['{"choice": {"pass": "fft-conv", "conv": "x", "fft_size": "16"}}'],
+     r"records.json:\d+: a choice is \{\"pass\": \"fft-conv\", \"conv\": key, \"fft_size\": integer or null"),
     (lambda lines: ['{"format": "other"}'] + lines[1:], r"records.json:1: not a reforge tuning-records file"),
 ])
 def test_malformed_records_name_path_and_line(tuned, tmp_path, mutate, message):
