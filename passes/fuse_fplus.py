@@ -1,13 +1,14 @@
 """fuse-fplus: the elementwise spellings of FPlus / PFPlus become one fused operator.
 
     λ·((1 + μ|x|)^sign(x) − 1)              power form (torch.pow / ONNX Pow of the definition)
-    where(x >= 0, x, x / (1 − x))            where form (FPlus written piecewise; also x > 0, x < 0, x <= 0)
+    λ·where(t >= 0, t, t / (1 − t)), t = μx  where form (written piecewise; also t > 0, t < 0, t <= 0, and
+                                             the condition on x, the same sign for μ > 0)
 
 both become ``fplus(x; λ, μ)`` (:mod:`reforge.topi_ext.fplus`), an elementwise PrimFunc that FuseOps
 puts into the epilogue of the conv before it. Constants must be scalars: the 1s exactly 1, μ > 0
 and finite (the base stays positive); λ is a finite scalar multiply that alone reads the − 1. A
-candidate (``power(·, sign(x)) − c``, or a ``where`` on the sign of x whose branches are x and a
-quotient of x) that differs from the definition stays, and the report says how.
+candidate (``power(·, sign(x)) − c``, or a ``where`` on the sign of t or x whose branches are t and a
+quotient of t) that differs from the definition stays, and the report says how.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .graph import cleanup, const_value, is_const, mutate_functions, op_name, te
 from .report import BlockReport
 
 _FLOATS = ("float32", "float64")
+_LAMBDA_READS = ("relax.subtract", "relax.where")  # the calls a PFPlus λ multiplies
 _FLIP = {"relax.greater_equal": "relax.less_equal", "relax.greater": "relax.less",
          "relax.less_equal": "relax.greater_equal", "relax.less": "relax.greater"}
 
@@ -36,7 +38,7 @@ class FuseFPlus:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         self.report.before = graph_stats(mod)
-        mod = cleanup(mutate_functions(mod, lambda m, f: _Fuse(m, _scaled_subtractions(f), self.report)))
+        mod = cleanup(mutate_functions(mod, lambda m, f: _Fuse(m, _scaled_candidates(f), self.report)))
         self.report.after = graph_stats(mod)
         return mod
 
@@ -60,14 +62,14 @@ def _scaled(expr, dtype: str) -> tuple[relax.Expr, float]:
     return expr, 1.0
 
 
-def _scaled_subtractions(func: relax.Function) -> list[relax.Call]:
-    """Subtractions read only by a scalar multiply (a PFPlus λ): matched at the multiply instead."""
+def _scaled_candidates(func: relax.Function) -> list[relax.Call]:
+    """Subtractions and wheres read only by a scalar multiply (a PFPlus λ): matched at the multiply instead."""
     uses = use_counts(func)
     values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
     found = []
     for value in values.values():
         inner, _ = _scaled(value, tensor_dtype(value)) if op_name(value) == "relax.multiply" else (None, 1.0)
-        if isinstance(inner, relax.Var) and uses.get(inner, 0) == 1 and op_name(values.get(inner)) == "relax.subtract":
+        if isinstance(inner, relax.Var) and uses.get(inner, 0) == 1 and op_name(values.get(inner)) in _LAMBDA_READS:
             found.append(values[inner])
     return found
 
@@ -123,37 +125,46 @@ class _Fuse(relax.PyExprMutator):
         return "x^sign(·) − 1 whose base is not 1 + μ|x| of the sign's input: not PFPlus"
 
     def _where_form(self, call, dtype: str):
-        """``where(x >= 0, x, x / (1 − x))``: ``("where form", x, 1, 1)``, a reason, or None."""
+        """``where(t >= 0, t, t / (1 − t))``, t = μx: ``("where form", x, 1, μ)``, a reason, or None."""
         cond, a, b = call.args
         cond = self._value(cond)
         name = op_name(cond)
         if name not in _FLIP:
             return None
-        x, zero = cond.args
-        if is_const(x):
-            x, zero, name = zero, x, _FLIP[name]
+        c, zero = cond.args
+        if is_const(c):
+            c, zero, name = zero, c, _FLIP[name]
         if _scalar(zero, dtype) != 0.0:
             return None
-        pos, neg = (a, b) if name in ("relax.greater_equal", "relax.greater") else (b, a)
+        t, neg = (a, b) if name in ("relax.greater_equal", "relax.greater") else (b, a)
         quot = self._value(neg)
-        if not pos.same_as(x) or op_name(quot) != "relax.divide" or not quot.args[0].same_as(x):
+        if op_name(quot) != "relax.divide" or not quot.args[0].same_as(t):
             return None
+        inner, mu = _scaled(self._value(t), dtype)
+        x = t if mu == 1.0 else inner
+        if not (c.same_as(t) or c.same_as(x)):
+            return None
+        if x is not t and not (np.isfinite(mu) and mu > 0):
+            if not c.same_as(t):
+                return f"where(x >= 0, μx, μx / (1 − μx)) with μ = {mu:g}: μx and x differ in sign"
+            x, mu = t, 1.0  # FPlus of t itself
         den = self._value(quot.args[1])
-        if op_name(den) != "relax.subtract" or _scalar(den.args[0], dtype) != 1.0 or not den.args[1].same_as(x):
-            return "where(x >= 0, x, x / d) with d ≠ 1 − x: not FPlus"
+        if op_name(den) != "relax.subtract" or _scalar(den.args[0], dtype) != 1.0 or not den.args[1].same_as(t):
+            return "where(t >= 0, t, t / d) with d ≠ 1 − t: not FPlus"
         if tensor_shape(call) != tensor_shape(x):
-            return "where(x >= 0, x, x / (1 − x)) broadcast to a larger shape than x"
-        return "where form", x, 1.0, 1.0
+            return "where(t >= 0, t, t / (1 − t)) broadcast to a larger shape than x"
+        return "where form", x, 1.0, mu
 
     def _outer_scale(self, call, dtype: str):
-        """``λ·((1 + μ|x|)^sign(x) − 1)``: ``("power form", x, λ, μ)``, a reason, or None."""
+        """``λ·f`` with f a power or where form: ``(form, x, λ, μ)``, a reason, or None."""
         inner, lam = _scaled(call, dtype)
-        sub = self._value(inner)
-        found = self._power_form(sub, dtype) if op_name(sub) == "relax.subtract" else None
+        f = self._value(inner)
+        form = {"relax.subtract": self._power_form, "relax.where": self._where_form}.get(op_name(f))
+        found = form(f, dtype) if form is not None else None
         if found is None or isinstance(found, str):
             return found
         if not np.isfinite(lam):
-            return f"λ·((1 + μ|x|)^sign(x) − 1) with λ = {lam:g}"
+            return f"λ·FPlus(μx) with λ = {lam:g}"
         kind, x, _, mu = found
         return kind, x, lam, mu
 

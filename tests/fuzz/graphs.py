@@ -5,8 +5,8 @@ what reforge's passes rewrite, in the spellings they recognize:
 
 - convs (kernel 1-15, stride 1-2, symmetric or asymmetric padding, dilation, groups and depthwise,
   with or without bias), BatchNorm with random statistics (negative γ included), ReLU / LeakyReLU /
-  ELU and FPlus in its elementwise forms ``Pow(1 + |x|, sign(x)) - 1`` and ``Where(x >= 0, x, x / (1 - x))``
-  (fuse-fplus);
+  ELU and FPlus in its elementwise forms ``Pow(1 + |x|, sign(x)) - 1`` and ``Where(x >= 0, x, x / (1 - x))``,
+  PFPlus as ``λ·Where(t >= 0, t, t / (1 - t))`` with t = μx (fuse-fplus);
 - no-ops (Dropout, its unused mask output, ×1, +0, ÷1, −0, identity Reshape / Transpose / Cast,
   one-input Concat) and a channel Split with an output left unused (remove-noops, dead-code);
 - residual blocks (basic k×k-k×k or bottleneck 1×1-3×3-1×1, ReLU or LeakyReLU inside, identity or
@@ -143,13 +143,18 @@ def emit_activation(b: Builder, x: str, kind: str) -> str:
     b.layers.append(kind)
     if kind == "leakyrelu":
         return b.node("LeakyRelu", [x], alpha=0.1)
-    one = b.const(np.ones(()), "one") if kind.startswith("fplus") else ""
+    one = b.const(np.ones(()), "one") if "fplus" in kind else ""
     if kind == "fplus":  # FPlus, elementwise: (1 + |x|) ** sign(x) - 1
         powered = b.node("Pow", [b.node("Add", [b.node("Abs", [x]), one]), b.node("Sign", [x])])
         return b.node("Sub", [powered, one])
     if kind == "fplus-where":  # FPlus as where(x >= 0, x, x / (1 - x))
         nonneg = b.node("GreaterOrEqual", [x, b.const(np.zeros(()), "zero")])
         return b.node("Where", [nonneg, x, b.node("Div", [x, b.node("Sub", [one, x])])])
+    if kind == "pfplus-where":  # PFPlus as λ·where(t >= 0, t, t / (1 - t)), t = μx
+        t = b.node("Mul", [x, b.const(np.array(b.rng.uniform(0.25, 3.0)), "mu")])
+        nonneg = b.node("GreaterOrEqual", [t, b.const(np.zeros(()), "zero")])
+        f = b.node("Where", [nonneg, t, b.node("Div", [t, b.node("Sub", [one, t])])])
+        return b.node("Mul", [f, b.const(np.array(b.rng.uniform(0.5, 2.0)), "lambda")])
     return b.node({"relu": "Relu", "elu": "Elu"}[kind], [x])
 
 
@@ -337,7 +342,8 @@ def layer(draw, b: Builder, x: str, shape):
             tiled = emit_batchnorm(b, tiled, c * beta)
         return emit_conv(b, tiled, (1, c * beta, h, w), draw(conv_params((1, c * beta, h, w), plain=True)))
     if kind == "act":
-        return emit_activation(b, x, draw(st.sampled_from(["relu", "leakyrelu", "elu", "fplus", "fplus-where"]))), shape
+        kinds = ["relu", "leakyrelu", "elu", "fplus", "fplus-where", "pfplus-where"]
+        return emit_activation(b, x, draw(st.sampled_from(kinds))), shape
     if kind == "complex":
         return draw(complex_conv(b, x, shape))
     if kind == "hadamard":

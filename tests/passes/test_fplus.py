@@ -1,7 +1,7 @@
 """fuse-fplus: FPlus / PFPlus spellings become one elementwise operator fused into the conv before it.
 
 The operator is checked against numpy's power form of the definition; PyTorch modules (the power
-form, PFPlus with λ and μ, the where form both ways round) through torch.onnx and torch.export
+form, PFPlus with λ and μ, the where form both ways round, PFPlus's where form) through torch.onnx and torch.export
 compile to one ``fplus`` call with no pow / sign / abs / where left; ONNX graphs on inputs with exact
 zeros, and look-alikes that must stay (no − 1, other constants, μ < 0, another quotient), against
 onnxruntime. Tolerance everywhere: max|out − ref| / max|ref| <= 1e-5.
@@ -74,10 +74,13 @@ class ConvFPlus(nn.Module):
             return 0.5 * (torch.pow(1 + 2.0 * torch.abs(y), torch.sign(y)) - 1)
         if self.form == "where":
             return torch.where(y >= 0, y, y / (1 - y))
+        if self.form.startswith("pfplus-where"):  # λ = 0.5, μ = 2; the condition on t = μy or on y
+            t = 2.0 * y
+            return 0.5 * torch.where((y if self.form.endswith("-y") else t) >= 0, t, t / (1 - t))
         return torch.where(y < 0, y / (1 - y), y)  # "where-lt"
 
 
-FORMS = ["pow", "pfplus", "where", "where-lt"]
+FORMS = ["pow", "pfplus", "where", "where-lt", "pfplus-where", "pfplus-where-y"]
 
 
 @pytest.mark.parametrize("exporter", ["onnx", "torch.export"])
@@ -158,10 +161,14 @@ def power_graph(one: float = 1.0, minus: float | None = 1.0, mu: float | None = 
     return nodes, {"x": (2, 4, 6, 6)}, params
 
 
-def where_graph(one: float = 1.0):
-    nodes = [N("GreaterOrEqual", ["x", "zero"], ["c"]), N("Sub", ["one", "x"], ["d"]), N("Div", ["x", "d"], ["q"]),
-             N("Where", ["c", "x", "q"], ["y"])]
-    return nodes, {"x": (2, 4, 6, 6)}, {"zero": np.float32(0), "one": np.float32(one)}
+def where_graph(one: float = 1.0, mu: float | None = None):
+    """where(x >= 0, t, t / (one − t)) with t = x, or t = μ·x if ``mu`` is given."""
+    t = "t" if mu is not None else "x"
+    nodes = [N("Mul", ["x", "mu"], ["t"])] if mu is not None else []
+    nodes += [N("GreaterOrEqual", ["x", "zero"], ["c"]), N("Sub", ["one", t], ["d"]), N("Div", [t, "d"], ["q"]),
+              N("Where", ["c", t, "q"], ["y"])]
+    params = {"zero": np.float32(0), "one": np.float32(one)}
+    return nodes, {"x": (2, 4, 6, 6)}, {**params, **({"mu": np.float32(mu)} if mu is not None else {})}
 
 
 CASES = [  # (name, graph, rewritten, refusal reason fragment)
@@ -172,7 +179,9 @@ CASES = [  # (name, graph, rewritten, refusal reason fragment)
     ("minus two", power_graph(minus=2.0), False, "c ≠ 1"),
     ("two plus", power_graph(one=2.0), False, "base is not 1 + μ|x|"),
     ("negative mu", power_graph(mu=-0.5), False, "needs μ > 0"),
-    ("other quotient", where_graph(one=2.0), False, "d ≠ 1 − x"),
+    ("other quotient", where_graph(one=2.0), False, "d ≠ 1 − t"),
+    ("where-mu", where_graph(mu=0.5), True, None),
+    ("where negative mu", where_graph(mu=-0.5), False, "μx and x differ in sign"),
 ]
 
 
