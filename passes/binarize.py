@@ -9,7 +9,8 @@ input is one of:
     where(x >= 0, 1, -1)                     torch.where; QONNX BipolarQuant (frontend/qonnx.py)
     x + (s - x),  s one of the above         straight-through estimator (detach trick)
     max_pool2d / reshape of such a tensor
-    q·s, q = rnd(clamp(v, 0, hi))            QONNX unsigned Quant (frontend/qonnx.py), k = bits of hi,
+    q·s, q = rnd(clamp(v, lo, hi))           QONNX Quant (frontend/qonnx.py): unsigned (lo = 0, k = bits
+                                             of hi) or signed ([lo, hi] = [-2^(k-1) (+1 narrow), 2^(k-1) - 1]),
                                              2 <= k <= 8, s a positive scalar (or folded into W)
 
 Packing (``x`` the float tensor behind the spelling):
@@ -19,8 +20,8 @@ Packing (``x`` the float tensor behind the spelling):
 - ternary: ``sign(x)`` anywhere else (ONNX / torch ``Sign(0) = 0``): planes ``x > 0``, ``x < 0`` and the
   ternary kernel, ``dot = Σ_{a>0} w - Σ_{a<0} w``, exact on inputs with exact zeros (NaN aside: a
   NaN input packs as 0 where the float conv gives NaN);
-- k-bit: the bit planes of the integers q, ``dot = Σ_b 2^b·Σ_c q_bc·w_c``; the scale s joins α in the
-  float epilogue.
+- k-bit: the bit planes of the integers q (of their two's complement when signed), ``dot = Σ_b s_b·Σ_c q_bc·w_c``
+  with s_b = 2^b, the top plane's -2^(k-1) when signed; the scale s joins α in the float epilogue.
 
 Rewrite: ``conv(act(x), α·S) -> bitserial_conv2d(pack(x), S)·α·s`` (NHWC result transposed back to
 NCHW), the same for dense; the bias and everything after stay as they were (float epilogue). Where
@@ -31,8 +32,8 @@ candidate d (kernel_algebra.binary_thresholds), so they are exact by constructio
 expression is exactly 0 at some integer d (a tie) is not ±1: it stays a float epilogue packed ternary
 (reported); a ``where`` maps the tie to +1, as the threshold does.
 
-Left in float, with the reason in the report: a ±1 weight with an exact 0, a k-bit Quant that is
-signed, has a zero point, more than 8 bits or a per-channel scale (ONNX node names do not survive
+Left in float, with the reason in the report: a ±1 weight with an exact 0, a k-bit Quant that has
+a zero point, more than 8 bits, a per-channel scale or a range that is not a k-bit one (ONNX node names do not survive
 TVM's importer: the reason names the setting), grouped / dilated convs.
 
 Other exactness rules:
@@ -52,7 +53,7 @@ width) and as single work-item OpenCL kernels for opencl-fpga (``popcount`` on 6
 the registry runs the pass there; CUDA keeps binarized layers in float until the operators have a
 GPU schedule that has run on a GPU.
 
-Not (yet) covered: signed k-bit activations, grouped / dilated convs, ternary weights, max pooling on
+Not (yet) covered: grouped / dilated convs, ternary weights, max pooling on
 packed bits of a float-packed tensor.
 """
 
@@ -113,6 +114,7 @@ class _Layer:
     ternary: bool
     strides: tuple = ()  # conv only
     padding: tuple = ()
+    signed: bool = False  # k-bit planes of a two's complement
 
 
 @dataclass
@@ -125,6 +127,14 @@ class _Act:
     mode: str  # "pm1" | "ternary" | "kbit"
     bits: int = 1
     scale: float = 1.0
+    signed: bool = False  # k-bit: the integers q are signed (two's complement planes)
+
+    @property
+    def max_abs(self) -> int:
+        """The largest |value| the packed input holds."""
+        if self.mode != "kbit":
+            return 1
+        return 2 ** (self.bits - 1) if self.signed else 2 ** self.bits - 1
 
 
 def _sign_input(value) -> tuple[relax.Expr, str] | None:
@@ -253,7 +263,7 @@ class _Binarize(relax.PyExprMutator):
 
     def _activation(self, expr) -> _Act | str | None:
         """How ``expr`` is packed: ±1 when it provably holds no 0 (:meth:`_nonzero`), ternary for a
-        sign that may see an exact 0 (``Sign(0) = 0``), k-bit for a QONNX unsigned Quant; a string
+        sign that may see an exact 0 (``Sign(0) = 0``), k-bit for a QONNX Quant; a string
         says why a k-bit input is not supported."""
         found = self._sign_of(expr)
         if found is None and self._is_pm1(expr):
@@ -288,16 +298,17 @@ class _Binarize(relax.PyExprMutator):
 
     def _kbit_of(self, expr) -> _Act | str | None:
         """``expr = q·s`` (s a positive scalar constant, 1 when absent; a per-tensor scale may also have
-        been folded into the next layer's weight) with ``q = rnd(clamp(v, 0, hi))`` an unsigned k-bit
-        integer (``2^k > hi``), as QONNX ``Quant`` lowers (frontend/qonnx.py); a string says why such
-        a Quant is not supported (signed, zero point, k > 8, per-channel scale)."""
+        been folded into the next layer's weight) with ``q = rnd(clamp(v, lo, hi))`` a k-bit integer,
+        unsigned (lo = 0, ``2^k > hi``) or signed (``[-2^(k-1)`` or, narrow, ``-2^(k-1) + 1, 2^(k-1) - 1]``),
+        as QONNX ``Quant`` lowers (frontend/qonnx.py); a string says why such a Quant is not supported
+        (zero point, k > 8, per-channel scale, another range)."""
         value, scale = self._value(expr), None
         if op_name(value) in ("relax.reshape", "relax.flatten") and tensor_shape(expr) is not None:
             inner = self._kbit_of(value.args[0])  # flattened before a dense: reshape the integers instead
             if not isinstance(inner, _Act):
                 return inner
             x = self.builder_.emit(relax.op.reshape(inner.x, tensor_shape(expr)))
-            return _Act(x, inner.spelling, "kbit", inner.bits, inner.scale)
+            return _Act(x, inner.spelling, "kbit", inner.bits, inner.scale, inner.signed)
         if op_name(value) == "relax.multiply" and any(is_const(a) for a in value.args):
             q, s = value.args if is_const(value.args[1]) else value.args[::-1]
             expr, value, scale = q, self._value(q), const_value(s)
@@ -308,13 +319,19 @@ class _Binarize(relax.PyExprMutator):
             return None
         if scale is not None and (scale.size != 1 or not float(scale.reshape(-1)[0]) > 0):
             return "its k-bit input has a per-channel (or non-positive) scale"
-        lo, hi = bounds
-        if lo != 0:
-            return "its k-bit input is signed (a Quant with signed=1)"
-        if hi >= 256:
-            return f"its k-bit input has {int(hi).bit_length()} > 8 bits"
-        bits = max(2, int(hi).bit_length())
-        return _Act(expr, f"{bits}-bit", "kbit", bits, 1.0 if scale is None else float(scale.reshape(-1)[0]))
+        lo, hi = int(bounds[0]), int(bounds[1])
+        scale = 1.0 if scale is None else float(scale.reshape(-1)[0])
+        if lo == 0:
+            bits = max(2, hi.bit_length())
+            if bits > 8:
+                return f"its k-bit input has {bits} > 8 bits"
+            return _Act(expr, f"{bits}-bit", "kbit", bits, scale)
+        bits = (hi + 1).bit_length()
+        if hi < 1 or hi + 1 != 2 ** (bits - 1) or lo not in (-hi - 1, -hi):
+            return f"its k-bit input's range [{lo}, {hi}] is neither unsigned nor a signed k-bit one"
+        if bits > 8:
+            return f"its k-bit input has {bits} > 8 bits"
+        return _Act(expr, f"{bits}-bit signed", "kbit", bits, scale, signed=True)
 
     def _rounded_clamp(self, value) -> tuple[float, float] | None:
         """``(lo, hi)`` when ``value`` is a rounding (QONNX's modes: round, floor, ceil, or
@@ -374,13 +391,14 @@ class _Binarize(relax.PyExprMutator):
         padding = tuple(int(p) for p in a["padding"])
         bb = self.builder_
         ternary = act.mode == "ternary"
-        out = bs.emit_bitserial_conv2d(bb, packed, signs, strides, padding, "float32", ternary=ternary)
+        out = bs.emit_bitserial_conv2d(bb, packed, signs, strides, padding, "float32", ternary=ternary,
+                                       signed=act.signed)
         y = bb.emit(relax.op.permute_dims(out, [0, 3, 1, 2]))
         alpha = _scaled(alpha, act.scale)
         if not np.all(alpha == 1):
             y = bb.emit(relax.op.multiply(y, channel_const(alpha, 4, 1, "float32")))
-        bound = int(np.prod(w.shape[1:])) * (2 ** act.bits - 1 if act.mode == "kbit" else 1)
-        self.layers[y] = _Layer(packed, signs, alpha, bound, ternary, strides, padding)
+        bound = int(np.prod(w.shape[1:])) * act.max_abs
+        self.layers[y] = _Layer(packed, signs, alpha, bound, ternary, strides, padding, act.signed)
         self.report.count(f"conv -> bitserial_conv2d ({act.spelling})")
         return y
 
@@ -402,12 +420,12 @@ class _Binarize(relax.PyExprMutator):
         else:
             packed = self._packed(act, "NC")
         ternary = act.mode == "ternary"
-        y = bs.emit_bitserial_dense(bb, packed, signs, "float32", ternary)
+        y = bs.emit_bitserial_dense(bb, packed, signs, "float32", ternary, signed=act.signed)
         alpha = _scaled(alpha, act.scale)
         if not np.all(alpha == 1):
             y = bb.emit(relax.op.multiply(y, relax.const(alpha.reshape(1, -1).astype("float32"))))
-        bound = w.shape[0] * (2 ** act.bits - 1 if act.mode == "kbit" else 1)
-        self.layers[y] = _Layer(packed, signs, alpha, bound, ternary)
+        bound = w.shape[0] * act.max_abs
+        self.layers[y] = _Layer(packed, signs, alpha, bound, ternary, signed=act.signed)
         self.report.count(f"dense -> bitserial_dense ({act.spelling})")
         return y
 
@@ -509,9 +527,9 @@ class _Binarize(relax.PyExprMutator):
         flip = flip if flip.any() else None
         if layout == "NC":
             return bs.emit_bitserial_dense(self.builder_, layer.packed, layer.signs, ternary=layer.ternary,
-                                           threshold=thr, flip=flip)
+                                           threshold=thr, flip=flip, signed=layer.signed)
         return bs.emit_bitserial_conv2d(self.builder_, layer.packed, layer.signs, layer.strides, layer.padding,
-                                        threshold=thr, flip=flip, ternary=layer.ternary)
+                                        threshold=thr, flip=flip, ternary=layer.ternary, signed=layer.signed)
 
 
 def _scaled(alpha: np.ndarray, scale: float) -> np.ndarray:

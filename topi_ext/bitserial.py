@@ -1,8 +1,8 @@
-"""Bit-packed conv2d and dense for ±1 weights with 1-bit (±1), ternary {-1, 0, +1} or k-bit unsigned
-activations.
+"""Bit-packed conv2d and dense for ±1 weights with 1-bit (±1), ternary {-1, 0, +1} or k-bit (unsigned
+or signed) activations.
 
 Bits. A ±1 value is one bit (1 = +1, 0 = -1); a ternary value two planes (a > 0, a < 0; 0 sets
-neither); a k-bit unsigned activation k bit planes. Bits are
+neither); a k-bit activation k bit planes, of its two's complement when signed. Bits are
 packed along the input channels into words of ``word`` (uint32 / uint64); channels past the last
 one are 0 in activations *and* weights, so they never count.
 
@@ -25,7 +25,8 @@ any subtraction, because LLVM treats uint32/uint64 arithmetic as non-wrapping):
 - k-bit × ±1 (conv): ``Σ_c a_c·w_c = Σ_b 2^b·(popcount(W) - popcount(A_b xor W))``; a padded tap
   (A_b = 0) contributes popcount(W) - popcount(W) = 0, so zero padding needs no correction, and
   ``(2^k - 1)·Σ_taps popcount(W)`` is a per-channel constant (``border_table(..., act_bits=k)``).
-  Dense uses ``2·Σ_b 2^b·popcount(A_b and W) - Σ_c a_c`` (``Σ_c a_c`` is one cheap stage per row).
+  Signed (two's complement): the top plane weighs ``-2^(k-1)``, so the plane weights sum to -1 and
+  the constant is ``-Σ_taps popcount(W)``; padding is still 0 in every plane. Dense uses ``2·Σ_b 2^b·popcount(A_b and W) - Σ_c a_c`` (``Σ_c a_c`` is one cheap stage per row).
 - ternary × ±1: the same per-plane identity with plane weights +1 (a > 0) and -1 (a < 0):
   ``Σ_c a_c·w_c = popcount(A_neg xor W) - popcount(A_pos xor W)`` summed over taps (the popcount(W)
   terms cancel, so the border table is 0 and padding adds nothing); dense
@@ -86,7 +87,7 @@ def pack_dense_weights(weight: np.ndarray, word: str = "uint64") -> np.ndarray:
 def pack_activations_np(x: np.ndarray, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW",
                         ternary: bool = False) -> np.ndarray:
     """numpy twin of :func:`bitpack`: ±1 (``x >= 0``), ternary (planes ``x > 0``, ``x < 0``) or k-bit
-    unsigned ints -> ``[N, H, W, B, CW]`` (``[N, B, CW]`` for layout ``NC``)."""
+    ints (the low k bits of their two's complement) -> ``[N, H, W, B, CW]`` (``[N, B, CW]`` for layout ``NC``)."""
     if layout == "NCHW":
         x = x.transpose(0, 2, 3, 1)
     if ternary:
@@ -159,17 +160,17 @@ class ConvGeometry:
 
 
 def border_table(packed_weight: np.ndarray, in_channels: int, geom: ConvGeometry, act_bits: int = 1,
-                 ternary: bool = False) -> np.ndarray:
+                 ternary: bool = False, signed: bool = False) -> np.ndarray:
     """The constant part of the conv's dot products, from the packed weights.
 
     ±1 activations: ``[CY, CX, O]``, ``valid_taps·C + 2·Σ_pad taps popcount(W)`` per border class;
-    k-bit activations: ``[1, 1, O]``, ``(Σ_b 2^b)·Σ_taps popcount(W) = (2^k - 1)·Σ_taps popcount(W)``;
-    ternary: the plane weights +1, -1 sum to 0, so the table is 0."""
+    k-bit activations: ``[1, 1, O]``, ``(Σ_b s_b)·Σ_taps popcount(W)``: ``(2^k - 1)·Σ_taps popcount(W)``
+    unsigned, ``-Σ_taps popcount(W)`` signed; ternary: the plane weights +1, -1 sum to 0, so the table is 0."""
     pc = np.vectorize(lambda v: bin(int(v)).count("1"), otypes=[np.int64])(packed_weight).sum(axis=2)  # [KH,KW,O]
     if ternary:
         return np.zeros((1, 1, packed_weight.shape[-1]), "int32")
     if act_bits > 1:
-        return ((2 ** act_bits - 1) * pc.sum((0, 1)))[None, None, :].astype("int32")
+        return ((-1 if signed else 2 ** act_bits - 1) * pc.sum((0, 1)))[None, None, :].astype("int32")
     rows, _ = geom.classes(0)
     cols, _ = geom.classes(1)
     table = np.zeros((len(rows), len(cols), packed_weight.shape[-1]), dtype=np.int64)
@@ -190,7 +191,8 @@ def bitpack(x: te.Tensor, act_bits: int = 1, word: str = "uint64", layout: str =
     unsigned activations into words: layout ``NCHW`` or ``NHWC`` -> ``[N, H, W, B, CW]`` (conv input);
     ``NC`` -> ``[N, B, CW]`` (dense input).
 
-    For k > 1 the input holds integers 0 .. 2^k - 1 (any dtype); values are truncated to int32."""
+    For k > 1 the input holds integers, 0 .. 2^k - 1 or -2^(k-1) .. 2^(k-1) - 1 (any dtype); values are
+    truncated to int32 and plane b is bit b of the two's complement."""
     if layout == "NC":
         n, c = (int(d) for d in x.shape)
         lead = (n,)
@@ -239,11 +241,11 @@ def _acc_dtype(word: str) -> str:
 def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, strides=(1, 1),
                      padding=(0, 0, 0, 0), out_dtype: str = "int32",
                      threshold: te.Tensor | None = None, flip: te.Tensor | None = None,
-                     ternary: bool = False) -> te.Tensor:
+                     ternary: bool = False, signed: bool = False) -> te.Tensor:
     """Binary-weight conv2d on packed activations.
 
     data ``[N, H, W, B, CW]``; weight ``[KH, KW, CW, O]`` (same word); B = 1: ±1 activations, B > 1:
-    k-bit unsigned activations, or with ``ternary`` (B = 2) the planes ``a > 0``, ``a < 0`` of
+    k-bit unsigned (``signed``: two's complement) activations, or with ``ternary`` (B = 2) the planes ``a > 0``, ``a < 0`` of
     activations in {-1, 0, +1}; ``border`` is :func:`border_table` of the weights (required).
     Output ``[N, OH, OW, O]`` of ``out_dtype``; with ``threshold`` ``[O]`` int32 (and optional ``flip``
     ``[O]`` int32, 1 for a negative BatchNorm γ) the output is ``bit = dot >= thr`` (``dot <= thr``
@@ -276,7 +278,7 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, stri
                                 - 2 * raw[i, y, x, k].astype("int32")),
             name=CONV + "_dot")
     else:
-        # planes with weights s_b (k-bit: 2^b; ternary: +1 for a > 0, -1 for a < 0):
+        # planes with weights s_b (k-bit: 2^b, the top one -2^(k-1) if signed; ternary: +1 for a > 0, -1 for a < 0):
         # Σ_c a_c·w_c = Σ_b s_b·(popcount(W) - popcount(A_b xor W)); a padded tap (A_b = 0) gives
         # popcount(W) - popcount(W) = 0, so no border correction, and Σ_b s_b·popcount(W) over the
         # kernel is the per-channel constant in ``border`` (0 for ternary). One accumulator per plane
@@ -290,11 +292,12 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, stri
         # a reduction over the planes (not an unrolled sum), so that the schedule can compute it per
         # register tile: its reads of ``raw`` are then a region over a block variable
         rp = te.reduce_axis((0, nb), "rp")
+        top = nb - 1 if signed else None
         dot = te.compute(
             (n, oh, ow, o),
             lambda i, y, x, k: te.sum(
                 tirx.Select(rp == 0, border[0, 0, k], 0) - _plane_weighted(raw[i, y, x, rp, k].astype("int32"), rp,
-                                                                           ternary, "int32"), axis=rp),
+                                                                           ternary, "int32", top), axis=rp),
             name=CONV + "_dot")
     if threshold is not None:
         return _threshold_pack(dot, threshold, flip, word)
@@ -303,10 +306,14 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, stri
     return te.compute(dot.shape, lambda *idx: dot(*idx).astype(out_dtype), name=CONV + "_cast")
 
 
-def _plane_weighted(v, plane, ternary: bool, dtype: str):
-    """``s_b·v`` for bit plane ``b``: ``v << b`` (k-bit), ``+v`` / ``-v`` for the planes a > 0 / a < 0
-    (ternary). ``v`` is signed, of ``dtype``."""
-    return tirx.Select(plane == 0, v, -v) if ternary else v << plane.astype(dtype)
+def _plane_weighted(v, plane, ternary: bool, dtype: str, signed_top: int | None = None):
+    """``s_b·v`` for bit plane ``b``: ``v << b`` (k-bit; ``-(v << b)`` for plane ``signed_top``, the sign
+    plane of a two's complement), ``+v`` / ``-v`` for the planes a > 0 / a < 0 (ternary). ``v`` is
+    signed, of ``dtype``."""
+    if ternary:
+        return tirx.Select(plane == 0, v, -v)
+    shifted = v << plane.astype(dtype)
+    return shifted if signed_top is None else tirx.Select(plane == signed_top, -shifted, shifted)
 
 
 def _threshold_pack(dot: te.Tensor, threshold: te.Tensor, flip: te.Tensor | None, word: str,
@@ -333,8 +340,9 @@ def _threshold_pack(dot: te.Tensor, threshold: te.Tensor, flip: te.Tensor | None
 
 def bitserial_dense(data: te.Tensor, weight: te.Tensor, in_features: int, out_dtype: str = "int32",
                     ternary: bool = False, threshold: te.Tensor | None = None,
-                    flip: te.Tensor | None = None) -> te.Tensor:
-    """Binary-weight dense: data ``[N, B, KW]`` packed activations (B = 1: ±1; B > 1: k-bit unsigned;
+                    flip: te.Tensor | None = None, signed: bool = False) -> te.Tensor:
+    """Binary-weight dense: data ``[N, B, KW]`` packed activations (B = 1: ±1; B > 1: k-bit unsigned or
+    ``signed``;
     ``ternary``: planes a > 0, a < 0), weight ``[KW, M]`` sign bits -> ``[N, M]``. Only the
     ``in_features`` real bits count. Planes: ``dot = 2·Σ_b s_b·popcount(A_b and W) - Σ_b s_b·popcount(A_b)``
     (``Σ_c a_c·w_c`` with ``Σ_{c in A_b} w_c = 2·popcount(A_b and W) - popcount(A_b)``). With
@@ -350,13 +358,14 @@ def bitserial_dense(data: te.Tensor, weight: te.Tensor, in_features: int, out_dt
                                                      axis=[rb, rc]), name=DENSE)
         dot = te.compute((n, m), lambda i, k: in_features - 2 * raw[i, k].astype("int32"), name=DENSE + "_dot")
     else:
+        top = nb - 1 if signed else None
         raw = te.compute((n, m), lambda i, k: te.sum(
-            _plane_weighted(tirx.popcount(data[i, rb, rc] & weight[rc, k]).astype(acc), rb, ternary, acc),
+            _plane_weighted(tirx.popcount(data[i, rb, rc] & weight[rc, k]).astype(acc), rb, ternary, acc, top),
             axis=[rb, rc]),
             name=DENSE)
         sb, sc = te.reduce_axis((0, nb), "sb"), te.reduce_axis((0, kw), "sc")
-        asum = te.compute((n,), lambda i: te.sum(_plane_weighted(_popcount32(data[i, sb, sc]), sb, ternary, "int32"),
-                                                 axis=[sb, sc]),
+        asum = te.compute((n,), lambda i: te.sum(_plane_weighted(_popcount32(data[i, sb, sc]), sb, ternary, "int32",
+                                                                 top), axis=[sb, sc]),
                           name=DENSE + "_asum")
         dot = te.compute((n, m), lambda i, k: 2 * raw[i, k].astype("int32") - asum[i], name=DENSE + "_dot")
     if threshold is not None:
@@ -428,10 +437,10 @@ def emit_bitpack(bb, x, act_bits: int = 1, word: str = "uint64", layout: str = "
 
 def emit_bitserial_conv2d(bb, data, weight: np.ndarray, strides=(1, 1), padding=(0, 0, 0, 0),
                           out_dtype: str = "int32", threshold: np.ndarray | None = None,
-                          flip: np.ndarray | None = None, ternary: bool = False):
+                          flip: np.ndarray | None = None, ternary: bool = False, signed: bool = False):
     """Emit a binary-weight conv on packed activations ``data`` (``[N, H, W, B, CW]``, from
     :func:`emit_bitpack` or a previous thresholded conv; ``ternary``: the two planes of a ternary
-    pack) into ``bb`` as ``call_tir`` of a PrimFunc. ``weight``: float OIHW (its signs are the ±1
+    pack; ``signed``: k-bit planes of a two's complement) into ``bb`` as ``call_tir`` of a PrimFunc. ``weight``: float OIHW (its signs are the ±1
     weights, ``w >= 0`` is +1), packed here into a constant. Returns ``[N, OH, OW, O]`` of ``out_dtype``, or with ``threshold`` (and
     ``flip``) the packed sign bits ``[N, OH, OW, 1, OWords]``."""
     from tvm import relax
@@ -447,7 +456,7 @@ def emit_bitserial_conv2d(bb, data, weight: np.ndarray, strides=(1, 1), padding=
         padding = padding * 2
     wt = te.placeholder(packed.shape, word, "weight")
     inputs, args = [at, wt], [data, relax.const(packed)]
-    table = border_table(packed, c, ConvGeometry(h, w, kh, kw, tuple(strides), padding), nb, ternary)
+    table = border_table(packed, c, ConvGeometry(h, w, kh, kw, tuple(strides), padding), nb, ternary, signed)
     border = te.placeholder(table.shape, "int32", "border")
     inputs.append(border)
     args.append(relax.const(table))
@@ -456,15 +465,15 @@ def emit_bitserial_conv2d(bb, data, weight: np.ndarray, strides=(1, 1), padding=
         thr, fl, extra = _threshold_args(threshold, flip, o)
         inputs += [t for t in (thr, fl) if t is not None]
         args += extra
-    out = bitserial_conv2d(at, wt, border, strides, padding, out_dtype, thr, fl, ternary)
+    out = bitserial_conv2d(at, wt, border, strides, padding, out_dtype, thr, fl, ternary, signed)
     gv = _add_op(bb, inputs, out, CONV, "bitserial_conv2d")
     return bb.emit(relax.call_tir(gv, args, relax.TensorType([int(d) for d in out.shape], str(out.dtype))))
 
 
 def emit_bitserial_dense(bb, data, weight: np.ndarray, out_dtype: str = "int32", ternary: bool = False,
-                         threshold: np.ndarray | None = None, flip: np.ndarray | None = None):
+                         threshold: np.ndarray | None = None, flip: np.ndarray | None = None, signed: bool = False):
     """Emit a binary-weight dense on packed activations ``data`` (``[N, B, KW]``; ``ternary``: the two
-    planes of a ternary pack); ``weight`` float ``[M, K]`` (signs), packed here into a constant.
+    planes of a ternary pack; ``signed``: k-bit planes of a two's complement); ``weight`` float ``[M, K]`` (signs), packed here into a constant.
     Returns ``[N, M]`` of ``out_dtype``, or with ``threshold`` (and ``flip``) the packed sign bits
     ``[N, 1, MW]``."""
     from tvm import relax
@@ -479,7 +488,7 @@ def emit_bitserial_dense(bb, data, weight: np.ndarray, out_dtype: str = "int32",
         thr, fl, extra = _threshold_args(threshold, flip, weight.shape[0])
         inputs += [t for t in (thr, fl) if t is not None]
         args += extra
-    out = bitserial_dense(at, wt, weight.shape[1], out_dtype, ternary, thr, fl)
+    out = bitserial_dense(at, wt, weight.shape[1], out_dtype, ternary, thr, fl, signed)
     gv = _add_op(bb, inputs, out, DENSE, "bitserial_dense")
     return bb.emit(relax.call_tir(gv, args, relax.TensorType([int(d) for d in out.shape], str(out.dtype))))
 

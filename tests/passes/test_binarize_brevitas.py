@@ -1,10 +1,11 @@
 """binarize on real Brevitas QONNX exports (``brevitas.export.export_qonnx``, TorchScript path): a
-k-bit ``QuantReLU`` (QONNX ``Quant``, signed=0) feeding a ``QuantConv2d`` / ``QuantLinear`` with
+k-bit ``QuantReLU`` (QONNX ``Quant``, signed=0) or ``QuantIdentity`` (signed=1) feeding a ``QuantConv2d`` / ``QuantLinear`` with
 binary weights (``SignedBinaryWeightPerTensorConst``: ``BipolarQuant``).
 
 Reference: onnxruntime on the exported graph with its QONNX nodes replaced by their float formula in
 plain ONNX ops (as in test_binarize_kbit.py). Tolerance: none. The scales are set to powers of two
-(activations ``Uint8ActPerTensorFloatMaxInit`` with ``max_val = 0.25·(2^k - 1)``, weights
+(activations ``Uint8ActPerTensorFloatMaxInit`` with ``max_val = 0.25·(2^k - 1)``, signed ones
+``Int8ActPerTensorFloatMinMaxInit`` with ``[min_val, max_val] = ±0.25·2^(k-1)``, weights
 ``scaling_const = 0.125``): with Brevitas' defaults (1/3, 0.1) the float graph itself is not exact,
 and the second Quant rounds values that sit exactly on a .5 tie in real arithmetic
 (``d·0.1·(1/3) / (1/3)``) up or down by float noise, so neither side is a reference for the other
@@ -28,16 +29,22 @@ pytest.importorskip("onnxoptimizer")
 
 
 class QuantNet(nn.Module):
-    def __init__(self, bits: int):
-        from brevitas.quant import SignedBinaryWeightPerTensorConst, Uint8ActPerTensorFloatMaxInit
+    def __init__(self, bits: int, signed: bool = False):
+        from brevitas.quant import (Int8ActPerTensorFloatMinMaxInit, SignedBinaryWeightPerTensorConst,
+                                    Uint8ActPerTensorFloatMaxInit)
 
         super().__init__()
-        act = dict(act_quant=Uint8ActPerTensorFloatMaxInit, bit_width=bits, max_val=0.25 * (2 ** bits - 1),
-                   return_quant_tensor=True)
+        if signed:
+            act = dict(act_quant=Int8ActPerTensorFloatMinMaxInit, bit_width=bits, min_val=-0.25 * 2 ** (bits - 1),
+                       max_val=0.25 * 2 ** (bits - 1), return_quant_tensor=True)
+        else:
+            act = dict(act_quant=Uint8ActPerTensorFloatMaxInit, bit_width=bits, max_val=0.25 * (2 ** bits - 1),
+                       return_quant_tensor=True)
         weight = dict(bias=False, weight_quant=SignedBinaryWeightPerTensorConst, weight_scaling_const=0.125)
-        self.act = qnn.QuantReLU(**act)
+        layer = qnn.QuantIdentity if signed else qnn.QuantReLU
+        self.act = layer(**act)
         self.conv = qnn.QuantConv2d(40, 16, 3, stride=2, padding=1, **weight)
-        self.act2 = qnn.QuantReLU(**act)
+        self.act2 = layer(**act)
         self.fc = qnn.QuantLinear(16 * 5 * 5, 10, **weight)
 
     def forward(self, x):
@@ -45,12 +52,12 @@ class QuantNet(nn.Module):
         return self.fc(y.flatten(1))
 
 
-@pytest.mark.parametrize("bits", [2, 3])
-def test_brevitas_kbit_activations_binary_weights(bits, tmp_path):
+@pytest.mark.parametrize("bits, signed", [(2, False), (3, False), (3, True)])
+def test_brevitas_kbit_activations_binary_weights(bits, signed, tmp_path):
     from brevitas.export import export_qonnx
 
     torch.manual_seed(bits)
-    module = QuantNet(bits).eval()
+    module = QuantNet(bits, signed).eval()
     x = torch.randn(1, 40, 10, 10)
     path = str(tmp_path / "net.onnx")
     with torch.no_grad():
@@ -59,7 +66,8 @@ def test_brevitas_kbit_activations_binary_weights(bits, tmp_path):
     assert {n.op_type for n in model.graph.node} >= {"Quant", "BipolarQuant"}
     art = reforge.compile(model, opt_level=2)
     rec = record(art)
-    assert rec["rewrites"] == {f"conv -> bitserial_conv2d ({bits}-bit)": 1, f"dense -> bitserial_dense ({bits}-bit)": 1}
+    kind = f"{bits}-bit{' signed' if signed else ''}"
+    assert rec["rewrites"] == {f"conv -> bitserial_conv2d ({kind})": 1, f"dense -> bitserial_dense ({kind})": 1}
     assert rec["blocks"]["refused"] == {}
     xn = x.numpy()
     np.testing.assert_array_equal(run(art, xn), float_reference(model, xn))

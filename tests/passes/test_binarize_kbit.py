@@ -44,9 +44,15 @@ class Net:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, domain=domain, **attrs))
         return out
 
-    def quant(self, x: str, bits: int, scale, zeropt=0.0, signed: int = 0, mode: str = "ROUND") -> str:
+    def quant(self, x: str, bits: int, scale, zeropt=0.0, signed: int = 0, mode: str = "ROUND", narrow: int = 0) -> str:
         return self.op("Quant", [x, self.const(scale), self.const(zeropt), self.const(bits)], Q,
-                       signed=signed, narrow=0, rounding_mode=mode)
+                       signed=signed, narrow=narrow, rounding_mode=mode)
+
+    def clamp(self, x: str, lo: float, hi: float) -> str:
+        """QONNX's clamp as frontend/qonnx.py lowers it: where(v > hi, hi, v), then where(v < lo, lo, ·)."""
+        hi_c, lo_c = self.const(hi), self.const(lo)
+        v = self.op("Where", [self.op("Greater", [x, hi_c]), hi_c, x])
+        return self.op("Where", [self.op("Less", [v, lo_c]), lo_c, v])
 
     def pm1_weight(self, shape, bipolar_scale: float | None) -> str:
         """±1 weights: BipolarQuant of a float initializer (Brevitas' export), or stored ±1."""
@@ -70,29 +76,38 @@ def float_reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return onnxruntime(lowered, x)
 
 
-def kbit_conv(bits, cin, cout, k, stride, pad, act_scale, w_scale, mode="ROUND", seed=0):
+def kbit_conv(bits, cin, cout, k, stride, pad, act_scale, w_scale, mode="ROUND", seed=0, signed=0, narrow=0):
+    """Quant (unsigned: of relu(x); signed: of x) -> conv with ±1 weights."""
     net = Net(np.random.default_rng(seed))
-    q = net.quant(net.op("Relu", ["x"]), bits, act_scale, mode=mode)
+    q = net.quant(net.op("Relu", ["x"]) if not signed else "x", bits, act_scale, mode=mode, signed=signed,
+                  narrow=narrow)
     y = net.op("Conv", [q, net.pm1_weight((cout, cin, k, k), w_scale)], strides=[stride] * 2, pads=[pad] * 4)
     return net.model(y, [1, cin, 9, 10])
 
 
-CONV_CASES = [  # bits, cin, cout, kernel, stride, pad, activation scale, BipolarQuant scale (None: ±1)
-    (2, 37, 16, 3, 1, 1, 0.25, None),
-    (2, 70, 24, 3, 2, 0, 0.5, 1.0),
-    (3, 100, 8, 1, 1, 0, 0.125, 0.5),
-    (3, 20, 12, 3, 2, 1, 1.0, 0.25),
+CONV_CASES = [  # bits, cin, cout, kernel, stride, pad, activation scale, BipolarQuant scale (None: ±1), signed, narrow
+    (2, 37, 16, 3, 1, 1, 0.25, None, 0, 0),
+    (2, 70, 24, 3, 2, 0, 0.5, 1.0, 0, 0),
+    (3, 100, 8, 1, 1, 0, 0.125, 0.5, 0, 0),
+    (3, 20, 12, 3, 2, 1, 1.0, 0.25, 0, 0),
+    (4, 37, 16, 3, 1, 1, 0.25, None, 1, 0),  # signed: q in [-8, 7], two's complement planes
+    (2, 70, 24, 3, 2, 0, 0.5, 1.0, 1, 0),  # [-2, 1]
+    (3, 100, 8, 1, 1, 0, 0.125, 0.5, 1, 1),  # narrow: [-3, 3]
+    (8, 20, 12, 3, 2, 1, 0.03125, 0.25, 1, 0),  # [-128, 127]
 ]
 
 
-@pytest.mark.parametrize("bits, cin, cout, k, stride, pad, act_scale, w_scale", CONV_CASES)
-def test_kbit_quant_conv_becomes_bitserial(bits, cin, cout, k, stride, pad, act_scale, w_scale):
-    model = kbit_conv(bits, cin, cout, k, stride, pad, act_scale, w_scale, seed=cin)
+@pytest.mark.parametrize("bits, cin, cout, k, stride, pad, act_scale, w_scale, signed, narrow", CONV_CASES)
+def test_kbit_quant_conv_becomes_bitserial(bits, cin, cout, k, stride, pad, act_scale, w_scale, signed, narrow):
+    """Bit-exact against onnxruntime (power-of-two scales); the signed inputs reach both ends of their range."""
+    model = kbit_conv(bits, cin, cout, k, stride, pad, act_scale, w_scale, seed=cin, signed=signed, narrow=narrow)
     x = np.random.default_rng(seed_of(f"kbit{cin}")).standard_normal((1, cin, 9, 10)).astype(np.float32)
+    if signed:
+        x *= 2 ** (bits - 1) * act_scale  # q = round(x / scale) spans [-2^(k-1), 2^(k-1) - 1] and is clamped
     art = reforge.compile(model, opt_level=2)
     rec = record(art)
     assert rec["blocks"]["rewritten"] == 1 and rec["blocks"]["refused"] == {}, rec["blocks"]
-    assert rec["rewrites"] == {f"conv -> bitserial_conv2d ({bits}-bit)": 1}
+    assert rec["rewrites"] == {f"conv -> bitserial_conv2d ({bits}-bit{' signed' if signed else ''})": 1}
     assert "nn.conv2d" not in rec["after"]["ops"]
     np.testing.assert_array_equal(run(art, x), float_reference(model, x))
 
@@ -108,27 +123,29 @@ def test_kbit_quant_rounding_modes_and_any_scale(mode):
     assert max_rel_err(run(art, x), float_reference(model, x)) <= RTOL_EPILOGUE
 
 
-def test_kbit_quant_dense_and_threshold_chain():
+@pytest.mark.parametrize("signed", [0, 1])
+def test_kbit_quant_dense_and_threshold_chain(signed):
     """k-bit conv -> BatchNorm -> BipolarQuant -> binary conv -> flatten -> 2-bit Quant -> dense: the
     BatchNorm + sign after the k-bit conv becomes its integer threshold (dot products in
-    [-(2^k - 1)·taps, (2^k - 1)·taps]); the dense runs on 2 bit planes."""
-    rng = np.random.default_rng(7)
+    [-(2^k - 1)·taps, (2^k - 1)·taps], signed [-2^(k-1)·taps, 2^(k-1)·taps]); the dense runs on 2 bit planes."""
+    rng = np.random.default_rng(7 + signed)
     net = Net(rng)
-    q = net.quant(net.op("Relu", ["x"]), 2, 0.5)
+    relu = (lambda v: v) if signed else (lambda v: net.op("Relu", [v]))
+    q = net.quant(relu("x"), 2, 0.5, signed=signed)
     y = net.op("Conv", [q, net.pm1_weight((64, 20, 3, 3), 1.0)], pads=[1] * 4)
     bn = [net.const(rng.uniform(0.5, 1.5, 64)), net.const(rng.uniform(-1, 1, 64)),
           net.const(rng.uniform(-20, 20, 64)), net.const(rng.uniform(1, 30, 64))]
     y = net.op("BatchNormalization", [y, *bn])
     y = net.op("BipolarQuant", [y, net.const(1.0)], Q)
     y = net.op("Conv", [y, net.pm1_weight((8, 64, 3, 3), None)], pads=[1] * 4)
-    y = net.op("Flatten", [net.quant(net.op("Relu", [y]), 2, 4.0)])
+    y = net.op("Flatten", [net.quant(relu(y), 2, 4.0, signed=signed)])
     y = net.op("MatMul", [y, net.pm1_weight((8 * 6 * 6, 10), 0.5)])
     model = net.model(y, [1, 20, 6, 6])
     x = rng.standard_normal((1, 20, 6, 6)).astype(np.float32)
     art = reforge.compile(model, opt_level=2)
     rec = record(art)
     assert rec["blocks"]["rewritten"] == 3 and rec["thresholds"] == 1, rec
-    assert rec["rewrites"]["dense -> bitserial_dense (2-bit)"] == 1
+    assert rec["rewrites"][f"dense -> bitserial_dense (2-bit{' signed' if signed else ''})"] == 1
     np.testing.assert_array_equal(run(art, x), float_reference(model, x))
 
 
@@ -136,14 +153,14 @@ def refused_model(kind: str) -> onnx.ModelProto:
     net = Net(np.random.default_rng(3))
     x = net.op("Relu", ["x"])
     q = {"per-channel": lambda: net.quant(x, 2, np.linspace(0.25, 1, 16).reshape(1, 16, 1, 1)),
-         "signed": lambda: net.quant(x, 4, 0.5, signed=1),
+         "odd-range": lambda: net.op("Round", [net.clamp(x, -3, 5)]),
          "zero-point": lambda: net.quant(x, 3, 0.5, zeropt=2.0),
          "wide": lambda: net.quant(x, 10, 0.5)}[kind]()
     y = net.op("Conv", [q, net.pm1_weight((8, 16, 3, 3), 1.0)], pads=[1] * 4)
     return net.model(y, [1, 16, 6, 6])
 
 
-@pytest.mark.parametrize("kind, reason", [("per-channel", "per-channel"), ("signed", "signed"),
+@pytest.mark.parametrize("kind, reason", [("per-channel", "per-channel"), ("odd-range", "[-3, 5] is neither"),
                                           ("zero-point", "zero point"), ("wide", "10 > 8 bits")])
 def test_unsupported_kbit_inputs_stay_float_with_the_reason(kind, reason):
     model = refused_model(kind)
