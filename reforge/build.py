@@ -50,7 +50,7 @@ def blocked_layout(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, str]:
         return mod, f"NCHW (blocked layout not applied: {one_line(err)})"
     converted = mutate_functions(converted, lambda m, _f: _BoolLayouts(m))
     # pre-pack the weights into their blocked layout
-    return relax.transform.FoldConstant()(converted), f"NCHW{lanes}c where channels allow"
+    return _quiet(relax.transform.FoldConstant(), converted), f"NCHW{lanes}c where channels allow"
 
 
 @relax.expr_functor.mutator
@@ -80,11 +80,18 @@ def fuse(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRMo
     mod, report.layout = blocked_layout(mod, target.vector_lanes())
     mod = fplus_in_blocked_layout(mod)  # fplus reads the blocked conv, to fuse into its epilogue
     report.layout_transforms = ops_histogram(mod)["layout_transform"]
-    return tvm.transform.Sequential([
-        *cpu_generic.library_dispatch_passes(target.tvm_target),
-        relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),
-        *_fusion(),
-    ])(mod)
+    mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target.tvm_target))(mod)
+    legalize = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d})
+    return tvm.transform.Sequential(_fusion())(_quiet(legalize, mod))
+
+
+def _quiet(transform: tvm.transform.Pass, mod: tvm.IRModule) -> tvm.IRModule:
+    """Run a pass that legalizes operators (LegalizeOps, FoldConstant) without TVM's log lines: it
+    warns for every ``take`` in its default "fast" mode (no bounds checks), and reforge's takes
+    (fft-conv's windows) index with in-bound constants, so on a user's terminal that is noise.
+    Errors still raise."""
+    with quiet_stderr():
+        return transform(mod)
 
 
 def lower(mod: tvm.IRModule, target: TargetSpec, report: BuildReport, database=None) -> tvm.IRModule:
@@ -100,13 +107,12 @@ def lower(mod: tvm.IRModule, target: TargetSpec, report: BuildReport, database=N
 def fuse_nchw(mod: tvm.IRModule, target: TargetSpec) -> tvm.IRModule:
     """Legalization and fusion in the graph's own NCHW layout (the GPU and FPGA targets)."""
     tgt = target.tvm_target
-    return tvm.transform.Sequential([
+    mod = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
         *cuda_pipeline.library_dispatch_passes(tgt),
-        relax.transform.LegalizeOps(),
-        *_fusion(),
     ])(mod)
+    return tvm.transform.Sequential(_fusion())(_quiet(relax.transform.LegalizeOps(), mod))
 
 
 def lower_gpu(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRModule:

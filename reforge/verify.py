@@ -8,6 +8,7 @@ import numpy as np
 import tvm
 
 from .execution import Runner
+from .native_log import quiet_stderr
 from .targets import TargetSpec
 
 
@@ -54,8 +55,11 @@ def compare(out: list[np.ndarray], ref: list[np.ndarray]) -> tuple[float, float]
 
 def run_module(mod: tvm.IRModule, arrays: list[np.ndarray], host: TargetSpec) -> list[np.ndarray]:
     """Run ``mod`` once through TVM's plain lowering (no reforge layouts or schedules): quick to
-    build, and independent of the schedules that the final-module check then covers."""
-    return Runner(tvm.compile(mod, target=host.tvm_target)).run(arrays)
+    build, and independent of the schedules that the final-module check then covers. TVM's log lines
+    while it legalizes (a warning per ``take``, see reforge.build) are silenced."""
+    with quiet_stderr():
+        executable = tvm.compile(mod, target=host.tvm_target)
+    return Runner(executable).run(arrays)
 
 
 def check(stage: str, reference: str, out, ref, rtol: float) -> Check:

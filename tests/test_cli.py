@@ -165,3 +165,22 @@ def test_console_script_exit_code(tmp_path):
                            str(tmp_path / "m.tar")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr == f"reforge: error: model file '{tmp_path / 'nope.onnx'}' not found\n"
+
+
+def test_fft_conv_compile_prints_no_tvm_log_lines(tmp_path):
+    """A 15×15 conv goes through fft-conv, whose window `take`s make TVM log a warning each time it
+    legalizes them (build and --verify); the terminal shows reforge's report only."""
+    w = np.random.default_rng(0).standard_normal((16, 16, 15, 15)).astype("float32")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[7] * 4)], "big-kernel",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "big.onnx"
+    onnx.save(model, path)
+    proc = subprocess.run([sys.executable, "-m", "reforge", "compile", str(path), "-o", str(tmp_path / "big.tar"),
+                           "--verify"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "conv 15x15 to FFT" in proc.stdout
+    assert proc.stderr == "", proc.stderr
