@@ -100,6 +100,17 @@ def test_resume_keeps_earlier_records_and_time_budget_stops(tuned, tmp_path):
     assert before <= after and result.records >= first.records
 
 
+def test_a_recorded_fft_size_that_cannot_hold_the_kernel_is_refused(tuned, tmp_path):
+    _net, path, records, _result = tuned
+    lines = [line for line in records.read_text().splitlines() if '"choice"' not in line]
+    bad = json.dumps({"choice": {"pass": "fft-conv", "conv": FFT_CONV, "fft_size": 8, "ms": {}}})
+    edited = tmp_path / "records.json"
+    edited.write_text("\n".join(lines[:1] + [bad] + lines[1:]) + "\n")
+    with pytest.raises(ReforgeError, match=r"fft-conv choice for conv 1x16x12x12 -> 8 k 9x9 .* FFT size 8; it must "
+                                           r"be a power of two above the kernel size"):
+        reforge.compile(str(path), tuning_records=str(edited))
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda lines: lines[:2] + ["{not json"] + lines[2:], r"records.json:3: not valid JSON"),
     (lambda lines: lines + ['{"record": [99, []]}'], r"records.json:\d+: record refers to workload 99"),
