@@ -40,6 +40,7 @@ class BuildReport:
 
 def blocked_layout(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, str]:
     """Convert eligible convs to NCHW[x]c; a graph TVM's layout propagation cannot handle stays NCHW."""
+    mod = mutate_functions(mod, lambda m, _f: _ChannelSplitsAsSlices(m))
     mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),  # batch_norm -> elementwise
                                     relax.transform.CanonicalizeBindings(),  # (y, mean, var)[0] -> y
                                     relax.transform.DeadCodeElimination()])(mod)
@@ -51,6 +52,32 @@ def blocked_layout(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, str]:
     converted = mutate_functions(converted, lambda m, _f: _BoolLayouts(m))
     # pre-pack the weights into their blocked layout
     return _quiet(relax.transform.FoldConstant(), converted), f"NCHW{lanes}c where channels allow"
+
+
+@relax.expr_functor.mutator
+class _ChannelSplitsAsSlices(relax.PyExprMutator):
+    """TVM 0.27's ConvertLayout keeps a channel split's indices in channels when the channel axis
+    becomes blocked: split(x, [6], axis=1) on x of two 6-channel blocks became blocks [0:6] and
+    [6:2], a negative extent that crashed the build (found by the fuzzer). A channel split becomes
+    one strided slice per output, whose layout inference is right (a slice not on block boundaries
+    reads NCHW)."""
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if op_name(call) != "relax.split":
+            return call
+        x = call.args[0]
+        shape = [int(d) for d in x.ty.shape] if getattr(x.ty, "shape", None) is not None else None
+        if shape is None or len(shape) != 4 or int(call.attrs.axis) % 4 != 1:
+            return call
+        parts = call.attrs.indices_or_sections
+        if isinstance(parts, tvm.tirx.IntImm):
+            step = -(-shape[1] // int(parts))
+            bounds = list(range(0, shape[1], step)) + [shape[1]]
+        else:
+            bounds = [0, *(min(max(int(i), 0), shape[1]) for i in parts), shape[1]]
+        return relax.Tuple([self.builder_.emit(relax.op.strided_slice(x, axes=[1], begin=[lo], end=[hi]))
+                            for lo, hi in zip(bounds, bounds[1:])])
 
 
 @relax.expr_functor.mutator

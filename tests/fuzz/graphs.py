@@ -35,8 +35,11 @@ import onnx
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
+from reforge.topi_ext import fft_conv
+
 OPSET = 17
 MAX_CHANNELS = 12
+FFT_CHANNELS = 12  # a big conv's input channels (after a 1×1 conv if needed), where FFT can win
 
 
 @dataclass
@@ -365,17 +368,20 @@ def layer(draw, b: Builder, x: str, shape):
         if draw(st.booleans()):  # T per coefficient along the last axis (MatMul) or one scalar
             y = emit_soft_threshold(b, y, (shape[3],) if matmul and draw(st.booleans()) else ())
         return y, shape
-    if kind == "bigconv":  # stride 1, ungrouped, kernel 11-15: FFT's multiply-adds win on maps >= 12
-        if c < 4:  # FFT needs a few channels in and out to win
-            p = {"k": 1, "stride": 1, "pads": [0] * 4, "dilation": 1, "groups": 1, "cout": 4, "bias": True}
+    if kind == "bigconv":  # stride 1, ungrouped, kernel 11-15, drawn among the shapes where prefer_fft picks FFT
+        fft = [(k, cout, pad) for k in (11, 13, 15) for cout in (12, 16) for pad in (k // 2, k - 1)
+               if min(h, w) + 2 * pad >= k and fft_conv.prefer_fft(
+                   fft_conv.geometry((1, FFT_CHANNELS, h, w), (cout, FFT_CHANNELS, k, k), [pad, pad])) is not None]
+        if c != FFT_CHANNELS and fft:  # FFT needs channels in and out to win: widen (or narrow) first
+            p = {"k": 1, "stride": 1, "pads": [0] * 4, "dilation": 1, "groups": 1, "cout": FFT_CHANNELS, "bias": True}
             x, shape = emit_conv(b, x, shape, p)
             x = emit_activation(b, x, "relu")
-        k = draw(st.sampled_from([11, 13, 15]))
-        pad = draw(st.sampled_from([k // 2, k // 2, k // 2 - 1]))
-        p = {"k": k, "stride": 1, "pads": [pad] * 4, "dilation": 1, "groups": 1, "cout": draw(st.integers(6, 12)),
-             "bias": draw(st.booleans())}
-        if min(h, w) + 2 * pad < k:
-            p["pads"] = [k // 2] * 4
+        if fft:
+            k, cout, pad = draw(st.sampled_from(fft))
+        else:  # no shape of this map where FFT wins: a big direct conv
+            k, cout = draw(st.sampled_from([11, 13, 15])), draw(st.integers(6, 12))
+            pad = k // 2 if min(h, w) + 2 * (k // 2) >= k else k - 1
+        p = {"k": k, "stride": 1, "pads": [pad] * 4, "dilation": 1, "groups": 1, "cout": cout, "bias": draw(st.booleans())}
         return emit_conv(b, x, shape, p)
     if kind == "chain":  # two linear convs, nothing between: merge-branches composes them
         p1 = draw(conv_params(shape, same=True))
