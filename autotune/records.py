@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -25,6 +26,7 @@ from tvm.s_tir import meta_schedule as ms
 from reforge.errors import ReforgeError, one_line
 
 FORMAT = "reforge-tuning-records/1"
+_KERNEL = re.compile(r" k (\d+)x(\d+) ")  # the kernel size in a conv key (FFTConvGeometry.key)
 _WORKLOADS, _RECORDS = "database_workload.json", "database_tuning_record.json"
 
 
@@ -78,6 +80,10 @@ class TuningRecords:
                         and (choice.get("fft_size") is None or isinstance(choice.get("fft_size"), int))):
                     raise ReforgeError(f"{path}:{number}: a choice is {{\"pass\": \"fft-conv\", \"conv\": key, "
                                        f"\"fft_size\": integer or null, \"ms\": {{...}}}}")
+                size, kernel = choice["fft_size"], _KERNEL.search(choice["conv"])
+                if size is not None and (size & (size - 1) or kernel is None or size <= max(map(int, kernel.groups()))):
+                    raise ReforgeError(f"{path}:{number}: the fft-conv choice for conv {choice['conv']} has FFT size "
+                                       f"{size}; it must be a power of two above the kernel size")
                 records.choices[choice["conv"]] = choice
             else:
                 raise ReforgeError(f"{path}:{number}: expected a 'workload', 'record' or 'choice' entry")

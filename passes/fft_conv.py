@@ -18,7 +18,6 @@ from typing import Callable, Mapping
 import tvm
 from tvm import relax
 
-from reforge.errors import ReforgeError
 from reforge.topi_ext import fft_conv
 
 from .graph import cleanup, const_value, is_const, mutate_functions, op_name, tensor_dtype, tensor_shape
@@ -46,9 +45,6 @@ class FFTConv:
             return (fft_conv.plan_any(g) if self.size is None else fft_conv.Tiling(g, self.size)), ""
         if g.key in self.measured:
             size = self.measured[g.key]
-            if size is not None and (size & (size - 1) or size <= max(g.kh, g.kw)):
-                raise ReforgeError(f"tuning records: the fft-conv choice for conv {g.key} has FFT size {size}; "
-                                   f"it must be a power of two above the kernel size")
             return (fft_conv.Tiling(g, size) if size else None), "measured"
         return fft_conv.prefer_fft(g), "cost model"
 

@@ -106,8 +106,8 @@ def test_a_recorded_fft_size_that_cannot_hold_the_kernel_is_refused(tuned, tmp_p
     bad = json.dumps({"choice": {"pass": "fft-conv", "conv": FFT_CONV, "fft_size": 8, "ms": {}}})
     edited = tmp_path / "records.json"
     edited.write_text("\n".join(lines[:1] + [bad] + lines[1:]) + "\n")
-    with pytest.raises(ReforgeError, match=r"fft-conv choice for conv 1x16x12x12 -> 8 k 9x9 .* FFT size 8; it must "
-                                           r"be a power of two above the kernel size"):
+    with pytest.raises(ReforgeError, match=r"records.json:2: the fft-conv choice for conv 1x16x12x12 -> 8 k 9x9 .* "
+                                           r"FFT size 8; it must be a power of two above the kernel size"):
         reforge.compile(str(path), tuning_records=str(edited))
 
 
