@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 
 from tvm.s_tir import meta_schedule as ms
 
 from reforge.errors import ReforgeError, one_line
+from reforge.topi_ext.fft_conv import FFTConvGeometry
 
 FORMAT = "reforge-tuning-records/1"
-_KERNEL = re.compile(r" k (\d+)x(\d+) ")  # the kernel size in a conv key (FFTConvGeometry.key)
 _WORKLOADS, _RECORDS = "database_workload.json", "database_tuning_record.json"
 
 
@@ -80,8 +79,8 @@ class TuningRecords:
                         and (choice.get("fft_size") is None or isinstance(choice.get("fft_size"), int))):
                     raise ReforgeError(f"{path}:{number}: a choice is {{\"pass\": \"fft-conv\", \"conv\": key, "
                                        f"\"fft_size\": integer or null, \"ms\": {{...}}}}")
-                size, kernel = choice["fft_size"], _KERNEL.search(choice["conv"])
-                if size is not None and (size & (size - 1) or kernel is None or size <= max(map(int, kernel.groups()))):
+                size, conv = choice["fft_size"], FFTConvGeometry.from_key(choice["conv"])
+                if size is not None and (size & (size - 1) or conv is None or size <= max(conv.kh, conv.kw)):
                     raise ReforgeError(f"{path}:{number}: the fft-conv choice for conv {choice['conv']} has FFT size "
                                        f"{size}; it must be a power of two above the kernel size")
                 records.choices[choice["conv"]] = choice

@@ -24,6 +24,7 @@ both ways with per-kind costs measured by benchmarks/fft_conv.py, and picks L.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,9 @@ MARGIN = 1.3  # FFT only when its estimate is this many times below direct's (th
 MAX_SPECTRUM_BYTES = 128 << 20  # weight spectra larger than this never go through FFT
 
 
+_KEY = re.compile(r"(\d+)x(\d+)x(\d+)x(\d+) -> (\d+) k (\d+)x(\d+) pad (\d+),(\d+),(\d+),(\d+)")
+
+
 @dataclass(frozen=True)
 class FFTConvGeometry:
     n: int
@@ -73,6 +77,15 @@ class FFTConvGeometry:
         """How tuning records name the conv: ``N×C×H×W -> O k KH×KW pad T,L,B,R``."""
         return (f"{self.n}x{self.c}x{self.h}x{self.w} -> {self.o} k {self.kh}x{self.kw} "
                 f"pad {','.join(map(str, self.padding))}")
+
+    @classmethod
+    def from_key(cls, key: str) -> "FFTConvGeometry | None":
+        """The geometry :attr:`key` names, or None for a string of another form."""
+        m = _KEY.fullmatch(key)
+        if m is None:
+            return None
+        n, c, h, w, o, kh, kw, *padding = map(int, m.groups())
+        return cls(n, c, h, w, o, kh, kw, tuple(padding))
 
 
 def geometry(x_shape, w_shape, padding) -> FFTConvGeometry:

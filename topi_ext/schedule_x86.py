@@ -109,7 +109,7 @@ def _parallelize_outer(sch: s_tir.Schedule, loops: list, work: int) -> None:
 
 
 def _divisor_at_most(n: int, cap: int) -> int:
-    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+    return max(d for d in _divisors(n) if d <= cap)
 
 
 def _parallel_vectorize_spatial(sch: s_tir.Schedule, block, lanes: int) -> None:
