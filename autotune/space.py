@@ -1,12 +1,17 @@
 """Design spaces: reforge's own for its operators, MetaSchedule's generic one for the rest.
 
-The blocked conv (``conv2d_nchwc``) is searched over its register tile: the split of the output
-width (how many columns of accumulators) and of the output-channel chunks (how many vectors per
-column), both ``sample_perfect_tile`` decisions the evolutionary search mutates. The bit-serial
-conv likewise over its register tile (output columns × output channels), as categorical choices
-among the divisors that keep the accumulators in registers; reforge's other operators (bit-serial
-pack, dense, OR-pool; the fast WHT) keep their one schedule. Everything else in a schedule is the default one,
-so every candidate is a valid, fully scheduled function.
+Each reforge schedule takes its one or two register-level choices from a knob; here the knobs are
+sampled instead, and everything else stays the default schedule, so every candidate is a valid,
+fully scheduled function:
+- blocked conv (``conv2d_nchwc``): output columns × output-channel vectors of the register tile,
+  two ``sample_perfect_tile`` decisions the evolutionary search mutates;
+- blocked depthwise conv: output columns of the register tile (``sample_perfect_tile``);
+- FFT conv's channel mix: rows of the register tile (``sample_perfect_tile``);
+- bit-serial conv: output columns × output channels of the register tile, categorical among the
+  divisors that keep the accumulators in registers;
+- fast WHT over channels (``Q > 1``): pixels per strip, categorical among divisors above 1 (the
+  strip is the vector at every stage).
+The bit-serial pack, dense and OR-pool and the row-wise WHT keep their one schedule.
 """
 
 from __future__ import annotations
@@ -18,41 +23,61 @@ from tvm.s_tir import meta_schedule as ms
 from reforge.topi_ext.bitserial import CONV as BITSERIAL_CONV
 from reforge.topi_ext.bitserial import op_kind
 from reforge.topi_ext.conv2d_nchwc import BLOCK as CONV_NCHWC
+from reforge.topi_ext.depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
+from reforge.topi_ext.fft_conv import MIX_OP
 from reforge.topi_ext.operator_schedules import OPERATOR_SCHEDULES
-from reforge.topi_ext.schedule_x86 import MAX_REG_N, schedule_conv2d_nchwc
+from reforge.topi_ext.schedule_fft import MAX_ROWS
+from reforge.topi_ext.schedule_wht import default_strip
+from reforge.topi_ext.schedule_x86 import MAX_REG_N, schedule_conv2d_nchwc, schedule_depthwise_nchwc
+from reforge.topi_ext.wht import OP as WHT
 
 MAX_CHANNEL_CHUNKS = 2  # vectors per register-tile column
 MAX_BITSERIAL_COLUMNS, MAX_BITSERIAL_CHANNELS = 8, 64
+MAX_STRIP_VECTORS = 4  # WHT strip width, in vectors
 
 
-def _sampled_tiles(sch: s_tir.Schedule, ow, oco):
+def _categorical(sch: s_tir.Schedule, options: set[int]):
+    """One of ``options`` drawn uniformly (a plain int when there is only one)."""
+    options = sorted(options)
+    return options[0] if len(options) == 1 else sch.sample_categorical(options, [1.0 / len(options)] * len(options))
+
+
+def _divisors_up_to(n: int, limit: int, least: int = 1) -> set[int]:
+    return {d for d in range(least, min(n, limit) + 1) if n % d == 0}
+
+
+def _sampled_conv_tiles(sch: s_tir.Schedule, ow, oco):
     return (sch.sample_perfect_tile(ow, n=2, max_innermost_factor=MAX_REG_N + 2),
             sch.sample_perfect_tile(oco, n=2, max_innermost_factor=MAX_CHANNEL_CHUNKS))
 
 
-def conv2d_nchwc_space(lanes: int) -> ms.space_generator.ScheduleFn:
-    def generate(sch: s_tir.Schedule) -> s_tir.Schedule:
-        schedule_conv2d_nchwc(sch, lanes, _sampled_tiles)
-        return sch
+def _sampled_depthwise_columns(sch: s_tir.Schedule, ow):
+    return sch.sample_perfect_tile(ow, n=2, max_innermost_factor=MAX_REG_N + 2)
 
-    # the schedule is complete: no generic rules, no postprocessors on top of it
-    return ms.space_generator.ScheduleFn(generate, sch_rules=[], postprocs=[], mutator_probs="from-target")
+
+def _sampled_mix_rows(sch: s_tir.Schedule, i):
+    return sch.sample_perfect_tile(i, n=2, max_innermost_factor=MAX_ROWS + 2)
+
+
+def _sampled_strip(sch: s_tir.Schedule, pixels: int, lanes: int):
+    return _categorical(sch, _divisors_up_to(pixels, MAX_STRIP_VECTORS * lanes, least=2)
+                        | {default_strip(sch, pixels, lanes)})
 
 
 def _sampled_bitserial_tiles(sch: s_tir.Schedule, ow: int, oc: int, default_w: int, default_oc: int):
-    def choice(extent: int, default: int, limit: int):
-        options = sorted({d for d in range(1, min(extent, limit) + 1) if extent % d == 0} | {default})
-        return sch.sample_categorical(options, [1.0 / len(options)] * len(options))
-
-    return (choice(ow, default_w, MAX_BITSERIAL_COLUMNS), choice(oc, default_oc, MAX_BITSERIAL_CHANNELS))
+    return (_categorical(sch, _divisors_up_to(ow, MAX_BITSERIAL_COLUMNS) | {default_w}),
+            _categorical(sch, _divisors_up_to(oc, MAX_BITSERIAL_CHANNELS) | {default_oc}))
 
 
-def operator_space(lanes: int, kind: str) -> ms.space_generator.ScheduleFn:
-    """A reforge operator's schedule; the bit-serial conv's register tile sampled."""
+OPERATOR_KNOBS = {BITSERIAL_CONV: _sampled_bitserial_tiles, MIX_OP: _sampled_mix_rows, WHT: _sampled_strip}
+
+
+def _space(schedule) -> ms.space_generator.ScheduleFn:
     def generate(sch: s_tir.Schedule) -> s_tir.Schedule:
-        OPERATOR_SCHEDULES[kind](sch, lanes, _sampled_bitserial_tiles if kind == BITSERIAL_CONV else None)
+        schedule(sch)
         return sch
 
+    # the schedule is complete: no generic rules, no postprocessors on top of it
     return ms.space_generator.ScheduleFn(generate, sch_rules=[], postprocs=[], mutator_probs="from-target")
 
 
@@ -71,7 +96,10 @@ def space_for(task_mod, lanes: int):
     """The design space of one task (a module holding one fused PrimFunc)."""
     kind = op_kind(task_mod["main"])
     if kind in OPERATOR_SCHEDULES:
-        return operator_space(lanes, kind)
-    if CONV_NCHWC in block_names(task_mod["main"]):
-        return conv2d_nchwc_space(lanes)
+        return _space(lambda sch: OPERATOR_SCHEDULES[kind](sch, lanes, OPERATOR_KNOBS.get(kind)))
+    blocks = block_names(task_mod["main"])
+    if CONV_NCHWC in blocks:
+        return _space(lambda sch: schedule_conv2d_nchwc(sch, lanes, _sampled_conv_tiles))
+    if DEPTHWISE_NCHWC in blocks:
+        return _space(lambda sch: schedule_depthwise_nchwc(sch, lanes, _sampled_depthwise_columns))
     return "post-order-apply"

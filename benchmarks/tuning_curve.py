@@ -1,18 +1,22 @@
 """Tuning curve: trials of ``reforge tune`` against the model's latency, next to onnxruntime.
 
     .venv/bin/python benchmarks/tuning_curve.py [--model resnet18] [--size 224] [--steps 64,64,128]
-        [--threads 1] [--timeout 900] [--svg benchmarks/results/tuning_curve.svg]
+        [--threads 1] [--timeout 900] [--keep DIR] [--svg benchmarks/results/tuning_curve.svg]
 
 The model (from benchmarks/imagenet_shapes.py) is exported to ONNX once. Row 0 is the untuned
 build (default schedules); each step then runs ``reforge tune`` for that many more trials,
 resuming from the records so far, compiles with them and times reforge and onnxruntime in this
-process on the same inputs (median of 20 runs each).
+process on the same inputs (median of 20 runs each). With ``--keep DIR`` each step's records
+are kept as ``DIR/MODEL-SIZE-stepI-TRIALS.json`` and a step already there is not tuned again:
+tune once (say while the machine is busy), then rerun to time every step on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -30,6 +34,12 @@ from benchmarks.imagenet_shapes import MODELS  # noqa: E402
 from reforge.autotune import tune  # noqa: E402
 from reforge.bench import baseline_runners, bench, set_threads  # noqa: E402
 from tests.zoo import randomize_batchnorm  # noqa: E402
+
+
+def kept_step(keep: str | None, stem: str, step: int) -> tuple[str, int] | None:
+    """The records file of step ``step`` in ``keep`` and its trials so far, if a run left one."""
+    found = sorted(glob.glob(os.path.join(keep, f"{stem}-step{step}-*.json"))) if keep else []
+    return (found[0], int(found[0].rsplit("-", 1)[1][:-len(".json")])) if found else None
 
 
 def measure(path: str, records: str | None, threads: int) -> tuple[float, float]:
@@ -76,6 +86,7 @@ def main() -> None:
     parser.add_argument("--steps", default="64,64,128")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900, help="seconds per tuning step")
+    parser.add_argument("--keep", help="keep each step's records in this folder; reuse the steps found there")
     parser.add_argument("--svg", help="write the curve as an SVG chart")
     args = parser.parse_args()
     set_threads(args.threads)
@@ -90,16 +101,24 @@ def main() -> None:
         print(f"{args.model} 1x3x{args.size}x{args.size}, {args.threads} thread(s)")
         print(f"{'trials':>6}  {'tune s':>7}  {'reforge ms':>10}  {'onnxruntime ms':>14}  ratio")
         print(f"{0:>6}  {0:>7.0f}  {rows[0][1]:>10.2f}  {rows[0][2]:>14.2f}  {rows[0][2] / rows[0][1]:.2f}x")
-        done = 0
-        for step in (int(s) for s in args.steps.split(",")):
-            start = time.perf_counter()
-            result = tune(path, trials=step, output=records, prior=records if done else None,
-                          timeout=args.timeout, log=lambda _msg: None)
-            done += result.trials
+        done, stem = 0, f"{args.model}-{args.size}"
+        if args.keep:
+            os.makedirs(args.keep, exist_ok=True)
+        for i, step in enumerate(int(s) for s in args.steps.split(",")):
+            start, kept = time.perf_counter(), kept_step(args.keep, stem, i)
+            if kept:
+                shutil.copy(kept[0], records)
+                done = kept[1]
+            else:
+                result = tune(path, trials=step, output=records, prior=records if done else None,
+                              timeout=args.timeout, log=lambda _msg: None)
+                done += result.trials
+                if args.keep:
+                    shutil.copy(records, os.path.join(args.keep, f"{stem}-step{i}-{done}.json"))
             rows.append((done, *measure(path, records, args.threads)))
             r = rows[-1]
-            print(f"{done:>6}  {time.perf_counter() - start:>7.0f}  {r[1]:>10.2f}  {r[2]:>14.2f}  {r[2] / r[1]:.2f}x",
-                  flush=True)
+            tuned = "kept" if kept else f"{time.perf_counter() - start:.0f}"
+            print(f"{done:>6}  {tuned:>7}  {r[1]:>10.2f}  {r[2]:>14.2f}  {r[2] / r[1]:.2f}x", flush=True)
     if args.svg:
         os.makedirs(os.path.dirname(os.path.abspath(args.svg)), exist_ok=True)
         with open(args.svg, "w") as f:

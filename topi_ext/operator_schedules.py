@@ -8,13 +8,15 @@ from tvm import s_tir, tirx
 from .bitserial import CONV, DENSE, PACK, POOL, op_kind
 from .fft_conv import MIX_OP
 from .schedule_bitserial import schedule_op
-from .schedule_fft import schedule_mix_on
-from .schedule_wht import schedule_wht_on
+from .schedule_fft import default_mix_rows, schedule_mix_on
+from .schedule_wht import default_strip, schedule_wht_on
 from .wht import OP as WHT
 
+# kind -> schedule(sch, lanes, knob=None); a knob (the tuner's sampler) replaces the default choice of
+# the bit-serial conv's register tile, the FFT mix's register rows, the WHT's strip width
 OPERATOR_SCHEDULES = {**{kind: schedule_op for kind in (CONV, DENSE, PACK, POOL)},
-                      WHT: lambda sch, lanes, _tiles=None: schedule_wht_on(sch, lanes),
-                      MIX_OP: lambda sch, lanes, _tiles=None: schedule_mix_on(sch, lanes)}
+                      WHT: lambda sch, lanes, knob=None: schedule_wht_on(sch, lanes, knob or default_strip),
+                      MIX_OP: lambda sch, lanes, knob=None: schedule_mix_on(sch, lanes, knob or default_mix_rows)}
 
 
 def schedule_operator(func: tirx.PrimFunc, lanes: int) -> tuple[s_tir.Schedule, str] | None:

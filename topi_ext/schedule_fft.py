@@ -17,8 +17,14 @@ from .schedule_x86 import PARALLEL_MIN_WORK, _blocks, _divisor_at_most, _extents
 MAX_ROWS = 6  # rows of the register tile (with a 16-column strip on AVX2: 12 accumulators of 16)
 
 
-def schedule_mix_on(sch: s_tir.Schedule, lanes: int) -> None:
-    """Schedule a PrimFunc of :func:`fft_conv.mix_prim_func` (on a traced schedule)."""
+def default_mix_rows(sch: s_tir.Schedule, i) -> list:
+    """The split of the rows (P) whose inner part is the register tile's rows: the most up to MAX_ROWS."""
+    return [None, _divisor_at_most(_extents(sch, [i])[0], MAX_ROWS)]
+
+
+def schedule_mix_on(sch: s_tir.Schedule, lanes: int, rows=default_mix_rows) -> None:
+    """Schedule a PrimFunc of :func:`fft_conv.mix_prim_func` (on a traced schedule); ``rows(sch, i)``
+    splits the rows into register tiles (a tuner samples it)."""
     blocks = {sch.get(b).name_hint: b for b in _blocks(sch)}
     acc, out = blocks[MIX_ACC], blocks[MIX_OUT]
     oq, _, _, oo = sch.get_loops(out)
@@ -29,10 +35,9 @@ def schedule_mix_on(sch: s_tir.Schedule, lanes: int) -> None:
     sch.vectorize(ov)
     sch.compute_at(acc, oq)
     i, j, r = sch.get_loops(acc)[-3:]
-    rows, cols = _extents(sch, [i, j])
-    strip = strip_width(cols)
+    strip = strip_width(_extents(sch, [j])[0])
     vec = _divisor_at_most(strip, lanes)
-    io, ii = sch.split(i, [None, _divisor_at_most(rows, MAX_ROWS)])
+    io, ii = sch.split(i, rows(sch, i))
     jo, jj, jv = sch.split(j, [None, strip // vec, vec])
     sch.reorder(jo, io, r, ii, jj, jv)
     tile = sch.cache_write(acc, 0, "local")

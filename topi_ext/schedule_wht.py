@@ -28,8 +28,14 @@ def schedule_wht(func: tirx.PrimFunc, lanes: int = 8) -> tirx.PrimFunc:
     return _mark(sch.mod["main"])
 
 
-def schedule_wht_on(sch: s_tir.Schedule, lanes: int) -> None:
-    """:func:`schedule_wht` on a given schedule (whose trace tuning records keep)."""
+def default_strip(_sch: s_tir.Schedule, pixels: int, lanes: int) -> int:
+    """Pixels per strip (``Q > 1``): the most up to two vectors."""
+    return _divisor_at_most(pixels, 2 * lanes)
+
+
+def schedule_wht_on(sch: s_tir.Schedule, lanes: int, strip=default_strip) -> None:
+    """:func:`schedule_wht` on a given schedule (whose trace tuning records keep); ``strip(sch, Q,
+    lanes)`` picks the pixels per strip when ``Q > 1`` (a tuner samples it among divisors above 1)."""
     func = sch.mod["main"]
     blocks = {sch.get(b).name_hint: b for b in _blocks(sch)}
     out = blocks[OUT]
@@ -44,8 +50,9 @@ def schedule_wht_on(sch: s_tir.Schedule, lanes: int) -> None:
             mo, mi = sch.split(m, [None, lanes])
             sch.vectorize(mi)
     else:
-        vec = _divisor_at_most(Q, 2 * lanes)
+        vec = strip(sch, Q, lanes)
         qo, qi = sch.split(q, [None, vec])
+        vec = vec if isinstance(vec, int) else int(sch.get(vec))
         sch.reorder(p, qo, m, qi)
         outer = sch.fuse(p, qo)
         if vec > 1:
