@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/rep_training_form.py [--threads 1] [--rounds 5] [--repeat 10]
                                                      [--models repvgg_a0,mobileone_s0]
+                                                     [--tune TRIALS [--keep DIR]]
 
 RepVGG-A0 (Ding et al., CVPR 2021; benchmarks/imagenet_shapes.py) and MobileOne-S0 (Vasu et al.,
 CVPR 2023, written here from the paper: a 3×3/2 stem block, then stages of 2-8-10-1 blocks at widths
@@ -13,24 +14,32 @@ network with every block merged by hand here in PyTorch (BatchNorm into each ker
 at the 3×3 centre, branches summed), exported to ONNX and run by onnxruntime (all graph optimizations)
 and by PyTorch. All in one process on the same inputs, alternating rounds so drift in the machine's
 speed hits all. Checks that the deploy form and reforge's rewritten graph hold the paper's number of
-convs, and prints median ms, ratios and the outputs' relative difference.
+convs, and prints median ms, ratios and the outputs' relative difference. With ``--tune N`` the
+training form is first tuned for N trials (``reforge tune``, measured on this thread count) and
+compiled with the records; ``--keep DIR`` keeps them as ``DIR/MODEL-N.json`` and reuses a file
+already there, so a tuning done once is timed again on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import warnings
 
-import torch
-from torch import nn
+THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
+os.environ["TVM_NUM_THREADS"] = THREADS  # tuning measures in worker processes, which read this
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import reforge  # noqa: E402
+from reforge.autotune import tune  # noqa: E402
 from reforge.bench import _onnxruntime_runner, set_threads  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
 from reforge.verify import compare  # noqa: E402
@@ -127,12 +136,27 @@ def export(module: nn.Module, path: str) -> str:
     return path
 
 
+def tuned_records(path: str, name: str, trials: int, keep: str | None, folder: str) -> str:
+    """Records of ``trials`` tuning trials on the model at ``path``; kept in / reused from ``keep``."""
+    kept = os.path.join(keep, f"{name}-{trials}.json") if keep else None
+    if kept and os.path.exists(kept):
+        return kept
+    records = os.path.join(folder, "records.json")
+    tune(path, trials=trials, output=records, log=lambda _msg: None)
+    if kept:
+        os.makedirs(keep, exist_ok=True)
+        shutil.copy(records, kept)
+    return records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--models", default="repvgg_a0,mobileone_s0")
+    parser.add_argument("--tune", type=int, default=0, help="tune the training form for this many trials first")
+    parser.add_argument("--keep", help="keep the tuning records here; reuse the ones found")
     args = parser.parse_args()
     set_threads(args.threads)
     for name in args.models.split(","):
@@ -141,7 +165,9 @@ def main() -> None:
         train = randomize_batchnorm(make())
         fused = deploy_form(train)
         with tempfile.TemporaryDirectory() as folder:
-            art = reforge.compile(export(train, os.path.join(folder, "train.onnx")))
+            train_path = export(train, os.path.join(folder, "train.onnx"))
+            records = tuned_records(train_path, name, args.tune, args.keep, folder) if args.tune else None
+            art = reforge.compile(train_path, tuning_records=records)
             deploy_path = export(fused, os.path.join(folder, "deploy.onnx"))
             ort_run = _onnxruntime_runner(deploy_path, art.imported, args.threads)
         convs = {"deploy form": sum(isinstance(m, nn.Conv2d) for m in fused.modules()),
@@ -168,7 +194,8 @@ def main() -> None:
             for k in list(runs)[1:]:
                 times[k] += time_calls(runs[k], args.repeat)
         base = statistics.median(times["reforge (training form)"])
-        print(f"\n{name} 1x3x224x224, {args.threads} thread(s), median of {args.rounds}x{args.repeat} runs, "
+        print(f"\n{name} 1x3x224x224, {args.threads} thread(s), "
+              f"{f'tuned {args.tune} trials' if args.tune else 'untuned'}, median of {args.rounds}x{args.repeat} runs, "
               f"interleaved; convs {convs} (paper: {paper_convs}); reforge rewrites: "
               f"{next(p for p in art.manifest['passes'] if p['name'] == 'merge-branches')['rewrites']}")
         print("outputs vs reforge (relative): " + ", ".join(f"{k} {v:.2g}" for k, v in errs.items()))

@@ -154,9 +154,17 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles) -> bool:
+def default_conv_reduction(_sch: s_tir.Schedule, ico, ry, rx, ici) -> tuple[list, list]:
+    """The reduction loops outside the register tile, outermost first, and those to unroll:
+    input-channel chunks, kernel rows, kernel columns, the input-channel lane; none unrolled."""
+    return [ico, ry, rx, ici], []
+
+
+def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles,
+                  reduction=default_conv_reduction) -> bool:
     """``tiles(sch, ow, oco)`` gives the splits of the output width and of the output-channel
-    chunks; their inner parts form the register tile (a tuner samples them)."""
+    chunks; their inner parts form the register tile. ``reduction(sch, ico, ry, rx, ici)`` orders
+    (and may split) the reduction loops around it and names the ones to unroll. A tuner samples both."""
     conv = _named(sch, CONV_NCHWC)
     if conv is None:
         return False
@@ -164,7 +172,8 @@ def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles) -> 
     ow_split, oco_split = tiles(sch, ow, oco)
     owo, owi = sch.split(ow, ow_split)
     oco_o, oco_i = sch.split(oco, oco_split)
-    sch.reorder(n, oco_o, oh, owo, ico, ry, rx, ici, oco_i, owi, oci)
+    reduce, unrolled = reduction(sch, ico, ry, rx, ici)
+    sch.reorder(n, oco_o, oh, owo, *reduce, oco_i, owi, oci)
     write_back = sch.cache_write(conv, 0, "local")
     _inline_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, owo, preserve_unit_loops=True)
@@ -176,7 +185,9 @@ def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles) -> 
     pad = _named(sch, "data_pad")
     if pad is not None:
         _parallel_vectorize_spatial(sch, pad, _extents(sch, sch.get_loops(pad))[-1])
-    init = sch.decompose_reduction(conv, ico)
+    for loop in unrolled:
+        sch.unroll(loop)
+    init = sch.decompose_reduction(conv, reduce[0])
     sch.vectorize(sch.get_loops(init)[-1])
     return _schedule_rest(sch, lanes, done={conv, write_back, pad, init})
 
@@ -216,9 +227,9 @@ def _depthwise_nchwc(sch: s_tir.Schedule, lanes: int, columns=default_depthwise_
     return _schedule_rest(sch, lanes, done={conv, write_back, pad, init})
 
 
-def schedule_conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles) -> bool:
-    """The conv rule with caller-chosen register tiles (the tuner's design space)."""
-    return _conv2d_nchwc(sch, lanes, tiles)
+def schedule_conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles, reduction) -> bool:
+    """The conv rule with caller-chosen register tiles and reduction loops (the tuner's design space)."""
+    return _conv2d_nchwc(sch, lanes, tiles, reduction)
 
 
 def schedule_depthwise_nchwc(sch: s_tir.Schedule, lanes: int, columns) -> bool:
