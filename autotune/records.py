@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 
+import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
 from reforge.errors import ReforgeError, one_line
@@ -100,6 +101,28 @@ class TuningRecords:
     def count(self) -> int:
         with open(os.path.join(self.folder, _RECORDS)) as f:
             return sum(1 for line in f if line.strip())
+
+    def settle(self, mod, measured: dict[str, float]) -> None:
+        """Give the records of ``mod``'s workload whose trace (``str(trace)``) is in ``measured`` those
+        latencies (seconds), and drop its other records that claim to be faster than the best of
+        them: what is left ranks by the re-measured numbers. Use a fresh :meth:`database` after."""
+        with open(os.path.join(self.folder, _WORKLOADS)) as f:
+            workloads = [ms.database.Workload.from_json(json.loads(line)) for line in f if line.strip()]
+        index = next(i for i, w in enumerate(workloads) if tvm_ffi.structural_equal(w.mod, mod))
+        best = min(measured.values())
+        kept = []
+        with open(os.path.join(self.folder, _RECORDS)) as f:
+            for line in filter(str.strip, f):
+                number, body = json.loads(line)
+                if number == index:
+                    trace = str(ms.database.TuningRecord.from_json(body, workloads[index]).trace)
+                    if trace in measured:
+                        body[1] = [measured[trace]]
+                    elif not body[1] or sum(map(float, body[1])) / len(body[1]) < best:
+                        continue
+                kept.append(json.dumps([number, body]) + "\n")
+        with open(os.path.join(self.folder, _RECORDS), "w") as f:
+            f.write("".join(kept))
 
     def save(self, path: str) -> None:
         """Write the folder's database to ``path`` as one file (atomically)."""

@@ -19,12 +19,12 @@ from typing import Callable
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, s_tir
 from tvm.s_tir import meta_schedule as ms
 
 from reforge import frontend
 from reforge.build import BuildReport, fuse
-from reforge.errors import ReforgeError
+from reforge.errors import ReforgeError, one_line
 from reforge.passes import registry
 from reforge.passes.fft_conv import eligible_convs
 from reforge.targets import get_target
@@ -41,6 +41,7 @@ _TASK_LOG = logging.getLogger("reforge.autotune.task")  # progress is reforge's 
 _TASK_LOG.addHandler(logging.NullHandler())
 _TASK_LOG.propagate = False
 MIN_SHARE = 0.02  # tasks below this share of the default latency are not searched
+SETTLE_TOP, SETTLE_ROUNDS = 3, 3  # candidates per task re-measured at the end (with the default), rounds
 
 
 @dataclass
@@ -102,6 +103,15 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
             f"{MIN_SHARE:.0%} of the time each and keep their default schedule)")
         result = _search(worth, database, tgt, trials, timeout, remote.runner() if remote else "local", log,
                          checkpoint=lambda: records.save(output))
+        log(f"settling: each searched task's {SETTLE_TOP} best candidates and its default schedule, "
+            f"re-measured in {SETTLE_ROUNDS} interleaved rounds")
+        measure = _remote_timer(remote) if remote is not None else measure  # a device alive now
+        for task in worth:
+            try:
+                _settle(task, database, records, tgt, measure)
+            except (RuntimeError, OSError) as err:  # a device lost: the ranking of the search stays
+                log(f"{task.task_name}: not settled ({one_line(err)})")
+        database = records.database()
         for task, default_ms in zip(extracted, defaults):
             best = _best_ms(database, task)
             result.tasks.append(TaskResult(task.task_name, int(task.weight), default_ms, best))
@@ -152,14 +162,42 @@ def _commit_default(database, task, tgt, measure) -> float | None:
     sch, _rule = default_schedule(func, tgt.vector_lanes())
     if sch is None:
         return None
-    arrays = [np.random.default_rng(0).standard_normal([int(d) for d in p.shape]).astype(str(p.dtype))
-              for p in func.params]
-    secs = measure(tvm.compile(sch.mod, target=tgt.tvm_target), arrays)
+    secs = measure(tvm.compile(sch.mod, target=tgt.tvm_target), _random_args(func))
     workload = database.commit_workload(task.dispatched[0])
     database.commit_tuning_record(ms.database.TuningRecord(
         sch.trace, workload, run_secs=[secs], target=tgt.tvm_target,
         args_info=ms.arg_info.ArgInfo.from_prim_func(func)))
     return secs * 1e3
+
+
+def _settle(task, database, records: TuningRecords, tgt, measure) -> None:
+    """Re-measure the task's SETTLE_TOP best records and its default schedule in interleaved rounds and
+    rank them by those medians: a candidate that only looked fast (measured while the machine was
+    busy, or in one lucky run) cannot win, and a tuned build is not slower than the default one."""
+    mod = task.dispatched[0]
+    func = mod["main"]
+    traces = {str(r.trace): r.trace for r in database.get_top_k(database.commit_workload(mod), SETTLE_TOP)}
+    default, _rule = default_schedule(func, tgt.vector_lanes())
+    if default is not None:
+        traces.setdefault(str(default.trace), default.trace)
+    if len(traces) < 2:
+        return
+    libs = {}
+    for key, trace in traces.items():
+        sch = s_tir.Schedule(func)
+        trace.apply_to_schedule(sch, remove_postproc=False)
+        libs[key] = tvm.compile(sch.mod, target=tgt.tvm_target)
+    arrays = _random_args(func)
+    secs: dict[str, list[float]] = {key: [] for key in libs}
+    for _ in range(SETTLE_ROUNDS):
+        for key, lib in libs.items():
+            secs[key].append(measure(lib, arrays))
+    records.settle(mod, {key: float(np.median(s)) for key, s in secs.items()})
+
+
+def _random_args(func) -> list[np.ndarray]:
+    return [np.random.default_rng(0).standard_normal([int(d) for d in p.shape]).astype(str(p.dtype))
+            for p in func.params]
 
 
 def _local_timer(lib, arrays) -> float:

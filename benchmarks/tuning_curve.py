@@ -1,14 +1,15 @@
 """Tuning curve: trials of ``reforge tune`` against the model's latency, next to onnxruntime.
 
     .venv/bin/python benchmarks/tuning_curve.py [--model resnet18] [--size 224] [--steps 64,64,128]
-        [--threads 1] [--timeout 900] [--keep DIR] [--svg benchmarks/results/tuning_curve.svg]
+        [--threads 1] [--timeout 900] [--rounds 5] [--repeat 10] [--keep DIR]
+        [--svg benchmarks/results/tuning_curve.svg]
 
 The model (from benchmarks/imagenet_shapes.py) is exported to ONNX once. Row 0 is the untuned
 build (default schedules); each step then runs ``reforge tune`` for that many more trials,
-resuming from the records so far, compiles with them and times reforge and onnxruntime in this
-process on the same inputs (median of 20 runs each). With ``--keep DIR`` each step's records
-are kept as ``DIR/MODEL-SIZE-stepI-TRIALS.json`` and a step already there is not tuned again:
-tune once (say while the machine is busy), then rerun to time every step on a quiet machine.
+resuming from the records so far. Then every row's build and onnxruntime are timed in this process
+on the same inputs in interleaved rounds (each round times all of them in turn); medians. With
+``--keep DIR`` each step's records are kept as ``DIR/MODEL-SIZE-stepI-TRIALS.json`` and a step
+already there is not tuned again: tune once, then rerun to time every step on a quiet machine.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import glob
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reforge  # noqa: E402
 from benchmarks.imagenet_shapes import MODELS  # noqa: E402
 from reforge.autotune import tune  # noqa: E402
-from reforge.bench import baseline_runners, bench, set_threads  # noqa: E402
+from reforge.bench import _onnxruntime_runner, set_threads  # noqa: E402
+from reforge.execution import time_calls  # noqa: E402
 from tests.zoo import randomize_batchnorm  # noqa: E402
 
 
@@ -42,11 +45,20 @@ def kept_step(keep: str | None, stem: str, step: int) -> tuple[str, int] | None:
     return (found[0], int(found[0].rsplit("-", 1)[1][:-len(".json")])) if found else None
 
 
-def measure(path: str, records: str | None, threads: int) -> tuple[float, float]:
-    art = reforge.compile(path, tuning_records=records)
-    runners = baseline_runners(path, art.imported, ["onnxruntime"], threads)
-    ours, ort = bench(art, art.imported, runners, threads, 20)
-    return ours.median, ort.median
+def timed_rows(path: str, records: list[str | None], threads: int, rounds: int, repeat: int):
+    """Median ms of the model compiled with each records file (None: untuned), and onnxruntime's:
+    ``rounds`` rounds, each timing every build and onnxruntime in turn, so drift hits all alike."""
+    arts = [reforge.compile(path, tuning_records=r) for r in records]
+    ort = _onnxruntime_runner(path, arts[0].imported, threads)
+    feeds = arts[0].imported.random_inputs(0)
+    arrays = list(feeds.values())
+    times: list[list[float]] = [[] for _ in range(len(arts) + 1)]
+    for _ in range(rounds):
+        for art, ts in zip(arts, times):
+            ts += art.runner.time(arrays, repeat)
+        times[-1] += time_calls(lambda: ort(feeds), repeat)
+    medians = [statistics.median(ts) for ts in times]
+    return medians[:-1], medians[-1]
 
 
 def svg(rows: list[tuple[int, float, float]], title: str) -> str:
@@ -86,6 +98,8 @@ def main() -> None:
     parser.add_argument("--steps", default="64,64,128")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900, help="seconds per tuning step")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--keep", help="keep each step's records in this folder; reuse the steps found there")
     parser.add_argument("--svg", help="write the curve as an SVG chart")
     args = parser.parse_args()
@@ -97,11 +111,7 @@ def main() -> None:
             warnings.simplefilter("ignore")
             torch.onnx.export(randomize_batchnorm(MODELS[args.model]()), (torch.randn(1, 3, args.size, args.size),),
                               path, input_names=["image"], opset_version=17, dynamo=False, do_constant_folding=False)
-        rows = [(0, *measure(path, None, args.threads))]
-        print(f"{args.model} 1x3x{args.size}x{args.size}, {args.threads} thread(s)")
-        print(f"{'trials':>6}  {'tune s':>7}  {'reforge ms':>10}  {'onnxruntime ms':>14}  ratio")
-        print(f"{0:>6}  {0:>7.0f}  {rows[0][1]:>10.2f}  {rows[0][2]:>14.2f}  {rows[0][2] / rows[0][1]:.2f}x")
-        done, stem = 0, f"{args.model}-{args.size}"
+        done, stem, steps = 0, f"{args.model}-{args.size}", [(0, None, 0.0)]  # (trials, records, tune s)
         if args.keep:
             os.makedirs(args.keep, exist_ok=True)
         for i, step in enumerate(int(s) for s in args.steps.split(",")):
@@ -115,10 +125,16 @@ def main() -> None:
                 done += result.trials
                 if args.keep:
                     shutil.copy(records, os.path.join(args.keep, f"{stem}-step{i}-{done}.json"))
-            rows.append((done, *measure(path, records, args.threads)))
-            r = rows[-1]
-            tuned = "kept" if kept else f"{time.perf_counter() - start:.0f}"
-            print(f"{done:>6}  {tuned:>7}  {r[1]:>10.2f}  {r[2]:>14.2f}  {r[2] / r[1]:.2f}x", flush=True)
+            snapshot = os.path.join(folder, f"step{i}.json")
+            shutil.copy(records, snapshot)
+            steps.append((done, snapshot, None if kept else time.perf_counter() - start))
+        ours, ort = timed_rows(path, [r for _, r, _ in steps], args.threads, args.rounds, args.repeat)
+        rows = [(trials, ms, ort) for (trials, _, _), ms in zip(steps, ours)]
+        print(f"{args.model} 1x3x{args.size}x{args.size}, {args.threads} thread(s), median of "
+              f"{args.rounds}x{args.repeat} runs each, interleaved; onnxruntime {ort:.2f} ms")
+        print(f"{'trials':>6}  {'tune s':>7}  {'reforge ms':>10}  onnxruntime / reforge")
+        for (trials, _, secs), ms in zip(steps, ours):
+            print(f"{trials:>6}  {'kept' if secs is None else f'{secs:.0f}':>7}  {ms:>10.2f}  {ort / ms:.2f}x")
     if args.svg:
         os.makedirs(os.path.dirname(os.path.abspath(args.svg)), exist_ok=True)
         with open(args.svg, "w") as f:

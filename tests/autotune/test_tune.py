@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
+import tvm_ffi
+from tvm.s_tir import meta_schedule as ms
 
 import reforge
 from reforge import ReforgeError
@@ -187,3 +189,30 @@ def test_bitserial_conv_is_searched_in_its_own_space(tmp_path):
     with torch.no_grad():
         ref = net(x).numpy()
     np.testing.assert_array_equal(list(art.run([x.numpy()]).values())[0], ref)  # integer-valued: exact
+
+
+def test_settling_ranks_by_remeasured_latency(tuned, tmp_path):
+    """A record that claims an impossible latency (as one measured in a lucky moment would) is
+    re-measured with the task's best and its default schedule, in turns, and loses its claim."""
+    from types import SimpleNamespace
+
+    from reforge.autotune.tune import _local_timer, _settle
+
+    _net, _path, records_path, _result = tuned
+    tgt = get_target("x86")
+    records = TuningRecords.load(str(records_path), tgt.describe())
+    try:
+        database = records.database()
+        slowest = max(database.get_all_tuning_records(), key=lambda r: float(r.run_secs[0]))
+        workload = slowest.workload
+        database.commit_tuning_record(ms.database.TuningRecord(
+            slowest.trace, workload, run_secs=[1e-9], target=tgt.tvm_target, args_info=slowest.args_info))
+        assert float(database.get_top_k(workload, 1)[0].run_secs[0]) == 1e-9
+        _settle(SimpleNamespace(dispatched=[workload.mod]), database, records, tgt, _local_timer)
+        settled = records.database()
+        secs = [float(r.run_secs[0]) for r in settled.get_all_tuning_records()
+                if tvm_ffi.structural_equal(r.workload.mod, workload.mod)]
+        assert min(secs) > 1e-6  # the claim is gone: re-measured, or dropped
+        assert float(settled.get_top_k(settled.commit_workload(workload.mod), 1)[0].run_secs[0]) == min(secs)
+    finally:
+        records.close()
