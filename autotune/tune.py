@@ -176,7 +176,11 @@ def _settle(task, database, records: TuningRecords, tgt, measure) -> None:
     busy, or in one lucky run) cannot win, and a tuned build is not slower than the default one."""
     mod = task.dispatched[0]
     func = mod["main"]
-    traces = {str(r.trace): r.trace for r in database.get_top_k(database.commit_workload(mod), SETTLE_TOP)}
+    traces: dict = {}
+    # each run commits its default again: look past repeated traces
+    for record in database.get_top_k(database.commit_workload(mod), 16 * SETTLE_TOP):
+        if len(traces) < SETTLE_TOP:
+            traces.setdefault(str(record.trace), record.trace)
     default, _rule = default_schedule(func, tgt.vector_lanes())
     if default is not None:
         traces.setdefault(str(default.trace), default.trace)
