@@ -29,7 +29,7 @@ from reforge.topi_ext.fft_conv import MIX_OP
 from reforge.topi_ext.operator_schedules import OPERATOR_SCHEDULES
 from reforge.topi_ext.schedule_fft import MAX_ROWS
 from reforge.topi_ext.schedule_wht import default_strip
-from reforge.topi_ext.schedule_x86 import MAX_REG_N, schedule_conv2d_nchwc, schedule_depthwise_nchwc
+from reforge.topi_ext.schedule_x86 import MAX_REG_N, _divisors, schedule_conv2d_nchwc, schedule_depthwise_nchwc
 from reforge.topi_ext.wht import OP as WHT
 
 MAX_CHANNEL_CHUNKS = 2  # vectors per register-tile column
@@ -45,7 +45,7 @@ def _categorical(sch: s_tir.Schedule, options: set[int]):
 
 
 def _divisors_up_to(n: int, limit: int, least: int = 1) -> set[int]:
-    return {d for d in range(least, min(n, limit) + 1) if n % d == 0}
+    return {d for d in _divisors(n) if least <= d <= limit}
 
 
 def _sampled_conv_tiles(sch: s_tir.Schedule, ow, oco):
