@@ -4,8 +4,9 @@ Each reforge schedule takes its one or two register-level choices from a knob; h
 sampled instead, and everything else stays the default schedule, so every candidate is a valid,
 fully scheduled function:
 - blocked conv (``conv2d_nchwc``): output columns × output-channel vectors of the register tile,
-  two ``sample_perfect_tile`` decisions the evolutionary search mutates; also whether the
-  input-channel chunks run outside or inside the kernel taps, and how many lane steps are unrolled;
+  two ``sample_perfect_tile`` decisions the evolutionary search mutates; also the reduction order
+  (whole rows accumulated over input-channel chunks and kernel rows, or all of the reduction inside
+  the tile with the chunks outside or inside the kernel taps), and how many lane steps are unrolled;
 - blocked depthwise conv: output columns of the register tile (``sample_perfect_tile``);
 - FFT conv's channel mix: rows of the register tile (``sample_perfect_tile``);
 - bit-serial conv: output columns × output channels of the register tile, categorical among the
@@ -32,7 +33,7 @@ from reforge.topi_ext.schedule_wht import default_strip
 from reforge.topi_ext.schedule_x86 import MAX_REG_N, _divisors, schedule_conv2d_nchwc, schedule_depthwise_nchwc
 from reforge.topi_ext.wht import OP as WHT
 
-MAX_CHANNEL_CHUNKS = 2  # vectors per register-tile column
+MAX_CHANNEL_CHUNKS = 4  # vectors per register-tile column
 MAX_BITSERIAL_COLUMNS, MAX_BITSERIAL_CHANNELS = 8, 64
 MAX_STRIP_VECTORS = 4  # WHT strip width, in vectors
 MAX_LANE_UNROLL = 8  # input-channel lane steps unrolled in the conv's reduction
@@ -48,16 +49,20 @@ def _divisors_up_to(n: int, limit: int, least: int = 1) -> set[int]:
     return {d for d in _divisors(n) if least <= d <= limit}
 
 
-def _sampled_conv_tiles(sch: s_tir.Schedule, ow, oco):
+def _sampled_conv_tiles(sch: s_tir.Schedule, ow, oco, _accumulate_rows: bool):
     return (sch.sample_perfect_tile(ow, n=2, max_innermost_factor=MAX_REG_N + 2),
             sch.sample_perfect_tile(oco, n=2, max_innermost_factor=MAX_CHANNEL_CHUNKS))
 
 
 def _sampled_conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici):
-    """Input-channel chunks outside or inside the kernel taps; the lane loop split, its inner part unrolled."""
-    taps_outside = int(sch.get(_categorical(sch, {0, 1})))
+    """Whole output rows accumulated over (input-channel chunks, kernel rows), or the whole reduction
+    inside the column tile with the chunks outside or inside the kernel taps; the lane loop split,
+    its inner part unrolled."""
+    order = int(sch.get(_categorical(sch, {0, 1, 2})))
     ici_o, ici_i = sch.split(ici, sch.sample_perfect_tile(ici, n=2, max_innermost_factor=MAX_LANE_UNROLL))
-    return ([ry, rx, ico, ici_o, ici_i] if taps_outside else [ico, ry, rx, ici_o, ici_i]), [ici_i]
+    if order == 0:
+        return [ico, ry], [rx, ici_o, ici_i], [ici_i]
+    return [], ([ry, rx, ico, ici_o, ici_i] if order == 2 else [ico, ry, rx, ici_o, ici_i]), [ici_i]
 
 
 def _sampled_depthwise_columns(sch: s_tir.Schedule, ow):

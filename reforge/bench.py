@@ -20,6 +20,7 @@ from .native_log import quiet_stderr
 from .verify import compare
 
 BASELINES = ("onnxruntime", "torch")
+ROUND = 5  # runs of each runtime per turn
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
@@ -127,21 +128,25 @@ def baseline_runners(model, imported, against, threads: int) -> dict[str, Runner
 
 def bench(artifact, imported, runners: dict[str, Runner | str], threads: int = 1, repeat: int = 30,
           seed: int = 0) -> list[Timing]:
-    """Median latency of reforge's ``artifact`` and of each baseline runner on one set of random inputs."""
+    """Median latency of reforge's ``artifact`` and of each baseline runner on one set of random inputs.
+
+    The runtimes take turns, ROUND runs each, so a slow phase of a shared machine falls on all of them."""
     if repeat < 20:
         raise ReforgeError(f"--repeat {repeat}: benchmarks take the median of at least 20 runs")
     set_threads(threads)
     feeds = imported.random_inputs(seed)
     arrays = list(feeds.values())
     ours = artifact.runner.run(arrays)
-    results = [Timing("reforge", artifact.runner.time(arrays, repeat))]
-    for name, run in runners.items():
-        if isinstance(run, str):
-            results.append(Timing(name, unavailable=run))
-            continue
-        _, rel = compare(run(feeds), ours)
-        results.append(Timing(name, time_calls(lambda: run(feeds), repeat), rel_err=rel))
-    return results
+    timed = {name: run for name, run in runners.items() if not isinstance(run, str)}
+    errors = {name: compare(run(feeds), ours)[1] for name, run in timed.items()}
+    times: dict[str, list[float]] = {"reforge": [], **{name: [] for name in timed}}
+    for count in [ROUND] * (repeat // ROUND) + ([repeat % ROUND] if repeat % ROUND else []):
+        times["reforge"] += artifact.runner.time(arrays, count)
+        for name, run in timed.items():
+            times[name] += time_calls(lambda: run(feeds), count, warmup=1)
+    return [Timing("reforge", times["reforge"])] + [
+        Timing(name, unavailable=run) if isinstance(run, str) else Timing(name, times[name], rel_err=errors[name])
+        for name, run in runners.items()]
 
 
 def format_bench(results: list[Timing], threads: int) -> str:

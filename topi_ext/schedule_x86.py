@@ -3,10 +3,11 @@
 Four shapes of work cover a CNN:
 - ``conv2d_nchwc``: output-channel lane innermost (one FMA of a broadcast input value with a
   weight vector), output columns × output-channel vectors unrolled as a register tile of
-  accumulators (:func:`default_conv_tiles`), the
-  reduction (input-channel chunks, kernel rows and columns, input-channel lane) outside that
-  tile, rows and output-channel chunks in parallel; the elementwise epilogue (bias, activation,
-  residual add) applied to the register tile before it is stored.
+  accumulators (:func:`default_conv_tiles`); a kernel with taps accumulates whole output rows
+  over input-channel chunks and kernel rows, its kernel columns and input-channel lane outside
+  the tile (:func:`default_conv_reduction`), a 1×1 conv runs its whole reduction outside the
+  tile; rows and output-channel chunks in parallel; the elementwise epilogue (bias, activation,
+  residual add) applied to the finished row or tile before it is stored.
 - ``depthwise_nchwc``: the channel lane innermost (one FMA of an input vector with a weight
   vector, no cross-lane work), up to MAX_REG_N output columns as the register tile, the unrolled
   kernel taps outside it, channel chunks in parallel (with their rows when there is no padding),
@@ -34,7 +35,9 @@ PARALLEL_MIN_WORK = 1 << 18  # iterations below which threads cost more than the
 PARALLEL_CHUNKS = 16  # parallel over the fewest outer loops giving this many chunks of work
 MAX_REG_N = 12  # accumulators per register tile (output columns x channel vectors)
 MIN_ACC = 8  # accumulators that hide the FMA latency (4 cycles x 2 pipes)
+MAX_CONV_ACC = 8  # a conv tile of 12 (6 x 2, 12 x 1) ran at 0.6-0.85x of 4 x 2: the unrolled tile spills
 VECTOR_REGS = 15  # of AVX2's 16 (ymm): accumulators + weight vectors + a broadcast must fit, one spare
+L1_BYTES = 32 << 10
 MATMUL_CHUNK = 512  # outputs one thread accumulates in L1 while it streams the weight rows
 INLINE_COPY_CHARS = 600  # a producer printed longer than this is not inlined into a consumer loading it twice
 
@@ -133,50 +136,73 @@ def _parallel_vectorize_spatial(sch: s_tir.Schedule, block, lanes: int) -> None:
 # ----------------------------------------------------------------------------- rules
 
 
-def default_conv_tiles(sch: s_tir.Schedule, ow, oco) -> tuple[list, list]:
-    """Register tile of ``cols`` output columns × ``chunks`` output-channel vectors. A reduction step
-    broadcasts ``cols`` inputs and loads ``chunks`` weight vectors for ``cols·chunks`` FMAs; among the
-    tiles with MIN_ACC to MAX_REG_N accumulators that fit the registers, at least 2 columns (a chunk
-    is a weight read of its own, a column a neighbouring input), the fewest loads per FMA, then the
-    most columns. Else (a prime width) the widest column tile of one chunk. Measured (1 thread,
-    1×1 and 3×3 convs at 7²-112²): 4×2 beats 8×1 by 1.1-1.25x, 2×4 beats 7×1 by 1.2x at 14², 7×1
-    stays best at 7²; one-column tiles lose 1.7x."""
-    width, chunks = _extents(sch, [ow, oco])
-    tiles = [(c, k) for c in _divisors(width) if 2 <= c for k in _divisors(chunks)
-             if MIN_ACC <= c * k <= MAX_REG_N and c * k + k + 1 <= VECTOR_REGS]
+def default_conv_tiles(sch: s_tir.Schedule, ow, oco, accumulate_rows: bool) -> tuple[list, list]:
+    """The splits of the output width and of the output-channel chunks whose inner parts are the
+    register tile (:func:`conv_tile`)."""
+    cols, chunks = conv_tile(*_extents(sch, [ow, oco]), accumulate_rows)
+    return [None, cols], [None, chunks]
+
+
+def conv_tile(width: int, chunks: int, accumulate_rows: bool) -> tuple[int, int]:
+    """Register tile of ``cols`` output columns × ``k`` output-channel vectors. A reduction step
+    broadcasts ``cols`` inputs and loads ``k`` weight vectors for ``cols·k`` FMAs; among the
+    tiles with MIN_ACC to MAX_CONV_ACC accumulators that fit the registers and have 2 to ``width`` columns,
+    the fewest loads per FMA, then the most chunks when the conv accumulates whole rows (its weight
+    steps are short and stay in L1), else the most columns. Column counts that divide the width come
+    first; a width without one (a prime: 7) takes a tile whose last step is partial (a predicate the
+    unrolled tile folds). Measured (1 thread, AVX2): rows of 3×3 convs at 7²-56², 2 × 4 beats 4 × 2
+    by 1.02-1.2x; 1×1 convs, 4 × 2 beats 8 × 1 by 1.1-1.25x; at 7² a partial 4 × 2 beats 7 × 1 by 1.15x."""
+
+    def fitting(columns):
+        return [(c, k) for c in columns for k in _divisors(chunks)
+                if MIN_ACC <= c * k <= MAX_CONV_ACC and c * k + k + 1 <= VECTOR_REGS]
+
+    tiles = fitting(d for d in _divisors(width) if d >= 2) or fitting(range(2, width + 1))
     if not tiles:
-        return [None, _divisor_at_most(width, MAX_REG_N)], [None, 1]
-    cols, k = min(tiles, key=lambda t: ((t[0] + t[1]) / (t[0] * t[1]), -t[0]))
-    return [None, cols], [None, k]
+        return _divisor_at_most(width, MAX_REG_N), 1
+    return min(tiles, key=lambda t: ((t[0] + t[1]) / (t[0] * t[1]), -t[1] if accumulate_rows else -t[0]))
 
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def default_conv_reduction(_sch: s_tir.Schedule, ico, ry, rx, ici) -> tuple[list, list]:
-    """The reduction loops outside the register tile, outermost first, and those to unroll:
-    input-channel chunks, kernel rows, kernel columns, the input-channel lane; none unrolled."""
-    return [ico, ry, rx, ici], []
+def default_conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici) -> tuple[list, list, list]:
+    """The reduction loops ``(outer, inner, unrolled)``: ``outer`` run outside the loop over column
+    tiles, accumulating a whole output row in L1 (a row buffer the tile is loaded from and stored to
+    at each step), ``inner`` between that loop and the register tile, ``unrolled`` the ones to unroll.
+
+    A kernel with taps: input-channel chunks and kernel rows outside, kernel columns and the lane
+    inside, so a tile's weights per step (kw · lanes vectors a chunk) are read from L1, not streamed
+    from L2 once per tile (3×3 convs at 7²-56², 1 thread: 1.02-1.3x, strided ones too). A 1×1 conv
+    has no taps to amortize the row buffer's loads and stores over: its whole reduction runs inside."""
+    kh, kw = _extents(sch, [ry, rx])
+    if kh * kw > 1:
+        return [ico, ry], [rx, ici], []
+    return [], [ico, ry, rx, ici], []
 
 
 def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles,
                   reduction=default_conv_reduction) -> bool:
-    """``tiles(sch, ow, oco)`` gives the splits of the output width and of the output-channel
-    chunks; their inner parts form the register tile. ``reduction(sch, ico, ry, rx, ici)`` orders
-    (and may split) the reduction loops around it and names the ones to unroll. A tuner samples both."""
+    """``reduction(sch, ico, ry, rx, ici)`` orders (and may split) the reduction loops around the
+    column tiles (:func:`default_conv_reduction`); ``tiles(sch, ow, oco, accumulate_rows)`` gives the
+    splits of the output width and of the output-channel chunks, whose inner parts form the register
+    tile. A tuner samples both."""
     conv = _named(sch, CONV_NCHWC)
     if conv is None:
         return False
     n, oco, oh, ow, oci, ico, ry, rx, ici = sch.get_loops(conv)
-    ow_split, oco_split = tiles(sch, ow, oco)
+    outer, inner, unrolled = reduction(sch, ico, ry, rx, ici)
+    if outer and _fits_one_row(*_extents(sch, [oh, ow, oco, oci])):
+        ow = sch.fuse(oh, ow)
+        oh = sch.add_unit_loop(ow)
+    ow_split, oco_split = tiles(sch, ow, oco, bool(outer))
     owo, owi = sch.split(ow, ow_split)
     oco_o, oco_i = sch.split(oco, oco_split)
-    reduce, unrolled = reduction(sch, ico, ry, rx, ici)
-    sch.reorder(n, oco_o, oh, owo, *reduce, oco_i, owi, oci)
+    sch.reorder(n, oco_o, oh, *outer, owo, *inner, oco_i, owi, oci)
     write_back = sch.cache_write(conv, 0, "local")
     _inline_epilogue(sch, write_back)
-    sch.reverse_compute_at(write_back, owo, preserve_unit_loops=True)
+    sch.reverse_compute_at(write_back, oh if outer else owo, preserve_unit_loops=True)
     sch.vectorize(oci)
     sch.unroll(owi)
     sch.unroll(oco_i)
@@ -187,9 +213,17 @@ def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles,
         _parallel_vectorize_spatial(sch, pad, _extents(sch, sch.get_loops(pad))[-1])
     for loop in unrolled:
         sch.unroll(loop)
-    init = sch.decompose_reduction(conv, reduce[0])
+    init = sch.decompose_reduction(conv, (outer or inner)[0])
     sch.vectorize(sch.get_loops(init)[-1])
     return _schedule_rest(sch, lanes, done={conv, write_back, pad, init})
+
+
+def _fits_one_row(height: int, width: int, chunks: int, lanes: int) -> bool:
+    """Accumulate the whole map as one row when the width splits into no full register tiles (a
+    prime: 7) and the map's accumulators fit half of L1: the partial tile then comes once per map,
+    not once per row (7² maps of 256-1280 channels, 1 thread: 1.05-1.2x)."""
+    cols, k = conv_tile(width, chunks, True)
+    return width % cols != 0 and height * width * k * lanes * 4 <= L1_BYTES // 2
 
 
 def default_depthwise_columns(sch: s_tir.Schedule, ow) -> list:

@@ -11,7 +11,7 @@ from tvm import te
 from reforge.targets import get_target
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, channel_block
-from reforge.topi_ext.schedule_x86 import schedule_func
+from reforge.topi_ext.schedule_x86 import default_conv_reduction, default_conv_tiles, schedule_func
 
 
 def pack_data(x, ib):
@@ -31,6 +31,10 @@ CASES = [  # cin, cout, size, kernel, stride, padding (t, l, b, r), dilation
     (12, 20, 11, 3, 2, (0, 1, 1, 0), 1),  # asymmetric padding
     (8, 8, 13, 3, 1, (2, 2, 2, 2), 2),  # dilation
     (6, 10, 7, 5, 1, (2, 2, 2, 2), 1),  # channels below a vector, odd blocks
+    (32, 64, 7, 3, 1, (1, 1, 1, 1), 1),  # a prime width: the 7x7 map accumulated as one row of 2-column tiles
+    (16, 32, 13, 3, 2, (1, 1, 1, 1), 1),  # strided to a prime width
+    (16, 32, 13, 3, 1, (1, 1, 1, 1), 1),  # a map too large for one row: rows of 2-column tiles, the last partial
+    (32, 32, 7, 1, 1, (0, 0, 0, 0), 1),  # 1x1 at a prime width: tiles of 4 columns, the last one partial
 ]
 
 
@@ -55,6 +59,24 @@ def test_scheduled_conv2d_nchwc_matches_torch(cin, cout, size, k, stride, pad, d
     ref = torch.nn.functional.conv2d(xp, torch.from_numpy(w), stride=stride, dilation=dil).numpy()
     got = result.numpy().transpose(0, 1, 4, 2, 3).reshape(ref.shape)
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("channels, size, k, rows, tile", [
+    (64, 56, 3, True, (2, 4)), (512, 7, 3, True, (2, 4)),  # 7 has no 2-12 divisor: a partial last tile
+    (128, 28, 1, False, (4, 2)), (512, 7, 1, False, (4, 2)), (256, 14, 1, False, (2, 4)),
+    (16, 28, 3, True, (4, 2)),  # two channel vectors: the columns make the 8 accumulators
+])
+def test_default_register_tile(channels, size, k, rows, tile):
+    """Kernels with taps accumulate rows and take the most channel vectors; 1x1 convs the most columns."""
+    data = te.placeholder((1, channels // 8, size, size, 8), name="data")
+    kernel = te.placeholder((channels // 8, channels // 8, k, k, 8, 8), name="kernel")
+    out = conv2d_nchwc(data, kernel, (1, 1), (k // 2,) * 4, (1, 1), "float32")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([data, kernel, out]))
+    _n, oco, _oh, ow, _oci, ico, ry, rx, ici = sch.get_loops(sch.get_sblock("conv2d_nchwc"))
+    outer, _inner, _unrolled = default_conv_reduction(sch, ico, ry, rx, ici)
+    assert bool(outer) == rows
+    (_, cols), (_, chunks) = default_conv_tiles(sch, ow, oco, rows)
+    assert (cols, chunks) == tile
 
 
 @pytest.mark.parametrize("channels, lanes, block", [(64, 8, 8), (64, 16, 16), (3, 8, 3), (24, 16, 12), (7, 8, 7)])
