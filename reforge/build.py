@@ -15,6 +15,7 @@ from reforge.passes.fuse_fplus import fplus_in_blocked_layout
 from reforge.passes.graph import mutate_functions, op_name, ops_histogram
 from reforge.passes.reserved_copies import reserved_channels_as_copies
 from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
+from reforge.topi_ext.dense_packed import legalize_matmul
 from reforge.topi_ext.default_schedules import apply_default_schedules
 from reforge.topi_ext.layouts import blocked_conv2d_layouts
 from reforge.topi_ext.schedule_fpga import apply_fpga_schedules
@@ -108,7 +109,8 @@ def fuse(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRMo
     mod = fplus_in_blocked_layout(mod)  # fplus reads the blocked conv, to fuse into its epilogue
     report.layout_transforms = ops_histogram(mod)["layout_transform"]
     mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target.tvm_target))(mod)
-    legalize = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d})
+    legalize = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d,
+                                            "relax.matmul": legalize_matmul(target.vector_lanes())})
     return tvm.transform.Sequential(_fusion())(_quiet(legalize, mod))
 
 

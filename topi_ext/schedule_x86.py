@@ -12,7 +12,9 @@ Four shapes of work cover a CNN:
   vector, no cross-lane work), up to MAX_REG_N output columns as the register tile, the unrolled
   kernel taps outside it, channel chunks in parallel (with their rows when there is no padding),
   the epilogue as for the conv.
-- ``matmul`` with a constant weight ``(K, N)``: output chunks in L1, weight rows streamed.
+- ``dense_packed`` (``x @ W``, W a constant packed in panels): a panel's vectors in registers,
+  the panel read front to back, panels in parallel.
+- ``matmul`` of two computed tensors ``(K, N)``: output chunks in L1, rows of the right one streamed.
 - anything else: producers inlined; elementwise blocks flattened, parallel and vectorized;
   reductions (pooling, means) parallel over their outer outputs and vectorized along the
   innermost output axis when it is the contiguous channel lane.
@@ -29,6 +31,8 @@ import re
 from tvm import s_tir, tirx
 
 from .conv2d_nchwc import BLOCK as CONV_NCHWC
+from .dense_packed import BLOCK as DENSE_PACKED
+from .dense_packed import PANEL_VECTORS
 from .depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
 
 PARALLEL_MIN_WORK = 1 << 18  # iterations below which threads cost more than they save
@@ -37,6 +41,7 @@ MAX_REG_N = 12  # accumulators per register tile (output columns x channel vecto
 MIN_ACC = 8  # accumulators that hide the FMA latency (4 cycles x 2 pipes)
 MAX_CONV_ACC = 8  # a conv tile of 12 (6 x 2, 12 x 1) ran at 0.6-0.85x of 4 x 2: the unrolled tile spills
 VECTOR_REGS = 15  # of AVX2's 16 (ymm): accumulators + weight vectors + a broadcast must fit, one spare
+DENSE_ROWS = 4  # rows of x sharing a pass over a weight panel
 L1_BYTES = 32 << 10
 MATMUL_CHUNK = 512  # outputs one thread accumulates in L1 while it streams the weight rows
 INLINE_COPY_CHARS = 600  # a producer printed longer than this is not inlined into a consumer loading it twice
@@ -49,8 +54,8 @@ def default_schedule(func: tirx.PrimFunc, lanes: int) -> tuple[s_tir.Schedule | 
     found = schedule_operator(func, lanes)
     if found is not None:
         return found
-    for rule, apply in (("conv2d_nchwc", _conv2d_nchwc), ("depthwise_nchwc", _depthwise_nchwc), ("matmul", _matmul),
-                        ("generic", _generic)):
+    for rule, apply in (("conv2d_nchwc", _conv2d_nchwc), ("depthwise_nchwc", _depthwise_nchwc),
+                        ("dense_packed", _dense_packed), ("matmul", _matmul), ("generic", _generic)):
         sch = s_tir.Schedule(func)
         try:
             if apply(sch, lanes):
@@ -269,6 +274,35 @@ def schedule_conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles, reduction) -> 
 def schedule_depthwise_nchwc(sch: s_tir.Schedule, lanes: int, columns) -> bool:
     """The depthwise rule with caller-chosen register columns (the tuner's design space)."""
     return _depthwise_nchwc(sch, lanes, columns)
+
+
+def _dense_packed(sch: s_tir.Schedule, lanes: int) -> bool:
+    """``x @ W`` with W in panels (:mod:`.dense_packed`): up to DENSE_ROWS rows of x × a panel's
+    vectors (as many as keep PANEL_VECTORS accumulators) are the register tile, the reduction
+    outside it reads the panel front to back once for those rows; panels (and row groups) in parallel."""
+    dense = _named(sch, DENSE_PACKED)
+    if dense is None:
+        return False
+    width = next(int(r.source.shape[2]) for r in sch.get(dense).reads if len(r.source.shape) == 3)
+    *rows, j, k = sch.get_loops(dense)
+    work = math.prod(_extents(sch, [*rows, j, k]))
+    *outer_rows, row = rows  # the tile takes rows of the innermost dimension (a fused one would not be affine)
+    row_tile = _divisor_at_most(_extents(sch, [row])[0], DENSE_ROWS)
+    row_o, row_i = sch.split(row, [None, row_tile])
+    vectors = _divisor_at_most(width // lanes, PANEL_VECTORS // row_tile)
+    panel, vector_o, vector_i, lane = sch.split(j, [None, width // lanes // vectors, vectors, lanes])
+    sch.reorder(*outer_rows, row_o, panel, vector_o, k, row_i, vector_i, lane)
+    write_back = sch.cache_write(dense, 0, "local")
+    _inline_epilogue(sch, write_back)
+    sch.reverse_compute_at(write_back, vector_o, preserve_unit_loops=True)
+    sch.vectorize(lane)
+    sch.unroll(vector_i)
+    sch.unroll(row_i)
+    _parallelize_outer(sch, [*outer_rows, row_o, panel], work)
+    sch.vectorize(sch.get_loops(write_back)[-1])
+    init = sch.decompose_reduction(dense, k)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return _schedule_rest(sch, lanes, done={dense, write_back, init})
 
 
 def _matmul(sch: s_tir.Schedule, lanes: int) -> bool:
