@@ -1,13 +1,13 @@
 """Default x86 schedules, applied at compile time to every fused PrimFunc without any search.
 
-Four shapes of work cover a CNN:
+Five shapes of work cover a CNN:
 - ``conv2d_nchwc``: output-channel lane innermost (one FMA of a broadcast input value with a
   weight vector), output columns × output-channel vectors unrolled as a register tile of
-  accumulators (:func:`default_conv_tiles`); a kernel with taps accumulates whole output rows
-  over input-channel chunks and kernel rows, its kernel columns and input-channel lane outside
-  the tile (:func:`default_conv_reduction`), a 1×1 conv runs its whole reduction outside the
-  tile; rows and output-channel chunks in parallel; the elementwise epilogue (bias, activation,
-  residual add) applied to the finished row or tile before it is stored.
+  accumulators (:func:`default_conv_tiles`); a kernel with taps and many input channels
+  accumulates whole output rows over input-channel chunks and kernel rows, its kernel columns and
+  input-channel lane around the tile (:func:`default_conv_reduction`), other convs run their
+  whole reduction around the tile; rows and output-channel chunks in parallel; the elementwise
+  epilogue (bias, activation, residual add) applied to the finished row or tile before it is stored.
 - ``depthwise_nchwc``: the channel lane innermost (one FMA of an input vector with a weight
   vector, no cross-lane work), up to MAX_REG_N output columns as the register tile, the unrolled
   kernel taps outside it, channel chunks in parallel (with their rows when there is no padding),
@@ -177,12 +177,15 @@ def default_conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici) -> tuple[list,
     tiles, accumulating a whole output row in L1 (a row buffer the tile is loaded from and stored to
     at each step), ``inner`` between that loop and the register tile, ``unrolled`` the ones to unroll.
 
-    A kernel with taps: input-channel chunks and kernel rows outside, kernel columns and the lane
-    inside, so a tile's weights per step (kw · lanes vectors a chunk) are read from L1, not streamed
-    from L2 once per tile (3×3 convs at 7²-56², 1 thread: 1.02-1.3x, strided ones too). A 1×1 conv
-    has no taps to amortize the row buffer's loads and stores over: its whole reduction runs inside."""
-    kh, kw = _extents(sch, [ry, rx])
-    if kh * kw > 1:
+    A kernel with taps whose weights for a 2-vector tile exceed half of L1: input-channel chunks and
+    kernel rows outside, kernel columns and the lane inside, so a tile's weights per step (kw · lanes
+    vectors a chunk) are read from L1, not streamed from L2 once per tile (3×3 convs of 32-512
+    channels at 7²-56², 1 thread: 1.02-1.3x, strided ones too). Else the whole reduction runs inside:
+    a 1×1 conv has no taps to amortize the row buffer's loads and stores over, and a stem's weights
+    (3 input channels) stay in L1 anyway (7×7 and 3×3 stems: 1.1-1.3x faster than rows)."""
+    chunks, kh, kw, in_lanes = _extents(sch, [ico, ry, rx, ici])
+    out_lanes = _extents(sch, [sch.get_loops(_named(sch, CONV_NCHWC))[4]])[0]
+    if kh * kw > 1 and chunks * kh * kw * in_lanes * 2 * out_lanes * 4 > L1_BYTES // 2:
         return [ico, ry], [rx, ici], []
     return [], [ico, ry, rx, ici], []
 

@@ -61,15 +61,17 @@ def test_scheduled_conv2d_nchwc_matches_torch(cin, cout, size, k, stride, pad, d
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("channels, size, k, rows, tile", [
-    (64, 56, 3, True, (2, 4)), (512, 7, 3, True, (2, 4)),  # 7 has no 2-12 divisor: a partial last tile
-    (128, 28, 1, False, (4, 2)), (512, 7, 1, False, (4, 2)), (256, 14, 1, False, (2, 4)),
-    (16, 28, 3, True, (4, 2)),  # two channel vectors: the columns make the 8 accumulators
+@pytest.mark.parametrize("cin, channels, size, k, rows, tile", [
+    (64, 64, 56, 3, True, (2, 4)), (512, 512, 7, 3, True, (2, 4)),  # 7 has no 2-8 divisor: a partial last tile
+    (128, 128, 28, 1, False, (4, 2)), (512, 512, 7, 1, False, (4, 2)), (256, 256, 14, 1, False, (2, 4)),
+    (32, 16, 28, 3, True, (4, 2)),  # two channel vectors: the columns make the 8 accumulators
+    (8, 64, 56, 3, False, (4, 2)),  # few input channels: the weights stay in L1, no row buffer
 ])
-def test_default_register_tile(channels, size, k, rows, tile):
-    """Kernels with taps accumulate rows and take the most channel vectors; 1x1 convs the most columns."""
-    data = te.placeholder((1, channels // 8, size, size, 8), name="data")
-    kernel = te.placeholder((channels // 8, channels // 8, k, k, 8, 8), name="kernel")
+def test_default_register_tile(cin, channels, size, k, rows, tile):
+    """Kernels with taps and many input channels accumulate rows and take the most channel vectors;
+    1x1 convs and stems the most columns."""
+    data = te.placeholder((1, cin // 8, size, size, 8), name="data")
+    kernel = te.placeholder((channels // 8, cin // 8, k, k, 8, 8), name="kernel")
     out = conv2d_nchwc(data, kernel, (1, 1), (k // 2,) * 4, (1, 1), "float32")
     sch = tvm.s_tir.Schedule(te.create_prim_func([data, kernel, out]))
     _n, oco, _oh, ow, _oci, ico, ry, rx, ici = sch.get_loops(sch.get_sblock("conv2d_nchwc"))
