@@ -106,15 +106,20 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
         log(f"settling: each searched task's {SETTLE_TOP} best candidates and its default schedule, "
             f"re-measured in {SETTLE_ROUNDS} interleaved rounds")
         measure = _remote_timer(remote) if remote is not None else measure  # a device alive now
+        settled: dict[str, float] = {}  # the default schedule's latency (ms) where settling re-measured it
         for task in worth:
             try:
-                _settle(task, database, records, tgt, measure)
+                default_ms = _settle(task, database, records, tgt, measure)
             except (RuntimeError, OSError) as err:  # a device lost: the ranking of the search stays
                 log(f"{task.task_name}: not settled ({one_line(err)})")
+                continue
+            if default_ms is not None:
+                settled[task.task_name] = default_ms
         database = records.database()
         for task, default_ms in zip(extracted, defaults):
             best = _best_ms(database, task)
-            result.tasks.append(TaskResult(task.task_name, int(task.weight), default_ms, best))
+            result.tasks.append(TaskResult(task.task_name, int(task.weight), settled.get(task.task_name, default_ms),
+                                           best))
         records.save(output)
         result.records = records.count()
         return result
@@ -170,10 +175,11 @@ def _commit_default(database, task, tgt, measure) -> float | None:
     return secs * 1e3
 
 
-def _settle(task, database, records: TuningRecords, tgt, measure) -> None:
+def _settle(task, database, records: TuningRecords, tgt, measure) -> float | None:
     """Re-measure the task's SETTLE_TOP best records and its default schedule in interleaved rounds and
     rank them by those medians: a candidate that only looked fast (measured while the machine was
-    busy, or in one lucky run) cannot win, and a tuned build is not slower than the default one."""
+    busy, or in one lucky run) cannot win, and a tuned build is not slower than the default one.
+    Returns the default schedule's re-measured latency in ms (None if it was not re-measured)."""
     mod = task.dispatched[0]
     func = mod["main"]
     traces: dict = {}
@@ -185,7 +191,7 @@ def _settle(task, database, records: TuningRecords, tgt, measure) -> None:
     if default is not None:
         traces.setdefault(str(default.trace), default.trace)
     if len(traces) < 2:
-        return
+        return None
     libs = {}
     for key, trace in traces.items():
         sch = s_tir.Schedule(func)
@@ -196,7 +202,9 @@ def _settle(task, database, records: TuningRecords, tgt, measure) -> None:
     for _ in range(SETTLE_ROUNDS):
         for key, lib in libs.items():
             secs[key].append(measure(lib, arrays))
-    records.settle(mod, {key: float(np.median(s)) for key, s in secs.items()})
+    medians = {key: float(np.median(s)) for key, s in secs.items()}
+    records.settle(mod, medians)
+    return None if default is None else medians[str(default.trace)] * 1e3
 
 
 def _random_args(func) -> list[np.ndarray]:

@@ -45,6 +45,26 @@ def test_constant_matmul_matches_numpy(tmp_path, rows, k, n, rule):
     assert np.abs(out - ref).max() <= RTOL * np.abs(ref).max()
 
 
+def test_a_cropped_dense_keeps_the_crop_out_of_its_tiles(tmp_path):
+    """x @ W then a slice of its first 44 of 48 columns (as fft-conv crops its DFT products): the crop
+    stays a block of its own, the tiles write whole panels."""
+    model, w, b = matmul_model((8,), 32, 48, seed=3)  # tiles of 4 rows x 2 vectors: the crop ends inside one
+    proto = onnx.load_from_string(model)
+    starts, ends, axes = (helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in
+                          (("starts", 0), ("ends", 44), ("axes", 1)))
+    proto.graph.initializer.extend([starts, ends, axes])
+    proto.graph.node.append(helper.make_node("Slice", ["out", "starts", "ends", "axes"], ["crop"]))
+    proto.graph.output[0].CopyFrom(helper.make_tensor_value_info("crop", TensorProto.FLOAT, [8, 44]))
+    path = tmp_path / "crop.onnx"
+    path.write_bytes(proto.SerializeToString())
+    art = reforge.compile(str(path))
+    assert art.manifest["build"]["schedules"].get("dense_packed") == 1
+    x = np.random.default_rng(0).standard_normal((8, 32)).astype("float32")
+    ref = np.maximum(x @ w + b, 0)[:, :44]
+    (out,) = art.run({"x": x}).values()
+    assert np.abs(out - ref).max() <= RTOL * np.abs(ref).max()
+
+
 @pytest.mark.parametrize("n, lanes, width", [(1000, 8, 40), (4096, 8, 64), (24, 8, 24), (10, 8, None), (48, 16, 48)])
 def test_panel_width(n, lanes, width):
     assert panel_width(n, lanes) == width
