@@ -37,7 +37,7 @@ test: install toolchains
 N ?= 1000
 fuzz: install
 	REFORGE_FUZZ_FRESH=1 REFORGE_FUZZ_EXAMPLES=$(N) REFORGE_FUZZ_SHARDS=$(JOBS) $(BIN)/pytest -q -s -p no:cacheprovider \
-	  $(if $(filter 1,$(JOBS)),,-n $(JOBS)) tests/fuzz/test_differential.py
+	  $(if $(filter 1,$(JOBS)),,-n $(JOBS) tests/fuzz/test_differential_odd.py) tests/fuzz/test_differential.py
 
 bench: install
 	$(BIN)/python benchmarks/zoo.py

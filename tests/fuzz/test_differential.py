@@ -39,6 +39,6 @@ def shard_test(shard: int):
     return run if FRESH else seed(CI_SEED + shard)(run)
 
 
-@pytest.mark.parametrize("shard", range(SHARDS))
+@pytest.mark.parametrize("shard", range(0, SHARDS, 2))  # the odd ones: test_differential_odd.py, another worker
 def test_reforge_agrees_with_onnxruntime(shard):
     shard_test(shard)()
