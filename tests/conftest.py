@@ -13,15 +13,6 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 
-LONGEST_FILES = ("tests/autotune/test_tune.py", "tests/fuzz/test_differential.py", "tests/fuzz/test_differential_odd.py")
-
-
-def pytest_collection_modifyitems(items):
-    """The longest test files first: with one worker per core (--dist loadfile) the short files then
-    fill in behind them instead of leaving one worker alone with a long file at the end."""
-    items.sort(key=lambda item: not item.nodeid.startswith(LONGEST_FILES))
-
-
 def make_model(nodes, inputs, outputs, initializers=(), opset=17, name="test") -> onnx.ModelProto:
     graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
