@@ -72,11 +72,12 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         compute, name = depthwise_conv2d_nchwc, "depthwise_conv2d_nchwc"
     else:
         return _tvm_default(bb, call)
-    return bb.call_te(compute, call.args[0], call.args[1], a.strides, a.padding, a.dilation, _out_dtype(call),
+    return bb.call_te(compute, call.args[0], call.args[1], a.strides, a.padding, a.dilation, call_out_dtype(call),
                       primfunc_name_hint=name)
 
 
-def _out_dtype(call: relax.Call) -> str:
+def call_out_dtype(call: relax.Call) -> str:
+    """The call's ``out_dtype`` attribute, or its first argument's dtype where it leaves it unset."""
     out_dtype = call.attrs.out_dtype
     if out_dtype is None or str(out_dtype) in ("", "void"):
         return str(call.args[0].ty.dtype)

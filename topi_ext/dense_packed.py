@@ -13,6 +13,8 @@ import numpy as np
 import tvm
 from tvm import relax, te
 
+from .conv2d_nchwc import call_out_dtype
+
 BLOCK = "dense_packed"
 PANEL_VECTORS = 8  # accumulators of a panel, in vectors: enough to hide the FMA latency
 
@@ -50,8 +52,7 @@ def legalize_matmul(lanes: int):
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         x, w = call.args
         weight = w.value.numpy() if isinstance(w, tvm.ir.GenericConst) else None
-        out_dtype = call.attrs.out_dtype
-        out_dtype = str(call.ty.dtype) if out_dtype is None or str(out_dtype) in ("", "void") else str(out_dtype)
+        out_dtype = call_out_dtype(call)
         if (weight is None or weight.ndim != 2 or weight.dtype != np.float32 or len(x.ty.shape) < 2
                 or str(x.ty.dtype) != "float32" or out_dtype != "float32"
                 or (width := panel_width(weight.shape[1], lanes)) is None):

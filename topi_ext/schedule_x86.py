@@ -31,8 +31,7 @@ import re
 from tvm import s_tir, tirx
 
 from .conv2d_nchwc import BLOCK as CONV_NCHWC
-from .dense_packed import BLOCK as DENSE_PACKED
-from .dense_packed import PANEL_VECTORS
+from .dense_packed import BLOCK as DENSE_PACKED, PANEL_VECTORS
 from .depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
 
 PARALLEL_MIN_WORK = 1 << 18  # iterations below which threads cost more than they save
