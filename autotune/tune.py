@@ -28,9 +28,10 @@ from reforge.errors import ReforgeError, one_line
 from reforge.passes import registry
 from reforge.passes.fft_conv import eligible_convs
 from reforge.targets import get_target
+from reforge.toolchains import export_library
 from reforge.topi_ext.schedule_x86 import default_schedule
 
-from . import fft_choice
+from . import fft_choice, intrinsics
 from .builder import local_builder
 from .progress import Progress
 from .records import TuningRecords
@@ -40,6 +41,7 @@ TRIALS_PER_ITER = 16
 _TASK_LOG = logging.getLogger("reforge.autotune.task")  # progress is reforge's own display
 _TASK_LOG.addHandler(logging.NullHandler())
 _TASK_LOG.propagate = False
+TUNABLE = ("x86", "arm")  # CPU kinds: candidates built here, measured here or (cross-built) on RPC devices
 MIN_SHARE = 0.02  # tasks below this share of the default latency are not searched
 SETTLE_TOP, SETTLE_ROUNDS = 3, 3  # candidates per task re-measured at the end (with the default), rounds
 
@@ -75,15 +77,18 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
     if trials < 1:
         raise ReforgeError("--trials must be at least 1")
     tgt = get_target(target)
-    if tgt.kind != "x86":  # candidates are built for the host; cross-building ones is the next step
-        raise ReforgeError(f"reforge tune supports the x86 targets (measured here or on x86 devices behind "
-                           f"--rpc-tracker); target '{tgt.name}' compiles with its default schedules")
+    if tgt.kind not in TUNABLE:
+        raise ReforgeError(f"reforge tune supports the targets of kind {' and '.join(TUNABLE)}; target "
+                           f"'{tgt.name}' compiles with its default schedules")
+    if tgt.kind != "x86" and remote is None:
+        raise ReforgeError(f"tuning for '{tgt.name}' measures on its devices: give --rpc-tracker and --rpc-key "
+                           f"(`python -m reforge.qemu_rpc_server` registers an emulated aarch64 device)")
     names = registry.select(opt_level, tgt.kind, enable_passes, disable_passes, passes)
     records = TuningRecords.load(prior, tgt.describe()) if prior else TuningRecords(tgt.describe())
     try:
         imported = frontend.load(model, input_shapes)
         mod = imported.mod
-        measure = _remote_timer(remote) if remote is not None else _local_timer
+        measure = _timer(remote, tgt.kind)
         for name in names:
             if name == "fft-conv":
                 _choose_fft_by_measurement(mod, tgt, records, measure, log)
@@ -96,6 +101,7 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
             + (f", at most {timeout:.0f} s" if timeout else ""))
         database = records.database()
         defaults = [_commit_default(database, task, tgt, measure) for task in extracted]
+        measure = None  # releases its device session: the search measures on every device
         records.save(output)  # from here on the file always holds a usable set of records
         total = sum(t.weight * (d or 0.0) for t, d in zip(extracted, defaults))
         worth = [t for t, d in zip(extracted, defaults) if d is None or t.weight * d >= MIN_SHARE * total]
@@ -105,7 +111,7 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
                          checkpoint=lambda: records.save(output))
         log(f"settling: each searched task's {SETTLE_TOP} best candidates and its default schedule, "
             f"re-measured in {SETTLE_ROUNDS} interleaved rounds")
-        measure = _remote_timer(remote) if remote is not None else measure  # a device alive now
+        measure = _timer(remote, tgt.kind)  # a device alive now
         settled: dict[str, float] = {}  # the default schedule's latency (ms) where settling re-measured it
         for task in worth:
             try:
@@ -128,10 +134,11 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
 
 
 def _search(extracted, database, tgt, trials, timeout, runner, log, checkpoint) -> TuneResult:
-    lanes, cores = tgt.vector_lanes(), int(tgt.tvm_target.attrs["num-cores"])
+    lanes, cores = tgt.vector_lanes(), len(os.sched_getaffinity(0))  # this machine's cores build and search
     progress = Progress(trials, timeout, log, checkpoint)
     start = time.perf_counter()
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # reforge prints its own progress
+    intrinsics.load_for(tgt.kind)  # before TuneContext, which would import every target's
     with tempfile.TemporaryDirectory(prefix="reforge-tune-") as work:
         contexts = [ms.TuneContext(mod=task.dispatched[0], target=tgt.tvm_target,
                                    space_generator=space_for(task.dispatched[0], lanes),
@@ -142,7 +149,7 @@ def _search(extracted, database, tgt, trials, timeout, runner, log, checkpoint) 
                     for seed, task in enumerate(extracted)]
         ms.tune_tasks(tasks=contexts, task_weights=[t.weight for t in extracted], work_dir=work,
                       max_trials_global=trials, num_trials_per_iter=TRIALS_PER_ITER,
-                      builder=local_builder(cores), runner=runner, database=database,
+                      builder=local_builder(cores, tgt.kind), runner=runner, database=database,
                       cost_model="xgb", measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
                       + [progress])
     return TuneResult(trials=progress.done, seconds=time.perf_counter() - start, timed_out=progress.timed_out)
@@ -212,12 +219,17 @@ def _random_args(func) -> list[np.ndarray]:
             for p in func.params]
 
 
+def _timer(remote, kind: str):
+    """``measure(lib, arrays) -> seconds``: here, or on one device of ``remote`` (held until dropped)."""
+    return _local_timer if remote is None else _remote_timer(remote, kind)
+
+
 def _local_timer(lib, arrays) -> float:
     vm = isinstance(lib, relax.VMExecutable)
     return _timed(lib if vm else lib.mod, tvm.cpu(), arrays, vm)
 
 
-def _remote_timer(remote):
+def _remote_timer(remote, kind: str):
     session = remote.session()
     uploads = itertools.count()
 
@@ -226,7 +238,7 @@ def _remote_timer(remote):
         name = f"default{next(uploads)}.so"
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, name)
-            lib.export_library(path)
+            export_library(lib, path, kind)
             session.upload(path)
         return _timed(session.load_module(name), session.cpu(), arrays, isinstance(lib, relax.VMExecutable))
 

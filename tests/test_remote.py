@@ -46,8 +46,8 @@ def start_tracker(log: Path) -> tuple[subprocess.Popen, int]:
     return proc, int(line)
 
 
-def start_server(tracker_port: int, log: Path) -> subprocess.Popen:
-    return spawn(["-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{tracker_port}", "--key", KEY,
+def start_server(tracker_port: int, log: Path, module: str) -> subprocess.Popen:
+    return spawn(["-m", module, "--tracker", f"127.0.0.1:{tracker_port}", "--key", KEY,
                   "--host", "127.0.0.1", "--port", str(PORTS[0]), "--port-end", str(PORTS[1])], log)
 
 
@@ -67,14 +67,13 @@ def wait_for_servers(port: int, servers: list[subprocess.Popen], logs: list[Path
     raise TimeoutError(f"{len(servers)} RPC servers did not register: {logs[0].read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="module")
-def tracker(tmp_path_factory):
-    logs = tmp_path_factory.mktemp("rpc")
+def tracker_with_servers(logs: Path, module: str, count: int):
+    """Yield (tracker port, [tracker, servers...]): ``count`` servers run by ``python -m module``."""
     proc, port = start_tracker(logs / "tracker.log")
     procs = [proc]
     try:
-        server_logs = [logs / f"server{i}.log" for i in range(2)]
-        procs += [start_server(port, log) for log in server_logs]
+        server_logs = [logs / f"server{i}.log" for i in range(count)]
+        procs += [start_server(port, log, module) for log in server_logs]
         wait_for_servers(port, procs[1:], server_logs)
         yield port, procs
     finally:
@@ -82,6 +81,11 @@ def tracker(tmp_path_factory):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory):
+    yield from tracker_with_servers(tmp_path_factory.mktemp("rpc"), "tvm.exec.rpc_server", 2)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,67 @@
+"""Tuning and running for the ``arm`` target on aarch64 devices behind an RPC tracker: here two
+emulated ones (``python -m reforge.qemu_rpc_server``: TVM's server in front, each session served
+by reforge's aarch64 ``rpc_session`` under qemu-aarch64), on the loopback interface.
+
+Outputs of the aarch64 module are compared with the x86 module of the same model on the same
+input: ``max|arm - x86| <= 1e-4 * max|x86|`` (float32; vector width and instruction selection
+differ), and exactly between the same aarch64 module run remotely and under the local runner.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import reforge
+from reforge import ReforgeError
+from reforge.autotune import tune
+from reforge.remote import RemoteDevices
+
+from .conftest import conv_bn_relu_model
+from .test_remote import KEY, tracker_with_servers
+
+RTOL = 1e-4
+TRIALS = 6
+
+
+@pytest.fixture(scope="module")
+def devices(tmp_path_factory):
+    for port, _procs in tracker_with_servers(tmp_path_factory.mktemp("rpc-arm"), "reforge.qemu_rpc_server", 2):
+        yield RemoteDevices.parse(f"127.0.0.1:{port}", KEY)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("arm-model") / "m.onnx"
+    onnx.save(conv_bn_relu_model(), path)
+    return str(path)
+
+
+def test_tune_for_arm_on_emulated_devices(devices, model, tmp_path):
+    records = tmp_path / "records.json"
+    lines = []
+    result = tune(model, "arm", trials=TRIALS, output=str(records), remote=devices, log=lines.append)
+    assert 1 <= result.trials <= TRIALS and result.records >= len(result.tasks)
+    assert json.loads(records.read_text().splitlines()[0])["target"]["kind"] == "arm"
+    conv = next(t for t in result.tasks if "conv2d" in t.name)
+    assert conv.default_ms > 0 and conv.best_ms <= conv.default_ms * 1.0001  # the default is a candidate
+
+    art = reforge.compile(model, target="arm", tuning_records=str(records))
+    assert art.manifest["build"]["schedules"].get("tuned", 0) >= 1
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype("float32")
+    arm, x86 = art.run({"image.in": x})["y"], reforge.compile(model).run({"image.in": x})["y"]
+    assert np.abs(arm - x86).max() <= RTOL * np.abs(x86).max()
+
+    saved = art.save(str(tmp_path / "m.tar"))
+    there = reforge.load(saved, remote=devices)  # the same aarch64 code on a device instead of the local runner
+    np.testing.assert_array_equal(there.run({"image.in": x})["y"], arm)
+
+
+def test_tune_for_arm_needs_devices(model, tmp_path):
+    with pytest.raises(ReforgeError, match="measures on its devices: give --rpc-tracker"):
+        tune(model, "arm", trials=4, output=str(tmp_path / "r.json"))
+    with pytest.raises(ReforgeError, match="supports the targets of kind x86 and arm"):
+        tune(model, "opencl-fpga", trials=4, output=str(tmp_path / "r.json"))
