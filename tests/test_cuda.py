@@ -117,7 +117,7 @@ def test_cuda_arch_option_and_errors(tmp_path, capsys):
     if not tvm.cuda(0).exist:
         assert main(["run", out]) == 2
         assert "needs an NVIDIA GPU (sm_86) with TVM's CUDA runtime, which this machine lacks" in capsys.readouterr().err
-    with pytest.raises(ReforgeError, match="reforge tune supports the x86 targets"):
+    with pytest.raises(ReforgeError, match="reforge tune supports the targets of kind x86 and arm; target .cuda."):
         from reforge.autotune import tune
 
         tune(model, "cuda", trials=1, output=str(tmp_path / "r.json"))

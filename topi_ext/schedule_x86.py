@@ -90,15 +90,17 @@ def _is_reduction(sch: s_tir.Schedule, block) -> bool:
     return any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
 
 
-def _inline_epilogue(sch: s_tir.Schedule, producer, same_shape: bool = False) -> None:
-    """Fold the elementwise consumers of ``producer`` (a write-back block) into it; with
-    ``same_shape`` only those that write a buffer of the producer's shape (not a crop of it)."""
+def _inline_epilogue(sch: s_tir.Schedule, producer) -> None:
+    """Fold the elementwise consumers of ``producer`` (a write-back block) into it: only those that
+    write a buffer of the producer's shape. A crop or shifted window (``out[h] = conv[h + 1]``) would
+    be written at the producer's indices, past the end of its buffer and into wrong places, because
+    ``reverse_compute_inline`` adds no bounds to the producer's (register-tiled, padded) domain."""
     shape = [int(d) for d in sch.get(producer).writes[0].source.shape]
     while True:
         consumers = sch.get_consumers(producer)
         if len(consumers) != 1:
             return
-        if same_shape and [int(d) for d in sch.get(consumers[0]).writes[0].source.shape] != shape:
+        if [int(d) for d in sch.get(consumers[0]).writes[0].source.shape] != shape:
             return
         try:
             sch.reverse_compute_inline(consumers[0])
@@ -299,7 +301,7 @@ def _dense_packed(sch: s_tir.Schedule, lanes: int) -> bool:
     panel, vector_o, vector_i, lane = sch.split(j, [None, width // lanes // vectors, vectors, lanes])
     sch.reorder(*outer_rows, row_o, panel, vector_o, k, row_i, vector_i, lane)
     write_back = sch.cache_write(dense, 0, "local")
-    _inline_epilogue(sch, write_back, same_shape=True)  # a crop's last tile would be partial
+    _inline_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, vector_o, preserve_unit_loops=True)
     sch.vectorize(lane)
     sch.unroll(vector_i)

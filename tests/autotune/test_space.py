@@ -9,6 +9,7 @@ import tvm
 from tvm import s_tir, te, topi
 from tvm.s_tir import meta_schedule as ms
 
+from reforge.autotune import intrinsics
 from reforge.autotune.space import space_for
 from reforge.topi_ext import fft_conv, wht
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
@@ -18,6 +19,7 @@ from reforge.targets import get_target
 TARGET = get_target("x86")
 LANES = TARGET.vector_lanes()
 SAMPLES = 12
+intrinsics.load_for(TARGET.kind)  # else the first TuneContext imports every target's (~41 s)
 RTOL = 1e-5
 
 

@@ -61,6 +61,33 @@ def test_scheduled_conv2d_nchwc_matches_torch(cin, cout, size, k, stride, pad, d
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("cin, cout, size, k, crop", [
+    (16, 32, 7, 1, 5),  # 1x1, partial 4-column tiles
+    (16, 32, 13, 3, 9),  # rows of 2-column tiles, the last partial
+    (8, 64, 14, 1, 11),
+])
+def test_a_shifted_crop_stays_out_of_the_tiles(cin, cout, size, k, crop):
+    """``out[h, w] = 2 · conv[h + 1, w]`` on a crop: inlined into the register tiles it was written at
+    the conv's indices, out of bounds (wrong values, then a crash); it must stay a block of its own."""
+    target = get_target("x86")
+    data = te.placeholder((1, cin // 8, size, size, 8), name="data")
+    kernel = te.placeholder((cout // 8, cin // 8, k, k, 8, 8), name="kernel")
+    conv = conv2d_nchwc(data, kernel, (1, 1), (k // 2,) * 4, (1, 1), "float32")
+    out = te.compute((1, cout // 8, crop, crop, 8), lambda n, c, h, w, lane: conv[n, c, h + 1, w, lane] * 2.0)
+    func, rule = schedule_func(te.create_prim_func([data, kernel, out]), 8)
+    assert rule == "conv2d_nchwc"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, cin, size, size)).astype("float32")
+    w = rng.standard_normal((cout, cin, k, k)).astype("float32")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target)
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
+    lib["main"](tvm.runtime.tensor(pack_data(x, 8)), tvm.runtime.tensor(pack_kernel(w, 8, 8)), result)
+    full = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=k // 2).numpy()
+    ref = 2 * full[:, :, 1:crop + 1, :crop]
+    got = result.numpy().transpose(0, 1, 4, 2, 3).reshape(ref.shape)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
 @pytest.mark.parametrize("cin, channels, size, k, rows, tile", [
     (64, 64, 56, 3, True, (2, 4)), (512, 512, 7, 3, True, (2, 4)),  # 7 has no 2-8 divisor: a partial last tile
     (128, 128, 28, 1, False, (4, 2)), (512, 512, 7, 1, False, (4, 2)), (256, 256, 14, 1, False, (2, 4)),
