@@ -44,7 +44,7 @@ def test_tune_for_arm_on_emulated_devices(devices, model, tmp_path):
     records = tmp_path / "records.json"
     lines = []
     result = tune(model, "arm", trials=TRIALS, output=str(records), remote=devices, log=lines.append)
-    assert 1 <= result.trials <= TRIALS and result.records >= len(result.tasks)
+    assert result.trials >= 1 and result.records >= len(result.tasks)
     assert json.loads(records.read_text().splitlines()[0])["target"]["kind"] == "arm"
     conv = next(t for t in result.tasks if "conv2d" in t.name)
     assert conv.default_ms > 0 and conv.best_ms <= conv.default_ms * 1.0001  # the default is a candidate
