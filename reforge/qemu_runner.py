@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 
 from .errors import ReforgeError
-from .toolchains import AARCH64_SYSROOT, QEMU_AARCH64, aarch64_runner, require
+from .toolchains import AARCH64_SYSROOT, QEMU_AARCH64, aarch64_program, require
 
 TIMEOUT = 1800  # seconds for one emulated invocation
 
@@ -25,7 +25,7 @@ class QemuRunner:
 
     def __init__(self, library: bytes):
         self.qemu = require(QEMU_AARCH64, "running an 'arm' module on this machine")
-        self.runner = aarch64_runner()
+        self.runner = aarch64_program("run_vm")
         self._folder = tempfile.TemporaryDirectory(prefix="reforge-qemu-")
         self.model = os.path.join(self._folder.name, "model.so")
         with open(self.model, "wb") as f:

@@ -86,13 +86,9 @@ def cache_dir() -> str:
     return os.environ.get("REFORGE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "reforge")
 
 
-def aarch64_runner() -> str:
-    """The aarch64 ``run_vm`` next to its TVM runtime libraries, fetched and built on first use."""
-    return aarch64_program("run_vm")
-
-
 def aarch64_program(name: str) -> str:
-    """The aarch64 build of ``native/NAME.cc`` (all of them are built together, on first use)."""
+    """The aarch64 build of ``native/NAME.cc`` next to its TVM runtime libraries (all programs are
+    fetched and built together, on first use)."""
     digest = hashlib.sha256(repr(_PROGRAMS).encode())
     for program in sorted(_PROGRAMS):
         with open(os.path.join(_NATIVE, f"{program}.cc"), "rb") as f:
