@@ -84,20 +84,12 @@ def test_binarized_chain_on_aarch64_is_bit_exact_with_neon_popcount():
     """binarize at -O2 on arm: thresholds, a packed OR-pool and a packed flatten; the popcounts run on
     NEON vectors (``cnt`` on 16 bytes, then pairwise widening adds), not as scalar loops; integer-valued
     output, so the aarch64 module under qemu equals PyTorch exactly."""
-    import torch
+    from .passes.test_binarize import binarized_chain
 
-    from .passes.test_binarize import Chain, randomize_bn
-
-    torch.manual_seed(3)
-    module, x = randomize_bn(Chain("sign")), torch.randn(1, 8, 16, 16)
-    art = reforge.compile(module, target="arm", example_inputs=(x,))
-    rec = next(p for p in art.manifest["passes"] if p["name"] == "binarize")
-    assert rec["blocks"]["rewritten"] == 4 and rec["thresholds"] == 3 and rec["packed_pools"] == 1
+    art, x, ref = binarized_chain("arm")
     asm = art.executable.mod.imports[0].inspect_source("asm")
     assert re.search(r"\tcnt\tv\d+\.16b", asm) and "uadalp\tv" in asm
-    with torch.no_grad():
-        ref = module(x).numpy()
-    np.testing.assert_array_equal(list(art.run([x.numpy()]).values())[0], ref)
+    np.testing.assert_array_equal(list(art.run([x]).values())[0], ref)
 
 
 def test_cli_compile_verify_run_for_arm(tmp_path, capsys):

@@ -90,16 +90,8 @@ def test_cli_compile_verify_run_and_tamper(tmp_path, capsys):
 def test_binarized_chain_runs_bit_exact_as_fpga_kernels():
     """binarize at -O2 on opencl-fpga: thresholds, a packed OR-pool and a packed flatten, all as
     single work-item kernels using OpenCL's popcount; integer-valued output, so exact."""
-    import torch
+    from .passes.test_binarize import binarized_chain
 
-    from .passes.test_binarize import Chain, randomize_bn
-
-    torch.manual_seed(3)
-    module, x = randomize_bn(Chain("sign")), torch.randn(1, 8, 16, 16)
-    art = reforge.compile(module, target="opencl-fpga", example_inputs=(x,))
-    rec = next(p for p in art.manifest["passes"] if p["name"] == "binarize")
-    assert rec["blocks"]["rewritten"] == 4 and rec["thresholds"] == 3 and rec["packed_pools"] == 1
+    art, x, ref = binarized_chain("opencl-fpga")
     assert "popcount(" in art.kernel_files["kernels.cl"].decode()
-    with torch.no_grad():
-        ref = module(x).numpy()
-    np.testing.assert_array_equal(list(art.run([x.numpy()]).values())[0], ref)
+    np.testing.assert_array_equal(list(art.run([x]).values())[0], ref)

@@ -130,6 +130,18 @@ def record(art) -> dict:
     return next(p for p in art.manifest["passes"] if p["name"] == "binarize")
 
 
+def binarized_chain(target: str):
+    """``Chain("sign")`` with randomized BatchNorm compiled at -O2 for ``target``, checked to be binarized
+    whole (4 layers, 3 thresholds, a packed OR-pool): (artifact, input, PyTorch's output)."""
+    torch.manual_seed(3)
+    module, x = randomize_bn(Chain("sign")), torch.randn(1, 8, 16, 16)
+    art = reforge.compile(module, target=target, example_inputs=(x,))
+    rec = record(art)
+    assert rec["blocks"]["rewritten"] == 4 and rec["thresholds"] == 3 and rec["packed_pools"] == 1
+    with torch.no_grad():
+        return art, x.numpy(), module(x).numpy()
+
+
 def run(art, x: np.ndarray) -> np.ndarray:
     return list(art.run({art.manifest["inputs"][0]["name"]: x}).values())[0]
 
