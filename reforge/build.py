@@ -11,6 +11,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 
+from reforge.passes.blocked_pack import pack_in_blocked_layout
 from reforge.passes.fuse_fplus import fplus_in_blocked_layout
 from reforge.passes.graph import mutate_functions, op_name, ops_histogram
 from reforge.passes.reserved_copies import reserved_channels_as_copies
@@ -107,6 +108,7 @@ def fuse(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRMo
     mod = reserved_channels_as_copies(mod)  # remove-residual's reserved channels: copies, not multiplications
     mod, report.layout = blocked_layout(mod, target.vector_lanes())
     mod = fplus_in_blocked_layout(mod)  # fplus reads the blocked conv, to fuse into its epilogue
+    mod = pack_in_blocked_layout(mod)  # a bit pack reads the blocked conv, not an NCHW copy of it
     report.layout_transforms = ops_histogram(mod)["layout_transform"]
     mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target.tvm_target))(mod)
     legalize = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d,

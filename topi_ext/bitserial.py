@@ -1,8 +1,8 @@
 """Bit-packed conv2d and dense for ±1 weights with 1-bit (±1), ternary {-1, 0, +1} or k-bit (unsigned
 or signed) activations.
 
-Bits. A ±1 value is one bit (1 = +1, 0 = -1); a ternary value two planes (a > 0, a < 0; 0 sets
-neither); a k-bit activation k bit planes, of its two's complement when signed. Bits are
+Bits. A ±1 value is one bit (1 = +1, 0 = -1); a ternary value two planes, its sign (a > 0) and its
+mask (a ≠ 0); a k-bit activation k bit planes, of its two's complement when signed. Bits are
 packed along the input channels into words of ``word`` (uint32 / uint64); channels past the last
 one are 0 in activations *and* weights, so they never count.
 
@@ -27,10 +27,10 @@ any subtraction, because LLVM treats uint32/uint64 arithmetic as non-wrapping):
   ``(2^k - 1)·Σ_taps popcount(W)`` is a per-channel constant (``border_table(..., act_bits=k)``).
   Signed (two's complement): the top plane weighs ``-2^(k-1)``, so the plane weights sum to -1 and
   the constant is ``-Σ_taps popcount(W)``; padding is still 0 in every plane. Dense uses ``2·Σ_b 2^b·popcount(A_b and W) - Σ_c a_c`` (``Σ_c a_c`` is one cheap stage per row).
-- ternary × ±1: the same per-plane identity with plane weights +1 (a > 0) and -1 (a < 0):
-  ``Σ_c a_c·w_c = popcount(A_neg xor W) - popcount(A_pos xor W)`` summed over taps (the popcount(W)
-  terms cancel, so the border table is 0 and padding adds nothing); dense
-  ``2·(popcount(A_pos and W) - popcount(A_neg and W)) - (popcount(A_pos) - popcount(A_neg))``.
+- ternary × ±1: a nonzero value is ±1, so ``a·w = M·(1 - 2·(S xor W))`` with sign S and mask M:
+  ``Σ_c a_c·w_c = Σ popcount(M) - 2·popcount((S xor W) and M)`` over taps (conv) or words (dense).
+  popcount(M) does not depend on the output channel, so a register tile computes it once per input
+  word for all its channels. A padded tap has M = 0 and adds nothing, so the border table is 0.
 
 Relax: :func:`emit_bitpack`, :func:`emit_bitserial_conv2d`, :func:`emit_bitserial_dense`,
 :func:`emit_bitpool` add the operator's PrimFunc (tagged ``reforge.op``, opaque to FuseOps; the
@@ -50,6 +50,7 @@ CONV = "bitserial_conv2d"  # name of the main reduction block (the schedule look
 DENSE = "bitserial_dense"
 PACK = "bitpack"
 POOL = "bitpool"
+PACK_ATTR = "reforge.bitpack"  # a pack's arguments, on its PrimFunc (to pack from another layout at build)
 
 
 def word_bits(word: str) -> int:
@@ -86,12 +87,12 @@ def pack_dense_weights(weight: np.ndarray, word: str = "uint64") -> np.ndarray:
 
 def pack_activations_np(x: np.ndarray, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW",
                         ternary: bool = False) -> np.ndarray:
-    """numpy twin of :func:`bitpack`: ±1 (``x >= 0``), ternary (planes ``x > 0``, ``x < 0``) or k-bit
+    """numpy twin of :func:`bitpack`: ±1 (``x >= 0``), ternary (planes ``x > 0``, ``x != 0``) or k-bit
     ints (the low k bits of their two's complement) -> ``[N, H, W, B, CW]`` (``[N, B, CW]`` for layout ``NC``)."""
     if layout == "NCHW":
         x = x.transpose(0, 2, 3, 1)
     if ternary:
-        planes = np.stack([x > 0, x < 0], axis=-2)
+        planes = np.stack([x > 0, x != 0], axis=-2)
     elif act_bits == 1:
         planes = (x >= 0)[..., None, :]
     else:
@@ -165,7 +166,7 @@ def border_table(packed_weight: np.ndarray, in_channels: int, geom: ConvGeometry
 
     ±1 activations: ``[CY, CX, O]``, ``valid_taps·C + 2·Σ_pad taps popcount(W)`` per border class;
     k-bit activations: ``[1, 1, O]``, ``(Σ_b s_b)·Σ_taps popcount(W)``: ``(2^k - 1)·Σ_taps popcount(W)``
-    unsigned, ``-Σ_taps popcount(W)`` signed; ternary: the plane weights +1, -1 sum to 0, so the table is 0."""
+    unsigned, ``-Σ_taps popcount(W)`` signed; ternary: 0 (a padded tap has mask 0)."""
     pc = np.vectorize(lambda v: bin(int(v)).count("1"), otypes=[np.int64])(packed_weight).sum(axis=2)  # [KH,KW,O]
     if ternary:
         return np.zeros((1, 1, packed_weight.shape[-1]), "int32")
@@ -187,9 +188,9 @@ def border_table(packed_weight: np.ndarray, in_channels: int, geom: ConvGeometry
 
 def bitpack(x: te.Tensor, act_bits: int = 1, word: str = "uint64", layout: str = "NCHW",
             ternary: bool = False) -> te.Tensor:
-    """Pack ±1 (``x >= 0`` is +1), ternary (two planes: ``x > 0``, ``x < 0``; 0 sets neither) or k-bit
-    unsigned activations into words: layout ``NCHW`` or ``NHWC`` -> ``[N, H, W, B, CW]`` (conv input);
-    ``NC`` -> ``[N, B, CW]`` (dense input).
+    """Pack ±1 (``x >= 0`` is +1), ternary (two planes: the sign ``x > 0``, the mask ``x != 0``) or k-bit
+    unsigned activations into words: layout ``NCHW``, ``NHWC`` or blocked ``NCHWc`` (``[N, C/L, H, W, L]``,
+    a blocked conv's output) -> ``[N, H, W, B, CW]`` (conv input); ``NC`` -> ``[N, B, CW]`` (dense input).
 
     For k > 1 the input holds integers, 0 .. 2^k - 1 or -2^(k-1) .. 2^(k-1) - 1 (any dtype); values are
     truncated to int32 and plane b is bit b of the two's complement."""
@@ -201,30 +202,46 @@ def bitpack(x: te.Tensor, act_bits: int = 1, word: str = "uint64", layout: str =
         n, c, h, w = (int(d) for d in x.shape)
         lead = (n, h, w)
         at = lambda idx, ch: x[idx[0], ch, idx[1], idx[2]]  # noqa: E731
+    elif layout == "NCHWc":
+        n, blocks, h, w, lanes = (int(d) for d in x.shape)
+        c, lead = blocks * lanes, (n, h, w)
+        at = lambda idx, ch: x[idx[0], ch // lanes, idx[1], idx[2], ch % lanes]  # noqa: E731
     else:
         n, h, w, c = (int(d) for d in x.shape)
         lead = (n, h, w)
         at = lambda idx, ch: x[idx[0], idx[1], idx[2], ch]  # noqa: E731
     wb = word_bits(word)
-    j = te.reduce_axis((0, wb), "j")
-
     planes = 2 if ternary else act_bits
+    full = c % wb == 0  # no channel past the last: no clamped reads, no mask
 
-    def bit(idx, plane, ch):
-        v = at(idx, tirx.min(ch, c - 1))
+    def bit(plane, v, ch=None):
+        """The word-typed bit of value ``v`` in ``plane``; 0 for channels ``ch >= c`` (``ch`` None: all valid)."""
         zero = tirx.const(0, str(x.dtype))
         if ternary:
-            on = tirx.Select(plane == 0, v > zero, v < zero)
+            on = tirx.Select(plane == 0, v > zero, v != zero)
         elif act_bits == 1:
             on = v >= zero
         else:
             on = ((v.astype("int32") >> plane) & 1) == 1
-        return tirx.Select(tirx.all(ch < c, on), tirx.const(1, word), tirx.const(0, word))
+        return tirx.Select(on if ch is None else tirx.all(ch < c, on), tirx.const(1, word), tirx.const(0, word))
 
     # the bits are disjoint: their sum is their OR
+    if layout == "NCHWc" and full and wb % lanes == 0:  # a word is wb / lanes whole channel blocks: affine
+        # reads, so the schedule can vectorize over a block's lanes
+        jb, jl = te.reduce_axis((0, wb // lanes), "jb"), te.reduce_axis((0, lanes), "jl")
+        return te.compute(
+            (*lead, planes, c // wb),
+            lambda i, y, xx, p, k: te.sum(bit(p, x[i, k * (wb // lanes) + jb, y, xx, jl]) << (jb * lanes + jl).astype(word),
+                                          axis=[jb, jl]),
+            name=PACK)
+    j = te.reduce_axis((0, wb), "j")
+
+    def word_bit(idx, plane, ch):
+        return bit(plane, at(idx, ch if full else tirx.min(ch, c - 1)), None if full else ch)
+
     return te.compute(
         (*lead, planes, num_words(c, word)),
-        lambda *idx: te.sum(bit(idx[:-2], idx[-2], idx[-1] * wb + j) << j.astype(word), axis=j),
+        lambda *idx: te.sum(word_bit(idx[:-2], idx[-2], idx[-1] * wb + j) << j.astype(word), axis=j),
         name=PACK)
 
 
@@ -245,8 +262,8 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, stri
     """Binary-weight conv2d on packed activations.
 
     data ``[N, H, W, B, CW]``; weight ``[KH, KW, CW, O]`` (same word); B = 1: ±1 activations, B > 1:
-    k-bit unsigned (``signed``: two's complement) activations, or with ``ternary`` (B = 2) the planes ``a > 0``, ``a < 0`` of
-    activations in {-1, 0, +1}; ``border`` is :func:`border_table` of the weights (required).
+    k-bit unsigned (``signed``: two's complement) activations, or with ``ternary`` (B = 2) the sign and
+    mask planes of activations in {-1, 0, +1}; ``border`` is :func:`border_table` of the weights (required).
     Output ``[N, OH, OW, O]`` of ``out_dtype``; with ``threshold`` ``[O]`` int32 (and optional ``flip``
     ``[O]`` int32, 1 for a negative BatchNorm γ) the output is ``bit = dot >= thr`` (``dot <= thr``
     where flipped) packed as ``[N, OH, OW, 1, OWords]``.
@@ -265,7 +282,17 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, stri
     rb, rc = te.reduce_axis((0, nb), "rb"), te.reduce_axis((0, cw), "rc")
     acc = _acc_dtype(word)
     assert border is not None, "the border table (border_table(weights)) is required"
-    if nb == 1:
+    if ternary:  # one reduction: popcount(M) is per input word, shared by the register tile's channels
+        at = lambda i, y, x, plane: data[i, y * sh + ry, x * sw + rx, plane, rc]  # noqa: E731
+        dot = te.compute(
+            (n, oh, ow, o),
+            lambda i, y, x, k: te.sum(
+                tirx.popcount(at(i, y, x, 1)).astype(acc)
+                - 2 * tirx.popcount((at(i, y, x, 0) ^ weight[ry, rx, rc, k]) & at(i, y, x, 1)).astype(acc),
+                axis=[ry, rx, rc]),
+            name=CONV)
+        dot = te.compute(dot.shape, lambda *idx: dot(*idx).astype("int32"), name=CONV + "_dot")
+    elif nb == 1:
         raw = te.compute(
             (n, oh, ow, o),
             lambda i, y, x, k: te.sum(
@@ -278,10 +305,10 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, stri
                                 - 2 * raw[i, y, x, k].astype("int32")),
             name=CONV + "_dot")
     else:
-        # planes with weights s_b (k-bit: 2^b, the top one -2^(k-1) if signed; ternary: +1 for a > 0, -1 for a < 0):
+        # planes with weights s_b (k-bit: 2^b, the top one -2^(k-1) if signed):
         # Σ_c a_c·w_c = Σ_b s_b·(popcount(W) - popcount(A_b xor W)); a padded tap (A_b = 0) gives
         # popcount(W) - popcount(W) = 0, so no border correction, and Σ_b s_b·popcount(W) over the
-        # kernel is the per-channel constant in ``border`` (0 for ternary). One accumulator per plane
+        # kernel is the per-channel constant in ``border``. One accumulator per plane
         # (the plane is a spatial axis, unrolled in the register tile), weighted in the epilogue.
         raw = te.compute(
             (n, oh, ow, nb, o),
@@ -297,7 +324,7 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, stri
             (n, oh, ow, o),
             lambda i, y, x, k: te.sum(
                 tirx.Select(rp == 0, border[0, 0, k], 0) - _plane_weighted(raw[i, y, x, rp, k].astype("int32"), rp,
-                                                                           ternary, "int32", top), axis=rp),
+                                                                           "int32", top), axis=rp),
             name=CONV + "_dot")
     if threshold is not None:
         return _threshold_pack(dot, threshold, flip, word)
@@ -306,12 +333,9 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, stri
     return te.compute(dot.shape, lambda *idx: dot(*idx).astype(out_dtype), name=CONV + "_cast")
 
 
-def _plane_weighted(v, plane, ternary: bool, dtype: str, signed_top: int | None = None):
-    """``s_b·v`` for bit plane ``b``: ``v << b`` (k-bit; ``-(v << b)`` for plane ``signed_top``, the sign
-    plane of a two's complement), ``+v`` / ``-v`` for the planes a > 0 / a < 0 (ternary). ``v`` is
-    signed, of ``dtype``."""
-    if ternary:
-        return tirx.Select(plane == 0, v, -v)
+def _plane_weighted(v, plane, dtype: str, signed_top: int | None = None):
+    """``s_b·v`` for bit plane ``b`` of k-bit activations: ``v << b`` (``-(v << b)`` for plane
+    ``signed_top``, the sign plane of a two's complement). ``v`` is signed, of ``dtype``."""
     shifted = v << plane.astype(dtype)
     return shifted if signed_top is None else tirx.Select(plane == signed_top, -shifted, shifted)
 
@@ -343,9 +367,10 @@ def bitserial_dense(data: te.Tensor, weight: te.Tensor, in_features: int, out_dt
                     flip: te.Tensor | None = None, signed: bool = False) -> te.Tensor:
     """Binary-weight dense: data ``[N, B, KW]`` packed activations (B = 1: ±1; B > 1: k-bit unsigned or
     ``signed``;
-    ``ternary``: planes a > 0, a < 0), weight ``[KW, M]`` sign bits -> ``[N, M]``. Only the
-    ``in_features`` real bits count. Planes: ``dot = 2·Σ_b s_b·popcount(A_b and W) - Σ_b s_b·popcount(A_b)``
-    (``Σ_c a_c·w_c`` with ``Σ_{c in A_b} w_c = 2·popcount(A_b and W) - popcount(A_b)``). With
+    ``ternary``: sign and mask planes), weight ``[KW, M]`` sign bits -> ``[N, M]``. Only the
+    ``in_features`` real bits count. k-bit planes: ``dot = 2·Σ_b s_b·popcount(A_b and W) - Σ_b s_b·popcount(A_b)``
+    (``Σ_c a_c·w_c`` with ``Σ_{c in A_b} w_c = 2·popcount(A_b and W) - popcount(A_b)``); ternary:
+    ``dot = popcount(M) - 2·popcount((S xor W) and M)``. With
     ``threshold`` (and ``flip``) ``[M]`` the output is the packed sign bits ``[N, 1, MW]`` (as the
     conv's), the packed input of a next binary dense."""
     n, nb, kw = (int(d) for d in data.shape)
@@ -353,19 +378,24 @@ def bitserial_dense(data: te.Tensor, weight: te.Tensor, in_features: int, out_dt
     assert kw == kw2
     rb, rc = te.reduce_axis((0, nb), "rb"), te.reduce_axis((0, kw), "rc")
     acc = _acc_dtype(str(data.dtype))
-    if nb == 1:
+    if ternary:
+        dot = te.compute((n, m), lambda i, k: te.sum(
+            tirx.popcount(data[i, 1, rc]).astype(acc)
+            - 2 * tirx.popcount((data[i, 0, rc] ^ weight[rc, k]) & data[i, 1, rc]).astype(acc), axis=rc), name=DENSE)
+        dot = te.compute((n, m), lambda i, k: dot[i, k].astype("int32"), name=DENSE + "_dot")
+    elif nb == 1:
         raw = te.compute((n, m), lambda i, k: te.sum(tirx.popcount(data[i, rb, rc] ^ weight[rc, k]).astype(acc),
                                                      axis=[rb, rc]), name=DENSE)
         dot = te.compute((n, m), lambda i, k: in_features - 2 * raw[i, k].astype("int32"), name=DENSE + "_dot")
     else:
         top = nb - 1 if signed else None
         raw = te.compute((n, m), lambda i, k: te.sum(
-            _plane_weighted(tirx.popcount(data[i, rb, rc] & weight[rc, k]).astype(acc), rb, ternary, acc, top),
+            _plane_weighted(tirx.popcount(data[i, rb, rc] & weight[rc, k]).astype(acc), rb, acc, top),
             axis=[rb, rc]),
             name=DENSE)
         sb, sc = te.reduce_axis((0, nb), "sb"), te.reduce_axis((0, kw), "sc")
-        asum = te.compute((n,), lambda i: te.sum(_plane_weighted(_popcount32(data[i, sb, sc]), sb, ternary, "int32",
-                                                                 top), axis=[sb, sc]),
+        asum = te.compute((n,), lambda i: te.sum(_plane_weighted(_popcount32(data[i, sb, sc]), sb, "int32", top),
+                                                 axis=[sb, sc]),
                           name=DENSE + "_asum")
         dot = te.compute((n, m), lambda i, k: 2 * raw[i, k].astype("int32") - asum[i], name=DENSE + "_dot")
     if threshold is not None:
@@ -410,10 +440,13 @@ def op_kind(func) -> str | None:
     return str(func.attrs["reforge.op"]) if func.attrs is not None and "reforge.op" in func.attrs else None
 
 
-def _add_op(bb, inputs: list[te.Tensor], output: te.Tensor, kind: str, name: str):
+def _add_op(bb, inputs: list[te.Tensor], output: te.Tensor, kind: str, name: str, **attrs):
     """Add the operator's PrimFunc, unscheduled and tagged ``reforge.op`` (scheduled at build for the
-    target, or by tuning); opaque to FuseOps, so it stays one function with its own schedule."""
+    target, or by tuning) and with ``attrs``; opaque to FuseOps, so it stays one function with its own
+    schedule."""
     func = te.create_prim_func([*inputs, output]).with_attr("op_pattern", OPAQUE).with_attr("reforge.op", kind)
+    for key, value in attrs.items():
+        func = func.with_attr(key, value)
     gv = bb.add_func(func, name)  # a fresh name per distinct function (bitserial_conv2d1, ...)
     bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
     return gv
@@ -431,7 +464,8 @@ def emit_bitpack(bb, x, act_bits: int = 1, word: str = "uint64", layout: str = "
 
     xt = _placeholder(x, "x")
     out = bitpack(xt, act_bits, word, layout, ternary)
-    gv = _add_op(bb, [xt], out, PACK, "bitpack_ternary" if ternary else f"bitpack_{act_bits}b")
+    gv = _add_op(bb, [xt], out, PACK, "bitpack_ternary" if ternary else f"bitpack_{act_bits}b",
+                 **{PACK_ATTR: {"act_bits": act_bits, "word": word, "layout": layout, "ternary": ternary}})
     return bb.emit(relax.call_tir(gv, [x], relax.TensorType([int(d) for d in out.shape], word)))
 
 

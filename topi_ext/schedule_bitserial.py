@@ -77,9 +77,9 @@ def _conv(sch: s_tir.Schedule, lanes: int, tiles=_fixed_tiles) -> None:
     conv = _named(sch, CONV)
     loops = sch.get_loops(conv)
     spatial = sum(int(iv.iter_type) == tirx.IterVar.DataPar for iv in sch.get(conv).iter_vars)
-    if spatial == 4:  # ±1 activations: (n, y, x, o | ky, kx, plane, word)
-        i, y, x, k, ry, rx, rb, rc = loops
-        planes, reduction, tile = 1, [ry, rx, rb, rc], []
+    if spatial == 4:  # ±1 activations: (n, y, x, o | ky, kx, plane, word); ternary: (n, y, x, o | ky, kx, word)
+        i, y, x, k, *reduction = loops
+        planes, tile = 1, []
     else:  # k-bit: (n, y, x, plane, o | ky, kx, word), one accumulator per plane
         i, y, x, p, k, ry, rx, rc = loops
         planes, reduction, tile = _extents(sch, [p])[0], [ry, rx, rc], [p]
@@ -124,7 +124,7 @@ def _conv(sch: s_tir.Schedule, lanes: int, tiles=_fixed_tiles) -> None:
         sch.vectorize(ep_k)
         ep_init = sch.decompose_reduction(epilogue, ep_p)
         sch.vectorize(sch.get_loops(ep_init)[-1])
-    init = sch.decompose_reduction(conv, ry)
+    init = sch.decompose_reduction(conv, reduction[0])
     sch.vectorize(sch.get_loops(init)[-1])
     done = {sch.get(b).name_hint for b in (conv, epilogue, init)} | ({CONV + "_dot_init"} if planes > 1 else set())
     for block in _blocks(sch):
@@ -152,11 +152,11 @@ def _dense(sch: s_tir.Schedule, lanes: int, vectors: int = 4) -> None:
     """Dense: output features are the vector, the reduction over words outside it; batch rows and
     output chunks in parallel."""
     mm = _named(sch, DENSE)
-    i, k, rb, rc = sch.get_loops(mm)
+    i, k, *reduction = sch.get_loops(mm)
     (m,) = _extents(sch, [k])
     vec = _divisor_at_most(m, lanes * vectors)
     ko, ki = sch.split(k, [None, vec])
-    sch.reorder(i, ko, rb, rc, ki)
+    sch.reorder(i, ko, *reduction, ki)
     write_back = sch.cache_write(mm, 0, "local")
     _inline_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, ko, preserve_unit_loops=True)
@@ -165,7 +165,7 @@ def _dense(sch: s_tir.Schedule, lanes: int, vectors: int = 4) -> None:
     wb_loops = sch.get_loops(write_back)
     if _extents(sch, wb_loops[-1:])[0] == vec:
         sch.vectorize(wb_loops[-1])
-    init = sch.decompose_reduction(mm, rb)
+    init = sch.decompose_reduction(mm, reduction[0])
     sch.vectorize(sch.get_loops(init)[-1])
 
 
@@ -178,10 +178,22 @@ def schedule_bitpack(func: tirx.PrimFunc, lanes: int = 4) -> tirx.PrimFunc:
 def _pack(sch: s_tir.Schedule, lanes: int) -> None:
     """The activation pack. Image layouts ``[N, H, W, B, CW]``: per (row, plane, word) the 64 (32)
     channel bits are OR-ed into a row of words kept in a local buffer, vectorized along the row (the
-    reads of an NCHW input are contiguous there), then stored; rows in parallel."""
+    reads of an NCHW input are contiguous there), then stored; rows in parallel. From a blocked
+    NCHW[L]c input (reduction over a word's blocks, then lanes): the lanes are vectorized, each
+    accumulating its bits over the blocks, and the L partial words are OR-ed (64 channels at 32², one
+    thread, AVX2: 0.027 ms, the row scheme on the same input 0.067)."""
     block = _named(sch, PACK)
     loops = sch.get_loops(block)
-    if len(loops) == 6:
+    if len(loops) == 7:  # (n, y, x, plane, word | block, lane)
+        partial = sch.rfactor(loops[-1], 0)
+        n, y, *_ = outer = sch.get_loops(partial)[:5]
+        sch.reverse_compute_at(block, outer[-1])
+        sch.parallel(sch.fuse(n, y))
+        sch.vectorize(sch.get_loops(partial)[-1])
+        init = sch.decompose_reduction(partial, sch.get_loops(partial)[-2])
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.unroll(sch.get_loops(block)[-1])
+    elif len(loops) == 6:
         n, y, x, b, k, j = loops
         xo, xi = sch.split(x, [None, _divisor_at_most(_extents(sch, [x])[0], 2 * lanes)])
         sch.reorder(n, y, b, k, xo, j, xi)

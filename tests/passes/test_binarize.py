@@ -232,6 +232,31 @@ def test_exact_zeros_in_a_sign_input_are_exact(name, make, shape, rewrite):
     np.testing.assert_array_equal(run(art, x.numpy()), onnxruntime(model, x.numpy()))
 
 
+class FloatThenBinary(nn.Module):
+    """A float conv + ReLU (exact zeros) read by a binary conv through ``sign``: packed ternary."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.binary = nn.Conv2d(3, 64, 3, padding=1), BinConv(64, 16)
+
+    def forward(self, x):
+        return self.binary(torch.relu(self.conv(x)))
+
+
+def test_a_pack_reads_the_blocked_float_conv():
+    """The float conv runs in NCHW8c; the ternary pack of its output reads that layout directly (no
+    layout_transform back to NCHW is left but the input's), bit for bit onnxruntime's result."""
+    torch.manual_seed(seed_of("pack-blocked"))
+    x, module = torch.randn(1, 3, 12, 12), FloatThenBinary().eval()
+    with torch.no_grad():
+        assert (torch.relu(module.conv(x)) == 0).any()  # the ternary planes see exact zeros
+    model = to_onnx(module, x)
+    art = reforge.compile(model, opt_level=2)
+    assert record(art)["rewrites"] == {"conv -> bitserial_conv2d (sign, ternary)": 1}
+    assert art.manifest["build"]["layout_transforms"] == 1, art.manifest["build"]  # NCHW -> NCHW3c of the image
+    np.testing.assert_array_equal(run(art, x.numpy()), onnxruntime(model, x.numpy()))
+
+
 class ReluConv(nn.Module):
     def __init__(self):
         super().__init__()

@@ -184,6 +184,21 @@ def test_bitpack_matches_numpy(shape, bits, layout, word):
     np.testing.assert_array_equal(got, bs.pack_activations_np(x, 1 if ternary else bits, word, layout, ternary))
 
 
+@pytest.mark.parametrize("shape, bits, word", [((1, 8, 5, 6, 8), "t", "uint64"),  # whole words: lanes vectorized
+                                               ((2, 4, 3, 3, 8), 2, "uint32"),
+                                               ((1, 2, 3, 4, 8), 1, "uint64")])  # 16 channels: a partial word
+def test_bitpack_of_a_blocked_tensor_matches_numpy(shape, bits, word):
+    """Packing NCHW[L]c directly = packing its NCHW form (channel b·L + l is lane l of block b)."""
+    x, _ = inputs(np.random.default_rng(len(shape)), shape, bits)
+    ternary = bits == "t"
+    xt = te.placeholder(shape, "float32", "x")
+    out = bs.bitpack(xt, 1 if ternary else bits, word, "NCHWc", ternary)
+    got = run(build([xt], out, schedule_bitpack), [x], out)
+    n, blocks, h, w, lanes = shape
+    nchw = x.transpose(0, 1, 4, 2, 3).reshape(n, blocks * lanes, h, w)
+    np.testing.assert_array_equal(got, bs.pack_activations_np(nchw, 1 if ternary else bits, word, "NCHW", ternary))
+
+
 @pytest.mark.parametrize("c, h, w, pool, stride", [(64, 8, 8, 2, 2), (130, 9, 7, 3, 2), (20, 6, 6, 2, 1)])
 def test_bitpool_is_max_pool_of_pm1(c, h, w, pool, stride):
     """OR of packed bits = max pooling of the ±1 values (reference: numpy max pool, then packed)."""
