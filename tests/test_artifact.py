@@ -46,6 +46,20 @@ def test_round_trip_gives_identical_outputs(saved):
     np.testing.assert_array_equal(reforge.load(path).run({"image.in": x})["y"], art.run({"image.in": x})["y"])
 
 
+def test_repeated_runs_keep_their_own_outputs(saved):
+    """``run`` copies each call's inputs into the same device tensors: a second call with other
+    inputs gives its own outputs and leaves the first call's arrays as they were."""
+    art, path = saved
+    rng = np.random.default_rng(1)
+    x1, x2 = (rng.standard_normal((1, 3, 8, 8)).astype("float32") for _ in range(2))
+    first = art.run({"image.in": x1})["y"]
+    kept = first.copy()
+    second = art.run({"image.in": x2})["y"]
+    np.testing.assert_array_equal(first, kept)
+    np.testing.assert_array_equal(second, reforge.load(path).run({"image.in": x2})["y"])
+    assert not np.array_equal(first, second)
+
+
 def test_manifest_describes_the_module(saved):
     _, path = saved
     members = _members(path)
