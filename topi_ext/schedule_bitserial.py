@@ -18,7 +18,8 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 
 from .bitserial import CONV, DENSE, PACK, POOL, _acc_dtype, op_kind
-from .schedule_x86 import _blocks, _divisor_at_most, _extents, _inline_epilogue
+from .schedule_x86 import (PAD_PARALLEL_MIN_WORK, _blocks, _divisor_at_most, _extents, _inline_epilogue,
+                           _parallel_vectorize_spatial)
 
 def _named(sch: s_tir.Schedule, name: str):
     found = [b for b in _blocks(sch) if sch.get(b).name_hint == name]
@@ -131,8 +132,8 @@ def _conv(sch: s_tir.Schedule, lanes: int, tiles=_fixed_tiles) -> None:
         name = sch.get(block).name_hint
         if name in done:
             continue
-        if name.startswith(CONV + "_pad"):
-            _parallel_outer(sch, block, 2)
+        if name.startswith(CONV + "_pad"):  # packed words: a few thousand, below a fork-join's worth
+            _parallel_vectorize_spatial(sch, block, lanes, PAD_PARALLEL_MIN_WORK)
         elif name.startswith(CONV + "_sign"):
             continue
         elif name.startswith(PACK):

@@ -35,6 +35,8 @@ from .dense_packed import BLOCK as DENSE_PACKED, PANEL_VECTORS
 from .depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
 
 PARALLEL_MIN_WORK = 1 << 18  # iterations below which threads cost more than they save
+PAD_PARALLEL_MIN_WORK = 1 << 17  # a conv's input padding (a copy) from this many elements: at 2 threads the
+# 3×3 convs at 56² (161K) ran 1.1x faster, MobileOne-S0's stem (153K) 1.04-1.3x; at 28² (86K) no gain
 PARALLEL_CHUNKS = 16  # parallel over the fewest outer loops giving this many chunks of work
 MAX_REG_N = 12  # accumulators per register tile (output columns x channel vectors)
 MIN_ACC = 8  # accumulators that hide the FMA latency (4 cycles x 2 pipes)
@@ -108,9 +110,10 @@ def _inline_epilogue(sch: s_tir.Schedule, producer) -> None:
             return
 
 
-def _parallelize_outer(sch: s_tir.Schedule, loops: list, work: int) -> None:
-    """Run the shortest prefix of ``loops`` with at least PARALLEL_CHUNKS iterations in parallel."""
-    if work < PARALLEL_MIN_WORK or not loops:
+def _parallelize_outer(sch: s_tir.Schedule, loops: list, work: int, min_work: int = PARALLEL_MIN_WORK) -> None:
+    """Run the shortest prefix of ``loops`` with at least PARALLEL_CHUNKS iterations in parallel, if
+    ``work`` (iterations) reaches ``min_work``."""
+    if work < min_work or not loops:
         return
     count, prefix = 1, []
     for loop in loops:
@@ -125,7 +128,7 @@ def _divisor_at_most(n: int, cap: int) -> int:
     return max(d for d in _divisors(n) if d <= cap)
 
 
-def _parallel_vectorize_spatial(sch: s_tir.Schedule, block, lanes: int) -> None:
+def _parallel_vectorize_spatial(sch: s_tir.Schedule, block, lanes: int, min_work: int = PARALLEL_MIN_WORK) -> None:
     """Vectorize the innermost loop when it fills vectors; run the outer loops in parallel.
 
     Loops are not all fused into one: that would put a division per element into the index
@@ -140,7 +143,7 @@ def _parallel_vectorize_spatial(sch: s_tir.Schedule, block, lanes: int) -> None:
         outer, inner = sch.split(loops[-1], [None, lanes])
         sch.vectorize(inner)
         loops = loops[:-1] + [outer]
-    _parallelize_outer(sch, loops[:-1], total)
+    _parallelize_outer(sch, loops[:-1], total, min_work)
 
 
 # ----------------------------------------------------------------------------- rules
@@ -223,7 +226,7 @@ def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles,
     sch.vectorize(sch.get_loops(write_back)[-1])
     pad = _named(sch, "data_pad")
     if pad is not None:
-        _parallel_vectorize_spatial(sch, pad, _extents(sch, sch.get_loops(pad))[-1])
+        _parallel_vectorize_spatial(sch, pad, _extents(sch, sch.get_loops(pad))[-1], PAD_PARALLEL_MIN_WORK)
     for loop in unrolled:
         sch.unroll(loop)
     init = sch.decompose_reduction(conv, (outer or inner)[0])

@@ -11,7 +11,8 @@ from tvm import te
 from reforge.targets import get_target
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, channel_block
-from reforge.topi_ext.schedule_x86 import default_conv_reduction, default_conv_tiles, schedule_func
+from reforge.topi_ext.schedule_x86 import (PAD_PARALLEL_MIN_WORK, default_conv_reduction, default_conv_tiles,
+                                            schedule_func)
 
 
 def pack_data(x, ib):
@@ -35,6 +36,7 @@ CASES = [  # cin, cout, size, kernel, stride, padding (t, l, b, r), dilation
     (16, 32, 13, 3, 2, (1, 1, 1, 1), 1),  # strided to a prime width
     (16, 32, 13, 3, 1, (1, 1, 1, 1), 1),  # a map too large for one row: rows of 2-column tiles, the last partial
     (32, 32, 7, 1, 1, (0, 0, 0, 0), 1),  # 1x1 at a prime width: tiles of 4 columns, the last one partial
+    (48, 16, 56, 3, 1, (1, 1, 1, 1), 1),  # padding of 161K elements: copied in parallel
 ]
 
 
@@ -59,6 +61,17 @@ def test_scheduled_conv2d_nchwc_matches_torch(cin, cout, size, k, stride, pad, d
     ref = torch.nn.functional.conv2d(xp, torch.from_numpy(w), stride=stride, dilation=dil).numpy()
     got = result.numpy().transpose(0, 1, 4, 2, 3).reshape(ref.shape)
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("cin, size", [(48, 56), (96, 28), (8, 130)])
+def test_conv_padding_is_parallel_from_its_threshold(cin, size):
+    """The input padding (a copy) runs in parallel from PAD_PARALLEL_MIN_WORK elements on."""
+    data = te.placeholder((1, cin // 8, size, size, 8), name="data")
+    kernel = te.placeholder((2, cin // 8, 3, 3, 8, 8), name="kernel")
+    func, _ = schedule_func(te.create_prim_func([data, kernel, conv2d_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1),
+                                                                            "float32")]), 8)
+    pad_loops = func.script().split('T.sblock("data_pad")')[0].rsplit("T.sblock_alloc_buffer", 1)[1]
+    assert ("T.parallel" in pad_loops) == (cin * (size + 2) ** 2 >= PAD_PARALLEL_MIN_WORK)
 
 
 @pytest.mark.parametrize("cin, cout, size, k, crop", [
