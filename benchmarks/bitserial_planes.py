@@ -3,8 +3,9 @@ one binary 3x3 conv (pad 1, batch 1), the same packed weights, int32 dot product
 
     .venv/bin/python benchmarks/bitserial_planes.py [--repeat 100] [--rounds 3]
 
-``±1``: one plane, ``popcount(A xor W)`` per word; ``ternary``: two planes (a > 0, a < 0), the same
-inner loop per plane, ``dot = raw_neg - raw_pos``; ``k-bit``: k planes weighted 2^b. Each round times
+``±1``: one plane, ``popcount(A xor W)`` per word; ``ternary``: a sign and a mask plane, one loop
+with ``popcount((S xor W) and M)`` per word and ``popcount(M)`` shared by the channels; ``k-bit``: k
+planes weighted 2^b. Each round times
 every variant (median of --repeat calls); the table shows each variant's best round and its ratio to ±1.
 """
 

@@ -17,8 +17,8 @@ Packing (``x`` the float tensor behind the spelling):
 - ±1: bits ``x >= 0``, when the input provably holds no 0 (:meth:`_Binarize._nonzero`: a ``where``
   spelling, a sign of such a tensor, a fused threshold whose float expression is nonzero at every
   integer dot product); ``where(x >= 0, 1, -1)`` is reproduced exactly for every input (NaN included);
-- ternary: ``sign(x)`` anywhere else (ONNX / torch ``Sign(0) = 0``): planes ``x > 0``, ``x < 0`` and the
-  ternary kernel, ``dot = Σ_{a>0} w - Σ_{a<0} w``, exact on inputs with exact zeros (NaN aside: a
+- ternary: ``sign(x)`` anywhere else (ONNX / torch ``Sign(0) = 0``): planes ``x > 0`` (sign), ``x != 0``
+  (mask) and the ternary kernel, ``dot = Σ_{a>0} w - Σ_{a<0} w``, exact on inputs with exact zeros (NaN aside: a
   NaN input packs as 0 where the float conv gives NaN);
 - k-bit: the bit planes of the integers q (of their two's complement when signed), ``dot = Σ_b s_b·Σ_c q_bc·w_c``
   with s_b = 2^b, the top plane's -2^(k-1) when signed; the scale s joins α in the float epilogue.
@@ -119,7 +119,7 @@ class _Layer:
 
 @dataclass
 class _Act:
-    """A binary layer's input: ``x`` is packed as ±1 (bits ``x >= 0``), ternary (``x > 0``, ``x < 0``)
+    """A binary layer's input: ``x`` is packed as ±1 (bits ``x >= 0``), ternary (``x > 0``, ``x != 0``)
     or as the k-bit integers it holds; ``scale`` is a scalar the layer's output is multiplied by."""
 
     x: relax.Expr
@@ -433,7 +433,7 @@ class _Binarize(relax.PyExprMutator):
         """The packed input of a binary layer (``[N, H, W, B, CW]``, ``[N, B, KW]`` for layout ``NC``).
         ±1: a rewritten layer's thresholded output when ``x`` is ``dot·α [+ b]`` of one, else a bitpack
         of ``x >= 0`` (a sign of a sign packs the same bits, ``sign(z) >= 0`` iff ``z >= 0``, NaN
-        included, so nested signs are looked through); ternary: the planes ``x > 0``, ``x < 0``
+        included, so nested signs are looked through); ternary: the planes ``x > 0``, ``x != 0``
         (those of ``sign(x)``); k-bit: the bit planes of the integers ``q``."""
         bb = self.builder_
         if act.mode == "ternary":

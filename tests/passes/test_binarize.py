@@ -219,7 +219,7 @@ ZERO_CASES = [  # id, module factory, input shape, expected rewrite
 
 @pytest.mark.parametrize("name,make,shape,rewrite", ZERO_CASES, ids=[c[0] for c in ZERO_CASES])
 def test_exact_zeros_in_a_sign_input_are_exact(name, make, shape, rewrite):
-    """ONNX Sign(0) = 0: a ``sign`` activation is packed ternary (planes x > 0, x < 0), so inputs with
+    """ONNX Sign(0) = 0: a ``sign`` activation is packed ternary (planes x > 0, x != 0), so inputs with
     exact zeros give onnxruntime's result bit for bit; ``where(x >= 0, 1, -1)`` maps 0 to +1 and
     stays on the binary kernel."""
     torch.manual_seed(seed_of("zeros" + name))
