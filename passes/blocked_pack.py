@@ -15,7 +15,7 @@ from tvm import relax
 
 from reforge.topi_ext.bitserial import PACK_ATTR, emit_bitpack
 
-from .graph import cleanup, mutate_functions, op_name, tensor_shape
+from .graph import callee_attr, cleanup, mutate_functions, op_name, tensor_shape
 
 
 def pack_in_blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
@@ -29,7 +29,7 @@ def pack_in_blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
 class _PackBlocked(relax.PyExprMutator):
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        info = _pack_args(self.builder_.get(), call)
+        info = callee_attr(self.builder_.get(), call, PACK_ATTR)  # the arguments the pack was made with
         if info is None or str(info["layout"]) != "NCHW":
             return call
         x = call.args[1].fields[0]
@@ -38,14 +38,6 @@ class _PackBlocked(relax.PyExprMutator):
             return call
         return emit_bitpack(self.builder_, lt.args[0], int(info["act_bits"]), str(info["word"]), "NCHWc",
                             bool(info["ternary"]))
-
-
-def _pack_args(mod: tvm.IRModule, call):
-    """The arguments a bit pack's PrimFunc was made with, if ``call`` is a call_tir of one."""
-    if op_name(call) != "relax.call_tir" or call.args[0] not in mod.get_global_vars():
-        return None
-    attrs = mod[call.args[0]].attrs
-    return attrs.get(PACK_ATTR) if attrs is not None else None
 
 
 def unblocks(lt: relax.Call) -> bool:

@@ -20,7 +20,7 @@ from tvm import relax
 from reforge.topi_ext.fplus import OP, emit_fplus
 
 from .analysis import graph_stats
-from .graph import cleanup, const_value, is_const, mutate_functions, op_name, tensor_dtype, tensor_shape, use_counts
+from .graph import callee_attr, cleanup, const_value, is_const, mutate_functions, op_name, tensor_dtype, tensor_shape, use_counts
 from .report import BlockReport
 
 _FLOATS = ("float32", "float64")
@@ -184,10 +184,7 @@ def fplus_in_blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
 
 def _fplus_params(mod: tvm.IRModule, call) -> tuple[float, float] | None:
     """``(λ, μ)`` if ``call`` is a call_tir of an fplus PrimFunc."""
-    if op_name(call) != "relax.call_tir" or call.args[0] not in mod.get_global_vars():
-        return None
-    attrs = mod[call.args[0]].attrs
-    info = attrs.get("reforge.fplus") if attrs is not None and attrs.get("reforge.op") == OP else None
+    info = callee_attr(mod, call, "reforge.fplus") if callee_attr(mod, call, "reforge.op") == OP else None
     return None if info is None else (float(info["lam"]), float(info["mu"]))
 
 

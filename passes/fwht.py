@@ -49,8 +49,8 @@ from tvm import relax
 from reforge.frontend.relax_types import static_shape
 from reforge.topi_ext.wht import OP, emit_wht, hadamard_entries, next_pow2, sequency_perm
 
-from .graph import (channel_vector, cleanup, const_value, is_const, mutate_functions, op_name, tensor_dtype,
-                    tensor_shape, use_counts)
+from .graph import (callee_attr, channel_vector, cleanup, const_value, is_const, mutate_functions, op_name,
+                    tensor_dtype, tensor_shape, use_counts)
 from .report import PassReport
 
 MIN_N = 16  # smallest transform rewritten (see the module docstring)
@@ -507,10 +507,7 @@ class _Wht:
 
     @classmethod
     def read(cls, mod: tvm.IRModule, expr) -> _Wht | None:
-        if op_name(expr) != "relax.call_tir" or expr.args[0] not in mod.get_global_vars():
-            return None
-        func = mod[expr.args[0]]
-        info = func.attrs.get("reforge.wht") if func.attrs is not None else None
+        info = callee_attr(mod, expr, "reforge.wht")
         if info is None:
             return None
         x, *rest = expr.args[1].fields

@@ -108,6 +108,15 @@ def mutate_functions(mod: tvm.IRModule, make_mutator) -> tvm.IRModule:
     return builder_mod
 
 
+def callee_attr(mod: tvm.IRModule, call, key: str):
+    """Attribute ``key`` of the PrimFunc that ``call`` (a ``call_tir`` into ``mod``) runs; None if
+    ``call`` is not such a call or the function has no such attribute."""
+    if op_name(call) != "relax.call_tir" or call.args[0] not in mod.get_global_vars():
+        return None
+    attrs = mod[call.args[0]].attrs
+    return attrs.get(key) if attrs is not None else None
+
+
 def cleanup(mod: tvm.IRModule) -> tvm.IRModule:
     """Drop aliases and dead bindings left behind by a rewrite."""
     return tvm.transform.Sequential([relax.transform.CanonicalizeBindings(),

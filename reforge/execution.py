@@ -75,7 +75,7 @@ class Runner:
     def time(self, arrays: list[np.ndarray], repeat: int) -> list[float]:
         """Milliseconds of ``repeat`` runs after warm-up, timed as the baselines are (on a remote
         device by the device's own timer, so the network is not counted)."""
-        args = [tvm.runtime.tensor(a, self.device) for a in arrays]
+        args = self._on_device(arrays)
         if self.session is not None:
             timer = self.vm.time_evaluator("main", self.device, number=1, repeat=repeat + 3)
             return [t * 1e3 for t in timer(*args).results[3:]]

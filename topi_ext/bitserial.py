@@ -167,9 +167,9 @@ def border_table(packed_weight: np.ndarray, in_channels: int, geom: ConvGeometry
     ±1 activations: ``[CY, CX, O]``, ``valid_taps·C + 2·Σ_pad taps popcount(W)`` per border class;
     k-bit activations: ``[1, 1, O]``, ``(Σ_b s_b)·Σ_taps popcount(W)``: ``(2^k - 1)·Σ_taps popcount(W)``
     unsigned, ``-Σ_taps popcount(W)`` signed; ternary: 0 (a padded tap has mask 0)."""
-    pc = np.vectorize(lambda v: bin(int(v)).count("1"), otypes=[np.int64])(packed_weight).sum(axis=2)  # [KH,KW,O]
     if ternary:
         return np.zeros((1, 1, packed_weight.shape[-1]), "int32")
+    pc = np.vectorize(lambda v: bin(int(v)).count("1"), otypes=[np.int64])(packed_weight).sum(axis=2)  # [KH,KW,O]
     if act_bits > 1:
         return ((-1 if signed else 2 ** act_bits - 1) * pc.sum((0, 1)))[None, None, :].astype("int32")
     rows, _ = geom.classes(0)
