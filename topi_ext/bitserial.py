@@ -161,14 +161,15 @@ class ConvGeometry:
 
 
 def border_table(packed_weight: np.ndarray, in_channels: int, geom: ConvGeometry, act_bits: int = 1,
-                 ternary: bool = False, signed: bool = False) -> np.ndarray:
+                 ternary: bool = False, signed: bool = False) -> np.ndarray | None:
     """The constant part of the conv's dot products, from the packed weights.
 
     ±1 activations: ``[CY, CX, O]``, ``valid_taps·C + 2·Σ_pad taps popcount(W)`` per border class;
     k-bit activations: ``[1, 1, O]``, ``(Σ_b s_b)·Σ_taps popcount(W)``: ``(2^k - 1)·Σ_taps popcount(W)``
-    unsigned, ``-Σ_taps popcount(W)`` signed; ternary: 0 (a padded tap has mask 0)."""
+    unsigned, ``-Σ_taps popcount(W)`` signed; ternary: None, there is no constant part (a padded tap has
+    mask 0)."""
     if ternary:
-        return np.zeros((1, 1, packed_weight.shape[-1]), "int32")
+        return None
     pc = np.vectorize(lambda v: bin(int(v)).count("1"), otypes=[np.int64])(packed_weight).sum(axis=2)  # [KH,KW,O]
     if act_bits > 1:
         return ((-1 if signed else 2 ** act_bits - 1) * pc.sum((0, 1)))[None, None, :].astype("int32")
@@ -255,7 +256,7 @@ def _acc_dtype(word: str) -> str:
     return "int64" if word == "uint64" else "int32"
 
 
-def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, strides=(1, 1),
+def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor | None, strides=(1, 1),
                      padding=(0, 0, 0, 0), out_dtype: str = "int32",
                      threshold: te.Tensor | None = None, flip: te.Tensor | None = None,
                      ternary: bool = False, signed: bool = False) -> te.Tensor:
@@ -263,7 +264,8 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, stri
 
     data ``[N, H, W, B, CW]``; weight ``[KH, KW, CW, O]`` (same word); B = 1: ±1 activations, B > 1:
     k-bit unsigned (``signed``: two's complement) activations, or with ``ternary`` (B = 2) the sign and
-    mask planes of activations in {-1, 0, +1}; ``border`` is :func:`border_table` of the weights (required).
+    mask planes of activations in {-1, 0, +1}; ``border`` is :func:`border_table` of the weights (None for
+    ternary, required otherwise).
     Output ``[N, OH, OW, O]`` of ``out_dtype``; with ``threshold`` ``[O]`` int32 (and optional ``flip``
     ``[O]`` int32, 1 for a negative BatchNorm γ) the output is ``bit = dot >= thr`` (``dot <= thr``
     where flipped) packed as ``[N, OH, OW, 1, OWords]``.
@@ -281,7 +283,7 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor, stri
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     rb, rc = te.reduce_axis((0, nb), "rb"), te.reduce_axis((0, cw), "rc")
     acc = _acc_dtype(word)
-    assert border is not None, "the border table (border_table(weights)) is required"
+    assert (border is None) == ternary, "the border table (border_table(weights)) is required unless ternary"
     if ternary:  # one reduction: popcount(M) is per input word, shared by the register tile's channels
         at = lambda i, y, x, plane: data[i, y * sh + ry, x * sw + rx, plane, rc]  # noqa: E731
         dot = te.compute(
@@ -491,9 +493,10 @@ def emit_bitserial_conv2d(bb, data, weight: np.ndarray, strides=(1, 1), padding=
     wt = te.placeholder(packed.shape, word, "weight")
     inputs, args = [at, wt], [data, relax.const(packed)]
     table = border_table(packed, c, ConvGeometry(h, w, kh, kw, tuple(strides), padding), nb, ternary, signed)
-    border = te.placeholder(table.shape, "int32", "border")
-    inputs.append(border)
-    args.append(relax.const(table))
+    border = None if table is None else te.placeholder(table.shape, "int32", "border")
+    if table is not None:
+        inputs.append(border)
+        args.append(relax.const(table))
     thr = fl = None
     if threshold is not None:
         thr, fl, extra = _threshold_args(threshold, flip, o)

@@ -19,12 +19,23 @@ BLOCK = "dense_packed"
 PANEL_VECTORS = 8  # accumulators of a panel, in vectors: enough to hide the FMA latency
 
 
+MIN_VECTOR = 4  # lanes of the narrowest vector a panel is made of (SSE / NEON: 4 floats)
+
+
+def panel_vector(n: int, lanes: int) -> int | None:
+    """The vector a panel of ``n`` columns is made of: the full ``lanes``-wide one, else the widest
+    half or quarter of it (down to MIN_VECTOR) that divides ``n`` (AVX-512, 1000 classes: 8 floats);
+    None if none does."""
+    return next((v for v in (lanes, lanes // 2, lanes // 4) if v >= MIN_VECTOR and n % v == 0), None)
+
+
 def panel_width(n: int, lanes: int) -> int | None:
-    """The widest panel of whole vectors, at most PANEL_VECTORS of them, that divides ``n``; None if
-    ``n`` is not a multiple of the vector."""
-    if n % lanes:
+    """The widest panel of whole vectors (:func:`panel_vector`), at most PANEL_VECTORS of them, that
+    divides ``n``; None if no vector divides ``n``."""
+    vec = panel_vector(n, lanes)
+    if vec is None:
         return None
-    return lanes * max(v for v in range(1, PANEL_VECTORS + 1) if (n // lanes) % v == 0)
+    return vec * max(v for v in range(1, PANEL_VECTORS + 1) if (n // vec) % v == 0)
 
 
 def pack_weight(w: np.ndarray, width: int) -> np.ndarray:
@@ -46,7 +57,7 @@ def dense_packed(x: te.Tensor, packed: te.Tensor, out_dtype: str) -> te.Tensor:
 
 def legalize_matmul(lanes: int):
     """A legalization of ``relax.matmul`` for ``lanes``-wide vectors: ``x @ W`` with W a float32
-    constant (K, N), N a multiple of the vector, to :func:`dense_packed`; the rest as TVM does."""
+    constant (K, N), N a multiple of a vector (:func:`panel_vector`), to :func:`dense_packed`; the rest as TVM does."""
     from tvm.relax.transform.legalize_ops.linear_algebra import _matmul
 
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:

@@ -31,7 +31,7 @@ import re
 from tvm import s_tir, tirx
 
 from .conv2d_nchwc import BLOCK as CONV_NCHWC
-from .dense_packed import BLOCK as DENSE_PACKED, PANEL_VECTORS
+from .dense_packed import BLOCK as DENSE_PACKED, PANEL_VECTORS, panel_vector
 from .depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
 
 PARALLEL_MIN_WORK = 1 << 18  # iterations below which threads cost more than they save
@@ -300,8 +300,9 @@ def _dense_packed(sch: s_tir.Schedule, lanes: int) -> bool:
     *outer_rows, row = rows  # the tile takes rows of the innermost dimension (a fused one would not be affine)
     row_tile = _divisor_at_most(_extents(sch, [row])[0], DENSE_ROWS)
     row_o, row_i = sch.split(row, [None, row_tile])
-    vectors = _divisor_at_most(width // lanes, PANEL_VECTORS // row_tile)
-    panel, vector_o, vector_i, lane = sch.split(j, [None, width // lanes // vectors, vectors, lanes])
+    vec = panel_vector(width, lanes)
+    vectors = _divisor_at_most(width // vec, PANEL_VECTORS // row_tile)
+    panel, vector_o, vector_i, lane = sch.split(j, [None, width // vec // vectors, vectors, vec])
     sch.reorder(*outer_rows, row_o, panel, vector_o, k, row_i, vector_i, lane)
     write_back = sch.cache_write(dense, 0, "local")
     _inline_epilogue(sch, write_back)

@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import reforge
+from reforge.targets import get_target, host_can_run
 from reforge.topi_ext.dense_packed import pack_weight, panel_width
 
 RTOL = 1e-5
@@ -27,18 +28,22 @@ def matmul_model(rows: tuple[int, ...], k: int, n: int, seed: int) -> tuple[byte
     return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString(), w, b
 
 
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512"])  # 8- and 16-lane vectors
 @pytest.mark.parametrize("rows, k, n, rule", [
-    ((1,), 512, 1000, "dense_packed"),  # a classifier: panels of 5 vectors
+    ((1,), 512, 1000, "dense_packed"),  # a classifier: panels of 5 vectors (AVX-512: of 8-float halves)
     ((3,), 96, 64, "dense_packed"),  # rows sharing a panel pass, a row tile of 3
     ((2, 5), 40, 24, "dense_packed"),  # batch dimensions fused into rows
     ((1,), 64, 10, "matmul"),  # 10 outputs: not whole vectors, TVM's legalization
 ])
-def test_constant_matmul_matches_numpy(tmp_path, rows, k, n, rule):
+def test_constant_matmul_matches_numpy(tmp_path, target, rows, k, n, rule):
+    """Every case is compiled for both widths; it runs where this CPU can (AVX2: everywhere CI runs)."""
     model, w, b = matmul_model(rows, k, n, seed=k + n)
     path = tmp_path / "dense.onnx"
     path.write_bytes(model)
-    art = reforge.compile(str(path))
+    art = reforge.compile(str(path), target)
     assert art.manifest["build"]["schedules"].get(rule) == 1
+    if target == "x86-avx512" and not host_can_run(get_target(target)):
+        return
     x = np.random.default_rng(0).standard_normal((*rows, k)).astype("float32")
     ref = np.maximum(x @ w + b, 0)
     (out,) = art.run({"x": x}).values()
@@ -65,7 +70,10 @@ def test_a_cropped_dense_keeps_the_crop_out_of_its_tiles(tmp_path):
     assert np.abs(out - ref).max() <= RTOL * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("n, lanes, width", [(1000, 8, 40), (4096, 8, 64), (24, 8, 24), (10, 8, None), (48, 16, 48)])
+@pytest.mark.parametrize("n, lanes, width", [
+    (1000, 8, 40), (4096, 8, 64), (24, 8, 24), (10, 8, None), (48, 16, 48),
+    (1000, 16, 40), (24, 16, 24), (12, 8, 12), (10, 16, None),  # half / quarter vectors where whole ones do not divide
+])
 def test_panel_width(n, lanes, width):
     assert panel_width(n, lanes) == width
 
