@@ -101,17 +101,21 @@ def test_a_shifted_crop_stays_out_of_the_tiles(cin, cout, size, k, crop):
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("cin, channels, size, k, rows, tile", [
-    (64, 64, 56, 3, True, (2, 4)), (512, 512, 7, 3, True, (2, 4)),  # 7 has no 2-8 divisor: a partial last tile
-    (128, 128, 28, 1, False, (4, 2)), (512, 512, 7, 1, False, (4, 2)), (256, 256, 14, 1, False, (2, 4)),
-    (32, 16, 28, 3, True, (4, 2)),  # two channel vectors: the columns make the 8 accumulators
-    (8, 64, 56, 3, False, (4, 2)),  # few input channels: the weights stay in L1, no row buffer
+@pytest.mark.parametrize("cin, channels, size, k, rows, tile, lanes", [
+    (64, 64, 56, 3, True, (2, 4), 8), (512, 512, 7, 3, True, (2, 4), 8),  # 7 has no 2-8 divisor: a partial last tile
+    (128, 128, 28, 1, False, (4, 2), 8), (512, 512, 7, 1, False, (4, 2), 8), (256, 256, 14, 1, False, (2, 4), 8),
+    (32, 16, 28, 3, True, (4, 2), 8),  # two channel vectors: the columns make the 8 accumulators
+    (8, 64, 56, 3, False, (4, 2), 8),  # few input channels: the weights stay in L1, no row buffer
+    # AVX-512: up to 14 accumulators of at most 2 vectors
+    (64, 64, 56, 3, True, (7, 2), 16), (512, 512, 7, 3, True, (7, 2), 16), (128, 128, 28, 1, False, (7, 2), 16),
+    (64, 64, 112, 3, True, (14, 1), 16),  # a row buffer of 2 vectors x 112 columns would exceed 8 KB
+    (48, 48, 56, 3, True, (14, 1), 16),  # 3 channel vectors: one per tile
 ])
-def test_default_register_tile(cin, channels, size, k, rows, tile):
+def test_default_register_tile(cin, channels, size, k, rows, tile, lanes):
     """Kernels with taps and many input channels accumulate rows and take the most channel vectors;
-    1x1 convs and stems the most columns."""
-    data = te.placeholder((1, cin // 8, size, size, 8), name="data")
-    kernel = te.placeholder((channels // 8, cin // 8, k, k, 8, 8), name="kernel")
+    1x1 convs and stems the most columns. AVX-512 (16 lanes): the most columns, up to 2 vectors."""
+    data = te.placeholder((1, cin // lanes, size, size, lanes), name="data")
+    kernel = te.placeholder((channels // lanes, cin // lanes, k, k, lanes, lanes), name="kernel")
     out = conv2d_nchwc(data, kernel, (1, 1), (k // 2,) * 4, (1, 1), "float32")
     sch = tvm.s_tir.Schedule(te.create_prim_func([data, kernel, out]))
     _n, oco, _oh, ow, _oci, ico, ry, rx, ici = sch.get_loops(sch.get_sblock("conv2d_nchwc"))
