@@ -8,6 +8,7 @@ fully scheduled function:
   (whole rows accumulated over input-channel chunks and kernel rows, or all of the reduction inside
   the tile with the chunks outside or inside the kernel taps), and how many lane steps are unrolled;
 - blocked depthwise conv: output columns of the register tile (``sample_perfect_tile``);
+- Winograd conv's GEMMs: tiles × output-channel vectors of the register tile (``sample_perfect_tile``);
 - FFT conv's channel mix: rows of the register tile (``sample_perfect_tile``);
 - bit-serial conv: output columns × output channels of the register tile, categorical among the
   divisors that keep the accumulators in registers;
@@ -30,8 +31,10 @@ from reforge.topi_ext.fft_conv import MIX_OP
 from reforge.topi_ext.operator_schedules import OPERATOR_SCHEDULES
 from reforge.topi_ext.schedule_fft import MAX_ROWS
 from reforge.topi_ext.schedule_wht import default_strip
-from reforge.topi_ext.schedule_x86 import MAX_REG_N, _divisors, schedule_conv2d_nchwc, schedule_depthwise_nchwc
+from reforge.topi_ext.schedule_x86 import (MAX_REG_N, _divisors, schedule_conv2d_nchwc, schedule_depthwise_nchwc,
+                                           schedule_winograd_nchwc)
 from reforge.topi_ext.wht import OP as WHT
+from reforge.topi_ext.winograd_nchwc import GEMM as WINOGRAD_GEMM
 
 MAX_CHANNEL_CHUNKS = 4  # vectors per register-tile column
 MAX_BITSERIAL_COLUMNS, MAX_BITSERIAL_CHANNELS = 8, 64
@@ -115,6 +118,8 @@ def space_for(task_mod, lanes: int):
     if CONV_NCHWC in blocks:
         return _space(lambda sch: schedule_conv2d_nchwc(sch, lanes, _sampled_conv_tiles,
                                                                 _sampled_conv_reduction))
+    if WINOGRAD_GEMM in blocks:
+        return _space(lambda sch: schedule_winograd_nchwc(sch, lanes, _sampled_conv_tiles))
     if DEPTHWISE_NCHWC in blocks:
         return _space(lambda sch: schedule_depthwise_nchwc(sch, lanes, _sampled_depthwise_columns))
     return "post-order-apply"

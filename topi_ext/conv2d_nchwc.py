@@ -15,6 +15,8 @@ import re
 
 from tvm import relax, te, topi
 
+from . import winograd_nchwc as winograd
+
 BLOCK = "conv2d_nchwc"
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")
 _BLOCKED_KERNEL = re.compile(r"^OIHW(\d+)i(\d+)o$")
@@ -58,14 +60,19 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding, dilation,
 
 
 def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-    """Legalize ``relax.nn.conv2d``: blocked layouts to :func:`conv2d_nchwc` (groups 1) or
-    :func:`depthwise_conv2d_nchwc` (groups = channels), the rest as TVM does."""
+    """Legalize ``relax.nn.conv2d``: blocked layouts to :mod:`.winograd_nchwc` (3×3, stride 1, where
+    it applies), :func:`conv2d_nchwc` (groups 1) or :func:`depthwise_conv2d_nchwc` (groups =
+    channels), the rest as TVM does."""
     from .depthwise_nchwc import depthwise_conv2d_nchwc, is_blocked_depthwise
 
     a = call.attrs
     data, kernel = _BLOCKED.match(a.data_layout), _BLOCKED_KERNEL.match(a.kernel_layout)
     if data is None or kernel is None or a.out_layout != f"NCHW{kernel[2]}c":
         return _tvm_default(bb, call)
+    if winograd.applies(call):
+        u = relax.const(winograd.transform_kernel(call.args[1].value.numpy()))
+        return bb.call_te(winograd.conv2d_winograd_nchwc, call.args[0], u, a.padding, call_out_dtype(call),
+                          primfunc_name_hint="conv2d_winograd_nchwc")
     if int(a.groups) == 1:
         compute, name = conv2d_nchwc, "conv2d_nchwc"
     elif is_blocked_depthwise(call):

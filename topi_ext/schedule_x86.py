@@ -33,6 +33,7 @@ from tvm import s_tir, tirx
 from .conv2d_nchwc import BLOCK as CONV_NCHWC
 from .dense_packed import BLOCK as DENSE_PACKED, PANEL_VECTORS, panel_vector
 from .depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
+from .winograd_nchwc import GEMM as WINOGRAD_GEMM, INPUT as WINOGRAD_INPUT, OUTPUT as WINOGRAD_OUTPUT
 
 PARALLEL_MIN_WORK = 1 << 18  # iterations below which threads cost more than they save
 PAD_PARALLEL_MIN_WORK = 1 << 17  # a conv's input padding (a copy) from this many elements: at 2 threads the
@@ -61,7 +62,8 @@ def default_schedule(func: tirx.PrimFunc, lanes: int) -> tuple[s_tir.Schedule | 
     found = schedule_operator(func, lanes)
     if found is not None:
         return found
-    for rule, apply in (("conv2d_nchwc", _conv2d_nchwc), ("depthwise_nchwc", _depthwise_nchwc),
+    for rule, apply in (("conv2d_nchwc", _conv2d_nchwc), ("winograd_nchwc", _winograd_nchwc),
+                        ("depthwise_nchwc", _depthwise_nchwc),
                         ("dense_packed", _dense_packed), ("matmul", _matmul), ("generic", _generic)):
         sch = s_tir.Schedule(func)
         try:
@@ -300,6 +302,67 @@ def _depthwise_nchwc(sch: s_tir.Schedule, lanes: int, columns=default_depthwise_
     init = sch.decompose_reduction(conv, ry)
     sch.vectorize(sch.get_loops(init)[-1])
     return _schedule_rest(sch, lanes, done={conv, write_back, pad, init})
+
+
+def default_winograd_tiles(sch: s_tir.Schedule, tiles, oco, _accumulate_rows: bool) -> tuple[list, list]:
+    """The splits of the Winograd GEMMs' tile axis and output-channel chunks: :func:`conv_tile` of a
+    1×1 conv over the tiles."""
+    lanes = _extents(sch, sch.get_loops(_named(sch, WINOGRAD_GEMM))[5:6])[0]
+    cols, chunks = conv_tile(*_extents(sch, [tiles, oco]), False, lanes)
+    return [None, cols], [None, chunks]
+
+
+def _winograd_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_winograd_tiles) -> bool:
+    """Winograd F(2×2, 3×3) (:mod:`.winograd_nchwc`) in three parallel stages. Input transform: per
+    4×4 input tile (padding inlined), its 16 transformed vectors, lanes vectorized. GEMMs: for each of
+    the 16 positions a 1×1 conv over the tile map (``tiles(sch, tile_axis, oco)`` gives the register
+    tile, as for the conv; the input channels reduced inside it). Output transform: per 2×2 output
+    tile from 16 vectors, the epilogue (bias, activation, residual add) fused."""
+    gemm = _named(sch, WINOGRAD_GEMM)
+    if gemm is None:
+        return False
+    pad = _named(sch, "data_pad")
+    if pad is not None:
+        sch.compute_inline(pad)
+    transform = _named(sch, WINOGRAD_INPUT)
+    e, nu, n, c, tile, ci = sch.get_loops(transform)
+    sch.reorder(n, c, tile, e, nu, ci)
+    sch.unroll(e)
+    sch.unroll(nu)
+    sch.vectorize(ci)
+    _parallelize_outer(sch, [n, c, tile], math.prod(_extents(sch, [n, c, tile, e, nu, ci])))
+
+    e, nu, n, k, tile, ki, rc, ri = sch.get_loops(gemm)
+    tile_split, k_split = tiles(sch, tile, k, False)
+    tile_o, tile_i = sch.split(tile, tile_split)
+    k_o, k_i = sch.split(k, k_split)
+    sch.reorder(e, nu, n, k_o, tile_o, rc, ri, k_i, tile_i, ki)
+    write_back = sch.cache_write(gemm, 0, "local")
+    sch.reverse_compute_at(write_back, tile_o, preserve_unit_loops=True)
+    sch.vectorize(ki)
+    sch.unroll(tile_i)
+    sch.unroll(k_i)
+    sch.parallel(sch.fuse(e, nu, n, k_o))
+    sch.vectorize(sch.get_loops(write_back)[-1])
+    init = sch.decompose_reduction(gemm, rc)
+    sch.vectorize(sch.get_loops(init)[-1])
+
+    out = _named(sch, WINOGRAD_OUTPUT)
+    _inline_epilogue(sch, out)
+    n, k, y, x, lane = sch.get_loops(out)
+    y_o, y_i = sch.split(y, [None, 2])
+    x_o, x_i = sch.split(x, [None, 2])
+    sch.reorder(n, k, y_o, x_o, y_i, x_i, lane)
+    sch.unroll(y_i)
+    sch.unroll(x_i)
+    sch.vectorize(lane)
+    sch.parallel(sch.fuse(n, k, y_o))
+    return _schedule_rest(sch, lanes, done={transform, gemm, write_back, init, out})
+
+
+def schedule_winograd_nchwc(sch: s_tir.Schedule, lanes: int, tiles) -> bool:
+    """The Winograd rule with caller-chosen GEMM register tiles (the tuner's design space)."""
+    return _winograd_nchwc(sch, lanes, tiles)
 
 
 def schedule_conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles, reduction) -> bool:

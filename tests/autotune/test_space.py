@@ -1,5 +1,5 @@
-"""reforge's design spaces: every sampled candidate of the blocked conv, blocked depthwise conv, FFT
-channel mix and channel-wise fast WHT is a valid schedule that computes what the unscheduled function
+"""reforge's design spaces: every sampled candidate of the blocked conv, blocked depthwise conv, Winograd
+conv, FFT channel mix and channel-wise fast WHT is a valid schedule that computes what the unscheduled function
 computes (1e-5 relative, fp32: the same sums in another order), the knob really varies across samples,
 and a candidate's trace replays to the same function (how records are applied)."""
 
@@ -11,7 +11,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from reforge.autotune import intrinsics
 from reforge.autotune.space import space_for
-from reforge.topi_ext import fft_conv, wht
+from reforge.topi_ext import fft_conv, wht, winograd_nchwc
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
 from reforge.topi_ext.depthwise_nchwc import depthwise_conv2d_nchwc
 from reforge.targets import get_target
@@ -37,12 +37,19 @@ def blocked_depthwise():
     return te.create_prim_func([data, kernel, out])
 
 
+def blocked_winograd():
+    data = te.placeholder((1, 4, 11, 10, 8), name="data")
+    u = te.placeholder((4, 4, 4, 4, 8, 8), name="u")
+    out = topi.nn.relu(winograd_nchwc.conv2d_winograd_nchwc(data, u, (1, 1, 1, 1), "float32"))
+    return te.create_prim_func([data, u, out])
+
+
 def channel_wht():
     func, _out = wht.wht_prim_func((1, 64, 48), "float32", 64, 0.125)
     return func
 
 
-FUNCS = {"conv2d_nchwc": blocked_conv, "depthwise_nchwc": blocked_depthwise,
+FUNCS = {"conv2d_nchwc": blocked_conv, "depthwise_nchwc": blocked_depthwise, "winograd_nchwc": blocked_winograd,
          "fft mix": lambda: fft_conv.mix_prim_func(4, 12, 16, 16), "wht over channels": channel_wht}
 
 
