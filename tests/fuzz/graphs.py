@@ -16,7 +16,8 @@ what reforge's passes rewrite, in the spellings they recognize:
   convs as four real convs on the two channel halves, ``[A·xr − B·xi, C·xr + D·xi]`` (complex-conv);
 - Hadamard products: a 1×1 conv or a MatMul on the last axis by ``c·H_N[:K, perm]`` (N 16 or 32,
   natural or sequency order, any scale, rows scaled or not), with the WHT layer's soft threshold
-  or not (fwht); large-kernel stride-1 convs on maps where FFT is cheaper (fft-conv);
+  or not (fwht); large-kernel stride-1 convs on maps where FFT is cheaper (fft-conv); 3×3 stride-1
+  convs of WIDE_CHANNELS, widened by a 1×1 conv first (the Winograd conv of the x86 / arm builds);
 - binarized conv layers: ±1 weights (times a positive per-channel α or not) on a ±1 activation
   spelled ``Sign`` (after a shift that keeps exact zeros out: ONNX ``Sign(0) = 0``), ``Where(x >= 0,
   1, -1)`` or the straight-through ``x + (Sign(x) - x)``, BatchNorm or a max-pool between them;
@@ -39,6 +40,7 @@ from reforge.topi_ext import fft_conv
 
 OPSET = 17
 MAX_CHANNELS = 12
+WIDE_CHANNELS = (32, 48)  # a 3×3 stride-1 conv's channels where builds take Winograd's F(2×2, 3×3)
 FFT_CHANNELS = 12  # a big conv's input channels (after a 1×1 conv if needed), where FFT can win
 
 
@@ -323,7 +325,7 @@ def layer(draw, b: Builder, x: str, shape):
     """One layer on the running tensor: (new tensor name, new shape)."""
     kind = draw(st.sampled_from(["conv", "conv_bn", "act", "residual", "residual", "branches", "branches", "chain",
                                  "concat", "pool", "noop", "noop", "noop", "binary", "binary", "tile", "tile",
-                                 "hadamard", "bigconv", "bigconv", "bigconv", "complex", "complex"]))
+                                 "hadamard", "bigconv", "bigconv", "bigconv", "complex", "complex", "wide", "wide"]))
     _, c, h, w = shape
     if kind in ("conv", "conv_bn"):
         y, shape = emit_conv(b, x, shape, draw(conv_params(shape)))
@@ -383,6 +385,19 @@ def layer(draw, b: Builder, x: str, shape):
             pad = k // 2 if min(h, w) + 2 * (k // 2) >= k else k - 1
         p = {"k": k, "stride": 1, "pads": [pad] * 4, "dilation": 1, "groups": 1, "cout": cout, "bias": draw(st.booleans())}
         return emit_conv(b, x, shape, p)
+    if kind == "wide":  # 3×3, stride 1, wide enough for Winograd; padding symmetric, asymmetric or none
+        if c not in WIDE_CHANNELS:
+            p = {"k": 1, "stride": 1, "pads": [0] * 4, "dilation": 1, "groups": 1,
+                 "cout": draw(st.sampled_from(WIDE_CHANNELS)), "bias": True}
+            x, shape = emit_conv(b, x, shape, p)
+            x = emit_activation(b, x, "relu")
+        pads = draw(st.sampled_from([[1] * 4, [0] * 4, [draw(st.integers(0, 2)) for _ in range(4)]]))
+        if min(h + pads[0] + pads[2], w + pads[1] + pads[3]) < 3:
+            pads = [1] * 4
+        p = {"k": 3, "stride": 1, "pads": pads, "dilation": 1, "groups": 1,
+             "cout": draw(st.sampled_from(WIDE_CHANNELS)), "bias": draw(st.booleans())}
+        y, shape = emit_conv(b, x, shape, p)
+        return (emit_batchnorm(b, y, shape[1]) if draw(st.booleans()) else y), shape
     if kind == "chain":  # two linear convs, nothing between: merge-branches composes them
         p1 = draw(conv_params(shape, same=True))
         y, s = emit_conv(b, x, shape, p1)
