@@ -73,6 +73,21 @@ def test_blocked_depthwise_on_aarch64_matches_x86():
     assert np.abs(out - ref).max() <= RTOL * np.abs(ref).max()
 
 
+def test_winograd_conv_on_aarch64_matches_x86(tmp_path):
+    """A 32 → 64 channel 3×3 conv takes the Winograd operator in 4-lane blocks on aarch64, its
+    epilogue fused, and agrees with the x86 module."""
+    from .topi_ext.test_winograd_nchwc import conv_model
+
+    path = str(tmp_path / "conv.onnx")
+    onnx.save(conv_model(32, 64, 1, 3), path)
+    arm = reforge.compile(path, target="arm")
+    assert arm.manifest["build"]["schedules"] == {"winograd_nchwc": 1, "generic": 2} and arm.emulated
+    x = np.random.default_rng(3).standard_normal((1, 32, 12, 12)).astype("float32")
+    (out,) = arm.run({"x": x}).values()
+    (ref,) = reforge.compile(path, target="x86").run({"x": x}).values()
+    assert np.abs(out - ref).max() <= RTOL * np.abs(ref).max()
+
+
 def test_aarch64_code_uses_neon(resnet_onnx):
     arm = reforge.compile(resnet_onnx, target="arm")
     asm = arm.executable.mod.imports[0].inspect_source("asm")
