@@ -17,8 +17,6 @@ from .conv2d_nchwc import call_out_dtype
 
 BLOCK = "dense_packed"
 PANEL_VECTORS = 8  # accumulators of a panel, in vectors: enough to hide the FMA latency
-
-
 MIN_VECTOR = 4  # lanes of the narrowest vector a panel is made of (SSE / NEON: 4 floats)
 
 

@@ -1,6 +1,6 @@
 """Default x86 schedules, applied at compile time to every fused PrimFunc without any search.
 
-Five shapes of work cover a CNN:
+Six shapes of work cover a CNN:
 - ``conv2d_nchwc``: output-channel lane innermost (one FMA of a broadcast input value with a
   weight vector), output columns × output-channel vectors unrolled as a register tile of
   accumulators (:func:`default_conv_tiles`); a kernel with taps and many input channels
@@ -8,6 +8,8 @@ Five shapes of work cover a CNN:
   input-channel lane around the tile (:func:`default_conv_reduction`), other convs run their
   whole reduction around the tile; rows and output-channel chunks in parallel; the elementwise
   epilogue (bias, activation, residual add) applied to the finished row or tile before it is stored.
+- ``winograd_nchwc`` (3×3 stride-1 convs, F(2×2, 3×3)): input transform per tile, 16 GEMMs tiled
+  as 1×1 convs over the tiles, output transform with the epilogue fused; each stage parallel.
 - ``depthwise_nchwc``: the channel lane innermost (one FMA of an input vector with a weight
   vector, no cross-lane work), up to MAX_REG_N output columns as the register tile, the unrolled
   kernel taps outside it, channel chunks in parallel (with their rows when there is no padding),

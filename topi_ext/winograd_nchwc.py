@@ -35,15 +35,17 @@ def _at(row, m):
 
 
 def applies(call: relax.Call) -> bool:
-    """A blocked 3×3 conv this module computes: stride 1, dilation 1, groups 1, a float32 constant
-    kernel with whole channel blocks, at least MIN_CHANNELS input and output channels."""
+    """A blocked 3×3 conv this module computes: stride 1, dilation 1, groups 1, float32 in and out, a
+    constant kernel, at least MIN_CHANNELS input and output channels."""
     a = call.attrs
     kernel = call.args[1]
     if not isinstance(kernel, tvm.ir.GenericConst) or str(kernel.ty.dtype) != "float32":
         return False
     oc_chunks, ic_chunks, kh, kw, ib, ob = (int(d) for d in kernel.ty.shape)
+    out_dtype = a.out_dtype
     return ((kh, kw) == (3, 3) and [int(s) for s in a.strides] == [1, 1] and [int(d) for d in a.dilation] == [1, 1]
             and int(a.groups) == 1 and str(call.args[0].ty.dtype) == "float32"
+            and (out_dtype is None or str(out_dtype) in ("", "void", "float32"))
             and ic_chunks * ib >= MIN_CHANNELS and oc_chunks * ob >= MIN_CHANNELS)
 
 
