@@ -325,7 +325,7 @@ def layer(draw, b: Builder, x: str, shape):
     """One layer on the running tensor: (new tensor name, new shape)."""
     kind = draw(st.sampled_from(["conv", "conv_bn", "act", "residual", "residual", "branches", "branches", "chain",
                                  "concat", "pool", "noop", "noop", "noop", "binary", "binary", "tile", "tile",
-                                 "hadamard", "bigconv", "bigconv", "bigconv", "complex", "complex", "wide", "wide"]))
+                                 "hadamard", "bigconv", "bigconv", "bigconv", "complex", "complex", "wide"]))
     _, c, h, w = shape
     if kind in ("conv", "conv_bn"):
         y, shape = emit_conv(b, x, shape, draw(conv_params(shape)))
