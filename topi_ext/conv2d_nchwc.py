@@ -69,9 +69,10 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     data, kernel = _BLOCKED.match(a.data_layout), _BLOCKED_KERNEL.match(a.kernel_layout)
     if data is None or kernel is None or a.out_layout != f"NCHW{kernel[2]}c":
         return _tvm_default(bb, call)
-    if winograd.applies(call):
+    out_dtype = call_out_dtype(call)
+    if winograd.applies(call, out_dtype):
         u = relax.const(winograd.transform_kernel(call.args[1].value.numpy()))
-        return bb.call_te(winograd.conv2d_winograd_nchwc, call.args[0], u, a.padding, call_out_dtype(call),
+        return bb.call_te(winograd.conv2d_winograd_nchwc, call.args[0], u, a.padding, out_dtype,
                           primfunc_name_hint="conv2d_winograd_nchwc")
     if int(a.groups) == 1:
         compute, name = conv2d_nchwc, "conv2d_nchwc"
@@ -79,7 +80,7 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         compute, name = depthwise_conv2d_nchwc, "depthwise_conv2d_nchwc"
     else:
         return _tvm_default(bb, call)
-    return bb.call_te(compute, call.args[0], call.args[1], a.strides, a.padding, a.dilation, call_out_dtype(call),
+    return bb.call_te(compute, call.args[0], call.args[1], a.strides, a.padding, a.dilation, out_dtype,
                       primfunc_name_hint=name)
 
 

@@ -275,7 +275,7 @@ def default_depthwise_columns(sch: s_tir.Schedule, ow) -> list:
     """The output width's split whose inner part is the register tile: the most columns up to MAX_REG_N,
     up to WIDE_DEPTHWISE_COLUMNS with WIDE_LANES (AVX-512, Zen 4, MobileOne-S0's 3×3 depthwise convs at
     14²-112², 1 thread: 2-4 columns 1.1-1.2x faster than 7-8)."""
-    lanes = _extents(sch, sch.get_loops(_named(sch, DEPTHWISE_NCHWC))[-3:])[0]
+    lanes = _extents(sch, sch.get_loops(_named(sch, DEPTHWISE_NCHWC))[4:5])[0]  # (n, c, oh, ow, lane, ry, rx)
     cap = WIDE_DEPTHWISE_COLUMNS if lanes >= WIDE_LANES else MAX_REG_N
     return [None, _divisor_at_most(_extents(sch, [ow])[0], cap)]
 
@@ -314,7 +314,7 @@ def _depthwise_nchwc(sch: s_tir.Schedule, lanes: int, columns=default_depthwise_
 def default_winograd_tiles(sch: s_tir.Schedule, tiles, oco, _accumulate_rows: bool) -> tuple[list, list]:
     """The splits of the Winograd GEMMs' tile axis and output-channel chunks: :func:`conv_tile` of a
     1×1 conv over the tiles."""
-    lanes = _extents(sch, sch.get_loops(_named(sch, WINOGRAD_GEMM))[5:6])[0]
+    lanes = _extents(sch, sch.get_loops(_named(sch, WINOGRAD_GEMM))[5:6])[0]  # (e, nu, n, k, tile, lane, ...)
     cols, chunks = conv_tile(*_extents(sch, [tiles, oco]), False, lanes)
     return [None, cols], [None, chunks]
 

@@ -34,18 +34,16 @@ def _at(row, m):
     return tirx.Select(row == 0, m[0] + m[1] + m[2], m[1] - m[2] - m[3])
 
 
-def applies(call: relax.Call) -> bool:
-    """A blocked 3×3 conv this module computes: stride 1, dilation 1, groups 1, float32 in and out, a
-    constant kernel, at least MIN_CHANNELS input and output channels."""
+def applies(call: relax.Call, out_dtype: str) -> bool:
+    """A blocked 3×3 conv this module computes: stride 1, dilation 1, groups 1, float32 in and out
+    (``out_dtype``: the call's), a constant kernel, at least MIN_CHANNELS input and output channels."""
     a = call.attrs
     kernel = call.args[1]
     if not isinstance(kernel, tvm.ir.GenericConst) or str(kernel.ty.dtype) != "float32":
         return False
     oc_chunks, ic_chunks, kh, kw, ib, ob = (int(d) for d in kernel.ty.shape)
-    out_dtype = a.out_dtype
     return ((kh, kw) == (3, 3) and [int(s) for s in a.strides] == [1, 1] and [int(d) for d in a.dilation] == [1, 1]
-            and int(a.groups) == 1 and str(call.args[0].ty.dtype) == "float32"
-            and (out_dtype is None or str(out_dtype) in ("", "void", "float32"))
+            and int(a.groups) == 1 and str(call.args[0].ty.dtype) == "float32" and out_dtype == "float32"
             and ic_chunks * ib >= MIN_CHANNELS and oc_chunks * ob >= MIN_CHANNELS)
 
 
