@@ -4,6 +4,8 @@
 intrinsic TVM has (about 41 s here, 29 s of it CUDA's) in each process that tunes. Registering the
 package unexecuted and importing only the target's module (x86: 0.7 s, arm: 2.7 s) leaves
 MetaSchedule the intrinsics it can use for that target; other modules still import on demand.
+``cuda`` loads none: its space (``space``) leaves out the tensor-core rules, the only ones that
+use intrinsics.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 import tvm.s_tir
 
 PACKAGE = "tvm.s_tir.tensor_intrin"
-MODULES = {"x86": "x86", "arm": "arm_cpu", "cuda": "cuda"}  # target kind -> module of its intrinsics
+MODULES = {"x86": "x86", "arm": "arm_cpu", "cuda": None}  # target kind -> module of its intrinsics
 
 
 def load_for(kind: str) -> None:
@@ -24,4 +26,5 @@ def load_for(kind: str) -> None:
         package = importlib.util.module_from_spec(importlib.util.find_spec(PACKAGE))
         sys.modules[PACKAGE] = package
         tvm.s_tir.tensor_intrin = package
-    importlib.import_module(f"{PACKAGE}.{MODULES[kind]}")
+    if MODULES[kind] is not None:
+        importlib.import_module(f"{PACKAGE}.{MODULES[kind]}")

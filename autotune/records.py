@@ -141,8 +141,10 @@ class TuningRecords:
 
 
 def _target_key(target: dict) -> str:
+    """kind/CPU or GPU architecture[/triple]: what a schedule's speed depends on."""
     tvm_target = target.get("tvm", {})
-    return f"{tvm_target.get('kind')}/{tvm_target.get('mcpu')}/{tvm_target.get('mtriple', '')}".rstrip("/")
+    chip = tvm_target.get("mcpu") or tvm_target.get("arch")
+    return f"{tvm_target.get('kind')}/{chip}/{tvm_target.get('mtriple', '')}".rstrip("/")
 
 
 def _parse(path: str, number: int, line: str):

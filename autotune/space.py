@@ -15,6 +15,10 @@ fully scheduled function:
 - fast WHT over channels (``Q > 1``): pixels per strip, categorical among divisors above 1 (the
   strip is the vector at every stage).
 The bit-serial pack, dense and OR-pool and the row-wise WHT keep their one schedule.
+
+For ``cuda`` every function gets MetaSchedule's CUDA space (multi-level tiling with block and thread
+bindings, shared-memory staging, cross-thread reduction), without the tensor-core rules: reforge's
+GPU functions are float32 or integer, which the wmma intrinsics do not take.
 """
 
 from __future__ import annotations
@@ -109,8 +113,10 @@ def block_names(func) -> set[str]:
     return names
 
 
-def space_for(task_mod, lanes: int):
-    """The design space of one task (a module holding one fused PrimFunc)."""
+def space_for(task_mod, kind: str, lanes: int):
+    """The design space of one task (a module holding one fused PrimFunc) for a target of ``kind``."""
+    if kind == "cuda":
+        return ms.space_generator.PostOrderApply(sch_rules="cuda", postprocs="cuda", mutator_probs="cuda")
     kind = op_kind(task_mod["main"])
     if kind in OPERATOR_SCHEDULES:
         return _space(lambda sch: OPERATOR_SCHEDULES[kind](sch, lanes, OPERATOR_KNOBS.get(kind)))

@@ -1,6 +1,9 @@
 """reforge tune: MetaSchedule search (XGBoost cost model) over the fused functions of a model.
 
-The model is imported, rewritten and fused exactly as ``compile`` does, so the records match
+CPU targets tune reforge's blocked-layout functions in reforge's design spaces (``space``); ``cuda``
+tunes the NCHW functions of the GPU path in MetaSchedule's CUDA space (multi-level tiling bound to
+blocks and threads, shared-memory staging), built with nvcc here and measured on a GPU here or on
+the tracker's GPU devices. The model is imported, rewritten and fused exactly as ``compile`` does, so the records match
 the functions ``compile --tuning-records`` will meet. Each task starts from a record of its
 default schedule, measured here: the tuned result is never slower than the untuned one. Where
 fft-conv runs, each conv it may rewrite and whose cost-model estimates are close is first timed
@@ -23,12 +26,13 @@ from tvm import relax, s_tir
 from tvm.s_tir import meta_schedule as ms
 
 from reforge import frontend
-from reforge.build import BuildReport, fuse
+from reforge.build import BuildReport, fuse, fuse_nchw
 from reforge.errors import ReforgeError, one_line
 from reforge.passes import registry
 from reforge.passes.fft_conv import eligible_convs
 from reforge.targets import get_target
 from reforge.toolchains import export_library
+from reforge.topi_ext.schedule_gpu import default_gpu_schedule
 from reforge.topi_ext.schedule_x86 import default_schedule
 
 from . import fft_choice, intrinsics
@@ -41,7 +45,7 @@ TRIALS_PER_ITER = 16
 _TASK_LOG = logging.getLogger("reforge.autotune.task")  # progress is reforge's own display
 _TASK_LOG.addHandler(logging.NullHandler())
 _TASK_LOG.propagate = False
-TUNABLE = ("x86", "arm")  # CPU kinds: candidates built here, measured here or (cross-built) on RPC devices
+TUNABLE = ("x86", "arm", "cuda")  # candidates built here; measured here or (cross-built) on RPC devices
 MIN_SHARE = 0.02  # tasks below this share of the default latency are not searched
 SETTLE_TOP, SETTLE_ROUNDS = 3, 3  # candidates per task re-measured at the end (with the default), rounds
 
@@ -78,11 +82,14 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
         raise ReforgeError("--trials must be at least 1")
     tgt = get_target(target)
     if tgt.kind not in TUNABLE:
-        raise ReforgeError(f"reforge tune supports the targets of kind {' and '.join(TUNABLE)}; target "
-                           f"'{tgt.name}' compiles with its default schedules")
-    if tgt.kind != "x86" and remote is None:
-        raise ReforgeError(f"tuning for '{tgt.name}' measures on its devices: give --rpc-tracker and --rpc-key "
-                           f"(`python -m reforge.qemu_rpc_server` registers an emulated aarch64 device)")
+        kinds = f"{', '.join(TUNABLE[:-1])} and {TUNABLE[-1]}"
+        raise ReforgeError(f"reforge tune supports the targets of kind {kinds}; target '{tgt.name}' compiles with "
+                           f"its default schedules")
+    if remote is None and not measures_here(tgt.kind):
+        how = ("`python -m reforge.qemu_rpc_server` registers an emulated aarch64 device" if tgt.kind == "arm" else
+               "this machine has no CUDA GPU; `python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY` "
+               "registers a GPU machine")
+        raise ReforgeError(f"tuning for '{tgt.name}' measures on its devices: give --rpc-tracker and --rpc-key ({how})")
     names = registry.select(opt_level, tgt.kind, enable_passes, disable_passes, passes)
     records = TuningRecords.load(prior, tgt.describe()) if prior else TuningRecords(tgt.describe())
     try:
@@ -95,7 +102,7 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
                 records.save(output)
             mod = registry.get(name).make(**records.pass_options().get(name, {}))(mod)
         with tgt.tvm_target:
-            fused = fuse(mod, tgt, BuildReport())
+            fused = fuse_nchw(mod, tgt) if tgt.kind == "cuda" else fuse(mod, tgt, BuildReport())
         extracted = ms.relax_integration.extract_tasks(fused, tgt.tvm_target)
         log(f"{len(extracted)} tasks in {imported.name}; {trials} trials"
             + (f", at most {timeout:.0f} s" if timeout else ""))
@@ -141,7 +148,7 @@ def _search(extracted, database, tgt, trials, timeout, runner, log, checkpoint) 
     intrinsics.load_for(tgt.kind)  # before TuneContext, which would import every target's
     with tempfile.TemporaryDirectory(prefix="reforge-tune-") as work:
         contexts = [ms.TuneContext(mod=task.dispatched[0], target=tgt.tvm_target,
-                                   space_generator=space_for(task.dispatched[0], lanes),
+                                   space_generator=space_for(task.dispatched[0], tgt.kind, lanes),
                                    search_strategy=ms.search_strategy.EvolutionarySearch(
                                        population_size=128, init_min_unmeasured=32),
                                    task_name=task.task_name, logger=_TASK_LOG, num_threads=cores,
@@ -171,7 +178,7 @@ def _choose_fft_by_measurement(mod, tgt, records: TuningRecords, measure, log) -
 def _commit_default(database, task, tgt, measure) -> float | None:
     """Measure the task's default schedule and store it as a record; its latency in ms."""
     func = task.dispatched[0]["main"]
-    sch, _rule = default_schedule(func, tgt.vector_lanes())
+    sch = _default_schedule(func, tgt)
     if sch is None:
         return None
     secs = measure(tvm.compile(sch.mod, target=tgt.tvm_target), _random_args(func))
@@ -194,7 +201,7 @@ def _settle(task, database, records: TuningRecords, tgt, measure) -> float | Non
     for record in database.get_top_k(database.commit_workload(mod), 16 * SETTLE_TOP):
         if len(traces) < SETTLE_TOP:
             traces.setdefault(str(record.trace), record.trace)
-    default, _rule = default_schedule(func, tgt.vector_lanes())
+    default = _default_schedule(func, tgt)
     if default is not None:
         traces.setdefault(str(default.trace), default.trace)
     if len(traces) < 2:
@@ -214,6 +221,18 @@ def _settle(task, database, records: TuningRecords, tgt, measure) -> float | Non
     return None if default is None else medians[str(default.trace)] * 1e3
 
 
+def _default_schedule(func, tgt) -> s_tir.Schedule | None:
+    """The schedule ``compile`` gives ``func`` without records."""
+    if tgt.kind == "cuda":
+        return default_gpu_schedule(func, tgt.tvm_target)[0]
+    return default_schedule(func, tgt.vector_lanes())[0]
+
+
+def measures_here(kind: str) -> bool:
+    """Whether this machine can measure code for a target of ``kind`` (else: RPC devices)."""
+    return kind == "x86" or (kind == "cuda" and tvm.cuda(0).exist)
+
+
 def _random_args(func) -> list[np.ndarray]:
     return [np.random.default_rng(0).standard_normal([int(d) for d in p.shape]).astype(str(p.dtype))
             for p in func.params]
@@ -221,12 +240,17 @@ def _random_args(func) -> list[np.ndarray]:
 
 def _timer(remote, kind: str):
     """``measure(lib, arrays) -> seconds``: here, or on one device of ``remote`` (held until dropped)."""
-    return _local_timer if remote is None else _remote_timer(remote, kind)
+    return _local_timer(kind) if remote is None else _remote_timer(remote, kind)
 
 
-def _local_timer(lib, arrays) -> float:
-    vm = isinstance(lib, relax.VMExecutable)
-    return _timed(lib if vm else lib.mod, tvm.cpu(), arrays, vm)
+def _local_timer(kind: str):
+    dev = tvm.cuda(0) if kind == "cuda" else tvm.cpu()
+
+    def measure(lib, arrays) -> float:
+        vm = isinstance(lib, relax.VMExecutable)
+        return _timed(lib if vm else lib.mod, dev, arrays, vm)
+
+    return measure
 
 
 def _remote_timer(remote, kind: str):
@@ -240,7 +264,8 @@ def _remote_timer(remote, kind: str):
             path = os.path.join(tmp, name)
             export_library(lib, path, kind)
             session.upload(path)
-        return _timed(session.load_module(name), session.cpu(), arrays, isinstance(lib, relax.VMExecutable))
+        dev = session.cuda() if kind == "cuda" else session.cpu()
+        return _timed(session.load_module(name), dev, arrays, isinstance(lib, relax.VMExecutable))
 
     return measure
 

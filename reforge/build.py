@@ -146,9 +146,14 @@ def fuse_nchw(mod: tvm.IRModule, target: TargetSpec) -> tvm.IRModule:
     return tvm.transform.Sequential(_fusion())(_quiet(relax.transform.LegalizeOps(), mod))
 
 
-def lower_gpu(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRModule:
-    """NCHW fusion, then reforge's and dlight's GPU schedules."""
-    mod, report.schedules = apply_gpu_schedules(fuse_nchw(mod, target), target.tvm_target)
+def lower_gpu(mod: tvm.IRModule, target: TargetSpec, report: BuildReport, database=None) -> tvm.IRModule:
+    """NCHW fusion, then tuned records where ``database`` has them, reforge's and dlight's GPU
+    schedules elsewhere."""
+    mod = fuse_nchw(mod, target)
+    if database is not None:
+        with target.tvm_target, database:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    mod, report.schedules = apply_gpu_schedules(mod, target.tvm_target)
     return mod
 
 
@@ -171,7 +176,7 @@ def build(mod: tvm.IRModule, target: TargetSpec, database=None) -> tuple[relax.V
             report.seconds = time.perf_counter() - start
             return executable, report
         if target.kind == "cuda":
-            lowered = lower_gpu(mod, target, report)
+            lowered = lower_gpu(mod, target, report, database)
             passes = cuda_pipeline.dataflow_lower_passes(tgt) + cuda_pipeline.finalize_passes(tgt)
         else:
             lowered = lower(mod, target, report, database)

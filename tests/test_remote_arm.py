@@ -63,5 +63,5 @@ def test_tune_for_arm_on_emulated_devices(devices, model, tmp_path):
 def test_tune_for_arm_needs_devices(model, tmp_path):
     with pytest.raises(ReforgeError, match="measures on its devices: give --rpc-tracker"):
         tune(model, "arm", trials=4, output=str(tmp_path / "r.json"))
-    with pytest.raises(ReforgeError, match="supports the targets of kind x86 and arm"):
+    with pytest.raises(ReforgeError, match="supports the targets of kind x86, arm and cuda"):
         tune(model, "opencl-fpga", trials=4, output=str(tmp_path / "r.json"))

@@ -93,28 +93,36 @@ def _tiles(block) -> tuple[int, int, int] | None:
     return None
 
 
+def default_gpu_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tuple[s_tir.Schedule | None, str]:
+    """Direct conv2d where it applies, else the first dlight rule that does (a rule that fails on a
+    PrimFunc, as Matmul does on the FFT conv's channel mix with its complex combination after the
+    GEMM, passes it to the next); the schedule (None if no rule applies) and the rule's name."""
+    sch = schedule_conv2d_direct(func)
+    if sch is not None:
+        return sch, "conv2d_direct"
+    for candidate in DLIGHT_RULES:
+        try:
+            with target:
+                found = candidate.apply(func, target, False)
+        except (AssertionError, tvm.error.InternalError, ValueError):  # dlight asserts its preconditions
+            continue
+        if found is not None:
+            return (found[0] if isinstance(found, list) else found), type(candidate).__name__.lower()
+    return None, ""
+
+
 def apply_gpu_schedules(mod: tvm.IRModule, target: tvm.target.Target) -> tuple[tvm.IRModule, Counter]:
-    """Schedule every PrimFunc: direct conv2d where it applies, else the first dlight rule that
-    does (a rule that fails on a PrimFunc, as Matmul does on the FFT conv's channel mix with its
-    complex combination after the GEMM, passes it to the next). Returns the module and the PrimFuncs
-    per rule."""
+    """Schedule every PrimFunc not scheduled yet (by tuning records, counted as ``tuned``) with its
+    default GPU schedule. Returns the module and the PrimFuncs per rule."""
     used: Counter = Counter()
     updates = {}
     for gv, func in mod.functions_items():
-        if not isinstance(func, tirx.PrimFunc) or func.attrs and "tirx.is_scheduled" in func.attrs:
+        if not isinstance(func, tirx.PrimFunc):
             continue
-        sch = schedule_conv2d_direct(func)
-        rule = "conv2d_direct"
-        if sch is None:
-            for candidate in DLIGHT_RULES:
-                try:
-                    with target:
-                        found = candidate.apply(func, target, False)
-                except (AssertionError, tvm.error.InternalError, ValueError):  # dlight asserts its preconditions
-                    continue
-                if found is not None:
-                    sch, rule = (found[0] if isinstance(found, list) else found), type(candidate).__name__.lower()
-                    break
+        if func.attrs and "tirx.is_scheduled" in func.attrs:
+            used["tuned"] += 1
+            continue
+        sch, rule = default_gpu_schedule(func, target)
         if sch is None:
             continue
         used[rule] += 1
