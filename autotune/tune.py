@@ -255,6 +255,8 @@ def _local_timer(kind: str):
 
 def _remote_timer(remote, kind: str):
     session = remote.session()
+    if kind == "cuda" and not session.cuda().exist:
+        raise ReforgeError(f"tuning for cuda measures on GPUs: the device under {remote} has no CUDA GPU")
     uploads = itertools.count()
 
     def measure(lib, arrays) -> float:

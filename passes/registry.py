@@ -117,7 +117,8 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "binarized conv / dense (±1 weights, sign / where / STE activations) to bit-packed XNOR-popcount "
              "operators; BatchNorm + sign between binary convs fused into integer thresholds",
              "Courbariaux et al., BinaryNet, 2016; Rastegari et al., XNOR-Net, ECCV 2016",
-             level=2, targets=frozenset({"x86", "arm", "opencl-fpga"}), requires=("fold-constants", "fold-batchnorm")),
+             level=2, targets=frozenset({"x86", "arm", "cuda", "opencl-fpga"}),
+             requires=("fold-constants", "fold-batchnorm")),
     PassInfo("dead-code", DeadCode,
              "remove bindings and functions whose results are never used",
              "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 8.5 dead-code elimination", rtol=1e-5),

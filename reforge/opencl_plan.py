@@ -4,8 +4,10 @@ The scheduled module's Relax ``main`` is a straight sequence of ``call_tir`` bin
 becomes one or more kernel launches (TVM names the kernels of PrimFunc ``f`` ``f_kernel``,
 ``f_kernel_1``, ... in execution order). The plan lists every buffer (model inputs, weights,
 intermediates, outputs) with its shape and dtype, and every launch with its kernel name, its
-arguments in the kernel's own signature order, and its work sizes. A host (``opencl_runner``,
-or a C++ host on the FPGA board) needs nothing else.
+arguments in the kernel's own signature order, and its work sizes: one work item for the FPGA's
+single work-item kernels; for a GPU schedule (``cuda_emulation``), the extents of the kernel's
+``blockIdx`` × ``threadIdx`` loops. A host (``opencl_runner``, or a C++ host on the FPGA board)
+needs nothing else.
 
 ``kernels.cl`` is the source for the vendor's offline compiler (Intel: ``aoc kernels.cl``);
 ``params.bin`` holds the weights back to back, at the plan's byte offsets.
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 from tvm import relax, s_tir, tirx
+from tvm_ffi.structural import structural_visit
 
 from .errors import ReforgeError
 
@@ -101,9 +104,13 @@ class _Planner:
             by_param[alloc.name] = self._buffer(f"{func_name}.{alloc.name}", alloc, "temp")
         kernels = sorted((k for k in self.signatures if re.fullmatch(rf"{func_name}_kernel(_\d+)?", k)),
                          key=lambda k: int(k.rsplit("_", 1)[1]) if k[-1].isdigit() else 0)
-        for kernel in kernels:
+        dims = launch_dims(func)
+        if len(dims) != len(kernels):
+            raise ReforgeError(f"{func_name}: {len(kernels)} kernels generated for {len(dims)} thread-bound loop "
+                               "nests; cannot plan its launches")
+        for kernel, (glob, local) in zip(kernels, dims):
             self.launches.append({"kernel": kernel, "args": [by_param[a] for a in self.signatures[kernel]],
-                                  "global": [1, 1, 1], "local": [1, 1, 1]})
+                                  "global": glob, "local": local})
 
     def _resolve(self, expr) -> str:
         if isinstance(expr, relax.Var):
@@ -127,6 +134,39 @@ class _Planner:
         shape = [int(d) for d in (ty.shape.values if isinstance(ty.shape, relax.ShapeExpr) else ty.shape)]
         self.buffers.append({"name": name, "shape": shape, "dtype": str(ty.dtype), "kind": kind})
         return name
+
+
+def launch_dims(func: tirx.PrimFunc) -> list[tuple[list[int], list[int]]]:
+    """(global, local) work sizes of each kernel of ``func``, in order: a kernel is an outermost loop
+    bound to a thread axis, its sizes the extents of the ``blockIdx`` × ``threadIdx`` loops in it."""
+    kernels: list[dict[str, int]] = []
+    inside, host_loops = [False], [0]
+
+    def on_for(loop, visitor):
+        tag = loop.thread_binding.thread_tag if loop.thread_binding is not None else None
+        if inside[0]:
+            if tag is not None:
+                kernels[-1][tag] = int(loop.extent)
+            return visitor.default_visit(loop)
+        if tag is None:  # a loop on the host: a kernel under it would be launched once per iteration
+            host_loops[0] += int(loop.extent) > 1
+            visitor.default_visit(loop)
+            host_loops[0] -= int(loop.extent) > 1
+            return None
+        if host_loops[0]:
+            raise ReforgeError(f"kernel under a host loop in {func.attrs['global_symbol']}; cannot plan its launches")
+        kernels.append({tag: int(loop.extent)})
+        inside[0] = True
+        visitor.default_visit(loop)
+        inside[0] = False
+        return None
+
+    structural_visit(func, [(tirx.For, on_for)])
+    dims = []
+    for extents in kernels:
+        local = [extents.get(f"threadIdx.{a}", 1) for a in "xyz"]
+        dims.append(([extents.get(f"blockIdx.{a}", 1) * n for a, n in zip("xyz", local)], local))
+    return dims
 
 
 def _root_allocations(func: tirx.PrimFunc) -> list:

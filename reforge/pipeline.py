@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import platform
 import time
@@ -24,6 +25,7 @@ from reforge.passes.report import PassReport
 
 from .artifact import FORMAT, Artifact
 from .build import build
+from .cuda_emulation import emulate
 from .errors import VerificationError
 from .targets import get_target
 from .toolchains import cuda_kernel_files, runs_here
@@ -95,7 +97,10 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
         say(f"pass {r.name}: {r.report.total} rewrites")
 
     try:
-        executable, build_report = build(mod, tgt, records_db.database() if records_db else None)
+        database = records_db.database() if records_db else None
+        executable, build_report = build(mod, tgt, database)
+        if verifier is not None and tgt.kind == "cuda" and not runs_here(tgt.describe()):
+            verifier.emulate_gpu(mod, tgt, database)
     finally:
         if records_db is not None:
             records_db.close()
@@ -126,6 +131,14 @@ class _Verifier:
         self.reference = imported.reference(self.feeds)
         self.previous = run_module(imported.mod, self.arrays, self.host)
         self.checks = [check("import", self.ref_name, self.previous, self.reference, IMPORT_RTOL)]
+        self.emulated = None  # the cuda schedules as OpenCL kernels on PoCL, where no GPU can run them
+        self.no_emulation = None
+
+    def emulate_gpu(self, mod: tvm.IRModule, tgt, database) -> None:
+        if importlib.util.find_spec("pyopencl") is None:
+            self.no_emulation = "without a GPU, emulating the cuda kernels needs pyopencl and PoCL"
+            return
+        self.emulated = emulate(mod, tgt, database)
 
     def after_pass(self, name: str, received: tvm.IRModule, result: tvm.IRModule) -> Check:
         unchanged = tvm_ffi.structural_equal(received, result)  # an unchanged module needs no rerun
@@ -135,14 +148,21 @@ class _Verifier:
         return found
 
     def finish(self, artifact: Artifact, tgt, records: list[PassRecord]) -> None:
-        checks, skipped = self.checks + [r.check for r in records], None
+        checks, skipped, emulated = self.checks + [r.check for r in records], None, None
         if runs_here(artifact.manifest["target"]):
             final = artifact.run(self.feeds)
             checks.append(check("final module", self.ref_name, list(final.values()), self.reference, FINAL_RTOL))
+        elif self.emulated is not None:
+            final = self.emulated.run(self.arrays)
+            checks.append(check("final module (emulated)", self.ref_name, final, self.reference, FINAL_RTOL))
+            emulated = (f"final module emulated: no GPU here; its {tgt.name} schedules ran as OpenCL kernels on "
+                        "PoCL (reforge/cuda_emulation.py)")
         else:
-            skipped = f"final module not run: this machine cannot execute {tgt.name} code"
+            skipped = f"final module not run: this machine cannot execute {tgt.name} code" + (
+                f" ({self.no_emulation})" if self.no_emulation else "")
         artifact.manifest["verification"] = {"seed": self.seed, "checks": [c.to_json() for c in checks],
-                                             "passed": all(c.ok for c in checks), "skipped": skipped}
+                                             "passed": all(c.ok for c in checks), "skipped": skipped,
+                                             "emulated": emulated}
         failed = [c for c in checks if not c.ok]
         if failed:
             err = VerificationError(f"verification failed at '{failed[0].stage}': relative error "

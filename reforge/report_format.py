@@ -44,7 +44,7 @@ def verification_report(manifest: dict) -> str:
              "ok" if c["ok"] else "FAIL"] for c in ver["checks"]]
     head = f"verification (random inputs, seed {ver['seed']}; rel = max|err| / max|reference|):"
     text = head + "\n" + table(["stage", "against", "max abs", "rel", "tolerance", ""], rows)
-    return text + (f"\n{ver['skipped']}" if ver.get("skipped") else "")
+    return text + "".join(f"\n{ver[k]}" for k in ("emulated", "skipped") if ver.get(k))
 
 
 def build_report(manifest: dict) -> str:

@@ -18,6 +18,7 @@ import tempfile
 import zipfile
 from importlib import metadata
 
+import tvm
 from tvm.support import cc
 
 from .errors import ReforgeError
@@ -44,12 +45,14 @@ def require(tool: str, why: str) -> str:
 def runs_here(target: dict) -> bool:
     """Whether this machine can run a module for ``target`` (a manifest entry): natively, an
     aarch64 module under qemu when the emulator and the cross compiler are installed, OpenCL
-    kernels with pyopencl."""
+    kernels with pyopencl, CUDA kernels on a GPU."""
     from .targets import host_can_run
 
     kind = target.get("kind")
     if kind == "opencl-fpga":
         return importlib.util.find_spec("pyopencl") is not None
+    if kind == "cuda":
+        return tvm.cuda(0).exist
     return host_can_run(target) or (kind == "arm" and shutil.which(QEMU_AARCH64) is not None
                                     and shutil.which(CROSS_CXX["arm"]) is not None)
 

@@ -3,8 +3,9 @@ numerics of the direct conv2d schedule.
 
 Without a GPU, each conv kernel as scheduled for CUDA is compiled by TVM's OpenCL codegen and run
 on PoCL (tests/opencl_emulation.py), against PyTorch's conv2d: ``max|out - ref| <= 1e-5 *
-max|ref|`` (float32; only the summation order differs). Where a GPU is present, whole models run
-on it and are compared with the x86 module at 1e-4 relative.
+max|ref|`` (float32; only the summation order differs); whole models the same way
+(reforge/cuda_emulation.py) against the x86 module: 1e-4 relative, bit-exact for a binarized chain.
+Where a GPU is present, whole models run on it and are compared with the x86 module at 1e-4 relative.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import reforge
 from reforge import ReforgeError
 from reforge.build import BuildReport, lower_gpu
 from reforge.cli import main
+from reforge.cuda_emulation import emulate
+from reforge.passes import registry
+from reforge.pipeline import run_passes
 from reforge.targets import get_target
 from reforge.topi_ext import fft_conv
 from reforge.topi_ext.schedule_gpu import apply_gpu_schedules
@@ -27,6 +31,7 @@ from reforge.topi_ext.schedule_gpu import apply_gpu_schedules
 from . import zoo
 from .conftest import conv_bn_relu_model
 from .opencl_emulation import run_kernel
+from .passes.test_binarize import Chain, binarized_chain, randomize_bn
 
 FATBIN_MAGIC = bytes.fromhex("50ed55ba")  # little-endian 0xBA55ED50
 
@@ -117,6 +122,48 @@ def test_cuda_arch_option_and_errors(tmp_path, capsys):
     if not tvm.cuda(0).exist:
         assert main(["run", out]) == 2
         assert "needs an NVIDIA GPU (sm_86) with TVM's CUDA runtime, which this machine lacks" in capsys.readouterr().err
+
+
+def emulated(model, example, **options) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(outputs of the cuda build's kernels run as OpenCL on PoCL, outputs of the x86 build) on the
+    same random inputs."""
+    x86 = reforge.compile(model, example_inputs=example, **options)
+    mod, _ = run_passes(x86.imported.mod, registry.select(2, "cuda", options.get("enable_passes", ())), None, None)
+    feeds = x86.imported.random_inputs(1)
+    return emulate(mod, get_target("cuda")).run(list(feeds.values())), list(x86.run(feeds).values())
+
+
+def test_resnet_as_emulated_cuda_kernels_matches_x86():
+    entry = next(e for e in zoo.MODELS if e.name == "resnet")
+    (out,), (ref,) = emulated(entry.build(), (entry.example(),))
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_binarized_chain_as_emulated_cuda_kernels_is_bit_exact():
+    """binarize is on at -O2 for cuda: the chain's bit-serial convs, thresholds, OR-pool and dense run
+    through their GPU schedules (``popcount`` in the kernels, ``__popcll`` in CUDA) with exactly the x86
+    build's outputs."""
+    art, x, _ref = binarized_chain("cuda")
+    assert "__popcll" in art.kernel_files["kernels.cu"].decode()
+    torch.manual_seed(3)
+    module = randomize_bn(Chain("sign"))
+    (out,), (ref,) = emulated(module, (torch.from_numpy(x),))
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_verify_runs_the_final_module_as_emulated_kernels_without_a_gpu(tmp_path, capsys):
+    model = str(tmp_path / "m.onnx")
+    onnx.save(conv_bn_relu_model(), model)
+    assert main(["compile", model, "--target", "cuda", "--verify", "-o", str(tmp_path / "m.tar")]) == 0
+    report = capsys.readouterr().out
+    verification = reforge.load(str(tmp_path / "m.tar")).manifest["verification"]
+    stages = [c["stage"] for c in verification["checks"]]
+    assert verification["passed"] and verification["skipped"] is None
+    if tvm.cuda(0).exist:
+        assert stages[-1] == "final module" and verification["emulated"] is None
+    else:
+        assert stages[-1] == "final module (emulated)"
+        assert "final module emulated: no GPU here; its cuda schedules ran as OpenCL kernels on PoCL" in report
 
 
 @pytest.mark.skipif(not tvm.cuda(0).exist, reason="no CUDA GPU on this machine")

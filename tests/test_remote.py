@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import tvm
 from tvm import rpc
 
 import reforge
@@ -117,6 +118,19 @@ def test_cli_run_remote_and_errors(tracker, artifact_path, capsys):
                            "no device registered under key 'nobody'")]:
         assert main(["run", artifact_path[1], *argv]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_cuda_tuning_measures_on_gpu_devices(tracker, artifact_path, tmp_path):
+    from reforge.autotune import tune
+
+    remote = RemoteDevices.parse(f"127.0.0.1:{tracker[0]}", KEY)
+    output = str(tmp_path / "cuda.json")
+    if tvm.cuda(0).exist:  # the servers run on this machine, with its GPU
+        assert tune(artifact_path[0], "cuda", trials=4, output=output, remote=remote, log=lambda _m: None).records >= 1
+    else:
+        with pytest.raises(ReforgeError, match=r"tuning for cuda measures on GPUs: the device under key .* has no "
+                                               r"CUDA GPU"):
+            tune(artifact_path[0], "cuda", trials=4, output=output, remote=remote)
 
 
 def test_tuning_survives_a_device_dying(tracker, artifact_path, tmp_path):

@@ -1,7 +1,7 @@
 """reforge tune for cuda. Without a GPU: the search space's candidates build with nvcc and compute
 the conv (each run on PoCL through TVM's OpenCL codegen of the same schedule, against PyTorch,
-``max|out - ref| <= 1e-5 * max|ref|``), records of them are applied by compile, and tuning asks for
-GPU devices. With a GPU: a few trials tune, and the tuned model matches PyTorch (1e-4 relative)."""
+``max|out - ref| <= 1e-5 * max|ref|``), records of them are applied by compile (the tuned model
+verified against PyTorch as emulated kernels, 1e-4 relative), and tuning asks for GPU devices. With a GPU: a few trials tune, and the tuned model matches PyTorch (1e-4 relative)."""
 
 import importlib
 
@@ -96,10 +96,13 @@ def test_records_of_candidates_are_applied_by_compile(model, tmp_path):
     records.save(path)
     records.close()
     untuned = reforge.compile(model, target="cuda").manifest["build"]["schedules"]
-    art = reforge.compile(model, target="cuda", tuning_records=path)
+    art = reforge.compile(model, target="cuda", tuning_records=path, verify=True)
     schedules = art.manifest["build"]["schedules"]
     assert untuned.get("conv2d_direct") == 1 and "tuned" not in untuned
     assert schedules.get("tuned") == 1 and "conv2d_direct" not in schedules
+    # the whole tuned model, on the GPU or as emulated kernels, against PyTorch (1e-4 relative)
+    verification = art.manifest["verification"]
+    assert verification["passed"] and verification["checks"][-1]["stage"].startswith("final module")
     with pytest.raises(ReforgeError, match=r"records were tuned for target 'cuda' \(cuda/sm_80\); this compile is "
                                            r"for 'cuda-sm_86' \(cuda/sm_86\)"):
         reforge.compile(model, target="cuda-sm_86", tuning_records=path)

@@ -18,7 +18,6 @@ O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # the -O
 O2 = [n for n in TABLE if n != "remove-residual"]  # remove-residual: opencl-fpga
 O2_ARM = [n for n in O2 if n != "fft-conv"]  # fft-conv: its cost model is measured on x86
 O2_FPGA = [n for n in TABLE if n != "fft-conv"]
-O2_CUDA = [n for n in O2_ARM if n != "binarize"]  # bit-serial operators: CPU and FPGA schedules, none run on a GPU yet
 REWRITES = ("fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches", "remove-residual",  # need
             "binarize")  # fold-batchnorm
 O2_ONLY = ["fold-channel-tile", "complex-conv", "merge-branches", "fuse-fplus", "fwht", "fft-conv", "binarize"]
@@ -71,7 +70,7 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(passes=["remove-noops"], enable=["fold-batchnorm"]), TABLE[:3]),
     (dict(passes=["remove-noops", "dead-code"], disable=["dead-code"]), ["remove-noops"]),
     (dict(opt_level=2, target_kind="arm"), O2_ARM),
-    (dict(opt_level=2, target_kind="cuda"), O2_CUDA),
+    (dict(opt_level=2, target_kind="cuda"), O2_ARM),
     (dict(opt_level=2, target_kind="opencl-fpga"), O2_FPGA),  # remove-residual: on by default for the FPGA only
     (dict(opt_level=1, target_kind="opencl-fpga"), O1),
 ])

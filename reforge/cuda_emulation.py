@@ -1,0 +1,29 @@
+"""The ``cuda`` target's schedules, run on the CPU.
+
+The module is fused and scheduled exactly as for CUDA (``lower_gpu``: tuning records where given,
+reforge's and dlight's GPU schedules elsewhere); TVM's OpenCL code generator then emits the same
+kernels as OpenCL C, which the ``opencl_runner`` launches on PoCL with each kernel's grid × block
+as its NDRange. Thread bindings, shared-memory staging, barriers and popcounts mean the same in
+both languages, so this checks a schedule's numerics (``--verify`` on a machine without a GPU, and
+the tests); not nvcc's code generation, and not speed.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm.target import Target
+
+from .build import BuildReport, lower_gpu
+from .opencl_plan import build_program
+from .opencl_runner import OpenCLRunner
+from .targets import TargetSpec
+
+
+def emulate(mod: tvm.IRModule, target: TargetSpec, database=None) -> OpenCLRunner:
+    """A runner (``run`` / ``time`` on numpy arrays) of ``mod`` as built for the cuda ``target``."""
+    gpu = target.tvm_target
+    opencl = Target({"kind": "opencl", "max_shared_memory_per_block": int(gpu.attrs["max_shared_memory_per_block"]),
+                     "max_threads_per_block": int(gpu.attrs["max_threads_per_block"])}, host={"kind": "llvm"})
+    with gpu:
+        lowered = lower_gpu(mod, target, BuildReport(), database)
+    return OpenCLRunner(build_program(lowered, opencl).files())
