@@ -1,13 +1,14 @@
 """reforge tune: MetaSchedule search (XGBoost cost model) over the fused functions of a model.
 
-CPU targets tune reforge's blocked-layout functions in reforge's design spaces (``space``); ``cuda``
-tunes the NCHW functions of the GPU path in MetaSchedule's CUDA space (multi-level tiling bound to
-blocks and threads, shared-memory staging), built with nvcc here and measured on a GPU here or on
-the tracker's GPU devices. The model is imported, rewritten and fused exactly as ``compile`` does, so the records match
-the functions ``compile --tuning-records`` will meet. Each task starts from a record of its
-default schedule, measured here: the tuned result is never slower than the untuned one. Where
-fft-conv runs, each conv it may rewrite and whose cost-model estimates are close is first timed
-direct and as FFT (``fft_choice``); the records keep the faster, which ``compile`` then follows.
+The model is imported, rewritten and fused exactly as ``compile`` does, so the records match the
+functions ``compile --tuning-records`` will meet: for CPU targets reforge's blocked-layout functions,
+searched in reforge's design spaces (``space``); for ``cuda`` the NCHW functions of the GPU path, in
+MetaSchedule's CUDA space (multi-level tiling bound to blocks and threads, shared-memory staging),
+built with nvcc here and measured on a GPU here or on the tracker's GPU devices. Each task starts
+from a record of its default schedule, measured here: the tuned result is never slower than the
+untuned one. Where fft-conv runs, each conv it may rewrite and whose cost-model estimates are close
+is first timed direct and as FFT (``fft_choice``); the records keep the faster, which ``compile``
+then follows.
 """
 
 from __future__ import annotations

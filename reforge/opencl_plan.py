@@ -104,7 +104,7 @@ class _Planner:
             by_param[alloc.name] = self._buffer(f"{func_name}.{alloc.name}", alloc, "temp")
         kernels = sorted((k for k in self.signatures if re.fullmatch(rf"{func_name}_kernel(_\d+)?", k)),
                          key=lambda k: int(k.rsplit("_", 1)[1]) if k[-1].isdigit() else 0)
-        dims = launch_dims(func)
+        dims = launch_dims(func, func_name)
         if len(dims) != len(kernels):
             raise ReforgeError(f"{func_name}: {len(kernels)} kernels generated for {len(dims)} thread-bound loop "
                                "nests; cannot plan its launches")
@@ -136,8 +136,8 @@ class _Planner:
         return name
 
 
-def launch_dims(func: tirx.PrimFunc) -> list[tuple[list[int], list[int]]]:
-    """(global, local) work sizes of each kernel of ``func``, in order: a kernel is an outermost loop
+def launch_dims(func: tirx.PrimFunc, name: str) -> list[tuple[list[int], list[int]]]:
+    """(global, local) work sizes of each kernel of ``func`` (named ``name``), in order: a kernel is an outermost loop
     bound to a thread axis, its sizes the extents of the ``blockIdx`` × ``threadIdx`` loops in it."""
     kernels: list[dict[str, int]] = []
     inside, host_loops = [False], [0]
@@ -154,7 +154,7 @@ def launch_dims(func: tirx.PrimFunc) -> list[tuple[list[int], list[int]]]:
             host_loops[0] -= int(loop.extent) > 1
             return None
         if host_loops[0]:
-            raise ReforgeError(f"kernel under a host loop in {func.attrs['global_symbol']}; cannot plan its launches")
+            raise ReforgeError(f"{name}: a kernel under a host loop; cannot plan its launches")
         kernels.append({tag: int(loop.extent)})
         inside[0] = True
         visitor.default_visit(loop)

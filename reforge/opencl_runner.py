@@ -18,7 +18,7 @@ from .opencl_plan import PARAMS, PLAN, PLAN_FORMAT, SOURCE
 _DEVICE = None
 
 
-def _device(cl):
+def context_and_queue(cl):
     """One context and in-order queue per process (on PoCL, many contexts in one process crash)."""
     global _DEVICE
     if _DEVICE is None:
@@ -41,7 +41,7 @@ class OpenCLRunner:
         if self.plan.get("format") != PLAN_FORMAT:
             raise ReforgeError(f"launch plan format {self.plan.get('format')!r}; this reforge reads {PLAN_FORMAT}")
         try:
-            self.context, self.queue = _device(cl)
+            self.context, self.queue = context_and_queue(cl)
             self.emulated = bool(self.context.devices[0].type & cl.device_type.CPU)  # PoCL, not an FPGA
             self.program = cl.Program(self.context, files[SOURCE].decode()).build()
         except cl.Error as err:

@@ -12,32 +12,11 @@ import numpy as np
 import pyopencl as cl
 import tvm
 from tvm import tirx
-from tvm_ffi.structural import structural_visit
+
+from reforge.opencl_plan import launch_dims
+from reforge.opencl_runner import context_and_queue
 
 OPENCL = tvm.target.Target({"kind": "opencl"}, host={"kind": "llvm"})
-_context = None
-
-
-def _queue() -> tuple[cl.Context, cl.CommandQueue]:
-    global _context
-    if _context is None:
-        ctx = cl.create_some_context(interactive=False)
-        _context = ctx, cl.CommandQueue(ctx)
-    return _context
-
-
-def launch_dims(func: tirx.PrimFunc) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(global, local) work sizes from the thread-bound loop extents."""
-    extents: dict[str, int] = {}
-
-    def on_for(loop, visitor):
-        if loop.thread_binding is not None:
-            extents[loop.thread_binding.thread_tag] = int(loop.extent)
-        return visitor.default_visit(loop)
-
-    structural_visit(func, [(tirx.For, on_for)])
-    local = tuple(extents.get(f"threadIdx.{a}", 1) for a in "xyz")
-    return tuple(extents.get(f"blockIdx.{a}", 1) * n for a, n in zip("xyz", local)), local
 
 
 def run_kernel(func: tirx.PrimFunc, arrays: list[np.ndarray]) -> str:
@@ -48,10 +27,10 @@ def run_kernel(func: tirx.PrimFunc, arrays: list[np.ndarray]) -> str:
     (name, signature), = re.findall(r"__kernel void (\w+)\(([^)]*)\)\s*\{", src)
     by_name = dict(zip([p.name for p in func.params], arrays))
     order = [re.search(r"(\w+)_ptr$", a.strip()).group(1) for a in signature.split(",")]
-    ctx, queue = _queue()
+    ctx, queue = context_and_queue(cl)  # the runner's one context per process (PoCL crashes with many)
     flags = cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR
     buffers = {n: cl.Buffer(ctx, flags, hostbuf=a) for n, a in by_name.items()}
-    glob, local = launch_dims(func)
+    ((glob, local),) = launch_dims(func, name)
     getattr(cl.Program(ctx, src).build(), name)(queue, glob, local, *[buffers[n] for n in order])
     for n, a in by_name.items():
         cl.enqueue_copy(queue, a, buffers[n])
