@@ -12,8 +12,9 @@ shapes allow, then ReLU), random weights and BatchNorm statistics, 1x3x224x224. 
 training form's ONNX file (every branch with its BatchNorm) at -O2; the deploy form is the same
 network with every block merged by hand here in PyTorch (BatchNorm into each kernel, 1×1 and identity
 at the 3×3 centre, branches summed), exported to ONNX and run by onnxruntime (all graph optimizations)
-and by PyTorch. All in one process on the same inputs, alternating rounds so drift in the machine's
-speed hits all. Checks that the deploy form and reforge's rewritten graph hold the paper's number of
+and by PyTorch; reforge also compiles the training form with merge-branches off (every branch a conv
+of its own, BatchNorm folded into each), the baseline the pass is measured against. All in one
+process on the same inputs, alternating rounds so drift in the machine's speed hits all. Checks that the deploy form and reforge's rewritten graph hold the paper's number of
 convs, and prints median ms, ratios and the outputs' relative difference. With ``--tune N`` the
 training form is first tuned for N trials (``reforge tune``, measured on this thread count) and
 compiled with the records; ``--keep DIR`` keeps them as ``DIR/MODEL-N.json`` and reuses a file
@@ -136,6 +137,10 @@ def export(module: nn.Module, path: str) -> str:
     return path
 
 
+def _convs(art) -> int:
+    return next(p for p in art.manifest["passes"] if p["name"] == "dead-code")["after"]["ops"].get("nn.conv2d", 0)
+
+
 def tuned_records(path: str, name: str, trials: int, keep: str | None, folder: str) -> str:
     """Records of ``trials`` tuning trials on the model at ``path``; kept in / reused from ``keep``."""
     kept = os.path.join(keep, f"{name}-{trials}.json") if keep else None
@@ -168,12 +173,13 @@ def main() -> None:
             train_path = export(train, os.path.join(folder, "train.onnx"))
             records = tuned_records(train_path, name, args.tune, args.keep, folder) if args.tune else None
             art = reforge.compile(train_path, tuning_records=records)
+            unmerged = reforge.compile(train_path, disable_passes=["merge-branches"])
             deploy_path = export(fused, os.path.join(folder, "deploy.onnx"))
             ort_run = _onnxruntime_runner(deploy_path, art.imported, args.threads)
         convs = {"deploy form": sum(isinstance(m, nn.Conv2d) for m in fused.modules()),
-                 "reforge -O2": next(p for p in art.manifest["passes"] if p["name"] == "dead-code")["after"]["ops"]
-                 .get("nn.conv2d", 0)}
+                 "reforge -O2": _convs(art)}
         assert all(n == paper_convs for n in convs.values()), (convs, paper_convs)
+        convs["reforge without merge-branches"] = _convs(unmerged)
         feeds = art.imported.random_inputs(0)
         arrays, image = list(feeds.values()), torch.from_numpy(list(feeds.values())[0])
 
@@ -182,16 +188,19 @@ def main() -> None:
                 return fused(image)
 
         runs = {"reforge (training form)": lambda: art.runner.run(arrays),
+                "reforge, merge-branches off": lambda: unmerged.runner.run(arrays),
                 "onnxruntime (deploy form)": lambda: ort_run(feeds), "PyTorch (deploy form)": run_torch}
         ours = art.runner.run(arrays)
         with torch.no_grad():
-            errs = {"onnxruntime": compare(ort_run(feeds), ours)[1],
+            errs = {"reforge, merge-branches off": compare(unmerged.runner.run(arrays), ours)[1],
+                    "onnxruntime": compare(ort_run(feeds), ours)[1],
                     "PyTorch deploy": compare([run_torch().numpy()], ours)[1],
                     "PyTorch training form": compare([train(image).numpy()], ours)[1]}
         times = {k: [] for k in runs}
         for _ in range(args.rounds):  # alternate, so all see the same machine
             times["reforge (training form)"] += art.runner.time(arrays, args.repeat)
-            for k in list(runs)[1:]:
+            times["reforge, merge-branches off"] += unmerged.runner.time(arrays, args.repeat)
+            for k in list(runs)[2:]:
                 times[k] += time_calls(runs[k], args.repeat)
         base = statistics.median(times["reforge (training form)"])
         print(f"\n{name} 1x3x224x224, {args.threads} thread(s), "
