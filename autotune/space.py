@@ -113,9 +113,9 @@ def block_names(func) -> set[str]:
     return names
 
 
-def space_for(task_mod, kind: str, lanes: int):
-    """The design space of one task (a module holding one fused PrimFunc) for a target of ``kind``."""
-    if kind == "cuda":
+def space_for(task_mod, target_kind: str, lanes: int):
+    """The design space of one task (a module holding one fused PrimFunc) for a target of ``target_kind``."""
+    if target_kind == "cuda":
         return ms.space_generator.PostOrderApply(sch_rules="cuda", postprocs="cuda", mutator_probs="cuda")
     kind = op_kind(task_mod["main"])
     if kind in OPERATOR_SCHEDULES:
