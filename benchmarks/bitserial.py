@@ -25,11 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # this 2-vCPU VM); config_threadpool can lower the count later but not raise it past that
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count()))
 
-import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from tvm import te  # noqa: E402
 
+from benchmarks import onnx_conv  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
 from reforge.targets import get_target  # noqa: E402
 from reforge.topi_ext import bitserial as bs  # noqa: E402
@@ -39,29 +38,10 @@ LAYERS = [(256, 14), (64, 56)]  # channels in = out, height = width
 WORD = "uint64"
 
 
-def onnx_conv(c: int, h: int, int8: bool, rng) -> bytes:
-    if int8:
-        inits = [numpy_helper.from_array(rng.integers(-127, 128, (c, c, 3, 3)).astype("int8"), "w")] + [
-            numpy_helper.from_array(np.array(v, dtype), name) for name, v, dtype in (
-                ("xs", 0.05, np.float32), ("xz", 128, np.uint8), ("ws", 0.01, np.float32), ("wz", 0, np.int8),
-                ("ys", 2.0, np.float32), ("yz", 128, np.uint8))]
-        node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], pads=[1] * 4)
-        dtype = TensorProto.UINT8
-    else:
-        inits = [numpy_helper.from_array(rng.standard_normal((c, c, 3, 3)).astype("float32"), "w")]
-        node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4)
-        dtype = TensorProto.FLOAT
-    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", dtype, [1, c, h, h])],
-                              [helper.make_tensor_value_info("y", dtype, [1, c, h, h])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
 def ort_runner(c: int, h: int, int8: bool, threads: int, x: np.ndarray, rng):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    sess = ort.InferenceSession(onnx_conv(c, h, int8, rng), opts, providers=["CPUExecutionProvider"])
+    w = rng.integers(-127, 128, (c, c, 3, 3)).astype("int8") if int8 else \
+        rng.standard_normal((c, c, 3, 3)).astype("float32")
+    sess = onnx_conv.session(onnx_conv.conv_model([1, c, h, h], w), threads)
     feed = {"x": (np.clip(x * 40 + 128, 0, 255).astype("uint8") if int8 else x)}
     return lambda: sess.run(None, feed)
 
@@ -100,10 +80,6 @@ def reforge_runners(c: int, h: int, x: np.ndarray, rng, target) -> dict:
     }, xnor.mod.inspect_source("asm")
 
 
-def set_threads(n: int) -> None:
-    tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1: all (big) cores
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -114,7 +90,7 @@ def main() -> None:
     print(f"target {target.name}: mcpu={target.tvm_target.mcpu}, features {sorted(target.features)}")
     rows = []
     for threads in args.threads:
-        set_threads(threads)
+        tvm.get_global_func("runtime.config_threadpool")(1, threads)  # the pool was sized to all CPUs above
         for c, h in LAYERS:
             rng = np.random.default_rng(c)
             x = rng.standard_normal((1, c, h, h)).astype("float32")

@@ -28,7 +28,7 @@ from tvm import te, topi
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import reforge  # noqa: E402
-from reforge.bench import _onnxruntime_runner, set_threads  # noqa: E402
+from reforge.bench import onnxruntime_runner, set_threads  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
 from reforge.targets import get_target  # noqa: E402
 from reforge.topi_ext.depthwise_nchwc import depthwise_conv2d_nchwc  # noqa: E402
@@ -80,7 +80,7 @@ def time_models(channels: int, size: int, stride: int, threads: int, repeat: int
         path = os.path.join(folder, "dw.onnx")
         torch.onnx.export(layer, (x,), path, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
         art = reforge.compile(path)
-        ort_run = _onnxruntime_runner(path, art.imported, threads)
+        ort_run = onnxruntime_runner(path, art.imported, threads)
     assert art.manifest["build"]["schedules"].get("depthwise_nchwc") == 1, art.manifest["build"]
     feeds = {"x": x.numpy()}
     ours, theirs = art.runner.run([x.numpy()])[0], ort_run(feeds)[0]

@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import reforge  # noqa: E402
 from reforge.autotune import tune  # noqa: E402
-from reforge.bench import _onnxruntime_runner, set_threads  # noqa: E402
+from reforge.bench import onnxruntime_runner, set_threads  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
 from reforge.verify import compare  # noqa: E402
 from benchmarks.imagenet_shapes import RepVGGA0, _RepVGGBlock  # noqa: E402
@@ -175,7 +175,7 @@ def main() -> None:
             art = reforge.compile(train_path, tuning_records=records)
             unmerged = reforge.compile(train_path, disable_passes=["merge-branches"])
             deploy_path = export(fused, os.path.join(folder, "deploy.onnx"))
-            ort_run = _onnxruntime_runner(deploy_path, art.imported, args.threads)
+            ort_run = onnxruntime_runner(deploy_path, art.imported, args.threads)
         convs = {"deploy form": sum(isinstance(m, nn.Conv2d) for m in fused.modules()),
                  "reforge -O2": _convs(art)}
         assert all(n == paper_convs for n in convs.values()), (convs, paper_convs)

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import reforge  # noqa: E402
 from benchmarks.imagenet_shapes import MODELS  # noqa: E402
 from reforge.autotune import tune  # noqa: E402
-from reforge.bench import _onnxruntime_runner, set_threads  # noqa: E402
+from reforge.bench import onnxruntime_runner, set_threads  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
 from tests.zoo import randomize_batchnorm  # noqa: E402
 
@@ -49,7 +49,7 @@ def timed_rows(path: str, records: list[str | None], threads: int, rounds: int, 
     """Median ms of the model compiled with each records file (None: untuned), and onnxruntime's:
     ``rounds`` rounds, each timing every build and onnxruntime in turn, so drift hits all alike."""
     arts = [reforge.compile(path, tuning_records=r) for r in records]
-    ort = _onnxruntime_runner(path, arts[0].imported, threads)
+    ort = onnxruntime_runner(path, arts[0].imported, threads)
     feeds = arts[0].imported.random_inputs(0)
     arrays = list(feeds.values())
     times: list[list[float]] = [[] for _ in range(len(arts) + 1)]

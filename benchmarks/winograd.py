@@ -21,11 +21,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count()))  # the pool is sized once, at first use
 
-import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from tvm import s_tir, te  # noqa: E402
 
+from benchmarks import onnx_conv  # noqa: E402
 from reforge.targets import get_target  # noqa: E402
 from reforge.topi_ext import winograd_nchwc as winograd  # noqa: E402
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc  # noqa: E402
@@ -35,15 +34,7 @@ LAYERS = [(64, 56), (96, 28), (128, 28), (192, 14), (256, 14), (512, 7), (64, 11
 
 
 def onnxruntime_ms(x: np.ndarray, w: np.ndarray, threads: int) -> float:
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4)], "conv",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = onnx_conv.session(onnx_conv.conv_model(list(x.shape), w), threads)
     for _ in range(3):
         sess.run(None, {"x": x})
     best = float("inf")
@@ -88,7 +79,7 @@ def main() -> None:
     print(f"target {target.name}: mcpu={target.tvm_target.mcpu}, {target.vector_lanes()} lanes")
     rows = []
     for threads in args.threads:
-        tvm.get_global_func("runtime.config_threadpool")(1, threads)
+        tvm.get_global_func("runtime.config_threadpool")(1, threads)  # the pool was sized to all CPUs above
         for channels, size in LAYERS:
             rng = np.random.default_rng(channels + size)
             x = rng.standard_normal((1, channels, size, size)).astype("float32")

@@ -51,7 +51,7 @@ def set_threads(n: int) -> None:
     tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1: all (big) cores
 
 
-def _onnxruntime_runner(model, imported, threads: int):
+def onnxruntime_runner(model, imported, threads: int):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -117,7 +117,7 @@ def baseline_runners(model, imported, against, threads: int) -> dict[str, Runner
     runners: dict[str, Runner | str] = {}
     for name in against:
         try:
-            runners[name] = _onnxruntime_runner(model, imported, threads) if name == "onnxruntime" \
+            runners[name] = onnxruntime_runner(model, imported, threads) if name == "onnxruntime" \
                 else _torch_runner(model, imported)
         except ReforgeError as err:
             runners[name] = str(err)
