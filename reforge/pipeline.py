@@ -26,7 +26,7 @@ from reforge.passes.report import PassReport
 from .artifact import FORMAT, Artifact
 from .build import build
 from .cuda_emulation import emulate
-from .errors import VerificationError
+from .errors import ReforgeError, VerificationError, one_line
 from .targets import get_target
 from .toolchains import cuda_kernel_files, runs_here
 from .verify import Check, check, run_module
@@ -138,7 +138,10 @@ class _Verifier:
         if importlib.util.find_spec("pyopencl") is None:
             self.no_emulation = "without a GPU, emulating the cuda kernels needs pyopencl and PoCL"
             return
-        self.emulated = emulate(mod, tgt, database)
+        try:
+            self.emulated = emulate(mod, tgt, database)
+        except ReforgeError as err:  # a graph the launch planner cannot lay out as kernel launches
+            self.no_emulation = f"its kernels could not be emulated: {one_line(err)}"
 
     def after_pass(self, name: str, received: tvm.IRModule, result: tvm.IRModule) -> Check:
         unchanged = tvm_ffi.structural_equal(received, result)  # an unchanged module needs no rerun
