@@ -1,7 +1,8 @@
 """reforge tune for cuda. Without a GPU: the search space's candidates build with nvcc and compute
 the conv (each run on PoCL through TVM's OpenCL codegen of the same schedule, against PyTorch,
 ``max|out - ref| <= 1e-5 * max|ref|``), records of them are applied by compile (the tuned model
-verified against PyTorch as emulated kernels, 1e-4 relative), and tuning asks for GPU devices. With a GPU: a few trials tune, and the tuned model matches PyTorch (1e-4 relative)."""
+verified against PyTorch as emulated kernels, 1e-4 relative), and tuning asks for GPU devices.
+With a GPU: a few trials tune, and the tuned model matches PyTorch (1e-4 relative)."""
 
 import importlib
 
