@@ -14,8 +14,9 @@ network with every block merged by hand here in PyTorch (BatchNorm into each ker
 at the 3×3 centre, branches summed), exported to ONNX and run by onnxruntime (all graph optimizations)
 and by PyTorch; reforge also compiles the training form with merge-branches off (every branch a conv
 of its own, BatchNorm folded into each), the baseline the pass is measured against. All in one
-process on the same inputs, alternating rounds so drift in the machine's speed hits all. Checks that the deploy form and reforge's rewritten graph hold the paper's number of
-convs, and prints median ms, ratios and the outputs' relative difference. With ``--tune N`` the
+process on the same inputs, alternating rounds so drift in the machine's speed hits all. Checks
+that the deploy form and reforge's rewritten graph hold the paper's number of convs, and prints
+median ms, ratios and the outputs' relative difference. With ``--tune N`` the
 training form is first tuned for N trials (``reforge tune``, measured on this thread count) and
 compiled with the records; ``--keep DIR`` keeps them as ``DIR/MODEL-N.json`` and reuses a file
 already there, so a tuning done once is timed again on a quiet machine.
