@@ -24,8 +24,11 @@ KEY = "reforge-test"
 
 
 # ports: each process searches a range and binds the first free port, so no port is picked in advance
-# and then lost to another process (the race that made this fixture flaky)
-PORTS = (9190, 9990)
+# and then lost to another process (the race that made this fixture flaky). Two processes scanning the
+# same range can still bind one port together and the second fails to listen on it (seen with two
+# servers started at once): servers start one at a time, and each pytest-xdist worker scans its own range.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+PORTS = (9190 + 400 * (_WORKER % 8), 9190 + 400 * (_WORKER % 8) + 399)
 TRACKER = ("import sys; from tvm.rpc.tracker import Tracker; "
            "t = Tracker('127.0.0.1', port=int(sys.argv[1]), port_end=int(sys.argv[2])); "
            "print(t.port, flush=True); t.proc.join()")
@@ -74,8 +77,9 @@ def tracker_with_servers(logs: Path, module: str, count: int):
     procs = [proc]
     try:
         server_logs = [logs / f"server{i}.log" for i in range(count)]
-        procs += [start_server(port, log, module) for log in server_logs]
-        wait_for_servers(port, procs[1:], server_logs)
+        for i, log in enumerate(server_logs):
+            procs.append(start_server(port, log, module))
+            wait_for_servers(port, procs[1:], server_logs[:i + 1])
         yield port, procs
     finally:
         for p in procs:
