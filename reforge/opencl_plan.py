@@ -55,7 +55,7 @@ def build_program(mod: tvm.IRModule, target: tvm.target.Target) -> OpenCLProgram
 def _arg_name(arg: str, kernel: str) -> str:
     found = re.search(r"__global\s+[\w\s]+\*\s*(?:restrict\s+)?(\w+)_ptr$", arg.strip())
     if found is None:
-        raise ReforgeError(f"opencl-fpga: kernel {kernel} takes a non-buffer argument '{arg.strip()}'")
+        raise ReforgeError(f"OpenCL launch plan: kernel {kernel} takes a non-buffer argument '{arg.strip()}'")
     return found.group(1)
 
 
@@ -94,8 +94,8 @@ class _Planner:
             self.names[binding.var] = self._resolve(value)
         else:
             what = value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else type(value).__name__
-            raise ReforgeError(f"opencl-fpga: '{binding.var.name} = {what}(...)' is not a kernel launch; "
-                               "this target runs graphs of fused operators only")
+            raise ReforgeError(f"OpenCL launch plan: '{binding.var.name} = {what}(...)' is not a kernel launch; "
+                               "it runs graphs of fused operators only")
 
     def _launch(self, func_name: str, buffers: list[str]) -> None:
         func = self.prims[func_name]
@@ -123,7 +123,7 @@ class _Planner:
                 self.params += value.tobytes()
                 self.names[expr] = name
             return self.names[expr]
-        raise ReforgeError(f"opencl-fpga: unsupported argument {type(expr).__name__} in the graph")
+        raise ReforgeError(f"OpenCL launch plan: unsupported argument {type(expr).__name__} in the graph")
 
     def _buffer(self, name: str, ty, kind: str) -> str:
         """Add a buffer to the plan under a unique name (Relax names repeat across scopes)."""

@@ -169,7 +169,7 @@ def test_verify_runs_the_final_module_as_emulated_kernels_without_a_gpu(tmp_path
 @pytest.mark.skipif(tvm.cuda(0).exist, reason="the final stage runs on the GPU here")
 def test_verify_says_why_kernels_it_cannot_emulate_were_not_run(tmp_path, monkeypatch):
     def refuse(*_args):
-        raise ReforgeError("opencl-fpga: 'lv = relax.foo(...)' is not a kernel launch")
+        raise ReforgeError("OpenCL launch plan: 'lv = relax.foo(...)' is not a kernel launch")
 
     monkeypatch.setattr(reforge.pipeline, "emulate", refuse)
     model = str(tmp_path / "m.onnx")
@@ -177,8 +177,8 @@ def test_verify_says_why_kernels_it_cannot_emulate_were_not_run(tmp_path, monkey
     verification = reforge.compile(model, target="cuda", verify=True).manifest["verification"]
     assert verification["passed"] and verification["checks"][-1]["stage"] == "dead-code"
     assert verification["skipped"] == ("final module not run: this machine cannot execute cuda code (its kernels "
-                                       "could not be emulated: opencl-fpga: 'lv = relax.foo(...)' is not a kernel "
-                                       "launch)")
+                                       "could not be emulated: OpenCL launch plan: 'lv = relax.foo(...)' is not a "
+                                       "kernel launch)")
 
 
 @pytest.mark.skipif(not tvm.cuda(0).exist, reason="no CUDA GPU on this machine")
