@@ -256,7 +256,8 @@ def _local_timer(kind: str):
 
 def _remote_timer(remote, kind: str):
     session = remote.session()
-    if kind == "cuda" and not session.cuda().exist:
+    dev = session.cuda() if kind == "cuda" else session.cpu()
+    if kind == "cuda" and not dev.exist:
         raise ReforgeError(f"tuning for cuda measures on GPUs: the device under {remote} has no CUDA GPU")
     uploads = itertools.count()
 
@@ -267,7 +268,6 @@ def _remote_timer(remote, kind: str):
             path = os.path.join(tmp, name)
             export_library(lib, path, kind)
             session.upload(path)
-        dev = session.cuda() if kind == "cuda" else session.cpu()
         return _timed(session.load_module(name), dev, arrays, isinstance(lib, relax.VMExecutable))
 
     return measure
