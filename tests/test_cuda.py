@@ -126,11 +126,11 @@ def test_cuda_arch_option_and_errors(tmp_path, capsys):
 
 def emulated(model, example, **options) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(outputs of the cuda build's kernels run as OpenCL on PoCL, outputs of the x86 build) on the
-    same random inputs."""
+    example inputs."""
     x86 = reforge.compile(model, example_inputs=example, **options)
     mod, _ = run_passes(x86.imported.mod, registry.select(2, "cuda", options.get("enable_passes", ())), None, None)
-    feeds = x86.imported.random_inputs(1)
-    return emulate(mod, get_target("cuda")).run(list(feeds.values())), list(x86.run(feeds).values())
+    arrays = [t.numpy() for t in example]
+    return emulate(mod, get_target("cuda")).run(arrays), x86.runner.run(arrays)
 
 
 def test_resnet_as_emulated_cuda_kernels_matches_x86():
@@ -142,13 +142,14 @@ def test_resnet_as_emulated_cuda_kernels_matches_x86():
 def test_binarized_chain_as_emulated_cuda_kernels_is_bit_exact():
     """binarize is on at -O2 for cuda: the chain's bit-serial convs, thresholds, OR-pool and dense run
     through their GPU schedules (``popcount`` in the kernels, ``__popcll`` in CUDA) with exactly the x86
-    build's outputs."""
-    art, x, _ref = binarized_chain("cuda")
+    build's outputs and PyTorch's (integer-valued output, so exact)."""
+    art, x, torch_ref = binarized_chain("cuda")
     assert "__popcll" in art.kernel_files["kernels.cu"].decode()
     torch.manual_seed(3)
     module = randomize_bn(Chain("sign"))
     (out,), (ref,) = emulated(module, (torch.from_numpy(x),))
     np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(out, torch_ref)
 
 
 def test_verify_runs_the_final_module_as_emulated_kernels_without_a_gpu(tmp_path, capsys):
