@@ -31,7 +31,7 @@ from reforge.build import BuildReport, fuse, fuse_nchw
 from reforge.errors import ReforgeError, one_line
 from reforge.passes import registry
 from reforge.passes.fft_conv import eligible_convs
-from reforge.targets import get_target
+from reforge.targets import TargetSpec, get_target
 from reforge.toolchains import export_library
 from reforge.topi_ext.schedule_gpu import default_gpu_schedule
 from reforge.topi_ext.schedule_x86 import default_schedule
@@ -102,9 +102,7 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
                 _choose_fft_by_measurement(mod, tgt, records, measure, log)
                 records.save(output)
             mod = registry.get(name).make(**records.pass_options().get(name, {}))(mod)
-        with tgt.tvm_target:
-            fused = fuse_nchw(mod, tgt) if tgt.kind == "cuda" else fuse(mod, tgt, BuildReport())
-        extracted = ms.relax_integration.extract_tasks(fused, tgt.tvm_target)
+        extracted = extract_tasks(mod, tgt)
         log(f"{len(extracted)} tasks in {imported.name}; {trials} trials"
             + (f", at most {timeout:.0f} s" if timeout else ""))
         database = records.database()
@@ -139,6 +137,13 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
         return result
     finally:
         records.close()
+
+
+def extract_tasks(mod: tvm.IRModule, tgt: TargetSpec) -> list[ms.ExtractedTask]:
+    """The tuning tasks of a rewritten module: its fused functions as ``compile`` lowers them for ``tgt``."""
+    with tgt.tvm_target:
+        fused = fuse_nchw(mod, tgt) if tgt.kind == "cuda" else fuse(mod, tgt, BuildReport())
+    return ms.relax_integration.extract_tasks(fused, tgt.tvm_target)
 
 
 def _search(extracted, database, tgt, trials, timeout, runner, log, checkpoint) -> TuneResult:

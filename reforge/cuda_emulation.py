@@ -21,9 +21,12 @@ from .targets import TargetSpec
 
 def emulate(mod: tvm.IRModule, target: TargetSpec, database=None) -> OpenCLRunner:
     """A runner (``run`` / ``time`` on numpy arrays) of ``mod`` as built for the cuda ``target``."""
-    gpu = target.tvm_target
-    opencl = Target({"kind": "opencl", "max_shared_memory_per_block": int(gpu.attrs["max_shared_memory_per_block"]),
-                     "max_threads_per_block": int(gpu.attrs["max_threads_per_block"])}, host={"kind": "llvm"})
-    with gpu:
+    with target.tvm_target:
         lowered = lower_gpu(mod, target, BuildReport(), database)
-    return OpenCLRunner(build_program(lowered, opencl).files())
+    return OpenCLRunner(build_program(lowered, opencl_twin(target.tvm_target)).files())
+
+
+def opencl_twin(gpu: Target) -> Target:
+    """The OpenCL target that emits ``gpu``'s kernels: same shared-memory and threads-per-block limits."""
+    limits = ("max_shared_memory_per_block", "max_threads_per_block")
+    return Target({"kind": "opencl", **{k: int(gpu.attrs[k]) for k in limits}}, host={"kind": "llvm"})
