@@ -391,7 +391,8 @@ def layer(draw, b: Builder, x: str, shape):
                  "cout": draw(st.sampled_from(WIDE_CHANNELS)), "bias": True}
             x, shape = emit_conv(b, x, shape, p)
             x = emit_activation(b, x, "relu")
-        pads = draw(st.sampled_from([[1] * 4, [0] * 4, [draw(st.integers(0, 2)) for _ in range(4)]]))
+        padding = draw(st.sampled_from(["same", "none", "asymmetric"]))
+        pads = [draw(st.integers(0, 2)) for _ in range(4)] if padding == "asymmetric" else [int(padding == "same")] * 4
         if min(h + pads[0] + pads[2], w + pads[1] + pads[3]) < 3:
             pads = [1] * 4
         p = {"k": 3, "stride": 1, "pads": pads, "dilation": 1, "groups": 1,
