@@ -23,6 +23,7 @@ from reforge.frontend.tensor_spec import TensorSpec
 from .errors import ReforgeError, one_line
 from .execution import Runner, check_inputs
 from .native_log import quiet_stderr
+from .profiling import Profile
 from .targets import get_target, host_can_run
 from .toolchains import export_library
 
@@ -106,6 +107,10 @@ class Artifact:
     def time(self, inputs, repeat: int = 20) -> list[float]:
         """Milliseconds per run for ``repeat`` runs after warm-up."""
         return self.runner.time(check_inputs(self.inputs, inputs), repeat)
+
+    def profile(self, inputs, repeat: int = 20) -> Profile:
+        """Each kernel's milliseconds within ``repeat`` runs after warm-up (:mod:`reforge.profiling`)."""
+        return self.runner.profile(check_inputs(self.inputs, inputs), repeat)
 
     def save(self, path: str) -> str:
         """Write the artifact to ``path`` (a .tar)."""

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inputs by name (.npz) or the single input (.npy); default: random N(0,1)")
     p.add_argument("-o", "--output", metavar="OUT.npz", help="write the outputs by name")
     p.add_argument("--print-time", action="store_true", help="time the module")
-    p.add_argument("--repeat", type=int, default=20, help="timed runs for --print-time (default 20)")
+    p.add_argument("--profile", action="store_true", help="time each kernel within whole runs")
+    p.add_argument("--repeat", type=int, default=20, help="timed runs for --print-time / --profile (default 20)")
     _add_rpc_options(p)
 
     p = sub.add_parser("inspect", help="show an artifact's manifest")
@@ -217,13 +218,15 @@ def _run(args) -> int:
     if args.output:
         np.savez(args.output, **outputs)
         print(f"wrote {args.output}")
+    if (args.print_time or args.profile) and args.repeat < 1:
+        raise ReforgeError("--repeat must be at least 1")
+    emulated = "  (emulated on this CPU: not the device's speed)" if artifact.emulated else ""
     if args.print_time:
-        if args.repeat < 1:
-            raise ReforgeError("--repeat must be at least 1")
         t = np.asarray(artifact.time(inputs, args.repeat))
         print(f"time over {args.repeat} runs (ms): mean {t.mean():.3f}  median {np.median(t):.3f}  "
-              f"min {t.min():.3f}  max {t.max():.3f}  std {t.std():.3f}"
-              + ("  (emulated on this CPU: not the device's speed)" if artifact.emulated else ""))
+              f"min {t.min():.3f}  max {t.max():.3f}  std {t.std():.3f}{emulated}")
+    if args.profile:
+        print(artifact.profile(inputs, args.repeat).format(emulated))
     return 0
 
 

@@ -12,6 +12,7 @@ from tvm import relax
 from reforge.frontend.tensor_spec import TensorSpec
 
 from .errors import ReforgeError
+from .profiling import Profile, profile_calls
 
 
 def check_inputs(specs: list[TensorSpec], inputs) -> list[np.ndarray]:
@@ -80,6 +81,33 @@ class Runner:
             timer = self.vm.time_evaluator("main", self.device, number=1, repeat=repeat + 3)
             return [t * 1e3 for t in timer(*args).results[3:]]
         return time_calls(lambda: self.main(*args), repeat)
+
+    def profile(self, arrays: list[np.ndarray], repeat: int) -> Profile:
+        """Each kernel's milliseconds within ``repeat`` runs (:mod:`reforge.profiling`); a GPU is
+        synchronized around every kernel."""
+        if self.session is not None:
+            raise ReforgeError("--profile times kernels in this process; time a module on an RPC device whole "
+                               "with --print-time")
+        args = self._on_device(arrays)
+        sync = (lambda: None) if self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type() else self.device.sync
+        mark: list[Callable[[str, bool], None]] = []
+
+        def hook(_func, name: str, before: bool, _ret, *_args) -> int:
+            if not name.startswith("vm.builtin."):
+                sync()
+                mark[0](name, before)
+            return 0  # VMInstrumentReturnKind.NO_OP
+
+        def run(marker: Callable[[str, bool], None]) -> None:
+            mark[:] = [marker]
+            self.main(*args)
+            sync()
+
+        self.vm.set_instrument(hook)
+        try:
+            return profile_calls(run, repeat)
+        finally:
+            self.vm.set_instrument(None)
 
 
 def time_calls(fn: Callable[[], object], repeat: int, warmup: int = 3) -> list[float]:

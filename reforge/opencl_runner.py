@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import ReforgeError, one_line
 from .opencl_plan import PARAMS, PLAN, PLAN_FORMAT, SOURCE
+from .profiling import Profile, profile_calls
 
 
 _DEVICE = None
@@ -60,9 +61,12 @@ class OpenCLRunner:
                          tuple(step["global"]), tuple(step["local"])) for step in self.plan["launches"]]
         self.specs = {b["name"]: b for b in self.plan["buffers"]}
 
-    def _launch(self, arrays: list[np.ndarray]) -> None:
+    def _copy_in(self, arrays: list[np.ndarray]) -> None:
         for name, a in zip(self.plan["inputs"], arrays):
             self.cl.enqueue_copy(self.queue, self.buffers[name], np.ascontiguousarray(a))
+
+    def _launch(self, arrays: list[np.ndarray]) -> None:
+        self._copy_in(arrays)
         for kernel, args, glob, local in self.kernels:
             kernel(self.queue, glob, local, *args)
 
@@ -86,3 +90,18 @@ class OpenCLRunner:
             self.queue.finish()
             times.append((time.perf_counter() - start) * 1e3)
         return times
+
+    def profile(self, arrays: list[np.ndarray], repeat: int) -> Profile:
+        """Each kernel's milliseconds within ``repeat`` runs (:mod:`reforge.profiling`): every
+        launch is waited for before the next."""
+
+        def run(mark) -> None:
+            self._copy_in(arrays)
+            self.queue.finish()
+            for (kernel, args, glob, local), step in zip(self.kernels, self.plan["launches"]):
+                mark(step["kernel"], True)
+                kernel(self.queue, glob, local, *args)
+                self.queue.finish()
+                mark(step["kernel"], False)
+
+        return profile_calls(run, repeat)

@@ -37,6 +37,10 @@ class QemuRunner:
     def time(self, arrays: list[np.ndarray], repeat: int) -> list[float]:
         return self._invoke(arrays, repeat)[1]
 
+    def profile(self, _arrays: list[np.ndarray], _repeat: int):
+        raise ReforgeError("--profile times each kernel in this process; an 'arm' module runs whole under qemu "
+                           "(time it with --print-time)")
+
     def _invoke(self, arrays: list[np.ndarray], repeat: int) -> tuple[list[np.ndarray], list[float]]:
         with tempfile.TemporaryDirectory(dir=self._folder.name) as work:
             argv = [self.qemu, "-L", AARCH64_SYSROOT, self.runner, self.model, work, str(repeat)]

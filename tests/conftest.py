@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -107,3 +108,14 @@ def pytest_terminal_summary(terminalreporter, config):
         shutil.rmtree(folder, ignore_errors=True)
     if STATS["graphs"]:
         terminalreporter.write_line(summary())
+
+
+TOTALS = ("all kernels", "outside kernels", "run")
+
+
+def profile_table(out: str) -> tuple[dict[str, tuple[int, float]], dict[str, float]]:
+    """``reforge run --profile``'s table: kernel -> (calls, ms), and the total rows' ms by name."""
+    rows = out[out.index("profile: median of"):].splitlines()[3:]
+    cells = [re.match(r"(all kernels|outside kernels|\S+)\s+(\d*)\s+([\d.]+)\s", r).groups() for r in rows]
+    return ({n: (int(c), float(ms)) for n, c, ms in cells if n not in TOTALS},
+            {n: float(ms) for n, _c, ms in cells if n in TOTALS})

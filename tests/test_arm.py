@@ -116,6 +116,8 @@ def test_cli_compile_verify_run_for_arm(tmp_path, capsys):
     assert re.search(r"final module\s+onnxruntime", report) and "target:  arm (mcpu cortex-a72, neon)" in report
     assert main(["run", out, "--print-time", "--repeat", "2"]) == 0
     assert "emulated on this CPU" in capsys.readouterr().out
+    assert main(["run", out, "--profile"]) == 2
+    assert "an 'arm' module runs whole under qemu" in capsys.readouterr().err
     assert main(["bench", model, "--target", "arm"]) == 2
     assert "cannot run target 'arm' natively" in capsys.readouterr().err
 

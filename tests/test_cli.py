@@ -13,10 +13,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+import reforge
 from reforge.cli import main
 from reforge.passes import registry
+from reforge.profiling import summarize
 
-from .conftest import make_model
+from .conftest import make_model, profile_table
 
 X = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype("float32")
 
@@ -63,6 +65,35 @@ def test_run_writes_outputs_matching_onnxruntime(tmp_path, onnx_path, artifact, 
     ref = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"]).run(None, {"image.in": X})[0]
     y = np.load(tmp_path / "y.npz")["y"]
     assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_run_profile_times_every_kernel_call(artifact, capsys):
+    code, out, _ = cli(capsys, "run", artifact, "--profile", "--repeat", 5)
+    assert code == 0 and "profile: median of 5 runs" in out
+    kernels, totals = profile_table(out)
+    calls: dict[str, int] = {}  # the VM's own count of its kernel calls, from an instrument of our own
+
+    def count(_func, name, before, _ret, *_args):
+        if before and not name.startswith("vm.builtin."):
+            calls[name] = calls.get(name, 0) + 1
+        return 0
+
+    art = reforge.load(str(artifact))
+    art.runner.vm.set_instrument(count)
+    art.run(X)
+    assert {n: c for n, (c, _ms) in kernels.items()} == calls and len(calls) >= 3
+    assert all(ms > 0 for _c, ms in kernels.values())
+    assert totals["all kernels"] == pytest.approx(sum(ms for _c, ms in kernels.values()), abs=1e-3 * len(kernels))
+    assert totals["all kernels"] + totals["outside kernels"] == pytest.approx(totals["run"], abs=2e-3)
+
+
+def test_profile_takes_each_kernels_median_over_runs():
+    ms = 1e-3
+    runs = [{"a": [1 * ms, 2 * ms], "b": [3 * ms]}, {"a": [2 * ms, 2 * ms], "b": [1 * ms]},
+            {"a": [3 * ms, 3 * ms], "b": [2 * ms]}]
+    prof = summarize(runs, [9.0, 7.0, 8.0])
+    assert [(k.name, k.calls, k.ms) for k in prof.kernels] == [("a", 2, pytest.approx(4.0)), ("b", 1, pytest.approx(2.0))]
+    assert prof.run_ms == 8.0 and prof.runs == 3 and prof.kernel_ms == pytest.approx(6.0)
 
 
 def test_inspect_and_passes(artifact, capsys):
@@ -120,6 +151,7 @@ def _unsupported_model(path):
     (["run", "{artifact}", "--inputs", "{wrong_shape}"], r"has shape \[1, 3, 4, 4\]; the module was compiled for"),
     (["run", "{artifact}", "--inputs", "{wrong_dtype}"], r"has dtype float64; the module expects float32"),
     (["run", "{artifact}", "--inputs", "{bad}"], r"cannot read inputs"),
+    (["run", "{artifact}", "--profile", "--repeat", "0"], r"--repeat must be at least 1"),
     (["bench", "{model}", "--against", "tensorflow"], r"unknown baseline 'tensorflow'"),
     (["compile", "{model}", "-o", "m.tar", "--tuning-records", "nope.json"], r"tuning records 'nope.json' not found"),
     (["tune", "{model}", "--trials", "0", "-o", "r.json"], r"--trials must be at least 1"),

@@ -21,7 +21,7 @@ from reforge import ReforgeError
 from reforge.cli import main
 
 from . import zoo
-from .conftest import conv_bn_relu_model
+from .conftest import conv_bn_relu_model, profile_table
 
 RTOL = 1e-4
 
@@ -73,6 +73,10 @@ def test_cli_compile_verify_run_and_tamper(tmp_path, capsys):
     assert set(members) == {"manifest.json", "kernels.cl", "launch_plan.json", "params.bin"}
     assert main(["run", out, "--print-time", "--repeat", "2"]) == 0
     assert "emulated on this CPU" in capsys.readouterr().out
+    assert main(["run", out, "--profile", "--repeat", "2"]) == 0
+    kernels, _totals = profile_table(capsys.readouterr().out)
+    launches = [step["kernel"] for step in json.loads(members["launch_plan.json"])["launches"]]
+    assert {n: c for n, (c, _ms) in kernels.items()} == {k: launches.count(k) for k in launches}  # each launch timed
     assert main(["inspect", out]) == 0
     assert "aoc kernels.cl" in capsys.readouterr().out
 

@@ -119,7 +119,9 @@ def test_cli_run_remote_and_errors(tracker, artifact_path, capsys):
     for argv, message in [(["--rpc-tracker", "localhost"], "bad --rpc-tracker 'localhost'"),
                           (["--rpc-tracker", f"127.0.0.1:{tracker[0]}"], "--rpc-tracker needs --rpc-key"),
                           (["--rpc-tracker", f"127.0.0.1:{tracker[0]}", "--rpc-key", "nobody"],
-                           "no device registered under key 'nobody'")]:
+                           "no device registered under key 'nobody'"),
+                          (["--rpc-tracker", f"127.0.0.1:{tracker[0]}", "--rpc-key", KEY, "--profile"],
+                           "time a module on an RPC device whole with --print-time")]:
         assert main(["run", artifact_path[1], *argv]) == 2
         assert message in capsys.readouterr().err
 
