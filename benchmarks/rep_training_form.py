@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/rep_training_form.py [--threads 1] [--rounds 5] [--repeat 10]
                                                      [--models repvgg_a0,mobileone_s0]
-                                                     [--tune TRIALS [--keep DIR]]
+                                                     [--tune TRIALS [--keep DIR]] [--profile]
 
 RepVGG-A0 (Ding et al., CVPR 2021; benchmarks/imagenet_shapes.py) and MobileOne-S0 (Vasu et al.,
 CVPR 2023, written here from the paper: a 3×3/2 stem block, then stages of 2-8-10-1 blocks at widths
@@ -19,12 +19,15 @@ that the deploy form and reforge's rewritten graph hold the paper's number of co
 median ms, ratios and the outputs' relative difference. With ``--tune N`` the
 training form is first tuned for N trials (``reforge tune``, measured on this thread count) and
 compiled with the records; ``--keep DIR`` keeps them as ``DIR/MODEL-N.json`` and reuses a file
-already there, so a tuning done once is timed again on a quiet machine.
+already there, so a tuning done once is timed again on a quiet machine. ``--profile`` also prints the
+milliseconds of each layer kind (stem, 1×1, k×k, depthwise convs, classifier, the rest) in reforge
+(its kernels timed in place, ``Runner.profile``) and in onnxruntime (its own profiler's node times).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -142,6 +145,74 @@ def _convs(art) -> int:
     return next(p for p in art.manifest["passes"] if p["name"] == "dead-code")["after"]["ops"].get("nn.conv2d", 0)
 
 
+# ----------------------------------------------------------------------------- per layer kind (--profile)
+
+KINDS = ("stem conv", "1×1 convs", "k×k convs", "depthwise convs", "classifier", "rest")
+
+
+def _conv_kind(data: list[int], kernel_size: int) -> str:
+    """A dense conv's kind from its data shape (NCHW or blocked NCHWc) and kernel size."""
+    channels = data[1] * (data[4] if len(data) == 5 else 1)
+    return "stem conv" if channels <= 4 else "1×1 convs" if kernel_size == 1 else "k×k convs"
+
+
+def reforge_kinds(art, arrays) -> dict[str, str]:
+    """Each kernel of ``art``'s module -> its kind, from its name and the shapes it is called with."""
+    kinds: dict[str, str] = {}
+
+    def hook(_func, name: str, before: bool, _ret, *args) -> int:
+        if before and not name.startswith("vm.builtin.") and name not in kinds:
+            shapes = [[int(d) for d in a.shape] for a in args if hasattr(a, "shape")]
+            kinds[name] = ("depthwise convs" if "depthwise" in name else
+                           "classifier" if "dense" in name or "matmul" in name else
+                           "k×k convs" if "winograd" in name else
+                           _conv_kind(shapes[0], shapes[1][2]) if "conv2d" in name else "rest")
+        return 0
+
+    art.runner.vm.set_instrument(hook)
+    art.runner.run(arrays)
+    art.runner.vm.set_instrument(None)
+    return kinds
+
+
+def onnxruntime_kinds(path: str, feeds: dict, threads: int, runs: int, folder: str) -> dict[str, float]:
+    """Median ms per run of each layer kind in onnxruntime, from its own profiler's node times."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.enable_profiling = threads, True
+    options.profile_file_prefix = os.path.join(folder, "ort")
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    for _ in range(runs + 3):
+        session.run(None, feeds)
+    with open(session.end_profiling()) as f:
+        events = [e for e in json.load(f) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    per_run: list[dict[str, float]] = [dict.fromkeys(KINDS, 0.0) for _ in range(runs + 3)]
+    seen: dict[str, int] = {}
+    for e in events:
+        i = seen[e["name"]] = seen.get(e["name"], -1) + 1
+        op, shapes = e["args"]["op_name"], [next(iter(t.values())) for t in e["args"]["input_type_shape"]]
+        kind = ("classifier" if op in ("Gemm", "MatMul") else "rest" if op != "Conv" else
+                "depthwise convs" if shapes[1][1] == 1 and shapes[1][0] == shapes[0][1] > 1 else
+                _conv_kind(shapes[0], shapes[1][2]))
+        per_run[i][kind] += e["dur"] / 1e3
+    return {k: statistics.median(r[k] for r in per_run[3:]) for k in KINDS}
+
+
+def kinds_report(art, arrays, deploy_path: str, feeds: dict, threads: int, runs: int, folder: str) -> str:
+    kinds = reforge_kinds(art, arrays)
+    ours = dict.fromkeys(KINDS, 0.0)
+    for kernel in art.runner.profile(arrays, runs).kernels:
+        ours[kinds[kernel.name]] += kernel.ms
+    theirs = onnxruntime_kinds(deploy_path, feeds, threads, runs, folder)
+    lines = [f"  per layer kind, median ms per run of {runs} (reforge's kernels, `reforge run --profile`; "
+             "onnxruntime's nodes, its profiler; ratio onnxruntime / reforge):"]
+    for k in (*KINDS, "all"):
+        mine, other = (sum(ours.values()), sum(theirs.values())) if k == "all" else (ours[k], theirs[k])
+        lines.append(f"    {k:16s} reforge {mine:6.3f}  onnxruntime {other:6.3f}" + (f"  ({other / mine:.2f}x)" if mine else ""))
+    return "\n".join(lines)
+
+
 def tuned_records(path: str, name: str, trials: int, keep: str | None, folder: str) -> str:
     """Records of ``trials`` tuning trials on the model at ``path``; kept in / reused from ``keep``."""
     kept = os.path.join(keep, f"{name}-{trials}.json") if keep else None
@@ -163,6 +234,7 @@ def main() -> None:
     parser.add_argument("--models", default="repvgg_a0,mobileone_s0")
     parser.add_argument("--tune", type=int, default=0, help="tune the training form for this many trials first")
     parser.add_argument("--keep", help="keep the tuning records here; reuse the ones found")
+    parser.add_argument("--profile", action="store_true", help="also time each layer kind in reforge and onnxruntime")
     args = parser.parse_args()
     set_threads(args.threads)
     for name in args.models.split(","):
@@ -177,11 +249,13 @@ def main() -> None:
             unmerged = reforge.compile(train_path, disable_passes=["merge-branches"])
             deploy_path = export(fused, os.path.join(folder, "deploy.onnx"))
             ort_run = onnxruntime_runner(deploy_path, art.imported, args.threads)
+            feeds = art.imported.random_inputs(0)
+            kinds = kinds_report(art, list(feeds.values()), deploy_path, feeds, args.threads,
+                                 args.rounds * args.repeat, folder) if args.profile else None
         convs = {"deploy form": sum(isinstance(m, nn.Conv2d) for m in fused.modules()),
                  "reforge -O2": _convs(art)}
         assert all(n == paper_convs for n in convs.values()), (convs, paper_convs)
         convs["reforge without merge-branches"] = _convs(unmerged)
-        feeds = art.imported.random_inputs(0)
         arrays, image = list(feeds.values()), torch.from_numpy(list(feeds.values())[0])
 
         def run_torch():
@@ -212,6 +286,8 @@ def main() -> None:
         for k, ts in times.items():
             med = statistics.median(ts)
             print(f"  {k:28s} {med:8.2f} ms  (min {min(ts):.2f})  baseline / reforge {med / base:.2f}x")
+        if kinds:
+            print(kinds)
 
 
 if __name__ == "__main__":
