@@ -209,7 +209,8 @@ def kinds_report(art, arrays, deploy_path: str, feeds: dict, threads: int, runs:
              "onnxruntime's nodes, its profiler; ratio onnxruntime / reforge):"]
     for k in (*KINDS, "all"):
         mine, other = (sum(ours.values()), sum(theirs.values())) if k == "all" else (ours[k], theirs[k])
-        lines.append(f"    {k:16s} reforge {mine:6.3f}  onnxruntime {other:6.3f}" + (f"  ({other / mine:.2f}x)" if mine else ""))
+        ratio = f"  ({other / mine:.2f}x)" if mine else ""
+        lines.append(f"    {k:16s} reforge {mine:6.3f}  onnxruntime {other:6.3f}{ratio}")
     return "\n".join(lines)
 
 

@@ -89,7 +89,8 @@ class Runner:
             raise ReforgeError("--profile times kernels in this process; time a module on an RPC device whole "
                                "with --print-time")
         args = self._on_device(arrays)
-        sync = (lambda: None) if self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type() else self.device.sync
+        on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
+        sync = (lambda: None) if on_cpu else self.device.sync
         mark: list[Callable[[str, bool], None]] = []
 
         def hook(_func, name: str, before: bool, _ret, *_args) -> int:

@@ -92,7 +92,8 @@ def test_profile_takes_each_kernels_median_over_runs():
     runs = [{"a": [1 * ms, 2 * ms], "b": [3 * ms]}, {"a": [2 * ms, 2 * ms], "b": [1 * ms]},
             {"a": [3 * ms, 3 * ms], "b": [2 * ms]}]
     prof = summarize(runs, [9.0, 7.0, 8.0])
-    assert [(k.name, k.calls, k.ms) for k in prof.kernels] == [("a", 2, pytest.approx(4.0)), ("b", 1, pytest.approx(2.0))]
+    assert [(k.name, k.calls, k.ms) for k in prof.kernels] == [("a", 2, pytest.approx(4.0)),
+                                                                ("b", 1, pytest.approx(2.0))]
     assert prof.run_ms == 8.0 and prof.runs == 3 and prof.kernel_ms == pytest.approx(6.0)
 
 
