@@ -91,20 +91,18 @@ class Runner:
         args = self._on_device(arrays)
         on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
         sync = (lambda: None) if on_cpu else self.device.sync
-        mark: list[Callable[[str, bool], None]] = []
 
-        def hook(_func, name: str, before: bool, _ret, *_args) -> int:
-            if not name.startswith("vm.builtin."):
-                sync()
-                mark[0](name, before)
-            return 0  # VMInstrumentReturnKind.NO_OP
+        def run(mark: Callable[[str, bool], None]) -> None:
+            def hook(_func, name: str, before: bool, _ret, *_args) -> int:
+                if not name.startswith("vm.builtin."):
+                    sync()
+                    mark(name, before)
+                return 0  # VMInstrumentReturnKind.NO_OP
 
-        def run(marker: Callable[[str, bool], None]) -> None:
-            mark[:] = [marker]
+            self.vm.set_instrument(hook)
             self.main(*args)
             sync()
 
-        self.vm.set_instrument(hook)
         try:
             return profile_calls(run, repeat)
         finally:
