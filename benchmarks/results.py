@@ -1,0 +1,56 @@
+"""Where benchmark scripts write their tables: ``benchmarks/results/NAME.md``, each run's table
+stamped with the machine it ran on (CPU model, ISA, cores) and the date, newest run first, so the
+numbers of different machines stay apart and the README can link one file per benchmark."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+_ISA_FLAGS = (("avx512_vnni", "AVX-512 VNNI"), ("avx512_vpopcntdq", "VPOPCNTDQ"), ("avx512f", "AVX-512"),
+              ("avx2", "AVX2"), ("asimd", "NEON"))
+
+
+def _cpuinfo() -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return info
+
+
+def machine() -> str:
+    """``Intel(R) Xeon(R) Processor, AVX-512 VNNI, 2 cores`` for this machine: the CPU model, the widest
+    vector ISA (and the extensions the kernels use), the cores this process may run on."""
+    info = _cpuinfo()
+    model = info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    isa = [name for flag, name in _ISA_FLAGS if flag in flags]
+    if "AVX-512" in isa and "AVX2" in isa:
+        isa.remove("AVX2")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {' '.join(isa) or 'scalar'}, {cores} cores"
+
+
+def write_table(name: str, title: str, body: str, note: str = "") -> str:
+    """Prepend one run's table (``body``, markdown) to ``benchmarks/results/NAME.md`` under a heading
+    with ``title``, the machine and today's date; returns the file's path."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, f"{name}.md")
+    header = f"# {name}\n\nNewest run first; every table names the machine it ran on.\n"
+    old = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+        old = old[len(header):] if old.startswith(header) else old
+    stamp = f"## {title}\n\n{machine()}; {datetime.date.today().isoformat()}\n\n"
+    text = header + "\n" + stamp + (note.strip() + "\n\n" if note else "") + body.strip() + "\n\n" + old.lstrip()
+    with open(path, "w") as f:
+        f.write(text.rstrip() + "\n")
+    return path
