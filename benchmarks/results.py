@@ -9,8 +9,8 @@ import os
 import platform
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-_ISA_FLAGS = (("avx512_vnni", "AVX-512 VNNI"), ("avx512_vpopcntdq", "VPOPCNTDQ"), ("avx512f", "AVX-512"),
-              ("avx2", "AVX2"), ("asimd", "NEON"))
+_ISA_FLAGS = (("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"), ("avx512_vpopcntdq", "VPOPCNTDQ"), ("avx2", "AVX2"),
+              ("asimd", "NEON"))
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -26,7 +26,7 @@ def _cpuinfo() -> dict[str, str]:
 
 
 def machine() -> str:
-    """``Intel(R) Xeon(R) Processor, AVX-512 VNNI, 2 cores`` for this machine: the CPU model, the widest
+    """``Intel(R) Xeon(R) Processor, AVX-512 VNNI VPOPCNTDQ, 2 cores`` for this machine: the CPU model, the widest
     vector ISA (and the extensions the kernels use), the cores this process may run on."""
     info = _cpuinfo()
     model = info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
