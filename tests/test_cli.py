@@ -14,7 +14,9 @@ import pytest
 from onnx import TensorProto, helper
 
 import reforge
+from reforge.bench import baseline_runners
 from reforge.cli import main
+from reforge.frontend import load
 from reforge.passes import registry
 from reforge.profiling import summarize
 
@@ -120,12 +122,22 @@ def test_opt_levels_and_pass_selection(tmp_path, onnx_path, capsys):
 
 
 def test_bench_json(tmp_path, onnx_path, capsys):
-    code, out, _ = cli(capsys, "bench", onnx_path, "--repeat", 20, "--json", tmp_path / "b.json")
-    assert code == 0 and "reforge speed-up" in out
+    code, out, _ = cli(capsys, "bench", onnx_path, "--repeat", 20, "--against", "onnxruntime,openvino,torch",
+                       "--json", tmp_path / "b.json")
+    assert code == 0 and "reforge speed-up" in out and re.search(r"^openvino +\d", out, re.M)
     results = {r["runtime"]: r for r in json.loads((tmp_path / "b.json").read_text())["results"]}
-    assert results["reforge"]["runs"] == results["onnxruntime"]["runs"] == 20
+    assert results["reforge"]["runs"] == results["onnxruntime"]["runs"] == results["openvino"]["runs"] == 20
     assert results["onnxruntime"]["rel_err_vs_reforge"] < 1e-4
+    assert results["openvino"]["rel_err_vs_reforge"] < 1e-4  # f32 inference precision, not bf16
     assert "no PyTorch module" in results["torch"]["unavailable"]
+
+
+def test_openvino_unavailable_is_a_reason(onnx_path, monkeypatch):
+    imported = load(onnx_path)
+    not_onnx = baseline_runners(onnx_path, dataclasses.replace(imported, source="torch"), ["openvino"], 1)
+    assert "not an ONNX file" in not_onnx["openvino"]
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    assert "openvino is not installed" in baseline_runners(onnx_path, imported, ["openvino"], 1)["openvino"]
 
 
 def _unsupported_model(path):
