@@ -103,6 +103,7 @@ def measure(model: ZooModel) -> dict:
     row["compile_s"] = time.perf_counter() - start
     row["macs"] = art.manifest["passes"][0]["before"]["macs"] if art.manifest["passes"] else None
     row["layout_transforms"] = art.manifest["build"]["layout_transforms"]
+    row["layout"] = art.manifest["build"]["layout"]  # "NCHW (blocked layout not applied: why)" where it is not
     data = np.load(os.path.join(ARGS.out, f"{model.name}.npz"))
     set_threads(ARGS.threads[0])
     row["rel_err"] = compare(list(art.run({INPUT: data["input"]}).values()), [data["output"]])[1]
@@ -132,13 +133,19 @@ def matched(row: dict) -> bool:
     return "failed" not in row and row["rel_err"] <= TOLERANCE
 
 
+def blocked(row: dict) -> str:
+    """`` (NCHW)`` where the blocked layout was not applied at all (the progress line says why)."""
+    return " (NCHW)" if row["layout"].startswith("NCHW (") else ""
+
+
 def progress(row: dict) -> str:
     if "failed" in row:
         return f"failed: {row['failed']}"
     said = lambda v: f"{v:.2f} ms" if isinstance(v, float) else f"unavailable ({v})"  # noqa: E731
     timed = "; ".join(f"{t}t: " + ", ".join(f"{r} {said(row.get((r, t)))}" for r in ("reforge", *PEERS))
                       for t in ARGS.threads)
-    return (f"compile {row['compile_s']:.1f} s, {row['layout_transforms']} layout transforms, rel err "
+    return (f"compile {row['compile_s']:.1f} s, layout {row['layout']}, {row['layout_transforms']} layout "
+            f"transforms, rel err "
             f"{row['rel_err']:.1e}, slowest {row['slowest']}; {timed}")
 
 
@@ -153,7 +160,7 @@ def table(models: list[ZooModel], rows: list[dict]) -> str:
             cells = [model.label, model.family, f"**failed** {row['failed']}"] + [""] * (len(head) - 3)
         else:
             cells = [model.label, model.family, "-" if row["macs"] is None else f"{row['macs'] / 1e9:.2f}",
-                     f"{row['compile_s']:.1f}", str(row["layout_transforms"]),
+                     f"{row['compile_s']:.1f}", f"{row['layout_transforms']}{blocked(row)}",
                      f"{row['rel_err']:.1e}" + ("" if matched(row) else " **mismatch**"), f"`{row['slowest']}`"]
             for t in ARGS.threads:
                 ratio = speedup(row, t)
