@@ -53,7 +53,8 @@ def anchors(path: str) -> set[str]:
 def test_readme_is_at_most_300_lines():
     with open(README, encoding="utf-8") as f:
         lines = f.read().splitlines()
-    assert len(lines) <= 300, f"README.md has {len(lines)} lines; design notes belong in docs/, numbers in benchmarks/results/"
+    assert len(lines) <= 300, \
+        f"README.md has {len(lines)} lines; design notes belong in docs/, numbers in benchmarks/results/"
 
 
 def test_slug_follows_github():
