@@ -6,7 +6,6 @@ file is in the format ``benchmarks/results.py``'s ``write_table`` prepends to.""
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 import re
 
@@ -18,13 +17,6 @@ DOCS = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 RESULTS = sorted(glob.glob(os.path.join(ROOT, "benchmarks", "results", "*.md")))
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
-
-
-def _results_module():
-    spec = importlib.util.spec_from_file_location("benchmark_results", os.path.join(ROOT, "benchmarks", "results.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _read(path: str) -> str:
@@ -113,18 +105,3 @@ def test_results_file_is_in_write_table_format(path):
         stamp = rest.split("\n", 1)[0]
         assert re.search(r", \S.*, \d+ cores; \d{4}-\d{2}-\d{2}", stamp), \
             f"'{title}': the line under the title names the machine (model, ISA, cores) and the date, not {stamp!r}"
-
-
-def test_write_table_prepends_to_a_results_file(tmp_path, monkeypatch):
-    results = _results_module()
-    monkeypatch.setattr(results, "RESULTS", str(tmp_path))
-    with open(RESULTS[0], encoding="utf-8") as f:
-        old = f.read()
-    name = os.path.basename(RESULTS[0])[:-3]
-    (tmp_path / f"{name}.md").write_text(old, encoding="utf-8")
-    results.write_table(name, "a new run", "| a | b |\n|---|---|\n| 1 | 2 |", note="a note")
-    new = (tmp_path / f"{name}.md").read_text(encoding="utf-8")
-    header = f"# {name}\n\nNewest run first; every table names the machine it ran on.\n"
-    assert new.startswith(header + "\n## a new run\n\n" + results.machine() + "; ")
-    assert new.count(header) == 1
-    assert new.endswith(old[len(header):].lstrip())
