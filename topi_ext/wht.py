@@ -27,10 +27,11 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
+from .op_kind import OPAQUE
+
 OP = "wht"  # the PrimFunc's ``reforge.op`` attribute
 STAGE = "wht_stage"  # blocks wht_stage0 .. wht_stage{m-1}
 OUT = "wht_out"
-OPAQUE = 8  # relax OpPatternKind.kOpaque
 
 
 # ----------------------------------------------------------------------------- numpy
