@@ -239,6 +239,12 @@ def _inspect(args) -> int:
         print(json.dumps(artifact.manifest, indent=2))
     else:
         print(inspect_report(artifact.manifest, args.artifact, os.path.getsize(args.artifact)))
+        from .toolchains import native_host_commands
+
+        commands = native_host_commands(artifact.manifest, args.artifact)
+        if commands:
+            print("\nrun without Python (C API: reforge/native/reforge_runtime.h; docs/targets.md#native-host):")
+            print("\n".join(f"  {c}" for c in commands))
     return 0
 
 
