@@ -71,8 +71,7 @@ class Runner:
     @property
     def vm(self):
         """The calling thread's VM (made on its first call)."""
-        state = self._state()
-        return state.vm
+        return self._state().vm
 
     def _state(self) -> _ThreadState:
         state = getattr(self._local, "state", None)
