@@ -64,12 +64,17 @@ def test_core_ids_per_package_when_no_sibling_list(tmp_path):
     assert threads.physical_cores({0, 4}, sys_cpu, **no_cgroup(tmp_path)) == 1
 
 
-def test_cgroup_v2_quota_caps_the_cores(tmp_path):
-    sys_cpu = fake_cpus(tmp_path / "cpu", siblings=[str(c) for c in range(8)])
-    leaf = tmp_path / "cg" / "app" / "worker"
+def fake_cgroup(tmp_path, folder: str, proc_self_cgroup: str):
+    """An 8-CPU machine without SMT, this process in cgroup ``folder`` (made) as /proc/self/cgroup says."""
+    leaf = tmp_path / "cg" / folder
     leaf.mkdir(parents=True)
-    (tmp_path / "self").write_text("0::/app/worker\n")
+    (tmp_path / "self").write_text(proc_self_cgroup)
     where = dict(cgroup=str(tmp_path / "cg"), proc_cgroup=str(tmp_path / "self"))
+    return fake_cpus(tmp_path / "cpu", siblings=[str(c) for c in range(8)]), leaf, where
+
+
+def test_cgroup_v2_quota_caps_the_cores(tmp_path):
+    sys_cpu, leaf, where = fake_cgroup(tmp_path, "app/worker", "0::/app/worker\n")
     (leaf / "cpu.max").write_text("max 100000\n")
     assert threads.cpu_quota(**where) is None and threads.physical_cores(range(8), sys_cpu, **where) == 8
     (leaf.parent / "cpu.max").write_text("250000 100000\n")  # an ancestor's limit binds its children
@@ -79,11 +84,7 @@ def test_cgroup_v2_quota_caps_the_cores(tmp_path):
 
 
 def test_cgroup_v1_quota_caps_the_cores(tmp_path):
-    sys_cpu = fake_cpus(tmp_path / "cpu", siblings=[str(c) for c in range(8)])
-    cpu = tmp_path / "cg" / "cpu,cpuacct" / "job"
-    cpu.mkdir(parents=True)
-    (tmp_path / "self").write_text("4:memory:/job\n3:cpu,cpuacct:/job\n0::/\n")
-    where = dict(cgroup=str(tmp_path / "cg"), proc_cgroup=str(tmp_path / "self"))
+    sys_cpu, cpu, where = fake_cgroup(tmp_path, "cpu,cpuacct/job", "4:memory:/job\n3:cpu,cpuacct:/job\n0::/\n")
     (cpu / "cpu.cfs_period_us").write_text("100000\n")
     (cpu / "cpu.cfs_quota_us").write_text("-1\n")
     assert threads.physical_cores(range(8), sys_cpu, **where) == 8
@@ -116,7 +117,7 @@ def test_pool_is_every_physical_core_the_process_may_use(smallcnn):
 
 
 def test_pool_follows_the_affinity_mask_and_keeps_it(smallcnn):
-    cpu = min(os.sched_getaffinity(0))
+    cpu = max(os.sched_getaffinity(0))  # TVM, left to bind threads, would move the caller to CPU 0
     mask = f"os.sched_setaffinity(0, {{{cpu}}})"
     got = python(POOL.format(mask=mask, path=smallcnn, threads=""), env={"TVM_NUM_THREADS": ""})
     assert got["pool"] == got["rule"] == 1 and got["new_threads"] == 0
