@@ -21,12 +21,16 @@ _LAZY = {"Artifact": "artifact", "load": "artifact", "compile": "pipeline"}
 
 
 def __getattr__(name: str):
-    """``compile`` (shadows the builtin on purpose: reforge.compile), ``load`` and ``Artifact``, imported
-    on first use."""
-    if name not in _LAZY:
-        raise AttributeError(f"module 'reforge' has no attribute {name!r}")
+    """``compile`` (shadows the builtin on purpose: reforge.compile), ``load``, ``Artifact`` and the
+    subpackages (``reforge.frontend``, ``reforge.pipeline``, ...), imported on first use."""
     import importlib
+    import importlib.util
 
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'reforge' has no attribute {name!r}")
     globals()[name] = value
     return value
