@@ -15,6 +15,7 @@ import os
 import tarfile
 import tempfile
 import threading
+from functools import cached_property
 
 import numpy as np
 
@@ -49,11 +50,11 @@ class Artifact:
         self._runner = None
         self._runner_lock = threading.Lock()
 
-    @property
+    @cached_property
     def inputs(self) -> list[TensorSpec]:
         return [TensorSpec.from_json(d) for d in self.manifest["inputs"]]
 
-    @property
+    @cached_property
     def outputs(self) -> list[TensorSpec]:
         return [TensorSpec.from_json(d) for d in self.manifest["outputs"]]
 

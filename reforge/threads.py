@@ -12,7 +12,6 @@ ignores the affinity mask and puts the pools of concurrent callers on the same c
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
@@ -147,18 +146,29 @@ def _set_pool(n: int) -> None:
         _LOCAL.threads = n
 
 
-@contextlib.contextmanager
-def running(threads: int | None):
-    """Around one run on this CPU: ``threads`` (None: the default) when it is the only run in progress,
-    one thread when others are, so N callers on N cores each keep one core instead of all of them
-    sharing every core (a run that overlaps others only later keeps its count to its end)."""
-    global _active
-    with _LOCK:
-        _active += 1
-        alone = _active == 1
-    try:
-        _set_pool((threads or _chosen or default_threads()) if alone else 1)
-        yield
-    finally:
+class running:
+    """Around one run on this CPU (``with running(threads):``): ``threads`` (None: the default) when it
+    is the only run in progress, one thread when others are, so N callers on N cores each keep one
+    core instead of all of them sharing every core (a run that overlaps others only later keeps its
+    count to its end). A class rather than a generator: it wraps every call, and costs a third."""
+
+    __slots__ = ("threads",)
+
+    def __init__(self, threads: int | None):
+        self.threads = threads
+
+    def __enter__(self) -> None:
+        global _active
+        with _LOCK:
+            _active += 1
+            alone = _active == 1
+        try:
+            _set_pool((self.threads or _chosen or default_threads()) if alone else 1)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *_exc) -> None:
+        global _active
         with _LOCK:
             _active -= 1

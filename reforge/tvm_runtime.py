@@ -73,13 +73,20 @@ def empty(shape, dtype: str, device):
     return global_func("runtime.TVMTensorAllocWithScope")(ffi().Shape(shape), ffi().dtype(dtype), device, None)
 
 
-def copy_in(tensor, array: np.ndarray) -> None:
-    """Copy a C-contiguous ``array`` of ``tensor``'s shape and dtype into it (on any device)."""
-    global_func("runtime.TVMTensorCopyFromBytes")(tensor, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
+def copier(tensor):
+    """A function that copies a C-contiguous array of ``tensor``'s shape and dtype into it (on any
+    device; on the CPU into a numpy view of the tensor, a tenth of the cost of TVM's byte copy)."""
+    if tensor.device.dlpack_device_type() == CPU:
+        view = np.from_dlpack(tensor)
+        return lambda array: np.copyto(view, array)
+    copy = global_func("runtime.TVMTensorCopyFromBytes")
+    return lambda array: copy(tensor, array.ctypes.data_as(ctypes.c_void_p), array.nbytes)
 
 
 def to_numpy(tensor) -> np.ndarray:
     """A copy of ``tensor`` (on any device) as a numpy array."""
+    if tensor.device.dlpack_device_type() == CPU:
+        return np.from_dlpack(tensor).copy()
     out = np.empty(tuple(tensor.shape), np.dtype(str(tensor.dtype)))
     global_func("runtime.TVMTensorCopyToBytes")(tensor, out.ctypes.data_as(ctypes.c_void_p), out.nbytes)
     return out
