@@ -106,7 +106,8 @@ before = tasks()
 art = reforge.load({path!r}{threads})
 art.run(np.ones((1, 3, 32, 32), "float32"))
 print(json.dumps({{"pool": tvm_runtime.pool_threads(), "rule": threads.physical_cores(),
-                  "new_threads": tasks() - before, "mask": sorted(os.sched_getaffinity(0))}}))
+                  "new_threads": tasks() - before, "mask": sorted(os.sched_getaffinity(0)),
+                  "env": os.environ["TVM_NUM_THREADS"]}}))
 """
 
 
@@ -114,6 +115,7 @@ def test_pool_is_every_physical_core_the_process_may_use(smallcnn):
     got = python(POOL.format(mask="", path=smallcnn, threads=""), env={"TVM_NUM_THREADS": ""})
     assert got["pool"] == got["rule"] == threads.physical_cores()
     assert got["new_threads"] == got["pool"] - 1  # the calling thread is worker 0
+    assert got["env"] == str(got["rule"])  # what child processes (tuning's measurement workers) inherit
 
 
 def test_pool_follows_the_affinity_mask_and_keeps_it(smallcnn):
@@ -127,6 +129,14 @@ def test_pool_follows_the_affinity_mask_and_keeps_it(smallcnn):
 def test_threads_argument_overrides_the_rule(smallcnn):
     got = python(POOL.format(mask="", path=smallcnn, threads=", threads=1"), env={"TVM_NUM_THREADS": ""})
     assert got["pool"] == 1
+    cli = python(f"""
+import json
+from reforge import tvm_runtime
+from reforge.cli import main
+assert main(["run", {smallcnn!r}, "--threads", "1"]) == 0
+print(json.dumps({{"pool": tvm_runtime.pool_threads()}}))
+""", env={"TVM_NUM_THREADS": ""})
+    assert cli["pool"] == 1
     with pytest.raises(reforge.ReforgeError, match="threads=0: must be at least 1"):
         reforge.load(smallcnn, threads=0)
     with pytest.raises(reforge.ReforgeError, match="TVM_NUM_THREADS=1000"):
