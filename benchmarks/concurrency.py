@@ -117,7 +117,8 @@ def main() -> None:
             for (rt, callers, per_call), runs in samples.items():
                 if rt == runtime:
                     r, c = statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs)
-                    rows.append(f"| {title} | {runtime} | {callers} | {per_call} | {r:.0f} | {r / unit:.2f} | {c:.0f} |")
+                    rows.append(f"| {title} | {runtime} | {callers} | {per_call} | {r:.0f} | {r / unit:.2f} "
+                                f"| {c:.0f} |")
     note = (f"{args.rounds} rounds of {args.seconds:g} s per configuration, interleaved; median calls/s. "
             "One loaded artifact (one onnxruntime session) shared by every caller. calls/CPU-s: calls per second of "
             "this process's CPU time (all its threads), the cost of a call whatever else runs. " + args.note)
