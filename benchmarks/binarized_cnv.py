@@ -31,11 +31,11 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import tvm  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.results import publish  # noqa: E402
 import reforge  # noqa: E402
+from reforge.bench import set_threads  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
 
 
@@ -115,7 +115,7 @@ def main() -> None:
     ours_out = list(art.run({"x": x}).values())[0]
     rows = []
     for threads in args.threads:
-        tvm.get_global_func("runtime.config_threadpool")(1, threads)
+        set_threads(threads)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
