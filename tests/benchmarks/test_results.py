@@ -19,13 +19,14 @@ def test_markdown_table():
 
 
 def test_machine_counts_the_cores_after_tvm_pins_its_thread_pool():
-    """TVM's thread pool pins the main thread to one core once it runs at one thread; the stamp must still
-    name the cores the process was given (a subprocess, so this test's own process stays unpinned)."""
+    """TVM's thread pool, left to bind threads (TVM_BIND_THREADS=1), pins the main thread to one core once it
+    runs at one thread; the stamp must still name the cores the process was given (a subprocess, so this
+    test's own process stays unpinned)."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from benchmarks import results; import os, tvm; "
             "tvm.get_global_func('runtime.config_threadpool')(1, 1); print(len(os.sched_getaffinity(0))); "
             "print(results.machine())")
     out = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True, check=True,
-                         env={**os.environ, "TVM_NUM_THREADS": "1"}).stdout.splitlines()
+                         env={**os.environ, "TVM_NUM_THREADS": "1", "TVM_BIND_THREADS": "1"}).stdout.splitlines()
     cores = len(os.sched_getaffinity(0))
     assert out[-1].endswith(f", {cores} cores"), out
     if cores > 1:
