@@ -21,13 +21,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from tests.zoo import randomize_batchnorm  # noqa: E402
 
 INPUT, OUTPUT = "image", "output"  # the ONNX files' input and output names
 
@@ -97,19 +92,24 @@ KWARGS = {"googlenet": {"init_weights": True}, "inception_v3": {"init_weights": 
           "deeplabv3_mobilenet_v3_large": {"weights_backbone": None, "aux_loss": False}}
 
 
-class OutTensor(nn.Module):
-    """torchvision's segmentation models return ``{"out": ...}``; the file's one output is that tensor."""
+def build(model: ZooModel):
+    """The network (an ``nn.Module``) with seed-0 random weights and randomized BatchNorm, in eval mode,
+    returning one tensor. torch is imported here, not with the module: ``benchmarks/model_zoo.py`` reads
+    the list of networks in the main venv."""
+    import torch
 
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
+    from tests.zoo import randomize_batchnorm
 
-    def forward(self, image):
-        return self.net(image)["out"]
+    class OutTensor(torch.nn.Module):
+        """torchvision's segmentation models return ``{"out": ...}``; the file's one output is that tensor."""
 
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
 
-def build(model: ZooModel) -> nn.Module:
-    """The network with seed-0 random weights and randomized BatchNorm, in eval mode, returning one tensor."""
+        def forward(self, image):
+            return self.net(image)["out"]
+
     torch.manual_seed(0)
     if model.library == "timm":
         import timm
@@ -125,20 +125,23 @@ def build(model: ZooModel) -> nn.Module:
     return randomize_batchnorm(net)
 
 
-def export(model: ZooModel, out: str) -> None:
-    """``OUT/NAME.onnx`` and ``OUT/NAME.npz`` for one network."""
-    net = build(model)
-    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, model.size, model.size), dtype=np.float32))
+def save(net, name: str, size: int, out: str) -> None:
+    """``OUT/NAME.onnx`` (``net`` exported as most users' files come about) and ``OUT/NAME.npz`` (a fixed
+    N(0, 1) input of ``size`` x ``size`` and ``net``'s output on it, the reference the benchmark checks)."""
+    import torch
+
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32))
     with torch.no_grad():
         y = net(x)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (x,), os.path.join(out, f"{model.name}.onnx"), input_names=[INPUT],
+        torch.onnx.export(net, (x,), os.path.join(out, f"{name}.onnx"), input_names=[INPUT],
                           output_names=[OUTPUT], opset_version=17, dynamo=False)
-    np.savez(os.path.join(out, f"{model.name}.npz"), input=x.numpy(), output=y.numpy())
+    np.savez(os.path.join(out, f"{name}.npz"), input=x.numpy(), output=y.numpy())
 
 
 def main() -> int:
+    sys.path.insert(0, ROOT)  # tests.zoo
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", help="comma-separated names (default: all)")
     parser.add_argument("--out", default=os.path.join(ROOT, "out", "zoo"))
@@ -151,7 +154,7 @@ def main() -> int:
             if os.path.exists(stale):
                 os.remove(stale)
         try:
-            export(model, args.out)
+            save(build(model), model.name, model.size, args.out)
             print(f"exported {model.label}", flush=True)
         except Exception as exc:  # one network failing is a result for the table, not the end of the run
             failed += 1

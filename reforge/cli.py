@@ -88,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("passes", help="list every pass with its summary and paper")
 
-    p = sub.add_parser("bench", help="compile, then time reforge against onnxruntime / PyTorch")
+    p = sub.add_parser("bench", help="compile, then time reforge against onnxruntime / OpenVINO / PyTorch")
     _add_model_options(p)
-    p.add_argument("--against", default="onnxruntime,torch", help="baselines, comma-separated")
+    p.add_argument("--against", default="onnxruntime,torch",
+                   help="baselines, comma-separated: onnxruntime, openvino (the ONNX file only), torch")
     p.add_argument("--threads", type=int, metavar="N",
                    help="threads for every runtime (default: every physical core this process may use)")
     p.add_argument("--repeat", type=int, default=30, help="timed runs per runtime (median; at least 20)")
@@ -180,7 +181,8 @@ def _tune(args) -> int:
              "-" if t.best_ms is None else f"{t.best_ms:.3f}"] for t in result.tasks]
     print(table(["task", "calls", "default ms", "best ms"], rows))
     print(f"\n{result.trials} trials in {result.seconds:.0f} s{' (time budget reached)' if result.timed_out else ''}; "
-          f"estimated latency {result.total_ms('default_ms'):.3f} ms default -> {result.total_ms('best_ms'):.3f} ms tuned")
+          f"estimated latency {result.total_ms('default_ms'):.3f} ms default -> "
+          f"{result.total_ms('best_ms'):.3f} ms tuned")
     print(f"wrote {result.records} records to {args.output}")
     return 0
 

@@ -116,7 +116,8 @@ def test_opt_levels_and_pass_selection(tmp_path, onnx_path, capsys):
                             ["fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches",
                              "fuse-fplus", "fwht", "fft-conv", "binarize", "dead-code"]),
                            (["--passes", "dead-code"], ["dead-code"])]:
-        code, _, err = cli(capsys, "compile", onnx_path, "-o", tmp_path / "m.tar", "--report", tmp_path / "r.json", *argv)
+        code, _, err = cli(capsys, "compile", onnx_path, "-o", tmp_path / "m.tar", "--report", tmp_path / "r.json",
+                           *argv)
         assert code == 0, err
         assert [p["name"] for p in json.loads((tmp_path / "r.json").read_text())["passes"]] == expected
 
@@ -132,12 +133,17 @@ def test_bench_json(tmp_path, onnx_path, capsys):
     assert "no PyTorch module" in results["torch"]["unavailable"]
 
 
-def test_openvino_unavailable_is_a_reason(onnx_path, monkeypatch):
+def test_openvino_unavailable_is_a_reason(onnx_path, monkeypatch, capsys):
+    """OpenVINO missing, or a model that is not ONNX: its row of the table says why in one line, the rest run."""
     imported = load(onnx_path)
     not_onnx = baseline_runners(onnx_path, dataclasses.replace(imported, source="torch"), ["openvino"], 1)
-    assert "not an ONNX file" in not_onnx["openvino"]
+    assert not_onnx["openvino"] == "the model is not an ONNX file; OpenVINO runs the ONNX file only"
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
-    assert "openvino is not installed" in baseline_runners(onnx_path, imported, ["openvino"], 1)["openvino"]
+    code, out, err = cli(capsys, "bench", onnx_path, "--repeat", 20, "--against", "onnxruntime,openvino")
+    assert code == 0 and "Traceback" not in out + err
+    assert re.search(r"^openvino +- +- +- +- +unavailable: openvino is not installed \(pip install openvino\)$",
+                     out, re.M), out
+    assert re.search(r"^onnxruntime +\d", out, re.M), out
 
 
 def _unsupported_model(path):
