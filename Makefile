@@ -44,12 +44,15 @@ bench: install
 	$(BIN)/python benchmarks/zoo.py
 
 # the exporting venv: torchvision and timm do not install beside the main venv's torch, so a second venv
-# with its own torch (a CUDA build, run on the CPU) exports the networks; neither the package nor its tests
-# depend on it. make zoo [MODELS=a,b] [THREADS=1,2] [REPEAT=30]
+# with its own torch (a CUDA build, run on the CPU; pip takes torch and torchvision from local wheels where
+# its config has them, about 5.6 GB) exports the networks; neither the package, its tests nor CI depend on
+# it. timm is pinned: its networks' definitions change between releases. make zoo [MODELS=a,b] [THREADS=1,2]
+# [REPEAT=30] [ZOO_VENV=path of an existing such venv]
 ZOO_VENV ?= .venv-zoo
 $(ZOO_VENV)/bin/.installed:
 	python3 -m venv $(ZOO_VENV)
-	$(ZOO_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 timm onnx onnxscript
+	$(ZOO_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 timm==1.0.31 \
+	  onnx onnxscript
 	touch $@
 
 zoo: install $(ZOO_VENV)/bin/.installed
