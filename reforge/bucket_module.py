@@ -3,9 +3,8 @@
 Each bucket's module went through reforge's static-shape passes on its own; here their functions are
 put side by side: batch 1's under their own names, so its ``main`` is exactly the static artifact's,
 batch b's with the suffix ``_b{b}``. Identical PrimFuncs are kept once, and the weights are too: the
-VM's constant pool keeps one copy of equal constants (the buckets' folded and pre-packed weights are
-equal, as no pass makes a weight depend on the batch), which tests/test_dynamic_batch.py checks.
-"""
+VM's constant pool keeps one copy of equal constants, and the buckets' folded and pre-packed weights
+are equal (tests/test_dynamic_batch.py checks the size of ``model.so``)."""
 
 from __future__ import annotations
 

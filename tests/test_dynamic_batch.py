@@ -2,7 +2,10 @@
 against onnxruntime on the same dynamic-batch ONNX file, against batch-1 runs, across threads, and
 the refusals of what it does not batch."""
 
+import os
 import re
+import subprocess
+import tarfile
 import threading
 
 import numpy as np
@@ -15,6 +18,7 @@ import reforge
 from reforge.batching import bucket_sizes, split
 from reforge.cli import main
 from reforge.errors import ReforgeError
+from reforge.toolchains import host_program
 from reforge.verify import compare
 
 from .conftest import make_model
@@ -122,6 +126,22 @@ def test_manifest_and_inspect_show_the_buckets(bucketed, capsys):
     assert "image: float32[N, 3, 16, 16]" in out and "logits: float32[N, 10]" in out
     assert "batch:   N from 1 to 8 on axis 0, in buckets 1, 2, 4, 8" in out
     assert "the C API runs the batch-1 function" in out
+
+
+def test_native_host_runs_batch_1(bucketed, images, tmp_path):
+    """The C API runs ``main``, the batch-1 function: bit-identical to ``run`` at batch 1 (same
+    model.so kernels and runtime library, one thread each)."""
+    artifact, path = bucketed
+    with tarfile.open(path) as tar:
+        tar.extract("model.so", tmp_path)
+    images[:1].tofile(tmp_path / "in0.bin")
+    done = subprocess.run([host_program("run_vm"), "--threads", "1", str(tmp_path / "model.so"), str(tmp_path), "0",
+                           str(tmp_path / "in0.bin"), "float32", "1x3x16x16"], capture_output=True, text=True,
+                          env=dict(os.environ, TVM_NUM_THREADS="1"), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "output 0 float32 1x10"
+    out = np.fromfile(tmp_path / "out0.bin", dtype="float32").reshape(1, 10)
+    np.testing.assert_array_equal(out, artifact.run(images[:1])["logits"])
 
 
 def test_reforge_run_takes_any_batch(bucketed, dynamic_onnx, images, tmp_path, capsys):
