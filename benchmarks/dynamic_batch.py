@@ -8,7 +8,8 @@ a dynamic batch axis (``dynamic_axes``). reforge compiles that file with ``--max
 2, 4, 8: batch 5 runs as 4 + 1) and, for batch 1, also at the static shape 1x3xSxS; onnxruntime runs
 the same file. Every call is a whole user call (inputs in, outputs out: ``Artifact.run``,
 ``InferenceSession.run``), timed ``repeat`` times per round; the runtimes take turns within each
-round, and the table gives the median over all rounds in images per second.
+round, and the table gives the median over all rounds: wall time, and this process's CPU time, which
+other load on the machine changes less (it does not count the time the process waits for a core).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from benchmarks.imagenet_shapes import ResNet18  # noqa: E402
 from benchmarks.results import markdown_table, write_table  # noqa: E402
 import reforge  # noqa: E402
 from reforge.bench import set_threads  # noqa: E402
-from reforge.execution import time_calls  # noqa: E402
 from tests.zoo import randomize_batchnorm  # noqa: E402
 
 BATCHES = (1, 4, 5, 8)
@@ -53,6 +53,17 @@ def onnxruntime_session(path: str, threads: int):
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def timed(call, repeat: int) -> list[tuple[float, float]]:
+    """(wall ms, process CPU ms) of ``repeat`` calls after one warm-up call."""
+    call()
+    times = []
+    for _ in range(repeat):
+        wall, cpu = time.perf_counter(), time.process_time()
+        call()
+        times.append(((time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3))
+    return times
 
 
 def main() -> None:
@@ -88,16 +99,20 @@ def main() -> None:
     samples = {key: [] for key in calls}
     for _ in range(args.rounds):
         for key, call in calls.items():
-            samples[key] += time_calls(call, args.repeat, warmup=1)
-    ms = {key: statistics.median(t) for key, t in samples.items()}
-    rows = [[runtime, str(b), f"{ms[(runtime, b)]:.2f}", f"{1e3 * b / ms[(runtime, b)]:.1f}",
-             f"{ms[('onnxruntime', b)] / ms[(runtime, b)]:.2f}"] for runtime, b in calls]
-    table = markdown_table(["runtime", "batch", "ms per call", "images/s", "x onnxruntime"], rows)
-    one = ms[("reforge --max-batch", 1)] / ms[("reforge static 1x3xSxS", 1)]
+            samples[key] += timed(call, args.repeat)
+    ms = {key: statistics.median(w for w, _ in t) for key, t in samples.items()}
+    cpu = {key: statistics.median(c for _, c in t) for key, t in samples.items()}
+    rows = [[runtime, str(b), f"{ms[(runtime, b)]:.1f}", f"{1e3 * b / ms[(runtime, b)]:.1f}",
+             f"{ms[('onnxruntime', b)] / ms[(runtime, b)]:.2f}", f"{cpu[(runtime, b)]:.1f}",
+             f"{1e3 * b / cpu[(runtime, b)]:.1f}", f"{cpu[('onnxruntime', b)] / cpu[(runtime, b)]:.2f}"]
+            for runtime, b in calls]
+    table = markdown_table(["runtime", "batch", "ms per call", "images/s", "x onnxruntime", "CPU ms per call",
+                            "images per CPU-s", "x onnxruntime (CPU)"], rows)
+    one = cpu[("reforge --max-batch", 1)] / cpu[("reforge static 1x3xSxS", 1)]
     note = (f"ResNet-18 at {args.size}x{args.size}, one dynamic-batch ONNX file; {threads} thread(s) in both "
-            f"runtimes; {args.rounds} rounds x {args.repeat} calls, interleaved; median. Batch 1 of the --max-batch "
-            f"artifact / the static artifact: {one:.3f}. Compile: --max-batch {args.max_batch} {bucketed_s:.0f} s "
-            f"(buckets {', '.join(map(str, bucketed.batch.buckets))}), static {static_s:.0f} s. " + args.note)
+            f"runtimes; {args.rounds} rounds x {args.repeat} calls, interleaved; median. CPU: this process's CPU "
+            f"time. Batch 1, CPU time of the --max-batch artifact / the static artifact: {one:.3f}. Compile: "
+            f"--max-batch {args.max_batch} {bucketed_s:.0f} s (buckets {', '.join(map(str, bucketed.batch.buckets))}), static {static_s:.0f} s. " + args.note)
     print(note)
     print(table)
     print(f"wrote {write_table('dynamic_batch', 'batch buckets against onnxruntime', table, note)}")

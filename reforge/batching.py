@@ -10,6 +10,7 @@ by every input and output is batched. Runtime-side: numpy only (no TVM compiler 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -88,8 +89,14 @@ class BatchSpec:
     def from_json(cls, d: dict | None) -> "BatchSpec | None":
         return None if d is None else cls(int(d["max"]), tuple(int(b) for b in d["buckets"]))
 
-    def split(self, n: int) -> list[int]:
-        return split(n, self.buckets)
+    @cached_property
+    def plans(self) -> dict[int, tuple[tuple[str, int, int], ...]]:
+        """For each batch n: (function name, first row, rows) of each bucket call, worked out once."""
+        plans = {}
+        for n in range(1, self.max_batch + 1):
+            starts = np.cumsum([0, *split(n, self.buckets)])
+            plans[n] = tuple((function_name(int(b - a)), int(a), int(b - a)) for a, b in zip(starts, starts[1:]))
+        return plans
 
     def describe(self) -> str:
         return f"1 to {self.max_batch} on axis 0, in buckets {', '.join(map(str, self.buckets))}"

@@ -12,7 +12,7 @@ import numpy as np
 from reforge.frontend.tensor_spec import TensorSpec
 
 from . import tvm_runtime
-from .batching import BatchSpec, function_name
+from .batching import BatchSpec
 from .errors import ReforgeError
 from .profiling import Profile, profile_calls
 from .threads import check as check_threads, running
@@ -105,14 +105,12 @@ class Runner:
     def _calls(self, state: _ThreadState, arrays: list[np.ndarray]) -> list[tuple[str, object, list]]:
         """(function name, function, its inputs on the device) of each call that runs ``arrays``: ``main``
         alone, or one per bucket of the batch split (rows of axis 0 in order)."""
-        if self.batch is None:
-            return [("main", state.functions["main"], self._on_device(state, arrays))]
-        calls, start = [], 0
-        for size in self.batch.split(arrays[0].shape[0]):
-            name = function_name(size)
-            calls.append((name, state.function(name), self._on_device(state, [a[start:start + size] for a in arrays])))
-            start += size
-        return calls
+        plan = None if self.batch is None else self.batch.plans[arrays[0].shape[0]]
+        if plan is None or len(plan) == 1:
+            name = "main" if plan is None else plan[0][0]
+            return [(name, state.function(name), self._on_device(state, arrays))]
+        return [(name, state.function(name), self._on_device(state, [a[start:start + size] for a in arrays]))
+                for name, start, size in plan]
 
     def _on_device(self, state: _ThreadState, arrays: list[np.ndarray]) -> list:
         """The inputs on the device, copied into this thread's previous inputs of the same shapes (a
