@@ -112,7 +112,8 @@ def main() -> None:
     note = (f"ResNet-18 at {args.size}x{args.size}, one dynamic-batch ONNX file; {threads} thread(s) in both "
             f"runtimes; {args.rounds} rounds x {args.repeat} calls, interleaved; median. CPU: this process's CPU "
             f"time. Batch 1, CPU time of the --max-batch artifact / the static artifact: {one:.3f}. Compile: "
-            f"--max-batch {args.max_batch} {bucketed_s:.0f} s (buckets {', '.join(map(str, bucketed.batch.buckets))}), static {static_s:.0f} s. " + args.note)
+            f"--max-batch {args.max_batch} {bucketed_s:.0f} s (buckets {', '.join(map(str, bucketed.batch.buckets))}), "
+            f"static {static_s:.0f} s. " + args.note)
     print(note)
     print(table)
     print(f"wrote {write_table('dynamic_batch', 'batch buckets against onnxruntime', table, note)}")
