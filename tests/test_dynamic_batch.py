@@ -202,6 +202,19 @@ def test_torch_module_with_a_named_batch_axis(images):
             assert rel(artifact.run(images[:n])["output0"], net(torch.from_numpy(images[:n])).numpy()) <= RTOL
 
 
+def test_pt2_program_with_a_dynamic_batch_dim(images, tmp_path):
+    torch.manual_seed(2)
+    net = SmallCNN().eval()
+    program = torch.export.export(net, (torch.randn(2, 3, 16, 16),),
+                                  dynamic_shapes={"image": {0: torch.export.Dim("batch", min=1, max=64)}})
+    torch.export.save(program, tmp_path / "dyn.pt2")
+    artifact = reforge.compile(str(tmp_path / "dyn.pt2"), max_batch=3)
+    assert artifact.manifest["batch"]["buckets"] == [1, 2, 3]
+    with torch.no_grad():
+        for n in (1, 2, 3):
+            assert rel(artifact.run(images[:n])["output0"], net(torch.from_numpy(images[:n])).numpy()) <= RTOL
+
+
 # --- what is refused, in one line naming the input or argument
 
 
