@@ -35,11 +35,14 @@ SHAPE_ARITHMETIC = {"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Floor", "C
                     "ReduceProd", "ReduceSum", "ReduceMax", "ReduceMin", "Split", "Tile", "GatherElements"}
 SHAPE_VALUE_LIMIT = 64  # elements: the largest constant that shape arithmetic folds
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+_NUMPY_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
+                onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8,
+                onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL}
 
 
 def fold_constants(model: onnx.ModelProto, input_shapes: dict[str, tuple] | None = None) -> onnx.ModelProto:
-    """Replace, in place, foldable nodes whose inputs are all constants, and ``Shape`` / ``Size`` of
-    tensors whose shape is static, by initializers.
+    """Replace, in place, foldable nodes whose inputs are all constants, ``Shape`` / ``Size`` of
+    tensors whose shape is static and ``CastLike`` of a constant to a known type, by initializers.
 
     ``input_shapes`` (name -> dims; an int is fixed, anything else symbolic) overrides the graph
     inputs' declared shapes; the default keeps the declared ones.
@@ -52,7 +55,7 @@ def fold_constants(model: onnx.ModelProto, input_shapes: dict[str, tuple] | None
     for node in graph.node:
         values = None
         if node.domain in _DEFAULT_DOMAINS and not outputs.intersection(node.output):
-            values = _static_shape(node, types)
+            values = _static_value(node, types, known)
             if values is None and _foldable(node, known):
                 values = _evaluate(node, model, {i: numpy_helper.to_array(known[i]) for i in node.input if i})
         if values is None:
@@ -90,8 +93,16 @@ def _static_dims(value_type: onnx.TypeProto | None) -> tuple[int | None, ...] | 
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in value_type.tensor_type.shape.dim)
 
 
-def _static_shape(node: onnx.NodeProto, types: dict[str, onnx.TypeProto]) -> list[np.ndarray] | None:
-    """``Shape`` (with its ``start`` / ``end``) or ``Size`` of a tensor whose dims in question are known."""
+def _static_value(node: onnx.NodeProto, types: dict[str, onnx.TypeProto],
+                  known: dict[str, onnx.TensorProto]) -> list[np.ndarray] | None:
+    """What only the input's type decides: ``Shape`` (with its ``start`` / ``end``) or ``Size`` of a
+    tensor whose dims in question are known, and ``CastLike`` of a constant to a tensor's known type."""
+    if node.op_type == "CastLike" and node.input[0] in known:
+        target = types.get(node.input[1])
+        elem = target.tensor_type.elem_type if target is not None and target.HasField("tensor_type") else 0
+        if elem not in _NUMPY_TYPES:
+            return None
+        return [numpy_helper.to_array(known[node.input[0]]).astype(onnx.helper.tensor_dtype_to_np_dtype(elem))]
     if node.op_type not in ("Shape", "Size"):
         return None
     dims = _static_dims(types.get(node.input[0]))
