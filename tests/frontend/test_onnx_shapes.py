@@ -8,10 +8,6 @@ compiled at -O2, and compared with onnxruntime on the same file: max|out - ref| 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 
 import numpy as np
 import onnx
@@ -25,7 +21,7 @@ from reforge import ReforgeError
 from reforge.frontend import load
 from reforge.frontend.onnx_constants import fold_constants
 
-from ..conftest import make_model
+from ..conftest import make_model, quiet_torch_export
 
 RTOL = 1e-4
 SHAPE = (2, 16, 8, 8)
@@ -145,19 +141,6 @@ NETS = {"shufflenet_stage": ShuffleStage, "size_slice": SizeSlice, "group_reshap
         "view_head": ViewHead, "flatten_head": FlattenHead, "split_by_size": SplitBySize}
 
 
-@contextlib.contextmanager
-def _quiet():
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _net(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     net = NETS[name]()
@@ -172,7 +155,7 @@ def _net(name: str) -> torch.nn.Module:
 
 def export(name: str, path, exporter: str, dynamic_batch: bool) -> None:
     net, x = _net(name), torch.randn(*SHAPE)
-    with _quiet(), torch.no_grad():
+    with quiet_torch_export(), torch.no_grad():
         if exporter == "torchscript":
             torch.onnx.export(net, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=False,
                               opset_version=17, dynamic_axes={"x": {0: "batch"}} if dynamic_batch else None)
