@@ -219,3 +219,47 @@ def test_a_symbolic_dim_keeps_its_shape_node():
     assert [n.name for n in folded.graph.node] == ["shape_all", "flatten", "square"]
     target = {t.name: onnx.numpy_helper.to_array(t) for t in folded.graph.initializer}["target"]
     np.testing.assert_array_equal(target, [-1, 12])
+
+
+def test_range_where_expand_and_size_on_shape_values_fold(tmp_path):
+    # Channel reversal by Gather(x, C - 1 - Range(C)), a bias expanded to Where(Equal(t, -1), 1, t) with
+    # t = [-1, C, 1, 1] built from Shape and ConstantOfShape, and a flatten to [N, Size(x) / N]: every
+    # shape value folds once the batch is fixed, leaving Gather, Add and Reshape on x.
+    def const(name, values):
+        return helper.make_tensor(name, TensorProto.INT64, [len(values)], values)
+
+    bias = onnx.numpy_helper.from_array(np.random.default_rng(5).standard_normal((16, 1, 1)).astype("float32"), "b")
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "one"], ["c"], name="channels", axis=0),
+             helper.make_node("Squeeze", ["c"], ["c0"], name="c_scalar"),
+             helper.make_node("Range", ["zero_s", "c0", "one_s"], ["r"], name="range"),
+             helper.make_node("Sub", ["c0", "one_s"], ["last"], name="last"),
+             helper.make_node("Sub", ["last", "r"], ["idx"], name="reverse"),
+             helper.make_node("Gather", ["x", "idx"], ["flip"], name="flip", axis=1),
+             helper.make_node("ConstantOfShape", ["two"], ["ones"], name="ones",
+                              value=helper.make_tensor("v", TensorProto.INT64, [1], [1])),
+             helper.make_node("Concat", ["minus_one", "c", "ones"], ["t"], name="target", axis=0),
+             helper.make_node("Equal", ["t", "minus_one"], ["is_free"], name="is_free"),
+             helper.make_node("Where", ["is_free", "one", "t"], ["bias_shape"], name="where"),
+             helper.make_node("Expand", ["b", "bias_shape"], ["bias"], name="expand"),
+             helper.make_node("Add", ["flip", "bias"], ["z"], name="add"),
+             helper.make_node("Size", ["x"], ["n"], name="size"),
+             helper.make_node("Gather", ["s", "zero"], ["batch"], name="batch", axis=0),
+             helper.make_node("Div", ["n", "batch"], ["per_item"], name="per_item"),
+             helper.make_node("Concat", ["batch", "per_item"], ["flat_shape"], name="flat_shape", axis=0),
+             helper.make_node("Reshape", ["z", "flat_shape"], ["y"], name="flatten")]
+    inits = [bias, const("one", [1]), const("zero", [0]), const("two", [2]), const("minus_one", [-1]),
+             helper.make_tensor("zero_s", TensorProto.INT64, [], [0]),
+             helper.make_tensor("one_s", TensorProto.INT64, [], [1])]
+    model = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 8, 8])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1024])], inits)
+    path = tmp_path / "plumbing.onnx"
+    onnx.save(model, path)
+    folded = fold_constants(onnx.load(str(path)), {"x": SHAPE})
+    assert [n.op_type for n in folded.graph.node] == ["Gather", "Add", "Reshape"]
+    art = reforge.compile(str(path), input_shapes={"x": SHAPE})
+    x = np.random.default_rng(6).standard_normal(SHAPE).astype("float32")
+    ref = ort_run(path, x)
+    out = art.run({"x": x})["y"]
+    assert out.shape == ref.shape == (2, 1024)
+    assert np.abs(out - ref).max() <= RTOL * np.abs(ref).max()
