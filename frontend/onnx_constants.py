@@ -26,6 +26,8 @@ from onnx.reference import ReferenceEvaluator
 
 from reforge.errors import ReforgeError, one_line
 
+from .onnx_checks import check_size
+
 # Shape and type plumbing: cheap, exact, and never the computation a pass wants to see.
 FOLDABLE = {"Constant", "Shape", "Size", "Expand", "Cast", "CastLike", "Concat", "Reshape", "Gather",
             "Unsqueeze", "Squeeze", "Slice", "ConstantOfShape", "Range", "Identity"}
@@ -57,6 +59,7 @@ def fold_constants(model: onnx.ModelProto, input_shapes: dict[str, tuple] | None
         if node.domain in _DEFAULT_DOMAINS and not outputs.intersection(node.output):
             values = _static_value(node, types, known)
             if values is None and _foldable(node, known):
+                _check_output_sizes(node, _inferred_types(node, model, types, known))
                 values = _evaluate(node, model, {i: numpy_helper.to_array(known[i]) for i in node.input if i})
         if values is None:
             kept.append(node)
@@ -125,6 +128,15 @@ def _foldable(node: onnx.NodeProto, known: dict[str, onnx.TensorProto]) -> bool:
         return True
     return node.op_type in SHAPE_ARITHMETIC and all(
         math.prod(known[i].dims) <= SHAPE_VALUE_LIMIT for i in node.input if i)
+
+
+def _check_output_sizes(node: onnx.NodeProto, inferred: dict[str, onnx.TypeProto]) -> None:
+    """A constant this machine cannot hold (``ConstantOfShape`` / ``Expand`` / ``Range`` to a huge shape) is
+    refused before it is evaluated."""
+    for name, value_type in inferred.items():
+        dims = _static_dims(value_type)
+        if dims is not None and None not in dims:
+            check_size(f"node '{node.name}' ({node.op_type}) makes '{name}' of", dims, value_type.tensor_type.elem_type)
 
 
 def _evaluate(node: onnx.NodeProto, model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list:
