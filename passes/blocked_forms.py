@@ -14,8 +14,11 @@ from tvm import relax
 
 from tvm import te, tirx
 
+from reforge.topi_ext.channel_norm import OP as CHANNEL_NORM
+from reforge.topi_ext.channel_norm import emit_channel_layer_norm
+
 from .blocked_pack import blocks, unblocks
-from .graph import cleanup, const_value, mutate_functions, op_name, tensor_shape
+from .graph import callee_attr, cleanup, const_value, mutate_functions, op_name, tensor_shape
 
 
 def in_blocked_forms(mod: tvm.IRModule) -> tvm.IRModule:
@@ -27,12 +30,19 @@ def in_blocked_forms(mod: tvm.IRModule) -> tvm.IRModule:
 class _BlockedForms(relax.PyExprMutator):
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
-        if op_name(call) in _MOVES:
-            return self._channel_permutation(call)
-        if op_name(call) in ("relax.take", "relax.strided_slice"):
-            return self._channels_of_channels(call)
-        rewrite = _REWRITES.get(op_name(call))
-        return call if rewrite is None else rewrite(self.builder_, call)
+        name = op_name(call)
+        rewrites = [rewrite for ops, rewrite in (
+            (("relax.divide",), self._mean_layer_norm),
+            (_CHANNELS_LAST_OPS, self._channels_first),
+            (_MOVES, self._channel_permutation),
+            (("relax.take", "relax.strided_slice"), self._channels_of_channels),
+            (("relax.clip",), lambda c: _clip(self.builder_, c)),
+            (("relax.split",), lambda c: _channel_split(self.builder_, c))) if name in ops]
+        for rewrite in rewrites:  # the first that applies
+            new = rewrite(call)
+            if not new.same_as(call):
+                return new
+        return call
 
     def _channel_permutation(self, call: relax.Call) -> relax.Expr:
         """A chain of reshapes and transposes from a 4-D tensor back to its own shape that only reorders
@@ -54,6 +64,74 @@ class _BlockedForms(relax.PyExprMutator):
             if perm is not None:
                 return relax.op.take(source, relax.const(perm, "int64"), axis=1)
         return call
+
+    def _nhwc_of(self, expr) -> relax.Expr | None:
+        """``x`` if ``expr`` is bound to ``permute_dims(x, [0, 2, 3, 1])`` of a 4-D ``x`` (NCHW -> NHWC)."""
+        bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+        if op_name(bound) != "relax.permute_dims" or bound.attrs.axes is None:
+            return None
+        return bound.args[0] if [int(a) for a in bound.attrs.axes] == [0, 2, 3, 1] else None
+
+    def _channels_first(self, call: relax.Call) -> relax.Expr:
+        """ConvNeXt's channels-last island, ``permute → LayerNorm → Linear → GELU → Linear → ·γ → permute``,
+        in NCHW: the permute to NHWC sinks through each operator, rewritten for channels on axis 1 (a
+        matmul by a constant as a 1×1 conv, a last-axis constant as a ``(1, C, 1, 1)`` one, the
+        LayerNorm as :mod:`reforge.topi_ext.channel_norm`), until the permute back cancels it."""
+        name, bb = op_name(call), self.builder_
+        x = self._nhwc_of(call.args[0])
+        if name == "relax.permute_dims":
+            back = call.attrs.axes is not None and [int(a) for a in call.attrs.axes] == [0, 3, 1, 2]
+            return x if x is not None and back else call
+        if name == "relax.nn.layer_norm":
+            if x is None or [int(a) % 4 for a in call.attrs.axes] != [3] or not (call.attrs.center and call.attrs.scale):
+                return call
+            return _nhwc(emit_channel_layer_norm(bb, x, call.args[1], call.args[2], float(call.attrs.epsilon)))
+        if name == "relax.matmul":
+            w = const_value(call.args[1])
+            if x is None or w is None or w.ndim != 2:
+                return call
+            kernel = relax.const(np.ascontiguousarray(w.T[:, :, None, None]), str(w.dtype))
+            return _nhwc(bb.emit(relax.op.nn.conv2d(x, kernel)))
+        if name in _UNARY:
+            return call if x is None else _nhwc(bb.emit(relax.Call(call.op, [x, *call.args[1:]], call.attrs)))
+        permuted = [self._nhwc_of(a) for a in call.args]
+        if all(p is None for p in permuted):
+            return call
+        operands = [_channel_first_const(a) if p is None else p for a, p in zip(call.args, permuted)]
+        if any(o is None for o in operands):
+            return call
+        return _nhwc(bb.emit(relax.Call(call.op, operands, call.attrs)))
+
+    def _mean_layer_norm(self, call: relax.Call) -> relax.Expr:
+        """``(x − mean_c x) / √(mean_c (x − mean_c x)² + ε)`` (LayerNorm over channels written with ReduceMean,
+        as ConvNeXt's channels-first LayerNorm is) as :mod:`reforge.topi_ext.channel_norm` with γ = 1,
+        β = 0 (the affine after it stays elementwise)."""
+        num, den = (self._bound(a) for a in call.args)
+        centered = _centered(self, num)
+        if centered is None or op_name(den) != "relax.sqrt":
+            return call
+        x, mean = centered
+        shifted = self._bound(den.args[0])
+        eps = const_value(shifted.args[1]) if op_name(shifted) == "relax.add" else None
+        var = self._bound(shifted.args[0]) if eps is not None and eps.size == 1 else None
+        if not _is_channel_mean(var):
+            return call
+        square = self._bound(var.args[0])
+        if op_name(square) == "relax.power" and _scalar_is(square.args[1], 2.0):
+            sides = [square.args[0]]
+        elif op_name(square) == "relax.multiply":
+            sides = list(square.args)
+        else:
+            return call
+        if any(_centered(self, self._bound(side)) != (x, mean) for side in sides):
+            return call
+        channels = int(tensor_shape(x)[1])
+        dtype = str(x.ty.dtype)
+        return emit_channel_layer_norm(self.builder_, x, relax.const(np.ones(channels, dtype)),
+                                       relax.const(np.zeros(channels, dtype)), float(eps.reshape(())))
+
+    def _bound(self, expr):
+        return self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
 
     def _channels_of_channels(self, call: relax.Call) -> relax.Expr:
         """A channel selection of a channel selection as one: ``take(take(x, p), q) = take(x, p[q])``,
@@ -81,6 +159,7 @@ def channel_moves_in_blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
         slice(unblock(y), channels [lo, hi))  ->  unblock(y[:, lo/L : hi/L])    lo, hi multiples of L
         concat(unblock(y1), unblock(y2), ...)  ->  unblock(concat(y1, y2, ...))  all in NCHW[L]c
         take(unblock(y), p, axis=1)            ->  unblock(gather(y, p))         len(p) a multiple of L
+        channel_layer_norm(unblock(y))         ->  unblock(channel_layer_norm(y))
         block_L(unblock_L(z))                  ->  z
 
     with ``gather(y, p)[n, c/L, h, w, c%L] = y[n, p[c]/L, h, w, p[c]%L]`` (a channel shuffle: one copy, not three).
@@ -99,6 +178,8 @@ class _BlockedMoves(relax.PyExprMutator):
             return self._concat(call)
         if name == "relax.take":
             return self._take(call)
+        if name == "relax.call_tir" and callee_attr(self.builder_.get(), call, "reforge.op") == CHANNEL_NORM:
+            return self._layer_norm(call)
         if name == "relax.layout_transform" and blocks(call):
             y = self._unblocked(call.args[0])
             return y if y is not None and tensor_shape(y) == tensor_shape(call) else call
@@ -142,6 +223,15 @@ class _BlockedMoves(relax.PyExprMutator):
         gathered = self.builder_.emit_te(_blocked_gather, y, relax.const(indices.astype("int32"), "int32"),
                                          primfunc_name_hint="channel_permutation")
         return self._unblock(gathered)
+
+
+    def _layer_norm(self, call):
+        x, gamma, beta = call.args[1].fields
+        y = self._unblocked(x)
+        if y is None:
+            return call
+        eps = float(callee_attr(self.builder_.get(), call, "reforge.eps"))
+        return self._unblock(emit_channel_layer_norm(self.builder_, y, gamma, beta, eps))
 
 
 def _ints(arg: relax.Expr) -> list[int] | None:
@@ -193,6 +283,45 @@ def _channel_split(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
                         for lo, hi in zip(bounds, bounds[1:])])
 
 
+def _centered(mutator, call) -> tuple[relax.Expr, relax.Expr] | None:
+    """``(x, m)`` if ``call`` is ``x − m`` with ``m = mean_c x`` (``mean(x, axis=1, keepdims=True)``, x 4-D)."""
+    if op_name(call) != "relax.subtract":
+        return None
+    x, m = call.args
+    mean = mutator._bound(m)
+    return (x, m) if _is_channel_mean(mean) and mean.args[0].same_as(x) else None
+
+
+def _is_channel_mean(call) -> bool:
+    if op_name(call) != "relax.mean" or call.attrs.axis is None or not call.attrs.keepdims:
+        return False
+    shape = tensor_shape(call.args[0])
+    return shape is not None and len(shape) == 4 and [int(a) % 4 for a in call.attrs.axis] == [1]
+
+
+def _scalar_is(expr, value: float) -> bool:
+    c = const_value(expr)
+    return c is not None and c.size == 1 and float(c.reshape(())) == value
+
+
+def _nhwc(x: relax.Expr) -> relax.Expr:
+    return relax.op.permute_dims(x, [0, 2, 3, 1])
+
+
+def _channel_first_const(expr) -> relax.Expr | None:
+    """A constant that broadcasts along the last axis of an NHWC tensor, for its NCHW counterpart: a
+    scalar as it is, a vector of C as ``(1, C, 1, 1)``; None for anything else."""
+    value = const_value(expr)
+    if value is None or value.ndim > 4:
+        return None
+    if value.size == 1:
+        return expr
+    full = value.reshape((1,) * (4 - value.ndim) + value.shape)
+    if full.shape[:3] != (1, 1, 1):
+        return None
+    return relax.const(np.ascontiguousarray(full.reshape(1, -1, 1, 1)), str(value.dtype))
+
+
 def _channel_indices(call) -> np.ndarray | None:
     """The constant channel indices of ``take(x, indices, axis=1)`` on a 4-D ``x``, else None."""
     if op_name(call) != "relax.take" or int(call.attrs.axis) != 1 or len(tensor_shape(call.args[0]) or ()) != 4:
@@ -215,5 +344,9 @@ def _traced_channel_permutation(shape: list[int], chain: list[relax.Call]) -> np
 
 
 _MOVES = ("relax.reshape", "relax.permute_dims")
+_UNARY = ("relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu", "relax.nn.relu", "relax.sigmoid", "relax.tanh",
+          "relax.erf", "relax.exp", "relax.sqrt", "relax.rsqrt", "relax.negative")
+_BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
+           "relax.power")
+_CHANNELS_LAST_OPS = ("relax.permute_dims", "relax.nn.layer_norm", "relax.matmul", *_UNARY, *_BINARY)
 _MAX_TRACED = 1 << 24  # elements of a chain traced to find its channel permutation
-_REWRITES = {"relax.clip": _clip, "relax.split": _channel_split}
