@@ -58,3 +58,17 @@ def test_torch_import_clip_stays_blocked(act):
         ref = block(x).numpy()
     assert relative_error(art.run({"x": x.numpy()})["output0"], ref) <= RTOL
     assert _activation_kernels(kernels(block, {"x": shape}), "maximum_minimum") == 2
+
+
+@pytest.mark.parametrize("act,gate", [(nn.SiLU, nn.Sigmoid), (nn.Hardswish, nn.Hardsigmoid)],
+                         ids=["efficientnet", "mobilenet-v3"])
+def test_squeeze_excite_stays_blocked(act, gate, tmp_path):
+    """MBConv with squeeze-excite: the global pool reads the blocked map, the gate's 1×1 convs run on the
+    1×1 map in NCHW[x]c with their ReLU / gate fused, the gate's multiply fused into the second one."""
+    shape = (1, 32, 12, 12)
+    path = export(make(InvertedResidual(act=act, se_gate=gate)), shape, tmp_path / "mbconv.onnx")
+    build = compile_and_check(path, shape)
+    assert build["layout_transforms"] == 2, build
+    names = [n for n in kernels(path) if not n.startswith("te_layout_transform")]
+    assert [n for n in names if not n.startswith(("fused_conv2d", "fused_depthwise"))] == ["mean"], names
+    assert len(names) == 6, names  # 5 convs (expand, depthwise, the gate's two, project) and the pool: all fused
