@@ -1,8 +1,14 @@
 """Operators respelled so that TVM's ``ConvertLayout`` carries the blocked layout NCHW[x]c through them
-(a build step of the CPU targets, run just before it). TVM 0.27 gives some operators no layout
-inference (``clip``), and infers others wrongly for blocked channels (``split``); each of them would
-leave a ``layout_transform`` pair around it, a full copy of the tensor each way, and split the
-elementwise chain a conv's epilogue fuses."""
+(build steps of the CPU targets, one just before it, one just after). TVM 0.27 gives some operators
+no layout inference (``clip``, ``take``, a channel-last island's ``permute_dims``), infers others
+wrongly for blocked channels (``split``) or fails on them (``layer_norm`` and ``mean`` over
+channels); each would leave a ``layout_transform`` pair around it, a full copy of the tensor each
+way, and split the elementwise chain a conv's epilogue fuses.
+
+:func:`in_blocked_forms` (before): clip as maximum / minimum; channel shuffles as one ``take``;
+ConvNeXt's channels-last island in NCHW; LayerNorm over channels as one kernel; channel splits as
+slices. :func:`channel_moves_in_blocked_layout` (after): channel slices, concats, takes and norms
+of blocked tensors done on the blocked tensor."""
 
 from __future__ import annotations
 
@@ -10,9 +16,7 @@ import math
 
 import numpy as np
 import tvm
-from tvm import relax
-
-from tvm import te, tirx
+from tvm import relax, te, tirx
 
 from reforge.topi_ext.channel_norm import OP as CHANNEL_NORM
 from reforge.topi_ext.channel_norm import emit_channel_layer_norm
@@ -349,4 +353,4 @@ _UNARY = ("relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu", "relax.nn.relu
 _BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum",
            "relax.power")
 _CHANNELS_LAST_OPS = ("relax.permute_dims", "relax.nn.layer_norm", "relax.matmul", *_UNARY, *_BINARY)
-_MAX_TRACED = 1 << 24  # elements of a chain traced to find its channel permutation
+_MAX_TRACED = 1 << 22  # elements of a chain traced to find its channel permutation
