@@ -77,8 +77,8 @@ class _BlockedForms(relax.PyExprMutator):
         return bound.args[0] if [int(a) for a in bound.attrs.axes] == [0, 2, 3, 1] else None
 
     def _channels_first(self, call: relax.Call) -> relax.Expr:
-        """ConvNeXt's channels-last island, ``permute → LayerNorm → Linear → GELU → Linear → ·γ → permute``,
-        in NCHW: the permute to NHWC sinks through each operator, rewritten for channels on axis 1 (a
+        """ConvNeXt's channels-last island, ``permute → LayerNorm → Linear → GELU → Linear → ·γ →
+        permute``, in NCHW: the permute to NHWC sinks through each operator, rewritten for channels on axis 1 (a
         matmul by a constant as a 1×1 conv, a last-axis constant as a ``(1, C, 1, 1)`` one, the
         LayerNorm as :mod:`reforge.topi_ext.channel_norm`), until the permute back cancels it."""
         name, bb = op_name(call), self.builder_
@@ -87,7 +87,8 @@ class _BlockedForms(relax.PyExprMutator):
             back = call.attrs.axes is not None and [int(a) for a in call.attrs.axes] == [0, 3, 1, 2]
             return x if x is not None and back else call
         if name == "relax.nn.layer_norm":
-            if x is None or [int(a) % 4 for a in call.attrs.axes] != [3] or not (call.attrs.center and call.attrs.scale):
+            over_channels = [int(a) % 4 for a in call.attrs.axes] == [3]
+            if x is None or not over_channels or not (call.attrs.center and call.attrs.scale):
                 return call
             return _nhwc(emit_channel_layer_norm(bb, x, call.args[1], call.args[2], float(call.attrs.epsilon)))
         if name == "relax.matmul":

@@ -6,7 +6,8 @@ what reforge's passes rewrite, in the spellings they recognize:
 - convs (kernel 1-15, stride 1-2, symmetric or asymmetric padding, dilation, groups and depthwise,
   with or without bias), BatchNorm with random statistics (negative γ included), ReLU / LeakyReLU /
   ELU, the mobile families' ReLU6 (Clip), HardSwish, HardSigmoid, SiLU, sigmoid, GELU (erf), channel
-  shuffles (reshape → transpose → reshape) and FPlus in its elementwise forms ``Pow(1 + |x|, sign(x)) - 1`` and ``Where(x >= 0, x, x / (1 - x))``,
+  shuffles (reshape → transpose → reshape) and FPlus in its elementwise forms
+  ``Pow(1 + |x|, sign(x)) - 1`` and ``Where(x >= 0, x, x / (1 - x))``,
   PFPlus as ``λ·Where(t >= 0, t, t / (1 - t))`` with t = μx (fuse-fplus);
 - no-ops (Dropout, its unused mask output, ×1, +0, ÷1, −0, identity Reshape / Transpose / Cast,
   one-input Concat) and a channel Split with an output left unused (remove-noops, dead-code);
