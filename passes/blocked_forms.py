@@ -78,9 +78,9 @@ class _BlockedForms(relax.PyExprMutator):
 
     def _channels_first(self, call: relax.Call) -> relax.Expr:
         """ConvNeXt's channels-last island, ``permute → LayerNorm → Linear → GELU → Linear → ·γ →
-        permute``, in NCHW: the permute to NHWC sinks through each operator, rewritten for channels on axis 1 (a
-        matmul by a constant as a 1×1 conv, a last-axis constant as a ``(1, C, 1, 1)`` one, the
-        LayerNorm as :mod:`reforge.topi_ext.channel_norm`), until the permute back cancels it."""
+        permute``, in NCHW: the permute to NHWC sinks through each operator, rewritten for channels on
+        axis 1 (a matmul by a constant as a 1×1 conv, a last-axis constant as a ``(1, C, 1, 1)`` one,
+        the LayerNorm as :mod:`reforge.topi_ext.channel_norm`), until the permute back cancels it."""
         name, bb = op_name(call), self.builder_
         x = self._nhwc_of(call.args[0])
         if name == "relax.permute_dims":
