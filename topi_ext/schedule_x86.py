@@ -167,7 +167,7 @@ def _parallel_vectorize_spatial(sch: s_tir.Schedule, block, lanes: int, min_work
 def default_conv_tiles(sch: s_tir.Schedule, ow, oco, accumulate_rows: bool) -> tuple[list, list]:
     """The splits of the output width and of the output-channel chunks whose inner parts are the
     register tile (:func:`conv_tile`)."""
-    lanes = _extents(sch, [sch.get_loops(_conv_block(sch))[4]])[0]
+    lanes = _out_lanes(sch)
     cols, chunks = conv_tile(*_extents(sch, [ow, oco]), accumulate_rows, lanes)
     return [None, cols], [None, chunks]
 
@@ -236,7 +236,7 @@ def _conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, vectors: int) -> tupl
     """Rows accumulated when a kernel with taps has more weights for a tile of ``vectors`` channel
     vectors than half of L1 (:func:`default_conv_reduction`)."""
     chunks, kh, kw, in_lanes = _extents(sch, [ico, ry, rx, ici])
-    out_lanes = _extents(sch, [sch.get_loops(_conv_block(sch))[4]])[0]
+    out_lanes = _out_lanes(sch)
     if kh * kw > 1 and chunks * kh * kw * in_lanes * vectors * out_lanes * 4 > L1_BYTES // 2:
         return [ico, ry], [rx, ici], []
     return [], [ico, ry, rx, ici], []
@@ -245,6 +245,11 @@ def _conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, vectors: int) -> tupl
 def _conv_block(sch: s_tir.Schedule):
     """The blocked conv of a function: groups 1 (CONV_NCHWC) or grouped (GROUPED_NCHWC)."""
     return _named(sch, CONV_NCHWC) or _named(sch, GROUPED_NCHWC)
+
+
+def _out_lanes(sch: s_tir.Schedule) -> int:
+    """The output-channel lanes of the blocked conv (its output's last axis; its loops may be split)."""
+    return int(sch.get(_conv_block(sch)).writes[0].source.shape[-1])
 
 
 def _block_groups(sch: s_tir.Schedule, conv) -> int:
