@@ -1,7 +1,7 @@
 """Grouped 3×3 convs (ResNeXt-50 32×4d, RegNetX / RegNetY-400MF) and ResNeXt bottleneck blocks:
 reforge's blocked grouped conv against the NCHW path it replaced and onnxruntime.
 
-    .venv/bin/python benchmarks/grouped.py [--threads 1] [--rounds 20]
+    .venv/bin/python benchmarks/grouped.py [--threads 1] [--rounds 20] [--onnx NET.onnx ...]
 
 Each layer is a one-layer ONNX model (grouped 3×3 conv, bias, ReLU; a block: 1×1 - grouped 3×3 -
 1×1 with BatchNorm, ReLU and the residual add), timed end to end, NCHW in and out, the three
@@ -11,6 +11,8 @@ runtimes interleaved in one process (``rounds`` turns of 5 runs each; medians):
 - ``blocked``: reforge as it is (``grouped_conv2d_nchwc``);
 - ``onnxruntime``.
 ``conv`` columns: the grouped conv's kernel alone in each reforge build (``reforge run --profile``).
+``--onnx``: whole networks too (torchvision's resnext50_32x4d, regnet_x_400mf exported to ONNX), the
+``conv`` columns then the sum of their grouped convs' kernels.
 Writes ``benchmarks/results/grouped.md``.
 """
 
@@ -87,24 +89,28 @@ def compile_both(path: str):
     return old, new
 
 
-def conv_kernel_ms(art, x: np.ndarray, repeat: int) -> float:
-    """The grouped conv's kernel, median ms per run: the slowest kernel whose name has conv2d and
-    that is no 1×1 conv of a block (those are named conv2d_nchwc / conv2d_nchwc1...; the NCHW
-    grouped conv is TVM's conv2d)."""
+def grouped_kernels_ms(art, x: np.ndarray, repeat: int) -> float:
+    """The grouped convs' kernels, median ms per run: blocked, those named grouped; in NCHW, TVM's
+    conv2d functions (the blocked 1×1 convs are named conv2d_nchwc...; a network's dense convs
+    are all blocked)."""
     kernels = art.runner.profile([x], repeat).kernels
     grouped = [k for k in kernels if "grouped" in k.name] or [k for k in kernels if "conv2d" in k.name
                                                               and "nchwc" not in k.name]
-    return grouped[0].ms
+    return sum(k.ms for k in grouped)
 
 
-def measure(module: nn.Module, shape: tuple, threads: int, rounds: int) -> dict[str, float]:
+def measure_layer(module: nn.Module, shape: tuple, threads: int, rounds: int) -> dict[str, float]:
     x = torch.randn(*shape)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "layer.onnx")
         torch.onnx.export(module, (x,), path, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
-        old, new = compile_both(path)
-        ort_run = onnxruntime_runner(path, new.imported, threads)
-    feeds, arrays = {"x": x.numpy()}, [x.numpy()]
+        return measure(path, x.numpy(), threads, rounds)
+
+
+def measure(path: str, x: np.ndarray, threads: int, rounds: int) -> dict[str, float]:
+    old, new = compile_both(path)
+    ort_run = onnxruntime_runner(path, new.imported, threads)
+    feeds, arrays = {"x": x}, [x]
     ref = ort_run(feeds)[0]
     for art in (old, new):
         got = art.runner.run(arrays)[0]
@@ -115,7 +121,7 @@ def measure(module: nn.Module, shape: tuple, threads: int, rounds: int) -> dict[
         for name, fn in runners.items():
             times[name] += time_calls(fn, 5, warmup=1)
     result = {name: statistics.median(t) for name, t in times.items()}
-    result["old conv"], result["new conv"] = conv_kernel_ms(old, arrays[0], 20), conv_kernel_ms(new, arrays[0], 20)
+    result["old conv"], result["new conv"] = grouped_kernels_ms(old, x, 10), grouped_kernels_ms(new, x, 10)
     return result
 
 
@@ -128,24 +134,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--onnx", nargs="*", default=[], help="whole networks (1×3×224×224 input) to add")
+    parser.add_argument("--only-onnx", action="store_true", help="skip the layers and blocks")
     args = parser.parse_args()
     set_threads(args.threads)
     warnings.filterwarnings("ignore")  # torch.onnx's legacy-exporter notice
     torch.manual_seed(0)
     lines = ["| layer | NCHW path ms | blocked ms | onnxruntime ms | blocked vs NCHW | blocked vs onnxruntime "
              "| NCHW conv ms | blocked conv ms |", "|---|---|---|---|---|---|---|---|"]
-    for name, channels, groups, size, stride in LAYERS:
+    for name, channels, groups, size, stride in [] if args.only_onnx else LAYERS:
         layer = nn.Sequential(nn.Conv2d(channels, channels, 3, stride, 1, groups=groups), nn.ReLU()).eval()
         lines.append(row(f"{name}: {channels}ch {size}², {groups} groups of {channels // groups}",
-                         measure(layer, (1, channels, size, size), args.threads, args.rounds)))
+                         measure_layer(layer, (1, channels, size, size), args.threads, args.rounds)))
         print(lines[-1], flush=True)
-    for name, channels, width, size in BLOCKS:
+    for name, channels, width, size in [] if args.only_onnx else BLOCKS:
         block = Bottleneck(channels, width)
         for bn in (m for m in block.modules() if isinstance(m, nn.BatchNorm2d)):
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 2.0)
-        lines.append(row(f"{name}: {channels}ch {size}², width {width}", measure(block.eval(), (1, channels, size, size),
-                                                                            args.threads, args.rounds)))
+        lines.append(row(f"{name}: {channels}ch {size}², width {width}",
+                         measure_layer(block.eval(), (1, channels, size, size), args.threads, args.rounds)))
+        print(lines[-1], flush=True)
+    for path in args.onnx:
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype("float32")
+        lines.append(row(os.path.basename(path), measure(path, x, args.threads, args.rounds)))
         print(lines[-1], flush=True)
     path = write_table("grouped", f"Grouped 3×3 convs and ResNeXt blocks, {args.threads} thread(s), median ms",
                        "\n".join(lines),

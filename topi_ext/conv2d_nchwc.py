@@ -39,24 +39,33 @@ def output_size(data: te.Tensor, kernel_hw: tuple[int, int], strides, padding, d
 
 
 def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding, dilation, out_dtype: str) -> te.Tensor:
-    n, ic_chunks, _, _, ib = (int(d) for d in data.shape)
-    oc_chunks, k_chunks, kh, kw, kib, ob = (int(d) for d in kernel.shape)
+    _, ic_chunks, _, _, ib = (int(d) for d in data.shape)
+    _, k_chunks, _, _, kib, _ = (int(d) for d in kernel.shape)
     assert (k_chunks, kib) == (ic_chunks, ib), "groups must be 1"
+    return blocked_conv(data, kernel, lambda _oco, ico: ico, strides, padding, dilation, out_dtype, BLOCK)
+
+
+def blocked_conv(data: te.Tensor, kernel: te.Tensor, data_chunk, strides, padding, dilation, out_dtype: str,
+                 name: str) -> te.Tensor:
+    """The blocked conv of the module docstring, reading input chunk ``data_chunk(oco, ico)`` for output
+    chunk oco and the kernel's input chunk ico (``ico`` for groups 1; :mod:`.grouped_nchwc`'s block groups)."""
+    n, _, _, _, ib = (int(d) for d in data.shape)
+    oc_chunks, k_chunks, kh, kw, _, ob = (int(d) for d in kernel.shape)
     sh, sw = (int(s) for s in strides)
     dh, dw = (int(d) for d in dilation)
     out_h, out_w = output_size(data, (kh, kw), strides, padding, dilation)
     data = pad_nchwc(data, padding)
-    ico = te.reduce_axis((0, ic_chunks), "ico")
+    ico = te.reduce_axis((0, k_chunks), "ico")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     ici = te.reduce_axis((0, ib), "ici")
     return te.compute(
         (n, oc_chunks, out_h, out_w, ob),
         lambda b, oco, y, x, oci: te.sum(
-            data[b, ico, y * sh + ry * dh, x * sw + rx * dw, ici].astype(out_dtype)
+            data[b, data_chunk(oco, ico), y * sh + ry * dh, x * sw + rx * dw, ici].astype(out_dtype)
             * kernel[oco, ico, ry, rx, ici, oci].astype(out_dtype),
             axis=[ico, ry, rx, ici]),
-        name=BLOCK)
+        name=name)
 
 
 def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:

@@ -25,7 +25,7 @@ import re
 
 from tvm import relax, te, tirx
 
-from .conv2d_nchwc import output_size, pad_nchwc
+from .conv2d_nchwc import blocked_conv
 
 BLOCK = "grouped_conv2d_nchwc"
 _BLOCKED = re.compile(r"^NCHW(\d+)c$")
@@ -82,27 +82,14 @@ def block_diagonal_kernel(kernel: te.Tensor, groups: int, in_block: int) -> te.T
 
 def grouped_conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding, dilation, out_dtype: str) -> te.Tensor:
     """``data`` (N, C/x, H, W, x), ``kernel`` (O/y, icpg, kh, kw, x, y) → (N, O/y, out_h, out_w, y)."""
-    n, ic_chunks, _, _, ib = (int(d) for d in data.shape)
-    oc_chunks, group_chunks, kh, kw, kib, ob = (int(d) for d in kernel.shape)
+    ic_chunks, ib = int(data.shape[1]), int(data.shape[4])
+    oc_chunks, group_chunks, _, _, kib, _ = (int(d) for d in kernel.shape)
     assert kib == ib and ic_chunks % group_chunks == 0, "kernel lanes and block groups must match the data"
     block_groups = ic_chunks // group_chunks
     assert oc_chunks % block_groups == 0, "output chunks must split into the block groups"
     out_per_group = oc_chunks // block_groups
-    sh, sw = (int(s) for s in strides)
-    dh, dw = (int(d) for d in dilation)
-    out_h, out_w = output_size(data, (kh, kw), strides, padding, dilation)
-    data = pad_nchwc(data, padding)
-    ico = te.reduce_axis((0, group_chunks), "ico")
-    ry = te.reduce_axis((0, kh), "ry")
-    rx = te.reduce_axis((0, kw), "rx")
-    ici = te.reduce_axis((0, ib), "ici")
-    return te.compute(
-        (n, oc_chunks, out_h, out_w, ob),
-        lambda b, oco, y, x, oci: te.sum(
-            data[b, oco // out_per_group * group_chunks + ico, y * sh + ry * dh, x * sw + rx * dw, ici].astype(out_dtype)
-            * kernel[oco, ico, ry, rx, ici, oci].astype(out_dtype),
-            axis=[ico, ry, rx, ici]),
-        name=BLOCK)
+    return blocked_conv(data, kernel, lambda oco, ico: oco // out_per_group * group_chunks + ico, strides, padding,
+                        dilation, out_dtype, BLOCK)
 
 
 def block_group_kernel(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
