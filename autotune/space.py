@@ -128,7 +128,8 @@ def space_for(task_mod, target_kind: str, lanes: int):
         return _space(lambda sch: schedule_conv2d_nchwc(sch, lanes, _sampled_conv_tiles,
                                                                 _sampled_conv_reduction))
     if GROUPED_NCHWC in blocks:
-        return _space(lambda sch: schedule_grouped_conv2d_nchwc(sch, lanes, _sampled_conv_tiles, _sampled_conv_reduction))
+        return _space(lambda sch: schedule_grouped_conv2d_nchwc(sch, lanes, _sampled_conv_tiles,
+                                                                _sampled_conv_reduction))
     if WINOGRAD_GEMM in blocks:
         return _space(lambda sch: schedule_winograd_nchwc(sch, lanes, _sampled_conv_tiles))
     if DEPTHWISE_NCHWC in blocks:

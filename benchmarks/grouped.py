@@ -1,11 +1,13 @@
 """Grouped 3×3 convs (ResNeXt-50 32×4d, RegNetX / RegNetY-400MF) and ResNeXt bottleneck blocks:
 reforge's blocked grouped conv against the NCHW path it replaced and onnxruntime.
 
-    .venv/bin/python benchmarks/grouped.py [--threads 1] [--rounds 20] [--onnx NET.onnx ...]
+    .venv/bin/python benchmarks/grouped.py [--threads 1] [--rounds 20] [--target x86] [--onnx NET.onnx ...]
 
 Each layer is a one-layer ONNX model (grouped 3×3 conv, bias, ReLU; a block: 1×1 - grouped 3×3 -
 1×1 with BatchNorm, ReLU and the residual add), timed end to end, NCHW in and out, the three
-runtimes interleaved in one process (``rounds`` turns of 5 runs each; medians):
+runtimes interleaved in one process (``rounds`` turns of 5 runs each; medians; at 1 thread the
+process's CPU time of each run, which a machine shared with other work does not inflate as it does
+the wall time):
 - ``NCHW path``: reforge with grouped convs left in NCHW (TVM's legalization, the generic
   schedule, layout transforms around them), as before the blocked grouped conv;
 - ``blocked``: reforge as it is (``grouped_conv2d_nchwc``);
@@ -13,7 +15,8 @@ runtimes interleaved in one process (``rounds`` turns of 5 runs each; medians):
 ``conv`` columns: the grouped conv's kernel alone in each reforge build (``reforge run --profile``).
 ``--onnx``: whole networks too (torchvision's resnext50_32x4d, regnet_x_400mf exported to ONNX), the
 ``conv`` columns then the sum of their grouped convs' kernels.
-Writes ``benchmarks/results/grouped.md``.
+``--target x86-avx2`` builds reforge's code for AVX2 (8 lanes, ymm) on the machine at hand, whatever
+its ISA (onnxruntime picks its own kernels). Writes ``benchmarks/results/grouped.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 import warnings
 from unittest import mock
 
@@ -79,11 +83,11 @@ def nchw_grouped_policy(lanes: int):
     return old
 
 
-def compile_both(path: str):
+def compile_both(path: str, target: str):
     """reforge's build of ``path`` with the grouped conv in NCHW and blocked."""
     with mock.patch.object(build, "blocked_conv2d_layouts", nchw_grouped_policy):
-        old = reforge.compile(path)
-    new = reforge.compile(path)
+        old = reforge.compile(path, target)
+    new = reforge.compile(path, target)
     assert new.manifest["build"]["schedules"].get("grouped_conv2d_nchwc", 0) >= 1, new.manifest["build"]
     assert "grouped_conv2d_nchwc" not in old.manifest["build"]["schedules"], old.manifest["build"]
     return old, new
@@ -99,30 +103,44 @@ def grouped_kernels_ms(art, x: np.ndarray, repeat: int) -> float:
     return sum(k.ms for k in grouped)
 
 
-def measure_layer(module: nn.Module, shape: tuple, threads: int, rounds: int) -> dict[str, float]:
+def measure_layer(module: nn.Module, shape: tuple, threads: int, rounds: int, target: str) -> dict[str, float]:
     x = torch.randn(*shape)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "layer.onnx")
         torch.onnx.export(module, (x,), path, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
-        return measure(path, x.numpy(), threads, rounds)
+        return measure(path, x.numpy(), threads, rounds, target)
 
 
-def measure(path: str, x: np.ndarray, threads: int, rounds: int) -> dict[str, float]:
-    old, new = compile_both(path)
+def measure(path: str, x: np.ndarray, threads: int, rounds: int, target: str) -> dict[str, float]:
+    old, new = compile_both(path, target)
     ort_run = onnxruntime_runner(path, new.imported, threads)
     feeds, arrays = {"x": x}, [x]
     ref = ort_run(feeds)[0]
     for art in (old, new):
         got = art.runner.run(arrays)[0]
         assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
-    runners = {"old": lambda: old.runner.run(arrays), "new": lambda: new.runner.run(arrays), "ort": lambda: ort_run(feeds)}
+    runners = {"old": lambda: old.runner.run(arrays), "new": lambda: new.runner.run(arrays),
+               "ort": lambda: ort_run(feeds)}
+    timer = cpu_times if threads == 1 else time_calls
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, fn in runners.items():
-            times[name] += time_calls(fn, 5, warmup=1)
+            times[name] += timer(fn, 5, warmup=1)
     result = {name: statistics.median(t) for name, t in times.items()}
     result["old conv"], result["new conv"] = grouped_kernels_ms(old, x, 10), grouped_kernels_ms(new, x, 10)
     return result
+
+
+def cpu_times(fn, repeat: int, warmup: int) -> list[float]:
+    """CPU milliseconds of the process in each of ``repeat`` calls of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.process_time()
+        fn()
+        times.append((time.process_time() - start) * 1e3)
+    return times
 
 
 def row(name: str, r: dict[str, float]) -> str:
@@ -134,6 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--target", default="x86", help="reforge's target: x86 (this machine), x86-avx2")
     parser.add_argument("--onnx", nargs="*", default=[], help="whole networks (1×3×224×224 input) to add")
     parser.add_argument("--only-onnx", action="store_true", help="skip the layers and blocks")
     args = parser.parse_args()
@@ -145,7 +164,7 @@ def main() -> None:
     for name, channels, groups, size, stride in [] if args.only_onnx else LAYERS:
         layer = nn.Sequential(nn.Conv2d(channels, channels, 3, stride, 1, groups=groups), nn.ReLU()).eval()
         lines.append(row(f"{name}: {channels}ch {size}², {groups} groups of {channels // groups}",
-                         measure_layer(layer, (1, channels, size, size), args.threads, args.rounds)))
+                         measure_layer(layer, (1, channels, size, size), args.threads, args.rounds, args.target)))
         print(lines[-1], flush=True)
     for name, channels, width, size in [] if args.only_onnx else BLOCKS:
         block = Bottleneck(channels, width)
@@ -153,15 +172,18 @@ def main() -> None:
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 2.0)
         lines.append(row(f"{name}: {channels}ch {size}², width {width}",
-                         measure_layer(block.eval(), (1, channels, size, size), args.threads, args.rounds)))
+                         measure_layer(block.eval(), (1, channels, size, size), args.threads, args.rounds,
+                                       args.target)))
         print(lines[-1], flush=True)
     for path in args.onnx:
         x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype("float32")
-        lines.append(row(os.path.basename(path), measure(path, x, args.threads, args.rounds)))
+        lines.append(row(os.path.basename(path), measure(path, x, args.threads, args.rounds, args.target)))
         print(lines[-1], flush=True)
-    path = write_table("grouped", f"Grouped 3×3 convs and ResNeXt blocks, {args.threads} thread(s), median ms",
-                       "\n".join(lines),
-                       note=f"Interleaved in one process, {args.rounds} rounds of 5 runs; models NCHW in and out.")
+    path = write_table("grouped", f"Grouped 3×3 convs, ResNeXt blocks and networks, reforge target {args.target}, "
+                       f"{args.threads} thread(s), median ms", "\n".join(lines),
+                       note=f"Interleaved in one process, {args.rounds} rounds of 5 runs; models NCHW in and out; "
+                       + ("process CPU ms a run (1 thread)" if args.threads == 1 else "wall ms") + "; conv columns "
+                       "(kernels alone, from the profiler) wall ms.")
     print(path)
 
 

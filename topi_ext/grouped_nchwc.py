@@ -100,4 +100,5 @@ def block_group_kernel(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     ib, ki = int(_BLOCKED.match(a.data_layout)[1]), int(_KERNEL.match(a.kernel_layout)[1])
     if ki == ib:
         return call.args[1]
-    return bb.emit_te(block_diagonal_kernel, call.args[1], int(a.groups), ib, primfunc_name_hint="block_diagonal_kernel")
+    return bb.emit_te(block_diagonal_kernel, call.args[1], int(a.groups), ib,
+                      primfunc_name_hint="block_diagonal_kernel")

@@ -1,5 +1,5 @@
-"""reforge's design spaces: every sampled candidate of the blocked conv, blocked grouped and depthwise conv, Winograd
-conv, FFT channel mix and channel-wise fast WHT is a valid schedule that computes what the unscheduled function
+"""reforge's design spaces: every sampled candidate of the blocked conv, blocked grouped and depthwise conv,
+Winograd conv, FFT channel mix and channel-wise fast WHT is a valid schedule that computes what the unscheduled function
 computes (1e-5 relative, fp32: the same sums in another order), the knob really varies across samples,
 and a candidate's trace replays to the same function (how records are applied)."""
 
@@ -58,8 +58,9 @@ def channel_wht():
     return func
 
 
-FUNCS = {"conv2d_nchwc": blocked_conv, "grouped_conv2d_nchwc": blocked_grouped, "depthwise_nchwc": blocked_depthwise, "winograd_nchwc": blocked_winograd,
-         "fft mix": lambda: fft_conv.mix_prim_func(4, 12, 16, 16), "wht over channels": channel_wht}
+FUNCS = {"conv2d_nchwc": blocked_conv, "grouped_conv2d_nchwc": blocked_grouped, "depthwise_nchwc": blocked_depthwise,
+         "winograd_nchwc": blocked_winograd, "fft mix": lambda: fft_conv.mix_prim_func(4, 12, 16, 16),
+         "wht over channels": channel_wht}
 
 
 def run(func, arrays):

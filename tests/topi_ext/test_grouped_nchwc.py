@@ -114,7 +114,8 @@ def test_scheduled_grouped_bias_relu_matches_torch(cin, cout, groups, size, k, s
 def test_layout_policy_keeps_the_neighbours_blocks(cin, cout, groups, lanes, blocks):
     assert grouped_blocks(cin, cout, groups, lanes) == blocks
     x = relax.Var("x", relax.TensorType((1, cin, 8, 8), "float32"))
-    call = relax.op.nn.conv2d(x, relax.const(np.zeros((cout, cin // groups, 3, 3), "float32")), padding=1, groups=groups)
+    w = relax.const(np.zeros((cout, cin // groups, 3, 3), "float32"))
+    call = relax.op.nn.conv2d(x, w, padding=1, groups=groups)
     expected = ["NCHW", "OIHW"] if blocks is None else [f"NCHW{blocks[0]}c", f"OIHW{blocks[1]}i{blocks[2]}o",
                                                          f"NCHW{blocks[2]}c"]
     assert blocked_conv2d_layouts(lanes)(call) == {"relax.nn.conv2d": expected}
