@@ -181,7 +181,9 @@ def main() -> None:
         print(lines[-1], flush=True)
     path = write_table("grouped", f"Grouped 3×3 convs, ResNeXt blocks and networks, reforge target {args.target}, "
                        f"{args.threads} thread(s), median ms", "\n".join(lines),
-                       note=f"Interleaved in one process, {args.rounds} rounds of 5 runs; models NCHW in and out; "
+                       note=f"{os.cpu_count()} cores on the machine, shared with other work (the line above counts the "
+                       "cores this process may use once its threads are set). "
+                       f"Interleaved in one process, {args.rounds} rounds of 5 runs; models NCHW in and out; "
                        + ("process CPU ms a run (1 thread)" if args.threads == 1 else "wall ms") + "; conv columns "
                        "(kernels alone, from the profiler) wall ms.")
     print(path)
