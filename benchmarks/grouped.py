@@ -121,26 +121,14 @@ def measure(path: str, x: np.ndarray, threads: int, rounds: int, target: str) ->
         assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
     runners = {"old": lambda: old.runner.run(arrays), "new": lambda: new.runner.run(arrays),
                "ort": lambda: ort_run(feeds)}
-    timer = cpu_times if threads == 1 else time_calls
+    clock = time.process_time if threads == 1 else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(rounds):
         for name, fn in runners.items():
-            times[name] += timer(fn, 5, warmup=1)
+            times[name] += time_calls(fn, 5, warmup=1, clock=clock)
     result = {name: statistics.median(t) for name, t in times.items()}
     result["old conv"], result["new conv"] = grouped_kernels_ms(old, x, 10), grouped_kernels_ms(new, x, 10)
     return result
-
-
-def cpu_times(fn, repeat: int, warmup: int) -> list[float]:
-    """CPU milliseconds of the process in each of ``repeat`` calls of ``fn`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.process_time()
-        fn()
-        times.append((time.process_time() - start) * 1e3)
-    return times
 
 
 def row(name: str, r: dict[str, float]) -> str:
