@@ -130,9 +130,9 @@ def test_channel_block(channels, lanes, block):
     assert channel_block(channels, lanes) == block
 
 
-def test_layout_policy_skips_grouped_and_narrow_convs():
-    """groups 1 blocked; depthwise has its own blocked layout (test_depthwise_nchwc.py); other grouped
-    convs and narrow outputs stay NCHW."""
+def test_layout_policy_blocks_by_groups_and_skips_narrow_convs():
+    """groups 1 blocked; depthwise and other grouped convs have their own blocked layouts
+    (test_depthwise_nchwc.py, test_grouped_nchwc.py); narrow outputs stay NCHW."""
     from tvm import relax
 
     choose = blocked_conv2d_layouts(8)
@@ -144,6 +144,6 @@ def test_layout_policy_skips_grouped_and_narrow_convs():
 
     assert choose(conv(32)) == {"relax.nn.conv2d": ["NCHW8c", "OIHW8i8o", "NCHW8c"]}
     assert choose(conv(16, groups=16)) == {"relax.nn.conv2d": ["NCHW8c", "OIHW1i8o", "NCHW8c"]}  # depthwise
-    assert choose(conv(16, groups=4)) == {"relax.nn.conv2d": ["NCHW", "OIHW"]}
+    assert choose(conv(16, groups=4)) == {"relax.nn.conv2d": ["NCHW8c", "OIHW4i8o", "NCHW8c"]}  # 2 groups a block
     assert choose(conv(3)) == {"relax.nn.conv2d": ["NCHW", "OIHW"]}  # a 3-lane output block does not pay
     assert choose(relax.op.nn.relu(x)) == {}
