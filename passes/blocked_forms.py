@@ -112,7 +112,7 @@ class _BlockedForms(relax.PyExprMutator):
         as ConvNeXt's channels-first LayerNorm is) as :mod:`reforge.topi_ext.channel_norm` with γ = 1,
         β = 0 (the affine after it stays elementwise)."""
         num, den = (self._bound(a) for a in call.args)
-        centered = _centered(self, num)
+        centered = _centered(self._bound, num)
         if centered is None or op_name(den) != "relax.sqrt":
             return call
         x, mean = centered
@@ -128,7 +128,7 @@ class _BlockedForms(relax.PyExprMutator):
             sides = list(square.args)
         else:
             return call
-        if any(_centered(self, self._bound(side)) != (x, mean) for side in sides):
+        if any(_centered(self._bound, self._bound(side)) != (x, mean) for side in sides):
             return call
         channels = int(tensor_shape(x)[1])
         dtype = str(x.ty.dtype)
@@ -288,12 +288,13 @@ def _channel_split(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
                         for lo, hi in zip(bounds, bounds[1:])])
 
 
-def _centered(mutator, call) -> tuple[relax.Expr, relax.Expr] | None:
-    """``(x, m)`` if ``call`` is ``x − m`` with ``m = mean_c x`` (``mean(x, axis=1, keepdims=True)``, x 4-D)."""
+def _centered(bound, call) -> tuple[relax.Expr, relax.Expr] | None:
+    """``(x, m)`` if ``call`` is ``x − m`` with ``m = mean_c x`` (``mean(x, axis=1, keepdims=True)``, x 4-D);
+    ``bound`` maps a variable to the expression bound to it."""
     if op_name(call) != "relax.subtract":
         return None
     x, m = call.args
-    mean = mutator._bound(m)
+    mean = bound(m)
     return (x, m) if _is_channel_mean(mean) and mean.args[0].same_as(x) else None
 
 

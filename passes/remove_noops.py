@@ -4,8 +4,9 @@ Dropout (ONNX ``Dropout``, ``relax.nn.dropout``) is the identity at inference an
 all ones; the eval-mode remains of DropConnect, stochastic depth and frequency dropout are
 multiplications by a constant of ones (a kept mask, ``1/(1−p)`` with p = 0), additions of zeros,
 and shape-preserving reshapes, casts, transposes, slices, single-input concats and all-true selects
-around them (GhostNet's ``concat(primary, cheap)[:, :out]`` keeps every channel where out is even). Each is replaced by its input when it provably returns it unchanged (same shape,
-same dtype, same values). A scale other than one is not a no-op: fold-batchnorm folds it.
+around them (GhostNet's ``concat(primary, cheap)[:, :out]`` keeps every channel where out is even).
+Each is replaced by its input when it provably returns it unchanged (same shape, same dtype, same
+values). A scale other than one is not a no-op: fold-batchnorm folds it.
 """
 
 from __future__ import annotations

@@ -114,6 +114,15 @@ def compile_and_check(path: str, shape: tuple[int, ...], seed: int = 1) -> dict:
     return art.manifest["build"]
 
 
+def blocked_edges_only(block: nn.Module, shape: tuple[int, ...], path) -> tuple[str, dict]:
+    """Export ``block``, check it (:func:`compile_and_check`) and that its build has only the two layout
+    transforms of its edges (into NCHW[x]c at the input, out of it at the output): (ONNX path, build)."""
+    path = export(block, shape, path)
+    build = compile_and_check(path, shape)
+    assert build["layout_transforms"] == 2, build
+    return path, build
+
+
 def kernels(model, input_shapes: dict | None = None) -> list[str]:
     """The fused kernels (PrimFunc names) of the x86 build of ``model`` at -O2."""
     target = get_target("x86")

@@ -14,7 +14,7 @@ from torch import nn
 
 import reforge
 
-from .families import (RTOL, ConvAct, InvertedResidual, MaxMinReLU6, SiLU, compile_and_check, export, kernels,
+from .families import (RTOL, ConvAct, InvertedResidual, MaxMinReLU6, SiLU, blocked_edges_only, kernels,
                        make, relative_error)
 
 BLOCKS = {  # id: (block, input shape, the fused operators each activation leaves in a conv kernel's name)
@@ -41,9 +41,7 @@ def _activation_kernels(names: list[str], fused: str) -> int:
 @pytest.mark.parametrize("name", BLOCKS)
 def test_activation_stays_blocked_and_fuses_into_its_conv(name, tmp_path):
     make_block, shape, fused = BLOCKS[name]
-    path = export(make(make_block()), shape, tmp_path / f"{name}.onnx")
-    build = compile_and_check(path, shape)
-    assert build["layout_transforms"] == 2, build  # into NCHW16c at the input, out of it at the output
+    path, _ = blocked_edges_only(make(make_block()), shape, tmp_path / f"{name}.onnx")
     assert _activation_kernels(kernels(path), fused) == 2
 
 
@@ -66,9 +64,7 @@ def test_squeeze_excite_stays_blocked(act, gate, tmp_path):
     """MBConv with squeeze-excite: the global pool reads the blocked map, the gate's 1×1 convs run on the
     1×1 map in NCHW[x]c with their ReLU / gate fused, the gate's multiply fused into the second one."""
     shape = (1, 32, 12, 12)
-    path = export(make(InvertedResidual(act=act, se_gate=gate)), shape, tmp_path / "mbconv.onnx")
-    build = compile_and_check(path, shape)
-    assert build["layout_transforms"] == 2, build
+    path, _ = blocked_edges_only(make(InvertedResidual(act=act, se_gate=gate)), shape, tmp_path / "mbconv.onnx")
     names = [n for n in kernels(path) if not n.startswith("te_layout_transform")]
     assert [n for n in names if not n.startswith(("fused_conv2d", "fused_depthwise"))] == ["mean"], names
     assert len(names) == 6, names  # 5 convs (expand, depthwise, the gate's two, project) and the pool: all fused

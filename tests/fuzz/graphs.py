@@ -105,7 +105,8 @@ def conv_params(draw, shape, same: bool = False, plain: bool = False):
         pads = [p] * 4
     else:
         pads = [draw(st.integers(0, reach // 2 + 1)) for _ in range(4)]
-    if _conv_out(h, k, stride, pads[0] + pads[2], dilation) < 1 or _conv_out(w, k, stride, pads[1] + pads[3], dilation) < 1:
+    if (_conv_out(h, k, stride, pads[0] + pads[2], dilation) < 1
+            or _conv_out(w, k, stride, pads[1] + pads[3], dilation) < 1):
         pads = [reach] * 4  # always room for one output
     kinds = ["dense"] * 8 + ["grouped"] if plain else ["dense", "dense", "depthwise", "grouped"]
     kind = draw(st.sampled_from(kinds))
@@ -402,7 +403,8 @@ def layer(draw, b: Builder, x: str, shape):
         else:  # no shape of this map where FFT wins: a big direct conv
             k, cout = draw(st.sampled_from([11, 13, 15])), draw(st.integers(6, 12))
             pad = k // 2 if min(h, w) + 2 * (k // 2) >= k else k - 1
-        p = {"k": k, "stride": 1, "pads": [pad] * 4, "dilation": 1, "groups": 1, "cout": cout, "bias": draw(st.booleans())}
+        p = {"k": k, "stride": 1, "pads": [pad] * 4, "dilation": 1, "groups": 1, "cout": cout,
+             "bias": draw(st.booleans())}
         return emit_conv(b, x, shape, p)
     if kind == "wide":  # 3×3, stride 1, wide enough for Winograd; padding symmetric, asymmetric or none
         if c not in WIDE_CHANNELS:
