@@ -18,8 +18,8 @@ from tvm import relax, te, topi
 from . import winograd_nchwc as winograd
 
 BLOCK = "conv2d_nchwc"
-_BLOCKED = re.compile(r"^NCHW(\d+)c$")
-_BLOCKED_KERNEL = re.compile(r"^OIHW(\d+)i(\d+)o$")
+BLOCKED_DATA = re.compile(r"^NCHW(\d+)c$")  # a blocked data layout: its lanes
+BLOCKED_KERNEL = re.compile(r"^OIHW(\d+)i(\d+)o$")  # a blocked kernel layout: input, output lanes
 
 
 def pad_nchwc(data: te.Tensor, padding) -> te.Tensor:
@@ -76,7 +76,7 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     from .grouped_nchwc import block_group_kernel, grouped_conv2d_nchwc, is_blocked_grouped
 
     a = call.attrs
-    data, kernel = _BLOCKED.match(a.data_layout), _BLOCKED_KERNEL.match(a.kernel_layout)
+    data, kernel = BLOCKED_DATA.match(a.data_layout), BLOCKED_KERNEL.match(a.kernel_layout)
     if data is None or kernel is None or a.out_layout != f"NCHW{kernel[2]}c":
         return _tvm_default(bb, call)
     out_dtype = call_out_dtype(call)

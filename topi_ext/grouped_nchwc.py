@@ -21,15 +21,11 @@ takes the fewest whole groups k (:func:`groups_per_block_group`) whose channels 
 
 from __future__ import annotations
 
-import re
-
 from tvm import relax, te, tirx
 
-from .conv2d_nchwc import blocked_conv
+from .conv2d_nchwc import BLOCKED_DATA, BLOCKED_KERNEL, blocked_conv
 
 BLOCK = "grouped_conv2d_nchwc"
-_BLOCKED = re.compile(r"^NCHW(\d+)c$")
-_KERNEL = re.compile(r"^OIHW(\d+)i(\d+)o$")
 
 
 def groups_per_block_group(group_in: int, group_out: int, groups: int, in_block: int, out_block: int) -> int | None:
@@ -44,7 +40,7 @@ def is_blocked_grouped(call: relax.Call) -> bool:
     docstring: data NCHW[x]c, output NCHW[y]c, kernel OIHW[x]i[y]o with x | I/groups and y | O/groups,
     or OIHW[I/groups]i[y]o with blocks that whole groups fill."""
     a = call.attrs
-    data, kernel = _BLOCKED.match(a.data_layout), _KERNEL.match(a.kernel_layout)
+    data, kernel = BLOCKED_DATA.match(a.data_layout), BLOCKED_KERNEL.match(a.kernel_layout)
     groups = int(a.groups)
     if data is None or kernel is None or a.out_layout != f"NCHW{kernel[2]}c" or groups == 1:
         return False
@@ -97,7 +93,7 @@ def block_group_kernel(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     call's own, or its block-diagonal form (a function of the kernel alone, folded at compile time
     when the kernel is a constant)."""
     a = call.attrs
-    ib, ki = int(_BLOCKED.match(a.data_layout)[1]), int(_KERNEL.match(a.kernel_layout)[1])
+    ib, ki = int(BLOCKED_DATA.match(a.data_layout)[1]), int(BLOCKED_KERNEL.match(a.kernel_layout)[1])
     if ki == ib:
         return call.args[1]
     return bb.emit_te(block_diagonal_kernel, call.args[1], int(a.groups), ib,
