@@ -2,11 +2,13 @@
 
 Tolerance: max|out - ref| <= 1e-4 * max|ref| (fp32, summation order differs)."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 import tvm
-from tvm import te
+from tvm import te, topi
 
 from reforge.targets import get_target
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
@@ -97,6 +99,43 @@ def test_a_shifted_crop_stays_out_of_the_tiles(cin, cout, size, k, crop):
     lib["main"](tvm.runtime.tensor(pack_data(x, 8)), tvm.runtime.tensor(pack_kernel(w, 8, 8)), result)
     full = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=k // 2).numpy()
     ref = 2 * full[:, :, 1:crop + 1, :crop]
+    got = result.numpy().transpose(0, 1, 4, 2, 3).reshape(ref.shape)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+EPILOGUES = {  # activations that read the conv's output twice, their PyTorch twins, whether they join the tile
+    "hardswish": (lambda y: y * topi.minimum(topi.maximum(y + 3.0, 0.0), 6.0) / 6.0, torch.nn.functional.hardswish,
+                  True),
+    "squared-relu": (lambda y: y * topi.maximum(y, 0.0), lambda y: y * torch.relu(y), True),
+    "silu": (lambda y: y * topi.sigmoid(y), torch.nn.functional.silu, False),  # a call: its own pass
+    "gelu": (lambda y: y * (topi.erf(y / np.sqrt(2.0)) + 1.0) * 0.5, torch.nn.functional.gelu, False),
+}
+
+
+@pytest.mark.parametrize("name", EPILOGUES)
+def test_an_epilogue_reading_the_conv_twice(name):
+    """x · f(x) after conv + bias: arithmetic steps (hardswish) are inlined into the write-back of the
+    register tile (no block of their own, which would be a pass over the output in memory); all match
+    PyTorch."""
+    target, (epilogue, twin, in_tile) = get_target("x86"), EPILOGUES[name]
+    data = te.placeholder((1, 2, 14, 14, 8), name="data")
+    kernel = te.placeholder((4, 2, 3, 3, 8, 8), name="kernel")
+    bias = te.placeholder((1, 4, 1, 1, 8), name="bias")
+    out = epilogue(conv2d_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1), "float32") + bias)
+    func, rule = schedule_func(te.create_prim_func([data, kernel, bias, out]), 8)
+    assert rule == "conv2d_nchwc"
+    blocks = set(re.findall(r'T\.sblock\("(\w+)"\)', func.script()))
+    tile = {"root", "data_pad", "conv2d_nchwc_init", "conv2d_nchwc_update", "conv2d_nchwc_local"}
+    assert (blocks == tile) == in_tile, blocks
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((1, 16, 14, 14)).astype("float32"), rng.standard_normal((32, 16, 3, 3)).astype("float32")
+    b = rng.standard_normal(32).astype("float32")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target)
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
+    lib["main"](tvm.runtime.tensor(pack_data(x, 8)), tvm.runtime.tensor(pack_kernel(w, 8, 8)),
+                tvm.runtime.tensor(b.reshape(1, 4, 8)[:, :, None, None, :].copy()), result)
+    ref = twin(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                                          padding=1)).numpy()
     got = result.numpy().transpose(0, 1, 4, 2, 3).reshape(ref.shape)
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
