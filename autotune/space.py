@@ -7,6 +7,8 @@ fully scheduled function:
   two ``sample_perfect_tile`` decisions the evolutionary search mutates; also the reduction order
   (whole rows accumulated over input-channel chunks and kernel rows, or all of the reduction inside
   the tile with the chunks outside or inside the kernel taps), and how many lane steps are unrolled;
+- blocked grouped conv (``grouped_conv2d_nchwc``): the same knobs, the channel vectors drawn among
+  the output-channel chunks of one block group;
 - blocked depthwise conv: output columns of the register tile (``sample_perfect_tile``);
 - Winograd conv's GEMMs: tiles × output-channel vectors of the register tile (``sample_perfect_tile``);
 - FFT conv's channel mix: rows of the register tile (``sample_perfect_tile``);
@@ -30,13 +32,14 @@ from tvm.s_tir import meta_schedule as ms
 from reforge.topi_ext.bitserial import CONV as BITSERIAL_CONV
 from reforge.topi_ext.conv2d_nchwc import BLOCK as CONV_NCHWC
 from reforge.topi_ext.depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
+from reforge.topi_ext.grouped_nchwc import BLOCK as GROUPED_NCHWC
 from reforge.topi_ext.fft_conv import MIX_OP
 from reforge.topi_ext.op_kind import op_kind
 from reforge.topi_ext.operator_schedules import OPERATOR_SCHEDULES
 from reforge.topi_ext.schedule_fft import MAX_ROWS
 from reforge.topi_ext.schedule_wht import default_strip
 from reforge.topi_ext.schedule_x86 import (MAX_REG_N, _divisors, schedule_conv2d_nchwc, schedule_depthwise_nchwc,
-                                           schedule_winograd_nchwc)
+                                           schedule_grouped_conv2d_nchwc, schedule_winograd_nchwc)
 from reforge.topi_ext.wht import OP as WHT
 from reforge.topi_ext.winograd_nchwc import GEMM as WINOGRAD_GEMM
 
@@ -123,6 +126,9 @@ def space_for(task_mod, target_kind: str, lanes: int):
     blocks = block_names(task_mod["main"])
     if CONV_NCHWC in blocks:
         return _space(lambda sch: schedule_conv2d_nchwc(sch, lanes, _sampled_conv_tiles,
+                                                                _sampled_conv_reduction))
+    if GROUPED_NCHWC in blocks:
+        return _space(lambda sch: schedule_grouped_conv2d_nchwc(sch, lanes, _sampled_conv_tiles,
                                                                 _sampled_conv_reduction))
     if WINOGRAD_GEMM in blocks:
         return _space(lambda sch: schedule_winograd_nchwc(sch, lanes, _sampled_conv_tiles))

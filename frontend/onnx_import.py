@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, helper
+import tvm
+from tvm import relax
 from tvm.relax.frontend.onnx import onnx_frontend
 
 from reforge.errors import ReforgeError, one_line
@@ -98,12 +100,54 @@ class _NodeNamedImporter(onnx_frontend.ONNXGraphImporter):
 
     def _convert_operator(self, op_name, inputs, attrs, opset):
         try:
+            own = _OWN_CONVERTERS.get(op_name, lambda *_: None)(inputs, attrs, opset)
+            if own is not None:
+                return self.bb.normalize(own)
             return super()._convert_operator(op_name, inputs, attrs, opset)
         except ReforgeError:
             raise
         except Exception as err:  # TVM raises assorted types from its converters
             node = attrs.get("tvm_custom", {}).get("name", "?")
             raise ReforgeError(f"cannot import ONNX node '{node}' ({op_name}): {one_line(err)}") from err
+
+
+def _clip_with_constant_bounds(inputs, attrs, opset: int) -> relax.Expr | None:
+    """``Clip`` with constant scalar bounds (ReLU6 from torch.onnx) as Relax's ``clip`` operator, which
+    the passes read as an activation and the blocked layout carries (TVM's converter emits opaque
+    kernels). A missing or NaN bound is no bound, as in ONNX. None when a bound is computed."""
+    if opset < 11:
+        bounds = [attrs.get("min", -np.inf), attrs.get("max", np.inf)]
+    else:
+        bounds = []
+        for i, default in ((1, -np.inf), (2, np.inf)):
+            bound = inputs[i] if len(inputs) > i else None
+            if bound is None:
+                bounds.append(default)
+            elif isinstance(bound, tvm.ir.GenericConst) and bound.value.numpy().size == 1:
+                bounds.append(float(bound.value.numpy().reshape(())))
+            else:
+                return None
+    lo, hi = (default if np.isnan(b) else float(b) for b, default in zip(bounds, (-np.inf, np.inf)))
+    return relax.op.clip(inputs[0], lo, hi)
+
+
+def _elementwise_extremum(binary):
+    """``Max`` / ``Min`` as a chain of Relax's broadcasting binary operator (ReLU6 as a Max / Min pair
+    with scalars), which keeps its input's layout; TVM's converter stacks the inputs into a new
+    axis and reduces it."""
+    def convert(inputs, _attrs, _opset):
+        if len(inputs) < 2 or any(x is None for x in inputs):
+            return None
+        out = inputs[0]
+        for x in inputs[1:]:
+            out = binary(out, x)
+        return out
+    return convert
+
+
+# ONNX operators reforge converts itself (None: left to TVM's converter)
+_OWN_CONVERTERS = {"Clip": _clip_with_constant_bounds, "Max": _elementwise_extremum(relax.op.maximum),
+                   "Min": _elementwise_extremum(relax.op.minimum)}
 
 
 class _OnnxRuntimeReference:

@@ -46,11 +46,23 @@ def unblocks(lt: relax.Call) -> bool:
     src, dst = tensor_shape(lt.args[0]), tensor_shape(lt)
     if src is None or dst is None or len(src) != 5 or dst != (src[0], src[1] * src[4], src[2], src[3]):
         return False
-    index_map = lt.attrs.index_map
-    if len(index_map.initial_indices) != 5:
+    return _maps_as(lt, lambda n, b, h, w, lane: [n, b * src[4] + lane, h, w])
+
+
+def blocks(lt: relax.Call) -> bool:
+    """Whether ``lt`` maps ``[N, C, H, W]`` to ``[N, C/L, H, W, L]`` by ``(n, c, h, w) -> (n, c // L, h, w, c % L)``."""
+    src, dst = tensor_shape(lt.args[0]), tensor_shape(lt)
+    if src is None or dst is None or len(dst) != 5 or src != (dst[0], dst[1] * dst[4], dst[2], dst[3]):
         return False
-    n, b, h, w, lane = index_map.initial_indices
-    mapped = index_map.map_indices([n, b, h, w, lane])
+    return _maps_as(lt, lambda n, c, h, w: [n, tvm.tirx.floordiv(c, dst[4]), h, w, tvm.tirx.floormod(c, dst[4])])
+
+
+def _maps_as(lt: relax.Call, expected) -> bool:
+    """Whether the index map of ``lt`` is ``expected`` (a function of the input indices), proved symbolically."""
+    index_map = lt.attrs.index_map
+    indices = list(index_map.initial_indices)
+    if len(indices) != len(tensor_shape(lt.args[0])):
+        return False
+    mapped, want = index_map.map_indices(indices), expected(*indices)
     analyzer = tvm.sym.Analyzer()
-    expected = [n, b * src[4] + lane, h, w]
-    return len(mapped) == 4 and all(analyzer.can_prove_equal(got, want) for got, want in zip(mapped, expected))
+    return len(mapped) == len(want) and all(analyzer.can_prove_equal(got, w) for got, w in zip(mapped, want))

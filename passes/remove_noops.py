@@ -3,9 +3,10 @@
 Dropout (ONNX ``Dropout``, ``relax.nn.dropout``) is the identity at inference and its mask is
 all ones; the eval-mode remains of DropConnect, stochastic depth and frequency dropout are
 multiplications by a constant of ones (a kept mask, ``1/(1−p)`` with p = 0), additions of zeros,
-and shape-preserving reshapes, casts, transposes, single-input concats and all-true selects
-around them. Each is replaced by its input when it provably returns it unchanged (same shape,
-same dtype, same values). A scale other than one is not a no-op: fold-batchnorm folds it.
+and shape-preserving reshapes, casts, transposes, slices, single-input concats and all-true selects
+around them (GhostNet's ``concat(primary, cheap)[:, :out]`` keeps every channel where out is even).
+Each is replaced by its input when it provably returns it unchanged (same shape, same dtype, same
+values). A scale other than one is not a no-op: fold-batchnorm folds it.
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ def _is_identity_permutation(call: relax.Call) -> bool:
     return [int(a) for a in axes] == list(range(len(axes)))
 
 
+def _is_unit_stride(call: relax.Call) -> bool:
+    """Whether the strided slice ``call`` steps by 1 on every axis it slices; with its input's shape it then
+    covers all of it (a start past 0 would leave fewer elements)."""
+    if len(call.args) < 5:
+        return True
+    strides = call.args[4]
+    return isinstance(strides, relax.Tuple) and all(isinstance(s, tvm.tirx.IntImm) and int(s) == 1
+                                                    for s in strides.fields)
+
+
 def _identity_of(call: relax.Call) -> tuple[relax.Expr, str] | None:
     """``(input, kind)`` if ``call`` returns its input unchanged."""
     name = op_name(call)
@@ -65,6 +76,8 @@ def _identity_of(call: relax.Call) -> tuple[relax.Expr, str] | None:
         x, kind = call.args[0], name.removeprefix("relax.")
         if name == "relax.permute_dims" and not _is_identity_permutation(call):
             return None
+    elif name == "relax.strided_slice":
+        x, kind = (call.args[0], "whole slice") if _is_unit_stride(call) else (None, "")
     elif name == "relax.concat" and isinstance(call.args[0], relax.Tuple) and len(call.args[0].fields) == 1:
         x, kind = call.args[0].fields[0], "single-input concat"
     elif name == "relax.where":

@@ -11,6 +11,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 
+from reforge.passes.blocked_forms import in_blocked_forms, channel_moves_in_blocked_layout
 from reforge.passes.blocked_pack import pack_in_blocked_layout
 from reforge.passes.fuse_fplus import fplus_in_blocked_layout
 from reforge.passes.graph import mutate_functions, op_name, ops_histogram
@@ -42,7 +43,7 @@ class BuildReport:
 
 def blocked_layout(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, str]:
     """Convert eligible convs to NCHW[x]c; a graph TVM's layout propagation cannot handle stays NCHW."""
-    mod = mutate_functions(mod, lambda m, _f: _ChannelSplitsAsSlices(m))
+    mod = in_blocked_forms(mod)
     mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),  # batch_norm -> elementwise
                                     relax.transform.CanonicalizeBindings(),  # (y, mean, var)[0] -> y
                                     relax.transform.DeadCodeElimination()])(mod)
@@ -52,34 +53,10 @@ def blocked_layout(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, str]:
     except (tvm.error.InternalError, ValueError, TypeError) as err:  # TVM reports unsupported graphs so
         return mod, f"NCHW (blocked layout not applied: {one_line(err)})"
     converted = mutate_functions(converted, lambda m, _f: _BoolLayouts(m))
+    # one transform of a tensor read blocked twice (a residual block's input: its conv and its add)
+    converted = channel_moves_in_blocked_layout(relax.transform.EliminateCommonSubexpr()(converted))
     # pre-pack the weights into their blocked layout
     return _quiet(relax.transform.FoldConstant(), converted), f"NCHW{lanes}c where channels allow"
-
-
-@relax.expr_functor.mutator
-class _ChannelSplitsAsSlices(relax.PyExprMutator):
-    """TVM 0.27's ConvertLayout keeps a channel split's indices in channels when the channel axis
-    becomes blocked: split(x, [6], axis=1) on x of two 6-channel blocks became blocks [0:6] and
-    [6:2], a negative extent that crashed the build (found by the fuzzer). A channel split becomes
-    one strided slice per output, whose layout inference is right (a slice not on block boundaries
-    reads NCHW)."""
-
-    def visit_call_(self, call):
-        call = self.visit_expr_post_order(call)
-        if op_name(call) != "relax.split":
-            return call
-        x = call.args[0]
-        shape = [int(d) for d in x.ty.shape] if getattr(x.ty, "shape", None) is not None else None
-        if shape is None or len(shape) != 4 or int(call.attrs.axis) % 4 != 1:
-            return call
-        parts = call.attrs.indices_or_sections
-        if isinstance(parts, tvm.tirx.IntImm):
-            step = -(-shape[1] // int(parts))
-            bounds = list(range(0, shape[1], step)) + [shape[1]]
-        else:
-            bounds = [0, *(min(max(int(i), 0), shape[1]) for i in parts), shape[1]]
-        return relax.Tuple([self.builder_.emit(relax.op.strided_slice(x, axes=[1], begin=[lo], end=[hi]))
-                            for lo, hi in zip(bounds, bounds[1:])])
 
 
 @relax.expr_functor.mutator

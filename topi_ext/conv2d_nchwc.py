@@ -6,7 +6,7 @@
 Keeping the input-channel chunk and lane as separate reduction axes (``ico``, ``ici``) lets the
 schedule put the output-channel lane innermost (one vector FMA per input element) without
 index arithmetic. groups = 1 here; depthwise convs (groups = channels) have their own blocked
-compute (:mod:`.depthwise_nchwc`); other grouped convs stay in NCHW.
+compute (:mod:`.depthwise_nchwc`), other grouped convs theirs (:mod:`.grouped_nchwc`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from tvm import relax, te, topi
 from . import winograd_nchwc as winograd
 
 BLOCK = "conv2d_nchwc"
-_BLOCKED = re.compile(r"^NCHW(\d+)c$")
-_BLOCKED_KERNEL = re.compile(r"^OIHW(\d+)i(\d+)o$")
+BLOCKED_DATA = re.compile(r"^NCHW(\d+)c$")  # a blocked data layout: its lanes
+BLOCKED_KERNEL = re.compile(r"^OIHW(\d+)i(\d+)o$")  # a blocked kernel layout: input, output lanes
 
 
 def pad_nchwc(data: te.Tensor, padding) -> te.Tensor:
@@ -39,34 +39,44 @@ def output_size(data: te.Tensor, kernel_hw: tuple[int, int], strides, padding, d
 
 
 def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding, dilation, out_dtype: str) -> te.Tensor:
-    n, ic_chunks, _, _, ib = (int(d) for d in data.shape)
-    oc_chunks, k_chunks, kh, kw, kib, ob = (int(d) for d in kernel.shape)
+    _, ic_chunks, _, _, ib = (int(d) for d in data.shape)
+    _, k_chunks, _, _, kib, _ = (int(d) for d in kernel.shape)
     assert (k_chunks, kib) == (ic_chunks, ib), "groups must be 1"
+    return blocked_conv(data, kernel, lambda _oco, ico: ico, strides, padding, dilation, out_dtype, BLOCK)
+
+
+def blocked_conv(data: te.Tensor, kernel: te.Tensor, data_chunk, strides, padding, dilation, out_dtype: str,
+                 name: str) -> te.Tensor:
+    """The blocked conv of the module docstring, reading input chunk ``data_chunk(oco, ico)`` for output
+    chunk oco and the kernel's input chunk ico (``ico`` for groups 1; :mod:`.grouped_nchwc`'s block groups)."""
+    n, _, _, _, ib = (int(d) for d in data.shape)
+    oc_chunks, k_chunks, kh, kw, _, ob = (int(d) for d in kernel.shape)
     sh, sw = (int(s) for s in strides)
     dh, dw = (int(d) for d in dilation)
     out_h, out_w = output_size(data, (kh, kw), strides, padding, dilation)
     data = pad_nchwc(data, padding)
-    ico = te.reduce_axis((0, ic_chunks), "ico")
+    ico = te.reduce_axis((0, k_chunks), "ico")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     ici = te.reduce_axis((0, ib), "ici")
     return te.compute(
         (n, oc_chunks, out_h, out_w, ob),
         lambda b, oco, y, x, oci: te.sum(
-            data[b, ico, y * sh + ry * dh, x * sw + rx * dw, ici].astype(out_dtype)
+            data[b, data_chunk(oco, ico), y * sh + ry * dh, x * sw + rx * dw, ici].astype(out_dtype)
             * kernel[oco, ico, ry, rx, ici, oci].astype(out_dtype),
             axis=[ico, ry, rx, ici]),
-        name=BLOCK)
+        name=name)
 
 
 def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     """Legalize ``relax.nn.conv2d``: blocked layouts to :mod:`.winograd_nchwc` (3×3, stride 1, where
-    it applies), :func:`conv2d_nchwc` (groups 1) or :func:`depthwise_conv2d_nchwc` (groups =
-    channels), the rest as TVM does."""
+    it applies), :func:`conv2d_nchwc` (groups 1), :func:`depthwise_conv2d_nchwc` (groups =
+    channels) or :func:`grouped_conv2d_nchwc` (other groups), the rest as TVM does."""
     from .depthwise_nchwc import depthwise_conv2d_nchwc, is_blocked_depthwise
+    from .grouped_nchwc import block_group_kernel, grouped_conv2d_nchwc, is_blocked_grouped
 
     a = call.attrs
-    data, kernel = _BLOCKED.match(a.data_layout), _BLOCKED_KERNEL.match(a.kernel_layout)
+    data, kernel = BLOCKED_DATA.match(a.data_layout), BLOCKED_KERNEL.match(a.kernel_layout)
     if data is None or kernel is None or a.out_layout != f"NCHW{kernel[2]}c":
         return _tvm_default(bb, call)
     out_dtype = call_out_dtype(call)
@@ -74,13 +84,16 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         u = relax.const(winograd.transform_kernel(call.args[1].value.numpy()))
         return bb.call_te(winograd.conv2d_winograd_nchwc, call.args[0], u, a.padding, out_dtype,
                           primfunc_name_hint="conv2d_winograd_nchwc")
+    kernel = call.args[1]
     if int(a.groups) == 1:
         compute, name = conv2d_nchwc, "conv2d_nchwc"
     elif is_blocked_depthwise(call):
         compute, name = depthwise_conv2d_nchwc, "depthwise_conv2d_nchwc"
+    elif is_blocked_grouped(call):
+        compute, name, kernel = grouped_conv2d_nchwc, "grouped_conv2d_nchwc", block_group_kernel(bb, call)
     else:
         return _tvm_default(bb, call)
-    return bb.call_te(compute, call.args[0], call.args[1], a.strides, a.padding, a.dilation, out_dtype,
+    return bb.call_te(compute, call.args[0], kernel, a.strides, a.padding, a.dilation, out_dtype,
                       primfunc_name_hint=name)
 
 

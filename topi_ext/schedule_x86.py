@@ -8,6 +8,9 @@ Six shapes of work cover a CNN:
   input-channel lane around the tile (:func:`default_conv_reduction`), other convs run their
   whole reduction around the tile; rows and output-channel chunks in parallel; the elementwise
   epilogue (bias, activation, residual add) applied to the finished row or tile before it is stored.
+- ``grouped_conv2d_nchwc`` (1 < groups < channels): the conv's rule inside each block group of whole
+  groups (:mod:`.grouped_nchwc`): the register tile's channel vectors from one block group, block
+  groups with the channel chunks and rows in parallel.
 - ``winograd_nchwc`` (3×3 stride-1 convs, F(2×2, 3×3)): input transform per tile, 16 GEMMs tiled
   as 1×1 convs over the tiles, output transform with the epilogue fused; each stage parallel.
 - ``depthwise_nchwc``: the channel lane innermost (one FMA of an input vector with a weight
@@ -30,11 +33,14 @@ from __future__ import annotations
 import math
 import re
 
+import tvm
 from tvm import s_tir, tirx
+from tvm_ffi.structural import structural_visit
 
 from .conv2d_nchwc import BLOCK as CONV_NCHWC
 from .dense_packed import BLOCK as DENSE_PACKED, PANEL_VECTORS, panel_vector
 from .depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
+from .grouped_nchwc import BLOCK as GROUPED_NCHWC
 from .winograd_nchwc import GEMM as WINOGRAD_GEMM, INPUT as WINOGRAD_INPUT, OUTPUT as WINOGRAD_OUTPUT
 
 PARALLEL_MIN_WORK = 1 << 18  # iterations below which threads cost more than they save
@@ -64,7 +70,8 @@ def default_schedule(func: tirx.PrimFunc, lanes: int) -> tuple[s_tir.Schedule | 
     found = schedule_operator(func, lanes)
     if found is not None:
         return found
-    for rule, apply in (("conv2d_nchwc", _conv2d_nchwc), ("winograd_nchwc", _winograd_nchwc),
+    for rule, apply in (("conv2d_nchwc", _conv2d_nchwc), ("grouped_conv2d_nchwc", _grouped_conv2d_nchwc),
+                        ("winograd_nchwc", _winograd_nchwc),
                         ("depthwise_nchwc", _depthwise_nchwc),
                         ("dense_packed", _dense_packed), ("matmul", _matmul), ("generic", _generic)):
         sch = s_tir.Schedule(func)
@@ -106,18 +113,48 @@ def _inline_epilogue(sch: s_tir.Schedule, producer) -> None:
     """Fold the elementwise consumers of ``producer`` (a write-back block) into it: only those that
     write a buffer of the producer's shape. A crop or shifted window (``out[h] = conv[h + 1]``) would
     be written at the producer's indices, past the end of its buffer and into wrong places, because
-    ``reverse_compute_inline`` adds no bounds to the producer's (register-tiled, padded) domain."""
+    ``reverse_compute_inline`` adds no bounds to the producer's (register-tiled, padded) domain.
+    An epilogue that reads the producer twice (hardswish x · clip(x + 3, 0, 6) / 6) has a diamond: its
+    intermediate blocks are inlined into the block that joins them first, so that one consumer is left
+    (else each step is a pass over the whole output in memory); only where every step is arithmetic, no
+    calls (GELU's erf in the tile ran 2.3x slower than as passes of their own)."""
     shape = [int(d) for d in sch.get(producer).writes[0].source.shape]
     while True:
         consumers = sch.get_consumers(producer)
-        if len(consumers) != 1:
+        if any([int(d) for d in sch.get(c).writes[0].source.shape] != shape for c in consumers):
             return
-        if [int(d) for d in sch.get(consumers[0]).writes[0].source.shape] != shape:
+        if len(consumers) > 1:
+            if not _arithmetic(sch, producer) or not any(_inlined(sch, c) for c in consumers):
+                return
+            continue
+        if not consumers:
             return
         try:
             sch.reverse_compute_inline(consumers[0])
         except s_tir.ScheduleError:
             return
+
+
+def _arithmetic(sch: s_tir.Schedule, producer) -> bool:
+    """Whether every block downstream of ``producer`` is arithmetic: no calls (erf, sigmoid, exp)."""
+    calls, seen, todo = [], set(), list(sch.get_consumers(producer))
+    while todo:
+        block = todo.pop()
+        if sch.get(block).name_hint in seen:
+            continue
+        seen.add(sch.get(block).name_hint)
+        structural_visit(sch.get(block).body, [(tvm.ir.Call, lambda call, _visitor: calls.append(call))])
+        todo += sch.get_consumers(block)
+    return not calls
+
+
+def _inlined(sch: s_tir.Schedule, block) -> bool:
+    """Inline the elementwise ``block`` into its consumers, if it writes no output of the function."""
+    try:
+        sch.compute_inline(block)
+        return True
+    except s_tir.ScheduleError:
+        return False
 
 
 def _parallelize_outer(sch: s_tir.Schedule, loops: list, work: int, min_work: int = PARALLEL_MIN_WORK) -> None:
@@ -162,7 +199,7 @@ def _parallel_vectorize_spatial(sch: s_tir.Schedule, block, lanes: int, min_work
 def default_conv_tiles(sch: s_tir.Schedule, ow, oco, accumulate_rows: bool) -> tuple[list, list]:
     """The splits of the output width and of the output-channel chunks whose inner parts are the
     register tile (:func:`conv_tile`)."""
-    lanes = _extents(sch, [sch.get_loops(_named(sch, CONV_NCHWC))[4]])[0]
+    lanes = _out_lanes(sch)
     cols, chunks = conv_tile(*_extents(sch, [ow, oco]), accumulate_rows, lanes)
     return [None, cols], [None, chunks]
 
@@ -216,11 +253,42 @@ def default_conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici) -> tuple[list,
     channels at 7²-56², 1 thread: 1.02-1.3x, strided ones too). Else the whole reduction runs inside:
     a 1×1 conv has no taps to amortize the row buffer's loads and stores over, and a stem's weights
     (3 input channels) stay in L1 anyway (7×7 and 3×3 stems: 1.1-1.3x faster than rows)."""
+    return _conv_reduction(sch, ico, ry, rx, ici, 2)
+
+
+def default_grouped_reduction(sch: s_tir.Schedule, ico, ry, rx, ici) -> tuple[list, list, list]:
+    """:func:`default_conv_reduction` of a grouped conv, whose register tile has at most its block
+    group's output-channel vectors."""
+    conv = _conv_block(sch)
+    return _conv_reduction(sch, ico, ry, rx, ici, min(2, _extents(sch, sch.get_loops(conv)[1:2])[0]
+                                                        // _block_groups(sch, conv)))
+
+
+def _conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, vectors: int) -> tuple[list, list, list]:
+    """Rows accumulated when a kernel with taps has more weights for a tile of ``vectors`` channel
+    vectors than half of L1 (:func:`default_conv_reduction`)."""
     chunks, kh, kw, in_lanes = _extents(sch, [ico, ry, rx, ici])
-    out_lanes = _extents(sch, [sch.get_loops(_named(sch, CONV_NCHWC))[4]])[0]
-    if kh * kw > 1 and chunks * kh * kw * in_lanes * 2 * out_lanes * 4 > L1_BYTES // 2:
+    out_lanes = _out_lanes(sch)
+    if kh * kw > 1 and chunks * kh * kw * in_lanes * vectors * out_lanes * 4 > L1_BYTES // 2:
         return [ico, ry], [rx, ici], []
     return [], [ico, ry, rx, ici], []
+
+
+def _conv_block(sch: s_tir.Schedule):
+    """The blocked conv of a function: groups 1 (CONV_NCHWC) or grouped (GROUPED_NCHWC)."""
+    return _named(sch, CONV_NCHWC) or _named(sch, GROUPED_NCHWC)
+
+
+def _out_lanes(sch: s_tir.Schedule) -> int:
+    """The output-channel lanes of the blocked conv (its output's last axis; its loops may be split)."""
+    return int(sch.get(_conv_block(sch)).writes[0].source.shape[-1])
+
+
+def _block_groups(sch: s_tir.Schedule, conv) -> int:
+    """Block groups of a blocked conv (1 for groups 1): input chunks of the data over those the kernel
+    reduces (:mod:`.grouped_nchwc`)."""
+    reads = {len(r.source.shape): r.source for r in sch.get(conv).reads}
+    return int(reads[5].shape[1]) // int(reads[6].shape[1])
 
 
 def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles,
@@ -232,7 +300,27 @@ def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles,
     conv = _named(sch, CONV_NCHWC)
     if conv is None:
         return False
+    return _register_tiled_conv(sch, conv, lanes, tiles, reduction)
+
+
+def _grouped_conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles,
+                          reduction=default_grouped_reduction) -> bool:
+    """The conv's rule (:func:`_conv2d_nchwc`) over each block group of a grouped conv: ``tiles`` splits
+    the output-channel chunks of one block group, so the tile's vectors share their input values."""
+    conv = _named(sch, GROUPED_NCHWC)
+    if conv is None:
+        return False
+    return _register_tiled_conv(sch, conv, lanes, tiles, reduction, _block_groups(sch, conv))
+
+
+def _register_tiled_conv(sch: s_tir.Schedule, conv, lanes: int, tiles, reduction, block_groups: int = 1) -> bool:
+    """Register tile of output columns × output-channel vectors of one of ``block_groups`` (the outer
+    part of the output-channel chunks, run in parallel with the chunks and rows); see :func:`_conv2d_nchwc`."""
     n, oco, oh, ow, oci, ico, ry, rx, ici = sch.get_loops(conv)
+    groups = []
+    if block_groups > 1:
+        group, oco = sch.split(oco, [block_groups, None])
+        groups = [group]
     outer, inner, unrolled = reduction(sch, ico, ry, rx, ici)
     if outer and _fits_one_row(*_extents(sch, [oh, ow, oco, oci])):
         ow = sch.fuse(oh, ow)
@@ -243,7 +331,7 @@ def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles,
     # a conv without row accumulation (1×1, stems) runs rows outside channel chunks: its threads split
     # the map by rows, so in a chain of them a thread reads mostly rows its own core wrote (MobileOne-S0,
     # 2 threads, A/B in one process: 1.04x; 1 thread: unchanged)
-    parallel = (n, oco_o, oh) if outer else (n, oh, oco_o)
+    parallel = (n, *groups, oco_o, oh) if outer else (n, oh, *groups, oco_o)
     sch.reorder(*parallel, *outer, owo, *inner, oco_i, owi, oci)
     write_back = sch.cache_write(conv, 0, "local")
     _inline_epilogue(sch, write_back)
@@ -375,6 +463,11 @@ def schedule_winograd_nchwc(sch: s_tir.Schedule, lanes: int, tiles) -> bool:
 def schedule_conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles, reduction) -> bool:
     """The conv rule with caller-chosen register tiles and reduction loops (the tuner's design space)."""
     return _conv2d_nchwc(sch, lanes, tiles, reduction)
+
+
+def schedule_grouped_conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles, reduction) -> bool:
+    """The grouped conv rule with caller-chosen register tiles and reduction loops (the tuner's design space)."""
+    return _grouped_conv2d_nchwc(sch, lanes, tiles, reduction)
 
 
 def schedule_depthwise_nchwc(sch: s_tir.Schedule, lanes: int, columns) -> bool:

@@ -1,5 +1,5 @@
-"""reforge's design spaces: every sampled candidate of the blocked conv, blocked depthwise conv, Winograd
-conv, FFT channel mix and channel-wise fast WHT is a valid schedule that computes what the unscheduled function
+"""reforge's design spaces: every sampled candidate of the blocked conv, blocked grouped and depthwise conv,
+Winograd conv, FFT channel mix and channel-wise fast WHT is a valid schedule that computes what the unscheduled function
 computes (1e-5 relative, fp32: the same sums in another order), the knob really varies across samples,
 and a candidate's trace replays to the same function (how records are applied)."""
 
@@ -14,6 +14,7 @@ from reforge.autotune.space import space_for
 from reforge.topi_ext import fft_conv, wht, winograd_nchwc
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
 from reforge.topi_ext.depthwise_nchwc import depthwise_conv2d_nchwc
+from reforge.topi_ext.grouped_nchwc import grouped_conv2d_nchwc
 from reforge.targets import get_target
 
 TARGET = get_target("x86")
@@ -27,6 +28,14 @@ def blocked_conv():
     data = te.placeholder((1, 2, 14, 14, 8), name="data")
     kernel = te.placeholder((4, 2, 3, 3, 8, 8), name="kernel")
     out = topi.nn.relu(conv2d_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1), "float32"))
+    return te.create_prim_func([data, kernel, out])
+
+
+def blocked_grouped():
+    """2 block groups of 2 input chunks and 4 output chunks each."""
+    data = te.placeholder((1, 4, 14, 14, 8), name="data")
+    kernel = te.placeholder((8, 2, 3, 3, 8, 8), name="kernel")
+    out = topi.nn.relu(grouped_conv2d_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1), "float32"))
     return te.create_prim_func([data, kernel, out])
 
 
@@ -49,8 +58,9 @@ def channel_wht():
     return func
 
 
-FUNCS = {"conv2d_nchwc": blocked_conv, "depthwise_nchwc": blocked_depthwise, "winograd_nchwc": blocked_winograd,
-         "fft mix": lambda: fft_conv.mix_prim_func(4, 12, 16, 16), "wht over channels": channel_wht}
+FUNCS = {"conv2d_nchwc": blocked_conv, "grouped_conv2d_nchwc": blocked_grouped, "depthwise_nchwc": blocked_depthwise,
+         "winograd_nchwc": blocked_winograd, "fft mix": lambda: fft_conv.mix_prim_func(4, 12, 16, 16),
+         "wht over channels": channel_wht}
 
 
 def run(func, arrays):

@@ -5,7 +5,9 @@ what reforge's passes rewrite, in the spellings they recognize:
 
 - convs (kernel 1-15, stride 1-2, symmetric or asymmetric padding, dilation, groups and depthwise,
   with or without bias), BatchNorm with random statistics (negative γ included), ReLU / LeakyReLU /
-  ELU and FPlus in its elementwise forms ``Pow(1 + |x|, sign(x)) - 1`` and ``Where(x >= 0, x, x / (1 - x))``,
+  ELU, the mobile families' ReLU6 (Clip), HardSwish, HardSigmoid, SiLU, sigmoid, GELU (erf), channel
+  shuffles (reshape → transpose → reshape) and FPlus in its elementwise forms
+  ``Pow(1 + |x|, sign(x)) - 1`` and ``Where(x >= 0, x, x / (1 - x))``,
   PFPlus as ``λ·Where(t >= 0, t, t / (1 - t))`` with t = μx (fuse-fplus);
 - no-ops (Dropout, its unused mask output, ×1, +0, ÷1, −0, identity Reshape / Transpose / Cast,
   one-input Concat) and a channel Split with an output left unused (remove-noops, dead-code);
@@ -103,7 +105,8 @@ def conv_params(draw, shape, same: bool = False, plain: bool = False):
         pads = [p] * 4
     else:
         pads = [draw(st.integers(0, reach // 2 + 1)) for _ in range(4)]
-    if _conv_out(h, k, stride, pads[0] + pads[2], dilation) < 1 or _conv_out(w, k, stride, pads[1] + pads[3], dilation) < 1:
+    if (_conv_out(h, k, stride, pads[0] + pads[2], dilation) < 1
+            or _conv_out(w, k, stride, pads[1] + pads[3], dilation) < 1):
         pads = [reach] * 4  # always room for one output
     kinds = ["dense"] * 8 + ["grouped"] if plain else ["dense", "dense", "depthwise", "grouped"]
     kind = draw(st.sampled_from(kinds))
@@ -160,7 +163,16 @@ def emit_activation(b: Builder, x: str, kind: str) -> str:
         nonneg = b.node("GreaterOrEqual", [t, b.const(np.zeros(()), "zero")])
         f = b.node("Where", [nonneg, t, b.node("Div", [t, b.node("Sub", [one, t])])])
         return b.node("Mul", [f, b.const(np.array(b.rng.uniform(0.5, 2.0)), "lambda")])
-    return b.node({"relu": "Relu", "elu": "Elu"}[kind], [x])
+    if kind == "relu6":  # torch.onnx's ReLU6
+        return b.node("Clip", [x, b.const(np.zeros(()), "lo"), b.const(np.array(6.0), "hi")])
+    if kind == "silu":  # x · sigmoid(x)
+        return b.node("Mul", [x, b.node("Sigmoid", [x])])
+    if kind == "gelu":  # x · (1 + erf(x / √2)) / 2, torch.onnx's spelling
+        erf = b.node("Erf", [b.node("Div", [x, b.const(np.array(np.sqrt(2.0)), "sqrt2")])])
+        return b.node("Mul", [b.node("Mul", [x, b.node("Add", [erf, b.const(np.ones(()), "one")])]),
+                              b.const(np.array(0.5), "half")])
+    return b.node({"relu": "Relu", "elu": "Elu", "hardswish": "HardSwish", "hardsigmoid": "HardSigmoid",
+                   "sigmoid": "Sigmoid"}[kind], [x])
 
 
 def sylvester(n: int) -> np.ndarray:
@@ -325,7 +337,8 @@ def layer(draw, b: Builder, x: str, shape):
     """One layer on the running tensor: (new tensor name, new shape)."""
     kind = draw(st.sampled_from(["conv", "conv_bn", "act", "residual", "residual", "branches", "branches", "chain",
                                  "concat", "pool", "noop", "noop", "noop", "binary", "binary", "tile", "tile",
-                                 "hadamard", "bigconv", "bigconv", "bigconv", "complex", "complex", "wide"]))
+                                 "hadamard", "bigconv", "bigconv", "bigconv", "complex", "complex", "wide",
+                                 "shuffle"]))
     _, c, h, w = shape
     if kind in ("conv", "conv_bn"):
         y, shape = emit_conv(b, x, shape, draw(conv_params(shape)))
@@ -346,8 +359,15 @@ def layer(draw, b: Builder, x: str, shape):
         if draw(st.integers(0, 2)) == 0:  # a per-channel affine between tile and conv
             tiled = emit_batchnorm(b, tiled, c * beta)
         return emit_conv(b, tiled, (1, c * beta, h, w), draw(conv_params((1, c * beta, h, w), plain=True)))
+    if kind == "shuffle" and c % 2 == 0:  # ShuffleNet's channel shuffle: reshape, swap the group axes, reshape
+        g = draw(st.sampled_from([d for d in (2, 3, 4) if c % d == 0]))
+        grouped = b.node("Reshape", [x, b.const_int(np.array([1, g, c // g, h, w]))])
+        swapped = b.node("Transpose", [grouped], perm=[0, 2, 1, 3, 4])
+        b.layers.append(f"shuffle{g}")
+        return b.node("Reshape", [swapped, b.const_int(np.array([1, c, h, w]))]), shape
     if kind == "act":
-        kinds = ["relu", "leakyrelu", "elu", "fplus", "fplus-where", "pfplus-where"]
+        kinds = ["relu", "leakyrelu", "elu", "fplus", "fplus-where", "pfplus-where", "relu6", "hardswish",
+                 "hardsigmoid", "silu", "sigmoid", "gelu"]
         return emit_activation(b, x, draw(st.sampled_from(kinds))), shape
     if kind == "complex":
         return draw(complex_conv(b, x, shape))
@@ -383,7 +403,8 @@ def layer(draw, b: Builder, x: str, shape):
         else:  # no shape of this map where FFT wins: a big direct conv
             k, cout = draw(st.sampled_from([11, 13, 15])), draw(st.integers(6, 12))
             pad = k // 2 if min(h, w) + 2 * (k // 2) >= k else k - 1
-        p = {"k": k, "stride": 1, "pads": [pad] * 4, "dilation": 1, "groups": 1, "cout": cout, "bias": draw(st.booleans())}
+        p = {"k": k, "stride": 1, "pads": [pad] * 4, "dilation": 1, "groups": 1, "cout": cout,
+             "bias": draw(st.booleans())}
         return emit_conv(b, x, shape, p)
     if kind == "wide":  # 3×3, stride 1, wide enough for Winograd; padding symmetric, asymmetric or none
         if c not in WIDE_CHANNELS:

@@ -2,11 +2,13 @@
 
 Tolerance: max|out - ref| <= 1e-4 * max|ref| (fp32, summation order differs)."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 import tvm
-from tvm import te
+from tvm import te, topi
 
 from reforge.targets import get_target
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
@@ -101,6 +103,43 @@ def test_a_shifted_crop_stays_out_of_the_tiles(cin, cout, size, k, crop):
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
+EPILOGUES = {  # activations that read the conv's output twice, their PyTorch twins, whether they join the tile
+    "hardswish": (lambda y: y * topi.minimum(topi.maximum(y + 3.0, 0.0), 6.0) / 6.0, torch.nn.functional.hardswish,
+                  True),
+    "squared-relu": (lambda y: y * topi.maximum(y, 0.0), lambda y: y * torch.relu(y), True),
+    "silu": (lambda y: y * topi.sigmoid(y), torch.nn.functional.silu, False),  # a call: its own pass
+    "gelu": (lambda y: y * (topi.erf(y / np.sqrt(2.0)) + 1.0) * 0.5, torch.nn.functional.gelu, False),
+}
+
+
+@pytest.mark.parametrize("name", EPILOGUES)
+def test_an_epilogue_reading_the_conv_twice(name):
+    """x · f(x) after conv + bias: arithmetic steps (hardswish) are inlined into the write-back of the
+    register tile (no block of their own, which would be a pass over the output in memory); all match
+    PyTorch."""
+    target, (epilogue, twin, in_tile) = get_target("x86"), EPILOGUES[name]
+    data = te.placeholder((1, 2, 14, 14, 8), name="data")
+    kernel = te.placeholder((4, 2, 3, 3, 8, 8), name="kernel")
+    bias = te.placeholder((1, 4, 1, 1, 8), name="bias")
+    out = epilogue(conv2d_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1), "float32") + bias)
+    func, rule = schedule_func(te.create_prim_func([data, kernel, bias, out]), 8)
+    assert rule == "conv2d_nchwc"
+    blocks = set(re.findall(r'T\.sblock\("(\w+)"\)', func.script()))
+    tile = {"root", "data_pad", "conv2d_nchwc_init", "conv2d_nchwc_update", "conv2d_nchwc_local"}
+    assert (blocks == tile) == in_tile, blocks
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((1, 16, 14, 14)).astype("float32"), rng.standard_normal((32, 16, 3, 3)).astype("float32")
+    b = rng.standard_normal(32).astype("float32")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target)
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
+    lib["main"](tvm.runtime.tensor(pack_data(x, 8)), tvm.runtime.tensor(pack_kernel(w, 8, 8)),
+                tvm.runtime.tensor(b.reshape(1, 4, 8)[:, :, None, None, :].copy()), result)
+    ref = twin(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                                          padding=1)).numpy()
+    got = result.numpy().transpose(0, 1, 4, 2, 3).reshape(ref.shape)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
 @pytest.mark.parametrize("cin, channels, size, k, rows, tile, lanes", [
     (64, 64, 56, 3, True, (2, 4), 8), (512, 512, 7, 3, True, (2, 4), 8),  # 7 has no 2-8 divisor: a partial last tile
     (128, 128, 28, 1, False, (4, 2), 8), (512, 512, 7, 1, False, (4, 2), 8), (256, 256, 14, 1, False, (2, 4), 8),
@@ -130,9 +169,9 @@ def test_channel_block(channels, lanes, block):
     assert channel_block(channels, lanes) == block
 
 
-def test_layout_policy_skips_grouped_and_narrow_convs():
-    """groups 1 blocked; depthwise has its own blocked layout (test_depthwise_nchwc.py); other grouped
-    convs and narrow outputs stay NCHW."""
+def test_layout_policy_blocks_by_groups_and_skips_narrow_convs():
+    """groups 1 blocked; depthwise and other grouped convs have their own blocked layouts
+    (test_depthwise_nchwc.py, test_grouped_nchwc.py); narrow outputs stay NCHW."""
     from tvm import relax
 
     choose = blocked_conv2d_layouts(8)
@@ -144,6 +183,6 @@ def test_layout_policy_skips_grouped_and_narrow_convs():
 
     assert choose(conv(32)) == {"relax.nn.conv2d": ["NCHW8c", "OIHW8i8o", "NCHW8c"]}
     assert choose(conv(16, groups=16)) == {"relax.nn.conv2d": ["NCHW8c", "OIHW1i8o", "NCHW8c"]}  # depthwise
-    assert choose(conv(16, groups=4)) == {"relax.nn.conv2d": ["NCHW", "OIHW"]}
+    assert choose(conv(16, groups=4)) == {"relax.nn.conv2d": ["NCHW8c", "OIHW4i8o", "NCHW8c"]}  # 2 groups a block
     assert choose(conv(3)) == {"relax.nn.conv2d": ["NCHW", "OIHW"]}  # a 3-lane output block does not pay
     assert choose(relax.op.nn.relu(x)) == {}
