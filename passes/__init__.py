@@ -5,6 +5,7 @@ from .complex_conv import ComplexConv
 from .fft_conv import FFTConv
 from .fold_batchnorm import FoldBatchNorm
 from .fold_channel_tile import FoldChannelTile
+from .fold_masks import FoldMasks
 from .fuse_fplus import FuseFPlus
 from .fwht import FastWHT
 from .merge_branches import MergeBranches
@@ -15,5 +16,5 @@ from .report import PassReport
 from .tvm_builtin import DeadCode, FoldConstants
 
 __all__ = ["PASSES", "PassInfo", "PassReport", "get", "select",
-           "Binarize", "ComplexConv", "DeadCode", "FastWHT", "FFTConv", "FoldBatchNorm", "FoldChannelTile", "FoldConstants", "FuseFPlus",
-           "MergeBranches", "RemoveNoops", "RemoveResidual"]
+           "Binarize", "ComplexConv", "DeadCode", "FastWHT", "FFTConv", "FoldBatchNorm", "FoldChannelTile", "FoldConstants",
+           "FoldMasks", "FuseFPlus", "MergeBranches", "RemoveNoops", "RemoveResidual"]

@@ -17,6 +17,7 @@ from .complex_conv import ComplexConv
 from .fft_conv import FFTConv
 from .fold_batchnorm import FoldBatchNorm
 from .fold_channel_tile import FoldChannelTile
+from .fold_masks import FoldMasks
 from .fuse_fplus import FuseFPlus
 from .fwht import FastWHT
 from .merge_branches import MergeBranches
@@ -55,6 +56,12 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "drop inference no-ops: Dropout, eval-mode DropConnect / frequency-dropout remains (x1, +0), "
              "identity reshapes / casts / transposes",
              "Srivastava et al., Dropout, JMLR 2014; Wan et al., DropConnect, ICML 2013", rtol=1e-5),
+    PassInfo("fold-masks", FoldMasks,
+             "masked weights (PyTorch pruning's weight_orig * weight_mask, SCL's W * step(M) as Greater / Cast / "
+             "Mul, where(mask, W, 0), bool / uint8 / float masks) evaluated into one constant weight; the sparsity "
+             "of every conv / dense weight reported per layer",
+             "Han et al., Learning both Weights and Connections for Efficient Neural Networks, NeurIPS 2015; "
+             "Zhu & Gupta, To prune, or not to prune, ICLR-W 2018 (torch.nn.utils.prune)", rtol=1e-5),
     PassInfo("fold-constants", FoldConstants,
              "evaluate operators whose inputs are all constants at compile time",
              "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 9.4 constant propagation", rtol=1e-5),

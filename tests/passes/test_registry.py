@@ -12,9 +12,9 @@ import reforge
 from reforge import ReforgeError
 from reforge.passes import PASSES, get, select
 
-TABLE = ["remove-noops", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches",
+TABLE = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches",
          "fuse-fplus", "remove-residual", "fwht", "fft-conv", "binarize", "dead-code"]
-O1 = ["remove-noops", "fold-constants", "fold-batchnorm", "dead-code"]  # the -O2 passes start at -O2
+O1 = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "dead-code"]  # the -O2 passes start at -O2
 O2 = [n for n in TABLE if n != "remove-residual"]  # remove-residual: opencl-fpga
 O2_ARM = [n for n in O2 if n != "fft-conv"]  # fft-conv: its cost model is measured on x86
 O2_FPGA = [n for n in TABLE if n != "fft-conv"]
@@ -49,16 +49,18 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(opt_level=2, disable=["dead-code"]), O2[:-1]),
     (dict(opt_level=2, disable=O2_ONLY), O1),
     (dict(opt_level=2, disable=["fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches", "binarize"]),
-     ["remove-noops", "fold-constants", "fuse-fplus", "fwht", "fft-conv", "dead-code"]),
-    (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", *O2_ONLY]), ["remove-noops", "dead-code"]),
-    (dict(opt_level=1, enable=["merge-branches"]), ["remove-noops", "fold-constants", "fold-batchnorm",
+     ["remove-noops", "fold-masks", "fold-constants", "fuse-fplus", "fwht", "fft-conv", "dead-code"]),
+    (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", *O2_ONLY]),
+     ["remove-noops", "fold-masks", "dead-code"]),
+    (dict(opt_level=1, enable=["merge-branches"]), ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm",
                                                     "merge-branches", "dead-code"]),
-    (dict(opt_level=1, enable=["fwht"]), ["remove-noops", "fold-constants", "fold-batchnorm", "fwht", "dead-code"]),
+    (dict(opt_level=1, enable=["fwht"]), ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "fwht",
+                                          "dead-code"]),
     (dict(opt_level=2, enable=["remove-residual"]), TABLE),
     (dict(opt_level=0, enable=["remove-residual"]), ["fold-constants", "fold-batchnorm", "remove-residual"]),
     (dict(opt_level=2, disable=["fft-conv"]), [n for n in O2 if n != "fft-conv"]),
-    (dict(opt_level=1, enable=["fft-conv"]), ["remove-noops", "fold-constants", "fold-batchnorm", "fft-conv",
-                                              "dead-code"]),
+    (dict(opt_level=1, enable=["fft-conv"]), ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm",
+                                              "fft-conv", "dead-code"]),
     (dict(opt_level=0, enable=["fft-conv"]), ["fold-constants", "fft-conv"]),
     (dict(opt_level=0, enable=["dead-code"]), ["dead-code"]),
     (dict(opt_level=0, enable=["fold-batchnorm"]), ["fold-constants", "fold-batchnorm"]),
@@ -67,7 +69,7 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(passes=["fold-batchnorm"]), ["fold-constants", "fold-batchnorm"]),
     (dict(passes=["dead-code", "remove-noops"]), ["remove-noops", "dead-code"]),
     (dict(opt_level=0, passes=["remove-noops"]), ["remove-noops"]),  # an explicit list replaces -O defaults
-    (dict(passes=["remove-noops"], enable=["fold-batchnorm"]), TABLE[:3]),
+    (dict(passes=["remove-noops"], enable=["fold-batchnorm"]), ["remove-noops", "fold-constants", "fold-batchnorm"]),
     (dict(passes=["remove-noops", "dead-code"], disable=["dead-code"]), ["remove-noops"]),
     (dict(opt_level=2, target_kind="arm"), O2_ARM),
     (dict(opt_level=2, target_kind="cuda"), O2_ARM),
