@@ -9,6 +9,7 @@ from .fold_masks import FoldMasks
 from .fuse_fplus import FuseFPlus
 from .fwht import FastWHT
 from .merge_branches import MergeBranches
+from .prune_channels import PruneChannels
 from .registry import PASSES, PassInfo, get, select
 from .remove_noops import RemoveNoops
 from .remove_residual import RemoveResidual
@@ -17,4 +18,4 @@ from .tvm_builtin import DeadCode, FoldConstants
 
 __all__ = ["PASSES", "PassInfo", "PassReport", "get", "select",
            "Binarize", "ComplexConv", "DeadCode", "FastWHT", "FFTConv", "FoldBatchNorm", "FoldChannelTile", "FoldConstants",
-           "FoldMasks", "FuseFPlus", "MergeBranches", "RemoveNoops", "RemoveResidual"]
+           "FoldMasks", "FuseFPlus", "MergeBranches", "PruneChannels", "RemoveNoops", "RemoveResidual"]

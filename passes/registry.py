@@ -21,6 +21,7 @@ from .fold_masks import FoldMasks
 from .fuse_fplus import FuseFPlus
 from .fwht import FastWHT
 from .merge_branches import MergeBranches
+from .prune_channels import PruneChannels
 from .remove_noops import RemoveNoops
 from .remove_residual import RemoveResidual
 from .tvm_builtin import DeadCode, FoldConstants
@@ -103,6 +104,13 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Meng et al., RMNet: Equivalently Removing Residual Connection from Deep Neural Networks (RM Operation), "
              "arXiv 2021",
              level=2, targets=frozenset({"opencl-fpga"}), requires=("fold-constants", "fold-batchnorm")),
+    PassInfo("prune-channels", PruneChannels,
+             "channel liveness across the graph (per-channel ops, residual adds, concats, depthwise convs): output "
+             "channels nothing reads and constant channels (all-zero filters; their bias, affine, activation and "
+             "pooling folded into every reader's bias, or an exact bias map before a zero-padding conv) removed",
+             "Li et al., Pruning Filters for Efficient ConvNets, ICLR 2017; He, Zhang & Sun, Channel Pruning for "
+             "Accelerating Very Deep Neural Networks, ICCV 2017",
+             level=2, targets=frozenset({"x86", "arm"}), requires=("fold-constants", "fold-batchnorm"), rtol=1e-5),
     PassInfo("fwht", FastWHT,
              "products with a constant Hadamard matrix (MatMul / Gemm / 1×1 conv, either side of a 2-D H·X·Hᵀ; "
              "any scale, natural or sequency order, zero-padded, block-diagonal, rows or columns scaled) and "

@@ -18,9 +18,6 @@ through the dynamo exporter and torch.export only.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import warnings
 
 import numpy as np
@@ -40,7 +37,7 @@ from reforge.report_format import compile_report
 
 from .conftest import max_rel_err, seed_of
 from .test_fold_batchnorm import randomize_bn
-from .test_merge_branches import conv_bn, to_onnx
+from .test_merge_branches import conv_bn, quiet_onnx_export, to_onnx
 
 RTOL = 1e-5
 ROUTES = ["onnx", "onnx-dynamo", "torch.export"]
@@ -49,16 +46,9 @@ MASK_OPS = {"multiply", "where", "greater", "greater_equal", "less", "less_equal
 
 
 def to_onnx_dynamo(module: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(module, (x,), dynamo=True, optimize=False, input_names=["x"],
-                                        output_names=["y"])
-    finally:
-        logger.setLevel(level)
+    with quiet_onnx_export(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, (x,), dynamo=True, optimize=False, input_names=["x"], output_names=["y"])
     return program.model_proto
 
 

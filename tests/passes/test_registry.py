@@ -12,15 +12,17 @@ import reforge
 from reforge import ReforgeError
 from reforge.passes import PASSES, get, select
 
-TABLE = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches",
-         "fuse-fplus", "remove-residual", "fwht", "fft-conv", "binarize", "dead-code"]
+TABLE = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv",
+         "merge-branches", "fuse-fplus", "remove-residual", "prune-channels", "fwht", "fft-conv", "binarize", "dead-code"]
 O1 = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "dead-code"]  # the -O2 passes start at -O2
 O2 = [n for n in TABLE if n != "remove-residual"]  # remove-residual: opencl-fpga
 O2_ARM = [n for n in O2 if n != "fft-conv"]  # fft-conv: its cost model is measured on x86
-O2_FPGA = [n for n in TABLE if n != "fft-conv"]
+O2_CUDA = [n for n in O2_ARM if n != "prune-channels"]  # prune-channels: x86 and arm
+O2_FPGA = [n for n in TABLE if n not in ("fft-conv", "prune-channels")]
 REWRITES = ("fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches", "remove-residual",  # need
-            "binarize")  # fold-batchnorm
-O2_ONLY = ["fold-channel-tile", "complex-conv", "merge-branches", "fuse-fplus", "fwht", "fft-conv", "binarize"]
+            "prune-channels", "binarize")  # fold-batchnorm
+O2_ONLY = ["fold-channel-tile", "complex-conv", "merge-branches", "fuse-fplus", "prune-channels", "fwht", "fft-conv",
+           "binarize"]
 
 
 def test_table_order_and_prerequisites():
@@ -48,7 +50,8 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(), O2),  # the default level is -O2
     (dict(opt_level=2, disable=["dead-code"]), O2[:-1]),
     (dict(opt_level=2, disable=O2_ONLY), O1),
-    (dict(opt_level=2, disable=["fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches", "binarize"]),
+    (dict(opt_level=2, disable=["fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches", "binarize",
+                                "prune-channels"]),
      ["remove-noops", "fold-masks", "fold-constants", "fuse-fplus", "fwht", "fft-conv", "dead-code"]),
     (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", *O2_ONLY]),
      ["remove-noops", "fold-masks", "dead-code"]),
@@ -72,7 +75,7 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(passes=["remove-noops"], enable=["fold-batchnorm"]), ["remove-noops", "fold-constants", "fold-batchnorm"]),
     (dict(passes=["remove-noops", "dead-code"], disable=["dead-code"]), ["remove-noops"]),
     (dict(opt_level=2, target_kind="arm"), O2_ARM),
-    (dict(opt_level=2, target_kind="cuda"), O2_ARM),
+    (dict(opt_level=2, target_kind="cuda"), O2_CUDA),
     (dict(opt_level=2, target_kind="opencl-fpga"), O2_FPGA),  # remove-residual: on by default for the FPGA only
     (dict(opt_level=1, target_kind="opencl-fpga"), O1),
 ])
