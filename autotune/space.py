@@ -28,10 +28,10 @@ from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
 from reforge.topi_ext.bitserial import CONV as BITSERIAL_CONV
-from reforge.topi_ext.bitserial import op_kind
 from reforge.topi_ext.conv2d_nchwc import BLOCK as CONV_NCHWC
 from reforge.topi_ext.depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
 from reforge.topi_ext.fft_conv import MIX_OP
+from reforge.topi_ext.op_kind import op_kind
 from reforge.topi_ext.operator_schedules import OPERATOR_SCHEDULES
 from reforge.topi_ext.schedule_fft import MAX_ROWS
 from reforge.topi_ext.schedule_wht import default_strip

@@ -31,10 +31,11 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import tvm  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.results import publish  # noqa: E402
 import reforge  # noqa: E402
+from reforge.bench import set_threads  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
 
 
@@ -108,12 +109,13 @@ def main() -> None:
     model, presigned = cnv_onnx(), cnv_onnx(presigned=True)
     art = reforge.compile(onnx.load_from_string(model), "x86", opt_level=2)
     rec = next(p for p in art.manifest["passes"] if p["name"] == "binarize")
-    print(f"binarize: {rec['rewrites']}, thresholds {rec['thresholds']}, refused {rec['blocks']['refused']}")
+    rewrites = f"binarize: {rec['rewrites']}, thresholds {rec['thresholds']}, refused {rec['blocks']['refused']}"
+    print(rewrites)
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype("float32")
     ours_out = list(art.run({"x": x}).values())[0]
     rows = []
     for threads in args.threads:
-        tvm.get_global_func("runtime.config_threadpool")(1, threads)
+        set_threads(threads)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
@@ -130,11 +132,10 @@ def main() -> None:
                     f"({best['onnxruntime'] / r:.1f}x) | {best['presigned']:.3f} ({best['presigned'] / r:.1f}x) | "
                     f"{np.abs(ours_out - ref).max():.2g} |")
         print(rows[-1], flush=True)
-    print(f"\nms, median of {args.repeat} calls, best of {args.rounds} rounds\n")
-    print("| model | threads | reforge -O2 | onnxruntime (ratio) | onnxruntime, Sign(W) folded (ratio) "
-          "| max abs diff |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    timing = f"ms, median of {args.repeat} calls, best of {args.rounds} rounds"
+    table = "\n".join(["| model | threads | reforge -O2 | onnxruntime (ratio) | onnxruntime, Sign(W) folded (ratio) "
+                       "| max abs diff |", "|---|---|---|---|---|---|", *rows])
+    publish("binarized_cnv", "CNV-w1a1 end to end", table, f"{rewrites}; {timing}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import tvm  # noqa: E402
 from tvm import te  # noqa: E402
 
 from benchmarks import onnx_conv  # noqa: E402
+from benchmarks.results import publish  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
 from reforge.targets import get_target  # noqa: E402
 from reforge.topi_ext import bitserial as bs  # noqa: E402
@@ -87,7 +88,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     target = get_target("x86")
-    print(f"target {target.name}: mcpu={target.tvm_target.mcpu}, features {sorted(target.features)}")
+    machine = f"target {target.name}: mcpu={target.tvm_target.mcpu}, features {sorted(target.features)}"
+    print(machine)
     rows = []
     for threads in args.threads:
         tvm.get_global_func("runtime.config_threadpool")(1, threads)  # the pool was sized to all CPUs above
@@ -108,12 +110,14 @@ def main() -> None:
                         f"{r['reforge pack']:.3f} | {fp32:.3f} ({fp32 / ours:.1f}x) | "
                         f"{int8:.3f} ({int8 / ours:.1f}x) |")
             print(rows[-1], flush=True)
-    print(f"\nasm of the xnor kernel: vpshufb={asm.count('vpshufb')}, vpsadbw={asm.count('vpsadbw')}, "
-          f"vpopcntq={asm.count('vpopcntq')}, scalar popcnt={asm.count(chr(9) + 'popcnt')}")
-    print(f"\nms, median of {args.repeat} calls, best of {args.rounds} rounds; (Nx) = baseline / reforge xnor\n")
-    print("| layer | threads | reforge xnor | reforge xnor+sign | reforge pack | onnxruntime fp32 | onnxruntime int8 |")
-    print("|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    popcounts = (f"asm of the xnor kernel: vpshufb={asm.count('vpshufb')}, vpsadbw={asm.count('vpsadbw')}, "
+                 f"vpopcntq={asm.count('vpopcntq')}, scalar popcnt={asm.count(chr(9) + 'popcnt')}")
+    timing = f"ms, median of {args.repeat} calls, best of {args.rounds} rounds; (Nx) = baseline / reforge xnor"
+    table = "\n".join([
+        "| layer | threads | reforge xnor | reforge xnor+sign | reforge pack | onnxruntime fp32 | onnxruntime int8 |",
+        "|---|---|---|---|---|---|---|", *rows])
+    publish("bitserial", "binary 3x3 conv against onnxruntime fp32 and int8", table,
+            f"{machine}; {popcounts}; {timing}")
 
 
 if __name__ == "__main__":

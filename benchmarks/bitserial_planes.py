@@ -24,6 +24,7 @@ os.environ.setdefault("TVM_NUM_THREADS", "1")
 import tvm  # noqa: E402
 from tvm import te  # noqa: E402
 
+from benchmarks.results import publish  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
 from reforge.targets import get_target  # noqa: E402
 from reforge.topi_ext import bitserial as bs  # noqa: E402
@@ -63,9 +64,9 @@ def main() -> None:
     args = parser.parse_args()
     target = get_target("x86")
     tvm.get_global_func("runtime.config_threadpool")(1, 1)
-    print(f"target {target.name}: mcpu={target.tvm_target.mcpu}\n")
-    print("| layer | " + " | ".join(name for name, _, _ in VARIANTS) + " |")
-    print("|---|" + "---|" * len(VARIANTS))
+    machine = f"target {target.name}: mcpu={target.tvm_target.mcpu}"
+    print(machine)
+    lines = ["| layer | " + " | ".join(name for name, _, _ in VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
     for c, h in LAYERS:
         rng = np.random.default_rng(c)
         runners = {name: runner(c, h, planes, ternary, target, rng) for name, planes, ternary in VARIANTS}
@@ -74,8 +75,11 @@ def main() -> None:
         best = {name: min(r[name] for r in rounds) for name in runners}
         base = best["±1"]
         cells = [f"{best[name]:.3f} ({best[name] / base:.2f}x)" for name, _, _ in VARIANTS]
-        print(f"| {c}→{c} @{h}x{h} | " + " | ".join(cells) + " |", flush=True)
-    print(f"\nms, median of {args.repeat} calls, best of {args.rounds} rounds; (Nx) = variant / ±1")
+        lines.append(f"| {c}→{c} @{h}x{h} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    timing = f"ms, median of {args.repeat} calls, best of {args.rounds} rounds; (Nx) = variant / ±1"
+    publish("bitserial_planes", "±1, ternary and k-bit activations, 1 thread", "\n".join(lines),
+            f"{machine}; {timing}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from tvm import te, topi
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.results import markdown_table, write_table  # noqa: E402
 import reforge  # noqa: E402
 from reforge.bench import onnxruntime_runner, set_threads  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
@@ -98,7 +99,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")  # torch.onnx's legacy-exporter notice
     target = get_target("x86")
     lanes = target.vector_lanes()
-    print(f"depthwise 3x3 + bias + ReLU, {args.threads} thread(s), median ms of {args.repeat} runs")
+    title = f"depthwise 3x3 + bias + ReLU, {args.threads} thread(s), median ms of {args.repeat} runs"
+    print(title)
+    rows = []
     print(f"{'C x H x W / s':>18s} {'blocked':>9s} {'NCHW generic':>13s} {'reforge model':>14s} "
           f"{'onnxruntime model':>18s}  rel diff")
     for channels, size, stride in LAYERS:
@@ -110,6 +113,11 @@ def main() -> None:
         ours, ort, rel = time_models(channels, size, stride, args.threads, args.repeat)
         print(f"{f'{channels}x{size}x{size} / {stride}':>18s} {blocked:9.3f} {generic:13.3f} {ours:14.3f} "
               f"{ort:18.3f}  {rel:.1e}")
+        rows.append([f"{channels}×{size}×{size} / {stride}", f"{blocked:.3f}", f"{generic:.3f}", f"{ours:.3f}",
+                     f"{ort:.3f}", f"{rel:.1e}"])
+    table = markdown_table(["layer C×H×W / stride", "blocked kernel", "NCHW generic kernel", "reforge, 1-layer model",
+                            "onnxruntime, 1-layer model", "rel diff"], rows)
+    print(write_table("depthwise", title, table, f"target {target.name}: {lanes} lanes"))
 
 
 if __name__ == "__main__":

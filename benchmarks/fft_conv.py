@@ -27,6 +27,7 @@ import onnxruntime as ort  # noqa: E402
 import tvm  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from benchmarks.results import publish  # noqa: E402
 import reforge  # noqa: E402
 from reforge.bench import set_threads  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
@@ -88,11 +89,12 @@ def main() -> None:
                     f"{r['reforge direct']:.2f} ({r['reforge direct'] / ours:.2f}x) | {ours:.2f} | "
                     f"{tiling.l} / {tiling.th} | {'fft L=%d' % pick.l if pick else 'direct'} ({est}) |")
         print(rows[-1], flush=True)
-    print(f"\nms, median of {args.repeat} calls, best of {args.rounds} rounds; (Nx) = runtime / reforge fft\n")
-    print(f"{args.threads} thread(s)\n")
-    print("| layer | onnxruntime | reforge direct | reforge fft | FFT size / tile | cost model (est. direct / fft) |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    timing = f"ms, median of {args.repeat} calls, best of {args.rounds} rounds; (Nx) = runtime / reforge fft"
+    table = "\n".join([
+        "| layer | onnxruntime | reforge direct | reforge fft | FFT size / tile | cost model (est. direct / fft) |",
+        "|---|---|---|---|---|---|", *rows])
+    publish("fft_conv", f"FFT conv against the direct conv and onnxruntime, {args.threads} thread(s)", table,
+            f"{timing}; {args.threads} thread(s)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.results import markdown_table, write_table  # noqa: E402
 import reforge  # noqa: E402
 from reforge.bench import baseline_runners, bench, format_bench, set_threads  # noqa: E402
 from tests.zoo import BasicBlock, conv_bn_relu, randomize_batchnorm  # noqa: E402
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--models", default="resnet18,vgg11,repvgg_a0")
     args = parser.parse_args()
     set_threads(args.threads)
+    rows, layouts = [], []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models.split(","):
             torch.manual_seed(0)
@@ -113,7 +115,17 @@ def main() -> None:
 
             runners["torch"] = run_torch
             print(f"\n{name} (build: {art.manifest['build']})")
-            print(format_bench(bench(art, art.imported, runners, args.threads, args.repeat), args.threads))
+            results = bench(art, art.imported, runners, args.threads, args.repeat)
+            print(format_bench(results, args.threads))
+            ours = results[0].median
+            layouts.append(f"{name} {art.manifest['build']['layout']}")
+            rows.append([name, str(args.threads), f"{ours:.1f}", *(
+                f"unavailable: {t.unavailable}" if t.unavailable else f"{t.median:.1f} ({t.median / ours:.2f}x)"
+                for t in results[1:])])
+    table = markdown_table(["model", "threads", "reforge", "onnxruntime", "PyTorch"], rows)
+    note = (f"ms, median of {args.repeat} runs, the runtimes taking turns; in brackets baseline / reforge; untuned; "
+            f"layouts: {'; '.join(layouts)}")
+    print(write_table("imagenet_shapes", f"{args.models} at 1x3x224x224, {args.threads} thread(s)", table, note))
 
 
 if __name__ == "__main__":

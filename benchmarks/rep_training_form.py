@@ -43,6 +43,7 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.results import markdown_table, write_table  # noqa: E402
 import reforge  # noqa: E402
 from reforge.autotune import tune  # noqa: E402
 from reforge.bench import onnxruntime_runner, set_threads  # noqa: E402
@@ -199,19 +200,31 @@ def onnxruntime_kinds(path: str, feeds: dict, threads: int, runs: int, folder: s
     return {k: statistics.median(r[k] for r in per_run[3:]) for k in KINDS}
 
 
-def kinds_report(art, arrays, deploy_path: str, feeds: dict, threads: int, runs: int, folder: str) -> str:
+def kinds_report(art, arrays, deploy_path: str, feeds: dict, threads: int, runs: int,
+                 folder: str) -> list[tuple[str, float, float]]:
+    """(layer kind, reforge ms, onnxruntime ms) per layer kind and for "all", median ms per run of ``runs``."""
     kinds = reforge_kinds(art, arrays)
     ours = dict.fromkeys(KINDS, 0.0)
     for kernel in art.runner.profile(arrays, runs).kernels:
         ours[kinds[kernel.name]] += kernel.ms
     theirs = onnxruntime_kinds(deploy_path, feeds, threads, runs, folder)
+    return [(k, *((sum(ours.values()), sum(theirs.values())) if k == "all" else (ours[k], theirs[k])))
+            for k in (*KINDS, "all")]
+
+
+def kinds_text(rows: list[tuple[str, float, float]], runs: int) -> str:
     lines = [f"  per layer kind, median ms per run of {runs} (reforge's kernels, `reforge run --profile`; "
              "onnxruntime's nodes, its profiler; ratio onnxruntime / reforge):"]
-    for k in (*KINDS, "all"):
-        mine, other = (sum(ours.values()), sum(theirs.values())) if k == "all" else (ours[k], theirs[k])
+    for k, mine, other in rows:
         ratio = f"  ({other / mine:.2f}x)" if mine else ""
         lines.append(f"    {k:16s} reforge {mine:6.3f}  onnxruntime {other:6.3f}{ratio}")
     return "\n".join(lines)
+
+
+def kinds_markdown(rows: list[tuple[str, float, float]]) -> str:
+    return markdown_table(["layer kind", "reforge (training form)", "onnxruntime (deploy form)", "ratio"],
+                          [[k, f"{mine:.3f}", f"{other:.3f}", f"{other / mine:.2f}x" if mine else "-"]
+                           for k, mine, other in rows])
 
 
 def tuned_records(path: str, name: str, trials: int, keep: str | None, folder: str) -> str:
@@ -238,6 +251,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also time each layer kind in reforge and onnxruntime")
     args = parser.parse_args()
     set_threads(args.threads)
+    rows, details = [], []
     for name in args.models.split(","):
         make, paper_convs = MODELS[name]
         torch.manual_seed(0)
@@ -283,12 +297,25 @@ def main() -> None:
               f"{f'tuned {args.tune} trials' if args.tune else 'untuned'}, median of {args.rounds}x{args.repeat} runs, "
               f"interleaved; convs {convs} (paper: {paper_convs}); reforge rewrites: "
               f"{next(p for p in art.manifest['passes'] if p['name'] == 'merge-branches')['rewrites']}")
-        print("outputs vs reforge (relative): " + ", ".join(f"{k} {v:.2g}" for k, v in errs.items()))
+        agreement = "outputs vs reforge (relative): " + ", ".join(f"{k} {v:.2g}" for k, v in errs.items())
+        print(agreement)
+        row = [name, str(args.threads), f"{convs['reforge without merge-branches']} → {convs['reforge -O2']}"]
         for k, ts in times.items():
             med = statistics.median(ts)
             print(f"  {k:28s} {med:8.2f} ms  (min {min(ts):.2f})  baseline / reforge {med / base:.2f}x")
+            ratio = "" if k == "reforge (training form)" else f" ({med / base:.2f}x)"
+            row.append(f"{med:.2f} ({min(ts):.2f}){ratio}")
+        rows.append(row)
+        details.append(f"{name}: {agreement}")
         if kinds:
-            print(kinds)
+            print(kinds_text(kinds, args.rounds * args.repeat))
+            details.append(f"{name} by layer kind, median ms per run of {args.rounds * args.repeat}:\n\n"
+                           + kinds_markdown(kinds))
+    table = markdown_table(["model", "threads", "convs off → on", *times], rows)
+    note = (f"{f'tuned {args.tune} trials' if args.tune else 'untuned'}; ms, median (min) of "
+            f"{args.rounds}x{args.repeat} runs, interleaved; in brackets baseline / reforge (training form)")
+    print(write_table("rep_training_form", f"{args.models} 1x3x224x224, {args.threads} thread(s)",
+                      "\n\n".join([table, *details]), note))
 
 
 if __name__ == "__main__":

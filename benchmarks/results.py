@@ -9,6 +9,9 @@ import os
 import platform
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# the cores this process may run on, read at import: TVM's thread pool pins the main thread to one core once it
+# runs (TVM_NUM_THREADS=1 or config_threadpool(1, 1)), after which the affinity mask says 1
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 _ISA_FLAGS = (("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"), ("avx512_vpopcntdq", "VPOPCNTDQ"), ("avx2", "AVX2"),
               ("asimd", "NEON"))
 
@@ -34,8 +37,23 @@ def machine() -> str:
     isa = [name for flag, name in _ISA_FLAGS if flag in flags]
     if "AVX-512" in isa and "AVX2" in isa:
         isa.remove("AVX2")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {' '.join(isa) or 'scalar'}, {cores} cores"
+    return f"{model}, {' '.join(isa) or 'scalar'}, {_CORES} cores"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table: the header row, the separator, one line per row."""
+    line = lambda cells: "| " + " | ".join(str(cell) for cell in cells) + " |"
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(row) for row in rows)])
+
+
+def publish(name: str, title: str, table: str, note: str = "") -> str:
+    """Print a benchmark's ``note`` and markdown ``table`` as its report, then prepend both to
+    ``benchmarks/results/NAME.md`` (``write_table``) and print that file's path."""
+    print(f"\n{note}\n" if note else "")
+    print(table)
+    path = write_table(name, title, table, note)
+    print(f"\nwritten to {path}")
+    return path
 
 
 def write_table(name: str, title: str, body: str, note: str = "") -> str:

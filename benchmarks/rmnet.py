@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.results import markdown_table, write_table  # noqa: E402
 import reforge  # noqa: E402
 import reforge.build  # noqa: E402
 from reforge.bench import set_threads  # noqa: E402
@@ -72,9 +73,17 @@ def main() -> None:
           f"median of {len(times['residual'])} runs each")
     print(f"remove-residual: {record['rewrites']}; MACs {macs[0] / 1e9:.3f} G -> {macs[1] / 1e9:.3f} G "
           f"({macs[1] / macs[0]:.2f}x); output vs residual model: {rel:.2g} relative ({rel_dense:.2g} dense)")
+    rows = []
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"{name:16s} {med:9.2f} ms  (min {min(ts):.2f})  {med / base:.2f}x")
+        rows.append([name.strip(), f"{med:.2f}", f"{min(ts):.2f}", f"{med / base:.2f}x"])
+    note = (f"median of {len(times['residual'])} runs each, alternating rounds; untuned. remove-residual: "
+            f"{record['rewrites']}; MACs {macs[0] / 1e9:.3f} G -> {macs[1] / 1e9:.3f} G; output vs residual model: "
+            f"{rel:.2g} relative ({rel_dense:.2g} dense)")
+    table = markdown_table(["build", "median ms", "min ms", "/ residual"], rows)
+    print(write_table("rmnet", f"ResNet-18 1x3x{args.size}x{args.size} with and without remove-residual, "
+                      f"{args.threads} thread(s)", table, note))
 
 
 if __name__ == "__main__":

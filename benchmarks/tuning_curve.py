@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.results import markdown_table, write_table  # noqa: E402
 import reforge  # noqa: E402
 from benchmarks.imagenet_shapes import MODELS  # noqa: E402
 from reforge.autotune import tune  # noqa: E402
@@ -130,11 +131,17 @@ def main() -> None:
             steps.append((done, snapshot, None if kept else time.perf_counter() - start))
         ours, ort = timed_rows(path, [r for _, r, _ in steps], args.threads, args.rounds, args.repeat)
         rows = [(trials, ms, ort) for (trials, _, _), ms in zip(steps, ours)]
-        print(f"{args.model} 1x3x{args.size}x{args.size}, {args.threads} thread(s), median of "
-              f"{args.rounds}x{args.repeat} runs each, interleaved; onnxruntime {ort:.2f} ms")
+        title = f"{args.model} 1x3x{args.size}x{args.size}, {args.threads} thread(s)"
+        note = f"median of {args.rounds}x{args.repeat} runs each, interleaved; onnxruntime {ort:.2f} ms"
+        print(f"{title}, {note}")
         print(f"{'trials':>6}  {'tune s':>7}  {'reforge ms':>10}  onnxruntime / reforge")
+        table = []
         for (trials, _, secs), ms in zip(steps, ours):
-            print(f"{trials:>6}  {'kept' if secs is None else f'{secs:.0f}':>7}  {ms:>10.2f}  {ort / ms:.2f}x")
+            tuned = 'kept' if secs is None else f'{secs:.0f}'
+            print(f"{trials:>6}  {tuned:>7}  {ms:>10.2f}  {ort / ms:.2f}x")
+            table.append([str(trials), tuned, f"{ms:.2f}", f"{ort / ms:.2f}x"])
+        print(write_table("tuning_curve", title, markdown_table(["trials", "tune s", "reforge ms",
+                                                                 "onnxruntime / reforge"], table), note))
     if args.svg:
         os.makedirs(os.path.dirname(os.path.abspath(args.svg)), exist_ok=True)
         with open(args.svg, "w") as f:

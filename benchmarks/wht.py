@@ -31,6 +31,7 @@ import scipy.linalg  # noqa: E402
 import tvm  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from benchmarks.results import publish  # noqa: E402
 import reforge  # noqa: E402
 from reforge.bench import set_threads  # noqa: E402
 from reforge.passes import FastWHT, registry  # noqa: E402
@@ -128,11 +129,11 @@ def main() -> None:
         rows.append(f"| {n} | {shape} | {args.threads} | {r['onnxruntime']:.4f} ({r['onnxruntime'] / ours:.1f}x) | "
                     f"{r['reforge dense']:.4f} ({r['reforge dense'] / ours:.1f}x) | {ours:.4f} |")
         print(rows[-1], flush=True)
-    print(f"\nms, median of {args.repeat} calls, best of {args.rounds} rounds; (Nx) = runtime / reforge fwht\n")
+    timing = f"ms, median of {args.repeat} calls, best of {args.rounds} rounds; (Nx) = runtime / reforge fwht"
     what = "butterfly" if args.butterfly else "dense"
-    print(f"| N | shape | threads | onnxruntime {what} | reforge {what} (no fwht) | reforge fwht |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    table = "\n".join([f"| N | shape | threads | onnxruntime {what} | reforge {what} (no fwht) | reforge fwht |",
+                       "|---|---|---|---|---|---|", *rows])
+    publish("wht", f"{shape}, {args.threads} thread(s)", table, timing)
 
 
 if __name__ == "__main__":

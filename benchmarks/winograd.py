@@ -6,7 +6,8 @@ blocked conv and onnxruntime's Conv of the same shape, in this process, at 1 and
 reforge's kernels run on NCHW[x]c tensors under their default schedules, timed with TVM's
 ``time_evaluator`` (min of 5 x 10 calls); onnxruntime (all graph optimizations) runs a one-Conv
 model (min of 5 means of 10 calls). Each round times all three in turn; the table keeps each one's
-best round. (Nx) = that runtime's ms / Winograd ms.
+best round. (Nx) = that runtime's ms / Winograd ms. The table is also written to
+benchmarks/results/winograd.md.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import tvm  # noqa: E402
 from tvm import s_tir, te  # noqa: E402
 
 from benchmarks import onnx_conv  # noqa: E402
+from benchmarks.results import publish  # noqa: E402
 from reforge.targets import get_target  # noqa: E402
 from reforge.topi_ext import winograd_nchwc as winograd  # noqa: E402
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc  # noqa: E402
@@ -76,7 +78,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     target = get_target(args.target)
-    print(f"target {target.name}: mcpu={target.tvm_target.mcpu}, {target.vector_lanes()} lanes")
+    machine = f"target {target.name}: mcpu={target.tvm_target.mcpu}, {target.vector_lanes()} lanes"
+    print(machine)
     rows = []
     for threads in args.threads:
         tvm.get_global_func("runtime.config_threadpool")(1, threads)  # the pool was sized to all CPUs above
@@ -92,8 +95,11 @@ def main() -> None:
                         f"{best['direct']:.3f} ({best['direct'] / ours:.2f}x) | "
                         f"{best['onnxruntime']:.3f} ({best['onnxruntime'] / ours:.2f}x) |")
             print(rows[-1], flush=True)
-    print("\n| layer | threads | reforge Winograd | reforge direct | onnxruntime |\n|---|---|---|---|---|")
-    print("\n".join(rows))
+    table = "\n".join(["| layer | threads | reforge Winograd | reforge direct | onnxruntime |", "|---|---|---|---|---|",
+                       *rows])
+    note = (f"{machine}; ms, min of 5 x 10 calls, best of {args.rounds} rounds; "
+            "(Nx) = that runtime's ms / Winograd ms")
+    publish("winograd", f"Winograd F(2x2, 3x3) against the direct conv and onnxruntime, {target.name}", table, note)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Latency of the test zoo's models: reforge -O2 against onnxruntime, PyTorch and reforge -O0,
 each measured in this process on the same inputs (median of --repeat runs after warm-up).
 
-    .venv/bin/python benchmarks/zoo.py [--threads 1] [--repeat 30] [--markdown]
+    .venv/bin/python benchmarks/zoo.py [--threads 1] [--repeat 30]
 
 The ONNX file each model is compiled from is exported by torch.onnx (BatchNorm kept);
 onnxruntime runs that file, PyTorch runs the module, reforge -O0 compiles the same file
-without rewriting.
+without rewriting. The table is also written to benchmarks/results/zoo.md.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import reforge  # noqa: E402
+from benchmarks.results import publish  # noqa: E402
 from reforge.bench import Timing, baseline_runners, bench  # noqa: E402
 from tests.zoo import MODELS  # noqa: E402
 
@@ -64,10 +65,10 @@ def main() -> None:
                 f"{results[b].median:.2f} ({results[b].median / ours:.2f}x)"
                 for b in ("onnxruntime", "torch", "reforge -O0")) + " |")
             print(rows[-1], flush=True)
-    print(f"\n{args.threads} thread(s), median of {args.repeat} runs; (Nx) = baseline time / reforge -O2 time\n")
-    print("| model | reforge -O2 ms | onnxruntime ms | PyTorch ms | reforge -O0 ms |")
-    print("|---|---|---|---|---|")
-    print("\n".join(rows))
+    note = f"{args.threads} thread(s), median of {args.repeat} runs; (Nx) = baseline time / reforge -O2 time"
+    table = "\n".join(["| model | reforge -O2 ms | onnxruntime ms | PyTorch ms | reforge -O0 ms |",
+                       "|---|---|---|---|---|", *rows])
+    publish("zoo", f"zoo, {args.threads} thread(s), median of {args.repeat} runs", table, note)
 
 
 if __name__ == "__main__":

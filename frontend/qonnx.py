@@ -35,7 +35,11 @@ from reforge.errors import ReforgeError
 
 QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general")
 INT_QUANT = ("Quant", "IntQuant")
-ROUNDING = ("ROUND", "CEIL", "FLOOR", "UP", "DOWN", "ROUND_TO_ZERO", "HALF_UP", "HALF_DOWN")
+# each rounding mode as the lowering spells it, the one table of these spellings (binarize reads them back,
+# passes/binary_activations.py): (op, None) is op(v); (op, offset) is sign(v)·op(|v| + offset)
+ROUNDING = {"ROUND": ("Round", None), "CEIL": ("Ceil", None), "FLOOR": ("Floor", None), "UP": ("Ceil", 0.0),
+            "DOWN": ("Floor", 0.0), "ROUND_TO_ZERO": ("Floor", 0.0), "HALF_UP": ("Floor", 0.5),
+            "HALF_DOWN": ("Ceil", -0.5)}
 
 
 def int_range(bits: int, signed: bool, narrow: bool) -> tuple[int, int]:
@@ -72,20 +76,13 @@ def _bipolar(e: _Emitter, node: onnx.NodeProto) -> None:
 
 
 def _round(e: _Emitter, v: str, mode: str) -> str:
-    if mode == "ROUND":
-        return e.op("Round", [v])
-    if mode in ("CEIL", "FLOOR"):
-        return e.op(mode.capitalize(), [v])
+    op, offset = ROUNDING[mode]
+    if offset is None:
+        return e.op(op, [v])
     sign, mag = e.op("Sign", [v]), e.op("Abs", [v])
-    if mode == "UP":
-        mag = e.op("Ceil", [mag])
-    elif mode in ("DOWN", "ROUND_TO_ZERO"):
-        mag = e.op("Floor", [mag])
-    elif mode == "HALF_UP":
-        mag = e.op("Floor", [e.op("Add", [mag, e.const(0.5)])])
-    else:  # HALF_DOWN
-        mag = e.op("Ceil", [e.op("Sub", [mag, e.const(0.5)])])
-    return e.op("Mul", [sign, mag])
+    if offset:
+        mag = e.op("Add" if offset > 0 else "Sub", [mag, e.const(abs(offset))])
+    return e.op("Mul", [sign, e.op(op, [mag])])
 
 
 def _bitwidth(proto: onnx.ModelProto, node: onnx.NodeProto) -> int:

@@ -22,6 +22,7 @@ from tvm import relax
 
 from reforge.topi_ext.fplus import OP as FPLUS_OP
 from reforge.topi_ext.fplus import emit_fplus
+from reforge.topi_ext.op_kind import op_kind
 
 from .graph import const_value, op_name
 
@@ -107,8 +108,7 @@ def read_activation(expr, lookup: Callable, mod: tvm.IRModule | None = None) -> 
         return Matched(value.args[0], ACTIVATIONS[name](value))
     if name == "relax.call_tir" and mod is not None and isinstance(value.args[0], tvm.ir.GlobalVar):
         func = mod[value.args[0]] if value.args[0] in mod.functions else None
-        tag = str(func.attrs["reforge.op"]) if func is not None and func.attrs is not None \
-            and "reforge.op" in func.attrs else None
+        tag = op_kind(func) if func is not None else None
         if tag in TAGGED and len(value.args[1].fields) == 1:
             return Matched(value.args[1].fields[0], TAGGED[tag](func))
     return _read_elu(value, lookup)

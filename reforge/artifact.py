@@ -14,18 +14,20 @@ import json
 import os
 import tarfile
 import tempfile
+import threading
+from functools import cached_property
 
 import numpy as np
-import tvm
 
 from reforge.frontend.tensor_spec import TensorSpec
 
+from . import tvm_runtime
 from .errors import ReforgeError, one_line
 from .execution import Runner, check_inputs
 from .native_log import quiet_stderr
 from .profiling import Profile
-from .targets import get_target, host_can_run
-from .toolchains import export_library
+from .targets import host_can_run
+from .threads import check as check_threads
 
 FORMAT = "reforge-artifact/1"
 LIBRARY = "model.so"
@@ -39,47 +41,56 @@ class Artifact:
     """A compiled model: run it, time it, save it as a .tar."""
 
     def __init__(self, executable, manifest: dict, library: bytes | None = None,
-                 kernel_files: dict[str, bytes] | None = None):
+                 kernel_files: dict[str, bytes] | None = None, threads: int | None = None):
         self.executable, self.manifest = executable, manifest
         self.kernel_files = kernel_files or {}  # KERNEL_FILES entries: device code for a GPU target
         self.imported = None  # the ImportedModel it was compiled from, when compiled in this process
+        self.threads = threads  # TVM pool workers of a run on this CPU (None: reforge.threads' default)
         self._library = library  # model.so's bytes, once exported or read
         self._runner = None
+        self._runner_lock = threading.Lock()
 
-    @property
+    @cached_property
     def inputs(self) -> list[TensorSpec]:
         return [TensorSpec.from_json(d) for d in self.manifest["inputs"]]
 
-    @property
+    @cached_property
     def outputs(self) -> list[TensorSpec]:
         return [TensorSpec.from_json(d) for d in self.manifest["outputs"]]
 
     @property
     def runner(self):
         """Where ``run`` and ``time`` execute: this CPU, this machine's GPU, or an aarch64
-        module under qemu."""
-        if self._runner is None:
-            target = self.manifest["target"]
-            if host_can_run(target):
-                self._runner = Runner(self.executable)
-            elif target.get("kind") == "arm":
-                from .qemu_runner import QemuRunner
-
-                self._runner = QemuRunner(self.library())
-            elif target.get("kind") == "opencl-fpga":
-                from .opencl_runner import OpenCLRunner
-
-                self._runner = OpenCLRunner(self.kernel_files)
-            elif target.get("kind") == "cuda" and tvm.cuda(0).exist:
-                self._runner = Runner(_load_library(self.library(), "this module"), tvm.cuda(0))
-            else:
-                if target.get("kind") == "cuda":
-                    needs = f"an NVIDIA GPU ({', '.join(target.get('features', []))}) with TVM's CUDA runtime"
-                else:
-                    needs = ", ".join(sorted(set(target.get("features", [])) - get_target("x86").features))
-                raise ReforgeError(f"this module was built for target '{target.get('name')}' and needs "
-                                   f"{needs}, which this machine lacks")
+        module under qemu (made once, by whichever thread asks first)."""
+        with self._runner_lock:
+            if self._runner is None:
+                self._runner = self._make_runner()
         return self._runner
+
+    def _make_runner(self):
+        target = self.manifest["target"]
+        if host_can_run(target):
+            return Runner(self.executable, threads=self.threads)
+        if target.get("kind") == "arm":
+            from .qemu_runner import QemuRunner
+
+            return QemuRunner(self.library())
+        if target.get("kind") == "opencl-fpga":
+            from .opencl_runner import OpenCLRunner
+
+            return OpenCLRunner(self.kernel_files)
+        if target.get("kind") == "cuda":
+            import tvm
+
+            if tvm.cuda(0).exist:
+                return Runner(_load_library(self.library(), "this module"), tvm.cuda(0))
+            needs = f"an NVIDIA GPU ({', '.join(target.get('features', []))}) with TVM's CUDA runtime"
+        else:
+            from .targets import host_x86_features
+
+            needs = ", ".join(sorted(set(target.get("features", [])) - host_x86_features()))
+        raise ReforgeError(f"this module was built for target '{target.get('name')}' and needs "
+                           f"{needs}, which this machine lacks")
 
     @property
     def emulated(self) -> bool:
@@ -91,6 +102,8 @@ class Artifact:
         """``model.so`` as deployed: built for the target's CPU, cross-compiled where needed
         (None for opencl-fpga, whose artifact holds kernels and a launch plan instead)."""
         if self._library is None and self.executable is not None:
+            from .toolchains import export_library
+
             with tempfile.TemporaryDirectory() as tmp:
                 lib = os.path.join(tmp, LIBRARY)
                 with quiet_stderr():
@@ -100,7 +113,8 @@ class Artifact:
         return self._library
 
     def run(self, inputs) -> dict[str, np.ndarray]:
-        """Run on ``inputs`` (dict by input name, list, or one array); outputs by name."""
+        """Run on ``inputs`` (dict by input name, list, or one array); outputs by name. Safe to call
+        from any number of threads at once (each thread runs its own VM over the one set of weights)."""
         outs = self.runner.run(check_inputs(self.inputs, inputs))
         return {spec.name: out for spec, out in zip(self.outputs, outs)}
 
@@ -130,12 +144,15 @@ class Artifact:
         return path
 
 
-def load(path: str, remote=None) -> Artifact:
+def load(path: str, remote=None, threads: int | None = None) -> Artifact:
     """Load an artifact written by ``Artifact.save``, checking its integrity first.
 
-    With ``remote`` (a :class:`reforge.remote.RemoteDevices`), the module is uploaded to one of
-    the tracker's devices and runs there; the CPU-feature check is then the device's business.
+    ``threads``: the TVM pool workers a run on this CPU uses (default: every physical core this
+    process may use, :mod:`reforge.threads`). With ``remote`` (a :class:`reforge.remote.RemoteDevices`),
+    the module is uploaded to one of the tracker's devices and runs there; the CPU-feature check is
+    then the device's business.
     """
+    check_threads(threads)
     manifest, files = _verified(path)
     library = files.pop(LIBRARY, None)
     kernels = {n: b for n, b in files.items() if n in KERNEL_FILES}
@@ -153,8 +170,8 @@ def load(path: str, remote=None) -> Artifact:
         artifact._runner = Runner(lib, device, session=session)
         return artifact
     if not host_can_run(manifest["target"]):  # loaded when run: under qemu, on a GPU, or refused
-        return Artifact(None, manifest, library, kernels)
-    return Artifact(_load_library(library, f"'{path}'"), manifest, library, kernels)
+        return Artifact(None, manifest, library, kernels, threads)
+    return Artifact(_load_library(library, f"'{path}'"), manifest, library, kernels, threads)
 
 
 def _load_library(library: bytes, what: str):
@@ -165,7 +182,7 @@ def _load_library(library: bytes, what: str):
             f.write(library)
         try:
             with quiet_stderr():
-                return tvm.runtime.load_module(lib_path)
+                return tvm_runtime.load_module(lib_path)
         except Exception as err:  # TVM raises its own error types from dlopen failures
             raise ReforgeError(f"{what}: cannot load {LIBRARY}: {one_line(err)}") from err
 

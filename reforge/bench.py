@@ -6,14 +6,15 @@ import contextlib
 import io
 import os
 import statistics
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
 
 import numpy as np
-import tvm
 
+from . import threads
 from .errors import ReforgeError, one_line
 from .execution import time_calls
 from .native_log import quiet_stderr
@@ -42,13 +43,13 @@ class Timing:
                 "runs": len(self.times_ms), "rel_err_vs_reforge": self.rel_err}
 
 
-def set_threads(n: int) -> None:
-    """Use ``n`` threads in TVM's runtime pool and in PyTorch (onnxruntime is set per session)."""
-    import torch
-
-    torch.set_num_threads(n)
-    os.environ["TVM_NUM_THREADS"] = str(n)
-    tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1: all (big) cores
+def set_threads(n: int | None = None) -> int:
+    """Use ``n`` threads (None: :mod:`reforge.threads`' default) in reforge's runs and, where imported, in
+    PyTorch (onnxruntime is set per session); returns the count."""
+    n = threads.use(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    return n
 
 
 def onnxruntime_runner(model, imported, threads: int):

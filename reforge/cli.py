@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from . import threads
 from .errors import ReforgeError, one_line
 
 
@@ -39,10 +40,10 @@ def _add_rpc_options(p: argparse.ArgumentParser) -> None:
 
 
 def _remote(args):
-    from .remote import RemoteDevices
-
     if args.rpc_tracker is None and args.rpc_key is None:
         return None
+    from .remote import RemoteDevices
+
     return RemoteDevices.parse(args.rpc_tracker, args.rpc_key)
 
 
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-time", action="store_true", help="time the module")
     p.add_argument("--profile", action="store_true", help="time each kernel within whole runs")
     p.add_argument("--repeat", type=int, default=20, help="timed runs for --print-time / --profile (default 20)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="threads of the run (default: every physical core this process may use)")
     _add_rpc_options(p)
 
     p = sub.add_parser("inspect", help="show an artifact's manifest")
@@ -88,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="compile, then time reforge against onnxruntime / PyTorch")
     _add_model_options(p)
     p.add_argument("--against", default="onnxruntime,torch", help="baselines, comma-separated")
-    p.add_argument("--threads", type=int, default=1, help="threads for every runtime (default 1)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="threads for every runtime (default: every physical core this process may use)")
     p.add_argument("--repeat", type=int, default=30, help="timed runs per runtime (median; at least 20)")
     p.add_argument("--json", metavar="OUT.json", help="also write the results as JSON")
     return parser
@@ -99,9 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed as one line
         return done.code
-    if getattr(args, "threads", None):
-        os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read once, when TVM's pool starts
     try:
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                raise ReforgeError(f"--threads {args.threads}: must be at least 1")
+            threads.prepare(args.threads)  # TVM sizes each pool once, when it starts
         if args.version:
             return _version()
         if args.command is None:
@@ -202,7 +208,7 @@ def _run(args) -> int:
 
     import reforge
 
-    artifact = reforge.load(args.artifact, remote=_remote(args))
+    artifact = reforge.load(args.artifact, remote=_remote(args), threads=args.threads)
     names = [s.name for s in artifact.inputs]
     if args.inputs:
         inputs = _read_inputs(args.inputs, names)
@@ -239,6 +245,12 @@ def _inspect(args) -> int:
         print(json.dumps(artifact.manifest, indent=2))
     else:
         print(inspect_report(artifact.manifest, args.artifact, os.path.getsize(args.artifact)))
+        from .toolchains import native_host_commands
+
+        commands = native_host_commands(artifact.manifest, args.artifact)
+        if commands:
+            print("\nrun without Python (C API: reforge/native/reforge_runtime.h; docs/targets.md#native-host):")
+            print("\n".join(f"  {c}" for c in commands))
     return 0
 
 
@@ -263,30 +275,29 @@ def _bench(args) -> int:
     from reforge.bench import baseline_runners, bench, format_bench, parse_baselines
     from reforge.targets import get_target, host_can_run
 
-    if args.threads < 1:
-        raise ReforgeError("--threads must be at least 1")
     against = parse_baselines(args.against)
+    n = threads.check(args.threads)
     options = _compile_options(args)
     if not host_can_run(get_target(options["target"])):
         raise ReforgeError(f"bench times modules on this CPU, which cannot run target '{options['target']}' "
                            "natively; time it on the device with `reforge run --print-time --rpc-tracker ...`")
     artifact = reforge.compile(args.model, log=_log(args), **options)
-    runners = baseline_runners(args.model, artifact.imported, against, args.threads)
-    results = bench(artifact, artifact.imported, runners, args.threads, args.repeat)
-    print(format_bench(results, args.threads))
+    runners = baseline_runners(args.model, artifact.imported, against, n)
+    results = bench(artifact, artifact.imported, runners, n, args.repeat)
+    print(format_bench(results, n))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model, "threads": args.threads, "target": artifact.manifest["target"],
+            json.dump({"model": args.model, "threads": n, "target": artifact.manifest["target"],
                        "results": [r.to_json() for r in results]}, f, indent=2)
     return 0
 
 
 def _version() -> int:
-    import tvm
+    from importlib.metadata import version
 
     import reforge
 
-    print(f"reforge {reforge.__version__} (apache-tvm {tvm.__version__})")
+    print(f"reforge {reforge.__version__} (apache-tvm {version('apache-tvm')})")
     return 0
 
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import tvm
-from tvm import relax
 
 from reforge.frontend.tensor_spec import TensorSpec
 
+from . import tvm_runtime
 from .errors import ReforgeError
 from .profiling import Profile, profile_calls
+from .threads import check as check_threads, running
 
 
 def check_inputs(specs: list[TensorSpec], inputs) -> list[np.ndarray]:
@@ -42,45 +44,73 @@ def check_inputs(specs: list[TensorSpec], inputs) -> list[np.ndarray]:
 
 
 def _flatten(value) -> list[np.ndarray]:
-    if isinstance(value, tvm.runtime.Tensor):
-        return [value.numpy()]
+    if isinstance(value, tvm_runtime.ffi().Tensor):
+        return [tvm_runtime.to_numpy(value)]
     return [a for v in value for a in _flatten(v)]
 
 
 class Runner:
-    """A Relax VM over an executable (in memory, loaded from a .so, or on an RPC ``session``)."""
+    """Relax VMs over one executable (in memory, loaded from a .so, or on an RPC ``session``): one VM
+    per calling thread, since a VM holds the registers of the call it runs; all of them share the
+    executable's constants, so the weights are held once however many threads call.
+
+    ``threads``: TVM pool workers a call uses when it is the only one in progress (default
+    :func:`reforge.threads.default_threads`); calls that overlap others run on one thread each."""
 
     emulated = False  # runs on the target's own CPU / GPU
 
-    def __init__(self, executable, device=None, session=None):
-        self.device = device if device is not None else tvm.cpu()
+    def __init__(self, executable, device=None, session=None, threads: int | None = None):
+        self.module = executable.jit() if hasattr(executable, "jit") else executable  # an in-memory build
+        self.device = device if device is not None else tvm_runtime.cpu()
         self.session = session  # keeps a remote device's session open
-        self.vm = relax.VirtualMachine(executable, self.device)
-        self.main = self.vm["main"]
-        self.inputs: list[tvm.runtime.Tensor] = []
+        self.threads = None if threads is None else check_threads(threads)
+        self._local = threading.local()
+        self._remote = threading.Lock()  # one call at a time through an RPC session
+
+    @property
+    def vm(self):
+        """The calling thread's VM (made on its first call)."""
+        return self._state().vm
+
+    def _state(self) -> _ThreadState:
+        state = getattr(self._local, "state", None)
+        if state is None:
+            vm = tvm_runtime.new_vm(self.module, self.device)
+            state = self._local.state = _ThreadState(vm, vm["main"])
+        return state
+
+    def _call(self):
+        """Around one call: the RPC session held, or this thread's share of the local cores."""
+        return self._remote if self.session is not None else running(self.threads)
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        return _flatten(self.main(*self._on_device(arrays)))
+        with self._call():
+            state = self._state()
+            return _flatten(state.main(*self._on_device(state, arrays)))
 
-    def _on_device(self, arrays: list[np.ndarray]) -> list[tvm.runtime.Tensor]:
-        """The inputs on the device, copied into the previous call's tensors where the shapes match
+    def _on_device(self, state: _ThreadState, arrays: list[np.ndarray]) -> list:
+        """The inputs on the device, copied into this thread's previous inputs where the shapes match
         (a copy into an existing tensor costs a fifth of a new one). Outputs are copied out as numpy
         arrays, so one that aliases an input is not overwritten by the next call."""
-        if [(tuple(t.shape), str(t.dtype)) for t in self.inputs] != [(a.shape, a.dtype.name) for a in arrays]:
-            self.inputs = [tvm.runtime.tensor(a, self.device) for a in arrays]
-        else:
-            for tensor, a in zip(self.inputs, arrays):
-                tensor.copyfrom(a)
-        return self.inputs
+        signature = [(a.shape, a.dtype) for a in arrays]
+        if signature != state.signature:
+            state.inputs = [tvm_runtime.empty(a.shape, a.dtype.name, self.device) for a in arrays]
+            state.copy_in = [tvm_runtime.copier(t) for t in state.inputs]
+            state.signature = signature
+        for copy, a in zip(state.copy_in, arrays):
+            copy(a)
+        return state.inputs
 
     def time(self, arrays: list[np.ndarray], repeat: int) -> list[float]:
         """Milliseconds of ``repeat`` runs after warm-up, timed as the baselines are (on a remote
         device by the device's own timer, so the network is not counted)."""
-        args = self._on_device(arrays)
-        if self.session is not None:
-            timer = self.vm.time_evaluator("main", self.device, number=1, repeat=repeat + 3)
-            return [t * 1e3 for t in timer(*args).results[3:]]
-        return time_calls(lambda: self.main(*args), repeat)
+        with self._call():
+            state = self._state()
+            args = self._on_device(state, arrays)
+            if self.session is not None:
+                timer = state.vm.time_evaluator("main", self.device, number=1, repeat=repeat + 3)
+                return [t * 1e3 for t in timer(*args).results[3:]]
+            return time_calls(lambda: state.main(*args), repeat)
 
     def profile(self, arrays: list[np.ndarray], repeat: int) -> Profile:
         """Each kernel's milliseconds within ``repeat`` runs (:mod:`reforge.profiling`); a GPU is
@@ -88,25 +118,40 @@ class Runner:
         if self.session is not None:
             raise ReforgeError("--profile times kernels in this process; time a module on an RPC device whole "
                                "with --print-time")
-        args = self._on_device(arrays)
-        on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
+        on_cpu = self.device.dlpack_device_type() == tvm_runtime.CPU
         sync = (lambda: None) if on_cpu else self.device.sync
 
-        def run(mark: Callable[[str, bool], None]) -> None:
-            def hook(_func, name: str, before: bool, _ret, *_args) -> int:
-                if not name.startswith("vm.builtin."):
-                    sync()
-                    mark(name, before)
-                return 0  # VMInstrumentReturnKind.NO_OP
+        with self._call():
+            state = self._state()
+            args = self._on_device(state, arrays)
+            set_instrument = state.vm["set_instrument"]
 
-            self.vm.set_instrument(hook)
-            self.main(*args)
-            sync()
+            def run(mark: Callable[[str, bool], None]) -> None:
+                def hook(_func, name: str, before: bool, _ret, *_args) -> int:
+                    if not name.startswith("vm.builtin."):
+                        sync()
+                        mark(name, before)
+                    return 0  # VMInstrumentReturnKind.NO_OP
 
-        try:
-            return profile_calls(run, repeat)
-        finally:
-            self.vm.set_instrument(None)
+                set_instrument(hook)
+                state.main(*args)
+                sync()
+
+            try:
+                return profile_calls(run, repeat)
+            finally:
+                set_instrument(None)
+
+
+@dataclass
+class _ThreadState:
+    """One thread's VM, its ``main`` and the input tensors of its last call."""
+
+    vm: object
+    main: object
+    inputs: list = field(default_factory=list)
+    copy_in: list = field(default_factory=list)  # a function per input: numpy array -> its tensor
+    signature: list | None = None  # (shape, dtype) of each input
 
 
 def time_calls(fn: Callable[[], object], repeat: int, warmup: int = 3) -> list[float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -11,9 +12,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import onnx
-import onnxruntime
-import torch
 import tvm
 import tvm_ffi
 
@@ -179,6 +177,20 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+# manifest key -> the distribution whose version it records
+_VERSIONED = (("tvm", "apache-tvm"), ("tvm_ffi", "apache-tvm-ffi"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
+              ("torch", "torch"), ("numpy", "numpy"))
+
+
+def _installed_version(dist: str) -> str | None:
+    """A distribution's version from its metadata: reading it imports nothing (importing torch or
+    onnxruntime to ask costs seconds)."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _manifest(imported, tgt, opt_level: int, records: list[PassRecord], build_report) -> dict:
     from reforge import __version__
 
@@ -193,9 +205,7 @@ def _manifest(imported, tgt, opt_level: int, records: list[PassRecord], build_re
         "passes": [r.to_json() for r in records],
         "build": build_report.to_json(),
         "verification": None,
-        "versions": {"reforge": __version__, "tvm": tvm.__version__, "tvm_ffi": tvm_ffi.__version__,
-                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                     "torch": torch.__version__, "numpy": np.__version__,
+        "versions": {"reforge": __version__, **{name: _installed_version(dist) for name, dist in _VERSIONED},
                      "python": platform.python_version()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -6,10 +6,13 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-
-from tvm.target import Target, codegen
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from .errors import ReforgeError
+
+if TYPE_CHECKING:
+    from tvm.target import Target
 
 X86_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512vpopcntdq")
 
@@ -60,6 +63,8 @@ def _num_cores() -> int:
 
 
 def _x86(name: str, mcpu: str | None) -> TargetSpec:
+    from tvm.target import Target, codegen
+
     host = Target.from_device("cpu").export()
     spec = {"kind": "llvm", "mcpu": mcpu or host["mcpu"], "num-cores": _num_cores()}
     if not codegen.llvm_is_valid_cpu(spec["mcpu"], "x86_64-linux-gnu"):
@@ -71,6 +76,8 @@ def _x86(name: str, mcpu: str | None) -> TargetSpec:
 
 def _arm(name: str, mcpu: str, cores: int) -> TargetSpec:
     """aarch64 Linux with NEON, cross-compiled (``aarch64-linux-gnu-g++``)."""
+    from tvm.target import Target
+
     tgt = Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": mcpu, "mattr": ["+neon"],
                   "num-cores": cores})
     return TargetSpec(name, "arm", tgt, frozenset({"neon"}))
@@ -80,9 +87,17 @@ def _cuda(arch: str) -> TargetSpec:
     """NVIDIA GPUs of compute capability ``arch`` (``sm_80``: A100); the host side is generic x86-64."""
     if not re.fullmatch(r"sm_\d{2,3}[af]?", arch):
         raise ReforgeError(f"bad CUDA architecture '{arch}': expected sm_XY, e.g. sm_80 (A100), sm_86, sm_90")
+    from tvm.target import Target
+
     tgt = Target({"kind": "cuda", "arch": arch, "max_shared_memory_per_block": 48 * 1024,
                   "max_threads_per_block": 1024, "thread_warp_size": 32}, host={"kind": "llvm", "mcpu": "x86-64"})
     return TargetSpec("cuda" if arch == DEFAULT_CUDA_ARCH else f"cuda-{arch}", "cuda", tgt, frozenset({arch}))
+
+
+def _opencl_fpga() -> TargetSpec:
+    from tvm.target import Target
+
+    return TargetSpec("opencl-fpga", "opencl-fpga", Target({"kind": "opencl"}, host={"kind": "llvm", "mcpu": "x86-64"}))
 
 
 DEFAULT_CUDA_ARCH = "sm_80"
@@ -95,8 +110,7 @@ _PRESETS = {
     "arm": lambda: _arm("arm", "cortex-a72", 4),  # aarch64 + NEON, e.g. Raspberry Pi 4
     "arm-a76": lambda: _arm("arm-a76", "cortex-a76", 4),  # ARMv8.2 + dot product, e.g. Raspberry Pi 5
     "cuda": lambda: _cuda(DEFAULT_CUDA_ARCH),  # "cuda-sm_XY" picks another architecture
-    "opencl-fpga": lambda: TargetSpec("opencl-fpga", "opencl-fpga",
-                                      Target({"kind": "opencl"}, host={"kind": "llvm", "mcpu": "x86-64"})),
+    "opencl-fpga": _opencl_fpga,
 }
 
 
@@ -115,4 +129,17 @@ def host_can_run(target: dict | TargetSpec) -> bool:
     """Whether this machine's CPU executes code built for ``target`` (a spec or its manifest entry)."""
     kind, feats = ((target.kind, target.features) if isinstance(target, TargetSpec)
                    else (target.get("kind"), set(target.get("features", []))))
-    return kind == "x86" and set(feats) <= get_target("x86").features
+    return kind == "x86" and set(feats) <= host_x86_features()
+
+
+@lru_cache(maxsize=None)
+def host_x86_features() -> frozenset[str]:
+    """The X86_FEATURES this CPU has and the kernel enables, from /proc/cpuinfo (LLVM's names; no TVM
+    needed, so an artifact loads without TVM's compiler)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    linux_names = {f.replace("_", "") for f in flags}  # avx512_vnni -> avx512vnni
+    return frozenset(f for f in X86_FEATURES if f in linux_names)

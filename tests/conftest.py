@@ -13,6 +13,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+# Each pytest-xdist worker keeps to one core (`make test` starts one per core): reforge's default,
+# every core (reforge.threads), would give each worker all of them. A TVM_NUM_THREADS of one's own wins.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("TVM_NUM_THREADS", "1")
+
 
 def make_model(nodes, inputs, outputs, initializers=(), opset=17, name="test") -> onnx.ModelProto:
     graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers))

@@ -46,6 +46,8 @@ import numpy as np
 import tvm
 from tvm import te, tirx, topi
 
+from .op_kind import OPAQUE
+
 CONV = "bitserial_conv2d"  # name of the main reduction block (the schedule looks for it)
 DENSE = "bitserial_dense"
 PACK = "bitpack"
@@ -429,17 +431,9 @@ def bitpool(data: te.Tensor, pool_size=(2, 2), strides=(2, 2)) -> te.Tensor:
 # ----------------------------------------------------------------------------- Relax
 
 
-OPAQUE = 8  # relax OpPatternKind.kOpaque
-
-
 def accumulator_lanes(target, word: str) -> int:
     """Accumulator lanes per vector register of ``target`` (a reforge TargetSpec) for ``word``."""
     return target.vector_lanes(64 if _acc_dtype(word) == "int64" else 32)
-
-
-def op_kind(func) -> str | None:
-    """The bit-serial operator a PrimFunc emitted here holds (attr ``reforge.op``), if any."""
-    return str(func.attrs["reforge.op"]) if func.attrs is not None and "reforge.op" in func.attrs else None
 
 
 def _add_op(bb, inputs: list[te.Tensor], output: te.Tensor, kind: str, name: str, **attrs):

@@ -31,11 +31,11 @@ import numpy as np
 from tvm import te
 
 from .dft import angles, complex_block, half_spectrum_weights
+from .op_kind import OPAQUE
 
 MIX_OP = "fft_mix"  # the channel mix PrimFunc's ``reforge.op`` attribute
 MIX_ACC, MIX_OUT = "fft_mix_acc", "fft_mix"  # its blocks: the GEMM, the complex combination
 MIX_STRIP = 16  # weight spectra packed in strips of this many output columns (the GEMM's register tile)
-OPAQUE = 8  # relax OpPatternKind.kOpaque
 COLUMN_MULTIPLE = 8  # DFT matrix columns padded to this (fp32 vector lanes)
 
 FFT_SIZES = (8, 16, 32, 64)

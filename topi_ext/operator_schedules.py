@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from .bitserial import CONV, DENSE, PACK, POOL, op_kind
+from .bitserial import CONV, DENSE, PACK, POOL
 from .fft_conv import MIX_OP
+from .op_kind import op_kind
 from .schedule_bitserial import schedule_op
 from .schedule_fft import default_mix_rows, schedule_mix_on
 from .schedule_wht import default_strip, schedule_wht_on

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from .bitserial import CONV, DENSE, PACK, POOL, _acc_dtype, op_kind
+from .bitserial import CONV, DENSE, PACK, POOL, _acc_dtype
+from .op_kind import op_kind
 from .schedule_x86 import (PAD_PARALLEL_MIN_WORK, _blocks, _divisor_at_most, _extents, _inline_epilogue,
                            _parallel_vectorize_spatial)
 

@@ -1,16 +1,17 @@
 """Fast Walsh-Hadamard transform (FWHT): ``y = scale · (x @ H_N)[..., perm] (+ bias)``, optionally
 soft- or smooth-thresholded, in N·log2 N additions instead of N² multiply-adds.
 
-H_N is the Sylvester Hadamard matrix (``scipy.linalg.hadamard``): ``H[k, j] = (-1)^popcount(k & j)``,
-symmetric, natural ("Hadamard") order. The butterfly ``H_2N = H_2 ⊗ H_N`` gives log2 N stages; stage
-s (``h = 2^s``) maps pairs ``(i, i + h)`` with ``i & h == 0`` to ``(a + b, a − b)``.
+H_N is the Sylvester Hadamard matrix (``scipy.linalg.hadamard``, in numpy passes/hadamard.py):
+``H[k, j] = (-1)^popcount(k & j)``, symmetric, natural ("Hadamard") order. The butterfly
+``H_2N = H_2 ⊗ H_N`` gives log2 N stages; stage s (``h = 2^s``) maps pairs ``(i, i + h)`` with
+``i & h == 0`` to ``(a + b, a − b)``.
 
 The operator works on a 3-D view ``x [P, K, Q]`` and transforms the middle axis (length K <= N,
 zero-padded to N), so one compute covers the last axis of a matmul input (``Q = 1``) and the channel
 axis of an NCHW tensor (``P = N``, ``Q = H·W``, what a 1×1 conv with a Hadamard weight becomes). Its
 output is ``[P, M, Q]``: ``out[p, m, q] = scale · fwht(x)[p, perm[m], q] (+ bias[m])``, where
 ``perm`` (M <= N entries) crops the zero-padded transform, selects sequency (Walsh) order
-(:func:`sequency_perm`) or any other column order; ``out_scale[m]`` multiplies coefficient m (a
+(``hadamard.sequency_perm``) or any other column order; ``out_scale[m]`` multiplies coefficient m (a
 Hadamard matrix with scaled columns, ``H·diag(e)``) before the bias. With ``threshold`` the output is
 the WHT layer's nonlinearity of that ``z``, fused in the epilogue: the soft threshold
 ``sign(z)·max(|z| − T[m], 0)``, or with ``smooth`` the smooth threshold ``tanh(z)·max(|z| − T[m], 0)``;
@@ -27,62 +28,11 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
+from .op_kind import OPAQUE
+
 OP = "wht"  # the PrimFunc's ``reforge.op`` attribute
 STAGE = "wht_stage"  # blocks wht_stage0 .. wht_stage{m-1}
 OUT = "wht_out"
-OPAQUE = 8  # relax OpPatternKind.kOpaque
-
-
-# ----------------------------------------------------------------------------- numpy
-
-
-def hadamard_entries(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``H[rows[:, None], cols[None, :]] = (-1)^popcount(row & col)`` as ±1 int8."""
-    bits = np.bitwise_and.outer(np.asarray(rows, np.int64), np.asarray(cols, np.int64))
-    parity = np.zeros_like(bits)
-    while bits.any():
-        parity ^= bits & 1
-        bits >>= 1
-    return (1 - 2 * parity).astype(np.int8)
-
-
-def hadamard(n: int) -> np.ndarray:
-    """Sylvester Hadamard matrix of order ``n`` (a power of two), entries ±1, natural order."""
-    return hadamard_entries(np.arange(n), np.arange(n)).astype(np.float64)
-
-
-def sequency_perm(n: int) -> np.ndarray:
-    """Row ``k`` of the sequency-ordered Walsh matrix is row ``perm[k]`` of ``hadamard(n)``:
-    ``perm[k] = bitreverse(gray(k))``; row ``perm[k]`` has exactly k sign changes."""
-    m = n.bit_length() - 1
-    gray = np.arange(n) ^ (np.arange(n) >> 1)
-    rev = np.zeros(n, dtype=np.int64)
-    for b in range(m):
-        rev |= ((gray >> b) & 1) << (m - 1 - b)
-    return rev
-
-
-def walsh(n: int) -> np.ndarray:
-    """The Walsh matrix in sequency order."""
-    return hadamard(n)[sequency_perm(n)]
-
-
-def fwht_np(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Unnormalized FWHT along ``axis`` (length a power of two), in float64: ``x @ hadamard(N)``."""
-    y = np.moveaxis(np.asarray(x, np.float64), axis, -1).copy()
-    n = y.shape[-1]
-    h = 1
-    while h < n:
-        y = y.reshape(y.shape[:-1] + (n // (2 * h), 2, h))
-        a, b = y[..., 0, :].copy(), y[..., 1, :].copy()
-        y[..., 0, :], y[..., 1, :] = a + b, a - b
-        y = y.reshape(y.shape[:-3] + (n,))
-        h *= 2
-    return np.moveaxis(y, -1, axis)
-
-
-def next_pow2(k: int) -> int:
-    return 1 << max(0, (k - 1).bit_length())
 
 
 # ----------------------------------------------------------------------------- TE

@@ -149,19 +149,28 @@ def test_kbit_quant_dense_and_threshold_chain(signed):
     np.testing.assert_array_equal(run(art, x), float_reference(model, x))
 
 
+def off_table_rounding(net: Net, x: str) -> str:
+    """``sign(c)·floor(|c| − 0.5)``, ``c = clamp(x, 0, 3)``: no QONNX rounding mode (it maps c in
+    (0, 0.5) to −1, outside [0, 3]), so no k-bit input."""
+    c = net.clamp(x, 0, 3)
+    return net.op("Mul", [net.op("Sign", [c]), net.op("Floor", [net.op("Sub", [net.op("Abs", [c]), net.const(0.5)])])])
+
+
 def refused_model(kind: str) -> onnx.ModelProto:
     net = Net(np.random.default_rng(3))
     x = net.op("Relu", ["x"])
     q = {"per-channel": lambda: net.quant(x, 2, np.linspace(0.25, 1, 16).reshape(1, 16, 1, 1)),
          "odd-range": lambda: net.op("Round", [net.clamp(x, -3, 5)]),
          "zero-point": lambda: net.quant(x, 3, 0.5, zeropt=2.0),
-         "wide": lambda: net.quant(x, 10, 0.5)}[kind]()
+         "wide": lambda: net.quant(x, 10, 0.5),
+         "off-table rounding": lambda: off_table_rounding(net, x)}[kind]()
     y = net.op("Conv", [q, net.pm1_weight((8, 16, 3, 3), 1.0)], pads=[1] * 4)
     return net.model(y, [1, 16, 6, 6])
 
 
 @pytest.mark.parametrize("kind, reason", [("per-channel", "per-channel"), ("odd-range", "[-3, 5] is neither"),
-                                          ("zero-point", "zero point"), ("wide", "10 > 8 bits")])
+                                          ("zero-point", "zero point"), ("wide", "10 > 8 bits"),
+                                          ("off-table rounding", "not a ±1, ternary or k-bit activation")])
 def test_unsupported_kbit_inputs_stay_float_with_the_reason(kind, reason):
     model = refused_model(kind)
     x = np.random.default_rng(seed_of(kind)).standard_normal((1, 16, 6, 6)).astype(np.float32)

@@ -19,8 +19,7 @@ from torch import nn
 
 import reforge
 from reforge.passes import FastWHT, FoldConstants
-from reforge.passes.fwht import match_hadamard
-from reforge.topi_ext.wht import sequency_perm, walsh
+from reforge.passes.hadamard import match_hadamard, sequency_perm, walsh
 
 from .conftest import max_rel_err, seed_of
 from .test_merge_branches import to_onnx

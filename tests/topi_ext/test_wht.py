@@ -8,6 +8,7 @@ import pytest
 import scipy.linalg
 import tvm
 
+from reforge.passes import hadamard
 from reforge.targets import get_target
 from reforge.topi_ext import wht
 from reforge.topi_ext.schedule_wht import schedule_wht
@@ -23,10 +24,10 @@ def rel_err(out, ref):
 @pytest.mark.parametrize("n", [2, 8, 64, 1024])
 def test_numpy_helpers_match_scipy(n):
     h = scipy.linalg.hadamard(n)
-    np.testing.assert_array_equal(wht.hadamard(n), h)
+    np.testing.assert_array_equal(hadamard.hadamard(n), h)
     x = np.random.default_rng(n).standard_normal((3, n))
-    np.testing.assert_allclose(wht.fwht_np(x), x @ h, rtol=1e-12, atol=1e-10)
-    w = wht.walsh(n)
+    np.testing.assert_allclose(hadamard.fwht_np(x), x @ h, rtol=1e-12, atol=1e-10)
+    w = hadamard.walsh(n)
     changes = (np.diff(w, axis=1) != 0).sum(axis=1)
     np.testing.assert_array_equal(changes, np.arange(n))  # sequency order: row k has k sign changes
 
@@ -72,7 +73,7 @@ def test_sequency_scale_bias_threshold(q):
     n = 128
     rng = np.random.default_rng(q)
     x = rng.standard_normal((4, n, q)).astype("float32")
-    perm = wht.sequency_perm(n)
+    perm = hadamard.sequency_perm(n)
     bias = rng.standard_normal(n).astype("float32")
     thr = rng.uniform(0, 2, n).astype("float32")
     s = 1 / np.sqrt(n)
@@ -85,7 +86,7 @@ def test_sequency_scale_bias_threshold(q):
 
 @pytest.mark.parametrize("k,m,q", [(100, 100, 1), (100, 70, 3), (5, 8, 1)])
 def test_zero_padded_and_cropped(k, m, q):
-    n = wht.next_pow2(k)
+    n = hadamard.next_pow2(k)
     x = np.random.default_rng(k).standard_normal((3, k, q)).astype("float32")
     perm = np.random.default_rng(m).permutation(n)[:m]
     assert rel_err(run_op(x, n, 0.25, perm), reference(x, n, 0.25, perm)) <= RTOL
@@ -93,7 +94,7 @@ def test_zero_padded_and_cropped(k, m, q):
 
 @pytest.mark.parametrize("k,q", [(64, 1), (50, 5)])
 def test_input_scale(k, q):
-    n = wht.next_pow2(k)
+    n = hadamard.next_pow2(k)
     rng = np.random.default_rng(k)
     x = rng.standard_normal((3, k, q)).astype("float32")
     d = rng.uniform(-2, 2, k).astype("float32")
@@ -110,7 +111,7 @@ def test_output_scale_bias_smooth_threshold(q):
     n = 64
     rng = np.random.default_rng(q)
     x = rng.standard_normal((3, n, q)).astype("float32")
-    perm = wht.sequency_perm(n)
+    perm = hadamard.sequency_perm(n)
     e, bias, thr = (rng.uniform(-2, 2, n), rng.standard_normal(n), rng.uniform(0, 3, n))
     func, out = wht.wht_prim_func(x.shape, "float32", n, 0.125, perm, bias=True, threshold=True, out_scale=True,
                                   smooth=True)
