@@ -2,7 +2,7 @@
 to ONNX runs its mostly-zero convs and dense layer as sparse operators at -O2, exact against
 onnxruntime (graph optimizations off): max|out − ref| / max|ref| <= 1e-5; the pass report names every
 layer with its sparsity and choice; layers below the measured crossover, grouped and dilated convs stay
-dense; on by default for x86 and arm only."""
+dense; on by default for x86 and arm only; the build report counts the sparse kernels."""
 
 from __future__ import annotations
 
@@ -75,6 +75,8 @@ def test_pruned_net_at_O2_matches_onnxruntime():
     record = sparse_record(art)
     assert record["rewrites"] == {"conv kxk to sparse": 2, "conv 1x1 to sparse": 2, "dense to sparse": 1}
     assert record["after"]["ops"].get("nn.conv2d", 0) == 0
+    schedules = art.manifest["build"]["schedules"]  # the build line counts the sparse kernels
+    assert schedules["sparse_conv2d"] == 4 and schedules["sparse_dense"] == 1
     layers = [n for n in record["notes"] if "zeros -> sparse" in n]
     assert len(layers) == 5 and all("90.0% zeros" in n for n in layers)  # every weight size a multiple of 10
     assert max_rel_err(list(art.run({"x": x}).values())[0], onnxruntime(model, x)) <= RTOL
