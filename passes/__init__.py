@@ -14,8 +14,9 @@ from .registry import PASSES, PassInfo, get, select
 from .remove_noops import RemoveNoops
 from .remove_residual import RemoveResidual
 from .report import PassReport
+from .sparse import Sparse
 from .tvm_builtin import DeadCode, FoldConstants
 
 __all__ = ["PASSES", "PassInfo", "PassReport", "get", "select",
            "Binarize", "ComplexConv", "DeadCode", "FastWHT", "FFTConv", "FoldBatchNorm", "FoldChannelTile", "FoldConstants",
-           "FoldMasks", "FuseFPlus", "MergeBranches", "PruneChannels", "RemoveNoops", "RemoveResidual"]
+           "FoldMasks", "FuseFPlus", "MergeBranches", "PruneChannels", "RemoveNoops", "RemoveResidual", "Sparse"]

@@ -24,6 +24,7 @@ from .merge_branches import MergeBranches
 from .prune_channels import PruneChannels
 from .remove_noops import RemoveNoops
 from .remove_residual import RemoveResidual
+from .sparse import Sparse
 from .tvm_builtin import DeadCode, FoldConstants
 
 OPT_LEVELS = (0, 1, 2)
@@ -128,6 +129,14 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Mathieu, Henaff & LeCun, Fast training of convolutional networks through FFTs, ICLR 2014; "
              "Vasilache et al., Fast convolutional nets with fbfft, ICLR 2015",
              level=2, targets=frozenset({"x86"}), requires=("fold-constants",)),
+    PassInfo("sparse", Sparse,
+             "convs and dense layers whose constant weights are mostly zero (pruned) run as sparse operators: "
+             "1×1 / k×k convs as a direct sparse convolution (nonzero taps per output channel, pixels "
+             "vectorized), dense as compressed columns against gathered activations; per layer where the "
+             "sparsity reaches the crossover measured on this CPU; x86 and arm",
+             "Park et al., Faster CNNs with Direct Sparse Convolutions and Guided Pruning, ICLR 2017; "
+             "Elsen et al., Fast Sparse ConvNets, CVPR 2020",
+             level=2, targets=frozenset({"x86", "arm"}), requires=("fold-constants",), rtol=1e-5),
     PassInfo("binarize", Binarize,
              "binarized conv / dense (±1 weights, sign / where / STE activations) to bit-packed XNOR-popcount "
              "operators; BatchNorm + sign between binary convs fused into integer thresholds",

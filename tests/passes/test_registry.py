@@ -13,16 +13,17 @@ from reforge import ReforgeError
 from reforge.passes import PASSES, get, select
 
 TABLE = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv",
-         "merge-branches", "fuse-fplus", "remove-residual", "prune-channels", "fwht", "fft-conv", "binarize", "dead-code"]
+         "merge-branches", "fuse-fplus", "remove-residual", "prune-channels", "fwht", "fft-conv", "sparse", "binarize",
+         "dead-code"]
 O1 = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "dead-code"]  # the -O2 passes start at -O2
 O2 = [n for n in TABLE if n != "remove-residual"]  # remove-residual: opencl-fpga
 O2_ARM = [n for n in O2 if n != "fft-conv"]  # fft-conv: its cost model is measured on x86
-O2_CUDA = [n for n in O2_ARM if n != "prune-channels"]  # prune-channels: x86 and arm
-O2_FPGA = [n for n in TABLE if n not in ("fft-conv", "prune-channels")]
+O2_CUDA = [n for n in O2_ARM if n not in ("prune-channels", "sparse")]  # prune-channels, sparse: x86 and arm
+O2_FPGA = [n for n in TABLE if n not in ("fft-conv", "prune-channels", "sparse")]
 REWRITES = ("fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches", "remove-residual",  # need
             "prune-channels", "binarize")  # fold-batchnorm
 O2_ONLY = ["fold-channel-tile", "complex-conv", "merge-branches", "fuse-fplus", "prune-channels", "fwht", "fft-conv",
-           "binarize"]
+           "sparse", "binarize"]
 
 
 def test_table_order_and_prerequisites():
@@ -30,9 +31,9 @@ def test_table_order_and_prerequisites():
     assert PASSES["fold-batchnorm"].requires == ("fold-constants",)
     for name in REWRITES[1:]:
         assert PASSES[name].requires == ("fold-constants", "fold-batchnorm")
-    for name in ("fuse-fplus", "fwht", "fft-conv"):
+    for name in ("fuse-fplus", "fwht", "fft-conv", "sparse"):
         assert PASSES[name].requires == ("fold-constants",)
-    assert all(not PASSES[n].requires for n in TABLE if n not in (*REWRITES, "fuse-fplus", "fwht", "fft-conv"))
+    assert all(not PASSES[n].requires for n in TABLE if n not in (*REWRITES, "fuse-fplus", "fwht", "fft-conv", "sparse"))
     assert PASSES["fft-conv"].level == 2 and PASSES["fft-conv"].targets == {"x86"}
 
 
@@ -52,7 +53,7 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(opt_level=2, disable=O2_ONLY), O1),
     (dict(opt_level=2, disable=["fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches", "binarize",
                                 "prune-channels"]),
-     ["remove-noops", "fold-masks", "fold-constants", "fuse-fplus", "fwht", "fft-conv", "dead-code"]),
+     ["remove-noops", "fold-masks", "fold-constants", "fuse-fplus", "fwht", "fft-conv", "sparse", "dead-code"]),
     (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", *O2_ONLY]),
      ["remove-noops", "fold-masks", "dead-code"]),
     (dict(opt_level=1, enable=["merge-branches"]), ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm",
