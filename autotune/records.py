@@ -79,8 +79,8 @@ class TuningRecords:
                 choice = entry["choice"]
                 if isinstance(choice, dict) and choice.get("pass") == "sparse":
                     if not (isinstance(choice.get("layer"), str) and isinstance(choice.get("sparse"), bool)):
-                        raise ReforgeError(f"{path}:{number}: a sparse choice is {{\"pass\": \"sparse\", \"layer\": key, "
-                                           f"\"sparse\": true or false, \"ms\": {{...}}}}")
+                        raise ReforgeError(f"{path}:{number}: a sparse choice is {{\"pass\": \"sparse\", "
+                                           f"\"layer\": key, \"sparse\": true or false, \"ms\": {{...}}}}")
                     records.choices[choice["layer"]] = choice
                     continue
                 if not (isinstance(choice, dict) and choice.get("pass") == "fft-conv"

@@ -21,36 +21,29 @@ the TE / schedule primitives do not express), tagged ``reforge.op = "sparse_conv
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
 
+from .fft_conv import FFTConvGeometry
+from .fft_conv import geometry as fft_geometry
 from .op_kind import OPAQUE
 
 OP = "sparse_conv2d"  # the PrimFunc's ``reforge.op`` attribute
 TILE = 64  # output columns per accumulator tile: 4 AVX-512 vectors, 8 AVX2, 16 NEON
 
-_KEY = re.compile(r"(\d+)x(\d+)x(\d+)x(\d+) -> (\d+) k (\d+)x(\d+) s (\d+),(\d+) pad (\d+),(\d+),(\d+),(\d+)")
-
 
 @dataclass(frozen=True)
-class SparseConvGeometry:
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    kh: int
-    kw: int
-    strides: tuple[int, int]
-    padding: tuple[int, int, int, int]  # top, left, bottom, right
+class SparseConvGeometry(FFTConvGeometry):
+    """fft_conv's conv geometry (N, C, H, W, O, KH, KW, padding) with strides."""
+
+    strides: tuple[int, int] = (1, 1)
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        t, l, b, r = self.padding
-        return (self.h + t + b - self.kh) // self.strides[0] + 1, (self.w + l + r - self.kw) // self.strides[1] + 1
+        oh, ow = super().out_hw  # stride 1: outputs (oh - 1) // s + 1 of them at stride s
+        return (oh - 1) // self.strides[0] + 1, (ow - 1) // self.strides[1] + 1
 
     @property
     def padded_hw(self) -> tuple[int, int]:
@@ -80,23 +73,10 @@ class SparseConvGeometry:
         oh, ow = self.out_hw
         return self.n * self.o * self.c * self.kh * self.kw * oh * ow
 
-    @classmethod
-    def from_key(cls, key: str) -> "SparseConvGeometry | None":
-        m = _KEY.fullmatch(key)
-        if m is None:
-            return None
-        n, c, h, w, o, kh, kw, sh, sw, *padding = map(int, m.groups())
-        return cls(n, c, h, w, o, kh, kw, (sh, sw), tuple(padding))
-
 
 def geometry(x_shape, w_shape, strides, padding) -> SparseConvGeometry:
-    n, c, h, w = (int(d) for d in x_shape)
-    o, c2, kh, kw = (int(d) for d in w_shape)
-    assert c == c2, "groups must be 1"
-    pad = tuple(int(p) for p in padding)
-    if len(pad) == 2:
-        pad = pad * 2
-    return SparseConvGeometry(n, c, h, w, o, kh, kw, tuple(int(s) for s in strides), pad)
+    g = fft_geometry(x_shape, w_shape, padding)
+    return SparseConvGeometry(**vars(g), strides=tuple(int(s) for s in strides))
 
 
 def sparsity(weight: np.ndarray) -> float:

@@ -76,7 +76,8 @@ def records_file(tmp_path, choices):
 
 
 def test_records_carry_sparse_choices_to_the_pass(tmp_path):
-    choices = [{"pass": "sparse", "layer": "dense 1x32 -> 16 nnz 20", "sparse": True, "ms": {"dense": 1, "sparse": 0.5}},
+    choices = [{"pass": "sparse", "layer": "dense 1x32 -> 16 nnz 20", "sparse": True,
+                "ms": {"dense": 1, "sparse": 0.5}},
                {"pass": "fft-conv", "conv": "1x16x12x12 -> 8 k 9x9 pad 4,4,4,4", "fft_size": None, "ms": {}}]
     path, target = records_file(tmp_path, choices)
     records = TuningRecords.load(path, target)

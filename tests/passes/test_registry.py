@@ -33,7 +33,8 @@ def test_table_order_and_prerequisites():
         assert PASSES[name].requires == ("fold-constants", "fold-batchnorm")
     for name in ("fuse-fplus", "fwht", "fft-conv", "sparse"):
         assert PASSES[name].requires == ("fold-constants",)
-    assert all(not PASSES[n].requires for n in TABLE if n not in (*REWRITES, "fuse-fplus", "fwht", "fft-conv", "sparse"))
+    assert all(not PASSES[n].requires for n in TABLE
+               if n not in (*REWRITES, "fuse-fplus", "fwht", "fft-conv", "sparse"))
     assert PASSES["fft-conv"].level == 2 and PASSES["fft-conv"].targets == {"x86"}
 
 
