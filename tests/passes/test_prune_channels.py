@@ -34,7 +34,7 @@ from reforge.verify import run_module
 
 from .conftest import max_rel_err, seed_of
 from .test_fold_batchnorm import randomize_bn
-from .test_fold_masks import resnet_ish, vgg_ish
+from .test_fold_masks import MobileBlock, resnet_ish, vgg_ish
 from .test_merge_branches import conv_bn, to_onnx
 from .test_remove_residual import BasicBlock, ResNet, skip_adds
 
@@ -234,21 +234,6 @@ def test_zero_filter_with_bias_into_a_padding_conv_keeps_the_border_exact(pad: i
 
 
 # ----------------------------------------------------------------------------- depthwise convs
-
-
-class MobileBlock(nn.Module):
-    """A stem, a MobileNet-v2 style block (1×1 expand, 3×3 depthwise, 1×1 project), pooling, a classifier."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = conv_bn(3, 8, 3, 1, 1)
-        self.expand, self.dw, self.project = conv_bn(8, 16, 1), conv_bn(16, 16, 3, 1, 1, groups=16), conv_bn(16, 8, 1)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        x = self.project(torch.relu(self.dw(torch.relu(self.expand(x)))))
-        return self.fc(torch.relu(x).mean((2, 3)))
 
 
 def bn_affine(block: nn.Sequential) -> tuple[np.ndarray, np.ndarray]:

@@ -34,9 +34,9 @@ from reforge.verify import run_module
 
 from .conftest import max_rel_err, seed_of
 from .test_fold_batchnorm import randomize_bn
-from .test_fold_masks import resnet_ish, vgg_ish
+from .test_fold_masks import MobileBlock, resnet_ish, vgg_ish
 from .test_merge_branches import to_onnx
-from .test_prune_channels import MobileBlock, mobile_live, resnet_live, vgg_live
+from .test_prune_channels import mobile_live, resnet_live, vgg_live
 
 RTOL = 1e-5
 PASSES = registry.select(passes=["fold-masks", "prune-channels"])
