@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import sys
 
 import numpy as np
@@ -23,14 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
 os.environ["TVM_NUM_THREADS"] = _threads
 
-import onnxruntime as ort  # noqa: E402
-import tvm  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from benchmarks import onnx_conv  # noqa: E402
 from benchmarks.results import publish  # noqa: E402
-import reforge  # noqa: E402
 from reforge.bench import set_threads  # noqa: E402
-from reforge.execution import time_calls  # noqa: E402
 from reforge.passes import Sparse, registry  # noqa: E402
 
 
@@ -72,22 +68,8 @@ def main() -> None:
         won = []
         for pct in args.sparsity:
             m, x = model(layer, pct / 100, np.random.default_rng(pct))
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-            ref = sess.run(None, {"x": x})[0]
-            dense, sparse = reforge.compile(m, disable_passes=["sparse"]), reforge.compile(m, enable_passes=["sparse"])
-            tx = [tvm.runtime.tensor(x)]
-            fns = {"onnxruntime": lambda: sess.run(None, {"x": x})}
-            for name, art in (("reforge dense", dense), ("reforge sparse", sparse)):
-                out = list(art.run({"x": x}).values())[0]
-                err = float(np.abs(out - ref).max() / np.abs(ref).max())
-                assert err <= 1e-5, (name, err)
-                fns[name] = (lambda main: lambda: main(*tx))(art.runner.vm["main"])
-            rounds = [{n: statistics.median(time_calls(fn, args.repeat, warmup=3)) for n, fn in fns.items()}
-                      for _ in range(args.rounds)]
-            r = {n: min(rnd[n] for rnd in rounds) for n in fns}
+            r = onnx_conv.time_pass(m, x, args.threads, "sparse", ("reforge dense", "reforge sparse"), 1e-5,
+                                    args.repeat, args.rounds)
             ours = r["reforge sparse"]
             if ours < r["reforge dense"]:
                 won.append(pct)
