@@ -1,11 +1,12 @@
 # make demo: set up .venv, compile the bundled example CNN, run it, time it next to onnxruntime
 # make test: set up .venv and the aarch64 toolchain, run the test suite
+# make zoo: real networks from torchvision / timm against onnxruntime and OpenVINO (benchmarks/model_zoo.py)
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
 JOBS ?= $(shell nproc)
 
-.PHONY: install toolchains demo test fuzz bench clean
+.PHONY: install toolchains demo test fuzz bench zoo clean
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 $(BIN)/.installed: pyproject.toml
@@ -42,5 +43,21 @@ fuzz: install
 bench: install
 	$(BIN)/python benchmarks/zoo.py
 
+# the exporting venv: torchvision and timm do not install beside the main venv's torch, so a second venv
+# with its own torch (a CUDA build, run on the CPU; pip takes torch and torchvision from local wheels where
+# its config has them, about 5.6 GB) exports the networks; neither the package, its tests nor CI depend on
+# it. timm is pinned: its networks' definitions change between releases. make zoo [MODELS=a,b] [THREADS=1,2]
+# [REPEAT=30] [ZOO_VENV=path of an existing such venv]
+ZOO_VENV ?= .venv-zoo
+$(ZOO_VENV)/bin/.installed:
+	python3 -m venv $(ZOO_VENV)
+	$(ZOO_VENV)/bin/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 timm==1.0.31 \
+	  onnx onnxscript
+	touch $@
+
+zoo: install $(ZOO_VENV)/bin/.installed
+	$(BIN)/python benchmarks/model_zoo.py --zoo-python $(ZOO_VENV)/bin/python $(if $(MODELS),--models $(MODELS)) \
+	  $(if $(THREADS),--threads $(THREADS)) $(if $(REPEAT),--repeat $(REPEAT))
+
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache *.egg-info
+	rm -rf $(VENV) $(ZOO_VENV) $(OUT) .pytest_cache *.egg-info

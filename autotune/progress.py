@@ -13,7 +13,7 @@ from tvm.s_tir import meta_schedule as ms
 class Progress(ms.measure_callback.PyMeasureCallback):
     """After every measured batch: ``checkpoint()`` (the records file is rewritten, so a killed
     run loses at most one batch), then trials done, the task's best latency, time used and left.
-    Past ``timeout`` seconds it terminates every task, which ends the search cleanly."""
+    Past ``timeout`` seconds it sets ``timed_out``, which ``Budgeted`` search strategies obey."""
 
     def __init__(self, total_trials: int, timeout: float | None, say: Callable[[str], None],
                  checkpoint: Callable[[], None]):
@@ -43,6 +43,31 @@ class Progress(ms.measure_callback.PyMeasureCallback):
         if self.timeout is not None and elapsed > self.timeout and not self.timed_out:
             self.timed_out = True
             self.say(f"time budget of {self.timeout:.0f} s spent: stopping")
-            for i, task in enumerate(task_scheduler.tasks_):
-                if not task.is_terminated:
-                    task_scheduler.terminate_task(i)
+
+
+@derived_object
+class Budgeted(ms.search_strategy.PySearchStrategy):
+    """``inner``'s candidates until ``progress.timed_out``, then none: a finished search, which the
+    task scheduler terminates itself (TVM's scheduler terminates tasks without checking whether a
+    measure callback already did, so the budget must not terminate them: `!task->is_terminated`)."""
+
+    def __init__(self, inner: ms.search_strategy.SearchStrategy, progress: Progress):
+        self.inner, self.progress = inner, progress
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self.inner._initialize_with_tune_context(context)
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None) -> None:
+        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self):
+        return None if self.progress.timed_out else self.inner.generate_measure_candidates()
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.inner.notify_runner_results(measure_candidates, results)
+
+    def clone(self) -> ms.search_strategy.SearchStrategy:
+        return Budgeted(self.inner.clone(), self.progress)

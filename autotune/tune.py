@@ -39,7 +39,7 @@ from reforge.topi_ext.schedule_x86 import default_schedule
 
 from . import fft_choice, intrinsics, sparse_choice
 from .builder import local_builder
-from .progress import Progress
+from .progress import Budgeted, Progress
 from .records import TuningRecords
 from .space import space_for
 
@@ -159,8 +159,8 @@ def _search(extracted, database, tgt, trials, timeout, runner, log, checkpoint) 
     with tempfile.TemporaryDirectory(prefix="reforge-tune-") as work:
         contexts = [ms.TuneContext(mod=task.dispatched[0], target=tgt.tvm_target,
                                    space_generator=space_for(task.dispatched[0], tgt.kind, lanes),
-                                   search_strategy=ms.search_strategy.EvolutionarySearch(
-                                       population_size=128, init_min_unmeasured=32),
+                                   search_strategy=Budgeted(ms.search_strategy.EvolutionarySearch(
+                                       population_size=128, init_min_unmeasured=32), progress),
                                    task_name=task.task_name, logger=_TASK_LOG, num_threads=cores,
                                    rand_state=seed).clone()
                     for seed, task in enumerate(extracted)]

@@ -56,8 +56,9 @@ def load_onnx_model(path: str) -> onnx.ModelProto:
 
 
 def import_onnx(model: onnx.ModelProto | str, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                name: str | None = None) -> ImportedModel:
-    """Import an ONNX model (a path or a ``ModelProto``) into a Relax ``IRModule``."""
+                name: str | None = None, batch: int | None = None) -> ImportedModel:
+    """Import an ONNX model (a path or a ``ModelProto``) into a Relax ``IRModule``; ``batch`` fixes
+    a dynamic axis 0 (``dim_param``) of the inputs not in ``input_shapes`` (a bucket of ``--max-batch``)."""
     path = model if isinstance(model, str) else None
     original = load_onnx_model(model) if path else model
     proto = onnx.ModelProto()
@@ -72,7 +73,7 @@ def import_onnx(model: onnx.ModelProto | str, input_shapes: dict[str, tuple[int,
     lowered = proto
     proto = fold_constant_plumbing(proto)
     _check_operators(proto)
-    inputs = _input_specs(proto, input_shapes or {})
+    inputs = _input_specs(proto, input_shapes or {}, batch)
     importer = _NodeNamedImporter({s.name: list(s.shape) for s in inputs}, {s.name: s.dtype for s in inputs},
                                   keep_params_in_input=False, sanitize=True)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -163,7 +164,7 @@ def _check_operators(proto: onnx.ModelProto) -> None:
             raise ReforgeError(f"unsupported ONNX op '{node.op_type}' at node '{node.name}'")
 
 
-def _input_specs(proto: onnx.ModelProto, given: dict[str, tuple[int, ...]]) -> list[TensorSpec]:
+def _input_specs(proto: onnx.ModelProto, given: dict[str, tuple[int, ...]], batch: int | None) -> list[TensorSpec]:
     initializers = {t.name for t in proto.graph.initializer}
     graph_inputs = [i for i in proto.graph.input if i.name not in initializers]
     check_shape_names(given, [i.name for i in graph_inputs])
@@ -180,5 +181,5 @@ def _input_specs(proto: onnx.ModelProto, given: dict[str, tuple[int, ...]]) -> l
                                    f"--input-shape {value.name}:D0xD1x...")
             declared = [None] * len(given[value.name])
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)).name
-        specs.append(TensorSpec(value.name, resolve_shape(value.name, declared, given.get(value.name)), dtype))
+        specs.append(TensorSpec(value.name, resolve_shape(value.name, declared, given.get(value.name), batch), dtype))
     return specs

@@ -34,23 +34,28 @@ class TensorSpec:
         return rng.integers(0, 8, self.shape).astype(self.dtype)
 
 
-_SHAPE_ITEM = re.compile(r"^(?P<name>.+):(?P<dims>\d+(x\d+)*)$")
+_DIM = r"(\d+|[A-Za-wyz_][A-Za-wyz0-9_]*)"  # a size, or a name (without 'x') for a batch axis
+_SHAPE_ITEM = re.compile(rf"^(?P<name>.+):(?P<dims>{_DIM}(x{_DIM})*)$")
 
 
-def parse_input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
-    """Parse ``["x:1x3x224x224", "y:1x10"]`` into ``{"x": (1, 3, 224, 224), "y": (1, 10)}``."""
-    shapes: dict[str, tuple[int, ...]] = {}
+def parse_input_shapes(items: list[str] | None) -> dict[str, tuple[int | str, ...]]:
+    """Parse ``["x:1x3x224x224", "y:Nx10"]`` into ``{"x": (1, 3, 224, 224), "y": ("N", 10)}``; a
+    name stands for the batch axis of ``--max-batch`` (:func:`reforge.batching.with_batch`)."""
+    shapes: dict[str, tuple[int | str, ...]] = {}
     for item in items or []:
         for part in item.split(","):
             m = _SHAPE_ITEM.match(part.strip())
             if not m:
-                raise ReforgeError(f"bad --input-shape '{part}': expected NAME:D0xD1x..., e.g. x:1x3x224x224")
-            shapes[m["name"]] = tuple(int(d) for d in m["dims"].split("x"))
+                raise ReforgeError(f"bad --input-shape '{part}': expected NAME:D0xD1x..., e.g. x:1x3x224x224 "
+                                   "(or x:Nx3x224x224 with --max-batch)")
+            shapes[m["name"]] = tuple(int(d) if d.isdigit() else d for d in m["dims"].split("x"))
     return shapes
 
 
-def resolve_shape(name: str, declared: list[int | str | None], given: tuple[int, ...] | None) -> tuple[int, ...]:
-    """Merge a declared shape (ints for fixed dims, str/None for dynamic) with a user-given one."""
+def resolve_shape(name: str, declared: list[int | str | None], given: tuple[int, ...] | None,
+                  batch: int | None = None) -> tuple[int, ...]:
+    """Merge a declared shape (ints for fixed dims, str/None for dynamic) with a user-given one; with
+    ``batch`` (a bucket of ``--max-batch``), a dynamic axis 0 not given is that batch."""
     if given is not None:
         if len(given) != len(declared):
             raise ReforgeError(f"--input-shape for '{name}' has rank {len(given)}; the model declares "
@@ -59,10 +64,13 @@ def resolve_shape(name: str, declared: list[int | str | None], given: tuple[int,
             if isinstance(d, int) and d != g:
                 raise ReforgeError(f"--input-shape for '{name}' sets axis {axis} to {g}; the model fixes it to {d}")
         return given
+    if batch is not None and declared and not isinstance(declared[0], int):
+        declared = [batch, *declared[1:]]
     dynamic = [axis for axis, d in enumerate(declared) if not isinstance(d, int)]
     if dynamic:
-        raise ReforgeError(f"input '{name}' has dynamic shape {format_shape(declared)}; fix it with "
-                           f"--input-shape {name}:{'x'.join(str(d) if isinstance(d, int) else '1' for d in declared)}")
+        keep = " (or keep a dynamic axis 0 with --max-batch B)" if dynamic == [0] and batch is None else ""
+        raise ReforgeError(f"input '{name}' has dynamic shape {format_shape(declared)}; fix it with --input-shape "
+                           f"{name}:{'x'.join(str(d) if isinstance(d, int) else '1' for d in declared)}{keep}")
     return tuple(declared)
 
 

@@ -32,15 +32,16 @@ def load_pt2(path: str) -> torch.export.ExportedProgram:
 def import_torch(model: torch.nn.Module | torch.export.ExportedProgram | str,
                  input_shapes: dict[str, tuple[int, ...]] | None = None,
                  example_inputs: tuple[torch.Tensor, ...] | None = None,
-                 name: str | None = None) -> ImportedModel:
+                 name: str | None = None, batch: int | None = None) -> ImportedModel:
     """Import an ``nn.Module`` (with ``example_inputs`` or ``input_shapes``), an
-    ``ExportedProgram`` or a ``.pt2`` path through ``torch.export``."""
+    ``ExportedProgram`` or a ``.pt2`` path through ``torch.export``; ``batch`` fixes a program's
+    dynamic axis 0 (a bucket of ``--max-batch``)."""
     input_shapes = input_shapes or {}
     if isinstance(model, str):
         name = name or os.path.basename(model)
         model = load_pt2(model)
     if isinstance(model, torch.export.ExportedProgram):
-        program = _specialize(model, input_shapes)
+        program = _specialize(model, input_shapes, batch)
         source, runnable = "pt2", program.module()
     elif isinstance(model, torch.nn.Module):
         model = model.eval()
@@ -135,11 +136,11 @@ def _declared_shapes(program: torch.export.ExportedProgram) -> dict[str, list[in
 
 
 def _specialize(program: torch.export.ExportedProgram,
-                given: dict[str, tuple[int, ...]]) -> torch.export.ExportedProgram:
+                given: dict[str, tuple[int, ...]], batch: int | None = None) -> torch.export.ExportedProgram:
     """Re-export a program with dynamic dimensions at the shapes the user fixed."""
     declared = _declared_shapes(program)
     check_shape_names(given, list(declared))
-    shapes = {n: resolve_shape(n, d, given.get(n)) for n, d in declared.items()}
+    shapes = {n: resolve_shape(n, d, given.get(n), batch) for n, d in declared.items()}
     if all(tuple(d) == shapes[n] for n, d in declared.items()):
         return program
     gen = torch.Generator().manual_seed(0)

@@ -22,6 +22,7 @@ import numpy as np
 from reforge.frontend.tensor_spec import TensorSpec
 
 from . import tvm_runtime
+from .batching import BatchSpec
 from .errors import ReforgeError, one_line
 from .execution import Runner, check_inputs
 from .native_log import quiet_stderr
@@ -58,6 +59,12 @@ class Artifact:
     def outputs(self) -> list[TensorSpec]:
         return [TensorSpec.from_json(d) for d in self.manifest["outputs"]]
 
+    @cached_property
+    def batch(self) -> BatchSpec | None:
+        """The batch buckets of an artifact compiled with ``--max-batch`` (None: the one batch of
+        ``inputs``, whose shapes are otherwise batch 1's)."""
+        return BatchSpec.from_json(self.manifest.get("batch"))
+
     @property
     def runner(self):
         """Where ``run`` and ``time`` execute: this CPU, this machine's GPU, or an aarch64
@@ -70,7 +77,7 @@ class Artifact:
     def _make_runner(self):
         target = self.manifest["target"]
         if host_can_run(target):
-            return Runner(self.executable, threads=self.threads)
+            return Runner(self.executable, threads=self.threads, batch=self.batch)
         if target.get("kind") == "arm":
             from .qemu_runner import QemuRunner
 
@@ -115,16 +122,16 @@ class Artifact:
     def run(self, inputs) -> dict[str, np.ndarray]:
         """Run on ``inputs`` (dict by input name, list, or one array); outputs by name. Safe to call
         from any number of threads at once (each thread runs its own VM over the one set of weights)."""
-        outs = self.runner.run(check_inputs(self.inputs, inputs))
+        outs = self.runner.run(check_inputs(self.inputs, inputs, self.batch))
         return {spec.name: out for spec, out in zip(self.outputs, outs)}
 
     def time(self, inputs, repeat: int = 20) -> list[float]:
         """Milliseconds per run for ``repeat`` runs after warm-up."""
-        return self.runner.time(check_inputs(self.inputs, inputs), repeat)
+        return self.runner.time(check_inputs(self.inputs, inputs, self.batch), repeat)
 
     def profile(self, inputs, repeat: int = 20) -> Profile:
         """Each kernel's milliseconds within ``repeat`` runs after warm-up (:mod:`reforge.profiling`)."""
-        return self.runner.profile(check_inputs(self.inputs, inputs), repeat)
+        return self.runner.profile(check_inputs(self.inputs, inputs, self.batch), repeat)
 
     def save(self, path: str) -> str:
         """Write the artifact to ``path`` (a .tar)."""
@@ -167,7 +174,7 @@ def load(path: str, remote=None, threads: int | None = None) -> Artifact:
             raise ReforgeError(f"'{path}': cannot load {LIBRARY} on {remote}: {one_line(err)}") from err
         artifact = Artifact(lib, manifest, library, kernels)
         device = session.cuda() if manifest["target"].get("kind") == "cuda" else session.cpu()
-        artifact._runner = Runner(lib, device, session=session)
+        artifact._runner = Runner(lib, device, session=session, batch=artifact.batch)
         return artifact
     if not host_can_run(manifest["target"]):  # loaded when run: under qemu, on a GPU, or refused
         return Artifact(None, manifest, library, kernels, threads)

@@ -1,4 +1,4 @@
-"""Timing reforge against onnxruntime and PyTorch in one process, on the same inputs."""
+"""Timing reforge against onnxruntime, OpenVINO and PyTorch in one process, on the same inputs."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .execution import time_calls
 from .native_log import quiet_stderr
 from .verify import compare
 
-BASELINES = ("onnxruntime", "torch")
+BASELINES = ("onnxruntime", "openvino", "torch")
 ROUND = 5  # runs of each runtime per turn
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -52,12 +52,16 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
-def onnxruntime_runner(model, imported, threads: int):
+def onnxruntime_runner(model, imported, threads: int, spin: bool = True):
+    """onnxruntime's CPU provider on the ONNX file (a torch model exported first); ``spin=False`` keeps its
+    idle worker threads from busy-waiting between operators (fairer on a machine shared with others)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if imported.source == "onnx":
         src = model if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
     else:
@@ -65,6 +69,25 @@ def onnxruntime_runner(model, imported, threads: int):
     session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     return lambda feeds: session.run(None, dict(zip(names, feeds.values())))
+
+
+def openvino_runner(model, imported, threads: int):
+    """OpenVINO's CPU plugin on the same ONNX file, compiled for latency (one stream) in f32 on ``threads``
+    threads, its inputs fixed to the shapes reforge compiled for."""
+    if imported.source != "onnx":
+        raise ReforgeError("the model is not an ONNX file; OpenVINO runs the ONNX file only")
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ReforgeError("openvino is not installed (pip install openvino)") from None
+    core = ov.Core()
+    source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
+    network = core.read_model(source)
+    network.reshape({spec.name: ov.PartialShape(list(spec.shape)) for spec in imported.inputs})
+    compiled = core.compile_model(network, "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
+                                                   "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    return lambda feeds: list(request.infer(feeds, share_inputs=True).values())
 
 
 def _export_onnx(model, imported) -> bytes:
@@ -113,13 +136,15 @@ def parse_baselines(text: str) -> list[str]:
     return names
 
 
-def baseline_runners(model, imported, against, threads: int) -> dict[str, Runner | str]:
-    """A runner per requested baseline, or the reason it cannot run on this model."""
+def baseline_runners(model, imported, against, threads: int, spin: bool = True) -> dict[str, Runner | str]:
+    """A runner per requested baseline, or the reason it cannot run on this model (``spin``: onnxruntime's)."""
+    make = {"onnxruntime": lambda: onnxruntime_runner(model, imported, threads, spin),
+            "openvino": lambda: openvino_runner(model, imported, threads),
+            "torch": lambda: _torch_runner(model, imported)}
     runners: dict[str, Runner | str] = {}
     for name in against:
         try:
-            runners[name] = onnxruntime_runner(model, imported, threads) if name == "onnxruntime" \
-                else _torch_runner(model, imported)
+            runners[name] = make[name]()
         except ReforgeError as err:
             runners[name] = str(err)
         except Exception as err:  # an exporter failing on this model is a result, not a crash

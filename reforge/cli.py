@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     p.add_argument("--report", metavar="REPORT.json", help="also write the compile report as JSON")
     p.add_argument("--tuning-records", metavar="RECORDS.json", help="apply records written by `reforge tune`")
+    p.add_argument("--max-batch", type=int, metavar="B",
+                   help="run every batch from 1 to B: the batch axis (axis 0) named in --input-shape "
+                        "(image:Nx3x224x224) or left dynamic in the model; compiles buckets 1, 2, 4, ..., B")
 
     p = sub.add_parser("tune", help="search schedules with MetaSchedule (XGBoost cost model)")
     _add_model_options(p)
@@ -88,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("passes", help="list every pass with its summary and paper")
 
-    p = sub.add_parser("bench", help="compile, then time reforge against onnxruntime / PyTorch")
+    p = sub.add_parser("bench", help="compile, then time reforge against onnxruntime / OpenVINO / PyTorch")
     _add_model_options(p)
-    p.add_argument("--against", default="onnxruntime,torch", help="baselines, comma-separated")
+    p.add_argument("--against", default="onnxruntime,torch",
+                   help="baselines, comma-separated: onnxruntime, openvino (the ONNX file only), torch")
     p.add_argument("--threads", type=int, metavar="N",
                    help="threads for every runtime (default: every physical core this process may use)")
     p.add_argument("--repeat", type=int, default=30, help="timed runs per runtime (median; at least 20)")
@@ -157,7 +161,7 @@ def _compile(args) -> int:
     from .report_format import compile_report
 
     artifact = reforge.compile(args.model, verify=args.verify, seed=args.seed, log=_log(args),
-                               tuning_records=args.tuning_records, **_compile_options(args))
+                               tuning_records=args.tuning_records, max_batch=args.max_batch, **_compile_options(args))
     artifact.save(args.output)
     print(compile_report(artifact.manifest))
     print(f"\nwrote {args.output}")
@@ -180,7 +184,8 @@ def _tune(args) -> int:
              "-" if t.best_ms is None else f"{t.best_ms:.3f}"] for t in result.tasks]
     print(table(["task", "calls", "default ms", "best ms"], rows))
     print(f"\n{result.trials} trials in {result.seconds:.0f} s{' (time budget reached)' if result.timed_out else ''}; "
-          f"estimated latency {result.total_ms('default_ms'):.3f} ms default -> {result.total_ms('best_ms'):.3f} ms tuned")
+          f"estimated latency {result.total_ms('default_ms'):.3f} ms default -> "
+          f"{result.total_ms('best_ms'):.3f} ms tuned")
     print(f"wrote {result.records} records to {args.output}")
     return 0
 
@@ -251,6 +256,9 @@ def _inspect(args) -> int:
         if commands:
             print("\nrun without Python (C API: reforge/native/reforge_runtime.h; docs/targets.md#native-host):")
             print("\n".join(f"  {c}" for c in commands))
+            if artifact.batch is not None:
+                print("  (the C API runs the batch-1 function, main; larger batches run through reforge run / "
+                      "reforge.load)")
     return 0
 
 

@@ -8,7 +8,7 @@ import importlib.util
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -22,6 +22,8 @@ from reforge.autotune.records import TuningRecords
 from reforge.passes.report import PassReport
 
 from .artifact import FORMAT, Artifact
+from .batching import BatchSpec, check_max_batch
+from .bucket_module import merge_buckets
 from .build import build
 from .cuda_emulation import emulate
 from .errors import ReforgeError, VerificationError, one_line
@@ -69,7 +71,7 @@ def run_passes(mod: tvm.IRModule, names: list[str], after_pass=None,
 
 def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None = None,
             enable_passes=(), disable_passes=(), input_shapes: dict | None = None, example_inputs=None,
-            tuning_records: str | None = None, verify: bool = False, seed: int = 0,
+            tuning_records: str | None = None, verify: bool = False, seed: int = 0, max_batch: int | None = None,
             log: Callable[[str], None] | None = None) -> Artifact:
     """Compile ``model`` (.onnx / .pt2 path, ``onnx.ModelProto``, ``nn.Module``, ``ExportedProgram``).
 
@@ -79,31 +81,52 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
     they measured. With ``verify``, the imported module, the module after every pass and the built
     module run on the same random inputs; a stage beyond its tolerance raises ``VerificationError``
     (which carries the artifact and its report).
+
+    ``max_batch``: one artifact running every batch from 1 to ``max_batch`` on the leading axis of
+    every input and output, the batch axis being named in ``input_shapes`` (``{"image": ("N", 3, 224,
+    224)}``) or left dynamic in the model; it holds one function per batch bucket
+    (:mod:`reforge.batching`), each imported, rewritten and verified at its static batch.
     """
     say = log or (lambda _msg: None)
     tgt = get_target(target)
     names = registry.select(opt_level, tgt.kind, enable_passes, disable_passes, passes)
     records_db = TuningRecords.load(tuning_records, tgt.describe()) if tuning_records else None
-    imported = frontend.load(model, input_shapes, example_inputs)
+    batch = None if max_batch is None else BatchSpec.of(check_max_batch(max_batch))
+    if batch is not None and tgt.kind != "x86":
+        raise ReforgeError(f"--max-batch: batch buckets are built for the x86 targets; target '{tgt.name}' "
+                           "runs the one batch of --input-shape")
+    imports = {b: frontend.load(model, input_shapes, example_inputs, batch=b)
+               for b in (batch.buckets if batch else (None,))}
+    imported = next(iter(imports.values()))  # batch 1's with --max-batch
+    if batch is not None:
+        check_batch_axis(imports)
     say(f"imported {imported.name} ({imported.source}): "
-        f"{', '.join(f'{s.name}{list(s.shape)}' for s in imported.inputs)}")
+        f"{', '.join(f'{s.name}{list(s.shape)}' for s in imported.inputs)}"
+        + (f"; batch {batch.describe()}" if batch else ""))
 
-    verifier = _Verifier(imported, seed) if verify else None
-    mod, records = run_passes(imported.mod, names, verifier.after_pass if verifier else None,
-                              records_db.pass_options() if records_db else None)
+    verifiers = {b: _Verifier(imp, seed, b) for b, imp in imports.items()} if verify else {}
+    mods, bucket_records = {}, {}
+    for b, imp in imports.items():
+        verifier = verifiers.get(b)
+        mods[b], bucket_records[b] = run_passes(imp.mod, names, verifier.after_pass if verifier else None,
+                                                records_db.pass_options() if records_db else None)
+    records = bucket_records[next(iter(imports))]  # the manifest's pass report: batch 1's
     for r in records:
         say(f"pass {r.name}: {r.report.total} rewrites")
+    mod = merge_buckets(mods) if batch else mods[None]
 
     try:
         database = records_db.database() if records_db else None
         executable, build_report = build(mod, tgt, database)
-        if verifier is not None and tgt.kind == "cuda" and not runs_here(tgt.describe()):
-            verifier.emulate_gpu(mod, tgt, database)
+        if verifiers and tgt.kind == "cuda" and not runs_here(tgt.describe()):
+            verifiers[None].emulate_gpu(mod, tgt, database)
     finally:
         if records_db is not None:
             records_db.close()
     say(f"built for {tgt.name} in {build_report.seconds:.1f} s")
     manifest = _manifest(imported, tgt, opt_level, records, build_report)
+    if batch is not None:
+        manifest["batch"] = batch.to_json()
     if tuning_records:
         manifest["tuning_records"] = {"path": os.path.basename(tuning_records), "sha256": _sha256(tuning_records)}
     if tgt.kind == "opencl-fpga":  # no shared library: kernels, launch plan and weights
@@ -112,17 +135,47 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
         kernels = cuda_kernel_files(executable, sorted(tgt.features)[0]) if tgt.kind == "cuda" else None
         artifact = Artifact(executable, manifest, kernel_files=kernels)
     artifact.imported = imported
-    if verifier is not None:
-        verifier.finish(artifact, tgt, records)
+    if verifiers:
+        found = [v.checked(artifact, tgt, bucket_records[b]) for b, v in verifiers.items()]
+        record_verification(artifact, seed, [c for checks, _, _ in found for c in checks], *found[0][1:])
     return artifact
+
+
+def check_batch_axis(imports: dict) -> None:
+    """Every input and output of each bucket's import (batch -> ImportedModel) has that batch as
+    its axis 0 and batch 1's shape elsewhere: the one batch axis ``--max-batch`` supports."""
+    first = imports[1]
+    for b, imp in imports.items():
+        for kind, specs, base in (("input", imp.inputs, first.inputs), ("output", imp.outputs, first.outputs)):
+            for spec, one in zip(specs, base):
+                if spec.shape[:1] != (b,) or spec.shape[1:] != one.shape[1:]:
+                    seen = f"shape {list(spec.shape)} at batch {b}" + (
+                        f", {list(one.shape)} at batch 1" if b > 1 else "")
+                    how = f": name it with --input-shape {spec.name}:Nx..." if kind == "input" else ""
+                    raise ReforgeError(f"--max-batch: {kind} '{spec.name}' has no leading batch axis ({seen}); reforge "
+                                       f"batches only an axis 0 shared by every input and output{how}")
+
+
+def record_verification(artifact: Artifact, seed: int, checks: list[Check], skipped: str | None,
+                        emulated: str | None) -> None:
+    """Write the checks into the manifest; raise ``VerificationError`` (carrying the artifact) if one failed."""
+    artifact.manifest["verification"] = {"seed": seed, "checks": [c.to_json() for c in checks],
+                                         "passed": all(c.ok for c in checks), "skipped": skipped,
+                                         "emulated": emulated}
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        err = VerificationError(f"verification failed at '{failed[0].stage}': relative error "
+                                f"{failed[0].rel:.3g} exceeds its tolerance {failed[0].rtol:g}")
+        err.artifact = artifact
+        raise err
 
 
 class _Verifier:
     """``--verify``: the imported module against the original framework, each pass against the
     module it received, the built module against the original framework again."""
 
-    def __init__(self, imported, seed: int):
-        self.imported, self.seed, self.host = imported, seed, get_target("x86")
+    def __init__(self, imported, seed: int, batch: int | None = None):
+        self.imported, self.seed, self.host, self.batch = imported, seed, get_target("x86"), batch
         self.feeds = imported.random_inputs(seed)
         self.arrays = [self.feeds[s.name] for s in imported.inputs]
         self.ref_name = "onnxruntime" if imported.source == "onnx" else "pytorch"
@@ -148,7 +201,10 @@ class _Verifier:
         self.previous = out
         return found
 
-    def finish(self, artifact: Artifact, tgt, records: list[PassRecord]) -> None:
+    def checked(self, artifact: Artifact, tgt, records: list[PassRecord]) -> tuple[list[Check], str | None,
+                                                                                  str | None]:
+        """Every check of this model (stages named with their batch bucket under ``--max-batch``),
+        why the final module was not run (or None) and how it was emulated (or None)."""
         checks, skipped, emulated = self.checks + [r.check for r in records], None, None
         if runs_here(artifact.manifest["target"]):
             final = artifact.run(self.feeds)
@@ -161,15 +217,9 @@ class _Verifier:
         else:
             skipped = f"final module not run: this machine cannot execute {tgt.name} code" + (
                 f" ({self.no_emulation})" if self.no_emulation else "")
-        artifact.manifest["verification"] = {"seed": self.seed, "checks": [c.to_json() for c in checks],
-                                             "passed": all(c.ok for c in checks), "skipped": skipped,
-                                             "emulated": emulated}
-        failed = [c for c in checks if not c.ok]
-        if failed:
-            err = VerificationError(f"verification failed at '{failed[0].stage}': relative error "
-                                    f"{failed[0].rel:.3g} exceeds its tolerance {failed[0].rtol:g}")
-            err.artifact = artifact
-            raise err
+        if self.batch is not None:
+            checks = [replace(c, stage=f"{c.stage} [batch {self.batch}]") for c in checks]
+        return checks, skipped, emulated
 
 
 def _sha256(path: str) -> str:

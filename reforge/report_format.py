@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .batching import BatchSpec
+
 
 def _si(n: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -17,8 +19,15 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def signature(manifest: dict) -> str:
-    sig = lambda specs: ", ".join(f"{s['name']}: {s['dtype']}{s['shape']}" for s in specs)
-    return f"inputs:  {sig(manifest['inputs'])}\noutputs: {sig(manifest['outputs'])}"
+    """Inputs and outputs; with batch buckets, their shapes at batch N and the buckets."""
+    batch = BatchSpec.from_json(manifest.get("batch"))
+
+    def shape(spec: dict) -> str:
+        return str(spec["shape"]) if batch is None else "[" + ", ".join(["N", *map(str, spec["shape"][1:])]) + "]"
+
+    sig = lambda specs: ", ".join(f"{s['name']}: {s['dtype']}{shape(s)}" for s in specs)
+    text = f"inputs:  {sig(manifest['inputs'])}\noutputs: {sig(manifest['outputs'])}"
+    return text if batch is None else f"{text}\nbatch:   N from {batch.describe()}"
 
 
 def passes_report(manifest: dict) -> str:

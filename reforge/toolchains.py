@@ -128,7 +128,9 @@ def host_build_command(sources: list[str], output: str, libs: tuple[str, ...] = 
 
 def _built(name: str, arch: str, compiler_name: str, programs: list[str], why: str) -> str:
     """``name`` from the cached build of ``programs`` for ``arch``, building them all first if needed."""
-    digest = hashlib.sha256(repr((_PROGRAMS, programs)).encode())
+    # a host build's rpath names the installed runtime's folders: another environment builds its own
+    linked = host_runtime_dirs() if arch == "host" else []
+    digest = hashlib.sha256(repr((_PROGRAMS, programs, linked)).encode())
     for source in sorted(os.listdir(NATIVE)):
         with open(os.path.join(NATIVE, source), "rb") as f:
             digest.update(source.encode() + f.read())
@@ -140,7 +142,7 @@ def _built(name: str, arch: str, compiler_name: str, programs: list[str], why: s
     staging = tempfile.mkdtemp(prefix=f"{arch}-", dir=_ensure(cache_dir()))
     try:
         if arch == "host":
-            folders, rpath = host_runtime_dirs(), ":".join(host_runtime_dirs())
+            folders, rpath = linked, ":".join(linked)
         else:
             _fetch_runtime(staging)
             folders, rpath = [staging], "$ORIGIN"

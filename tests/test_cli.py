@@ -14,7 +14,9 @@ import pytest
 from onnx import TensorProto, helper
 
 import reforge
+from reforge.bench import baseline_runners
 from reforge.cli import main
+from reforge.frontend import load
 from reforge.passes import registry
 from reforge.profiling import summarize
 
@@ -115,18 +117,34 @@ def test_opt_levels_and_pass_selection(tmp_path, onnx_path, capsys):
                              "merge-branches", "fuse-fplus", "prune-channels", "fwht", "fft-conv", "sparse", "binarize",
                              "dead-code"]),
                            (["--passes", "dead-code"], ["dead-code"])]:
-        code, _, err = cli(capsys, "compile", onnx_path, "-o", tmp_path / "m.tar", "--report", tmp_path / "r.json", *argv)
+        code, _, err = cli(capsys, "compile", onnx_path, "-o", tmp_path / "m.tar", "--report", tmp_path / "r.json",
+                           *argv)
         assert code == 0, err
         assert [p["name"] for p in json.loads((tmp_path / "r.json").read_text())["passes"]] == expected
 
 
 def test_bench_json(tmp_path, onnx_path, capsys):
-    code, out, _ = cli(capsys, "bench", onnx_path, "--repeat", 20, "--json", tmp_path / "b.json")
-    assert code == 0 and "reforge speed-up" in out
+    code, out, _ = cli(capsys, "bench", onnx_path, "--repeat", 20, "--against", "onnxruntime,openvino,torch",
+                       "--json", tmp_path / "b.json")
+    assert code == 0 and "reforge speed-up" in out and re.search(r"^openvino +\d", out, re.M)
     results = {r["runtime"]: r for r in json.loads((tmp_path / "b.json").read_text())["results"]}
-    assert results["reforge"]["runs"] == results["onnxruntime"]["runs"] == 20
+    assert results["reforge"]["runs"] == results["onnxruntime"]["runs"] == results["openvino"]["runs"] == 20
     assert results["onnxruntime"]["rel_err_vs_reforge"] < 1e-4
+    assert results["openvino"]["rel_err_vs_reforge"] < 1e-4  # f32 inference precision, not bf16
     assert "no PyTorch module" in results["torch"]["unavailable"]
+
+
+def test_openvino_unavailable_is_a_reason(onnx_path, monkeypatch, capsys):
+    """OpenVINO missing, or a model that is not ONNX: its row of the table says why in one line, the rest run."""
+    imported = load(onnx_path)
+    not_onnx = baseline_runners(onnx_path, dataclasses.replace(imported, source="torch"), ["openvino"], 1)
+    assert not_onnx["openvino"] == "the model is not an ONNX file; OpenVINO runs the ONNX file only"
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    code, out, err = cli(capsys, "bench", onnx_path, "--repeat", 20, "--against", "onnxruntime,openvino")
+    assert code == 0 and "Traceback" not in out + err
+    assert re.search(r"^openvino +- +- +- +- +unavailable: openvino is not installed \(pip install openvino\)$",
+                     out, re.M), out
+    assert re.search(r"^onnxruntime +\d", out, re.M), out
 
 
 def _unsupported_model(path):

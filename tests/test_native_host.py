@@ -178,3 +178,16 @@ def test_inspect_commands_build_and_run_the_artifact(smallcnn, tmp_path, capsys)
         assert done.returncode == 0, done.stderr
     for k, ref in enumerate(expected.values()):
         np.testing.assert_array_equal(np.fromfile(tmp_path / f"out{k}.bin", dtype=ref.dtype).reshape(ref.shape), ref)
+
+
+def test_a_cached_host_build_belongs_to_its_runtime(monkeypatch, tmp_path):
+    """The cached run_vm's rpath names the runtime folders it was linked to: a Python environment whose
+    runtime lives elsewhere must build its own (here it tries to, with a compiler that does not exist),
+    never reuse a program whose libraries may be gone."""
+    from reforge import errors, toolchains
+
+    assert os.path.exists(host_program())  # this environment's build, cached
+    monkeypatch.setattr(toolchains, "host_runtime_dirs", lambda: [str(tmp_path)])
+    monkeypatch.setattr(toolchains, "HOST_CXX", "reforge-no-such-compiler")
+    with pytest.raises(errors.ReforgeError, match="reforge-no-such-compiler"):
+        toolchains.host_program()

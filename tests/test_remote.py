@@ -110,6 +110,16 @@ def test_run_on_a_remote_device(tracker, artifact_path):
     assert len(there.time({"image.in": x}, 5)) == 5
 
 
+def test_batch_buckets_on_a_remote_device(tracker, tmp_path):
+    """A --max-batch artifact over RPC: batch 3 runs as buckets 2 + 1 there, as it does here."""
+    onnx.save(conv_bn_relu_model(batch="N"), tmp_path / "dyn.onnx")
+    path = reforge.compile(str(tmp_path / "dyn.onnx"), max_batch=4).save(str(tmp_path / "dyn.tar"))
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype("float32")
+    there = reforge.load(path, remote=RemoteDevices.parse(f"127.0.0.1:{tracker[0]}", KEY))
+    np.testing.assert_array_equal(there.run({"image.in": x})["y"], reforge.load(path).run({"image.in": x})["y"])
+    assert len(there.time({"image.in": x}, 5)) == 5
+
+
 def test_cli_run_remote_and_errors(tracker, artifact_path, capsys):
     from reforge.cli import main
 

@@ -123,6 +123,20 @@ def test_resume_keeps_earlier_records_and_time_budget_stops(tuned, tmp_path):
     assert_resumed_from(claimed_latencies(records), claimed_latencies(again))
 
 
+def test_time_budget_spent_in_the_last_batch_ends_cleanly(tuned, tmp_path):
+    """2 trials: the first batch is also the last, and the budget runs out while it is measured, as
+    MetaSchedule's scheduler joins it and then terminates every task itself. The search ends there
+    with that batch recorded, and the records compile to a model that matches PyTorch (1e-4 relative)."""
+    net, path, _records, _first = tuned
+    out = tmp_path / "budget.json"
+    result = tune(str(path), trials=2, timeout=1e-3, output=str(out), log=lambda _m: None)
+    assert result.timed_out and 1 <= result.trials <= 2
+    art = reforge.compile(str(path), tuning_records=str(out))
+    x = np.random.default_rng(2).standard_normal(SHAPE).astype("float32")
+    ref = reference(net, x)
+    assert np.abs(art.run({"input": x})["output0"] - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
 def test_a_recorded_fft_size_that_cannot_hold_the_kernel_is_refused(tuned, tmp_path):
     _net, path, records, _result = tuned
     lines = [line for line in records.read_text().splitlines() if '"choice"' not in line]
