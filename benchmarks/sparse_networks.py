@@ -123,7 +123,7 @@ def main() -> None:
             prune_net(dense_net)
             path = export(dense_net, folder, name)
             art = reforge.compile(path, **options)
-            runners = {"onnxruntime": onnxruntime_runner(path, art.imported, args.threads),
+            runners = {"onnxruntime": onnxruntime_runner(path, art.imported, args.threads, spin=False),
                        "reforge, unpruned": artifact_runner(reforge.compile(dense_path))}
             if other is not None:
                 label = "reforge, sparse off" if "disable_passes" in other else "reforge, residual kept"
