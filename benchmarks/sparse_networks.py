@@ -6,7 +6,7 @@ network in reforge, reforge with the sparse pass off, and onnxruntime on the sam
 Cases (issue 22's benchmarks), weights random, BatchNorm statistics random, pruned with torch.nn.utils.prune and
 made permanent (prune.remove), exported by the TorchScript exporter:
   resnet50-global90   a ResNet-50-shaped network (bottlenecks 3-4-6-3), 90 % global magnitude pruning over every
-                      conv and the classifier
+                      conv and the classifier (magnitudes relative to each layer's standard deviation: prune_global)
   resnet18-ln0        ResNet-18 with half the filters of every block's first conv zeroed (ln_structured, dim 0)
   vgg11-ln1           VGG-11-BN with half the input channels of every conv after the first zeroed (dim 1)
   rm-resnet18-ln0     resnet18-ln0 compiled with remove-residual on as well (an RM'd chain, pruned through the
@@ -72,8 +72,13 @@ def convs(net: nn.Module) -> list[nn.Conv2d]:
 
 
 def prune_global(net: nn.Module) -> None:
+    """90 % global magnitude pruning, each weight's magnitude taken relative to its layer's standard deviation:
+    on random (untrained) weights, whose scale falls with the fan-in, plain magnitudes would zero the wide layers
+    whole (every 3×3 conv after the first stage, and the classifier) and leave the narrow ones half dense."""
     layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=0.9)
+    scores = {(m, "weight"): m.weight.detach().abs() / m.weight.detach().std() for m in layers}
+    prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured, amount=0.9,
+                              importance_scores=scores)
     for m in layers:
         prune.remove(m, "weight")
 
