@@ -39,19 +39,23 @@ def check_structure(graph: onnx.GraphProto) -> None:
 
 def check_sizes(graph: onnx.GraphProto, input_shapes: dict[str, tuple[int, ...]]) -> None:
     """Refuse, before allocating anything, tensors larger than this machine's memory."""
-    limit = psutil.virtual_memory().total
     declared = [(v.name, v.type.tensor_type) for v in [*graph.input, *graph.output, *graph.value_info]
                 if v.type.HasField("tensor_type")]
     for name, ttype in declared:
         dims = input_shapes.get(name) or [d.dim_value for d in ttype.shape.dim]
         if not dims or any(d <= 0 for d in dims):
             continue  # symbolic: resolved (and checked) with --input-shape
-        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)).itemsize
-        nbytes = int(np.prod(dims, dtype=object)) * itemsize
-        if nbytes > limit:
-            raise ReforgeError(f"tensor '{name}' declares shape {'x'.join(map(str, dims))} "
-                               f"({nbytes / 2 ** 30:.3g} GiB), more than this machine's memory "
-                               f"({limit / 2 ** 30:.3g} GiB)")
+        check_size(f"tensor '{name}' declares", dims, ttype.elem_type)
+
+
+def check_size(what: str, dims, elem_type: int) -> None:
+    """Refuse a tensor of these dims larger than this machine's memory; ``what`` starts the message."""
+    limit = psutil.virtual_memory().total
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize
+    nbytes = int(np.prod(dims, dtype=object)) * itemsize
+    if nbytes > limit:
+        raise ReforgeError(f"{what} shape {'x'.join(map(str, dims))} ({nbytes / 2 ** 30:.3g} GiB), more than "
+                           f"this machine's memory ({limit / 2 ** 30:.3g} GiB)")
 
 
 def check_initializers(graph: onnx.GraphProto) -> None:

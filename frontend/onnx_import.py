@@ -17,7 +17,7 @@ from reforge.errors import ReforgeError, one_line
 
 from .imported import ImportedModel
 from .onnx_checks import check_initializers, check_opset, check_sizes, check_structure
-from .onnx_constants import fold_constant_plumbing
+from .onnx_constants import fold_constants
 from .qonnx import lower_qonnx
 from .relax_types import output_specs
 from .tensor_spec import TensorSpec, check_shape_names, resolve_shape
@@ -71,9 +71,9 @@ def import_onnx(model: onnx.ModelProto | str, input_shapes: dict[str, tuple[int,
     check_initializers(proto.graph)
     qonnx = lower_qonnx(proto)  # BipolarQuant -> standard ONNX (frontend/qonnx.py)
     lowered = proto
-    proto = fold_constant_plumbing(proto)
-    _check_operators(proto)
     inputs = _input_specs(proto, input_shapes or {}, batch)
+    proto = fold_constants(proto, {s.name: s.shape for s in inputs})  # shapes computed from them fold too
+    _check_operators(proto)
     importer = _NodeNamedImporter({s.name: list(s.shape) for s in inputs}, {s.name: s.dtype for s in inputs},
                                   keep_params_in_input=False, sanitize=True)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

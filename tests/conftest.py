@@ -1,6 +1,9 @@
 """Shared fixtures: small ONNX and PyTorch models written to a temporary folder."""
 
+import contextlib
+import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -124,3 +127,17 @@ def profile_table(out: str) -> tuple[dict[str, tuple[int, float]], dict[str, flo
     cells = [re.match(r"(all kernels|outside kernels|\S+)\s+(\d*)\s+([\d.]+)\s", r).groups() for r in rows]
     return ({n: (int(c), float(ms)) for n, c, ms in cells if n not in TOTALS},
             {n: float(ms) for n, _c, ms in cells if n in TOTALS})
+
+
+@contextlib.contextmanager
+def quiet_torch_export():
+    """Silence the torch.onnx exporters' progress lines, deprecation warnings and missing-torchvision logs."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)

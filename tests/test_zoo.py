@@ -13,10 +13,7 @@ Tolerance: an output ``out`` matches its reference ``ref`` when
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,6 +25,7 @@ import torch
 
 import reforge
 from . import zoo
+from .conftest import quiet_torch_export
 
 RTOL = 1e-4
 VERIFY_SEED = 0  # inputs reforge.compile(verify=True) checks every stage on
@@ -59,22 +57,8 @@ def _torch_reference(model: torch.nn.Module) -> Reference:
     return run
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Silence the exporters' progress lines, deprecation warnings and missing-torchvision logs."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def _onnx(entry: zoo.Entry, model: torch.nn.Module, path: Path, **export_options) -> Source:
-    with _quiet():
+    with quiet_torch_export():
         torch.onnx.export(model, (entry.example(),), path, input_names=[entry.input_name],
                           output_names=["out"], **export_options)
     return Source(str(path), {}, _onnx_reference(path, entry.input_name))
@@ -97,7 +81,7 @@ def nn_module(entry: zoo.Entry, model: torch.nn.Module, _folder: Path) -> Source
 
 def saved_program(entry: zoo.Entry, model: torch.nn.Module, folder: Path) -> Source:
     path = folder / f"{entry.name}.pt2"
-    with _quiet():
+    with quiet_torch_export():
         torch.export.save(torch.export.export(model, (entry.example(),)), path)
     return Source(str(path), {}, _torch_reference(model))
 

@@ -35,6 +35,16 @@ def _huge():
     return make_model([helper.make_node("Relu", ["x"], ["y"], name="r")], *_io([1, 4096, 65536, 65536]))
 
 
+def _huge_from_shape():
+    # a shape computed from x's folds to a constant at import: the constant it sizes must fit too
+    scale = helper.make_tensor("scale", TensorProto.INT64, [2], [100000, 100000000])
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Mul", ["s", "scale"], ["big"], name="scale_up"),
+             helper.make_node("ConstantOfShape", ["big"], ["z"], name="fill"),
+             helper.make_node("Add", ["x", "z"], ["y"], name="add")]
+    return make_model(nodes, *_io([1, 4]), [scale])
+
+
 def _nan_weight():
     model = conv_bn_relu_model()
     w = numpy_helper.to_array(model.graph.initializer[0]).copy()
@@ -57,6 +67,7 @@ def _truncated():
     (_cycle, r"node 'n1' \(Add\) reads 'b' before node 'n2' produces it: the graph has a cycle"),
     (_dangling, r"node 'adder' \(Add\) reads 'ghost', which no node, graph input or initializer produces"),
     (_huge, r"tensor 'x' declares shape 1x4096x65536x65536 \(.* GiB\), more than this machine's memory"),
+    (_huge_from_shape, r"node 'fill' \(ConstantOfShape\) makes 'z' of shape 100000x400000000 \(.* GiB\), more than"),
     (_nan_weight, r"initializer 'w' holds 1 NaN value \(of 108\); every output would be NaN"),
     (_future_opset, r"ONNX opset 99 is newer than this reforge supports"),
     (_truncated, r"is not a valid ONNX file"),

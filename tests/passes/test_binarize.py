@@ -24,8 +24,8 @@ from torch import nn
 
 import reforge
 
+from ..conftest import quiet_torch_export
 from .conftest import max_rel_err, seed_of
-from .test_merge_branches import quiet_onnx_export
 
 RTOL_EPILOGUE = 1e-6
 
@@ -104,7 +104,7 @@ def randomize_bn(module: nn.Module) -> nn.Module:
 
 def to_onnx(module: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
     buf = io.BytesIO()
-    with quiet_onnx_export():
+    with quiet_torch_export():
         torch.onnx.export(module, (x,), buf, input_names=["x"], output_names=["y"], dynamo=False, opset_version=17)
     return onnx.load_from_string(buf.getvalue())
 

@@ -35,9 +35,10 @@ from reforge.passes.fold_masks import FoldMasks
 from reforge.passes.graph import const_value, op_name, ops_histogram
 from reforge.report_format import compile_report
 
+from ..conftest import quiet_torch_export
 from .conftest import max_rel_err, seed_of
 from .test_fold_batchnorm import randomize_bn
-from .test_merge_branches import conv_bn, quiet_onnx_export, to_onnx
+from .test_merge_branches import conv_bn, to_onnx
 
 RTOL = 1e-5
 ROUTES = ["onnx", "onnx-dynamo", "torch.export"]
@@ -46,7 +47,7 @@ MASK_OPS = {"multiply", "where", "greater", "greater_equal", "less", "less_equal
 
 
 def to_onnx_dynamo(module: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
-    with quiet_onnx_export(), warnings.catch_warnings():
+    with quiet_torch_export(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, (x,), dynamo=True, optimize=False, input_names=["x"], output_names=["y"])
     return program.model_proto

@@ -12,9 +12,7 @@ tolerance, with their conv count unchanged and the reason in the report.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -27,6 +25,7 @@ from torch import nn
 import reforge
 from reforge.passes import FoldBatchNorm, FoldConstants, MergeBranches
 
+from ..conftest import quiet_torch_export
 from .conftest import Harness, max_rel_err, seed_of
 from .test_fold_batchnorm import Stats, make_params, randomize_bn
 
@@ -166,21 +165,9 @@ FAMILIES = [  # id, block factory, input shape, conv2d count in the deploy form
 ]
 
 
-@contextlib.contextmanager
-def quiet_onnx_export():
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def to_onnx(module: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
     buf = io.BytesIO()
-    with quiet_onnx_export():
+    with quiet_torch_export():
         torch.onnx.export(module, (x,), buf, input_names=["x"], output_names=["y"], dynamo=False,
                           opset_version=17, do_constant_folding=False)
     return onnx.load_from_string(buf.getvalue())
