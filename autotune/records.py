@@ -5,11 +5,13 @@
     {"workload": [structural hash, module]}                      MetaSchedule workloads
     {"record": [workload index, [trace, run secs, target, args]]}  MetaSchedule tuning records
     {"choice": {"pass": "fft-conv", "conv": key, "fft_size": L or null, "ms": {way: ms}}}
+    {"choice": {"pass": "sparse", "layer": key, "sparse": bool, "ms": {way: ms}}}
                                                                  a pass's measured decision
 
 MetaSchedule's own JSON database is two JSON Lines files in a folder; ``TuningRecords``
 materializes one for MetaSchedule and writes it back as a single file; the choices (fft-conv's
-direct or FFT per conv, ``autotune/fft_choice.py``) are reforge's own. Every line is checked
+direct or FFT per conv, ``autotune/fft_choice.py``; sparse's dense or sparse per layer,
+``autotune/sparse_choice.py``) are reforge's own. Every line is checked
 on load, and a bad one is reported with the file's path and the line number.
 """
 
@@ -35,7 +37,7 @@ class TuningRecords:
 
     def __init__(self, target: dict):
         self.target = target
-        self.choices: dict[str, dict] = {}  # conv key -> fft-conv's measured choice
+        self.choices: dict[str, dict] = {}  # conv / layer key -> fft-conv's / sparse's measured choice
         self.folder = tempfile.mkdtemp(prefix="reforge-records-")
         for name in (_WORKLOADS, _RECORDS):
             open(os.path.join(self.folder, name), "w").close()
@@ -75,6 +77,12 @@ class TuningRecords:
                     f.write(json.dumps([index, body]) + "\n")
             elif isinstance(entry, dict) and "choice" in entry:
                 choice = entry["choice"]
+                if isinstance(choice, dict) and choice.get("pass") == "sparse":
+                    if not (isinstance(choice.get("layer"), str) and isinstance(choice.get("sparse"), bool)):
+                        raise ReforgeError(f"{path}:{number}: a sparse choice is {{\"pass\": \"sparse\", "
+                                           f"\"layer\": key, \"sparse\": true or false, \"ms\": {{...}}}}")
+                    records.choices[choice["layer"]] = choice
+                    continue
                 if not (isinstance(choice, dict) and choice.get("pass") == "fft-conv"
                         and isinstance(choice.get("conv"), str)
                         and (choice.get("fft_size") is None or isinstance(choice.get("fft_size"), int))):
@@ -93,7 +101,9 @@ class TuningRecords:
 
     def pass_options(self) -> dict[str, dict]:
         """Keyword arguments for the passes whose decisions were measured (``registry.make``)."""
-        return {"fft-conv": {"measured": {k: c["fft_size"] for k, c in self.choices.items()}}} if self.choices else {}
+        fft = {k: c["fft_size"] for k, c in self.choices.items() if c["pass"] == "fft-conv"}
+        sparse = {k: c["sparse"] for k, c in self.choices.items() if c["pass"] == "sparse"}
+        return {name: {"measured": measured} for name, measured in (("fft-conv", fft), ("sparse", sparse)) if measured}
 
     def database(self) -> ms.database.JSONDatabase:
         return ms.database.JSONDatabase(work_dir=self.folder, allow_missing=False)

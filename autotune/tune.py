@@ -7,8 +7,8 @@ MetaSchedule's CUDA space (multi-level tiling bound to blocks and threads, share
 built with nvcc here and measured on a GPU here or on the tracker's GPU devices. Each task starts
 from a record of its default schedule, measured here: the tuned result is never slower than the
 untuned one. Where fft-conv runs, each conv it may rewrite and whose cost-model estimates are close
-is first timed direct and as FFT (``fft_choice``); the records keep the faster, which ``compile``
-then follows.
+is first timed direct and as FFT (``fft_choice``), and where sparse runs, each layer with enough
+zeros dense and sparse (``sparse_choice``); the records keep the faster, which ``compile`` then follows.
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ from reforge.build import BuildReport, fuse, fuse_nchw
 from reforge.errors import ReforgeError, one_line
 from reforge.passes import registry
 from reforge.passes.fft_conv import eligible_convs
+from reforge.passes.sparse import eligible_layers
 from reforge.targets import TargetSpec, get_target
 from reforge.toolchains import export_library
 from reforge.topi_ext.schedule_gpu import default_gpu_schedule
 from reforge.topi_ext.schedule_x86 import default_schedule
 
-from . import fft_choice, intrinsics
+from . import fft_choice, intrinsics, sparse_choice
 from .builder import local_builder
 from .progress import Budgeted, Progress
 from .records import TuningRecords
@@ -100,6 +101,9 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
         for name in names:
             if name == "fft-conv":
                 _choose_fft_by_measurement(mod, tgt, records, measure, log)
+                records.save(output)
+            if name == "sparse":
+                _choose_sparse_by_measurement(mod, tgt, records, measure, log)
                 records.save(output)
             mod = registry.get(name).make(**records.pass_options().get(name, {}))(mod)
         extracted = extract_tasks(mod, tgt)
@@ -170,15 +174,30 @@ def _search(extracted, database, tgt, trials, timeout, runner, log, checkpoint) 
 
 def _choose_fft_by_measurement(mod, tgt, records: TuningRecords, measure, log) -> None:
     """Measure, direct and as FFT, each conv fft-conv may rewrite that no record has decided yet."""
-    for g in eligible_convs(mod):
-        if g.key in records.choices:
+    _choose_by_measurement("fft-conv", "conv", [(g.key, g) for g in eligible_convs(mod)],
+                           lambda g: fft_choice.measure(g, tgt, measure),
+                           lambda found: "direct" if found["fft_size"] is None else f"FFT L={found['fft_size']}",
+                           records, log)
+
+
+def _choose_sparse_by_measurement(mod, tgt, records: TuningRecords, measure, log) -> None:
+    """Measure, dense and sparse, each layer the sparse pass may rewrite that no record has decided yet."""
+    _choose_by_measurement("sparse", "layer", [(layer.key, layer) for layer in eligible_layers(mod)],
+                           lambda layer: sparse_choice.measure(layer, tgt, measure),
+                           lambda found: "sparse" if found["sparse"] else "dense", records, log)
+
+
+def _choose_by_measurement(name: str, field: str, items, measure_one, pick, records: TuningRecords, log) -> None:
+    """Record pass ``name``'s measured choice (``measure_one(item)``, None: not measured) for each
+    ``(key, item)`` no record has decided yet, as ``{"pass": name, field: key, **found}``."""
+    for key, item in items:
+        if key in records.choices:
             continue
-        found = fft_choice.measure(g, tgt, measure)
+        found = measure_one(item)
         if found is not None:
-            records.choices[g.key] = {"pass": "fft-conv", "conv": g.key, **found}
+            records.choices[key] = {"pass": name, field: key, **found}
             times = ", ".join(f"{way} {ms:.3f} ms" for way, ms in found["ms"].items())
-            pick = "direct" if found["fft_size"] is None else f"FFT L={found['fft_size']}"
-            log(f"fft-conv, measured: conv {g.key}: {times} -> {pick}")
+            log(f"{name}, measured: {field} {key}: {times} -> {pick(found)}")
 
 
 def _commit_default(database, task, tgt, measure) -> float | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import sys
 
 import numpy as np
@@ -23,14 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
 os.environ["TVM_NUM_THREADS"] = _threads
 
-import onnxruntime as ort  # noqa: E402
-import tvm  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from benchmarks import onnx_conv  # noqa: E402
 from benchmarks.results import publish  # noqa: E402
-import reforge  # noqa: E402
 from reforge.bench import set_threads  # noqa: E402
-from reforge.execution import time_calls  # noqa: E402
 from reforge.passes import FFTConv, registry  # noqa: E402
 from reforge.topi_ext import fft_conv  # noqa: E402
 
@@ -67,21 +63,8 @@ def main() -> None:
         registry.PASSES["fft-conv"] = dataclasses.replace(registry.PASSES["fft-conv"],
                                                           make=lambda l=tiling.l: FFTConv(policy="always", size=l))
         x = rng.standard_normal((1, c, h, h)).astype("float32")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
-        sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        ref = sess.run(None, {"x": x})[0]
-        direct, fft = reforge.compile(m, disable_passes=["fft-conv"]), reforge.compile(m, enable_passes=["fft-conv"])
-        tx = [tvm.runtime.tensor(x)]
-        fns = {"onnxruntime": lambda: sess.run(None, {"x": x})}
-        for name, art in (("reforge direct", direct), ("reforge fft", fft)):
-            out = list(art.run({"x": x}).values())[0]
-            err = float(np.abs(out - ref).max() / np.abs(ref).max())
-            assert err <= 1e-4, (name, err)
-            fns[name] = (lambda main: lambda: main(*tx))(art.runner.vm["main"])
-        rounds = [{n: statistics.median(time_calls(fn, args.repeat, warmup=2)) for n, fn in fns.items()}
-                  for _ in range(args.rounds)]
-        r = {n: min(rnd[n] for rnd in rounds) for n in fns}
+        r = onnx_conv.time_pass(m, x, args.threads, "fft-conv", ("reforge direct", "reforge fft"), 1e-4,
+                                args.repeat, args.rounds)
         ours = r["reforge fft"]
         pick = fft_conv.prefer_fft(g)
         est = f"{fft_conv.direct_ns(g) / 1e6:.1f} / {fft_conv.fft_ns(tiling) / 1e6:.1f}"

@@ -1,8 +1,10 @@
-"""The single-layer onnxruntime baselines of benchmarks/bitserial.py and benchmarks/winograd.py: a
-one-Conv ONNX model (3×3, pad 1, no bias), float32 ``Conv`` or int8 ``QLinearConv``, and a session
-on the given threads."""
+"""The single-layer onnxruntime baselines of the layer benchmarks: a one-Conv ONNX model (3×3, pad 1, no
+bias), float32 ``Conv`` or int8 ``QLinearConv``, a session on the given threads, and one layer timed under
+onnxruntime and reforge with a pass off and on (benchmarks/fft_conv.py, benchmarks/sparse.py)."""
 
 from __future__ import annotations
+
+import statistics
 
 import numpy as np
 import onnxruntime as ort
@@ -32,4 +34,28 @@ def conv_model(x_shape: list[int], w: np.ndarray) -> bytes:
 def session(model: bytes, threads: int) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def time_pass(model, x: np.ndarray, threads: int, pass_name: str, labels: tuple[str, str], rtol: float,
+              repeat: int, rounds: int) -> dict[str, float]:
+    """ms of one layer (input ``x``) under onnxruntime and reforge -O2 with ``pass_name`` off and on (``labels``):
+    both reforge outputs checked against onnxruntime's (max|Δ| <= rtol·max|ref|), then each runtime timed for
+    ``repeat`` calls in ``rounds`` interleaved rounds; the best round's median of each."""
+    import reforge
+    import tvm
+    from reforge.execution import time_calls
+
+    sess = session(model.SerializeToString(), threads)
+    ref = sess.run(None, {"x": x})[0]
+    tx = [tvm.runtime.tensor(x)]
+    fns = {"onnxruntime": lambda: sess.run(None, {"x": x})}
+    for label, options in zip(labels, ({"disable_passes": [pass_name]}, {"enable_passes": [pass_name]})):
+        art = reforge.compile(model, **options)
+        out = list(art.run({"x": x}).values())[0]
+        err = float(np.abs(out - ref).max() / np.abs(ref).max())
+        assert err <= rtol, (label, err)
+        fns[label] = (lambda main: lambda: main(*tx))(art.runner.vm["main"])
+    found = [{n: statistics.median(time_calls(fn, repeat, warmup=3)) for n, fn in fns.items()} for _ in range(rounds)]
+    return {n: min(r[n] for r in found) for n in fns}

@@ -69,7 +69,8 @@ def _from_program(program: torch.export.ExportedProgram) -> tvm.IRModule:
                 program = program.run_decompositions()
                 lowering = ComplexLowering(program)
             mod = from_exported_program(program, unwrap_unit_return_tuple=True,
-                                        custom_convert_map=lowering and lowering.convert_map(),
+                                        custom_convert_map={"where.self": _where,
+                                                            **(lowering.convert_map() if lowering else {})},
                                         run_ep_decomposition=lowering is None)
     except ReforgeError:
         raise
@@ -77,6 +78,16 @@ def _from_program(program: torch.export.ExportedProgram) -> tvm.IRModule:
         raise ReforgeError(f"cannot import the PyTorch program: {one_line(err)}") from err
     # a folded Fourier multiplier leaves its transform and product unread
     return relax.transform.DeadCodeElimination()(mod) if lowering and lowering.folded else mod
+
+
+def _where(node, importer) -> relax.Var:
+    """``torch.where(c, x, y)`` promotes x and y to its result dtype (the decomposition of ``heaviside``
+    selects between a float and an int64 tensor); TVM's converter requires them equal."""
+    dtype = str(node.meta["val"].dtype).removeprefix("torch.")
+    cond, *values = (importer.env[a] if isinstance(a, torch.fx.Node) else a for a in node.args)
+    values = [v if isinstance(v, relax.Expr) else relax.const(v, dtype) for v in values]
+    values = [v if str(v.ty.dtype) == dtype else relax.op.astype(v, dtype) for v in values]
+    return importer.block_builder.emit(relax.op.where(cond, *values))
 
 
 class _TorchReference:

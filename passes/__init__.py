@@ -5,15 +5,19 @@ from .complex_conv import ComplexConv
 from .fft_conv import FFTConv
 from .fold_batchnorm import FoldBatchNorm
 from .fold_channel_tile import FoldChannelTile
+from .fold_masks import FoldMasks
 from .fuse_fplus import FuseFPlus
 from .fwht import FastWHT
 from .merge_branches import MergeBranches
+from .prune_channels import PruneChannels
 from .registry import PASSES, PassInfo, get, select
 from .remove_noops import RemoveNoops
 from .remove_residual import RemoveResidual
 from .report import PassReport
+from .sparse import Sparse
 from .tvm_builtin import DeadCode, FoldConstants
 
 __all__ = ["PASSES", "PassInfo", "PassReport", "get", "select",
-           "Binarize", "ComplexConv", "DeadCode", "FastWHT", "FFTConv", "FoldBatchNorm", "FoldChannelTile", "FoldConstants", "FuseFPlus",
-           "MergeBranches", "RemoveNoops", "RemoveResidual"]
+           "Binarize", "ComplexConv", "DeadCode", "FastWHT", "FFTConv", "FoldBatchNorm", "FoldChannelTile",
+           "FoldConstants", "FoldMasks", "FuseFPlus", "MergeBranches", "PruneChannels", "RemoveNoops", "RemoveResidual",
+           "Sparse"]

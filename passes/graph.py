@@ -67,6 +67,12 @@ def use_counts(func: relax.Function) -> Counter:
     return counts
 
 
+def bindings(func: relax.Function) -> list[relax.Binding]:
+    """The bindings (variable bindings and match-casts, each a ``var`` and a ``value``) of ``func``'s
+    blocks, in program order."""
+    return [b for block in func.body.blocks for b in block.bindings]
+
+
 def channel_vector(c: np.ndarray, out_shape: tuple[int, ...], axis: int) -> np.ndarray | None:
     """If constant ``c`` broadcast against a tensor of ``out_shape`` varies only along ``axis``
     (and does not enlarge the tensor), return it as a vector of length ``out_shape[axis]``."""

@@ -17,11 +17,14 @@ from .complex_conv import ComplexConv
 from .fft_conv import FFTConv
 from .fold_batchnorm import FoldBatchNorm
 from .fold_channel_tile import FoldChannelTile
+from .fold_masks import FoldMasks
 from .fuse_fplus import FuseFPlus
 from .fwht import FastWHT
 from .merge_branches import MergeBranches
+from .prune_channels import PruneChannels
 from .remove_noops import RemoveNoops
 from .remove_residual import RemoveResidual
+from .sparse import Sparse
 from .tvm_builtin import DeadCode, FoldConstants
 
 OPT_LEVELS = (0, 1, 2)
@@ -55,6 +58,12 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "drop inference no-ops: Dropout, eval-mode DropConnect / frequency-dropout remains (x1, +0), "
              "identity reshapes / casts / transposes",
              "Srivastava et al., Dropout, JMLR 2014; Wan et al., DropConnect, ICML 2013", rtol=1e-5),
+    PassInfo("fold-masks", FoldMasks,
+             "masked weights (PyTorch pruning's weight_orig * weight_mask, SCL's W * step(M) as Greater / Cast / "
+             "Mul, where(mask, W, 0), bool / uint8 / float masks) evaluated into one constant weight; the sparsity "
+             "of every conv / dense weight reported per layer",
+             "Han et al., Learning both Weights and Connections for Efficient Neural Networks, NeurIPS 2015; "
+             "Zhu & Gupta, To prune, or not to prune, ICLR-W 2018 (torch.nn.utils.prune)", rtol=1e-5),
     PassInfo("fold-constants", FoldConstants,
              "evaluate operators whose inputs are all constants at compile time",
              "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 9.4 constant propagation", rtol=1e-5),
@@ -96,6 +105,13 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Meng et al., RMNet: Equivalently Removing Residual Connection from Deep Neural Networks (RM Operation), "
              "arXiv 2021",
              level=2, targets=frozenset({"opencl-fpga"}), requires=("fold-constants", "fold-batchnorm")),
+    PassInfo("prune-channels", PruneChannels,
+             "channel liveness across the graph (per-channel ops, residual adds, concats, depthwise convs): output "
+             "channels nothing reads and constant channels (all-zero filters; their bias, affine, activation and "
+             "pooling folded into every reader's bias, or an exact bias map before a zero-padding conv) removed",
+             "Li et al., Pruning Filters for Efficient ConvNets, ICLR 2017; He, Zhang & Sun, Channel Pruning for "
+             "Accelerating Very Deep Neural Networks, ICCV 2017",
+             level=2, targets=frozenset({"x86", "arm"}), requires=("fold-constants", "fold-batchnorm"), rtol=1e-5),
     PassInfo("fwht", FastWHT,
              "products with a constant Hadamard matrix (MatMul / Gemm / 1×1 conv, either side of a 2-D H·X·Hᵀ; "
              "any scale, natural or sequency order, zero-padded, block-diagonal, rows or columns scaled) and "
@@ -113,6 +129,14 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Mathieu, Henaff & LeCun, Fast training of convolutional networks through FFTs, ICLR 2014; "
              "Vasilache et al., Fast convolutional nets with fbfft, ICLR 2015",
              level=2, targets=frozenset({"x86"}), requires=("fold-constants",)),
+    PassInfo("sparse", Sparse,
+             "convs and dense layers whose constant weights are mostly zero (pruned) run as sparse operators: "
+             "1×1 / k×k convs as a direct sparse convolution (nonzero taps per output channel, pixels "
+             "vectorized), dense as compressed columns against gathered activations; per layer where the "
+             "sparsity reaches the crossover measured on this CPU; x86 and arm",
+             "Park et al., Faster CNNs with Direct Sparse Convolutions and Guided Pruning, ICLR 2017; "
+             "Elsen et al., Fast Sparse ConvNets, CVPR 2020",
+             level=2, targets=frozenset({"x86", "arm"}), requires=("fold-constants",), rtol=1e-5),
     PassInfo("binarize", Binarize,
              "binarized conv / dense (±1 weights, sign / where / STE activations) to bit-packed XNOR-popcount "
              "operators; BatchNorm + sign between binary convs fused into integer thresholds",

@@ -12,10 +12,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class PassReport:
-    """Rewrites a pass made (by kind) and the places it left alone, with the reason."""
+    """Rewrites a pass made (by kind), the places it left alone, with the reason, and rows about
+    single layers (``{"layer": ..., ...}``: the sparsity found, the channels removed)."""
 
     rewrites: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    layers: list[dict] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -29,7 +31,10 @@ class PassReport:
             self.notes.append(text)
 
     def to_json(self) -> dict:
-        return {"rewrites": dict(self.rewrites), "notes": list(self.notes)}
+        out = {"rewrites": dict(self.rewrites), "notes": list(self.notes)}
+        if self.layers:
+            out["layers"] = [dict(row) for row in self.layers]
+        return out
 
 
 @dataclass

@@ -42,7 +42,10 @@ def passes_report(manifest: dict) -> str:
                      f"{_si(b['macs'])} -> {_si(a['macs'])}", f"{p['seconds']:.2f}", kinds])
     text = table(["pass", "rewrites", "params", "MACs", "s", "what"], rows)
     notes = [f"  {p['name']}: {n}" for p in passes for n in p["notes"]]
-    return f"passes (-O{manifest['opt_level']}):\n{text}" + ("\nnotes:\n" + "\n".join(notes) if notes else "")
+    layers = [f"  {p['name']}: {row['layer']}: " + ", ".join(f"{k} {v}" for k, v in row.items() if k != "layer")
+              for p in passes for row in p.get("layers", [])]
+    return (f"passes (-O{manifest['opt_level']}):\n{text}" + ("\nnotes:\n" + "\n".join(notes) if notes else "")
+            + ("\nlayers:\n" + "\n".join(layers) if layers else ""))
 
 
 def verification_report(manifest: dict) -> str:

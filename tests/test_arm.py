@@ -140,3 +140,19 @@ def test_native_runner_reports_bad_input_files(tmp_path):
     runner = QemuRunner(reforge.compile(model, target="arm").library())
     with pytest.raises(ReforgeError, match=r"failed under qemu: run_vm: .*image.in"):
         runner.run([np.zeros((1, 3, 8, 4), "float32")])  # the module was built for 1x3x8x8
+
+
+def test_pruned_net_runs_sparse_kernels_on_aarch64():
+    """sparse at -O2 on arm: a net pruned 90 % by torch (l1_unstructured) runs its convs as the sparse kernel
+    under qemu, against onnxruntime on the same ONNX file (rtol 1e-5: the sparse kernels sum the same products)."""
+    from .passes.test_sparse import RTOL as SPARSE_RTOL
+    from .passes.test_sparse import onnxruntime, pruned_onnx
+
+    model = pruned_onnx(0.9, 0)
+    arm = reforge.compile(model, target="arm")
+    schedules = arm.manifest["build"]["schedules"]
+    assert arm.emulated and schedules.get("sparse_conv2d", 0) >= 1
+    x = np.random.default_rng(4).standard_normal((1, 3, 17, 19)).astype("float32")
+    (out,) = arm.run({"x": x}).values()
+    ref = onnxruntime(model, x)
+    assert np.abs(out - ref).max() <= SPARSE_RTOL * np.abs(ref).max()

@@ -69,10 +69,11 @@ def test_manifest_describes_the_module(saved):
     assert manifest["inputs"] == [{"name": "image.in", "shape": [1, 3, 8, 8], "dtype": "float32"}]
     assert manifest["outputs"] == [{"name": "y", "shape": [1, 4, 8, 8], "dtype": "float32"}]
     assert manifest["target"]["name"] == "x86" and manifest["target"]["tvm"]["kind"] == "llvm"
-    assert [p["name"] for p in manifest["passes"]] == ["remove-noops", "fold-constants", "fold-batchnorm",
+    assert [p["name"] for p in manifest["passes"]] == ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm",
                                                       "fold-channel-tile", "complex-conv", "merge-branches",
-                                                      "fuse-fplus", "fwht", "fft-conv", "binarize", "dead-code"]
-    fold = manifest["passes"][2]
+                                                      "fuse-fplus", "prune-channels", "fwht", "fft-conv", "sparse",
+                                                      "binarize", "dead-code"]
+    fold = next(p for p in manifest["passes"] if p["name"] == "fold-batchnorm")
     assert fold["rewrites"]["batchnorm as affine"] == 1 and "nn.batch_norm" not in fold["after"]["ops"]
     assert fold["before"]["macs"] == fold["after"]["macs"] == 4 * 8 * 8 * 3 * 9
     assert manifest["files"]["model.so"] == hashlib.sha256(members["model.so"]).hexdigest()

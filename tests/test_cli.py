@@ -54,8 +54,8 @@ def test_compile_verify_report(tmp_path, onnx_path, capsys):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["verification"]["passed"] is True
     assert [c["stage"] for c in report["verification"]["checks"]] == [
-        "import", "remove-noops", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv",
-        "merge-branches", "fuse-fplus", "fwht", "fft-conv", "binarize", "dead-code",
+        "import", "remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv",
+        "merge-branches", "fuse-fplus", "prune-channels", "fwht", "fft-conv", "sparse", "binarize", "dead-code",
         "final module"]
 
 
@@ -113,8 +113,9 @@ def test_opt_levels_and_pass_selection(tmp_path, onnx_path, capsys):
     for argv, expected in [(["-O0"], []),
                            (["-O0", "--enable-pass", "fold-batchnorm"], ["fold-constants", "fold-batchnorm"]),
                            (["--disable-pass", "remove-noops"],
-                            ["fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches",
-                             "fuse-fplus", "fwht", "fft-conv", "binarize", "dead-code"]),
+                            ["fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv",
+                             "merge-branches", "fuse-fplus", "prune-channels", "fwht", "fft-conv", "sparse", "binarize",
+                             "dead-code"]),
                            (["--passes", "dead-code"], ["dead-code"])]:
         code, _, err = cli(capsys, "compile", onnx_path, "-o", tmp_path / "m.tar", "--report", tmp_path / "r.json",
                            *argv)

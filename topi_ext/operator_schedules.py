@@ -11,13 +11,17 @@ from .op_kind import op_kind
 from .schedule_bitserial import schedule_op
 from .schedule_fft import default_mix_rows, schedule_mix_on
 from .schedule_wht import default_strip, schedule_wht_on
+from .sparse_conv import OP as SPARSE_CONV
+from .sparse_dense import OP as SPARSE_DENSE
 from .wht import OP as WHT
 
 # kind -> schedule(sch, lanes, knob=None); a knob (the tuner's sampler) replaces the default choice of
-# the bit-serial conv's register tile, the FFT mix's register rows, the WHT's strip width
+# the bit-serial conv's register tile, the FFT mix's register rows, the WHT's strip width; the sparse
+# operators are emitted scheduled (their loops over a row's nonzeros have data-dependent bounds)
 OPERATOR_SCHEDULES = {**{kind: schedule_op for kind in (CONV, DENSE, PACK, POOL)},
                       WHT: lambda sch, lanes, knob=None: schedule_wht_on(sch, lanes, knob or default_strip),
-                      MIX_OP: lambda sch, lanes, knob=None: schedule_mix_on(sch, lanes, knob or default_mix_rows)}
+                      MIX_OP: lambda sch, lanes, knob=None: schedule_mix_on(sch, lanes, knob or default_mix_rows),
+                      **{kind: lambda sch, lanes, knob=None: None for kind in (SPARSE_CONV, SPARSE_DENSE)}}
 
 
 def schedule_operator(func: tirx.PrimFunc, lanes: int) -> tuple[s_tir.Schedule, str] | None:

@@ -1,0 +1,132 @@
+"""sparse: a small CNN pruned by torch.nn.utils.prune (l1_unstructured, then prune.remove) and exported
+to ONNX runs its mostly-zero convs and dense layer as sparse operators at -O2, exact against
+onnxruntime (graph optimizations off): max|out − ref| / max|ref| <= 1e-5; the pass report names every
+layer with its sparsity and choice; layers below the measured crossover, grouped and dilated convs stay
+dense; on by default for x86 and arm only; the build report counts the sparse kernels."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper
+from torch import nn
+from torch.nn.utils import prune
+
+import reforge
+from reforge.passes import FoldConstants, Sparse, registry
+from reforge.passes.sparse import CROSSOVER
+
+from .conftest import max_rel_err, seed_of
+
+RTOL = 1e-5
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 20, 3, padding=1)
+        self.c2 = nn.Conv2d(20, 40, 1)
+        self.c3 = nn.Conv2d(40, 36, 3, stride=2, padding=1)
+        self.c4 = nn.Conv2d(36, 40, 1, stride=1)
+        self.fc = nn.Linear(40, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.c2(x))
+        x = torch.relu(self.c3(x))
+        x = torch.relu(self.c4(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def pruned_onnx(amount: float, seed: int) -> onnx.ModelProto:
+    torch.manual_seed(seed)
+    net = SmallNet().eval()
+    for layer in (net.c1, net.c2, net.c3, net.c4, net.fc):
+        prune.l1_unstructured(layer, "weight", amount=amount)
+        prune.remove(layer, "weight")
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.randn(1, 3, 17, 19),), buf, input_names=["x"], output_names=["y"], dynamo=False,
+                      opset_version=17)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def onnxruntime(model, x):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+
+
+def sparse_record(art) -> dict:
+    return next(p for p in art.manifest["passes"] if p["name"] == "sparse")
+
+
+def test_pruned_net_at_O2_matches_onnxruntime():
+    """90 % l1_unstructured: every conv and the dense layer sparse (>= every crossover). prune-channels is off
+    here, so every layer keeps exactly 90 % zeros; with it (the default) zero filters and the input slices
+    they leave unread are removed first, and what remains is still exact."""
+    model = pruned_onnx(0.9, 0)
+    x = np.random.default_rng(seed_of("sparse-net")).standard_normal((1, 3, 17, 19)).astype("float32")
+    pruned = reforge.compile(model)
+    assert next(p for p in pruned.manifest["passes"] if p["name"] == "prune-channels")["rewrites"]
+    assert sparse_record(pruned)["rewrites"] and pruned.manifest["build"]["schedules"]["sparse_conv2d"] >= 1
+    assert max_rel_err(list(pruned.run({"x": x}).values())[0], onnxruntime(model, x)) <= RTOL
+    art = reforge.compile(model, disable_passes=["prune-channels"])
+    record = sparse_record(art)
+    assert record["rewrites"] == {"conv kxk to sparse": 2, "conv 1x1 to sparse": 2, "dense to sparse": 1}
+    assert record["after"]["ops"].get("nn.conv2d", 0) == 0
+    schedules = art.manifest["build"]["schedules"]  # the build line counts the sparse kernels
+    assert schedules["sparse_conv2d"] == 4 and schedules["sparse_dense"] == 1
+    layers = [n for n in record["notes"] if "zeros -> sparse" in n]
+    assert len(layers) == 5 and all("90.0% zeros" in n for n in layers)  # every weight size a multiple of 10
+    assert max_rel_err(list(art.run({"x": x}).values())[0], onnxruntime(model, x)) <= RTOL
+    off = reforge.compile(model, disable_passes=["sparse"])
+    assert "sparse" not in [p["name"] for p in off.manifest["passes"]]
+
+
+def test_below_crossover_stays_dense():
+    """50 % pruned: under every measured crossover, so every layer stays dense and the report says so."""
+    assert min(CROSSOVER.values()) > 0.5
+    art = reforge.compile(pruned_onnx(0.5, 1))
+    record = sparse_record(art)
+    assert record["rewrites"] == {}
+    assert sum("50.0% zeros -> dense" in n for n in record["notes"]) == 5
+
+
+@pytest.mark.parametrize("kind", ["grouped", "dilated"])
+def test_grouped_and_dilated_convs_stay(kind, harness):
+    rng = np.random.default_rng(seed_of(kind))
+    w = rng.standard_normal((8, 4 if kind == "grouped" else 8, 3, 3)).astype("float32")
+    w[rng.random(w.shape) < 0.95] = 0
+    attrs = dict(group=2) if kind == "grouped" else dict(dilations=[2, 2])
+    model = harness.model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[2, 2, 2, 2], **attrs)],
+                          {"x": (1, 8, 12, 12)}, {"w": w})
+    res = harness.rewrite(model, FoldConstants, Sparse)
+    assert res.report.total == 0 and res.ops_after["nn.conv2d"] == 1
+
+
+def test_forced_on_odd_net_matches_onnxruntime(harness):
+    """min_sparsity 0: a 0 %-sparse conv and an all-zero one rewritten too, still exact."""
+    rng = np.random.default_rng(seed_of("forced"))
+    w1 = rng.standard_normal((5, 3, 3, 3)).astype("float32")
+    w2 = np.zeros((7, 5, 1, 1), "float32")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["y"])]
+    model = harness.model(nodes, {"x": (1, 3, 11, 9)}, {"w1": w1, "w2": w2, "b2": rng.standard_normal(7)
+                                                         .astype("float32")})
+    res = harness.rewrite(model, FoldConstants, lambda: Sparse(min_sparsity=0))
+    assert res.report.total == 2 and res.ops_after.get("nn.conv2d", 0) == 0
+    feeds = harness.random_feeds(res.imported, rng)
+    assert max_rel_err(harness.run(res.mod, res.imported, feeds)[0], harness.onnxruntime(model, feeds)[0]) <= RTOL
+
+
+def test_on_by_default_for_cpus_at_O2():
+    assert "sparse" in registry.select(2, "x86") and "sparse" in registry.select(2, "arm")
+    assert "sparse" not in registry.select(1, "x86") and "sparse" not in registry.select(2, "cuda")
