@@ -143,13 +143,13 @@ def test_native_runner_reports_bad_input_files(tmp_path):
 
 
 def test_pruned_net_runs_sparse_kernels_on_aarch64():
-    """sparse at -O2 on arm: a net pruned 90 % by torch (l1_unstructured) runs its convs as the sparse kernel
+    """sparse (enabled) on arm: a net pruned 90 % by torch (l1_unstructured) runs its convs as the sparse kernel
     under qemu, against onnxruntime on the same ONNX file (rtol 1e-5: the sparse kernels sum the same products)."""
     from .passes.test_sparse import RTOL as SPARSE_RTOL
     from .passes.test_sparse import onnxruntime, pruned_onnx
 
     model = pruned_onnx(0.9, 0)
-    arm = reforge.compile(model, target="arm")
+    arm = reforge.compile(model, target="arm", enable_passes=["sparse"])
     schedules = arm.manifest["build"]["schedules"]
     assert arm.emulated and schedules.get("sparse_conv2d", 0) >= 1
     x = np.random.default_rng(4).standard_normal((1, 3, 17, 19)).astype("float32")
