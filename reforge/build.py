@@ -19,6 +19,7 @@ from reforge.passes.reserved_copies import reserved_channels_as_copies
 from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
 from reforge.topi_ext.dense_packed import legalize_matmul
 from reforge.topi_ext.default_schedules import apply_default_schedules
+from reforge.topi_ext.fast_math import vectorizable_math_module
 from reforge.topi_ext.layouts import blocked_conv2d_layouts
 from reforge.topi_ext.schedule_fpga import apply_fpga_schedules
 from reforge.topi_ext.schedule_gpu import apply_gpu_schedules
@@ -90,7 +91,8 @@ def fuse(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRMo
     mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target.tvm_target))(mod)
     legalize = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d,
                                             "relax.matmul": legalize_matmul(target.vector_lanes())})
-    return tvm.transform.Sequential(_fusion())(_quiet(legalize, mod))
+    fused = tvm.transform.Sequential(_fusion())(_quiet(legalize, mod))
+    return vectorizable_math_module(fused)  # exp / sigmoid / erf as arithmetic, so their epilogues vectorize
 
 
 def _quiet(transform: tvm.transform.Pass, mod: tvm.IRModule) -> tvm.IRModule:

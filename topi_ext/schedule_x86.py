@@ -39,6 +39,7 @@ from tvm_ffi.structural import structural_visit
 
 from .conv2d_nchwc import BLOCK as CONV_NCHWC
 from .dense_packed import BLOCK as DENSE_PACKED, PANEL_VECTORS, panel_vector
+from .fast_math import VECTOR_INTRINSICS
 from .depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
 from .grouped_nchwc import BLOCK as GROUPED_NCHWC
 from .winograd_nchwc import GEMM as WINOGRAD_GEMM, INPUT as WINOGRAD_INPUT, OUTPUT as WINOGRAD_OUTPUT
@@ -136,14 +137,16 @@ def _inline_epilogue(sch: s_tir.Schedule, producer) -> None:
 
 
 def _arithmetic(sch: s_tir.Schedule, producer) -> bool:
-    """Whether every block downstream of ``producer`` is arithmetic: no calls (erf, sigmoid, exp)."""
+    """Whether every block downstream of ``producer`` is arithmetic: no calls (erf, sigmoid, exp) but the
+    elementwise intrinsics that vectorize (``fast_math.VECTOR_INTRINSICS``: exp / erf made arithmetic)."""
     calls, seen, todo = [], set(), list(sch.get_consumers(producer))
     while todo:
         block = todo.pop()
         if sch.get(block).name_hint in seen:
             continue
         seen.add(sch.get(block).name_hint)
-        structural_visit(sch.get(block).body, [(tvm.ir.Call, lambda call, _visitor: calls.append(call))])
+        structural_visit(sch.get(block).body, [(tvm.ir.Call, lambda call, _visitor: calls.append(call)
+                                                 if str(call.op.name) not in VECTOR_INTRINSICS else None)])
         todo += sch.get_consumers(block)
     return not calls
 

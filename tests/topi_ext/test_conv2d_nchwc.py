@@ -12,6 +12,7 @@ from tvm import te, topi
 
 from reforge.targets import get_target
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
+from reforge.topi_ext.fast_math import vectorizable_math
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, channel_block
 from reforge.topi_ext.schedule_x86 import (PAD_PARALLEL_MIN_WORK, default_conv_reduction, default_conv_tiles,
                                             schedule_func)
@@ -103,30 +104,36 @@ def test_a_shifted_crop_stays_out_of_the_tiles(cin, cout, size, k, crop):
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
-EPILOGUES = {  # activations that read the conv's output twice, their PyTorch twins, whether they join the tile
+EPILOGUES = {  # activations after the conv, their PyTorch twins, whether they join the tile
     "hardswish": (lambda y: y * topi.minimum(topi.maximum(y + 3.0, 0.0), 6.0) / 6.0, torch.nn.functional.hardswish,
                   True),
     "squared-relu": (lambda y: y * topi.maximum(y, 0.0), lambda y: y * torch.relu(y), True),
-    "silu": (lambda y: y * topi.sigmoid(y), torch.nn.functional.silu, False),  # a call: its own pass
-    "gelu": (lambda y: y * (topi.erf(y / np.sqrt(2.0)) + 1.0) * 0.5, torch.nn.functional.gelu, False),
+    "silu": (lambda y: y * topi.sigmoid(y), torch.nn.functional.silu, True),  # exp as arithmetic (fast_math)
+    "gelu": (lambda y: y * (topi.erf(y / np.sqrt(2.0)) + 1.0) * 0.5, torch.nn.functional.gelu, True),
+    "sigmoid": (topi.sigmoid, torch.sigmoid, True),
+    "gelu-libm": (lambda y: y * (topi.erf(y / np.sqrt(2.0)) + 1.0) * 0.5, torch.nn.functional.gelu, False),
 }
 
 
 @pytest.mark.parametrize("name", EPILOGUES)
 def test_an_epilogue_reading_the_conv_twice(name):
-    """x · f(x) after conv + bias: arithmetic steps (hardswish) are inlined into the write-back of the
-    register tile (no block of their own, which would be a pass over the output in memory); all match
-    PyTorch."""
+    """x · f(x) after conv + bias: arithmetic steps (hardswish, and exp / erf made arithmetic by fast_math as the
+    build does) are inlined into the write-back of the register tile (no block of their own, which would be a
+    pass over the output in memory) and vectorized there; a math-library call (``-libm``: erf left as a call)
+    keeps its own passes; all match PyTorch."""
     target, (epilogue, twin, in_tile) = get_target("x86"), EPILOGUES[name]
     data = te.placeholder((1, 2, 14, 14, 8), name="data")
     kernel = te.placeholder((4, 2, 3, 3, 8, 8), name="kernel")
     bias = te.placeholder((1, 4, 1, 1, 8), name="bias")
     out = epilogue(conv2d_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1), "float32") + bias)
-    func, rule = schedule_func(te.create_prim_func([data, kernel, bias, out]), 8)
+    func = te.create_prim_func([data, kernel, bias, out])
+    func, rule = schedule_func(func if name.endswith("-libm") else vectorizable_math(func), 8)
     assert rule == "conv2d_nchwc"
     blocks = set(re.findall(r'T\.sblock\("(\w+)"\)', func.script()))
     tile = {"root", "data_pad", "conv2d_nchwc_init", "conv2d_nchwc_update", "conv2d_nchwc_local"}
     assert (blocks == tile) == in_tile, blocks
+    if in_tile:  # the write-back (with the activation) runs over the channel lane as a vector
+        assert re.search(r"for \w+ in T\.vectorized\(8\):\n.*T\.sblock\(\"conv2d_nchwc_local\"\)", func.script())
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal((1, 16, 14, 14)).astype("float32"), rng.standard_normal((32, 16, 3, 3)).astype("float32")
     b = rng.standard_normal(32).astype("float32")

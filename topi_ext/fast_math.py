@@ -1,0 +1,110 @@
+"""Vectorizable float32 exp, sigmoid and erf for the CPU path, in place of the math library's calls.
+
+LLVM lowers ``tirx.exp`` / ``tirx.erf`` / ``tirx.sigmoid`` of a vector to one scalar ``expf`` / ``erff`` call per
+lane, so a fused conv epilogue with SiLU, a sigmoid gate or GELU runs scalar. Here each call of a float32
+function becomes arithmetic (plus integer shifts and a bit reinterpretation) that vectorizes:
+
+- ``exp(x)`` by range reduction: ``k = round(x / ln 2)``, ``r = x - k ln 2`` (Cody-Waite, two constants),
+  ``e^r`` by Cephes' degree-7 polynomial on [-ln 2 / 2, ln 2 / 2], scaled by ``2^k`` built from exponent bits
+  as ``2^(k // 2) · 2^(k - k // 2)`` so that subnormal results (x down to -104) and overflow to inf (x from
+  89 on) come out as IEEE arithmetic gives them; nan stays nan.
+- ``sigmoid(x) = 1 / (1 + exp(-x))``: 0 for large negative x (exp(-x) = inf), 1 for large positive x.
+- ``erf(x)``: the odd rational approximation p(x) / q(x) of degree 13 / 8 on [-4, 4] (Eigen's, also TVM's
+  ``fast_erf``); |x| ≥ 4 gives ±1, as erf rounds to in float32; nan stays nan.
+
+The accuracy of each against numpy / ``math.erf`` over the whole float range is in
+``tests/topi_ext/test_fast_math.py``. Other dtypes keep their calls.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import tirx
+from tvm_ffi.structural import structural_map
+
+F32 = "float32"
+LOG2E = 1.44269504088896341
+LN2_HI = 0.693359375  # ln 2 = LN2_HI + LN2_LO, LN2_HI with few mantissa bits so k · LN2_HI is exact
+LN2_LO = -2.12194440e-4
+EXP_MIN = -104.0  # below it exp is under half the smallest subnormal: 0
+EXP_MAX = 89.0  # above ln(FLT_MAX) = 88.72: the scaling overflows to inf
+EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+ERF_MAX = 4.0
+ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
+         -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)  # x^13 ... x^1, odd
+ERF_Q = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03, -7.37332916720468e-03,
+         -1.42647390514189e-02)  # x^8 ... x^0, even
+
+
+def _f(value: float) -> tirx.FloatImm:
+    return tirx.const(value, F32)
+
+
+def _horner(x, coefficients):
+    """Σ c_i x^(n - i) for coefficients c_0 .. c_n (highest power first)."""
+    acc = _f(coefficients[0])
+    for c in coefficients[1:]:
+        acc = acc * x + _f(c)
+    return acc
+
+
+def _let(value, body, dtype: str = F32):
+    """``body(v)`` with ``v`` bound to ``value`` once (the approximations read their argument several times)."""
+    var = tirx.Var("v", dtype)
+    return tirx.Let(var, value, body(var))
+
+
+def _pow2(n):
+    """2^n as float32 for an int32 n in [-126, 127]: the exponent field n + 127."""
+    return tirx.reinterpret(F32, tirx.shift_left(n + 127, 23))
+
+
+def exp_f32(x):
+    """e^x for a float32 expression, vectorizable (see the module docstring)."""
+    def body(v):
+        xc = tirx.max(tirx.min(v, _f(EXP_MAX)), _f(EXP_MIN))
+        return _let(tirx.floor(xc * _f(LOG2E) + _f(0.5)), lambda k: _let(
+            xc - k * _f(LN2_HI) - k * _f(LN2_LO), lambda r: _let(
+                k.astype("int32"), dtype="int32", body=lambda ki: tirx.Select(
+                    tirx.isnan(v), v,
+                    (_horner(r, EXP_POLY) * r * r + r + _f(1.0)) * _pow2(tirx.shift_right(ki, 1))
+                    * _pow2(ki - tirx.shift_right(ki, 1))))))
+    return _let(x, body)
+
+
+def sigmoid_f32(x):
+    """1 / (1 + e^-x), vectorizable."""
+    return _f(1.0) / (_f(1.0) + exp_f32(-x))
+
+
+def erf_f32(x):
+    """erf(x) for a float32 expression, vectorizable (see the module docstring)."""
+    def body(v):
+        return _let(tirx.max(tirx.min(v, _f(ERF_MAX)), _f(-ERF_MAX)), lambda c: _let(c * c, lambda c2: tirx.Select(
+            tirx.isnan(v), v, c * (_horner(c2, ERF_P) / _horner(c2, ERF_Q)))))
+    return _let(x, body)
+
+
+VECTOR_INTRINSICS = frozenset({"tirx.isnan", "tirx.reinterpret", "tirx.shift_left", "tirx.shift_right",
+                               "tirx.floor"})  # the calls the approximations make: each one vector instruction
+REPLACEMENTS = {"tirx.exp": exp_f32, "tirx.sigmoid": sigmoid_f32, "tirx.erf": erf_f32}
+
+
+def _replace(call):
+    if not isinstance(call.op, tvm.ir.Op) or str(call.ty) != F32:
+        return call
+    approx = REPLACEMENTS.get(call.op.name)
+    return call if approx is None else approx(call.args[0])
+
+
+def vectorizable_math(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with its float32 exp / sigmoid / erf calls replaced by the arithmetic above."""
+    return structural_map(func, [(tvm.ir.Call, _replace)])
+
+
+def vectorizable_math_module(mod: tvm.IRModule) -> tvm.IRModule:
+    """:func:`vectorizable_math` on every PrimFunc of ``mod``."""
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, tirx.PrimFunc):
+            mod.update_func(gv, vectorizable_math(func))
+    return mod
