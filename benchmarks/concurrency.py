@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import reforge  # noqa: E402
-from benchmarks.results import write_table  # noqa: E402
+from benchmarks.results import publish  # noqa: E402
 from reforge.threads import default_threads  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,9 +122,7 @@ def main() -> None:
     note = (f"{args.rounds} rounds of {args.seconds:g} s per configuration, interleaved; median calls/s. "
             "One loaded artifact (one onnxruntime session) shared by every caller. calls/CPU-s: calls per second of "
             "this process's CPU time (all its threads), the cost of a call whatever else runs. " + args.note)
-    path = write_table("concurrency", "throughput of concurrent callers", "\n".join(rows), note)
-    print("\n".join(rows))
-    print(f"wrote {path}")
+    publish("concurrency", "throughput of concurrent callers", "\n".join(rows), note)
 
 
 if __name__ == "__main__":

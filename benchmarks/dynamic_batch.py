@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.imagenet_shapes import ResNet18  # noqa: E402
-from benchmarks.results import markdown_table, write_table  # noqa: E402
+from benchmarks.results import markdown_table, publish  # noqa: E402
 import reforge  # noqa: E402
 from reforge.bench import set_threads  # noqa: E402
 from tests.zoo import randomize_batchnorm  # noqa: E402
@@ -114,9 +114,7 @@ def main() -> None:
             f"time. Batch 1, CPU time of the --max-batch artifact / the static artifact: {one:.3f}. Compile: "
             f"--max-batch {args.max_batch} {bucketed_s:.0f} s (buckets {', '.join(map(str, bucketed.batch.buckets))}), "
             f"static {static_s:.0f} s. " + args.note)
-    print(note)
-    print(table)
-    print(f"wrote {write_table('dynamic_batch', 'batch buckets against onnxruntime', table, note)}")
+    publish("dynamic_batch", "batch buckets against onnxruntime", table, note)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--note", default="", help="a line on the conditions, e.g. other load on the machine")
     args = parser.parse_args()
     set_threads(args.threads)
     rows = []
@@ -154,8 +155,8 @@ def main() -> None:
                             "reforge, residual kept", "onnxruntime (same file)", "pruned / unpruned",
                             "MACs kept by prune-channels", "sparse kernels"], rows)
     note = (f"ms, median of {args.repeat} runs, the runtimes taking turns; in brackets time / reforge pruned; "
-            f"{args.threads} thread(s); untuned; a shared machine loaded by other sessions. MACs kept: after / "
-            f"before prune-channels (for rm-resnet18-ln0 after remove-residual, whose reserved channels add MACs)")
+            f"{args.threads} thread(s); untuned. MACs kept: after / before prune-channels (for rm-resnet18-ln0 after "
+            f"remove-residual, whose reserved channels add MACs). {args.note}").strip()
     print(write_table("sparse", f"Pruned networks at 1x3x224x224, {args.threads} thread(s)", table, note))
 
 

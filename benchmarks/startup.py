@@ -23,7 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.results import write_table  # noqa: E402
+from benchmarks.results import publish  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "examples", "smallcnn.onnx")
@@ -81,9 +81,7 @@ def main() -> None:
     note = (f"Median of {args.rounds} rounds, the commands interleaved; each a fresh interpreter. `reforge run` "
             "loads the artifact with tvm-ffi and libtvm_runtime alone (no torch, onnx, onnxruntime nor TVM's "
             "compiler); the 'step' rows add one stage each. " + args.note)
-    path = write_table("startup", "reforge run start-up against onnxruntime (demo model)", "\n".join(rows), note)
-    print("\n".join(rows))
-    print(f"wrote {path}")
+    publish("startup", "reforge run start-up against onnxruntime (demo model)", "\n".join(rows), note)
 
 
 if __name__ == "__main__":
