@@ -88,7 +88,8 @@ def fuse(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRMo
     mod, report.layout = blocked_layout(mod, target.vector_lanes())
     mod = fplus_in_blocked_layout(mod)  # fplus reads the blocked conv, to fuse into its epilogue
     mod = pack_in_blocked_layout(mod)  # a bit pack reads the blocked conv, not an NCHW copy of it
-    mod = sparse_in_blocked_layout(mod, target.vector_lanes())  # sparse convs read and write NCHW[x]c
+    if report.layout.startswith(f"NCHW{target.vector_lanes()}c"):  # sparse convs read and write NCHW[x]c too
+        mod = sparse_in_blocked_layout(mod, target.vector_lanes())
     report.layout_transforms = ops_histogram(mod)["layout_transform"]
     mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target.tvm_target))(mod)
     legalize = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d,
