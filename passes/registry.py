@@ -131,13 +131,14 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              level=2, targets=frozenset({"x86"}), requires=("fold-constants",)),
     PassInfo("sparse", Sparse,
              "convs and dense layers whose constant weights are mostly zero (pruned) run as sparse operators: "
-             "1×1 / k×k convs as a direct sparse convolution (nonzero taps per output channel, pixels "
-             "vectorized), dense as compressed columns against gathered activations; per layer where the "
-             "sparsity reaches the crossover measured on this CPU; x86 and arm; on request (--enable-pass sparse): "
-             "its kernels read NCHW, which costs a blocked-layout network two layout transforms per sparse layer",
+             "1×1 / k×k convs as a direct sparse convolution in the blocked layout (nonzero taps per output "
+             "channel, pixels vectorized, bias / ReLU / residual add fused), dense as compressed columns against "
+             "gathered activations; per layer where the sparsity reaches the crossover measured on this CPU, or "
+             "where `reforge tune` measured sparse faster; a no-op on a dense network; on by default for x86, "
+             "on request for arm",
              "Park et al., Faster CNNs with Direct Sparse Convolutions and Guided Pruning, ICLR 2017; "
              "Elsen et al., Fast Sparse ConvNets, CVPR 2020",
-             level=None, targets=frozenset({"x86", "arm"}), requires=("fold-constants",), rtol=1e-5),
+             level=2, targets=frozenset({"x86"}), requires=("fold-constants",), rtol=1e-5),
     PassInfo("binarize", Binarize,
              "binarized conv / dense (±1 weights, sign / where / STE activations) to bit-packed XNOR-popcount "
              "operators; BatchNorm + sign between binary convs fused into integer thresholds",

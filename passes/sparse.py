@@ -1,6 +1,7 @@
 """sparse: convs and dense layers whose constant weights are mostly zero run as sparse operators
-(:mod:`reforge.topi_ext.sparse_conv`, the direct sparse conv, 1×1 included; :mod:`reforge.topi_ext.sparse_dense`,
-``x @ W`` over W's compressed columns). Exact: the same products, summed in another order.
+(:mod:`reforge.topi_ext.sparse_nchwc`, the direct sparse conv, 1×1 included, with its epilogue;
+:mod:`reforge.topi_ext.sparse_dense`, ``x @ W`` over W's compressed columns). Exact: the same products,
+summed in another order.
 
 Rewritten: ``relax.nn.conv2d`` with a constant float32 weight, NCHW / OIHW, groups 1, dilation 1,
 static shapes, and ``relax.matmul`` of a float32 tensor by a constant 2-D float32 weight, where the
@@ -9,10 +10,16 @@ benchmarks/sparse.py: the sparsity from which the sparse operator beats reforge'
 Where ``reforge tune`` measured a layer (its records' ``sparse`` choices,
 ``autotune/sparse_choice.py``), the faster way as measured. The report names each layer with its
 sparsity and what was done with it.
+
+A sparse conv takes in the bias add, ReLU and residual add that follow it (each read only by the next),
+as the dense conv's fused epilogue does. The pass emits it in NCHW; the x86 / arm build
+(:func:`sparse_in_blocked_layout`) re-emits it for the channel blocks of the layout it chose, so a sparse
+layer reads and writes its neighbours' NCHW[x]c tensors with no layout transform.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -20,14 +27,16 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from reforge.topi_ext import sparse_conv, sparse_dense
+from reforge.topi_ext import sparse_conv, sparse_dense, sparse_nchwc
+from reforge.topi_ext.layouts import MIN_BLOCK, channel_block
 
-from .graph import cleanup, const_value, is_const, mutate_functions, op_name, tensor_dtype, tensor_shape
+from .graph import (callee_attr, cleanup, const_value, is_const, mutate_functions, op_name, tensor_dtype, tensor_shape,
+                    use_counts)
 from .report import PassReport
 
-# the sparsity (fraction of zero weights) from which the sparse operator beat reforge's dense kernel
-# in benchmarks/sparse.py (1 thread, batch 1; docs/sparse.md): 1×1 convs, k×k convs, dense layers
-CROSSOVER = {"conv 1x1": 0.7, "conv kxk": 0.9, "dense": 0.9}
+# the sparsity (fraction of zero weights) from which the sparse operator beat reforge's dense kernel on
+# every layer shape of benchmarks/sparse.py (1 thread, batch 1; docs/sparse.md): 1×1 convs, k×k convs, dense
+CROSSOVER = {"conv 1x1": 0.8, "conv kxk": 0.9, "dense": 0.9}
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,8 @@ class Sparse:
         self.min_sparsity, self.measured = min_sparsity, dict(measured or {})
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return cleanup(mutate_functions(mod, lambda m, _f: _Rewrite(m, self.report, self._decide)))
+        return _without_unused_kernels(cleanup(mutate_functions(mod, lambda m, f: _Rewrite(m, f, self.report,
+                                                                                           self._decide))))
 
     def _decide(self, layer: Layer) -> bool:
         if layer.key in self.measured:
@@ -89,19 +99,24 @@ def eligible_layers(mod: tvm.IRModule) -> list[Layer]:
         found.setdefault(layer.key, layer)
         return False
 
-    mutate_functions(mod, lambda m, _f: _Rewrite(m, PassReport(), collect))
+    mutate_functions(mod, lambda m, f: _Rewrite(m, f, PassReport(), collect))
     return list(found.values())
 
 
 @relax.expr_functor.mutator
 class _Rewrite(relax.PyExprMutator):
-    def __init__(self, mod, report: PassReport, decide: Callable[[Layer], bool]):
+    def __init__(self, mod, func, report: PassReport, decide: Callable[[Layer], bool]):
         super().__init__(mod)
-        self.report, self.decide = report, decide
+        self.report, self.decide, self.uses = report, decide, use_counts(func)
+        self.convs: dict[relax.Var, tuple] = {}  # emitted sparse conv -> (spec, x, taps, bias, residual)
 
     def visit_call_(self, call):
+        original = call
         call = self.visit_expr_post_order(call)
         name = op_name(call)
+        fused = self._epilogue(original, call, name)
+        if fused is not None:
+            return fused
         if name not in ("relax.nn.conv2d", "relax.matmul") or len(call.args) != 2:
             return call
         x, w = call.args
@@ -116,7 +131,48 @@ class _Rewrite(relax.PyExprMutator):
             return call
         if layer.kind == "dense":
             return sparse_dense.emit_sparse_dense(self.builder_, x, weight)
-        return sparse_conv.emit_sparse_conv2d(self.builder_, x, weight, layer.strides, layer.padding)
+        g = sparse_conv.geometry(layer.x_shape, weight.shape, layer.strides, layer.padding)
+        spec = sparse_nchwc.spec(g, int(np.count_nonzero(weight)))
+        return self._emit(spec, x, sparse_nchwc.taps(weight, spec), None, None)
+
+    def _emit(self, spec, x, taps, bias, res):
+        y = sparse_nchwc.emit(self.builder_, spec, sparse_nchwc.arguments(spec, x, taps, bias, res))
+        self.convs[y] = (spec, x, taps, bias, res)
+        return y
+
+    def _epilogue(self, original, call, name):
+        """A bias add, ReLU or residual add whose operand is an emitted sparse conv read only here: the
+        conv again with that step in its epilogue; else None."""
+        if name not in ("relax.add", "relax.nn.relu") or tensor_dtype(call) != "float32":
+            return None
+        for i, arg in enumerate(call.args[:1] if name == "relax.nn.relu" else call.args):
+            while isinstance(arg, relax.Var) and arg not in self.convs \
+                    and isinstance(self.lookup_binding(arg), relax.Var):  # the binding of an emitted conv
+                arg = self.lookup_binding(arg)
+            if arg in self.convs and self.uses[original.args[i]] == 1:
+                step = self._step(self.convs[arg][0], arg, None if name == "relax.nn.relu" else call.args[1 - i])
+                if step is not None:
+                    spec, x, taps, bias, res = self.convs[arg]
+                    if step == "bias":
+                        bias = relax.const(const_value(call.args[1 - i]).reshape(-1))
+                    elif step == "add":
+                        res = call.args[1 - i]
+                    self.report.count(f"{step} fused into a sparse conv")
+                    return self._emit(dataclasses.replace(spec, epilogue=spec.epilogue + (step,)), x, taps, bias, res)
+        return None
+
+    @staticmethod
+    def _step(spec, conv, other) -> str | None:
+        """The epilogue step of ReLU (``other`` None) or of adding ``other`` to ``conv``: a per-channel
+        constant first of all is the bias, a tensor of the conv's shape the residual (once)."""
+        if other is None:
+            return "relu"
+        vec = const_value(other) if is_const(other) else None
+        if vec is not None:
+            fits = vec.dtype == "float32" and vec.shape in ((1, spec.o, 1, 1), (spec.o, 1, 1))
+            return "bias" if fits and not spec.epilogue else None
+        fits = tensor_shape(other) == tensor_shape(conv) and tensor_dtype(other) == "float32"
+        return "add" if fits and "add" not in spec.epilogue else None
 
     @staticmethod
     def _dense(x, weight) -> Layer | None:
@@ -134,3 +190,91 @@ class _Rewrite(relax.PyExprMutator):
                                  [int(p) for p in a["padding"]])
         return Layer("conv 1x1" if (g.kh, g.kw) == (1, 1) else "conv kxk", tensor_shape(x), weight, g.strides,
                      g.padding)
+
+
+def sparse_in_blocked_layout(mod: tvm.IRModule, lanes: int) -> tvm.IRModule:
+    """After the x86 / arm build's blocked conv layouts: each sparse conv, emitted in NCHW, re-emitted for
+    NCHW[ib]c in, NCHW[ob]c out (the blocks a dense conv of its channels takes,
+    :func:`reforge.topi_ext.layouts.channel_block`); the layout transforms ConvertLayout put around it
+    then meet their inverses and cancel, so it reads its blocked producer and residual directly and its
+    blocked consumers read it."""
+    if not any(f.attrs is not None and f.attrs.get("reforge.op") == sparse_nchwc.OP for _, f in mod.functions_items()):
+        return mod
+    return _without_unused_kernels(cleanup(mutate_functions(mod, lambda m, _f: _Blocked(m, lanes))))
+
+
+def _without_unused_kernels(mod: tvm.IRModule) -> tvm.IRModule:
+    """Drop the sparse conv kernels no Relax function calls any more (those a fused epilogue or the blocked
+    layout replaced; DeadCodeElimination keeps them, as they carry a global symbol)."""
+    used = {gv for _, f in mod.functions_items() if isinstance(f, relax.Function)
+            for gv in relax.analysis.all_global_vars(f)}
+    for gv, f in list(mod.functions_items()):
+        if gv not in used and f.attrs is not None and f.attrs.get("reforge.op") == sparse_nchwc.OP:
+            del mod[gv]
+    return mod
+
+
+def _blocking(b: int):
+    return lambda n, c, h, w: (n, c // b, h, w, c % b)
+
+
+def _unblocking(b: int):
+    return lambda n, cb, h, w, cl: (n, cb * b + cl, h, w)
+
+
+def _inverse(outer, inner, shape: tuple[int, ...]) -> bool:
+    """Whether index map ``outer`` undoes ``inner`` on a tensor of ``shape`` (checked at its corners and
+    a middle point; both are NCHW <-> NCHW[b]c maps here)."""
+    points = [tuple(0 for _ in shape), tuple(d - 1 for d in shape), tuple(d // 2 for d in shape),
+              tuple(min(d - 1, 1 + i) for i, d in enumerate(shape))]
+    for p in points:
+        back = outer.map_indices(inner.map_indices([tvm.tirx.IntImm("int64", v) for v in p]))
+        if tuple(int(v) for v in back) != p:
+            return False
+    return True
+
+
+@relax.expr_functor.mutator
+class _Blocked(relax.PyExprMutator):
+    def __init__(self, mod, lanes: int):
+        super().__init__(mod)
+        self.lanes = lanes
+        self.blocked: dict[tuple[relax.Expr, int], relax.Expr] = {}  # (NCHW tensor, block) -> blocked once
+
+    def _block(self, x, b: int):
+        """``x`` in NCHW[b]c: the tensor ConvertLayout's transform of ``x`` undoes, else a transform (one per
+        tensor: a residual block's input is read by its conv and its add)."""
+        if (x, b) not in self.blocked:
+            index_map = tvm.tirx.IndexMap.from_func(_blocking(b), index_dtype="int64")
+            value = self.lookup_binding(x) if isinstance(x, relax.Var) else None
+            if op_name(value) == "relax.layout_transform" \
+                    and _inverse(index_map, value.attrs.index_map, tensor_shape(value.args[0])):
+                self.blocked[x, b] = value.args[0]
+            else:
+                self.blocked[x, b] = self.builder_.emit(relax.op.layout_transform(x, index_map))
+        return self.blocked[x, b]
+
+    def visit_call_(self, call):
+        call = self.visit_expr_post_order(call)
+        if op_name(call) == "relax.layout_transform":  # the consumer's block of a sparse conv's output
+            value = self.lookup_binding(call.args[0]) if isinstance(call.args[0], relax.Var) else None
+            if op_name(value) == "relax.layout_transform" \
+                    and callee_attr(self.builder_.get(), self.lookup_binding(value.args[0]), "reforge.op") \
+                    == sparse_nchwc.OP and _inverse(call.attrs.index_map, value.attrs.index_map,
+                                                     tensor_shape(value.args[0])):
+                return value.args[0]
+            return call
+        text = callee_attr(self.builder_.get(), call, sparse_nchwc.SPEC_ATTR)
+        if text is None:
+            return call
+        spec = sparse_nchwc.Spec.from_json(str(text))
+        ib, ob = channel_block(spec.c, self.lanes), channel_block(spec.o, self.lanes)
+        if ob < MIN_BLOCK or (spec.ib, spec.ob) != (1, 1):
+            return call
+        blocked = dataclasses.replace(spec, ib=ib, ob=ob)
+        args = list(call.args[1].fields)
+        args[0] = self._block(args[0], ib)
+        if "add" in spec.epilogue:
+            args[-1] = self._block(args[-1], ob)
+        y = sparse_nchwc.emit(self.builder_, blocked, args)
+        return relax.op.layout_transform(y, tvm.tirx.IndexMap.from_func(_unblocking(ob), index_dtype="int64"))

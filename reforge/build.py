@@ -16,6 +16,7 @@ from reforge.passes.blocked_pack import pack_in_blocked_layout
 from reforge.passes.fuse_fplus import fplus_in_blocked_layout
 from reforge.passes.graph import mutate_functions, op_name, ops_histogram
 from reforge.passes.reserved_copies import reserved_channels_as_copies
+from reforge.passes.sparse import sparse_in_blocked_layout
 from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
 from reforge.topi_ext.dense_packed import legalize_matmul
 from reforge.topi_ext.default_schedules import apply_default_schedules
@@ -87,6 +88,8 @@ def fuse(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRMo
     mod, report.layout = blocked_layout(mod, target.vector_lanes())
     mod = fplus_in_blocked_layout(mod)  # fplus reads the blocked conv, to fuse into its epilogue
     mod = pack_in_blocked_layout(mod)  # a bit pack reads the blocked conv, not an NCHW copy of it
+    if report.layout.startswith(f"NCHW{target.vector_lanes()}c"):  # sparse convs read and write NCHW[x]c too
+        mod = sparse_in_blocked_layout(mod, target.vector_lanes())
     report.layout_transforms = ops_histogram(mod)["layout_transform"]
     mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target.tvm_target))(mod)
     legalize = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d,

@@ -151,7 +151,7 @@ def test_pruned_net_runs_sparse_kernels_on_aarch64():
     model = pruned_onnx(0.9, 0)
     arm = reforge.compile(model, target="arm", enable_passes=["sparse"])
     schedules = arm.manifest["build"]["schedules"]
-    assert arm.emulated and schedules.get("sparse_conv2d", 0) >= 1
+    assert arm.emulated and schedules.get("sparse_conv2d_nchwc", 0) >= 1
     x = np.random.default_rng(4).standard_normal((1, 3, 17, 19)).astype("float32")
     (out,) = arm.run({"x": x}).values()
     ref = onnxruntime(model, x)

@@ -11,7 +11,7 @@ from .op_kind import op_kind
 from .schedule_bitserial import schedule_op
 from .schedule_fft import default_mix_rows, schedule_mix_on
 from .schedule_wht import default_strip, schedule_wht_on
-from .sparse_conv import OP as SPARSE_CONV
+from .sparse_nchwc import OP as SPARSE_CONV
 from .sparse_dense import OP as SPARSE_DENSE
 from .wht import OP as WHT
 

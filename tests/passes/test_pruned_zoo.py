@@ -108,11 +108,11 @@ def test_pruned_zoo_exact_with_live_channels(net_name: str, method: str, amount:
 @pytest.mark.parametrize("net_name", list(NETS))
 @pytest.mark.parametrize("method", ["l1_unstructured", "global_unstructured"])
 def test_pruned_zoo_compiled_at_O2(net_name: str, method: str):
-    """The whole -O2 pipeline for x86 on 90 % unstructured pruning with sparse enabled (prune-channels, then
+    """The whole -O2 pipeline for x86 on 90 % unstructured pruning (prune-channels, then
     the sparse pass where a layer reaches its crossover), built with reforge's schedules, against onnxruntime."""
     _, model, x, ref = pruned_case(net_name, method, 0.9)
-    art = reforge.compile(model, target="x86", enable_passes=["sparse"])
+    art = reforge.compile(model, target="x86")
     assert max_rel_err(list(art.run({"x": x}).values())[0], ref) <= RTOL
     sparse = next(p for p in art.manifest["passes"] if p["name"] == "sparse")
     schedules = art.manifest["build"]["schedules"]
-    assert sparse["rewrites"] and schedules.get("sparse_conv2d", 0) + schedules.get("sparse_dense", 0) >= 1
+    assert sparse["rewrites"] and schedules.get("sparse_conv2d_nchwc", 0) + schedules.get("sparse_dense", 0) >= 1

@@ -2,7 +2,7 @@
 to ONNX runs its mostly-zero convs and dense layer as sparse operators at -O2, exact against
 onnxruntime (graph optimizations off): max|out − ref| / max|ref| <= 1e-5; the pass report names every
 layer with its sparsity and choice; layers below the measured crossover, grouped and dilated convs stay
-dense; on by default for x86 and arm only; the build report counts the sparse kernels."""
+dense; on by default at -O2 for x86 only (on request for arm); the build report counts the sparse kernels."""
 
 from __future__ import annotations
 
@@ -68,34 +68,35 @@ def sparse_record(art) -> dict:
 
 
 def test_pruned_net_at_O2_matches_onnxruntime():
-    """90 % l1_unstructured, sparse enabled: every conv and the dense layer sparse (>= every crossover).
-    prune-channels is off here, so every layer keeps exactly 90 % zeros; with it (the default) zero filters
-    and the input slices they leave unread are removed first, and what remains is still exact. sparse is
-    on request, so the default build keeps every layer dense."""
+    """90 % l1_unstructured, -O2: every conv and the dense layer sparse (>= every crossover), each conv's
+    bias and ReLU in its epilogue. prune-channels is off here, so every layer keeps exactly 90 % zeros;
+    with it (the default) zero filters and the input slices they leave unread are removed first, and what
+    remains is still exact."""
     model = pruned_onnx(0.9, 0)
     x = np.random.default_rng(seed_of("sparse-net")).standard_normal((1, 3, 17, 19)).astype("float32")
-    pruned = reforge.compile(model, enable_passes=["sparse"])
+    pruned = reforge.compile(model)
     assert next(p for p in pruned.manifest["passes"] if p["name"] == "prune-channels")["rewrites"]
-    assert sparse_record(pruned)["rewrites"] and pruned.manifest["build"]["schedules"]["sparse_conv2d"] >= 1
+    assert sparse_record(pruned)["rewrites"] and pruned.manifest["build"]["schedules"]["sparse_conv2d_nchwc"] >= 1
     assert max_rel_err(list(pruned.run({"x": x}).values())[0], onnxruntime(model, x)) <= RTOL
-    art = reforge.compile(model, enable_passes=["sparse"], disable_passes=["prune-channels"])
+    art = reforge.compile(model, disable_passes=["prune-channels"])
     record = sparse_record(art)
-    assert record["rewrites"] == {"conv kxk to sparse": 2, "conv 1x1 to sparse": 2, "dense to sparse": 1}
+    assert record["rewrites"] == {"conv kxk to sparse": 2, "conv 1x1 to sparse": 2, "dense to sparse": 1,
+                                  "bias fused into a sparse conv": 4, "relu fused into a sparse conv": 4}
     assert record["after"]["ops"].get("nn.conv2d", 0) == 0
     schedules = art.manifest["build"]["schedules"]  # the build line counts the sparse kernels
-    assert schedules["sparse_conv2d"] == 4 and schedules["sparse_dense"] == 1
+    assert schedules["sparse_conv2d_nchwc"] == 4 and schedules["sparse_dense"] == 1
     layers = [n for n in record["notes"] if "zeros -> sparse" in n]
     assert len(layers) == 5 and all("90.0% zeros" in n for n in layers)  # every weight size a multiple of 10
     assert max_rel_err(list(art.run({"x": x}).values())[0], onnxruntime(model, x)) <= RTOL
-    default = reforge.compile(model)
-    assert "sparse" not in [p["name"] for p in default.manifest["passes"]]
-    assert "sparse_conv2d" not in default.manifest["build"]["schedules"]
+    dense = reforge.compile(model, disable_passes=["sparse"])
+    assert "sparse_conv2d_nchwc" not in dense.manifest["build"]["schedules"]
+    assert art.manifest["build"]["layout_transforms"] == dense.manifest["build"]["layout_transforms"]
 
 
 def test_below_crossover_stays_dense():
     """50 % pruned: under every measured crossover, so every layer stays dense and the report says so."""
     assert min(CROSSOVER.values()) > 0.5
-    art = reforge.compile(pruned_onnx(0.5, 1), enable_passes=["sparse"])
+    art = reforge.compile(pruned_onnx(0.5, 1))
     record = sparse_record(art)
     assert record["rewrites"] == {}
     assert sum("50.0% zeros -> dense" in n for n in record["notes"]) == 5
@@ -124,15 +125,18 @@ def test_forced_on_odd_net_matches_onnxruntime(harness):
     model = harness.model(nodes, {"x": (1, 3, 11, 9)}, {"w1": w1, "w2": w2, "b2": rng.standard_normal(7)
                                                          .astype("float32")})
     res = harness.rewrite(model, FoldConstants, lambda: Sparse(min_sparsity=0))
-    assert res.report.total == 2 and res.ops_after.get("nn.conv2d", 0) == 0
+    assert res.report.rewrites == {"conv kxk to sparse": 1, "conv 1x1 to sparse": 1, "relu fused into a sparse conv": 1,
+                                   "bias fused into a sparse conv": 1}
+    assert res.ops_after.get("nn.conv2d", 0) == 0
     feeds = harness.random_feeds(res.imported, rng)
     assert max_rel_err(harness.run(res.mod, res.imported, feeds)[0], harness.onnxruntime(model, feeds)[0]) <= RTOL
 
 
-def test_on_request_for_cpus():
-    """Not a default (its NCHW kernels cost a blocked-layout network layout transforms); enabled, it runs at
-    its place in the table on x86 and arm."""
-    assert all("sparse" not in registry.select(level, kind) for level in (0, 1, 2) for kind in ("x86", "arm", "cuda"))
-    for kind in ("x86", "arm"):
-        names = registry.select(2, kind, enable=["sparse"])
-        assert names[names.index("sparse") - 1] == ("fft-conv" if kind == "x86" else "fwht")
+def test_default_on_x86_on_request_for_arm():
+    """At -O2 on x86 (after fft-conv), not below -O2 nor on other targets; enabled on arm, after fwht."""
+    assert all("sparse" not in registry.select(level, "x86") for level in (0, 1))
+    assert all("sparse" not in registry.select(2, kind) for kind in ("arm", "cuda"))
+    names = registry.select(2, "x86")
+    assert names[names.index("sparse") - 1] == "fft-conv"
+    names = registry.select(2, "arm", enable=["sparse"])
+    assert names[names.index("sparse") - 1] == "fwht"

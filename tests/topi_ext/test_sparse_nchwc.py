@@ -1,0 +1,119 @@
+"""The blocked-layout sparse conv (topi_ext/sparse_nchwc.py), emitted into Relax and built for x86, against
+float64 references: torch.nn.functional.conv2d, then the epilogue in numpy, in the blocked layouts.
+Sparsities 0 %, 50 %, 90 %, 99 % and 100 % (an all-zero layer), channels and maps not multiples of the
+vector, 1×1 / 3×3 / 5×1 / 1×3 kernels, strides 1 and 2 (and 1 × 2), symmetric and asymmetric zero padding,
+batch 2, walks of one tile and of many, input / output blocks 1 (NCHW), 4, 8 and 16, epilogues of bias, ReLU
+and residual add. Tolerance: max|out − ref| / max|ref| <= 1e-5 (float32 sums of the same products); an
+all-zero layer without epilogue must give exactly 0. The numpy twin to 1e-12."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from reforge.targets import get_target
+from reforge.topi_ext import sparse_conv
+from reforge.topi_ext import sparse_nchwc as sn
+
+RTOL = 1e-5
+SPARSITIES = [0.0, 0.5, 0.9, 0.99, 1.0]
+
+CONVS = [  # n, c, h, w, o, kh, kw, strides, padding, ib, ob
+    (1, 37, 9, 13, 21, 1, 1, (1, 1), (0, 0, 0, 0), 1, 1),
+    (1, 32, 9, 13, 48, 1, 1, (1, 1), (0, 0, 0, 0), 16, 16),
+    (2, 24, 11, 10, 16, 3, 3, (1, 1), (1, 1, 1, 1), 8, 16),
+    (1, 16, 13, 10, 12, 3, 3, (2, 2), (1, 0, 2, 1), 16, 4),
+    (1, 8, 17, 9, 8, 5, 1, (1, 2), (2, 0, 2, 0), 8, 8),
+    (1, 16, 8, 8, 32, 1, 1, (2, 2), (0, 0, 0, 0), 16, 16),
+    (1, 12, 5, 150, 20, 1, 3, (1, 1), (0, 1, 0, 1), 4, 4),  # 12 tiles of 64 over 5 rows
+    (1, 16, 4, 67, 16, 3, 3, (1, 1), (1, 1, 1, 1), 16, 16),  # rows not a multiple of the tile
+]
+EPILOGUES = [(), ("bias", "relu"), ("bias", "add", "relu"), ("relu", "add")]
+
+
+def pruned(rng, shape, sparsity):
+    w = rng.standard_normal(shape).astype("float32")
+    w[rng.random(shape) < sparsity] = 0
+    if sparsity == 1.0:
+        assert not w.any()
+    return w
+
+
+def reference(x, w, s: sn.Spec, bias, res):
+    t, l, b, r = s.padding
+    xp = torch.nn.functional.pad(torch.from_numpy(x).double(), (l, r, t, b))
+    out = torch.nn.functional.conv2d(xp, torch.from_numpy(w).double(), stride=s.strides).numpy()
+    for step in s.epilogue:
+        out = {"bias": lambda v: v + bias.astype(np.float64)[None, :, None, None], "relu": lambda v: np.maximum(v, 0),
+               "add": lambda v: v + res.astype(np.float64)}[step](out)
+    return sn.block(out, s.ob)
+
+
+def run(s: sn.Spec, w, xb, bias, res_b):
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(xb.shape, "float32"))
+    rv = relax.Var("r", relax.TensorType(res_b.shape, "float32"))
+    with bb.function("main", [xv, rv]):
+        with bb.dataflow():
+            out = bb.emit_output(sn.emit(bb, s, sn.arguments(s, xv, sn.taps(w, s), relax.const(bias), rv)))
+        bb.emit_func_output(out)
+    ex = tvm.compile(bb.get(), target=get_target("x86").tvm_target)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(xb), tvm.runtime.tensor(res_b)).numpy()
+
+
+def check(out, ref, exact_zero: bool):
+    assert out.shape == ref.shape
+    if exact_zero:
+        assert not out.any()
+    else:
+        assert np.abs(out - ref).max() / np.abs(ref).max() <= RTOL
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("case", CONVS)
+def test_sparse_conv_nchwc(case, sparsity):
+    n, c, h, w, o, kh, kw, strides, pad, ib, ob = case
+    rng = np.random.default_rng(c * 31 + h + w + int(sparsity * 100))
+    epilogue = EPILOGUES[(c + int(sparsity * 100)) % len(EPILOGUES)]
+    x = rng.standard_normal((n, c, h, w)).astype("float32")
+    wt = pruned(rng, (o, c, kh, kw), sparsity)
+    g = sparse_conv.geometry(x.shape, wt.shape, strides, pad)
+    s = dataclasses.replace(sn.spec(g, int(np.count_nonzero(wt)), epilogue), ib=ib, ob=ob)
+    bias = rng.standard_normal(o).astype("float32")
+    res = rng.standard_normal((n, o, *s.out_hw)).astype("float32")
+    ref = reference(x, wt, s, bias, res)
+    xb, res_b = sn.block(x, ib), sn.block(res, ob)
+    twin = sn.sparse_conv2d_nchwc_np(xb, wt, s, bias, res_b)
+    assert np.abs(twin - ref).max() <= 1e-12 * max(1, np.abs(ref).max())
+    check(run(s, wt, xb, bias, res_b), ref, sparsity == 1.0 and not epilogue)
+
+
+def test_taps_index_the_phase_planes():
+    """Offsets name the (c, ky % s, kx % s) plane's band, shifted by (ky // s)·Wq + kx // s; rows in output-channel
+    order."""
+    w = np.zeros((2, 3, 3, 3), "float32")
+    w[1, 2, 0, 1], w[1, 0, 2, 2] = 5, 7
+    g = sparse_conv.geometry((1, 3, 9, 9), w.shape, (2, 2), (1, 1, 1, 1))
+    s = sn.spec(g, 2)
+    assert s.out_hw == (5, 5) and s.plane_hw == (6, 6) and s.positions == 4 * 6 + 5 and s.width == 32
+    assert s.band == 48  # 32 + 6 + 1, rounded up to whole vectors
+    t = sn.taps(w, s)
+    assert list(t.indptr) == [0, 0, 2] and list(t.values) == [7, 5]
+    assert list(t.offsets) == [((0 * 2 + 0) * 2 + 0) * s.band + 6 + 1, ((2 * 2 + 0) * 2 + 1) * s.band + 0]
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (7, 7), (56, 56), (4, 67), (5, 150)])
+def test_tiles_cover_the_walk(hw):
+    g = sparse_conv.geometry((1, 1, *hw), (1, 1, 3, 3), (1, 1), (1, 1, 1, 1))
+    s = sn.spec(g, 1)
+    assert s.width % sn.VECTOR == 0 and s.width <= sn.MAX_WIDTH
+    assert (s.tiles - 1) * s.width < s.positions <= s.tiles * s.width
+
+
+def test_spec_round_trips_as_json():
+    s = sn.Spec(1, 8, 5, 5, 16, 3, 3, (1, 1, 1, 1), (2, 2), 40, 8, 16, ("bias", "add", "relu"))
+    assert sn.Spec.from_json(s.to_json()) == s

@@ -1,0 +1,273 @@
+"""Direct sparse convolution in the blocked layout: NCHW[ib]c activations in, NCHW[ob]c out (ib = ob = 1:
+NCHW), a constant mostly-zero weight, any kernel, stride and zero padding, groups 1, dilation 1, with the
+epilogue (bias, ReLU, residual add, in any order) applied as each output is written.
+
+The output is walked as one long row (Park et al., ICLR 2017; Elsen et al., CVPR 2020): with stride s, the
+zero-padded input split into s×s phase planes ``P[c, py, px][i, j] = xpad[c, i·s + py, j·s + px]`` of
+``Wq = ceil(Wp / s)`` columns, output (oy, ox) is position ``q = oy·Wq + ox`` and tap (c, ky, kx) reads plane
+``(c, ky % s, kx % s)`` at ``q + (ky // s)·Wq + kx // s``: a constant offset, so ``width`` consecutive outputs
+read ``width`` consecutive plane values (the Wq − OW positions past each row are computed and not written).
+A tile of ``width`` positions (a multiple of the vector) stages, per plane, the ``band`` values it reads
+into a contiguous buffer, and with the weight's nonzeros kept per output channel (compressed rows: taps j
+in ``indptr[o] .. indptr[o+1]``, each a value and ``offsets[j] = plane·band + (ky // s)·Wq + kx // s``)
+
+    out[o, q0 + t] = epilogue(Σ_j values[j] · staged[offsets[j] + t])
+
+the same products as the dense conv, the zeros skipped: one broadcast FMA of a tap against ``width`` pixels
+(the pixels vectorized, as XNNPACK's sparse inference does). The staging is where the blocked layout is read:
+it transposes the tile's [pixel][lane] input into per-channel rows once, so the layout costs one pass over
+the input tile instead of a layout transform of the whole tensor before and after the layer, and the
+epilogue writes each output in its lane of the output block. Offsets do not depend on the blocks, so one
+set of constants serves the NCHW and every blocked kernel.
+
+Emitted scheduled (the loop over a row's nonzeros has data-dependent bounds, which TE cannot express),
+tagged ``reforge.op = "sparse_conv2d_nchwc"``; ``reforge.sparse_nchwc`` holds the geometry and epilogue
+(JSON) from which the build re-emits the kernel for the blocks of the layout it chose.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import tvm
+
+from .op_kind import OPAQUE
+from .sparse_conv import SparseConvGeometry
+
+OP = "sparse_conv2d_nchwc"  # the PrimFunc's ``reforge.op`` attribute
+SPEC_ATTR = "reforge.sparse_nchwc"  # the PrimFunc attribute holding its Spec as JSON
+MAX_WIDTH = 64  # output positions per tile: 4 AVX-512 vectors of accumulators
+VECTOR = 16  # tiles are whole multiples of this many positions (LLVM splits a 28-wide vector into scalars)
+EPILOGUE_STEPS = ("bias", "relu", "add")  # + per-channel bias, max(·, 0), + a tensor of the output's shape
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A sparse conv: NCHW geometry (n, c, h, w, o, kh, kw, padding t/l/b/r, strides), its count of
+    nonzeros, input / output channel blocks (1: NCHW) and the epilogue steps in order."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    o: int
+    kh: int
+    kw: int
+    padding: tuple[int, int, int, int]
+    strides: tuple[int, int]
+    nnz: int
+    ib: int = 1
+    ob: int = 1
+    epilogue: tuple[str, ...] = ()
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        t, l, b, r = self.padding
+        return ((self.h + t + b - self.kh) // self.strides[0] + 1, (self.w + l + r - self.kw) // self.strides[1] + 1)
+
+    @property
+    def plane_hw(self) -> tuple[int, int]:
+        """(Hq, Wq): rows and columns of a phase plane of the padded input."""
+        t, l, b, r = self.padding
+        (sh, sw) = self.strides
+        return -(-(self.h + t + b) // sh), -(-(self.w + l + r) // sw)
+
+    @property
+    def positions(self) -> int:
+        """Positions of the walk up to the last output: (OH − 1)·Wq + OW."""
+        oh, ow = self.out_hw
+        return (oh - 1) * self.plane_hw[1] + ow
+
+    @property
+    def width(self) -> int:
+        """Positions per tile."""
+        return min(MAX_WIDTH, -(-self.positions // VECTOR) * VECTOR)
+
+    @property
+    def tiles(self) -> int:
+        return -(-self.positions // self.width)
+
+    @property
+    def band(self) -> int:
+        """Staged values per plane and tile: the tile's positions and the furthest tap's shift."""
+        reach = self.width + (self.kh - 1) // self.strides[0] * self.plane_hw[1] + (self.kw - 1) // self.strides[1]
+        return -(-reach // VECTOR) * VECTOR  # each plane's band starts on a vector boundary
+
+    def x_shape(self) -> tuple[int, ...]:
+        return _blocked((self.n, self.c, self.h, self.w), self.ib)
+
+    def out_shape(self) -> tuple[int, ...]:
+        return _blocked((self.n, self.o, *self.out_hw), self.ob)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> "Spec":
+        d = json.loads(text)
+        return Spec(**{**d, "padding": tuple(d["padding"]), "strides": tuple(d["strides"]),
+                       "epilogue": tuple(d["epilogue"])})
+
+
+def _blocked(shape, block: int) -> tuple[int, ...]:
+    n, c, h, w = shape
+    return (n, c, h, w) if block == 1 else (n, c // block, h, w, block)
+
+
+def spec(geometry: SparseConvGeometry, nnz: int, epilogue=()) -> Spec:
+    g = geometry
+    return Spec(g.n, g.c, g.h, g.w, g.o, g.kh, g.kw, tuple(g.padding), tuple(g.strides), nnz, 1, 1, tuple(epilogue))
+
+
+@dataclass(frozen=True)
+class Taps:
+    """Compressed rows of an OIHW weight with offsets into the band (module docstring); at least one
+    slot (a zero-length buffer cannot be passed), so an all-zero weight keeps one unused tap."""
+
+    indptr: np.ndarray  # int32 [O + 1]
+    offsets: np.ndarray  # int32 [max(nnz, 1)]
+    values: np.ndarray  # float32 [max(nnz, 1)]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+
+def taps(weight: np.ndarray, s: Spec) -> Taps:
+    sh, sw = s.strides
+    wq = s.plane_hw[1]
+    o, c, ky, kx = np.nonzero(weight)  # row-major: by output channel, then c, ky, kx
+    offsets = (((c * sh + ky % sh) * sw + kx % sw) * s.band + ky // sh * wq + kx // sw).astype("int32")
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(o, minlength=s.o))]).astype("int32")
+    values = weight[o, c, ky, kx].astype("float32")
+    if values.size == 0:
+        offsets, values = np.zeros(1, "int32"), np.zeros(1, "float32")
+    return Taps(indptr, offsets, values)
+
+
+def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
+    """``(x, offsets, values, indptr[, bias][, res], out)``, scheduled, tagged ``reforge.op``. Staging reads the
+    input a block of ``ib`` channels (one vector) at a time; the accumulators of ``ob`` output channels are
+    kept, then written a block (one vector) per position, the epilogue on the vector."""
+    nnz = max(s.nnz, 1)
+    (sh, sw), (pt, pl) = s.strides, s.padding[:2]
+    wq, width, band, tiles = s.plane_hw[1], s.width, s.band, s.tiles
+    extra = "".join([f', bias: T.Buffer(({s.o},), "float32")' if "bias" in s.epilogue else "",
+                     f', res: T.Buffer({s.out_shape()}, "float32")' if "add" in s.epilogue else ""])
+    rows = -(-band // wq) + 1  # plane rows a band touches
+    n, q0, q = f"it // {tiles}", f"it % {tiles} * {width}", f"(it % {tiles} * {width} + t)"
+    i = f"({q0} // {wq} + r)"  # plane row r of the band; v: the band position of its column j
+    iy, ix, v = f"({i} * {sh} + py - {pt})", f"(j * {sw} + px - {pl})", f"({i} * {wq} + j - {q0})"
+    oy, ox = f"{q} // {wq}", f"{q} % {wq}"
+    ch = f"cb * {s.ib} + l" if s.ib > 1 else "cb"
+    slot = f"((({ch}) * {sh} + py) * {sw} + px) * {band} + {v}"
+    x_at = f"x[{n}, cb, {iy}, {ix}, l]" if s.ib > 1 else f"x[{n}, cb, {iy}, {ix}]"
+    out_at = (lambda name: f"{name}[{n}, ob, {oy}, {ox}, l]") if s.ob > 1 else (lambda name: f"{name}[{n}, ob, {oy}, {ox}]")
+    value = "block[l * {width} + t]".format(width=width)
+    for step in s.epilogue:
+        value = {"bias": f"({value} + bias[ob * {s.ob} + l])", "relu": f"T.max({value}, T.float32(0))",
+                 "add": f"({value} + {out_at('res')})"}[step]
+    src = f"""
+@T.prim_func
+def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer(({nnz},), "int32"),
+                        values: T.Buffer(({nnz},), "float32"), indptr: T.Buffer(({s.o + 1},), "int32"){extra},
+                        out: T.Buffer({s.out_shape()}, "float32")):
+    T.func_attr({{"tirx.noalias": True}})
+    for it in T.parallel({s.n * tiles}):
+        staged = T.alloc_buffer(({s.c * sh * sw * band},), "float32")
+        block = T.alloc_buffer(({s.ob * width},), "float32")
+        for cb, py, px, r, j in T.grid({s.c // s.ib}, {sh}, {sw}, {rows}, {wq}):
+            if 0 <= {v} and {v} < {band}:
+                if 0 <= {iy} and {iy} < {s.h} and 0 <= {ix} and {ix} < {s.w}:
+                    for l in T.vectorized({s.ib}):
+                        staged[{slot}] = {x_at}
+                else:
+                    for l in T.vectorized({s.ib}):
+                        staged[{slot}] = T.float32(0)
+        for ob in range({s.o // s.ob}):
+            for l in range({s.ob}):
+                acc = T.alloc_buffer(({2 * width},), "float32", scope="local")
+                for t in T.vectorized({2 * width}):
+                    acc[t] = T.float32(0)
+                first = indptr[ob * {s.ob} + l]
+                count = indptr[ob * {s.ob} + l + 1] - first
+                for k in range(count // 2):
+                    for h in T.unroll(2):
+                        for t in T.vectorized({width}):
+                            acc[h * {width} + t] = acc[h * {width} + t] + values[first + 2 * k + h] \
+                                * staged[offsets[first + 2 * k + h] + t]
+                if count % 2 == 1:
+                    for t in T.vectorized({width}):
+                        acc[t] = acc[t] + values[first + count - 1] * staged[offsets[first + count - 1] + t]
+                for t in T.vectorized({width}):
+                    block[l * {width} + t] = acc[t] + acc[{width} + t]
+            for t in range({width}):
+                if {q} < {s.positions} and {ox} < {s.out_hw[1]}:
+                    for l in T.vectorized({s.ob}):
+                        {out_at('out')} = {value}
+"""
+    from tvm.script import tirx
+
+    func = tvm.script.from_source(src, extra_vars={"T": tirx})
+    return func.with_attr("op_pattern", OPAQUE).with_attr("reforge.op", OP).with_attr(SPEC_ATTR, s.to_json())
+
+
+def arguments(s: Spec, x, t: Taps, bias=None, res=None) -> list:
+    """The kernel's Relax arguments: ``x``, the taps, and ``bias`` [O] / ``res`` where the epilogue reads them."""
+    from tvm import relax
+
+    args = [x, relax.const(t.offsets), relax.const(t.values), relax.const(t.indptr)]
+    return args + [a for a, step in ((bias, "bias"), (res, "add")) if step in s.epilogue]
+
+
+def emit(bb, s: Spec, args: list):
+    """Emit the kernel of ``s`` on ``args`` (:func:`arguments`) into ``bb``; returns its output (``s.out_shape()``)."""
+    from tvm import relax
+
+    func = prim_func(s)
+    gv = bb.add_func(func, OP)
+    bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
+    return bb.emit(relax.call_tir(gv, args, relax.TensorType(s.out_shape(), "float32")))
+
+
+def sparse_conv2d_nchwc_np(x: np.ndarray, weight: np.ndarray, s: Spec, bias=None, res=None) -> np.ndarray:
+    """numpy twin (float64) in the blocked layouts of ``s``: the phase planes flattened, tile by tile, tap by tap."""
+    t = taps(weight, s)
+    (sh, sw), (pt, pl) = s.strides, s.padding[:2]
+    hq, wq = s.plane_hw
+    rows = max(hq, -(-(s.tiles * s.width + s.band) // wq))  # the last tile's band reads zeros past the planes
+    xp = np.zeros((s.n, s.c, rows * sh, wq * sw))
+    xp[:, :, pt:pt + s.h, pl:pl + s.w] = unblock(x.astype(np.float64), s.ib)
+    planes = xp.reshape(s.n, s.c, -1, sh, wq, sw).transpose(0, 1, 3, 5, 2, 4).reshape(s.n, s.c * sh * sw, -1)
+    walk = np.zeros((s.n, s.o, s.tiles * s.width))
+    for tile in range(s.tiles):
+        q0 = tile * s.width
+        staged = planes[:, :, q0:q0 + s.band].reshape(s.n, -1)
+        for o in range(s.o):
+            for j in range(t.indptr[o], t.indptr[o + 1]):
+                walk[:, o, q0:q0 + s.width] += float(t.values[j]) * staged[:, t.offsets[j]:t.offsets[j] + s.width]
+    oh, ow = s.out_hw
+    out = np.pad(walk, ((0, 0), (0, 0), (0, oh * wq)))[:, :, :oh * wq].reshape(s.n, s.o, oh, wq)[..., :ow]
+    bias_map = None if bias is None else np.asarray(bias, np.float64)[None, :, None, None]
+    for step in s.epilogue:
+        out = {"bias": lambda v: v + bias_map, "relu": lambda v: np.maximum(v, 0),
+               "add": lambda v: v + unblock(res.astype(np.float64), s.ob)}[step](out)
+    return block(out, s.ob)
+
+
+def block(x: np.ndarray, b: int) -> np.ndarray:
+    """NCHW → NCHW[b]c (b = 1: unchanged)."""
+    if b == 1:
+        return x
+    n, c, h, w = x.shape
+    return x.reshape(n, c // b, b, h, w).transpose(0, 1, 3, 4, 2)
+
+
+def unblock(x: np.ndarray, b: int) -> np.ndarray:
+    """NCHW[b]c → NCHW (b = 1: unchanged)."""
+    if b == 1:
+        return x
+    n, cb, h, w, _ = x.shape
+    return x.transpose(0, 1, 4, 2, 3).reshape(n, cb * b, h, w)
