@@ -18,7 +18,7 @@ import reforge
 from reforge import ReforgeError
 from reforge.remote import RemoteDevices
 
-from .conftest import conv_bn_relu_model
+from ..conftest import conv_bn_relu_model
 
 KEY = "reforge-test"
 

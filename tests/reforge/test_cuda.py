@@ -28,10 +28,10 @@ from reforge.targets import get_target
 from reforge.topi_ext import fft_conv
 from reforge.topi_ext.schedule_gpu import apply_gpu_schedules
 
-from . import zoo
-from .conftest import conv_bn_relu_model
-from .opencl_emulation import run_kernel
-from .passes.test_binarize import Chain, binarized_chain, randomize_bn
+from .. import zoo
+from ..conftest import conv_bn_relu_model
+from ..opencl_emulation import run_kernel
+from ..passes.test_binarize import Chain, binarized_chain, randomize_bn
 
 FATBIN_MAGIC = bytes.fromhex("50ed55ba")  # little-endian 0xBA55ED50
 

@@ -20,7 +20,7 @@ from reforge.frontend import load
 from reforge.passes import registry
 from reforge.profiling import summarize
 
-from .conftest import make_model, profile_table
+from ..conftest import make_model, profile_table
 
 X = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype("float32")
 

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import reforge
 from reforge import threads
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALLCNN = os.path.join(ROOT, "examples", "smallcnn.onnx")
 
 

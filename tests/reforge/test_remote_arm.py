@@ -20,7 +20,7 @@ from reforge import ReforgeError
 from reforge.autotune import tune
 from reforge.remote import RemoteDevices
 
-from .conftest import conv_bn_relu_model
+from ..conftest import conv_bn_relu_model
 from .test_remote import KEY, tracker_with_servers
 
 RTOL = 1e-4

@@ -14,7 +14,7 @@ from reforge import ReforgeError
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    from .conftest import conv_bn_relu_model
+    from ..conftest import conv_bn_relu_model
     import onnx
 
     folder = tmp_path_factory.mktemp("art")
