@@ -21,7 +21,7 @@ from reforge.passes import registry
 from reforge.pipeline import run_passes
 from reforge.targets import get_target
 
-from ..zoo import randomize_batchnorm
+from tests.zoo import randomize_batchnorm
 
 RTOL = 1e-4  # max |out - ref| <= RTOL * max |ref|, float32
 
