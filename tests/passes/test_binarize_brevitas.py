@@ -13,17 +13,16 @@ there."""
 
 from __future__ import annotations
 
+import brevitas.nn as qnn
 import numpy as np
 import onnx
+import onnxoptimizer  # noqa: F401  (brevitas' QONNX export runs it: a test dependency, so missing it fails here)
 import pytest
 import torch
 from torch import nn
 
 import reforge
 from tests.helpers import first_output, float_reference, pass_record
-
-qnn = pytest.importorskip("brevitas.nn")
-pytest.importorskip("onnxoptimizer")
 
 
 class QuantNet(nn.Module):
