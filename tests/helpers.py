@@ -175,14 +175,17 @@ def make_params(spec: dict, rng) -> dict[str, np.ndarray]:
     return {k: np.asarray(a, np.float32) for k, a in out.items()}
 
 
-def randomize_bn(module: nn.Module) -> nn.Module:
-    """Random BatchNorm statistics and affine parameters (the first γ negative) from torch's generator; eval mode."""
+def randomize_bn(module: nn.Module, mean: float = 1.0, var: tuple[float, float] = (0.1, 2.0),
+                 negative_first: bool = True) -> nn.Module:
+    """Random BatchNorm statistics and affine parameters from torch's generator: means U(±mean), variances U(var),
+    γ U(±1.5) (the first channel's negative unless ``negative_first`` is off), β U(±1); eval mode."""
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.1, 2)
+            m.running_mean.uniform_(-mean, mean)
+            m.running_var.uniform_(*var)
             m.weight.data.uniform_(-1.5, 1.5)
-            m.weight.data[0] = -abs(m.weight.data[0]) - 0.1
+            if negative_first:
+                m.weight.data[0] = -abs(m.weight.data[0]) - 0.1
             m.bias.data.uniform_(-1, 1)
     return module.eval()
 
@@ -362,13 +365,7 @@ class Chain(nn.Module):
 
 def randomize_threshold_bn(module: nn.Module) -> nn.Module:
     """BN statistics that put the thresholds inside the dot products' range, some γ negative; eval mode."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-8, 8)
-            m.running_var.uniform_(1, 30)
-            m.weight.data.uniform_(-1.5, 1.5)
-            m.bias.data.uniform_(-1, 1)
-    return module.eval()
+    return randomize_bn(module, mean=8.0, var=(1.0, 30.0), negative_first=False)
 
 
 def binarized_chain(target: str):
