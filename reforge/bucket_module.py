@@ -4,7 +4,7 @@ Each bucket's module went through reforge's static-shape passes on its own; here
 put side by side: batch 1's under their own names, so its ``main`` is exactly the static artifact's,
 batch b's with the suffix ``_b{b}``. Identical PrimFuncs are kept once, and the weights are too: the
 VM's constant pool keeps one copy of equal constants, and the buckets' folded and pre-packed weights
-are equal (tests/test_dynamic_batch.py checks the size of ``model.so``)."""
+are equal (tests/reforge/test_dynamic_batch.py checks the size of ``model.so``)."""
 
 from __future__ import annotations
 

@@ -1,47 +1,23 @@
-"""Shared fixtures: small ONNX and PyTorch models written to a temporary folder."""
+"""Fixtures for every test: small ONNX and PyTorch models written to a temporary folder, warnings kept quiet,
+and the fuzz report summed over pytest-xdist workers. Shared functions live in tests/helpers.py."""
 
-import contextlib
-import io
 import json
-import logging
 import os
-import re
 import shutil
 import tempfile
 import warnings
 
-import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
 
 # Each pytest-xdist worker keeps to one core (`make test` starts one per core): reforge's default,
 # every core (reforge.threads), would give each worker all of them. A TVM_NUM_THREADS of one's own wins.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("TVM_NUM_THREADS", "1")
 
-
-def make_model(nodes, inputs, outputs, initializers=(), opset=17, name="test") -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
-
-
-def conv_bn_relu_model(input_name="image.in", batch: int | str = 1, opset=17) -> onnx.ModelProto:
-    """x -> Conv(3->4, 3x3, pad 1) -> BatchNormalization -> Relu, random weights and statistics."""
-    rng = np.random.default_rng(1)
-    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype("float32"), "w"),
-             numpy_helper.from_array(rng.uniform(-1.5, 1.5, 4).astype("float32"), "gamma"),
-             numpy_helper.from_array(rng.uniform(-1, 1, 4).astype("float32"), "beta"),
-             numpy_helper.from_array(rng.uniform(-1, 1, 4).astype("float32"), "mean"),
-             numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype("float32"), "var")]
-    nodes = [helper.make_node("Conv", [input_name, "w"], ["c"], name="stem/conv", pads=[1, 1, 1, 1]),
-             helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["b"], name="stem/bn"),
-             helper.make_node("Relu", ["b"], ["y"], name="stem/relu")]
-    return make_model(nodes, [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, 8, 8])],
-                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 8, 8])], inits, opset)
+# helpers import reforge, which sizes TVM's pools: after the line above
+from tests.helpers import conv_bn_relu_model  # noqa: E402
 
 
 @pytest.fixture
@@ -116,28 +92,3 @@ def pytest_terminal_summary(terminalreporter, config):
         shutil.rmtree(folder, ignore_errors=True)
     if STATS["graphs"]:
         terminalreporter.write_line(summary())
-
-
-TOTALS = ("all kernels", "outside kernels", "run")
-
-
-def profile_table(out: str) -> tuple[dict[str, tuple[int, float]], dict[str, float]]:
-    """``reforge run --profile``'s table: kernel -> (calls, ms), and the total rows' ms by name."""
-    rows = out[out.index("profile: median of"):].splitlines()[3:]
-    cells = [re.match(r"(all kernels|outside kernels|\S+)\s+(\d*)\s+([\d.]+)\s", r).groups() for r in rows]
-    return ({n: (int(c), float(ms)) for n, c, ms in cells if n not in TOTALS},
-            {n: float(ms) for n, _c, ms in cells if n in TOTALS})
-
-
-@contextlib.contextmanager
-def quiet_torch_export():
-    """Silence the torch.onnx exporters' progress lines, deprecation warnings and missing-torchvision logs."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)

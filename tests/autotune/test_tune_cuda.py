@@ -20,7 +20,7 @@ from reforge.autotune.space import space_for
 from reforge.passes import registry
 from reforge.targets import get_target
 
-from ..opencl_emulation import run_kernel
+from tests.opencl_emulation import run_kernel
 
 SHAPE = (1, 32, 14, 14)
 TARGET = get_target("cuda")

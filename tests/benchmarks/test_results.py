@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 from benchmarks import results
+from tests.helpers import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEADER = "# {name}\n\nNewest run first; every table names the machine it ran on.\n"
 
 

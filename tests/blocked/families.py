@@ -21,7 +21,7 @@ from reforge.passes import registry
 from reforge.pipeline import run_passes
 from reforge.targets import get_target
 
-from ..zoo import randomize_batchnorm
+from tests.zoo import randomize_batchnorm
 
 RTOL = 1e-4  # max |out - ref| <= RTOL * max |ref|, float32
 
@@ -123,10 +123,15 @@ def blocked_edges_only(block: nn.Module, shape: tuple[int, ...], path) -> tuple[
     return path, build
 
 
-def kernels(model, input_shapes: dict | None = None) -> list[str]:
-    """The fused kernels (PrimFunc names) of the x86 build of ``model`` at -O2."""
+def kernel_funcs(model, input_shapes: dict | None = None) -> dict[str, tirx.PrimFunc]:
+    """The fused kernels of the x86 build of ``model`` at -O2, by name."""
     target = get_target("x86")
     mod, _ = run_passes(load(model, input_shapes, None).mod, registry.select(2, target.kind, (), (), None))
     with target.tvm_target:
         fused = fuse(mod, target, BuildReport())
-    return sorted(gv.name_hint for gv, f in fused.functions_items() if isinstance(f, tirx.PrimFunc))
+    return {gv.name_hint: f for gv, f in fused.functions_items() if isinstance(f, tirx.PrimFunc)}
+
+
+def kernels(model, input_shapes: dict | None = None) -> list[str]:
+    """The fused kernels' (PrimFunc) names of the x86 build of ``model`` at -O2."""
+    return sorted(kernel_funcs(model, input_shapes))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .families import blocked_edges_only, compile_and_check, export, kernels, make
+from .families import blocked_edges_only, compile_and_check, export, kernel_funcs, kernels, make
 
 
 class ConvNeXtBlock(nn.Module):
@@ -63,4 +63,11 @@ def test_convnext_stage_layer_norm_over_channels_stays_blocked(tmp_path):
 def test_layer_norm_over_channels_too_narrow_to_block(tmp_path):
     """3 channels: the depthwise convs and norms stay in NCHW (the widened Linear layers are blocked)."""
     shape = (1, 3, 14, 14)
-    compile_and_check(export(make(ConvNeXtStage(3)), shape, tmp_path / "convnext3.onnx"), shape)
+    path = export(make(ConvNeXtStage(3)), shape, tmp_path / "convnext3.onnx")
+    build = compile_and_check(path, shape)
+    assert "depthwise_nchwc" not in build["schedules"], build  # 3-channel depthwise convs: below a block of 4
+    funcs = kernel_funcs(path)
+    norms = [f for name, f in funcs.items() if name.startswith("channel_layer_norm")]
+    assert norms and all(len(f.params[0].shape) == 4 for f in norms), sorted(funcs)  # input NCHW, not NCHW[x]c
+    widened = [name for name in funcs if name.startswith("fused_conv2d_nchwc") and "erf" in name]  # 3 -> 12, GELU
+    assert widened, sorted(funcs)

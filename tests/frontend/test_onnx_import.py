@@ -13,8 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import reforge
 from reforge import ReforgeError
 from reforge.frontend import load
-
-from ..conftest import conv_bn_relu_model, make_model
+from tests.helpers import conv_bn_relu_model, make_model
 
 
 def ort_run(path, feeds):

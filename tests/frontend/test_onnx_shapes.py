@@ -20,8 +20,7 @@ import reforge
 from reforge import ReforgeError
 from reforge.frontend import load
 from reforge.frontend.onnx_constants import fold_constants
-
-from ..conftest import make_model, quiet_torch_export
+from tests.helpers import make_model, quiet_torch_export
 
 RTOL = 1e-4
 SHAPE = (2, 16, 8, 8)

@@ -17,12 +17,16 @@ import numpy as np
 import onnx
 import tvm
 import tvm_ffi
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
 
 from reforge import frontend
 from reforge.build import build
 from reforge.execution import Runner
 from reforge.passes import registry
 from reforge.targets import get_target
+
+from .graphs import cnn_models
 
 RTOL = 1e-4
 REGRESSIONS = os.path.join(os.path.dirname(__file__), "regressions")
@@ -114,3 +118,26 @@ def summary() -> str:
     return (f"fuzz: {STATS['graphs']} graphs, {STATS['configs']} configurations, {STATS['built']} modules built "
             f"and checked, {STATS['failures']} mismatches, {per_graph:.2f} CPU s/graph; rewrites/runs per pass: "
             f"{per_pass}; {goal}")
+
+
+# ----------------------------------------------------------------------------- the test's shards
+
+
+EXAMPLES = int(os.environ.get("REFORGE_FUZZ_EXAMPLES", "40"))
+SHARDS = int(os.environ.get("REFORGE_FUZZ_SHARDS", "2"))  # independent streams of graphs, one test each
+FRESH = os.environ.get("REFORGE_FUZZ_FRESH") == "1"
+PROGRESS = 25  # `make fuzz` without workers (pytest -s) prints the report line every PROGRESS graphs
+CI_SEED = 20261201  # shard i draws from CI_SEED + i unless fresh
+
+
+def shard_test(shard: int):
+    """The differential test over shard ``shard``'s share of EXAMPLES graphs."""
+    @settings(max_examples=EXAMPLES // SHARDS + (shard < EXAMPLES % SHARDS), deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(drawn=cnn_models(), input_seed=st.integers(0, 1000))
+    def run(drawn, input_seed):
+        model, _layers = drawn
+        check(model, configurations(), input_seed)
+        if FRESH and STATS["graphs"] % PROGRESS == 0:
+            print(summary(), flush=True)
+    return run if FRESH else seed(CI_SEED + shard)(run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .test_differential import SHARDS, shard_test
+from .differential import SHARDS, shard_test
 
 
 @pytest.mark.parametrize("shard", range(1, SHARDS, 2))

@@ -12,138 +12,27 @@ binary layer (``α·d`` in float32 versus the float conv's rounded partial sums)
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import reforge
-
-from ..conftest import quiet_torch_export
-from .conftest import max_rel_err, seed_of
-
-RTOL_EPILOGUE = 1e-6
-
-
-def bsign(x, spelling: str):
-    if spelling == "sign":
-        return torch.sign(x)
-    if spelling == "where":
-        return torch.where(x >= 0, 1.0, -1.0)
-    if spelling == "sign-ste":
-        return x + (torch.sign(x) - x).detach()
-    if spelling == "where-ste":
-        return x + (torch.where(x >= 0, 1.0, -1.0) - x).detach()
-    raise ValueError(spelling)
-
-
-class BinConv(nn.Module):
-    """conv(bsign(x), bsign(W)); ``scale``: XNOR-Net α = mean|W| per output channel after the conv;
-    ``presigned``: the weight is stored already as ±1 (no sign op in the graph)."""
-
-    def __init__(self, cin, cout, stride=1, padding=1, spelling="sign", scale=False, presigned=False):
-        super().__init__()
-        w = torch.randn(cout, cin, 3, 3)
-        self.weight = nn.Parameter(torch.where(w >= 0, 1.0, -1.0) if presigned else w)
-        self.stride, self.padding, self.spelling = stride, padding, spelling
-        self.scale, self.presigned = scale, presigned
-
-    def forward(self, x):
-        w = self.weight if self.presigned else bsign(self.weight, self.spelling.split("-")[0])
-        y = F.conv2d(bsign(x, self.spelling), w, stride=self.stride, padding=self.padding)
-        if self.scale:
-            y = y * self.weight.abs().mean((1, 2, 3)).view(1, -1, 1, 1)
-        return y
-
-
-class BinLinear(nn.Module):
-    def __init__(self, cin, cout, spelling="sign"):
-        super().__init__()
-        self.weight = nn.Parameter(torch.randn(cout, cin))
-        self.bias = nn.Parameter(torch.randn(cout))
-        self.spelling = spelling
-
-    def forward(self, x):
-        return F.linear(bsign(x, self.spelling), bsign(self.weight, "sign"), self.bias)
-
-
-class Chain(nn.Module):
-    """conv -> BN -> (sign) conv -> BN -> sign -> maxpool -> (sign) conv -> BN -> flatten -> (sign) dense:
-    every BN + sign becomes a threshold, the pool an OR on the packed bits, the flatten a permutation of
-    the dense weight."""
-
-    def __init__(self, spelling="sign"):
-        super().__init__()
-        self.c1, self.c2, self.c3 = BinConv(8, 64, spelling=spelling), BinConv(64, 64, spelling=spelling), \
-            BinConv(64, 64, spelling=spelling)
-        self.b1, self.b2, self.b3 = nn.BatchNorm2d(64), nn.BatchNorm2d(64), nn.BatchNorm2d(64)
-        self.fc = BinLinear(64 * 8 * 8, 10, spelling)
-        self.spelling = spelling
-
-    def forward(self, x):
-        y = self.c2(self.b1(self.c1(x)))
-        y = F.max_pool2d(bsign(self.b2(y), self.spelling), 2)
-        return self.fc(self.b3(self.c3(y)).flatten(1))
-
-
-def randomize_bn(module: nn.Module) -> nn.Module:
-    """BN statistics that put the thresholds inside the dot products' range, some γ negative."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-8, 8)
-            m.running_var.uniform_(1, 30)
-            m.weight.data.uniform_(-1.5, 1.5)
-            m.bias.data.uniform_(-1, 1)
-    return module.eval()
-
-
-def to_onnx(module: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
-    buf = io.BytesIO()
-    with quiet_torch_export():
-        torch.onnx.export(module, (x,), buf, input_names=["x"], output_names=["y"], dynamo=False, opset_version=17)
-    return onnx.load_from_string(buf.getvalue())
-
-
-def onnxruntime(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(
-        None, {"x": x})[0]
+from tests.helpers import (RTOL_EPILOGUE, BinConv, BinLinear, Chain, first_output, max_rel_err, onnxruntime,
+                           pass_record, randomize_threshold_bn, seed_of, to_onnx)
 
 
 def compile_both(module: nn.Module, x: torch.Tensor, exporter: str, verify: bool = False):
     """(artifact, reference output) for the ONNX export (onnxruntime) or torch.export (PyTorch)."""
     if exporter == "onnx":
-        model = to_onnx(module, x)
+        model = to_onnx(module, x, constant_folding=True)
         return reforge.compile(model, opt_level=2, verify=verify), onnxruntime(model, x.numpy())
     with torch.no_grad():
         ref = module(x).numpy()
     return reforge.compile(module, opt_level=2, example_inputs=(x,), verify=verify), ref
-
-
-def record(art) -> dict:
-    return next(p for p in art.manifest["passes"] if p["name"] == "binarize")
-
-
-def binarized_chain(target: str):
-    """``Chain("sign")`` with randomized BatchNorm compiled at -O2 for ``target``, checked to be binarized
-    whole (4 layers, 3 thresholds, a packed OR-pool): (artifact, input, PyTorch's output)."""
-    torch.manual_seed(3)
-    module, x = randomize_bn(Chain("sign")), torch.randn(1, 8, 16, 16)
-    art = reforge.compile(module, target=target, example_inputs=(x,))
-    rec = record(art)
-    assert rec["blocks"]["rewritten"] == 4 and rec["thresholds"] == 3 and rec["packed_pools"] == 1
-    with torch.no_grad():
-        return art, x.numpy(), module(x).numpy()
-
-
-def run(art, x: np.ndarray) -> np.ndarray:
-    return list(art.run({art.manifest["inputs"][0]["name"]: x}).values())[0]
 
 
 CASES = [  # id, module factory, input shape, bit-exact
@@ -161,15 +50,15 @@ CASES = [  # id, module factory, input shape, bit-exact
 @pytest.mark.parametrize("name,make,shape,exact", CASES, ids=[c[0] for c in CASES])
 def test_binary_layers_become_bitserial(name, make, shape, exact, exporter):
     torch.manual_seed(seed_of(name))
-    module = randomize_bn(make())
+    module = randomize_threshold_bn(make())
     x = torch.randn(shape)
     art, ref = compile_both(module, x, exporter)
-    rec = record(art)
+    rec = pass_record(art, "binarize")
     ops = rec["after"]["ops"]
     assert "nn.conv2d" not in ops and "matmul" not in ops, ops
     assert ops["call_tir"] >= 2 and rec["blocks"]["refused"] == {}
     assert rec["blocks"]["rewritten"] == (2 if name == "dense" else 1)
-    out = run(art, x.numpy())
+    out = first_output(art, x.numpy())
     if exact:
         np.testing.assert_array_equal(out, ref)
     else:
@@ -180,16 +69,16 @@ def test_binary_layers_become_bitserial(name, make, shape, exact, exporter):
 @pytest.mark.parametrize("spelling", ["sign", "where-ste"])
 def test_batchnorm_sign_between_binary_convs_becomes_a_threshold(spelling, exporter):
     torch.manual_seed(seed_of("chain" + spelling))
-    module = randomize_bn(Chain(spelling))
+    module = randomize_threshold_bn(Chain(spelling))
     x = torch.randn(1, 8, 16, 16)
     verify = exporter == "onnx" and spelling == "sign"  # every pass checked on random inputs too (slow: once)
     art, ref = compile_both(module, x, exporter, verify=verify)
-    rec = record(art)
+    rec = pass_record(art, "binarize")
     assert not verify or (rec["verify"]["ok"] and rec["verify"]["rel"] < 1e-6)
     assert rec["blocks"]["rewritten"] == 4 and rec["thresholds"] == 3
     assert rec["packed_pools"] == 1 and rec["packed_flattens"] == 1
     assert "nn.conv2d" not in rec["after"]["ops"] and "matmul" not in rec["after"]["ops"]
-    np.testing.assert_array_equal(run(art, x.numpy()), ref)  # integer-valued: dense of ±1 + bias
+    np.testing.assert_array_equal(first_output(art, x.numpy()), ref)  # integer-valued: dense of ±1 + bias
 
 
 @pytest.mark.parametrize("exporter", ["onnx", "torch.export"])
@@ -198,14 +87,15 @@ def test_batchnorm_sign_between_binary_denses_becomes_a_threshold(spelling, expo
     """dense -> BN -> (sign) dense -> BN -> (sign) dense: each BN + sign becomes the previous dense's
     integer threshold, its output the packed input of the next dense (70 and 66 features: partial words)."""
     torch.manual_seed(seed_of("dense-chain" + spelling))
-    module = randomize_bn(nn.Sequential(BinLinear(200, 70, spelling), nn.BatchNorm1d(70), BinLinear(70, 66, spelling),
-                                        nn.BatchNorm1d(66), BinLinear(66, 10, spelling)))
+    module = randomize_threshold_bn(nn.Sequential(BinLinear(200, 70, spelling), nn.BatchNorm1d(70),
+                                                  BinLinear(70, 66, spelling), nn.BatchNorm1d(66),
+                                                  BinLinear(66, 10, spelling)))
     x = torch.randn(3, 200)
     art, ref = compile_both(module, x, exporter)
-    rec = record(art)
+    rec = pass_record(art, "binarize")
     assert rec["blocks"]["rewritten"] == 3 and rec["thresholds"] == 2, rec
     assert "matmul" not in rec["after"]["ops"]
-    np.testing.assert_array_equal(run(art, x.numpy()), ref)
+    np.testing.assert_array_equal(first_output(art, x.numpy()), ref)
 
 
 ZERO_CASES = [  # id, module factory, input shape, expected rewrite
@@ -226,10 +116,10 @@ def test_exact_zeros_in_a_sign_input_are_exact(name, make, shape, rewrite):
     module = make()
     x = torch.randn(shape)
     x[torch.rand_like(x) < 0.3] = 0.0
-    model = to_onnx(module, x)
+    model = to_onnx(module, x, constant_folding=True)
     art = reforge.compile(model, opt_level=2)
-    assert record(art)["rewrites"] == {rewrite: 1}
-    np.testing.assert_array_equal(run(art, x.numpy()), onnxruntime(model, x.numpy()))
+    assert pass_record(art, "binarize")["rewrites"] == {rewrite: 1}
+    np.testing.assert_array_equal(first_output(art, x.numpy()), onnxruntime(model, x.numpy()))
 
 
 class FloatThenBinary(nn.Module):
@@ -250,11 +140,11 @@ def test_a_pack_reads_the_blocked_float_conv():
     x, module = torch.randn(1, 3, 12, 12), FloatThenBinary().eval()
     with torch.no_grad():
         assert (torch.relu(module.conv(x)) == 0).any()  # the ternary planes see exact zeros
-    model = to_onnx(module, x)
+    model = to_onnx(module, x, constant_folding=True)
     art = reforge.compile(model, opt_level=2)
-    assert record(art)["rewrites"] == {"conv -> bitserial_conv2d (sign, ternary)": 1}
+    assert pass_record(art, "binarize")["rewrites"] == {"conv -> bitserial_conv2d (sign, ternary)": 1}
     assert art.manifest["build"]["layout_transforms"] == 1, art.manifest["build"]  # NCHW -> NCHW3c of the image
-    np.testing.assert_array_equal(run(art, x.numpy()), onnxruntime(model, x.numpy()))
+    np.testing.assert_array_equal(first_output(art, x.numpy()), onnxruntime(model, x.numpy()))
 
 
 class ReluConv(nn.Module):
@@ -276,12 +166,12 @@ def test_layers_left_in_float_are_reported(name, make, reason):
     if name == "zero-weight":
         module.weight.data[3, 2, 1, 1] = 0.0
     x = torch.randn(1, 8, 10, 10)
-    model = to_onnx(module, x)
+    model = to_onnx(module, x, constant_folding=True)
     art = reforge.compile(model, opt_level=2)
-    rec = record(art)
+    rec = pass_record(art, "binarize")
     assert rec["blocks"]["rewritten"] == 0 and rec["after"]["ops"]["nn.conv2d"] == 1
     assert any(reason in r for r in rec["blocks"]["refused"]), rec["blocks"]
-    assert max_rel_err(run(art, x.numpy()), onnxruntime(model, x.numpy())) <= 1e-5
+    assert max_rel_err(first_output(art, x.numpy()), onnxruntime(model, x.numpy())) <= 1e-5
 
 
 def qonnx_conv(w: np.ndarray, act_scale: float, w_scale: float) -> onnx.ModelProto:
@@ -310,11 +200,11 @@ def test_qonnx_bipolar_quant_is_binarized(act_scale, w_scale):
     x = rng.standard_normal((1, 16, 8, 8)).astype("float32")
     x[0, :, 0, 0] = 0.0
     art = reforge.compile(qonnx_conv(w, act_scale, w_scale), opt_level=2)
-    rec = record(art)
+    rec = pass_record(art, "binarize")
     assert rec["blocks"]["rewritten"] == 1 and "nn.conv2d" not in rec["after"]["ops"]
     pm1 = lambda a: torch.where(torch.from_numpy(a) >= 0, 1.0, -1.0)  # noqa: E731
     ref = F.conv2d(pm1(x) * act_scale, pm1(w) * w_scale, padding=1).numpy()
-    np.testing.assert_array_equal(run(art, x), ref)
+    np.testing.assert_array_equal(first_output(art, x), ref)
 
 
 class TieChain(nn.Module):
@@ -338,11 +228,11 @@ def test_threshold_ties_stay_exact():
     x = torch.randn(1, 8, 10, 10)
     outs = []
     for net, thresholds in ((module, 0), (plus_one, 1)):
-        art = reforge.compile(to_onnx(net, x), opt_level=2)
-        rec = record(art)
+        art = reforge.compile(to_onnx(net, x, constant_folding=True), opt_level=2)
+        rec = pass_record(art, "binarize")
         assert rec["thresholds"] == thresholds and rec["blocks"]["rewritten"] == 2, rec
         assert thresholds or any("exactly 0" in n for n in rec["notes"]), rec["notes"]
-        outs.append(run(art, x.numpy()))
+        outs.append(first_output(art, x.numpy()))
         with torch.no_grad():
             np.testing.assert_array_equal(outs[-1], net(x).numpy())
     assert not np.array_equal(*outs)  # Sign(0) = 0 happened somewhere
@@ -364,5 +254,5 @@ def test_float_layers_are_not_reported():
             return self.conv(F.conv2d(y[:, :1], self.one)) + y
 
     x = torch.randn(1, 4, 6, 6)
-    rec = record(reforge.compile(to_onnx(Float().eval(), x), opt_level=2))
+    rec = pass_record(reforge.compile(to_onnx(Float().eval(), x, constant_folding=True), opt_level=2), "binarize")
     assert rec["blocks"] == {"found": 0, "rewritten": 0, "refused": {}} and rec["notes"] == []

@@ -13,19 +13,16 @@ there."""
 
 from __future__ import annotations
 
+import brevitas.nn as qnn
 import numpy as np
 import onnx
+import onnxoptimizer  # noqa: F401  (brevitas' QONNX export runs it: a test dependency, so missing it fails here)
 import pytest
 import torch
 from torch import nn
 
 import reforge
-
-from .test_binarize import record, run
-from .test_binarize_kbit import float_reference
-
-qnn = pytest.importorskip("brevitas.nn")
-pytest.importorskip("onnxoptimizer")
+from tests.helpers import first_output, float_reference, pass_record
 
 
 class QuantNet(nn.Module):
@@ -65,9 +62,9 @@ def test_brevitas_kbit_activations_binary_weights(bits, signed, tmp_path):
     model = onnx.load(path)
     assert {n.op_type for n in model.graph.node} >= {"Quant", "BipolarQuant"}
     art = reforge.compile(model, opt_level=2)
-    rec = record(art)
+    rec = pass_record(art, "binarize")
     kind = f"{bits}-bit{' signed' if signed else ''}"
     assert rec["rewrites"] == {f"conv -> bitserial_conv2d ({kind})": 1, f"dense -> bitserial_dense ({kind})": 1}
     assert rec["blocks"]["refused"] == {}
     xn = x.numpy()
-    np.testing.assert_array_equal(run(art, xn), float_reference(model, xn))
+    np.testing.assert_array_equal(first_output(art, xn), float_reference(model, xn))

@@ -10,7 +10,6 @@ versus the float conv's rounded partial sums)."""
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import onnx
@@ -18,10 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import reforge
-from reforge.frontend.qonnx import lower_qonnx
-
-from .conftest import max_rel_err, seed_of
-from .test_binarize import RTOL_EPILOGUE, onnxruntime, record, run
+from tests.helpers import RTOL_EPILOGUE, first_output, float_reference, max_rel_err, pass_record, seed_of
 
 Q = "qonnx.custom_op.general"
 
@@ -69,13 +65,6 @@ class Net:
         return model
 
 
-def float_reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """onnxruntime on the graph with the QONNX nodes replaced by their float formula (plain ONNX)."""
-    lowered = copy.deepcopy(model)
-    assert lower_qonnx(lowered) > 0
-    return onnxruntime(lowered, x)
-
-
 def kbit_conv(bits, cin, cout, k, stride, pad, act_scale, w_scale, mode="ROUND", seed=0, signed=0, narrow=0):
     """Quant (unsigned: of relu(x); signed: of x) -> conv with ±1 weights."""
     net = Net(np.random.default_rng(seed))
@@ -105,11 +94,11 @@ def test_kbit_quant_conv_becomes_bitserial(bits, cin, cout, k, stride, pad, act_
     if signed:
         x *= 2 ** (bits - 1) * act_scale  # q = round(x / scale) spans [-2^(k-1), 2^(k-1) - 1] and is clamped
     art = reforge.compile(model, opt_level=2)
-    rec = record(art)
+    rec = pass_record(art, "binarize")
     assert rec["blocks"]["rewritten"] == 1 and rec["blocks"]["refused"] == {}, rec["blocks"]
     assert rec["rewrites"] == {f"conv -> bitserial_conv2d ({bits}-bit{' signed' if signed else ''})": 1}
     assert "nn.conv2d" not in rec["after"]["ops"]
-    np.testing.assert_array_equal(run(art, x), float_reference(model, x))
+    np.testing.assert_array_equal(first_output(art, x), float_reference(model, x))
 
 
 @pytest.mark.parametrize("mode", ["FLOOR", "HALF_UP"])
@@ -119,8 +108,8 @@ def test_kbit_quant_rounding_modes_and_any_scale(mode):
     model = kbit_conv(2, 16, 16, 3, 1, 1, 0.3, 0.7, mode=mode, seed=1)
     x = np.random.default_rng(seed_of(mode)).standard_normal((1, 16, 9, 10)).astype(np.float32)
     art = reforge.compile(model, opt_level=2)
-    assert record(art)["blocks"]["rewritten"] == 1
-    assert max_rel_err(run(art, x), float_reference(model, x)) <= RTOL_EPILOGUE
+    assert pass_record(art, "binarize")["blocks"]["rewritten"] == 1
+    assert max_rel_err(first_output(art, x), float_reference(model, x)) <= RTOL_EPILOGUE
 
 
 @pytest.mark.parametrize("signed", [0, 1])
@@ -143,10 +132,10 @@ def test_kbit_quant_dense_and_threshold_chain(signed):
     model = net.model(y, [1, 20, 6, 6])
     x = rng.standard_normal((1, 20, 6, 6)).astype(np.float32)
     art = reforge.compile(model, opt_level=2)
-    rec = record(art)
+    rec = pass_record(art, "binarize")
     assert rec["blocks"]["rewritten"] == 3 and rec["thresholds"] == 1, rec
     assert rec["rewrites"][f"dense -> bitserial_dense (2-bit{' signed' if signed else ''})"] == 1
-    np.testing.assert_array_equal(run(art, x), float_reference(model, x))
+    np.testing.assert_array_equal(first_output(art, x), float_reference(model, x))
 
 
 def off_table_rounding(net: Net, x: str) -> str:
@@ -175,7 +164,7 @@ def test_unsupported_kbit_inputs_stay_float_with_the_reason(kind, reason):
     model = refused_model(kind)
     x = np.random.default_rng(seed_of(kind)).standard_normal((1, 16, 6, 6)).astype(np.float32)
     art = reforge.compile(model, opt_level=2)
-    rec = record(art)
+    rec = pass_record(art, "binarize")
     assert rec["blocks"]["rewritten"] == 0 and rec["after"]["ops"]["nn.conv2d"] == 1
     assert any(reason in r for r in rec["blocks"]["refused"]), rec["blocks"]
-    assert max_rel_err(run(art, x), float_reference(model, x)) <= 1e-5
+    assert max_rel_err(first_output(art, x), float_reference(model, x)) <= 1e-5

@@ -20,9 +20,7 @@ import reforge
 from reforge.passes import ComplexConv, FoldBatchNorm, FoldConstants
 from reforge.passes.complex_conv import BLOCK, COMPLEX
 from reforge.passes.kernel_algebra import block_kernel
-
-from .conftest import max_rel_err, seed_of
-from .test_merge_branches import to_onnx
+from tests.helpers import max_rel_err, seed_of, to_onnx
 
 RTOL = 1e-4
 N = helper.make_node

@@ -7,7 +7,6 @@ tolerance max|out − ref| / max|ref| <= 1e-4 (float32 DFTs)."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,7 @@ from torch import nn
 
 import reforge
 from reforge.passes import FFTConv, FoldConstants, registry
-
-from .conftest import max_rel_err, seed_of
+from tests.helpers import SMALLCNN, max_rel_err, seed_of
 
 RTOL = 1e-4
 N = helper.make_node
@@ -96,7 +94,7 @@ def test_on_at_O2_matches_onnxruntime_and_disable_turns_it_off():
 
 def test_O2_leaves_the_3x3_example_model_unchanged():
     """The example CNN (3×3 convs only): fft-conv runs at -O2 and rewrites nothing."""
-    art = reforge.compile(str(Path(__file__).parents[2] / "examples" / "smallcnn.onnx"))
+    art = reforge.compile(SMALLCNN)
     record = next(p for p in art.manifest["passes"] if p["name"] == "fft-conv")
     assert not record["rewrites"] and record["after"]["ops"] == record["before"]["ops"]
 

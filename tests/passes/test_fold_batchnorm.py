@@ -20,29 +20,13 @@ from torch import nn
 
 import reforge
 from reforge.passes import FoldBatchNorm, FoldConstants
-
-from .conftest import max_rel_err, seed_of
+from tests.helpers import Stats, make_params, max_rel_err, randomize_bn, seed_of
 
 RTOL = 1e-4  # max|out - ref| / max|ref|, the tolerance the registry gives fold-batchnorm
 N = helper.make_node
 
 
 # ----------------------------------------------------------------------------- case table
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Marker in a params spec: random BatchNorm statistics for ``c`` channels."""
-
-    c: int
-
-
-def bn_stats(rng, c: int) -> tuple[np.ndarray, ...]:
-    gamma = rng.uniform(0.3, 1.5, c) * rng.choice([-1.0, 1.0], c)
-    gamma[0] = -abs(gamma[0])  # at least one negative scale
-    var = rng.uniform(0.1, 2.0, c)
-    var[-1] = rng.uniform(1e-4, 3e-4)  # small enough that a dropped or misplaced eps shows (>1%)
-    return gamma, rng.uniform(-1, 1, c), rng.uniform(-1, 1, c), var
 
 
 def bn(x: str, y: str, p: str = "bn", eps: float = 1e-5):
@@ -52,20 +36,6 @@ def bn(x: str, y: str, p: str = "bn", eps: float = 1e-5):
 def nonzero(*shape):
     """Marker in a params spec: random values with |v| in [0.5, 2] (divisors)."""
     return lambda rng: rng.uniform(0.5, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
-
-
-def make_params(spec: dict, rng) -> dict[str, np.ndarray]:
-    out = {}
-    for name, v in spec.items():
-        if isinstance(v, Stats):
-            out.update(zip((f"{name}_g", f"{name}_b", f"{name}_m", f"{name}_v"), bn_stats(rng, v.c)))
-        elif isinstance(v, tuple):
-            out[name] = rng.standard_normal(v)
-        elif callable(v):
-            out[name] = v(rng)
-        else:
-            out[name] = v
-    return {k: np.asarray(a, np.float32) for k, a in out.items()}
 
 
 @dataclass(frozen=True)
@@ -171,17 +141,6 @@ def test_fold_onnx(case: Case, harness):
 
 
 # ----------------------------------------------------------------------------- PyTorch spellings
-
-
-def randomize_bn(module: nn.Module) -> nn.Module:
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.1, 2)
-            m.weight.data.uniform_(-1.5, 1.5)
-            m.weight.data[0] = -abs(m.weight.data[0]) - 0.1
-            m.bias.data.uniform_(-1, 1)
-    return module.eval()
 
 
 TORCH_CASES = [  # id, module factory, input shape, expected rewrites, ops after

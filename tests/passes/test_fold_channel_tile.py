@@ -19,10 +19,7 @@ from torch import nn
 
 import reforge
 from reforge.passes.fold_channel_tile import BORDER, FOLDED
-
-from .conftest import Harness, max_rel_err, seed_of
-from .test_fold_batchnorm import randomize_bn
-from .test_merge_branches import to_onnx
+from tests.helpers import Harness, max_rel_err, randomize_bn, seed_of, to_onnx
 
 RTOL = 1e-5  # max|out - ref| / max|ref| against PyTorch
 

@@ -34,11 +34,8 @@ from reforge import frontend
 from reforge.passes.fold_masks import FoldMasks
 from reforge.passes.graph import const_value, op_name, ops_histogram
 from reforge.report_format import compile_report
-
-from ..conftest import quiet_torch_export
-from .conftest import max_rel_err, seed_of
-from .test_fold_batchnorm import randomize_bn
-from .test_merge_branches import conv_bn, to_onnx
+from tests.helpers import (MobileBlock, max_rel_err, prunable, quiet_torch_export, randomize_bn, resnet_ish, seed_of,
+                           to_onnx, vgg_ish)
 
 RTOL = 1e-5
 ROUTES = ["onnx", "onnx-dynamo", "torch.export"]
@@ -190,47 +187,6 @@ def test_scl_spellings_fold(spelling: str, route: str, harness, tmp_path):
 
 
 # ----------------------------------------------------------------------------- PyTorch's pruning
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, c: int):
-        super().__init__()
-        self.body = nn.Sequential(conv_bn(c, c, 3, 1, 1), nn.ReLU(), conv_bn(c, c, 3, 1, 1))
-
-    def forward(self, x):
-        return torch.relu(self.body(x) + x)
-
-
-def resnet_ish() -> nn.Module:
-    """A stem, two residual basic blocks around a strided conv, pooling and a classifier."""
-    return nn.Sequential(conv_bn(3, 8, 3, 1, 1), nn.ReLU(), BasicBlock(8), conv_bn(8, 16, 3, 2, 1), nn.ReLU(),
-                         BasicBlock(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-
-
-def vgg_ish() -> nn.Module:
-    """VGG: 3×3 conv-BN-ReLU stacks, max pooling, a two-layer classifier."""
-    return nn.Sequential(conv_bn(3, 8, 3, 1, 1), nn.ReLU(), conv_bn(8, 8, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-                         conv_bn(8, 16, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(16 * 4 * 4, 32), nn.ReLU(), nn.Linear(32, 10))
-
-
-class MobileBlock(nn.Module):
-    """A stem, a MobileNet-v2 style block (1×1 expand, 3×3 depthwise, 1×1 project), pooling, a classifier."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = conv_bn(3, 8, 3, 1, 1)
-        self.expand, self.dw, self.project = conv_bn(8, 16, 1), conv_bn(16, 16, 3, 1, 1, groups=16), conv_bn(16, 8, 1)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        x = self.project(torch.relu(self.dw(torch.relu(self.expand(x)))))
-        return self.fc(torch.relu(x).mean((2, 3)))
-
-
-def prunable(net: nn.Module) -> list[nn.Module]:
-    return [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 METHODS = {  # torch.nn.utils.prune on every conv and linear, the reparametrization kept (no prune.remove)

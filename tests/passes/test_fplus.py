@@ -23,9 +23,7 @@ from reforge.build import BuildReport, fuse, fuse_nchw
 from reforge.passes import FoldConstants, FuseFPlus
 from reforge.targets import get_target
 from reforge.topi_ext.fplus import OP, fplus, fplus_np
-
-from .conftest import max_rel_err, seed_of
-from .test_merge_branches import to_onnx
+from tests.helpers import max_rel_err, seed_of, to_onnx
 
 RTOL = 1e-5
 N = helper.make_node

@@ -20,9 +20,7 @@ from torch import nn
 import reforge
 from reforge.passes import FastWHT, FoldConstants
 from reforge.passes.hadamard import match_hadamard, sequency_perm, walsh
-
-from .conftest import max_rel_err, seed_of
-from .test_merge_branches import to_onnx
+from tests.helpers import max_rel_err, seed_of, to_onnx
 
 RTOL = 1e-5
 N = helper.make_node

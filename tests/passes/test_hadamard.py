@@ -16,8 +16,7 @@ import scipy.linalg
 
 from reforge.passes import chain_eval, hadamard
 from reforge.passes.hadamard import describe, match_hadamard
-
-from .conftest import seed_of
+from tests.helpers import seed_of
 
 
 def rebuilt(m: hadamard.HadamardMatch) -> np.ndarray:

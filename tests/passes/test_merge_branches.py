@@ -12,7 +12,6 @@ tolerance, with their conv count unchanged and the reason in the report.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
 import numpy as np
@@ -24,17 +23,10 @@ from torch import nn
 
 import reforge
 from reforge.passes import FoldBatchNorm, FoldConstants, MergeBranches
-
-from ..conftest import quiet_torch_export
-from .conftest import Harness, max_rel_err, seed_of
-from .test_fold_batchnorm import Stats, make_params, randomize_bn
+from tests.helpers import Harness, Stats, conv_bn, make_params, max_rel_err, randomize_bn, seed_of, to_onnx
 
 RTOL = 1e-5  # max|out - ref| / max|ref| against PyTorch / onnxruntime
 N = helper.make_node
-
-
-def conv_bn(cin: int, cout: int, k: int | tuple[int, int], stride: int = 1, padding=0, groups: int = 1) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, padding, groups=groups, bias=False), nn.BatchNorm2d(cout))
 
 
 # ----------------------------------------------------------------------------- the families
@@ -163,14 +155,6 @@ FAMILIES = [  # id, block factory, input shape, conv2d count in the deploy form
     ("MobileOne-stride2", lambda: MobileOneUnit(8, 16, stride=2), (2, 8, 10, 10), 2),
     ("RepGhost", lambda: RepGhostModule(6, 12), (2, 6, 9, 9), 2),
 ]
-
-
-def to_onnx(module: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
-    buf = io.BytesIO()
-    with quiet_torch_export():
-        torch.onnx.export(module, (x,), buf, input_names=["x"], output_names=["y"], dynamo=False,
-                          opset_version=17, do_constant_folding=False)
-    return onnx.load_from_string(buf.getvalue())
 
 
 def merge_record(art) -> dict:

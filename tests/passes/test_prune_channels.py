@@ -31,45 +31,17 @@ from reforge.pipeline import run_passes
 from reforge.report_format import compile_report
 from reforge.targets import get_target
 from reforge.verify import run_module
-
-from .conftest import max_rel_err, seed_of
-from .test_fold_batchnorm import randomize_bn
-from .test_fold_masks import MobileBlock, resnet_ish, vgg_ish
-from .test_merge_branches import conv_bn, to_onnx
-from .test_remove_residual import BasicBlock, ResNet, skip_adds
+from tests.helpers import (BasicBlock, MobileBlock, ResNet, channels_read, conv_bn, max_rel_err, mobile_live,
+                           randomize_bn, resnet_ish, resnet_live, seed_of, skip_adds, to_onnx, vgg_ish, vgg_live,
+                           zero_filter)
 
 RTOL = 1e-5
 PASSES = registry.select(passes=["fold-masks", "prune-channels"])
 
 
-def zero_filter(w: np.ndarray, inputs: np.ndarray | None = None) -> np.ndarray:
-    """Per output channel (axis 0, PyTorch's layout): all its weights on the kept ``inputs`` (axis 1; all when
-    None) are zero. Removed constant inputs are folded into the bias, so a filter that reads only them is zero."""
-    w = w if inputs is None else w[:, inputs]
-    return ~w.reshape(w.shape[0], -1).any(axis=1)
-
-
-def read(w: np.ndarray, rows: np.ndarray, per_channel: int = 1) -> np.ndarray:
-    """Per input channel of ``w`` (axis 1; ``per_channel`` consecutive columns each, a flatten's):
-    a kept output row (``rows``) reads it with a nonzero weight."""
-    kept = w[rows].reshape(int(rows.sum()), w.shape[1] // per_channel, per_channel * int(np.prod(w.shape[2:])))
-    return kept.any(axis=(0, 2))
-
-
 def weights(net: nn.Module) -> list[np.ndarray]:
     """PyTorch's effective weights of the convs and linears, in module order."""
     return [m.weight.detach().numpy() for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
-def fixpoint(step, state: dict) -> dict:
-    """Iterate ``step`` on the kept channels of each tensor until nothing changes; a tensor that would lose
-    every channel keeps them all (the pass never empties a tensor)."""
-    for _ in range(100):
-        new = {k: v if v.any() else np.ones_like(v) for k, v in step(state).items()}
-        if all(np.array_equal(new[k], state[k]) for k in state):
-            return state
-        state = new
-    raise AssertionError("the live-channel count does not settle")
 
 
 def run(net: nn.Module, x: torch.Tensor, route: str = "torch.export"):
@@ -92,22 +64,6 @@ def ln_structured(layers: list[nn.Module], amount: float, dim: int) -> None:
 
 
 # ----------------------------------------------------------------------------- a VGG chain
-
-
-def vgg_live(ws: list[np.ndarray]) -> list[tuple[int, int]]:
-    """vgg_ish: c0 → c1 → pool → c2 → pool → flatten (4×4) → fc1 → fc2; every conv pads 1."""
-    c0, c1, c2, fc1 = ws[:4]
-
-    def step(k):
-        k = dict(k)
-        k[2] = ~zero_filter(c2, k[1]) & read(fc1, np.ones(fc1.shape[0], bool), 16)
-        k[1] = ~zero_filter(c1, k[0]) & read(c2, k[2])
-        k[0] = ~zero_filter(c0) & read(c1, k[1])
-        return k
-
-    k = fixpoint(step, {i: np.ones(w.shape[0], bool) for i, w in enumerate((c0, c1, c2))})
-    n = [int(k[i].sum()) for i in range(3)]
-    return [(n[0], 3), (n[1], n[0]), (n[2], n[1])]
 
 
 @pytest.mark.parametrize("amount", [0.25, 0.5, 0.75])
@@ -137,27 +93,6 @@ def test_vgg_from_onnx():
 
 
 # ----------------------------------------------------------------------------- residual adds
-
-
-def resnet_live(ws: list[np.ndarray]) -> list[tuple[int, int]]:
-    """resnet_ish: stem s → block 1 (a, b; + the stream) → strided t → block 2 (a, b) → mean → fc. A stream
-    channel is constant only when the filters of both its producers (s and b₁, or t and b₂) are zero."""
-    s, a1, b1, t, a2, b2, fc = ws
-    every = np.ones(fc.shape[0], bool)
-
-    def step(k):
-        k = dict(k)
-        k["S2"] = ~(zero_filter(t, k["S1"]) & zero_filter(b2, k["I2"])) & (read(a2, k["I2"]) | read(fc, every))
-        k["I2"] = ~zero_filter(a2, k["S2"]) & read(b2, k["S2"])
-        k["S1"] = ~(zero_filter(s) & zero_filter(b1, k["I1"])) & (read(a1, k["I1"]) | read(t, k["S2"]))
-        k["I1"] = ~zero_filter(a1, k["S1"]) & read(b1, k["S1"])
-        return k
-
-    k = fixpoint(step, {"S1": np.ones(8, bool), "I1": np.ones(8, bool), "S2": np.ones(16, bool),
-                        "I2": np.ones(16, bool)})
-    n = {key: int(v.sum()) for key, v in k.items()}
-    return [(n["S1"], 3), (n["I1"], n["S1"]), (n["S1"], n["I1"]), (n["S2"], n["S1"]), (n["I2"], n["S2"]),
-            (n["S2"], n["I2"])]
 
 
 @pytest.mark.parametrize("dim,amount", [(0, 0.5), (1, 0.5), (0, 0.75)])
@@ -236,38 +171,6 @@ def test_zero_filter_with_bias_into_a_padding_conv_keeps_the_border_exact(pad: i
 # ----------------------------------------------------------------------------- depthwise convs
 
 
-def bn_affine(block: nn.Sequential) -> tuple[np.ndarray, np.ndarray]:
-    """(s, t) with BN(y) = s·y + t, from the BatchNorm's statistics (conv_bn's second module)."""
-    bn = block[1]
-    s = bn.weight.detach().numpy().astype(np.float64) / np.sqrt(bn.running_var.numpy().astype(np.float64) + bn.eps)
-    return s, bn.bias.detach().numpy() - bn.running_mean.numpy() * s
-
-
-def mobile_live(net: MobileBlock) -> list[tuple[int, int]]:
-    """stem → expand (1×1) → depthwise 3×3 (pads 1) → project (1×1) → ReLU → mean → fc. A depthwise channel
-    and the expand channel feeding it are one class. It is dead when the projection's kept rows do not read it; it is
-    constant when the expand filter is zero on the kept stem channels and either the depthwise filter is zero or
-    the expand channel's value is 0 (ReLU of its BatchNorm shift plus the removed constant stem channels it reads):
-    a constant v ≠ 0 through the zero-padding depthwise conv is a map, not a constant."""
-    stem, expand, dw, project = (m[0].weight.detach().numpy() for m in (net.stem, net.expand, net.dw, net.project))
-    fc = net.fc.weight.detach().numpy()
-    t_stem, (s_exp, t_exp) = bn_affine(net.stem)[1], bn_affine(net.expand)
-    v_stem = np.where(zero_filter(stem), np.maximum(t_stem, 0), 0)  # a zero stem filter's channel value
-
-    def step(k):
-        k = dict(k)
-        k["b"] = ~zero_filter(project, k["m"]) & read(fc, np.ones(fc.shape[0], bool))
-        v_exp = np.maximum(s_exp * (expand[:, ~k["a"], 0, 0] @ v_stem[~k["a"]]) + t_exp, 0)
-        constant = zero_filter(expand, k["a"]) & (zero_filter(dw) | (v_exp == 0))
-        k["m"] = read(project, k["b"]) & ~constant
-        k["a"] = ~zero_filter(stem) & read(expand, k["m"])
-        return k
-
-    k = fixpoint(step, {"a": np.ones(8, bool), "m": np.ones(16, bool), "b": np.ones(8, bool)})
-    na, nm, nb = (int(k[key].sum()) for key in "amb")
-    return [(na, 3), (nm, na), (nm, 1), (nb, nm)]
-
-
 @pytest.mark.parametrize("dim", [0, 1])
 def test_depthwise_channels_die_with_their_input(dim: int):
     """dim 1: the projection's zero input slices kill depthwise channels and the expand filters feeding them;
@@ -338,9 +241,9 @@ def test_concat_channels_map_to_their_branch():
     report, channels = run(net, torch.randn(2, 3, 10, 10))
     ws = {name: m.weight.detach().numpy() for name, m in (("stem", stem), ("a", a), ("b", b), ("post", post),
                                                           ("fc", net.fc))}
-    p = ~zero_filter(ws["post"]) & read(ws["fc"], np.ones(10, bool))
-    c = ~np.concatenate([zero_filter(ws["a"]), zero_filter(ws["b"])]) & read(ws["post"], p)
-    s = ~zero_filter(ws["stem"]) & (read(ws["a"], c[:6]) | read(ws["b"], c[6:]))
+    p = ~zero_filter(ws["post"]) & channels_read(ws["fc"], np.ones(10, bool))
+    c = ~np.concatenate([zero_filter(ws["a"]), zero_filter(ws["b"])]) & channels_read(ws["post"], p)
+    s = ~zero_filter(ws["stem"]) & (channels_read(ws["a"], c[:6]) | channels_read(ws["b"], c[6:]))
     ns, na, nb, n_post = int(s.sum()), int(c[:6].sum()), int(c[6:].sum()), int(p.sum())
     assert channels == [(ns, 3), (na, ns), (nb, ns), (n_post, na + nb)]
     assert na + nb < 12 and set(report["rewrites"]) == {CONSTANT, DEAD}
@@ -367,7 +270,8 @@ def test_split_items_map_to_their_channels():
     ln_structured([a, b], 0.5, 1)
     _, channels = run(net, torch.randn(2, 3, 10, 10))
     s = ~zero_filter(stem.weight.detach().numpy()) & np.concatenate(
-        [read(a.weight.detach().numpy(), np.ones(6, bool)), read(b.weight.detach().numpy(), np.ones(6, bool))])
+        [channels_read(a.weight.detach().numpy(), np.ones(6, bool)),
+         channels_read(b.weight.detach().numpy(), np.ones(6, bool))])
     lo, hi = int(s[:4].sum()), int(s[4:].sum())
     assert channels == [(lo + hi, 3), (6, lo), (6, hi)]
     assert lo + hi < 8

@@ -31,19 +31,11 @@ from reforge.passes.prune_channels import conv_channels
 from reforge.pipeline import run_passes
 from reforge.targets import get_target
 from reforge.verify import run_module
-
-from .conftest import max_rel_err, seed_of
-from .test_fold_batchnorm import randomize_bn
-from .test_fold_masks import MobileBlock, resnet_ish, vgg_ish
-from .test_merge_branches import to_onnx
-from .test_prune_channels import mobile_live, resnet_live, vgg_live
+from tests.helpers import (MobileBlock, max_rel_err, mobile_live, prunable, randomize_bn, resnet_ish, resnet_live,
+                           seed_of, to_onnx, vgg_ish, vgg_live)
 
 RTOL = 1e-5
 PASSES = registry.select(passes=["fold-masks", "prune-channels"])
-
-
-def prunable(net: nn.Module) -> list[nn.Module]:
-    return [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def prune_net(net: nn.Module, method: str, amount: float) -> None:

@@ -15,8 +15,7 @@ import pytest
 from onnx import helper
 
 from reforge.passes import RemoveNoops
-
-from .conftest import seed_of
+from tests.helpers import seed_of
 
 N = helper.make_node
 X = (1, 4, 3, 5)

@@ -22,36 +22,17 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from tvm import relax
 
 import reforge
 from reforge import frontend
 from reforge.passes import registry
 from reforge.passes.analysis import graph_stats
-from reforge.passes.graph import is_const, op_name
-from reforge.passes.activations import read_activation
 from reforge.passes.remove_residual import IDENTITY, OFFSET, PAIR, PROJECTION, dirac
 from reforge.passes.reserved_copies import copy_rows, reserved_channels_as_copies
 from reforge.pipeline import run_passes
-
-from .conftest import Harness, max_rel_err, seed_of
-from .test_fold_batchnorm import randomize_bn
-from .test_merge_branches import conv_bn, to_onnx
+from tests.helpers import BasicBlock, Harness, ResNet, conv_bn, max_rel_err, randomize_bn, seed_of, skip_adds, to_onnx
 
 RTOL = 1e-5  # max|out - ref| / max|ref| against PyTorch
-
-
-class BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, cin: int, width: int, stride: int = 1):
-        super().__init__()
-        cout = width * self.expansion
-        self.body = nn.Sequential(conv_bn(cin, width, 3, stride, 1), nn.ReLU(), conv_bn(width, cout, 3, 1, 1))
-        self.shortcut = conv_bn(cin, cout, 1, stride) if stride != 1 or cin != cout else nn.Identity()
-
-    def forward(self, x):
-        return torch.relu(self.body(x) + self.shortcut(x))
 
 
 class Bottleneck(BasicBlock):
@@ -63,47 +44,12 @@ class Bottleneck(BasicBlock):
                                   conv_bn(width, width * 4, 1))
 
 
-class ResNet(nn.Module):
-    """He et al.'s ResNet: 7×7/2 stem, 3×3/2 max pooling, four stages (the first block of stages 2-4
-    strided, with a projection shortcut), global average pooling, a classifier."""
-
-    def __init__(self, block: type[BasicBlock], layers: list[int], base: int = 64, classes: int = 10):
-        super().__init__()
-        self.stem = nn.Sequential(conv_bn(3, base, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
-        blocks, cin = [], base
-        for stage, n in enumerate(layers):
-            width = base * 2 ** stage
-            for i in range(n):
-                blocks.append(block(cin, width, 2 if i == 0 and stage > 0 else 1))
-                cin = width * block.expansion
-        self.body = nn.Sequential(*blocks)
-        self.head = nn.Linear(cin, classes)
-
-    def forward(self, x):
-        return self.head(self.body(self.stem(x)).mean((2, 3)))
-
-
 NETS = [  # id, factory, input shape, blocks with identity / projection shortcut
     ("ResNet-18", lambda: ResNet(BasicBlock, [2, 2, 2, 2]), (1, 3, 64, 64), 5, 3),
     # ResNet-50's depth and shape, a quarter of its width (base 16): the reserved channels make its
     # bottlenecks ~10x the multiply-adds, and a test should stay fast
     ("ResNet-50/4", lambda: ResNet(Bottleneck, [3, 4, 6, 3], base=16), (1, 3, 64, 64), 12, 4),
 ]
-
-
-def skip_adds(mod) -> int:
-    """Adds whose operands are both computed tensors (skip connections), in ``main``; the add inside
-    an activation's spelling (ELU's ``−α·relu(1 − exp(x)) + relu(x)``) is none."""
-    bound = {}
-
-    @relax.expr_functor.visitor
-    class _Bindings(relax.PyExprVisitor):
-        def visit_var_binding_(self, binding):
-            bound[binding.var] = binding.value
-
-    _Bindings().visit_expr(mod["main"])
-    return sum(1 for var, value in bound.items() if op_name(value) == "relax.add"
-               and not any(is_const(a) for a in value.args) and read_activation(var, bound.get) is None)
 
 
 def record_of(art, name: str = "remove-residual") -> dict:

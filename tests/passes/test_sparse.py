@@ -6,61 +6,17 @@ dense; on by default at -O2 for x86 only (on request for arm); the build report 
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
-import onnx
 import pytest
-import torch
 from onnx import helper
-from torch import nn
-from torch.nn.utils import prune
 
 import reforge
 from reforge.passes import FoldConstants, Sparse, registry
 from reforge.passes.sparse import CROSSOVER
-
-from .conftest import max_rel_err, seed_of
+from tests.helpers import max_rel_err, onnxruntime, pruned_onnx, seed_of
 
 RTOL = 1e-5
-
-
-class SmallNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 20, 3, padding=1)
-        self.c2 = nn.Conv2d(20, 40, 1)
-        self.c3 = nn.Conv2d(40, 36, 3, stride=2, padding=1)
-        self.c4 = nn.Conv2d(36, 40, 1, stride=1)
-        self.fc = nn.Linear(40, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.c1(x))
-        x = torch.relu(self.c2(x))
-        x = torch.relu(self.c3(x))
-        x = torch.relu(self.c4(x))
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-def pruned_onnx(amount: float, seed: int) -> onnx.ModelProto:
-    torch.manual_seed(seed)
-    net = SmallNet().eval()
-    for layer in (net.c1, net.c2, net.c3, net.c4, net.fc):
-        prune.l1_unstructured(layer, "weight", amount=amount)
-        prune.remove(layer, "weight")
-    buf = io.BytesIO()
-    torch.onnx.export(net, (torch.randn(1, 3, 17, 19),), buf, input_names=["x"], output_names=["y"], dynamo=False,
-                      opset_version=17)
-    return onnx.load_from_string(buf.getvalue())
-
-
-def onnxruntime(model, x):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(
-        None, {"x": x})[0]
 
 
 def sparse_record(art) -> dict:

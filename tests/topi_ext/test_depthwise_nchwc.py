@@ -18,7 +18,7 @@ from reforge.topi_ext.depthwise_nchwc import depthwise_conv2d_nchwc
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, channel_block
 from reforge.topi_ext.schedule_x86 import PARALLEL_MIN_WORK, schedule_func
 
-from ..zoo import randomize_batchnorm
+from tests.helpers import DEPTHWISE_CONVS, mobilenet_style
 
 RTOL = 1e-5
 
@@ -110,41 +110,8 @@ def test_layout_policy_blocks_depthwise_with_multiplier_one():
     assert choose(grouped) == {"relax.nn.conv2d": ["NCHW", "OIHW"]}
 
 
-class MobileNetStyle(torch.nn.Module):
-    """A stem conv, then depthwise-BN-ReLU / pointwise-BN-ReLU pairs (3x3, 3x3 stride 2, 5x5 dilated
-    with a residual add), global average pool and a dense head."""
-
-    def __init__(self):
-        super().__init__()
-        nn = torch.nn
-
-        def dw_pw(cin, cout, k=3, stride=1, dil=1):
-            return nn.Sequential(nn.Conv2d(cin, cin, k, stride, dil * (k // 2), dil, groups=cin), nn.BatchNorm2d(cin),
-                                 nn.ReLU(), nn.Conv2d(cin, cout, 1), nn.BatchNorm2d(cout), nn.ReLU())
-
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
-        self.blocks = nn.Sequential(dw_pw(16, 24), dw_pw(24, 32, stride=2))
-        self.residual = dw_pw(32, 32, k=5, dil=2)
-        self.head = nn.Linear(32, 10)
-
-    def forward(self, image):
-        y = self.blocks(self.stem(image))
-        y = y + self.residual(y)
-        return self.head(torch.nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
-
-
-DEPTHWISE_CONVS = 3
-
-
-def _mobilenet_style() -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = MobileNetStyle()
-    randomize_batchnorm(net)
-    return net.eval()
-
-
 def test_mobilenet_style_model_compiles_to_blocked_depthwise():
-    net = _mobilenet_style()
+    net = mobilenet_style()
     shape = (1, 3, 40, 40)
     art = reforge.compile(net, target="x86", input_shapes={"image": shape})
     build = art.manifest["build"]

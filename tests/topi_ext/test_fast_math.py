@@ -17,9 +17,9 @@ from tvm import s_tir, te
 from torch import nn
 
 import reforge
-from ..conftest import quiet_torch_export
 from reforge.targets import get_target
 from reforge.topi_ext.fast_math import erf_f32, exp_f32, sigmoid_f32, vectorizable_math
+from tests.helpers import quiet_torch_export
 
 TINY = float(np.finfo(np.float32).tiny)
 LIBM_CALL = re.compile(r"\b(expf|erff)\b")  # the math library's scalar functions, as the assembly names them

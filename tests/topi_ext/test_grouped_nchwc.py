@@ -21,7 +21,7 @@ from reforge.topi_ext.grouped_nchwc import block_diagonal_kernel, grouped_conv2d
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, grouped_blocks
 from reforge.topi_ext.schedule_x86 import default_conv_tiles, default_grouped_reduction, schedule_func
 
-from ..zoo import randomize_batchnorm
+from tests.zoo import randomize_batchnorm
 
 RTOL = 1e-4
 TARGET = get_target("x86")

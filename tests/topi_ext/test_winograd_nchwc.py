@@ -10,13 +10,13 @@ import onnxruntime as ort
 import pytest
 import torch
 import tvm
-from onnx import TensorProto, helper, numpy_helper
 from tvm import te
 
 import reforge
 from reforge.targets import get_target, host_can_run
 from reforge.topi_ext import winograd_nchwc as winograd
 from reforge.topi_ext.schedule_x86 import schedule_func
+from tests.helpers import conv_relu_model
 
 RTOL = 1e-5
 
@@ -74,24 +74,6 @@ def test_kernel_transform_is_g_g_gt():
         np.testing.assert_allclose(u[:, :, k // 8, c // 8, c % 8, k % 8], want, rtol=1e-6, atol=1e-6)
 
 
-def conv_model(cin, cout, stride, kernel, seed=0):
-    rng = np.random.default_rng(seed)
-    w = (rng.standard_normal((cout, cin, kernel, kernel)) * 0.1).astype("float32")
-    b = rng.standard_normal(cout).astype("float32")
-    pad = kernel // 2
-    size = 12
-    out = (size + 2 * pad - kernel) // stride + 1
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "W", "B"], ["y"], pads=[pad] * 4, strides=[stride] * 2),
-         helper.make_node("Relu", ["y"], ["z"])], "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, size, size])],
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, cout, out, out])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
-
-
 @pytest.mark.parametrize("cin, cout, stride, kernel, rule", [
     (32, 64, 1, 3, "winograd_nchwc"),
     (32, 64, 2, 3, "conv2d_nchwc"),  # strided: direct
@@ -102,7 +84,7 @@ def test_a_model_legalizes_eligible_convs_to_winograd(tmp_path, cin, cout, strid
     """3x3 stride-1 convs with enough channels take the Winograd operator, with bias and ReLU fused
     into it (one function besides the two layout transforms); the output agrees with onnxruntime."""
     path = tmp_path / "conv.onnx"
-    onnx.save(conv_model(cin, cout, stride, kernel), path)
+    onnx.save(conv_relu_model(cin, cout, stride, kernel), path)
     art = reforge.compile(str(path), "x86-avx2")
     assert art.manifest["build"]["schedules"] == {rule: 1, "generic": 2}
     x = np.random.default_rng(1).standard_normal((1, cin, 12, 12)).astype("float32")

@@ -19,8 +19,7 @@ from reforge.cli import main
 from reforge.frontend import load
 from reforge.passes import registry
 from reforge.profiling import summarize
-
-from .conftest import make_model, profile_table
+from tests.helpers import make_model, profile_table
 
 X = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype("float32")
 

@@ -19,9 +19,7 @@ import reforge
 from reforge import ReforgeError
 from reforge.autotune import tune
 from reforge.remote import RemoteDevices
-
-from .conftest import conv_bn_relu_model
-from .test_remote import KEY, tracker_with_servers
+from tests.helpers import RPC_KEY, conv_bn_relu_model, tracker_with_servers
 
 RTOL = 1e-4
 TRIALS = 6
@@ -30,7 +28,7 @@ TRIALS = 6
 @pytest.fixture(scope="module")
 def devices(tmp_path_factory):
     for port, _procs in tracker_with_servers(tmp_path_factory.mktemp("rpc-arm"), "reforge.qemu_rpc_server", 2):
-        yield RemoteDevices.parse(f"127.0.0.1:{port}", KEY)
+        yield RemoteDevices.parse(f"127.0.0.1:{port}", RPC_KEY)
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ import reforge
 from reforge import ReforgeError
 from reforge.cli import main
 
-from . import zoo
-from .conftest import conv_bn_relu_model, profile_table
+from tests import zoo
+from tests.helpers import binarized_chain, conv_bn_relu_model, profile_table
 
 RTOL = 1e-4
 
@@ -94,8 +94,6 @@ def test_cli_compile_verify_run_and_tamper(tmp_path, capsys):
 def test_binarized_chain_runs_bit_exact_as_fpga_kernels():
     """binarize at -O2 on opencl-fpga: thresholds, a packed OR-pool and a packed flatten, all as
     single work-item kernels using OpenCL's popcount; integer-valued output, so exact."""
-    from .passes.test_binarize import binarized_chain
-
     art, x, ref = binarized_chain("opencl-fpga")
     assert "popcount(" in art.kernel_files["kernels.cl"].decode()
     np.testing.assert_array_equal(list(art.run([x]).values())[0], ref)

@@ -19,8 +19,8 @@ import pytest
 import reforge
 from reforge.cli import main
 from reforge.toolchains import NATIVE, host_build_command, host_program
+from tests.helpers import SMALLCNN
 
-SMALLCNN = os.path.join(os.path.dirname(__file__), "..", "examples", "smallcnn.onnx")
 ENV = dict(os.environ, TVM_NUM_THREADS="1")
 
 # A C99 program over the C API: APP MODEL.so NAME IN.bin OUT.bin DTYPE DIM...; prints the model's

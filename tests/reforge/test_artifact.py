@@ -6,17 +6,16 @@ import json
 import tarfile
 
 import numpy as np
+import onnx
 import pytest
 
 import reforge
 from reforge import ReforgeError
+from tests.helpers import conv_bn_relu_model
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    from .conftest import conv_bn_relu_model
-    import onnx
-
     folder = tmp_path_factory.mktemp("art")
     onnx.save(conv_bn_relu_model(), folder / "m.onnx")
     art = reforge.compile(str(folder / "m.onnx"))

@@ -28,10 +28,9 @@ from reforge.targets import get_target
 from reforge.topi_ext import fft_conv
 from reforge.topi_ext.schedule_gpu import apply_gpu_schedules
 
-from . import zoo
-from .conftest import conv_bn_relu_model
-from .opencl_emulation import run_kernel
-from .passes.test_binarize import Chain, binarized_chain, randomize_bn
+from tests import zoo
+from tests.opencl_emulation import run_kernel
+from tests.helpers import Chain, binarized_chain, conv_bn_relu_model, randomize_threshold_bn
 
 FATBIN_MAGIC = bytes.fromhex("50ed55ba")  # little-endian 0xBA55ED50
 
@@ -146,7 +145,7 @@ def test_binarized_chain_as_emulated_cuda_kernels_is_bit_exact():
     art, x, torch_ref = binarized_chain("cuda")
     assert "__popcll" in art.kernel_files["kernels.cu"].decode()
     torch.manual_seed(3)
-    module = randomize_bn(Chain("sign"))
+    module = randomize_threshold_bn(Chain("sign"))
     (out,), (ref,) = emulated(module, (torch.from_numpy(x),))
     np.testing.assert_array_equal(out, ref)
     np.testing.assert_array_equal(out, torch_ref)

@@ -20,8 +20,7 @@ from reforge.cli import main
 from reforge.errors import ReforgeError
 from reforge.toolchains import host_program
 from reforge.verify import compare
-
-from .conftest import make_model
+from tests.helpers import make_model
 
 RTOL = 1e-4  # against onnxruntime: relative to the largest reference magnitude (reforge.verify.compare)
 CONCAT_RTOL = 1e-5  # a batch against its rows run one at a time: other kernels, same arithmetic per row

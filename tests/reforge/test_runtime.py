@@ -13,9 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import reforge
 from reforge import threads
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALLCNN = os.path.join(ROOT, "examples", "smallcnn.onnx")
+from tests.helpers import ROOT, SMALLCNN
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 import reforge
-from . import zoo
-from .conftest import quiet_torch_export
+from tests import zoo
+from tests.helpers import quiet_torch_export
 
 RTOL = 1e-4
 VERIFY_SEED = 0  # inputs reforge.compile(verify=True) checks every stage on
