@@ -18,7 +18,7 @@ from onnx import helper
 import reforge
 from reforge.passes import FoldConstants, Sparse, registry
 
-from .conftest import max_rel_err, seed_of
+from tests.helpers import max_rel_err, seed_of
 
 RTOL = 1e-5
 
