@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .backends import for_manifest
 from .batching import BatchSpec
 
 
@@ -68,6 +67,8 @@ def build_report(manifest: dict) -> str:
 
 
 def compile_report(manifest: dict) -> str:
+    from .backends import for_manifest  # whose base imports the artifact, whose runners print tables from here
+
     t = manifest["target"]
     lines = [f"model:   {manifest['model']['name']} ({manifest['model']['source']})", signature(manifest),
              f"target:  {t['name']} ({for_manifest(t).summary()})",

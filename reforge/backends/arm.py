@@ -25,7 +25,7 @@ class ArmBackend(CpuBackend):
                                  "num-cores": cores}), frozenset({"neon"}))
 
     def make_machine(self) -> Machine:
-        return NEON.with_(cores=int(self._target_json().get("num-cores", 1)))
+        return NEON.with_(cores=int(self.target_json().get("num-cores", 1)))
 
     def export_library(self, executable, path: str) -> None:
         """Cross-compile: the aarch64 device needs no compiler."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import itertools
 import json
-from abc import ABC, abstractmethod
 import os
 import tempfile
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 import numpy as np
 
+from reforge.artifact import LIBRARY
 from reforge.errors import ReforgeError
 
 if TYPE_CHECKING:
@@ -21,8 +22,6 @@ if TYPE_CHECKING:
     from reforge.artifact import Artifact
     from reforge.build import BuildReport
     from reforge.machine import Machine
-
-LIBRARY = "model.so"  # reforge.artifact.LIBRARY: the shared library most artifacts hold
 
 
 class Backend(ABC):
@@ -55,7 +54,8 @@ class Backend(ABC):
             self._target = Target(self._target)
         return self._target
 
-    def _target_json(self) -> dict:
+    def target_json(self) -> dict:
+        """The TVM target as JSON (what the manifest records)."""
         return self._target if isinstance(self._target, dict) else json.loads(str(self._target))
 
     def __eq__(self, other) -> bool:
@@ -72,11 +72,11 @@ class Backend(ABC):
 
     def describe(self) -> dict:
         """The manifest's ``target`` entry (what :func:`reforge.backends.for_manifest` reads back)."""
-        return {"name": self.name, "kind": self.kind, "tvm": self._target_json(), "features": sorted(self.features)}
+        return {"name": self.name, "kind": self.kind, "tvm": self.target_json(), "features": sorted(self.features)}
 
     def summary(self) -> str:
         """The compile report's words for the machine: ``mcpu cortex-a72, neon``."""
-        return f"mcpu {self._target_json().get('mcpu', '?')}, {', '.join(sorted(self.features)) or 'baseline ISA'}"
+        return f"mcpu {self.target_json().get('mcpu', '?')}, {', '.join(sorted(self.features)) or 'baseline ISA'}"
 
     @property
     def machine(self) -> Machine:
@@ -119,6 +119,24 @@ class Backend(ABC):
     @abstractmethod
     def codegen(self, scheduled: tvm.IRModule):
         """The scheduled module as this target's executable."""
+
+    def tuned(self, fused: tvm.IRModule, database) -> tvm.IRModule:
+        """``fused`` with the records of ``database`` (None: none) applied to the functions they cover."""
+        if database is None:
+            return fused
+        from tvm import relax
+
+        with self.tvm_target, database:
+            return relax.transform.MetaScheduleApplyDatabase()(fused)
+
+    def relax_build(self, scheduled: tvm.IRModule, pipeline) -> object:
+        """A VM executable through TVM's lowering ``pipeline`` module for this target
+        (``tvm.relax.backend.cpu_generic.pipeline``, ``...cuda.pipeline``)."""
+        import tvm
+
+        tgt = self.tvm_target
+        passes = pipeline.dataflow_lower_passes(tgt) + pipeline.finalize_passes(tgt)
+        return tvm.compile(scheduled, target=tgt, relax_pipeline=tvm.transform.Sequential(passes))
 
     @abstractmethod
     def default_schedule(self, func):

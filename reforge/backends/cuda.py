@@ -46,23 +46,15 @@ class CudaBackend(Backend):
         return fuse_nchw(mod, self)
 
     def schedule(self, fused, report, database=None):
-        from tvm import relax
-
         from reforge.topi_ext.schedule_gpu import apply_gpu_schedules
 
-        if database is not None:
-            with self.tvm_target, database:
-                fused = relax.transform.MetaScheduleApplyDatabase()(fused)
-        scheduled, report.schedules = apply_gpu_schedules(fused, self.tvm_target)
+        scheduled, report.schedules = apply_gpu_schedules(self.tuned(fused, database), self.tvm_target)
         return scheduled
 
     def codegen(self, scheduled):
-        import tvm
-        from tvm.relax.backend.cuda import pipeline as cuda_pipeline
+        from tvm.relax.backend.cuda import pipeline
 
-        tgt = self.tvm_target
-        passes = cuda_pipeline.dataflow_lower_passes(tgt) + cuda_pipeline.finalize_passes(tgt)
-        return tvm.compile(scheduled, target=tgt, relax_pipeline=tvm.transform.Sequential(passes))
+        return self.relax_build(scheduled, pipeline)
 
     def default_schedule(self, func):
         from reforge.topi_ext.schedule_gpu import default_gpu_schedule

@@ -41,7 +41,7 @@ class X86Backend(CpuBackend):
         """AVX-512, AVX2 or SSE by the features; the target's cores; the host's L1d / L2 when compiling
         for this machine's CPU."""
         preset = AVX512 if self.has("avx512f") else AVX2 if self.has("avx2") else SSE
-        machine = preset.with_(cores=int(self._target_json().get("num-cores", 1)))
+        machine = preset.with_(cores=int(self.target_json().get("num-cores", 1)))
         if self.host:
             l1d, l2 = host_cache_bytes()
             machine = machine.with_(l1d_bytes=l1d or machine.l1d_bytes, l2_bytes=l2 or machine.l2_bytes)
@@ -62,9 +62,17 @@ class X86Backend(CpuBackend):
         return self.features <= host_features()
 
     def runner(self, artifact):
+        """The Relax VM on this CPU over the artifact's module (loaded now if it was not)."""
+        from reforge.artifact import load_library
+        from reforge.execution import Runner
+
         if not self.can_measure():
-            raise self.lacking(", ".join(sorted(self.features - host_features())))
-        return self.native_runner(artifact)
+            raise ReforgeError(f"this module was built for target '{self.name}' and needs "
+                               f"{', '.join(sorted(self.features - host_features()))}, which this machine lacks")
+        executable = artifact.executable
+        if executable is None:
+            executable = load_library(artifact.library(), "this module")
+        return Runner(executable, threads=artifact.threads, batch=artifact.batch)
 
     def measure_hint(self) -> str:
         return (f"this CPU lacks {', '.join(sorted(self.features - host_features()))}; "
