@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 import tvm
-from tvm import relax, s_tir
+from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
 from reforge import backends

@@ -35,6 +35,7 @@ class Backend(ABC):
 
     kind: ClassVar[str]  # "x86", "arm", "cuda", "opencl-fpga": the manifest's name for the class
     device: ClassVar[str] = "cpu"  # what executes the kernels: "cpu", "gpu" or "fpga"
+    device_name: ClassVar[str] = "CPU"  # that device in an error message
     tunable: ClassVar[bool] = True  # `reforge tune` searches its schedules
     batches: ClassVar[bool] = False  # builds --max-batch's batch buckets
     tensor_intrinsics: ClassVar[str | None] = None  # module of tvm.s_tir.tensor_intrin its tuning may use
@@ -237,8 +238,8 @@ class Backend(ABC):
         session = remote.session()
         dev = self.remote_device(session)
         if not dev.exist:
-            raise ReforgeError(f"tuning for {self.name} measures on {self.device.upper()}s: the device under "
-                               f"{remote} has none")
+            raise ReforgeError(f"tuning for {self.kind} measures on {self.device.upper()}s: the device under "
+                               f"{remote} has no {self.device_name}")
         uploads = itertools.count()
 
         def measure(lib, arrays) -> float:

@@ -17,6 +17,7 @@ DEFAULT_ARCH = "sm_80"
 class CudaBackend(Backend):
     kind = "cuda"
     device = "gpu"
+    device_name = "CUDA GPU"
 
     @classmethod
     def make(cls, arch: str) -> CudaBackend:

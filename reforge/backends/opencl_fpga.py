@@ -14,6 +14,7 @@ from .base import Backend
 class OpenCLFPGABackend(Backend):
     kind = "opencl-fpga"
     device = "fpga"
+    device_name = "OpenCL FPGA"
     tunable = False
     required_files = ("kernels.cl", "launch_plan.json", "params.bin")
 
