@@ -4,8 +4,8 @@
 intrinsic TVM has (about 41 s here, 29 s of it CUDA's) in each process that tunes. Registering the
 package unexecuted and importing only the target's module (x86: 0.7 s, arm: 2.7 s) leaves
 MetaSchedule the intrinsics it can use for that target; other modules still import on demand.
-``cuda`` loads none: its space (``space``) leaves out the tensor-core rules, the only ones that
-use intrinsics.
+Each backend names its module (``Backend.tensor_intrinsics``); ``cuda`` names none: its space
+(``space``) leaves out the tensor-core rules, the only ones that use intrinsics.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import sys
 import tvm.s_tir
 
 PACKAGE = "tvm.s_tir.tensor_intrin"
-MODULES = {"x86": "x86", "arm": "arm_cpu", "cuda": None}  # target kind -> module of its intrinsics
 
 
-def load_for(kind: str) -> None:
-    """Register the tensor intrinsics of target ``kind`` (and make the package importable cheaply)."""
+def load_for(module: str | None) -> None:
+    """Register the tensor intrinsics of ``module`` (a module of PACKAGE, or None for none) and make
+    the package importable cheaply."""
     if PACKAGE not in sys.modules:
         package = importlib.util.module_from_spec(importlib.util.find_spec(PACKAGE))
         sys.modules[PACKAGE] = package
         tvm.s_tir.tensor_intrin = package
-    if MODULES[kind] is not None:
-        importlib.import_module(f"{PACKAGE}.{MODULES[kind]}")
+    if module is not None:
+        importlib.import_module(f"{PACKAGE}.{module}")

@@ -13,7 +13,6 @@ zeros dense and sparse (``sparse_choice``); the records keep the faster, which `
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import tempfile
@@ -23,31 +22,23 @@ from typing import Callable
 
 import numpy as np
 import tvm
-from tvm import relax, s_tir
+from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
-from reforge import frontend
-from reforge.build import BuildReport, fuse, fuse_nchw
+from reforge import backends
+from reforge.backends import Backend
 from reforge.errors import ReforgeError, one_line
-from reforge.passes import registry
 from reforge.passes.fft_conv import eligible_convs
 from reforge.passes.sparse import eligible_layers
-from reforge.targets import TargetSpec, get_target
-from reforge.toolchains import export_library
-from reforge.topi_ext.schedule_gpu import default_gpu_schedule
-from reforge.topi_ext.schedule_x86 import default_schedule
 
-from . import fft_choice, intrinsics, sparse_choice
-from .builder import local_builder
+from . import fft_choice, sparse_choice
 from .progress import Budgeted, Progress
 from .records import TuningRecords
-from .space import space_for
 
 TRIALS_PER_ITER = 16
 _TASK_LOG = logging.getLogger("reforge.autotune.task")  # progress is reforge's own display
 _TASK_LOG.addHandler(logging.NullHandler())
 _TASK_LOG.propagate = False
-TUNABLE = ("x86", "arm", "cuda")  # candidates built here; measured here or (cross-built) on RPC devices
 MIN_SHARE = 0.02  # tasks below this share of the default latency are not searched
 SETTLE_TOP, SETTLE_ROUNDS = 3, 3  # candidates per task re-measured at the end (with the default), rounds
 
@@ -80,33 +71,34 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
     With ``remote`` (:class:`reforge.remote.RemoteDevices`) every measurement, the defaults' too,
     runs on the tracker's devices, as many at once as are registered.
     """
+    from reforge.pipeline import rewrite_and_fuse  # which imports this package's records
+
     if trials < 1:
         raise ReforgeError("--trials must be at least 1")
-    tgt = get_target(target)
-    if tgt.kind not in TUNABLE:
-        kinds = f"{', '.join(TUNABLE[:-1])} and {TUNABLE[-1]}"
-        raise ReforgeError(f"reforge tune supports the targets of kind {kinds}; target '{tgt.name}' compiles with "
-                           f"its default schedules")
-    if remote is None and not measures_here(tgt.kind):
-        how = ("`python -m reforge.qemu_rpc_server` registers an emulated aarch64 device" if tgt.kind == "arm" else
-               "this machine has no CUDA GPU; `python -m tvm.exec.rpc_server --tracker HOST:PORT --key KEY` "
-               "registers a GPU machine")
-        raise ReforgeError(f"tuning for '{tgt.name}' measures on its devices: give --rpc-tracker and --rpc-key ({how})")
-    names = registry.select(opt_level, tgt.kind, enable_passes, disable_passes, passes)
+    tgt = backends.get(target)
+    if not tgt.tunable:
+        kinds = backends.tunable_kinds()
+        raise ReforgeError(f"reforge tune supports the targets of kind {', '.join(kinds[:-1])} and {kinds[-1]}; "
+                           f"target '{tgt.name}' compiles with its default schedules")
+    if remote is None and not tgt.can_measure():
+        raise ReforgeError(f"tuning for '{tgt.name}' measures on its devices: give --rpc-tracker and --rpc-key "
+                           f"({tgt.measure_hint()})")
+    names = tgt.passes(opt_level, enable_passes, disable_passes, passes)
     records = TuningRecords.load(prior, tgt.describe()) if prior else TuningRecords(tgt.describe())
     try:
-        imported = frontend.load(model, input_shapes)
-        mod = imported.mod
-        measure = _timer(remote, tgt.kind)
-        for name in names:
-            if name == "fft-conv":
-                _choose_fft_by_measurement(mod, tgt, records, measure, log)
+        measure = tgt.timer(remote)
+        choosers = {"fft-conv": _choose_fft_by_measurement, "sparse": _choose_sparse_by_measurement}
+
+        def before_pass(name: str, mod: tvm.IRModule) -> None:
+            """Measure the choices of a pass that follows measurements, before it runs."""
+            if name in choosers:
+                choosers[name](mod, tgt, records, measure, log)
                 records.save(output)
-            if name == "sparse":
-                _choose_sparse_by_measurement(mod, tgt, records, measure, log)
-                records.save(output)
-            mod = registry.get(name).make(**records.pass_options().get(name, {}))(mod)
-        extracted = extract_tasks(mod, tgt)
+
+        front = rewrite_and_fuse(model, tgt, names, input_shapes=input_shapes, before_pass=before_pass,
+                                 pass_options=lambda name: records.pass_options().get(name, {}))
+        imported = front.imported
+        extracted = extract_tasks(front.fused, tgt)
         log(f"{len(extracted)} tasks in {imported.name}; {trials} trials"
             + (f", at most {timeout:.0f} s" if timeout else ""))
         database = records.database()
@@ -121,7 +113,7 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
                          checkpoint=lambda: records.save(output))
         log(f"settling: each searched task's {SETTLE_TOP} best candidates and its default schedule, "
             f"re-measured in {SETTLE_ROUNDS} interleaved rounds")
-        measure = _timer(remote, tgt.kind)  # a device alive now
+        measure = tgt.timer(remote)  # a device alive now
         settled: dict[str, float] = {}  # the default schedule's latency (ms) where settling re-measured it
         for task in worth:
             try:
@@ -143,22 +135,20 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
         records.close()
 
 
-def extract_tasks(mod: tvm.IRModule, tgt: TargetSpec) -> list[ms.ExtractedTask]:
-    """The tuning tasks of a rewritten module: its fused functions as ``compile`` lowers them for ``tgt``."""
-    with tgt.tvm_target:
-        fused = fuse_nchw(mod, tgt) if tgt.kind == "cuda" else fuse(mod, tgt, BuildReport())
+def extract_tasks(fused: tvm.IRModule, tgt: Backend) -> list[ms.ExtractedTask]:
+    """The tuning tasks of a module fused for ``tgt`` (``Backend.fuse``): the functions ``compile`` schedules."""
     return ms.relax_integration.extract_tasks(fused, tgt.tvm_target)
 
 
 def _search(extracted, database, tgt, trials, timeout, runner, log, checkpoint) -> TuneResult:
-    lanes, cores = tgt.vector_lanes(), len(os.sched_getaffinity(0))  # this machine's cores build and search
+    cores = len(os.sched_getaffinity(0))  # this machine's cores build and search
     progress = Progress(trials, timeout, log, checkpoint)
     start = time.perf_counter()
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # reforge prints its own progress
-    intrinsics.load_for(tgt.kind)  # before TuneContext, which would import every target's
+    tgt.load_intrinsics()  # before TuneContext, which would import every target's
     with tempfile.TemporaryDirectory(prefix="reforge-tune-") as work:
         contexts = [ms.TuneContext(mod=task.dispatched[0], target=tgt.tvm_target,
-                                   space_generator=space_for(task.dispatched[0], tgt.kind, lanes),
+                                   space_generator=tgt.tuning_space(task.dispatched[0]),
                                    search_strategy=Budgeted(ms.search_strategy.EvolutionarySearch(
                                        population_size=128, init_min_unmeasured=32), progress),
                                    task_name=task.task_name, logger=_TASK_LOG, num_threads=cores,
@@ -166,7 +156,7 @@ def _search(extracted, database, tgt, trials, timeout, runner, log, checkpoint) 
                     for seed, task in enumerate(extracted)]
         ms.tune_tasks(tasks=contexts, task_weights=[t.weight for t in extracted], work_dir=work,
                       max_trials_global=trials, num_trials_per_iter=TRIALS_PER_ITER,
-                      builder=local_builder(cores, tgt.kind), runner=runner, database=database,
+                      builder=tgt.tuning_builder(cores), runner=runner, database=database,
                       cost_model="xgb", measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
                       + [progress])
     return TuneResult(trials=progress.done, seconds=time.perf_counter() - start, timed_out=progress.timed_out)
@@ -203,7 +193,7 @@ def _choose_by_measurement(name: str, field: str, items, measure_one, pick, reco
 def _commit_default(database, task, tgt, measure) -> float | None:
     """Measure the task's default schedule and store it as a record; its latency in ms."""
     func = task.dispatched[0]["main"]
-    sch = _default_schedule(func, tgt)
+    sch = tgt.default_schedule(func)
     if sch is None:
         return None
     secs = measure(tvm.compile(sch.mod, target=tgt.tvm_target), _random_args(func))
@@ -226,7 +216,7 @@ def _settle(task, database, records: TuningRecords, tgt, measure) -> float | Non
     for record in database.get_top_k(database.commit_workload(mod), 16 * SETTLE_TOP):
         if len(traces) < SETTLE_TOP:
             traces.setdefault(str(record.trace), record.trace)
-    default = _default_schedule(func, tgt)
+    default = tgt.default_schedule(func)
     if default is not None:
         traces.setdefault(str(default.trace), default.trace)
     if len(traces) < 2:
@@ -246,62 +236,9 @@ def _settle(task, database, records: TuningRecords, tgt, measure) -> float | Non
     return None if default is None else medians[str(default.trace)] * 1e3
 
 
-def _default_schedule(func, tgt) -> s_tir.Schedule | None:
-    """The schedule ``compile`` gives ``func`` without records."""
-    if tgt.kind == "cuda":
-        return default_gpu_schedule(func, tgt.tvm_target)[0]
-    return default_schedule(func, tgt.vector_lanes())[0]
-
-
-def measures_here(kind: str) -> bool:
-    """Whether this machine can measure code for a target of ``kind`` (else: RPC devices)."""
-    return kind == "x86" or (kind == "cuda" and tvm.cuda(0).exist)
-
-
 def _random_args(func) -> list[np.ndarray]:
     return [np.random.default_rng(0).standard_normal([int(d) for d in p.shape]).astype(str(p.dtype))
             for p in func.params]
-
-
-def _timer(remote, kind: str):
-    """``measure(lib, arrays) -> seconds``: here, or on one device of ``remote`` (held until dropped)."""
-    return _local_timer(kind) if remote is None else _remote_timer(remote, kind)
-
-
-def _local_timer(kind: str):
-    dev = tvm.cuda(0) if kind == "cuda" else tvm.cpu()
-
-    def measure(lib, arrays) -> float:
-        vm = isinstance(lib, relax.VMExecutable)
-        return _timed(lib if vm else lib.mod, dev, arrays, vm)
-
-    return measure
-
-
-def _remote_timer(remote, kind: str):
-    session = remote.session()
-    dev = session.cuda() if kind == "cuda" else session.cpu()
-    if kind == "cuda" and not dev.exist:
-        raise ReforgeError(f"tuning for cuda measures on GPUs: the device under {remote} has no CUDA GPU")
-    uploads = itertools.count()
-
-    def measure(lib, arrays) -> float:
-        # a fresh name per module: the device's dlopen would hand back the first one it loaded
-        name = f"default{next(uploads)}.so"
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, name)
-            export_library(lib, path, kind)
-            session.upload(path)
-        return _timed(session.load_module(name), dev, arrays, isinstance(lib, relax.VMExecutable))
-
-    return measure
-
-
-def _timed(module, dev, arrays, relax_vm: bool) -> float:
-    """Median seconds of ``main`` (a PrimFunc, or a Relax function run by the VM) on ``dev``."""
-    args = [tvm.runtime.tensor(a, dev) for a in arrays]
-    runner = relax.VirtualMachine(module, dev) if relax_vm else module
-    return float(np.median(runner.time_evaluator("main", dev, number=3, repeat=3, min_repeat_ms=20)(*args).results))
 
 
 def _best_ms(database, task) -> float | None:

@@ -27,7 +27,6 @@ from .errors import ReforgeError, one_line
 from .execution import Runner, check_inputs
 from .native_log import quiet_stderr
 from .profiling import Profile
-from .targets import host_can_run
 from .threads import check as check_threads
 
 FORMAT = "reforge-artifact/1"
@@ -75,29 +74,14 @@ class Artifact:
         return self._runner
 
     def _make_runner(self):
-        target = self.manifest["target"]
-        if host_can_run(target):
-            return Runner(self.executable, threads=self.threads, batch=self.batch)
-        if target.get("kind") == "arm":
-            from .qemu_runner import QemuRunner
+        return self.backend.runner(self)
 
-            return QemuRunner(self.library())
-        if target.get("kind") == "opencl-fpga":
-            from .opencl_runner import OpenCLRunner
+    @cached_property
+    def backend(self):
+        """The backend of the manifest's target (:mod:`reforge.backends`)."""
+        from .backends import for_manifest
 
-            return OpenCLRunner(self.kernel_files)
-        if target.get("kind") == "cuda":
-            import tvm
-
-            if tvm.cuda(0).exist:
-                return Runner(_load_library(self.library(), "this module"), tvm.cuda(0))
-            needs = f"an NVIDIA GPU ({', '.join(target.get('features', []))}) with TVM's CUDA runtime"
-        else:
-            from .targets import host_x86_features
-
-            needs = ", ".join(sorted(set(target.get("features", [])) - host_x86_features()))
-        raise ReforgeError(f"this module was built for target '{target.get('name')}' and needs "
-                           f"{needs}, which this machine lacks")
+        return for_manifest(self.manifest["target"])
 
     @property
     def emulated(self) -> bool:
@@ -109,12 +93,10 @@ class Artifact:
         """``model.so`` as deployed: built for the target's CPU, cross-compiled where needed
         (None for opencl-fpga, whose artifact holds kernels and a launch plan instead)."""
         if self._library is None and self.executable is not None:
-            from .toolchains import export_library
-
             with tempfile.TemporaryDirectory() as tmp:
                 lib = os.path.join(tmp, LIBRARY)
                 with quiet_stderr():
-                    export_library(self.executable, lib, self.manifest["target"]["kind"])
+                    self.backend.export_library(self.executable, lib)
                 with open(lib, "rb") as f:
                     self._library = f.read()
         return self._library
@@ -173,15 +155,15 @@ def load(path: str, remote=None, threads: int | None = None) -> Artifact:
         except Exception as err:  # RPC and dlopen failures on the device arrive as assorted types
             raise ReforgeError(f"'{path}': cannot load {LIBRARY} on {remote}: {one_line(err)}") from err
         artifact = Artifact(lib, manifest, library, kernels)
-        device = session.cuda() if manifest["target"].get("kind") == "cuda" else session.cpu()
-        artifact._runner = Runner(lib, device, session=session, batch=artifact.batch)
+        artifact._runner = Runner(lib, artifact.backend.remote_device(session), session=session, batch=artifact.batch)
         return artifact
-    if not host_can_run(manifest["target"]):  # loaded when run: under qemu, on a GPU, or refused
-        return Artifact(None, manifest, library, kernels, threads)
-    return Artifact(_load_library(library, f"'{path}'"), manifest, library, kernels, threads)
+    artifact = Artifact(None, manifest, library, kernels, threads)
+    if artifact.backend.runs_on_host_cpu():  # else loaded when run: under qemu, on a GPU, or refused
+        artifact.executable = load_library(library, f"'{path}'")
+    return artifact
 
 
-def _load_library(library: bytes, what: str):
+def load_library(library: bytes, what: str):
     """dlopen ``model.so`` from its bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         lib_path = os.path.join(tmp, LIBRARY)
@@ -204,8 +186,7 @@ def _verified(path: str) -> tuple[dict, dict[str, bytes]]:
     if manifest.get("format") != FORMAT:
         raise ReforgeError(f"'{path}' has artifact format {manifest.get('format')!r}; this reforge reads {FORMAT}")
     expected = manifest.get("files", {})
-    needed = {"kernels.cl", "launch_plan.json", "params.bin"} if manifest.get("target", {}).get(
-        "kind") == "opencl-fpga" else {LIBRARY}
+    needed = set(_backend_of(path, manifest).required_files)
     for name in set(members) - {MANIFEST} | needed:
         if name not in members:
             raise ReforgeError(f"'{path}' is not a reforge artifact: it has no {name}")
@@ -218,6 +199,14 @@ def _verified(path: str) -> tuple[dict, dict[str, bytes]]:
             raise ReforgeError(f"'{path}' was modified after compilation: {name} does not match its "
                                "SHA-256 in manifest.json; refusing to load it")
     return manifest, members
+
+
+def _backend_of(path: str, manifest: dict):
+    from .backends import for_manifest
+
+    if not isinstance(manifest.get("target"), dict):
+        raise ReforgeError(f"'{path}': manifest.json names no target")
+    return for_manifest(manifest["target"])
 
 
 def _read_members(path: str) -> dict[str, bytes]:

@@ -1,10 +1,12 @@
-"""Relax module to executable for a target: layout, legalize, fuse, schedule (tuned or default), lower, build."""
+"""Relax module to executable: the build driver (fuse, schedule, generate code, each step the
+target's backend's) and the lowering stages the backends choose from (blocked or NCHW fusion)."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import tvm
 from tvm import relax
@@ -19,16 +21,14 @@ from reforge.passes.reserved_copies import reserved_channels_as_copies
 from reforge.passes.sparse import sparse_in_blocked_layout
 from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
 from reforge.topi_ext.dense_packed import legalize_matmul
-from reforge.topi_ext.default_schedules import apply_default_schedules
 from reforge.topi_ext.fast_math import vectorizable_math_module
 from reforge.topi_ext.layouts import blocked_conv2d_layouts
-from reforge.topi_ext.schedule_fpga import apply_fpga_schedules
-from reforge.topi_ext.schedule_gpu import apply_gpu_schedules
 
 from .errors import one_line
 from .native_log import quiet_stderr
-from .opencl_plan import OpenCLProgram, build_program
-from .targets import TargetSpec
+
+if TYPE_CHECKING:
+    from .backends import Backend
 
 
 @dataclass
@@ -82,22 +82,6 @@ def _fusion() -> list[tvm.transform.Pass]:
             relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
 
 
-def fuse(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRModule:
-    """Blocked conv layouts, legalization and operator fusion: the functions tuning works on."""
-    mod = reserved_channels_as_copies(mod)  # remove-residual's reserved channels: copies, not multiplications
-    mod, report.layout = blocked_layout(mod, target.vector_lanes())
-    mod = fplus_in_blocked_layout(mod)  # fplus reads the blocked conv, to fuse into its epilogue
-    mod = pack_in_blocked_layout(mod)  # a bit pack reads the blocked conv, not an NCHW copy of it
-    if report.layout.startswith(f"NCHW{target.vector_lanes()}c"):  # sparse convs read and write NCHW[x]c too
-        mod = sparse_in_blocked_layout(mod, target.vector_lanes())
-    report.layout_transforms = ops_histogram(mod)["layout_transform"]
-    mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target.tvm_target))(mod)
-    legalize = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d,
-                                            "relax.matmul": legalize_matmul(target.vector_lanes())})
-    fused = tvm.transform.Sequential(_fusion())(_quiet(legalize, mod))
-    return vectorizable_math_module(fused)  # exp / sigmoid / erf as arithmetic, so their epilogues vectorize
-
-
 def _quiet(transform: tvm.transform.Pass, mod: tvm.IRModule) -> tvm.IRModule:
     """Run a pass that legalizes operators (LegalizeOps, FoldConstant) without TVM's log lines: it
     warns for every ``take`` in its default "fast" mode (no bounds checks), and reforge's takes
@@ -107,18 +91,26 @@ def _quiet(transform: tvm.transform.Pass, mod: tvm.IRModule) -> tvm.IRModule:
         return transform(mod)
 
 
-def lower(mod: tvm.IRModule, target: TargetSpec, report: BuildReport, database=None) -> tvm.IRModule:
-    """Fuse, then schedule: tuned records where ``database`` has them, default schedules elsewhere."""
-    mod = fuse(mod, target, report)
-    if database is not None:
-        with target.tvm_target, database:
-            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-    mod, report.schedules = apply_default_schedules(mod, target.vector_lanes())
-    return mod
+def fuse_blocked(mod: tvm.IRModule, target: Backend, report: BuildReport) -> tvm.IRModule:
+    """The CPU stages: blocked conv layouts at the machine's lanes, legalization into reforge's
+    blocked kernels, operator fusion."""
+    lanes = target.machine.lanes()
+    mod = reserved_channels_as_copies(mod)  # remove-residual's reserved channels: copies, not multiplications
+    mod, report.layout = blocked_layout(mod, lanes)
+    mod = fplus_in_blocked_layout(mod)  # fplus reads the blocked conv, to fuse into its epilogue
+    mod = pack_in_blocked_layout(mod)  # a bit pack reads the blocked conv, not an NCHW copy of it
+    if report.layout.startswith(f"NCHW{lanes}c"):  # sparse convs read and write NCHW[x]c too
+        mod = sparse_in_blocked_layout(mod, lanes)
+    report.layout_transforms = ops_histogram(mod)["layout_transform"]
+    mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target.tvm_target))(mod)
+    legalize = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d,
+                                            "relax.matmul": legalize_matmul(lanes)})
+    fused = tvm.transform.Sequential(_fusion())(_quiet(legalize, mod))
+    return vectorizable_math_module(fused)  # exp / sigmoid / erf as arithmetic, so their epilogues vectorize
 
 
-def fuse_nchw(mod: tvm.IRModule, target: TargetSpec) -> tvm.IRModule:
-    """Legalization and fusion in the graph's own NCHW layout (the GPU and FPGA targets)."""
+def fuse_nchw(mod: tvm.IRModule, target: Backend) -> tvm.IRModule:
+    """The device stages: legalization and fusion in the graph's own NCHW layout (GPU, FPGA)."""
     tgt = target.tvm_target
     mod = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
@@ -128,41 +120,28 @@ def fuse_nchw(mod: tvm.IRModule, target: TargetSpec) -> tvm.IRModule:
     return tvm.transform.Sequential(_fusion())(_quiet(relax.transform.LegalizeOps(), mod))
 
 
-def lower_gpu(mod: tvm.IRModule, target: TargetSpec, report: BuildReport, database=None) -> tvm.IRModule:
-    """NCHW fusion, then tuned records where ``database`` has them, reforge's and dlight's GPU
-    schedules elsewhere."""
-    mod = fuse_nchw(mod, target)
-    if database is not None:
-        with target.tvm_target, database:
-            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-    mod, report.schedules = apply_gpu_schedules(mod, target.tvm_target)
-    return mod
+def fuse(mod: tvm.IRModule, target: Backend, report: BuildReport) -> tvm.IRModule:
+    """``target``'s layout, legalization and fusion of a rewritten module: the functions that tuning
+    extracts and the build schedules (its time is added to ``report.seconds``)."""
+    start = time.perf_counter()
+    with target.tvm_target:
+        fused = target.fuse(mod, report)
+    report.seconds += time.perf_counter() - start
+    return fused
 
 
-def lower_fpga(mod: tvm.IRModule, target: TargetSpec, report: BuildReport) -> tvm.IRModule:
-    """NCHW fusion, then single work-item kernels."""
-    mod, report.schedules = apply_fpga_schedules(fuse_nchw(mod, target))
-    return mod
-
-
-def build(mod: tvm.IRModule, target: TargetSpec, database=None) -> tuple[relax.VMExecutable | OpenCLProgram,
-                                                                           BuildReport]:
-    """Compile ``mod`` for ``target``, applying tuning records from ``database`` if given: a VM
-    executable, or for ``opencl-fpga`` the kernels and their launch plan."""
-    start, report = time.perf_counter(), BuildReport()
-    tgt = target.tvm_target
-    with tgt:
-        if target.kind == "opencl-fpga":
-            report.layout = "NCHW"
-            executable = build_program(lower_fpga(mod, target, report), tgt)
-            report.seconds = time.perf_counter() - start
-            return executable, report
-        if target.kind == "cuda":
-            lowered = lower_gpu(mod, target, report, database)
-            passes = cuda_pipeline.dataflow_lower_passes(tgt) + cuda_pipeline.finalize_passes(tgt)
-        else:
-            lowered = lower(mod, target, report, database)
-            passes = cpu_generic.dataflow_lower_passes(tgt) + cpu_generic.finalize_passes(tgt)
-        executable = tvm.compile(lowered, target=tgt, relax_pipeline=tvm.transform.Sequential(passes))
-    report.seconds = time.perf_counter() - start
+def build_fused(fused: tvm.IRModule, target: Backend, report: BuildReport, database=None):
+    """Schedule ``fused`` (tuned records from ``database`` where it has them) and generate
+    ``target``'s executable; the time is added to ``report.seconds``."""
+    start = time.perf_counter()
+    with target.tvm_target:
+        executable = target.codegen(target.schedule(fused, report, database))
+    report.seconds += time.perf_counter() - start
     return executable, report
+
+
+def build(mod: tvm.IRModule, target: Backend, database=None) -> tuple[object, BuildReport]:
+    """Compile a rewritten ``mod`` for ``target``: a VM executable, or what the target's backend
+    builds instead (the kernels and launch plan of ``opencl-fpga``)."""
+    report = BuildReport()
+    return build_fused(fuse(mod, target, report), target, report, database)

@@ -142,12 +142,9 @@ def main(argv: list[str] | None = None) -> int:
 def _compile_options(args) -> dict:
     from reforge.frontend import parse_input_shapes
 
-    target = args.target
-    if args.cuda_arch is not None:
-        if target != "cuda":
-            raise ReforgeError("--cuda-arch applies to --target cuda")
-        target = f"cuda-{args.cuda_arch}"
-    return dict(target=target, opt_level=args.opt_level, enable_passes=args.enable_pass,
+    from .backends import preset_name
+
+    return dict(target=preset_name(args.target, args.cuda_arch), opt_level=args.opt_level, enable_passes=args.enable_pass,
                 disable_passes=args.disable_pass, input_shapes=parse_input_shapes(args.input_shape),
                 passes=[p for p in args.passes.split(",") if p] if args.passes is not None else None)
 
@@ -250,9 +247,7 @@ def _inspect(args) -> int:
         print(json.dumps(artifact.manifest, indent=2))
     else:
         print(inspect_report(artifact.manifest, args.artifact, os.path.getsize(args.artifact)))
-        from .toolchains import native_host_commands
-
-        commands = native_host_commands(artifact.manifest, args.artifact)
+        commands = artifact.backend.native_commands(artifact.manifest, args.artifact)
         if commands:
             print("\nrun without Python (C API: reforge/native/reforge_runtime.h; docs/targets.md#native-host):")
             print("\n".join(f"  {c}" for c in commands))
@@ -281,14 +276,16 @@ def _passes(_args) -> int:
 def _bench(args) -> int:
     import reforge
     from reforge.bench import baseline_runners, bench, format_bench, parse_baselines
-    from reforge.targets import get_target, host_can_run
+    from reforge.backends import get
 
     against = parse_baselines(args.against)
     n = threads.check(args.threads)
     options = _compile_options(args)
-    if not host_can_run(get_target(options["target"])):
+    backend = get(options["target"])
+    if not backend.runs_on_host_cpu():
         raise ReforgeError(f"bench times modules on this CPU, which cannot run target '{options['target']}' "
                            "natively; time it on the device with `reforge run --print-time --rpc-tracker ...`")
+    options["target"] = backend
     artifact = reforge.compile(args.model, log=_log(args), **options)
     runners = baseline_runners(args.model, artifact.imported, against, n)
     results = bench(artifact, artifact.imported, runners, n, args.repeat)

@@ -1,6 +1,6 @@
 """The ``cuda`` target's schedules, run on the CPU.
 
-The module is fused and scheduled exactly as for CUDA (``lower_gpu``: tuning records where given,
+The module is fused and scheduled exactly as for CUDA (the cuda backend's ``lower``: tuning records where given,
 reforge's and dlight's GPU schedules elsewhere); TVM's OpenCL code generator then emits the same
 kernels as OpenCL C, which the ``opencl_runner`` launches on PoCL with each kernel's grid × block
 as its NDRange. Thread bindings, shared-memory staging, barriers and popcounts mean the same in
@@ -13,16 +13,15 @@ from __future__ import annotations
 import tvm
 from tvm.target import Target
 
-from .build import BuildReport, lower_gpu
+from .backends import Backend
+from .build import BuildReport
 from .opencl_plan import build_program
 from .opencl_runner import OpenCLRunner
-from .targets import TargetSpec
 
 
-def emulate(mod: tvm.IRModule, target: TargetSpec, database=None) -> OpenCLRunner:
+def emulate(mod: tvm.IRModule, target: Backend, database=None) -> OpenCLRunner:
     """A runner (``run`` / ``time`` on numpy arrays) of ``mod`` as built for the cuda ``target``."""
-    with target.tvm_target:
-        lowered = lower_gpu(mod, target, BuildReport(), database)
+    lowered = target.lower(mod, BuildReport(), database)
     return OpenCLRunner(build_program(lowered, opencl_twin(target.tvm_target)).files())
 
 

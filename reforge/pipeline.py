@@ -1,10 +1,10 @@
-"""compile(): import, rewrite pass by pass (verifying if asked), build, package."""
+"""compile(): import, rewrite pass by pass (verifying if asked), fuse, build, package; the import,
+rewrite and fuse steps are ``rewrite_and_fuse``, which ``tune`` shares."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.util
 import os
 import platform
 import time
@@ -21,14 +21,13 @@ from reforge.passes.analysis import GraphStats, graph_stats
 from reforge.autotune.records import TuningRecords
 from reforge.passes.report import PassReport
 
+from . import backends
 from .artifact import FORMAT, Artifact
+from .backends import Backend
 from .batching import BatchSpec, check_max_batch
 from .bucket_module import merge_buckets
-from .build import build
-from .cuda_emulation import emulate
+from .build import BuildReport, build_fused, fuse
 from .errors import ReforgeError, VerificationError, one_line
-from .targets import get_target
-from .toolchains import cuda_kernel_files, runs_here
 from .verify import Check, check, run_module
 
 IMPORT_RTOL = 1e-4  # imported Relax module vs the original framework
@@ -51,15 +50,20 @@ class PassRecord:
 
 
 def run_passes(mod: tvm.IRModule, names: list[str], after_pass=None,
-               options: dict[str, dict] | None = None) -> tuple[tvm.IRModule, list[PassRecord]]:
+               pass_options: Callable[[str], dict] | None = None,
+               before_pass: Callable[[str, tvm.IRModule], None] | None = None) -> tuple[tvm.IRModule, list[PassRecord]]:
     """Run the named passes in order, recording each one's report and graph statistics.
 
-    ``after_pass(name, received, result)`` may return a ``Check`` to attach to the record;
-    ``options[name]`` are keyword arguments for that pass (tuning records' measured choices).
+    ``before_pass(name, mod)`` runs first (tuning measures the choices a pass then follows);
+    ``pass_options(name)`` are that pass's keyword arguments, read when it runs (tuning records'
+    measured choices); ``after_pass(name, received, result)`` may return a ``Check`` to attach to
+    the record.
     """
     records = []
     for name in names:
-        pass_ = registry.get(name).make(**(options or {}).get(name, {}))
+        if before_pass is not None:
+            before_pass(name, mod)
+        pass_ = registry.get(name).make(**(pass_options(name) if pass_options else {}))
         before, start, received = graph_stats(mod), time.perf_counter(), mod
         mod = pass_(mod)
         record = PassRecord(name, pass_.report, before, graph_stats(mod), time.perf_counter() - start)
@@ -67,6 +71,51 @@ def run_passes(mod: tvm.IRModule, names: list[str], after_pass=None,
             record.check = after_pass(name, received, mod)
         records.append(record)
     return mod, records
+
+
+@dataclass
+class Rewritten:
+    """A model imported, rewritten and fused for its backend: what ``compile`` builds and ``tune`` tunes."""
+
+    imports: dict  # batch bucket (None: the one batch) -> its ImportedModel
+    records: dict  # batch bucket -> its PassRecords
+    mod: tvm.IRModule  # after the passes (under --max-batch, the buckets merged into one module)
+    fused: tvm.IRModule  # mod after the backend's layout, legalization and fusion
+    report: BuildReport
+
+    @property
+    def imported(self):
+        """The import the manifest describes (batch 1's under --max-batch)."""
+        return next(iter(self.imports.values()))
+
+
+def rewrite_and_fuse(model, backend: Backend, names: list[str], *, input_shapes: dict | None = None,
+                     example_inputs=None, batch: BatchSpec | None = None, checker=None,
+                     pass_options: Callable[[str], dict] | None = None, before_pass=None,
+                     log: Callable[[str], None] | None = None) -> Rewritten:
+    """The front half of ``compile`` and ``tune``: import ``model`` (once per batch bucket), run the
+    passes ``names`` on each import (``run_passes``), merge the buckets and fuse for ``backend``.
+
+    ``checker(bucket, imported)`` returns the bucket's ``after_pass`` hook (``--verify``) or None.
+    """
+    say = log or (lambda _msg: None)
+    imports = {b: frontend.load(model, input_shapes, example_inputs, batch=b)
+               for b in (batch.buckets if batch else (None,))}
+    imported = next(iter(imports.values()))
+    if batch is not None:
+        check_batch_axis(imports)
+    say(f"imported {imported.name} ({imported.source}): "
+        f"{', '.join(f'{s.name}{list(s.shape)}' for s in imported.inputs)}"
+        + (f"; batch {batch.describe()}" if batch else ""))
+    mods, records = {}, {}
+    for b, imp in imports.items():
+        mods[b], records[b] = run_passes(imp.mod, names, checker(b, imp) if checker else None, pass_options,
+                                         before_pass)
+    for r in records[next(iter(imports))]:
+        say(f"pass {r.name}: {r.report.total} rewrites")
+    mod = merge_buckets(mods) if batch else mods[None]
+    report = BuildReport()
+    return Rewritten(imports, records, mod, fuse(mod, backend, report), report)
 
 
 def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None = None,
@@ -88,55 +137,42 @@ def compile(model, target="x86", *, opt_level: int = 2, passes: list[str] | None
     (:mod:`reforge.batching`), each imported, rewritten and verified at its static batch.
     """
     say = log or (lambda _msg: None)
-    tgt = get_target(target)
-    names = registry.select(opt_level, tgt.kind, enable_passes, disable_passes, passes)
-    records_db = TuningRecords.load(tuning_records, tgt.describe()) if tuning_records else None
+    backend = backends.get(target)
+    names = backend.passes(opt_level, enable_passes, disable_passes, passes)
+    records_db = TuningRecords.load(tuning_records, backend.describe()) if tuning_records else None
     batch = None if max_batch is None else BatchSpec.of(check_max_batch(max_batch))
-    if batch is not None and tgt.kind != "x86":
-        raise ReforgeError(f"--max-batch: batch buckets are built for the x86 targets; target '{tgt.name}' "
+    if batch is not None and not backend.batches:
+        raise ReforgeError(f"--max-batch: batch buckets are built for the x86 targets; target '{backend.name}' "
                            "runs the one batch of --input-shape")
-    imports = {b: frontend.load(model, input_shapes, example_inputs, batch=b)
-               for b in (batch.buckets if batch else (None,))}
-    imported = next(iter(imports.values()))  # batch 1's with --max-batch
-    if batch is not None:
-        check_batch_axis(imports)
-    say(f"imported {imported.name} ({imported.source}): "
-        f"{', '.join(f'{s.name}{list(s.shape)}' for s in imported.inputs)}"
-        + (f"; batch {batch.describe()}" if batch else ""))
+    verifiers = {}
 
-    verifiers = {b: _Verifier(imp, seed, b) for b, imp in imports.items()} if verify else {}
-    mods, bucket_records = {}, {}
-    for b, imp in imports.items():
-        verifier = verifiers.get(b)
-        mods[b], bucket_records[b] = run_passes(imp.mod, names, verifier.after_pass if verifier else None,
-                                                records_db.pass_options() if records_db else None)
-    records = bucket_records[next(iter(imports))]  # the manifest's pass report: batch 1's
-    for r in records:
-        say(f"pass {r.name}: {r.report.total} rewrites")
-    mod = merge_buckets(mods) if batch else mods[None]
+    def checker(bucket, imported):
+        verifiers[bucket] = _Verifier(imported, seed, bucket)
+        return verifiers[bucket].after_pass
 
     try:
+        options = records_db.pass_options() if records_db else {}
+        front = rewrite_and_fuse(model, backend, names, input_shapes=input_shapes, example_inputs=example_inputs,
+                                 batch=batch, checker=checker if verify else None,
+                                 pass_options=lambda name: options.get(name, {}), log=say)
         database = records_db.database() if records_db else None
-        executable, build_report = build(mod, tgt, database)
-        if verifiers and tgt.kind == "cuda" and not runs_here(tgt.describe()):
-            verifiers[None].emulate_gpu(mod, tgt, database)
+        executable, build_report = build_fused(front.fused, backend, front.report, database)
+        if verifiers and not backend.can_run():
+            verifiers[None].emulate(front.mod, backend, database)
     finally:
         if records_db is not None:
             records_db.close()
-    say(f"built for {tgt.name} in {build_report.seconds:.1f} s")
-    manifest = _manifest(imported, tgt, opt_level, records, build_report)
+    say(f"built for {backend.name} in {build_report.seconds:.1f} s")
+    imported, records = front.imported, front.records[next(iter(front.imports))]  # the manifest's: batch 1's
+    manifest = _manifest(imported, backend, opt_level, records, build_report)
     if batch is not None:
         manifest["batch"] = batch.to_json()
     if tuning_records:
         manifest["tuning_records"] = {"path": os.path.basename(tuning_records), "sha256": _sha256(tuning_records)}
-    if tgt.kind == "opencl-fpga":  # no shared library: kernels, launch plan and weights
-        artifact = Artifact(None, manifest, kernel_files=executable.files())
-    else:
-        kernels = cuda_kernel_files(executable, sorted(tgt.features)[0]) if tgt.kind == "cuda" else None
-        artifact = Artifact(executable, manifest, kernel_files=kernels)
+    artifact = backend.artifact(executable, manifest)
     artifact.imported = imported
     if verifiers:
-        found = [v.checked(artifact, tgt, bucket_records[b]) for b, v in verifiers.items()]
+        found = [v.checked(artifact, backend, front.records[b]) for b, v in verifiers.items()]
         record_verification(artifact, seed, [c for checks, _, _ in found for c in checks], *found[0][1:])
     return artifact
 
@@ -175,24 +211,22 @@ class _Verifier:
     module it received, the built module against the original framework again."""
 
     def __init__(self, imported, seed: int, batch: int | None = None):
-        self.imported, self.seed, self.host, self.batch = imported, seed, get_target("x86"), batch
+        self.imported, self.seed, self.host, self.batch = imported, seed, backends.get("x86"), batch
         self.feeds = imported.random_inputs(seed)
         self.arrays = [self.feeds[s.name] for s in imported.inputs]
         self.ref_name = "onnxruntime" if imported.source == "onnx" else "pytorch"
         self.reference = imported.reference(self.feeds)
         self.previous = run_module(imported.mod, self.arrays, self.host)
         self.checks = [check("import", self.ref_name, self.previous, self.reference, IMPORT_RTOL)]
-        self.emulated = None  # the cuda schedules as OpenCL kernels on PoCL, where no GPU can run them
+        self.emulated = None  # the backend's emulation of the final module, where this machine cannot run it
         self.no_emulation = None
 
-    def emulate_gpu(self, mod: tvm.IRModule, tgt, database) -> None:
-        if importlib.util.find_spec("pyopencl") is None:
-            self.no_emulation = "without a GPU, emulating the cuda kernels needs pyopencl and PoCL"
-            return
+    def emulate(self, mod: tvm.IRModule, backend: Backend, database) -> None:
+        """Where this machine cannot run the final module: the backend's emulation of it, if it has one."""
         try:
-            self.emulated = emulate(mod, tgt, database)
-        except ReforgeError as err:  # a graph the launch planner cannot lay out as kernel launches
-            self.no_emulation = f"its kernels could not be emulated: {one_line(err)}"
+            self.emulated = backend.emulator(mod, database)
+        except ReforgeError as err:
+            self.no_emulation = one_line(err)
 
     def after_pass(self, name: str, received: tvm.IRModule, result: tvm.IRModule) -> Check:
         unchanged = tvm_ffi.structural_equal(received, result)  # an unchanged module needs no rerun
@@ -201,19 +235,18 @@ class _Verifier:
         self.previous = out
         return found
 
-    def checked(self, artifact: Artifact, tgt, records: list[PassRecord]) -> tuple[list[Check], str | None,
+    def checked(self, artifact: Artifact, tgt: Backend, records: list[PassRecord]) -> tuple[list[Check], str | None,
                                                                                   str | None]:
         """Every check of this model (stages named with their batch bucket under ``--max-batch``),
         why the final module was not run (or None) and how it was emulated (or None)."""
         checks, skipped, emulated = self.checks + [r.check for r in records], None, None
-        if runs_here(artifact.manifest["target"]):
+        if tgt.can_run():
             final = artifact.run(self.feeds)
             checks.append(check("final module", self.ref_name, list(final.values()), self.reference, FINAL_RTOL))
         elif self.emulated is not None:
             final = self.emulated.run(self.arrays)
             checks.append(check("final module (emulated)", self.ref_name, final, self.reference, FINAL_RTOL))
-            emulated = (f"final module emulated: no GPU here; its {tgt.name} schedules ran as OpenCL kernels on "
-                        "PoCL (reforge/cuda_emulation.py)")
+            emulated = tgt.emulation_note
         else:
             skipped = f"final module not run: this machine cannot execute {tgt.name} code" + (
                 f" ({self.no_emulation})" if self.no_emulation else "")
@@ -241,7 +274,7 @@ def _installed_version(dist: str) -> str | None:
         return None
 
 
-def _manifest(imported, tgt, opt_level: int, records: list[PassRecord], build_report) -> dict:
+def _manifest(imported, tgt: Backend, opt_level: int, records: list[PassRecord], build_report) -> dict:
     from reforge import __version__
 
     return {

@@ -66,20 +66,12 @@ def build_report(manifest: dict) -> str:
     return f"build:   {b['seconds']:.1f} s; layout {b['layout']}{moves}; schedules: {rules}"
 
 
-def _machine(target: dict) -> str:
-    """``arch sm_80`` for a GPU, ``mcpu cortex-a72, neon`` for a CPU."""
-    tvm_target = target["tvm"]
-    if target["kind"] == "opencl-fpga":
-        return "OpenCL C, single work-item kernels"
-    if "arch" in tvm_target:
-        return f"arch {tvm_target['arch']}"
-    return f"mcpu {tvm_target.get('mcpu', '?')}, {', '.join(target['features']) or 'baseline ISA'}"
-
-
 def compile_report(manifest: dict) -> str:
+    from .backends import for_manifest  # whose base imports the artifact, whose runners print tables from here
+
     t = manifest["target"]
     lines = [f"model:   {manifest['model']['name']} ({manifest['model']['source']})", signature(manifest),
-             f"target:  {t['name']} ({_machine(t)})",
+             f"target:  {t['name']} ({for_manifest(t).summary()})",
              "", passes_report(manifest), build_report(manifest), "", verification_report(manifest)]
     return "\n".join(lines)
 

@@ -21,12 +21,9 @@ import tempfile
 import zipfile
 from importlib import metadata
 
-import tvm
-from tvm.support import cc
-
 from .errors import ReforgeError
 
-CROSS_CXX = {"arm": "aarch64-linux-gnu-g++"}
+AARCH64_CXX = "aarch64-linux-gnu-g++"
 AARCH64_SYSROOT = "/usr/aarch64-linux-gnu"
 QEMU_AARCH64 = "qemu-aarch64"
 NATIVE = os.path.join(os.path.dirname(__file__), "native")
@@ -46,30 +43,6 @@ def require(tool: str, why: str, hint: str = _INSTALL_HINT) -> str:
     if path is None:
         raise ReforgeError(f"{why} needs '{tool}', which is not on PATH ({hint})")
     return path
-
-
-def runs_here(target: dict) -> bool:
-    """Whether this machine can run a module for ``target`` (a manifest entry): natively, an
-    aarch64 module under qemu when the emulator and the cross compiler are installed, OpenCL
-    kernels with pyopencl, CUDA kernels on a GPU."""
-    from .targets import host_can_run
-
-    kind = target.get("kind")
-    if kind == "opencl-fpga":
-        return importlib.util.find_spec("pyopencl") is not None
-    if kind == "cuda":
-        return tvm.cuda(0).exist
-    return host_can_run(target) or (kind == "arm" and shutil.which(QEMU_AARCH64) is not None
-                                    and shutil.which(CROSS_CXX["arm"]) is not None)
-
-
-def export_library(executable, path: str, kind: str) -> None:
-    """Write ``executable`` as a shared library for a target of ``kind``, cross-compiling if needed."""
-    if kind in CROSS_CXX:
-        compiler = require(CROSS_CXX[kind], f"the '{kind}' target")
-        executable.export_library(path, fcompile=cc.cross_compiler(compiler))
-    else:
-        executable.export_library(path)
 
 
 def cuda_kernel_files(executable, arch: str) -> dict[str, bytes]:
@@ -98,7 +71,7 @@ def cache_dir() -> str:
 def aarch64_program(name: str) -> str:
     """The aarch64 build of the native program ``name`` next to its TVM runtime libraries (all
     programs are fetched and built together, on first use)."""
-    return _built(name, "aarch64", CROSS_CXX["arm"], sorted(_PROGRAMS), "running an 'arm' module here")
+    return _built(name, "aarch64", AARCH64_CXX, sorted(_PROGRAMS), "running an 'arm' module here")
 
 
 def host_program(name: str = "run_vm") -> str:
@@ -205,10 +178,7 @@ def _compile_command(compiler: str, sources: list[str], lib_dirs: list[str], lib
 def native_host_commands(manifest: dict, artifact_path: str) -> list[str]:
     """For an x86 artifact: the two shell commands that build reforge's runner ``run_vm`` (a C++
     program over the C API ``reforge_runtime.h``) with the system compiler and run the artifact with
-    it, without Python; one raw file per input (``in0.bin``, ... in the manifest's order). Empty for
-    other targets."""
-    if manifest.get("target", {}).get("kind") != "x86":
-        return []
+    it, without Python; one raw file per input (``in0.bin``, ... in the manifest's order)."""
     build = host_build_command([os.path.join(NATIVE, s) for s in _PROGRAMS["run_vm"][0]], "run_vm")
     inputs = [f"in{i}.bin {d['dtype']} {'x'.join(map(str, d['shape'])) or 'scalar'}"
               for i, d in enumerate(manifest["inputs"])]

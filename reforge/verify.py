@@ -9,7 +9,7 @@ import tvm
 
 from .execution import Runner
 from .native_log import quiet_stderr
-from .targets import TargetSpec
+from .backends import Backend
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def compare(out: list[np.ndarray], ref: list[np.ndarray]) -> tuple[float, float]
     return max_abs, (max_abs / scale if scale > 0 else max_abs)
 
 
-def run_module(mod: tvm.IRModule, arrays: list[np.ndarray], host: TargetSpec) -> list[np.ndarray]:
+def run_module(mod: tvm.IRModule, arrays: list[np.ndarray], host: Backend) -> list[np.ndarray]:
     """Run ``mod`` once through TVM's plain lowering (no reforge layouts or schedules): quick to
     build, and independent of the schedules that the final-module check then covers. TVM's log lines
     while it legalizes (a warning per ``take``, see reforge.build) are silenced."""

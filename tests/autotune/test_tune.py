@@ -232,7 +232,7 @@ def test_settling_ranks_by_remeasured_latency(tuned, tmp_path):
     re-measured with the task's best and its default schedule, in turns, and loses its claim."""
     from types import SimpleNamespace
 
-    from reforge.autotune.tune import _local_timer, _settle
+    from reforge.autotune.tune import _settle
 
     _net, _path, records_path, _result = tuned
     tgt = get_target("x86")
@@ -244,7 +244,7 @@ def test_settling_ranks_by_remeasured_latency(tuned, tmp_path):
         database.commit_tuning_record(ms.database.TuningRecord(
             slowest.trace, workload, run_secs=[1e-9], target=tgt.tvm_target, args_info=slowest.args_info))
         assert float(database.get_top_k(workload, 1)[0].run_secs[0]) == 1e-9
-        _settle(SimpleNamespace(dispatched=[workload.mod]), database, records, tgt, _local_timer("x86"))
+        _settle(SimpleNamespace(dispatched=[workload.mod]), database, records, tgt, tgt.timer())
         settled = records.database()
         secs = [float(r.run_secs[0]) for r in settled.get_all_tuning_records()
                 if tvm_ffi.structural_equal(r.workload.mod, workload.mod)]

@@ -14,9 +14,9 @@ from tvm.s_tir import meta_schedule as ms
 
 import reforge
 from reforge import ReforgeError, frontend
-from reforge.autotune import TuningRecords, intrinsics, tune
-from reforge.autotune.builder import local_builder
-from reforge.autotune.space import space_for
+from reforge.autotune import TuningRecords, tune
+from reforge.backends.cuda import CudaBackend
+from reforge.build import BuildReport
 from reforge.passes import registry
 from reforge.targets import get_target
 
@@ -45,14 +45,14 @@ def conv_task(path: str):
     mod = frontend.load(path).mod
     for name in registry.select(2, TARGET.kind):
         mod = registry.get(name).make()(mod)
-    (task,) = [t for t in extract_tasks(mod, TARGET) if "conv2d" in t.task_name]
+    (task,) = [t for t in extract_tasks(TARGET.fuse(mod, BuildReport()), TARGET) if "conv2d" in t.task_name]
     return task
 
 
 def sampled_candidates(task, count: int) -> list[ms.MeasureCandidate]:
-    intrinsics.load_for("cuda")  # as tune does: without it TuneContext imports every intrinsic (~40 s)
+    TARGET.load_intrinsics()  # as tune does: without it TuneContext imports every intrinsic (~40 s)
     ctx = ms.TuneContext(mod=task.dispatched[0], target=TARGET.tvm_target,
-                         space_generator=space_for(task.dispatched[0], "cuda", TARGET.vector_lanes()),
+                         space_generator=TARGET.tuning_space(task.dispatched[0]),
                          search_strategy=ms.search_strategy.EvolutionarySearch(
                              population_size=2 * count, init_min_unmeasured=count, genetic_num_iters=1),
                          task_name=task.task_name, rand_state=7).clone()
@@ -64,7 +64,7 @@ def sampled_candidates(task, count: int) -> list[ms.MeasureCandidate]:
 def test_candidates_build_with_nvcc_and_compute_the_conv(model):
     candidates = sampled_candidates(conv_task(model), 8)
     assert len({str(c.sch.trace) for c in candidates}) >= 4  # the search varies the tiles
-    built = local_builder(2, "cuda").build([ms.builder.BuilderInput(c.sch.mod, TARGET.tvm_target)
+    built = TARGET.tuning_builder(2).build([ms.builder.BuilderInput(c.sch.mod, TARGET.tvm_target)
                                             for c in candidates[:2]])
     assert [b.error_msg for b in built] == [None, None]
     net = make_net()
@@ -108,7 +108,7 @@ def test_records_of_candidates_are_applied_by_compile(model, tmp_path):
 
 
 def test_tuning_without_a_gpu_asks_for_gpu_devices(model, tmp_path, monkeypatch):
-    monkeypatch.setattr(tune_module, "measures_here", lambda kind: kind == "x86")
+    monkeypatch.setattr(CudaBackend, "can_measure", lambda _self: False)
     with pytest.raises(ReforgeError, match=r"tuning for 'cuda' measures on its devices: give --rpc-tracker and "
                                            r"--rpc-key \(this machine has no CUDA GPU"):
         tune(model, "cuda", trials=1, output=str(tmp_path / "r.json"))

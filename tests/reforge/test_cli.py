@@ -203,7 +203,7 @@ def test_internal_error_is_one_line_and_verbose_shows_traceback(onnx_path, tmp_p
     def boom(*_a, **_k):
         raise RuntimeError("simulated bug\nsecond line")
 
-    monkeypatch.setattr("reforge.pipeline.build", boom)
+    monkeypatch.setattr("reforge.pipeline.build_fused", boom)
     code, _, err = cli(capsys, "compile", onnx_path, "-o", tmp_path / "m.tar")
     assert code == 1 and err == ("reforge: internal error: simulated bug "
                                  "(rerun with --verbose for the traceback)\n")

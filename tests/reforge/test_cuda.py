@@ -19,7 +19,7 @@ from tvm import relax, tirx
 
 import reforge
 from reforge import ReforgeError
-from reforge.build import BuildReport, lower_gpu
+from reforge.build import BuildReport
 from reforge.cli import main
 from reforge.cuda_emulation import emulate
 from reforge.passes import registry
@@ -72,7 +72,7 @@ def conv_block(cin, cout, hw, k, pad, stride, residual: bool, seed: int = 0):
 def test_direct_conv2d_schedule_numerics(cin, cout, hw, k, pad, stride, residual):
     mod, w, b, reference, out_hw = conv_block(cin, cout, hw, k, pad, stride, residual)
     report = BuildReport()
-    lowered = lower_gpu(mod, get_target("cuda"), report)
+    lowered = get_target("cuda").lower(mod, report)
     assert report.schedules == {"conv2d_direct": 1}
     (func,) = [f for _, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)]
     rng = np.random.default_rng(1)
@@ -171,7 +171,7 @@ def test_verify_says_why_kernels_it_cannot_emulate_were_not_run(tmp_path, monkey
     def refuse(*_args):
         raise ReforgeError("OpenCL launch plan: 'lv = relax.foo(...)' is not a kernel launch")
 
-    monkeypatch.setattr(reforge.pipeline, "emulate", refuse)
+    monkeypatch.setattr("reforge.cuda_emulation.emulate", refuse)
     model = str(tmp_path / "m.onnx")
     onnx.save(conv_bn_relu_model(), model)
     verification = reforge.compile(model, target="cuda", verify=True).manifest["verification"]
