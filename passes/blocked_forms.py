@@ -1,13 +1,13 @@
 """Operators respelled so that TVM's ``ConvertLayout`` carries the blocked layout NCHW[x]c through them
 (build steps of the CPU targets, one just before it, one just after). TVM 0.27 gives some operators
-no layout inference (``clip``, ``take``, a channel-last island's ``permute_dims``), infers others
+no layout inference (``clip``, ``leakyrelu``, ``take``, a channel-last island's ``permute_dims``), infers others
 wrongly for blocked channels (``split``) or fails on them (``layer_norm`` and ``mean`` over
 channels); each would leave a ``layout_transform`` pair around it, a full copy of the tensor each
 way, and split the elementwise chain a conv's epilogue fuses.
 
 :func:`in_blocked_forms` (before): clip as maximum / minimum; channel shuffles as one ``take``;
 ConvNeXt's channels-last island in NCHW; LayerNorm over channels as one kernel; channel splits as
-slices. :func:`channel_moves_in_blocked_layout` (after): channel slices, concats, takes and norms
+slices; leaky ReLU as maximum. :func:`channel_moves_in_blocked_layout` (after): channel slices, concats, takes and norms
 of blocked tensors done on the blocked tensor."""
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class _BlockedForms(relax.PyExprMutator):
             (_MOVES, self._channel_permutation),
             (("relax.take", "relax.strided_slice"), self._channels_of_channels),
             (("relax.clip",), lambda c: _clip(self.builder_, c)),
+            (("relax.nn.leakyrelu",), lambda c: _leaky_relu(self.builder_, c)),
             (("relax.split",), lambda c: _channel_split(self.builder_, c))) if name in ops]
         for rewrite in rewrites:  # the first that applies
             new = rewrite(call)
@@ -266,6 +267,17 @@ def _clip(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     if hi < np.inf:
         x = relax.op.minimum(x, relax.const(hi, dtype))
     return x
+
+
+def _leaky_relu(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """``leakyrelu(x, α) = maximum(x, α·x)`` for 0 ≤ α ≤ 1 (``minimum`` for α > 1; CSPNet's, YOLO's
+    activation): the same products and selection, in binary operators that keep their input's layout
+    (TVM 0.27 gives ``leakyrelu`` no layout inference); a negative α stays as it is."""
+    x, alpha = call.args[0], float(call.attrs.alpha)
+    if alpha < 0:
+        return call
+    scaled = bb.emit(relax.op.multiply(x, relax.const(alpha, x.ty.dtype)))
+    return relax.op.maximum(x, scaled) if alpha <= 1 else relax.op.minimum(x, scaled)
 
 
 def _channel_split(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
