@@ -164,6 +164,7 @@ def channel_moves_in_blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
 
         slice(unblock(y), channels [lo, hi))  ->  unblock(y[:, lo/L : hi/L])    lo, hi multiples of L
         concat(unblock(y1), unblock(y2), ...)  ->  unblock(concat(y1, y2, ...))  all in NCHW[L]c
+        resize2d(unblock(y)) read by a block or such a concat  ->  unblock(resize2d_blocked(y))
         take(unblock(y), p, axis=1)            ->  unblock(gather(y, p))         len(p) a multiple of L
         channel_layer_norm(unblock(y))         ->  unblock(channel_layer_norm(y))
         block_L(unblock_L(z))                  ->  z
@@ -187,9 +188,27 @@ class _BlockedMoves(relax.PyExprMutator):
         if name == "relax.call_tir" and callee_attr(self.builder_.get(), call, "reforge.op") == CHANNEL_NORM:
             return self._layer_norm(call)
         if name == "relax.layout_transform" and blocks(call):
-            y = self._unblocked(call.args[0])
+            y = self._unblocked_or_resized(call.args[0])
             return y if y is not None and tensor_shape(y) == tensor_shape(call) else call
         return call
+
+    def _unblocked_or_resized(self, expr) -> relax.Expr | None:
+        """``y`` if ``expr`` is bound to ``unblock(y)``; the blocked resize of ``y`` if it is bound to
+        ``resize2d(unblock(y))`` in NCHW (TVM gives a blocked resize no layout inference; DeepLab's
+        pooled branch): ``resize(unblock(y)) = unblock(resize_blocked(y))``, emitted only where a block or a
+        concat of blocked tensors reads it, so an output's resize still reads the small map."""
+        y = self._unblocked(expr)
+        bound = self.lookup_binding(expr) if y is None and isinstance(expr, relax.Var) else None
+        if op_name(bound) != "relax.image.resize2d" or str(bound.attrs.layout) != "NCHW":
+            return y
+        y = self._unblocked(bound.args[0])
+        if y is None:
+            return None
+        a = bound.attrs
+        return self.builder_.emit(relax.op.image.resize2d(
+            y, bound.args[1], [float(r) for r in a.roi], f"NCHW{int(tensor_shape(y)[4])}c", a.method,
+            a.coordinate_transformation_mode, a.rounding_method, float(a.cubic_alpha), int(a.cubic_exclude),
+            float(a.extrapolation_value), a.out_dtype))
 
     def _unblocked(self, expr) -> relax.Expr | None:
         """``y`` if ``expr`` is bound to ``unblock(y)``."""
@@ -217,7 +236,7 @@ class _BlockedMoves(relax.PyExprMutator):
         parts = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else None
         if parts is None or int(call.attrs.axis) % 4 != 1:
             return call
-        blocked = [self._unblocked(p) for p in parts]
+        blocked = [self._unblocked_or_resized(p) for p in parts]
         if any(y is None for y in blocked) or len({int(tensor_shape(y)[4]) for y in blocked}) != 1:
             return call
         return self._unblock(self.builder_.emit(relax.op.concat(blocked, axis=1)))
