@@ -112,6 +112,8 @@ BLOCKS = {  # id: (block, input shape, its depthwise convs)
     "aspp": (lambda: nn.Sequential(*conv_bn(16, 32), nn.ReLU(), ASPP(32)), (1, 16, 12, 12), 0),
     "mixconv-3-5-7": (lambda: MixBlock(32, 96, (3, 5, 7)), (1, 32, 12, 12), 3),
     "mixconv-3-5-7-9": (lambda: MixBlock(32, 128, (3, 5, 7, 9)), (1, 32, 12, 12), 4),
+    # MixNet-S's split of 120 channels in 40s, off the block of 120 (15): blocks of 10 for all of them
+    "mixconv-120-in-40s": (lambda: MixBlock(40, 120, (3, 5, 7)), (1, 40, 12, 12), 3),
 }
 
 
