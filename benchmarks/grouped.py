@@ -69,9 +69,9 @@ class Bottleneck(nn.Module):
         return torch.relu(self.body(x) + x)
 
 
-def nchw_grouped_policy(lanes: int):
+def nchw_grouped_policy(lanes: int, blocks=None):
     """The layout policy with grouped convs (not depthwise) left in NCHW: the path before this kernel."""
-    choose = blocked_conv2d_layouts(lanes)
+    choose = blocked_conv2d_layouts(lanes, blocks)
 
     def old(call):
         if call.op.name == "relax.nn.conv2d" and int(call.attrs.groups) > 1:

@@ -1,13 +1,13 @@
 """Operators respelled so that TVM's ``ConvertLayout`` carries the blocked layout NCHW[x]c through them
 (build steps of the CPU targets, one just before it, one just after). TVM 0.27 gives some operators
-no layout inference (``clip``, ``take``, a channel-last island's ``permute_dims``), infers others
+no layout inference (``clip``, ``leakyrelu``, ``take``, a channel-last island's ``permute_dims``), infers others
 wrongly for blocked channels (``split``) or fails on them (``layer_norm`` and ``mean`` over
 channels); each would leave a ``layout_transform`` pair around it, a full copy of the tensor each
 way, and split the elementwise chain a conv's epilogue fuses.
 
 :func:`in_blocked_forms` (before): clip as maximum / minimum; channel shuffles as one ``take``;
 ConvNeXt's channels-last island in NCHW; LayerNorm over channels as one kernel; channel splits as
-slices. :func:`channel_moves_in_blocked_layout` (after): channel slices, concats, takes and norms
+slices; leaky ReLU as maximum. :func:`channel_moves_in_blocked_layout` (after): channel slices, concats, takes and norms
 of blocked tensors done on the blocked tensor."""
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class _BlockedForms(relax.PyExprMutator):
             (_MOVES, self._channel_permutation),
             (("relax.take", "relax.strided_slice"), self._channels_of_channels),
             (("relax.clip",), lambda c: _clip(self.builder_, c)),
+            (("relax.nn.leakyrelu",), lambda c: _leaky_relu(self.builder_, c)),
             (("relax.split",), lambda c: _channel_split(self.builder_, c))) if name in ops]
         for rewrite in rewrites:  # the first that applies
             new = rewrite(call)
@@ -163,6 +164,7 @@ def channel_moves_in_blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
 
         slice(unblock(y), channels [lo, hi))  ->  unblock(y[:, lo/L : hi/L])    lo, hi multiples of L
         concat(unblock(y1), unblock(y2), ...)  ->  unblock(concat(y1, y2, ...))  all in NCHW[L]c
+        resize2d(unblock(y)) read by a block or such a concat  ->  unblock(resize2d_blocked(y))
         take(unblock(y), p, axis=1)            ->  unblock(gather(y, p))         len(p) a multiple of L
         channel_layer_norm(unblock(y))         ->  unblock(channel_layer_norm(y))
         block_L(unblock_L(z))                  ->  z
@@ -186,9 +188,27 @@ class _BlockedMoves(relax.PyExprMutator):
         if name == "relax.call_tir" and callee_attr(self.builder_.get(), call, "reforge.op") == CHANNEL_NORM:
             return self._layer_norm(call)
         if name == "relax.layout_transform" and blocks(call):
-            y = self._unblocked(call.args[0])
+            y = self._unblocked_or_resized(call.args[0])
             return y if y is not None and tensor_shape(y) == tensor_shape(call) else call
         return call
+
+    def _unblocked_or_resized(self, expr) -> relax.Expr | None:
+        """``y`` if ``expr`` is bound to ``unblock(y)``; the blocked resize of ``y`` if it is bound to
+        ``resize2d(unblock(y))`` in NCHW (TVM gives a blocked resize no layout inference; DeepLab's
+        pooled branch): ``resize(unblock(y)) = unblock(resize_blocked(y))``, emitted only where a block or a
+        concat of blocked tensors reads it, so an output's resize still reads the small map."""
+        y = self._unblocked(expr)
+        bound = self.lookup_binding(expr) if y is None and isinstance(expr, relax.Var) else None
+        if op_name(bound) != "relax.image.resize2d" or str(bound.attrs.layout) != "NCHW":
+            return y
+        y = self._unblocked(bound.args[0])
+        if y is None:
+            return None
+        a = bound.attrs
+        return self.builder_.emit(relax.op.image.resize2d(
+            y, bound.args[1], [float(r) for r in a.roi], f"NCHW{int(tensor_shape(y)[4])}c", a.method,
+            a.coordinate_transformation_mode, a.rounding_method, float(a.cubic_alpha), int(a.cubic_exclude),
+            float(a.extrapolation_value), a.out_dtype))
 
     def _unblocked(self, expr) -> relax.Expr | None:
         """``y`` if ``expr`` is bound to ``unblock(y)``."""
@@ -216,7 +236,7 @@ class _BlockedMoves(relax.PyExprMutator):
         parts = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else None
         if parts is None or int(call.attrs.axis) % 4 != 1:
             return call
-        blocked = [self._unblocked(p) for p in parts]
+        blocked = [self._unblocked_or_resized(p) for p in parts]
         if any(y is None for y in blocked) or len({int(tensor_shape(y)[4]) for y in blocked}) != 1:
             return call
         return self._unblock(self.builder_.emit(relax.op.concat(blocked, axis=1)))
@@ -266,6 +286,17 @@ def _clip(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     if hi < np.inf:
         x = relax.op.minimum(x, relax.const(hi, dtype))
     return x
+
+
+def _leaky_relu(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """``leakyrelu(x, α) = maximum(x, α·x)`` for 0 ≤ α ≤ 1 (``minimum`` for α > 1; CSPNet's, YOLO's
+    activation): the same products and selection, in binary operators that keep their input's layout
+    (TVM 0.27 gives ``leakyrelu`` no layout inference); a negative α stays as it is."""
+    x, alpha = call.args[0], float(call.attrs.alpha)
+    if alpha < 0:
+        return call
+    scaled = bb.emit(relax.op.multiply(x, relax.const(alpha, x.ty.dtype)))
+    return relax.op.maximum(x, scaled) if alpha <= 1 else relax.op.minimum(x, scaled)
 
 
 def _channel_split(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:

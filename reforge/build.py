@@ -15,6 +15,7 @@ from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 
 from reforge.passes.blocked_forms import in_blocked_forms, channel_moves_in_blocked_layout
 from reforge.passes.blocked_pack import pack_in_blocked_layout
+from reforge.passes.channel_blocks import conv_channel_blocks
 from reforge.passes.fuse_fplus import fplus_in_blocked_layout
 from reforge.passes.graph import mutate_functions, op_name, ops_histogram
 from reforge.passes.reserved_copies import reserved_channels_as_copies
@@ -51,7 +52,8 @@ def blocked_layout(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, str]:
                                     relax.transform.DeadCodeElimination()])(mod)
     try:
         with quiet_stderr():  # TVM logs a BlockBuilder warning while unwinding a refusal
-            converted = relax.transform.ConvertLayout({}, blocked_conv2d_layouts(lanes))(mod)
+            policy = blocked_conv2d_layouts(lanes, conv_channel_blocks(mod, lanes))  # one block where tensors meet
+            converted = relax.transform.ConvertLayout({}, policy)(mod)
     except (tvm.error.InternalError, ValueError, TypeError) as err:  # TVM reports unsupported graphs so
         return mod, f"NCHW (blocked layout not applied: {one_line(err)})"
     converted = mutate_functions(converted, lambda m, _f: _BoolLayouts(m))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from tvm import relax
 
 from .grouped_nchwc import groups_per_block_group
@@ -15,7 +17,8 @@ def channel_block(channels: int, lanes: int) -> int:
     return max(d for d in range(1, min(channels, lanes) + 1) if channels % d == 0)
 
 
-def grouped_blocks(in_ch: int, out_ch: int, groups: int, lanes: int) -> tuple[int, int, int] | None:
+def grouped_blocks(in_ch: int, out_ch: int, groups: int, lanes: int,
+                   ib: int | None = None, ob: int | None = None) -> tuple[int, int, int] | None:
     """(data block x, kernel input block, output block y) of a grouped conv (1 < groups < channels),
     or None (NCHW). The blocks the convs around it take (:func:`channel_block` of its channels), over
     block groups of the fewest k whole groups whose channels are whole blocks (:mod:`.grouped_nchwc`):
@@ -24,9 +27,10 @@ def grouped_blocks(in_ch: int, out_ch: int, groups: int, lanes: int) -> tuple[in
     wide and k at most lanes / MIN_BLOCK (a vector of one group's width wastes as many lanes).
     Otherwise NCHW: TVM's ConvertLayout cannot move a tensor between two channel blocks (NCHW13c to
     NCHW8c failed for RegNetY's 104 channels in groups of 8), so other blocks would leave the whole
-    graph in NCHW."""
+    graph in NCHW. ``ib`` / ``ob``, where given, are the data / output blocks of the tensors around it."""
     group_in, group_out = in_ch // groups, out_ch // groups
-    ib, ob = channel_block(in_ch, lanes), channel_block(out_ch, lanes)
+    ib = channel_block(in_ch, lanes) if ib is None else ib
+    ob = channel_block(out_ch, lanes) if ob is None else ob
     k = groups_per_block_group(group_in, group_out, groups, ib, ob)
     if k is None or ob < MIN_BLOCK:
         return None
@@ -37,7 +41,7 @@ def grouped_blocks(in_ch: int, out_ch: int, groups: int, lanes: int) -> tuple[in
     return None
 
 
-def blocked_conv2d_layouts(lanes: int):
+def blocked_conv2d_layouts(lanes: int, blocks: Mapping[relax.Call, tuple[int, int]] | None = None):
     """A ``ConvertLayout`` callback: NCHW conv2d with groups = 1 to NCHW[ib]c / OIHW[ib]i[ob]o / NCHW[ob]c;
     depthwise conv2d (groups = in = out channels) to NCHW[b]c / OIHW1i[b]o / NCHW[b]c; other grouped
     convs to the blocks of :func:`grouped_blocks`.
@@ -47,6 +51,10 @@ def blocked_conv2d_layouts(lanes: int):
     conv2d accepts the depthwise kernel layout: OIHW1i[b]o is (C/b, 1, kh, kw, 1, b), which reads
     back as OIHW (C, 1, kh, kw), and C = groups · 1 holds; so does a grouped kernel whose input block
     divides I/groups (its OIHW reading is (O, I/groups, kh, kw) whatever the data's block).
+
+    ``blocks`` maps a conv call to the (input, output) blocks of the tensors around it
+    (:func:`reforge.passes.channel_blocks.conv_channel_blocks`), in place of each channel count's own
+    :func:`channel_block`; a depthwise conv's two are one.
     """
 
     def choose(call: relax.Call) -> dict[str, list[str]]:
@@ -57,16 +65,15 @@ def blocked_conv2d_layouts(lanes: int):
             return {}
         out_ch, in_ch = (int(d) for d in call.args[1].ty.shape.values[:2])
         groups = int(a.groups)
-        if groups == 1 and channel_block(out_ch, lanes) >= MIN_BLOCK:
-            ib, ob = channel_block(in_ch, lanes), channel_block(out_ch, lanes)
+        ib, ob = (blocks or {}).get(call) or (channel_block(in_ch * groups, lanes), channel_block(out_ch, lanes))
+        if groups == 1 and ob >= MIN_BLOCK:
             return {"relax.nn.conv2d": [f"NCHW{ib}c", f"OIHW{ib}i{ob}o", f"NCHW{ob}c"]}
-        if groups == out_ch and in_ch == 1 and channel_block(out_ch, lanes) >= MIN_BLOCK:
-            b = channel_block(out_ch, lanes)
-            return {"relax.nn.conv2d": [f"NCHW{b}c", f"OIHW1i{b}o", f"NCHW{b}c"]}
+        if groups == out_ch and in_ch == 1 and ob >= MIN_BLOCK:
+            return {"relax.nn.conv2d": [f"NCHW{ob}c", f"OIHW1i{ob}o", f"NCHW{ob}c"]}
         if 1 < groups < out_ch and in_ch > 1:
-            blocks = grouped_blocks(in_ch * groups, out_ch, groups, lanes)
-            if blocks is not None:
-                ib, ki, ob = blocks
+            grouped = grouped_blocks(in_ch * groups, out_ch, groups, lanes, ib, ob)
+            if grouped is not None:
+                ib, ki, ob = grouped
                 return {"relax.nn.conv2d": [f"NCHW{ib}c", f"OIHW{ki}i{ob}o", f"NCHW{ob}c"]}
         return _NCHW
 

@@ -1,6 +1,6 @@
 """Activations of the mobile CNN families in the blocked layout, fused into their conv's epilogue:
-ReLU6 (ONNX ``Clip``, or a ``Max`` / ``Min`` pair), hardswish, hardsigmoid, SiLU, sigmoid and GELU
-(erf and tanh forms). Each block is checked against onnxruntime (RTOL) and built with the two
+ReLU6 (ONNX ``Clip``, or a ``Max`` / ``Min`` pair), hardswish, hardsigmoid, SiLU, sigmoid, GELU
+(erf and tanh forms) and leaky ReLU. Each block is checked against onnxruntime (RTOL) and built with the two
 layout transforms of its edges only, its activations inside the conv kernels (no elementwise
 kernel of their own)."""
 
@@ -27,6 +27,7 @@ BLOCKS = {  # id: (block, input shape, the fused operators each activation leave
     "sigmoid": (lambda: ConvAct(act=nn.Sigmoid), (1, 16, 12, 12), "sigmoid"),
     "gelu": (lambda: ConvAct(act=nn.GELU), (1, 16, 12, 12), "erf"),
     "gelu-tanh": (lambda: ConvAct(act=lambda: nn.GELU(approximate="tanh")), (1, 16, 12, 12), "tanh"),
+    "leakyrelu": (lambda: ConvAct(act=lambda: nn.LeakyReLU(0.1)), (1, 16, 12, 12), "multiply_maximum"),
 }
 
 

@@ -63,7 +63,7 @@ def test_shufflenet_stage_stays_blocked(tmp_path):
 
 
 class OffBlockSplit(nn.Module):
-    """A split at channel 24 of 64 (not a multiple of the 16-lane block), a spatial transpose of a square
+    """A split at channel 24 of 64 (not a multiple of a 16-lane block), a spatial transpose of a square
     map (reshape / transpose back to the input's shape, not a channel permutation): correct, whatever
     the layout."""
 
@@ -78,7 +78,8 @@ class OffBlockSplit(nn.Module):
         return y.transpose(2, 3).reshape(1, 64, 12, 12)
 
 
-def test_off_block_split_and_spatial_transpose_keep_their_meaning(tmp_path):
+def test_split_off_the_lane_block_and_spatial_transpose_keep_their_meaning(tmp_path):
     shape = (1, 64, 12, 12)
     build = compile_and_check(export(make(OffBlockSplit()), shape, tmp_path / "offblock.onnx"), shape)
-    assert build["layout_transforms"] >= 3, build  # the off-block slices read NCHW
+    # the split's input and parts share a block of 8 (gcd 24, 40, 64), so the split falls on block boundaries
+    assert build["layout_transforms"] == 2, build
