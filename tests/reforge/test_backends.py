@@ -22,7 +22,7 @@ from reforge.backends import ArmBackend, CudaBackend, OpenCLFPGABackend, X86Back
 from reforge.backends.x86 import host_cache_bytes, host_features, parse_size
 from reforge.machine import AVX2, AVX512, NEON, SSE
 
-from ..conftest import conv_bn_relu_model
+from tests.helpers import conv_bn_relu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EM_X86_64, EM_AARCH64 = 62, 183  # ELF e_machine
