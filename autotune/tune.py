@@ -29,13 +29,14 @@ from tvm.s_tir import meta_schedule as ms
 from reforge import frontend
 from reforge.build import BuildReport, fuse, fuse_nchw
 from reforge.errors import ReforgeError, one_line
+from reforge.machine import machine_for
 from reforge.passes import registry
 from reforge.passes.fft_conv import eligible_convs
 from reforge.passes.sparse import eligible_layers
 from reforge.targets import TargetSpec, get_target
 from reforge.toolchains import export_library
-from reforge.topi_ext.schedule_gpu import default_gpu_schedule
-from reforge.topi_ext.schedule_x86 import default_schedule
+from reforge.topi_ext.schedules.default import default_schedule
+from reforge.topi_ext.schedules.gpu import default_gpu_schedule
 
 from . import fft_choice, intrinsics, sparse_choice
 from .builder import local_builder
@@ -151,14 +152,14 @@ def extract_tasks(mod: tvm.IRModule, tgt: TargetSpec) -> list[ms.ExtractedTask]:
 
 
 def _search(extracted, database, tgt, trials, timeout, runner, log, checkpoint) -> TuneResult:
-    lanes, cores = tgt.vector_lanes(), len(os.sched_getaffinity(0))  # this machine's cores build and search
+    machine, cores = machine_for(tgt), len(os.sched_getaffinity(0))  # this machine's cores build and search
     progress = Progress(trials, timeout, log, checkpoint)
     start = time.perf_counter()
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # reforge prints its own progress
     intrinsics.load_for(tgt.kind)  # before TuneContext, which would import every target's
     with tempfile.TemporaryDirectory(prefix="reforge-tune-") as work:
         contexts = [ms.TuneContext(mod=task.dispatched[0], target=tgt.tvm_target,
-                                   space_generator=space_for(task.dispatched[0], tgt.kind, lanes),
+                                   space_generator=space_for(task.dispatched[0], tgt.kind, machine),
                                    search_strategy=Budgeted(ms.search_strategy.EvolutionarySearch(
                                        population_size=128, init_min_unmeasured=32), progress),
                                    task_name=task.task_name, logger=_TASK_LOG, num_threads=cores,
@@ -250,7 +251,7 @@ def _default_schedule(func, tgt) -> s_tir.Schedule | None:
     """The schedule ``compile`` gives ``func`` without records."""
     if tgt.kind == "cuda":
         return default_gpu_schedule(func, tgt.tvm_target)[0]
-    return default_schedule(func, tgt.vector_lanes())[0]
+    return default_schedule(func, machine_for(tgt))[0]
 
 
 def measures_here(kind: str) -> bool:

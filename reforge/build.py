@@ -18,13 +18,14 @@ from reforge.passes.graph import mutate_functions, op_name, ops_histogram
 from reforge.passes.reserved_copies import reserved_channels_as_copies
 from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
 from reforge.topi_ext.dense_packed import legalize_matmul
-from reforge.topi_ext.default_schedules import apply_default_schedules
 from reforge.topi_ext.fast_math import vectorizable_math_module
 from reforge.topi_ext.layouts import blocked_conv2d_layouts
-from reforge.topi_ext.schedule_fpga import apply_fpga_schedules
-from reforge.topi_ext.schedule_gpu import apply_gpu_schedules
+from reforge.topi_ext.schedules.default import apply_default_schedules
+from reforge.topi_ext.schedules.fpga import apply_fpga_schedules
+from reforge.topi_ext.schedules.gpu import apply_gpu_schedules
 
 from .errors import one_line
+from .machine import machine_for
 from .native_log import quiet_stderr
 from .opencl_plan import OpenCLProgram, build_program
 from .targets import TargetSpec
@@ -110,7 +111,7 @@ def lower(mod: tvm.IRModule, target: TargetSpec, report: BuildReport, database=N
     if database is not None:
         with target.tvm_target, database:
             mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-    mod, report.schedules = apply_default_schedules(mod, target.vector_lanes())
+    mod, report.schedules = apply_default_schedules(mod, machine_for(target))
     return mod
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from tvm import te
 
 from .dft import angles, complex_block, half_spectrum_weights
-from .op_kind import OPAQUE
+from .op_kind import tag
 
 MIX_OP = "fft_mix"  # the channel mix PrimFunc's ``reforge.op`` attribute
 MIX_ACC, MIX_OUT = "fft_mix_acc", "fft_mix"  # its blocks: the GEMM, the complex combination
@@ -268,7 +268,7 @@ def mix_prim_func(q: int, p: int, c: int, o: int, dtype: str = "float32"):
     x = te.placeholder((q, 2 * p, c), dtype, "x")
     k = te.placeholder((q, 2 * o // v, c, v), dtype, "k")
     out = mix(x, k)
-    return te.create_prim_func([x, k, out]).with_attr("op_pattern", OPAQUE).with_attr("reforge.op", MIX_OP)
+    return tag(te.create_prim_func([x, k, out]), MIX_OP)
 
 
 # ----------------------------------------------------------------------------- numpy twin

@@ -28,7 +28,7 @@ import tvm
 
 from .fft_conv import FFTConvGeometry
 from .fft_conv import geometry as fft_geometry
-from .op_kind import OPAQUE
+from .op_kind import tag
 
 OP = "sparse_conv2d"  # the PrimFunc's ``reforge.op`` attribute
 TILE = 64  # output columns per accumulator tile: 4 AVX-512 vectors, 8 AVX2, 16 NEON
@@ -152,7 +152,7 @@ def sparse_conv2d(x: T.Buffer(({g.n}, {g.c * hp * wp}), "float32"), offsets: T.B
     from tvm.script import tirx
 
     func = tvm.script.from_source(src, extra_vars={"T": tirx})
-    return func.with_attr("op_pattern", OPAQUE).with_attr("reforge.op", OP)
+    return tag(func, OP)
 
 
 def sparse_conv2d_np(x: np.ndarray, weight: np.ndarray, strides, padding) -> np.ndarray:

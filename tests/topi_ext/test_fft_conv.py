@@ -108,10 +108,11 @@ def test_mix_operator(q, p, c, o):
     """The scheduled channel mix: ``Re / Im`` of per-frequency complex products, vs numpy."""
     from tvm import s_tir
 
-    from reforge.topi_ext.schedule_fft import schedule_mix_on
+    from reforge.machine import AVX2
+    from reforge.topi_ext.schedules.fft import schedule_mix_on
 
     sch = s_tir.Schedule(fft_conv.mix_prim_func(q, p, c, o))
-    schedule_mix_on(sch, 8)
+    schedule_mix_on(sch, AVX2)
     lib = tvm.compile(sch.mod, target=get_target("x86").tvm_target)
     rng = np.random.default_rng(q * p)
     x = rng.standard_normal((q, 2 * p, c)).astype("float32")
