@@ -17,6 +17,7 @@ from reforge import ReforgeError, frontend
 from reforge.autotune import TuningRecords, intrinsics, tune
 from reforge.autotune.builder import local_builder
 from reforge.autotune.space import space_for
+from reforge.machine import machine_for
 from reforge.passes import registry
 from reforge.targets import get_target
 
@@ -52,7 +53,7 @@ def conv_task(path: str):
 def sampled_candidates(task, count: int) -> list[ms.MeasureCandidate]:
     intrinsics.load_for("cuda")  # as tune does: without it TuneContext imports every intrinsic (~40 s)
     ctx = ms.TuneContext(mod=task.dispatched[0], target=TARGET.tvm_target,
-                         space_generator=space_for(task.dispatched[0], "cuda", TARGET.vector_lanes()),
+                         space_generator=space_for(task.dispatched[0], "cuda", machine_for(TARGET)),
                          search_strategy=ms.search_strategy.EvolutionarySearch(
                              population_size=2 * count, init_min_unmeasured=count, genetic_num_iters=1),
                          task_name=task.task_name, rand_state=7).clone()
