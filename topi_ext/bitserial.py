@@ -34,7 +34,7 @@ any subtraction, because LLVM treats uint32/uint64 arithmetic as non-wrapping):
 
 Relax: :func:`emit_bitpack`, :func:`emit_bitserial_conv2d`, :func:`emit_bitserial_dense`,
 :func:`emit_bitpool` add the operator's PrimFunc (tagged ``reforge.op``, opaque to FuseOps; the
-build schedules it for the target, :mod:`schedule_bitserial`) and a ``call_tir`` to a
+build schedules it for the target, :mod:`.schedules.bitserial`) and a ``call_tir`` to a
 BlockBuilder, with the weights packed into constants.
 """
 

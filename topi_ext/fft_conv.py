@@ -11,7 +11,7 @@ and the outputs of all tiles, cropped to the output size, are the conv. The weig
 L·(L/2+1)·C·O complex values whatever the map size, and per frequency the channel mix is a GEMM
 ``[2·tiles, C] @ [C, 2·O]`` (real and imaginary rows against ``[Re K | Im K]`` columns) that reuses
 each weight value across all tiles: :func:`mix_prim_func`, a reforge operator tagged
-``reforge.op = "fft_mix"`` and scheduled as a register-tiled batched GEMM (``schedule_fft.py``).
+``reforge.op = "fft_mix"`` and scheduled as a register-tiled batched GEMM (``schedules/fft.py``).
 
 The DFTs along W (real, half spectrum F = L/2 + 1) and H (complex) and the inverses (output rows
 and columns of a tile only) are products with constant DFT matrices (REFERENCES B1: TVM 0.27 has no

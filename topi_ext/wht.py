@@ -20,7 +20,7 @@ with scaled rows, what folding the WHT layer's ``v ⊙`` into the matrix leaves)
 
 Relax: :func:`emit_wht` adds the PrimFunc (attribute ``reforge.op = "wht"``, opaque to FuseOps, not
 scheduled: the target's default scheduler finds it by the attribute; x86 uses
-:func:`schedule_wht.schedule_wht`) and a ``call_tir``.
+:func:`.schedules.wht.schedule_wht`) and a ``call_tir``.
 """
 
 from __future__ import annotations
