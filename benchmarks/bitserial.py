@@ -33,7 +33,7 @@ from benchmarks.results import publish  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
 from reforge.targets import get_target  # noqa: E402
 from reforge.topi_ext import bitserial as bs  # noqa: E402
-from reforge.topi_ext.schedule_bitserial import schedule_bitpack, schedule_bitserial_conv2d  # noqa: E402
+from reforge.topi_ext.schedules.bitserial import schedule_bitpack, schedule_bitserial_conv2d  # noqa: E402
 
 LAYERS = [(256, 14), (64, 56)]  # channels in = out, height = width
 WORD = "uint64"

@@ -34,7 +34,7 @@ from reforge.execution import time_calls  # noqa: E402
 from reforge.targets import get_target  # noqa: E402
 from reforge.topi_ext.depthwise_nchwc import depthwise_conv2d_nchwc  # noqa: E402
 from reforge.topi_ext.layouts import channel_block  # noqa: E402
-from reforge.topi_ext.schedule_x86 import schedule_func  # noqa: E402
+from reforge.topi_ext.schedules.default import schedule_func  # noqa: E402
 
 LAYERS = [(48, 112, 2), (48, 56, 1), (128, 28, 1), (256, 14, 1), (1024, 7, 1)]  # channels, input size, stride
 
@@ -62,9 +62,9 @@ def nchw_kernel(channels: int, size: int, stride: int) -> tuple[tvm.tirx.PrimFun
     return te.create_prim_func([data, kernel, bias, out]), [data.shape, kernel.shape, bias.shape, out.shape]
 
 
-def time_kernel(func: tvm.tirx.PrimFunc, shapes: list, lanes: int, target, repeat: int) -> tuple[float, str]:
+def time_kernel(func: tvm.tirx.PrimFunc, shapes: list, machine, target, repeat: int) -> tuple[float, str]:
     """Median ms of the default-scheduled ``func`` on random arguments, and the rule that scheduled it."""
-    scheduled, rule = schedule_func(func, lanes)
+    scheduled, rule = schedule_func(func, machine)
     lib = tvm.compile(tvm.IRModule({"main": scheduled}), target=target)
     rng = np.random.default_rng(0)
     args = [tvm.runtime.tensor(rng.standard_normal([int(d) for d in s]).astype("float32")) for s in shapes]
@@ -105,9 +105,9 @@ def main() -> None:
     print(f"{'C x H x W / s':>18s} {'blocked':>9s} {'NCHW generic':>13s} {'reforge model':>14s} "
           f"{'onnxruntime model':>18s}  rel diff")
     for channels, size, stride in LAYERS:
-        blocked, rule = time_kernel(*blocked_kernel(channels, size, stride, lanes), lanes, target.tvm_target,
+        blocked, rule = time_kernel(*blocked_kernel(channels, size, stride, lanes), target.machine, target.tvm_target,
                                     args.repeat)
-        generic, generic_rule = time_kernel(*nchw_kernel(channels, size, stride), lanes, target.tvm_target,
+        generic, generic_rule = time_kernel(*nchw_kernel(channels, size, stride), target.machine, target.tvm_target,
                                             args.repeat)
         assert (rule, generic_rule) == ("depthwise_nchwc", "generic"), (rule, generic_rule)
         ours, ort, rel = time_models(channels, size, stride, args.threads, args.repeat)

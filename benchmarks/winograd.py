@@ -23,14 +23,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count()))  # the pool is sized once, at first use
 
 import tvm  # noqa: E402
-from tvm import s_tir, te  # noqa: E402
+from tvm import te  # noqa: E402
 
 from benchmarks import onnx_conv  # noqa: E402
 from benchmarks.results import publish  # noqa: E402
 from reforge.targets import get_target  # noqa: E402
 from reforge.topi_ext import winograd_nchwc as winograd  # noqa: E402
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc  # noqa: E402
-from reforge.topi_ext.schedule_x86 import schedule_func  # noqa: E402
+from reforge.topi_ext.schedules.default import schedule_func  # noqa: E402
 
 LAYERS = [(64, 56), (96, 28), (128, 28), (192, 14), (256, 14), (512, 7), (64, 112)]  # channels in = out, size
 
@@ -62,7 +62,7 @@ def reforge_kernels(x: np.ndarray, w: np.ndarray, target) -> dict:
             ("direct", blocked_w, lambda k: conv2d_nchwc(data, k, (1, 1), (1, 1, 1, 1), (1, 1), "float32"))):
         kernel = te.placeholder(weights.shape, "float32", "kernel")
         out = build(kernel)
-        func, _rule = schedule_func(te.create_prim_func([data, kernel, out]), lanes)
+        func, _rule = schedule_func(te.create_prim_func([data, kernel, out]), target.machine)
         lib = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target)
         args = [tvm.runtime.tensor(a, dev) for a in (blocked_x, weights)]
         args.append(tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"), dev))

@@ -41,7 +41,8 @@ class Machine:
         return replace(self, **changes)
 
 
-AVX512 = Machine("avx512", 512, 32, l1d_bytes=48 << 10, l2_bytes=2 << 20)
+AVX512 = Machine("avx512", 512, 32, l1d_bytes=32 << 10, l2_bytes=2 << 20)  # Zen 4 (Sapphire Rapids: 48 KiB L1d)
 AVX2 = Machine("avx2", 256, 16, l1d_bytes=32 << 10, l2_bytes=512 << 10)
 SSE = Machine("sse", 128, 16, fma_units=1, l1d_bytes=32 << 10, l2_bytes=256 << 10)
 NEON = Machine("neon", 128, 32, fma_units=2, fma_latency=4, l1d_bytes=32 << 10, l2_bytes=1 << 20)
+

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
-import numpy as np
 import tvm
 import tvm_ffi
 

@@ -1,1 +1,2 @@
-"""reforge.topi_ext: compute definitions and default schedules for the operators reforge emits."""
+"""reforge.topi_ext: compute definitions, the operator registry (operators.py) and the schedules package.
+Imported by reforge's passes, build and tuner; it imports only TVM, numpy and reforge.machine / reforge.errors."""

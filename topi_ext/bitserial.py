@@ -34,7 +34,7 @@ any subtraction, because LLVM treats uint32/uint64 arithmetic as non-wrapping):
 
 Relax: :func:`emit_bitpack`, :func:`emit_bitserial_conv2d`, :func:`emit_bitserial_dense`,
 :func:`emit_bitpool` add the operator's PrimFunc (tagged ``reforge.op``, opaque to FuseOps; the
-build schedules it for the target, :mod:`schedule_bitserial`) and a ``call_tir`` to a
+build schedules it for the target, :mod:`.schedules.bitserial`) and a ``call_tir`` to a
 BlockBuilder, with the weights packed into constants.
 """
 
@@ -43,10 +43,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
 from tvm import te, tirx, topi
 
-from .op_kind import OPAQUE
+from .op_kind import tag
 
 CONV = "bitserial_conv2d"  # name of the main reduction block (the schedule looks for it)
 DENSE = "bitserial_dense"
@@ -252,7 +251,7 @@ def _popcount32(v):
     return tirx.popcount(v).astype("int32")
 
 
-def _acc_dtype(word: str) -> str:
+def acc_dtype(word: str) -> str:
     """Accumulator of the popcounts: int64 for 64-bit words (a vector popcount of 64-bit lanes ends in
     vpsadbw's 64-bit sums; narrowing each to int32 costs two shuffles per vector), else int32."""
     return "int64" if word == "uint64" else "int32"
@@ -284,7 +283,7 @@ def bitserial_conv2d(data: te.Tensor, weight: te.Tensor, border: te.Tensor | Non
         data = topi.nn.pad(data, (0, t, l, 0, 0), (0, b, r, 0, 0), name=CONV + "_pad")
     ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
     rb, rc = te.reduce_axis((0, nb), "rb"), te.reduce_axis((0, cw), "rc")
-    acc = _acc_dtype(word)
+    acc = acc_dtype(word)
     assert (border is None) == ternary, "the border table (border_table(weights)) is required unless ternary"
     if ternary:  # one reduction: popcount(M) is per input word, shared by the register tile's channels
         at = lambda i, y, x, plane: data[i, y * sh + ry, x * sw + rx, plane, rc]  # noqa: E731
@@ -381,7 +380,7 @@ def bitserial_dense(data: te.Tensor, weight: te.Tensor, in_features: int, out_dt
     kw2, m = (int(d) for d in weight.shape)
     assert kw == kw2
     rb, rc = te.reduce_axis((0, nb), "rb"), te.reduce_axis((0, kw), "rc")
-    acc = _acc_dtype(str(data.dtype))
+    acc = acc_dtype(str(data.dtype))
     if ternary:
         dot = te.compute((n, m), lambda i, k: te.sum(
             tirx.popcount(data[i, 1, rc]).astype(acc)
@@ -431,16 +430,21 @@ def bitpool(data: te.Tensor, pool_size=(2, 2), strides=(2, 2)) -> te.Tensor:
 # ----------------------------------------------------------------------------- Relax
 
 
+def accumulator_bits(word: str) -> int:
+    """Bits of one popcount accumulator for ``word``s (:func:`acc_dtype`)."""
+    return 64 if acc_dtype(word) == "int64" else 32
+
+
 def accumulator_lanes(target, word: str) -> int:
     """Accumulator lanes per vector register of ``target`` (a reforge TargetSpec) for ``word``."""
-    return target.vector_lanes(64 if _acc_dtype(word) == "int64" else 32)
+    return target.vector_lanes(accumulator_bits(word))
 
 
 def _add_op(bb, inputs: list[te.Tensor], output: te.Tensor, kind: str, name: str, **attrs):
     """Add the operator's PrimFunc, unscheduled and tagged ``reforge.op`` (scheduled at build for the
     target, or by tuning) and with ``attrs``; opaque to FuseOps, so it stays one function with its own
     schedule."""
-    func = te.create_prim_func([*inputs, output]).with_attr("op_pattern", OPAQUE).with_attr("reforge.op", kind)
+    func = tag(te.create_prim_func([*inputs, output]), kind)
     for key, value in attrs.items():
         func = func.with_attr(key, value)
     gv = bb.add_func(func, name)  # a fresh name per distinct function (bitserial_conv2d1, ...)

@@ -11,7 +11,7 @@ and the outputs of all tiles, cropped to the output size, are the conv. The weig
 L·(L/2+1)·C·O complex values whatever the map size, and per frequency the channel mix is a GEMM
 ``[2·tiles, C] @ [C, 2·O]`` (real and imaginary rows against ``[Re K | Im K]`` columns) that reuses
 each weight value across all tiles: :func:`mix_prim_func`, a reforge operator tagged
-``reforge.op = "fft_mix"`` and scheduled as a register-tiled batched GEMM (``schedule_fft.py``).
+``reforge.op = "fft_mix"`` and scheduled as a register-tiled batched GEMM (``schedules/fft.py``).
 
 The DFTs along W (real, half spectrum F = L/2 + 1) and H (complex) and the inverses (output rows
 and columns of a tile only) are products with constant DFT matrices (REFERENCES B1: TVM 0.27 has no
@@ -31,7 +31,7 @@ import numpy as np
 from tvm import te
 
 from .dft import angles, complex_block, half_spectrum_weights
-from .op_kind import OPAQUE
+from .op_kind import tag
 
 MIX_OP = "fft_mix"  # the channel mix PrimFunc's ``reforge.op`` attribute
 MIX_ACC, MIX_OUT = "fft_mix_acc", "fft_mix"  # its blocks: the GEMM, the complex combination
@@ -268,7 +268,7 @@ def mix_prim_func(q: int, p: int, c: int, o: int, dtype: str = "float32"):
     x = te.placeholder((q, 2 * p, c), dtype, "x")
     k = te.placeholder((q, 2 * o // v, c, v), dtype, "k")
     out = mix(x, k)
-    return te.create_prim_func([x, k, out]).with_attr("op_pattern", OPAQUE).with_attr("reforge.op", MIX_OP)
+    return tag(te.create_prim_func([x, k, out]), MIX_OP)
 
 
 # ----------------------------------------------------------------------------- numpy twin

@@ -16,8 +16,9 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
+from .op_kind import ELEMWISE, tag
+
 OP = "fplus"  # the PrimFunc's ``reforge.op`` attribute
-ELEMWISE = 0  # relax OpPatternKind.kElemWise
 
 
 def fplus_np(x: np.ndarray, lam: float = 1.0, mu: float = 1.0) -> np.ndarray:
@@ -47,7 +48,7 @@ def emit_fplus(bb, x, lam: float = 1.0, mu: float = 1.0):
     xt = te.placeholder([tirx.IntImm("int64", d) for d in shape], dtype, "x")  # int64, as legalized ops: FuseTIR
     # maps a fused function's buffers to one relax var only when their shapes have the same type
     out = fplus(xt, lam, mu)
-    func = te.create_prim_func([xt, out]).with_attr("op_pattern", ELEMWISE).with_attr("reforge.op", OP)
+    func = tag(te.create_prim_func([xt, out]), OP, ELEMWISE)
     func = func.with_attr("reforge.fplus", {"lam": float(lam), "mu": float(mu)})  # to emit it again for a new shape
     gv = bb.add_func(func.without_attr("global_symbol"), OP)  # internal: removed once fused into a conv
     return relax.call_tir(gv, [x], relax.TensorType(shape, dtype))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 
-from .op_kind import OPAQUE
+from .op_kind import tag
 
 OP = "sparse_dense"
 GROUP = 16  # nonzeros per vector step: one AVX-512 vector, four NEON
@@ -75,7 +75,7 @@ def sparse_dense(x: T.Buffer(({m}, {k}), "float32"), indices: T.Buffer(({size},)
     from tvm.script import tirx
 
     func = tvm.script.from_source(src, extra_vars={"T": tirx})
-    return func.with_attr("op_pattern", OPAQUE).with_attr("reforge.op", OP)
+    return tag(func, OP)
 
 
 def sparse_dense_np(x: np.ndarray, weight: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tvm
 
-from .op_kind import OPAQUE
+from .op_kind import tag
 from .sparse_conv import SparseConvGeometry
 
 OP = "sparse_conv2d_nchwc"  # the PrimFunc's ``reforge.op`` attribute
@@ -211,7 +211,7 @@ def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer
     from tvm.script import tirx
 
     func = tvm.script.from_source(src, extra_vars={"T": tirx})
-    return func.with_attr("op_pattern", OPAQUE).with_attr("reforge.op", OP).with_attr(SPEC_ATTR, s.to_json())
+    return tag(func, OP).with_attr(SPEC_ATTR, s.to_json())
 
 
 def arguments(s: Spec, x, t: Taps, bias=None, res=None) -> list:

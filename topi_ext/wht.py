@@ -20,7 +20,7 @@ with scaled rows, what folding the WHT layer's ``v ⊙`` into the matrix leaves)
 
 Relax: :func:`emit_wht` adds the PrimFunc (attribute ``reforge.op = "wht"``, opaque to FuseOps, not
 scheduled: the target's default scheduler finds it by the attribute; x86 uses
-:func:`schedule_wht.schedule_wht`) and a ``call_tir``.
+:func:`.schedules.wht.schedule_wht`) and a ``call_tir``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import te, tirx
 
-from .op_kind import OPAQUE
+from .op_kind import tag
 
 OP = "wht"  # the PrimFunc's ``reforge.op`` attribute
 STAGE = "wht_stage"  # blocks wht_stage0 .. wht_stage{m-1}
@@ -121,7 +121,7 @@ def wht_prim_func(shape, dtype: str, n: int, scale: float = 1.0, perm: np.ndarra
         tt = te.placeholder((m,), dtype, "threshold")
         inputs.append(tt)
     out = wht(xt, n, scale, pt, bt, tt, st, ot, smooth)
-    func = te.create_prim_func([*inputs, out]).with_attr("op_pattern", OPAQUE).with_attr("reforge.op", OP)
+    func = tag(te.create_prim_func([*inputs, out]), OP)
     # what a later rewrite (the fused epilogue) needs to emit the operator again
     func = func.with_attr("reforge.wht", {"n": n, "scale": float(scale), "perm": perm is not None,
                                           "out_scale": bool(out_scale), "bias": bool(bias),

@@ -15,9 +15,9 @@ class CpuBackend(Backend):
         return fuse_blocked(mod, self, report)
 
     def schedule(self, fused, report, database=None):
-        from reforge.topi_ext.default_schedules import apply_default_schedules
+        from reforge.topi_ext.schedules.default import apply_default_schedules
 
-        scheduled, report.schedules = apply_default_schedules(self.tuned(fused, database), self.machine.lanes())
+        scheduled, report.schedules = apply_default_schedules(self.tuned(fused, database), self.machine)
         return scheduled
 
     def codegen(self, scheduled):
@@ -26,6 +26,6 @@ class CpuBackend(Backend):
         return self.relax_build(scheduled, pipeline)
 
     def default_schedule(self, func):
-        from reforge.topi_ext.schedule_x86 import default_schedule
+        from reforge.topi_ext.schedules.default import default_schedule
 
-        return default_schedule(func, self.machine.lanes())[0]
+        return default_schedule(func, self.machine)[0]

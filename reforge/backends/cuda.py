@@ -47,7 +47,7 @@ class CudaBackend(Backend):
         return fuse_nchw(mod, self)
 
     def schedule(self, fused, report, database=None):
-        from reforge.topi_ext.schedule_gpu import apply_gpu_schedules
+        from reforge.topi_ext.schedules.gpu import apply_gpu_schedules
 
         scheduled, report.schedules = apply_gpu_schedules(self.tuned(fused, database), self.tvm_target)
         return scheduled
@@ -58,7 +58,7 @@ class CudaBackend(Backend):
         return self.relax_build(scheduled, pipeline)
 
     def default_schedule(self, func):
-        from reforge.topi_ext.schedule_gpu import default_gpu_schedule
+        from reforge.topi_ext.schedules.gpu import default_gpu_schedule
 
         return default_gpu_schedule(func, self.tvm_target)[0]
 

@@ -38,7 +38,7 @@ class OpenCLFPGABackend(Backend):
 
     def schedule(self, fused, report, database=None):
         """Single work-item kernels (an FPGA pipelines loops; no tuning records)."""
-        from reforge.topi_ext.schedule_fpga import apply_fpga_schedules
+        from reforge.topi_ext.schedules.fpga import apply_fpga_schedules
 
         scheduled, report.schedules = apply_fpga_schedules(fused)
         return scheduled
@@ -50,7 +50,7 @@ class OpenCLFPGABackend(Backend):
         return build_program(scheduled, self.tvm_target)
 
     def default_schedule(self, func):
-        from reforge.topi_ext.schedule_fpga import schedule_single_work_item
+        from reforge.topi_ext.schedules.fpga import schedule_single_work_item
 
         return schedule_single_work_item(func)
 

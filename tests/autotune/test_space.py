@@ -18,7 +18,7 @@ from reforge.topi_ext.grouped_nchwc import grouped_conv2d_nchwc
 from reforge.targets import get_target
 
 TARGET = get_target("x86")
-LANES = TARGET.vector_lanes()
+MACHINE = TARGET.machine
 SAMPLES = 12
 intrinsics.load_for(TARGET.kind)  # else the first TuneContext imports every target's (~41 s)
 RTOL = 1e-5
@@ -77,7 +77,7 @@ def test_sampled_candidates_are_valid_varied_and_replay(name):
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal([int(d) for d in p.shape]).astype("float32") for p in func.params]
     reference = run(func, arrays)  # TVM's plain loop nest: the same math, no schedule
-    space = space_for(mod, "x86", LANES)
+    space = space_for(mod, "x86", MACHINE)
     assert not isinstance(space, str), f"{name} has no design space of its own"
     decisions = set()
     for seed in range(SAMPLES):

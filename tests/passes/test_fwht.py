@@ -460,7 +460,7 @@ def test_butterfly_chain_becomes_one_transform(name, exporter, harness):
 def test_butterfly_chain_with_a_wrong_sign_is_refused(exporter, harness):
     """The first stage computes (a + b, a + b) (the bug in phy710/Block-Walsh-Hadamard-Transform-Layer-
     Speed-Test's fwht2_add.py): the chain is left whole, with the reason in the report, and the
-    refused chain builds (each stage read twice stays materialized, see topi_ext/schedule_x86.py) and
+    refused chain builds (each stage read twice stays materialized, see topi_ext/schedules/cpu.py) and
     agrees with onnxruntime / PyTorch: max|out − ref| / max|ref| <= 1e-5."""
     module, x = Butterfly(lambda v: fwht_halves(v, wrong_first=True)).eval(), torch.randn(4, 32)
     model = to_onnx(module, x) if exporter == "onnx" else module

@@ -26,7 +26,7 @@ from reforge.passes import registry
 from reforge.pipeline import run_passes
 from reforge.targets import get_target
 from reforge.topi_ext import fft_conv
-from reforge.topi_ext.schedule_gpu import apply_gpu_schedules
+from reforge.topi_ext.schedules.gpu import apply_gpu_schedules
 
 from tests import zoo
 from tests.opencl_emulation import run_kernel

@@ -12,7 +12,7 @@ from tvm import relax, te
 
 from reforge.targets import get_target
 from reforge.topi_ext import bitserial as bs
-from reforge.topi_ext.schedule_bitserial import (schedule_bitpack, schedule_bitpool, schedule_bitserial_conv2d,
+from reforge.topi_ext.schedules.bitserial import (schedule_bitpack, schedule_bitpool, schedule_bitserial_conv2d,
                                                  schedule_bitserial_dense)
 
 TARGET = get_target("x86")

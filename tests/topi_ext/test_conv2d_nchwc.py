@@ -14,8 +14,10 @@ from reforge.targets import get_target
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
 from reforge.topi_ext.fast_math import vectorizable_math
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, channel_block
-from reforge.topi_ext.schedule_x86 import (PAD_PARALLEL_MIN_WORK, default_conv_reduction, default_conv_tiles,
-                                            schedule_func)
+from reforge.machine import AVX2, AVX512
+from reforge.topi_ext.schedules.cpu import default_conv_reduction, default_conv_tiles
+from reforge.topi_ext.schedules.default import schedule_func
+from reforge.topi_ext.schedules.helpers import PAD_PARALLEL_MIN_WORK
 
 
 def pack_data(x, ib):
@@ -54,7 +56,7 @@ def test_scheduled_conv2d_nchwc_matches_torch(cin, cout, size, k, stride, pad, d
     data = te.placeholder((1, cin // ib, size, size, ib), name="data")
     kernel = te.placeholder((cout // ob, cin // ib, k, k, ib, ob), name="kernel")
     out = conv2d_nchwc(data, kernel, (stride, stride), pad, (dil, dil), "float32")
-    func, rule = schedule_func(te.create_prim_func([data, kernel, out]), lanes)
+    func, rule = schedule_func(te.create_prim_func([data, kernel, out]), target.machine)
     assert rule == "conv2d_nchwc"
     lib = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target)
     result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
@@ -72,7 +74,7 @@ def test_conv_padding_is_parallel_from_its_threshold(cin, size):
     data = te.placeholder((1, cin // 8, size, size, 8), name="data")
     kernel = te.placeholder((2, cin // 8, 3, 3, 8, 8), name="kernel")
     func, _ = schedule_func(te.create_prim_func([data, kernel, conv2d_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1),
-                                                                            "float32")]), 8)
+                                                                            "float32")]), AVX2)
     pad_loops = func.script().split('T.sblock("data_pad")')[0].rsplit("T.sblock_alloc_buffer", 1)[1]
     assert ("T.parallel" in pad_loops) == (cin * (size + 2) ** 2 >= PAD_PARALLEL_MIN_WORK)
 
@@ -90,7 +92,7 @@ def test_a_shifted_crop_stays_out_of_the_tiles(cin, cout, size, k, crop):
     kernel = te.placeholder((cout // 8, cin // 8, k, k, 8, 8), name="kernel")
     conv = conv2d_nchwc(data, kernel, (1, 1), (k // 2,) * 4, (1, 1), "float32")
     out = te.compute((1, cout // 8, crop, crop, 8), lambda n, c, h, w, lane: conv[n, c, h + 1, w, lane] * 2.0)
-    func, rule = schedule_func(te.create_prim_func([data, kernel, out]), 8)
+    func, rule = schedule_func(te.create_prim_func([data, kernel, out]), AVX2)
     assert rule == "conv2d_nchwc"
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, cin, size, size)).astype("float32")
@@ -127,7 +129,7 @@ def test_an_epilogue_reading_the_conv_twice(name):
     bias = te.placeholder((1, 4, 1, 1, 8), name="bias")
     out = epilogue(conv2d_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1), "float32") + bias)
     func = te.create_prim_func([data, kernel, bias, out])
-    func, rule = schedule_func(func if name.endswith("-libm") else vectorizable_math(func), 8)
+    func, rule = schedule_func(func if name.endswith("-libm") else vectorizable_math(func), AVX2)
     assert rule == "conv2d_nchwc"
     blocks = set(re.findall(r'T\.sblock\("(\w+)"\)', func.script()))
     tile = {"root", "data_pad", "conv2d_nchwc_init", "conv2d_nchwc_update", "conv2d_nchwc_local"}
@@ -165,9 +167,10 @@ def test_default_register_tile(cin, channels, size, k, rows, tile, lanes):
     out = conv2d_nchwc(data, kernel, (1, 1), (k // 2,) * 4, (1, 1), "float32")
     sch = tvm.s_tir.Schedule(te.create_prim_func([data, kernel, out]))
     _n, oco, _oh, ow, _oci, ico, ry, rx, ici = sch.get_loops(sch.get_sblock("conv2d_nchwc"))
-    outer, _inner, _unrolled = default_conv_reduction(sch, ico, ry, rx, ici)
+    machine = {8: AVX2, 16: AVX512}[lanes]
+    outer, _inner, _unrolled = default_conv_reduction(sch, ico, ry, rx, ici, machine)
     assert bool(outer) == rows
-    (_, cols), (_, chunks) = default_conv_tiles(sch, ow, oco, rows)
+    (_, cols), (_, chunks) = default_conv_tiles(sch, ow, oco, rows, machine)
     assert (cols, chunks) == tile
 
 

@@ -16,7 +16,8 @@ import reforge
 from reforge.targets import get_target
 from reforge.topi_ext.depthwise_nchwc import depthwise_conv2d_nchwc
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, channel_block
-from reforge.topi_ext.schedule_x86 import PARALLEL_MIN_WORK, schedule_func
+from reforge.topi_ext.schedules.default import schedule_func
+from reforge.topi_ext.schedules.helpers import PARALLEL_MIN_WORK
 
 from tests.helpers import DEPTHWISE_CONVS, mobilenet_style
 
@@ -59,7 +60,7 @@ def test_scheduled_depthwise_bias_relu_matches_torch(channels, size, k, stride, 
     lanes = target.vector_lanes()
     b = channel_block(channels, lanes)
     func, out_shape = bias_relu_depthwise(channels, b, size, k, stride, pad, dil)
-    scheduled, rule = schedule_func(func, lanes)
+    scheduled, rule = schedule_func(func, target.machine)
     assert rule == "depthwise_nchwc"
     script = scheduled.script()
     assert 'T.sblock("T_add")' not in script and 'T.sblock("T_relu")' not in script  # epilogue in the tile
@@ -85,7 +86,7 @@ def test_inner_loop_is_vector_fma():
     lanes = target.vector_lanes()
     assert lanes == 8
     func, _ = bias_relu_depthwise(32, 8, 28, 3, 1, 1, 1)
-    scheduled, rule = schedule_func(func, lanes)
+    scheduled, rule = schedule_func(func, target.machine)
     assert rule == "depthwise_nchwc"
     asm = tvm.compile(tvm.IRModule({"main": scheduled}), target=target.tvm_target).mod.inspect_source("asm")
     fmas = re.findall(r"vfmadd\d+ps\s+[^\n]*%ymm", asm)  # register or memory first operand

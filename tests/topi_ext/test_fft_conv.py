@@ -104,12 +104,9 @@ def test_spectrum_cap():
 @pytest.mark.parametrize("q,p,c,o", [(4, 9, 64, 64), (3, 2, 5, 6), (2, 7, 16, 12)])
 def test_mix_operator(q, p, c, o):
     """The scheduled channel mix: ``Re / Im`` of per-frequency complex products, vs numpy."""
-    from tvm import s_tir
+    from reforge.topi_ext.operators import schedule_operator
 
-    from reforge.topi_ext.schedule_fft import schedule_mix_on
-
-    sch = s_tir.Schedule(fft_conv.mix_prim_func(q, p, c, o))
-    schedule_mix_on(sch, 8)
+    sch, _kind = schedule_operator(fft_conv.mix_prim_func(q, p, c, o), get_target("x86").machine)
     lib = tvm.compile(sch.mod, target=get_target("x86").tvm_target)
     rng = np.random.default_rng(q * p)
     x = rng.standard_normal((q, 2 * p, c)).astype("float32")

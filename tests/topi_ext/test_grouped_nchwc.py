@@ -19,7 +19,9 @@ import reforge
 from reforge.targets import get_target
 from reforge.topi_ext.grouped_nchwc import block_diagonal_kernel, grouped_conv2d_nchwc
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, grouped_blocks
-from reforge.topi_ext.schedule_x86 import default_conv_tiles, default_grouped_reduction, schedule_func
+from reforge.machine import AVX2, AVX512
+from reforge.topi_ext.schedules.cpu import default_conv_tiles, default_grouped_reduction
+from reforge.topi_ext.schedules.default import schedule_func
 
 from tests.zoo import randomize_batchnorm
 
@@ -85,7 +87,7 @@ def test_scheduled_grouped_bias_relu_matches_torch(cin, cout, groups, size, k, s
     kernel = te.placeholder(kernel_np.shape, name="kernel")
     bias_t = te.placeholder((1, cout // ob, 1, 1, ob), name="bias")
     out = topi.nn.relu(topi.add(grouped_conv2d_nchwc(data, kernel, (stride, stride), pad, (1, 1), "float32"), bias_t))
-    scheduled, rule = schedule_func(te.create_prim_func([data, kernel, bias_t, out]), lanes)
+    scheduled, rule = schedule_func(te.create_prim_func([data, kernel, bias_t, out]), {8: AVX2, 16: AVX512}[lanes])
     assert rule == "grouped_conv2d_nchwc"
     script = scheduled.script()
     assert 'T.sblock("T_add")' not in script and 'T.sblock("T_relu")' not in script  # epilogue in the tile
@@ -136,10 +138,11 @@ def test_register_tile_stays_in_a_block_group(cin, groups, size, lanes, kernel_c
     out = grouped_conv2d_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1), "float32")
     sch = tvm.s_tir.Schedule(te.create_prim_func([data, kernel, out]))
     _n, oco, _oh, ow, _oci, ico, ry, rx, ici = sch.get_loops(sch.get_sblock("grouped_conv2d_nchwc"))
-    outer, _inner, _unrolled = default_grouped_reduction(sch, ico, ry, rx, ici)
+    machine = {8: AVX2, 16: AVX512}[lanes]
+    outer, _inner, _unrolled = default_grouped_reduction(sch, ico, ry, rx, ici, machine)
     assert bool(outer) == rows
     _group, oco = sch.split(oco, [cin // ib // kernel_chunks, None])
-    (_, cols), (_, vectors) = default_conv_tiles(sch, ow, oco, rows)
+    (_, cols), (_, vectors) = default_conv_tiles(sch, ow, oco, rows, machine)
     assert (cols, vectors) == tile
 
 
@@ -151,7 +154,7 @@ def test_inner_loop_is_vector_fma():
     data = te.placeholder((1, 128 // ib, 28, 28, ib), name="data")
     kernel = te.placeholder((128 // ob, 1, 3, 3, ib, ob), name="kernel")
     out = topi.nn.relu(grouped_conv2d_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1), "float32"))
-    scheduled, rule = schedule_func(te.create_prim_func([data, kernel, out]), 8)
+    scheduled, rule = schedule_func(te.create_prim_func([data, kernel, out]), AVX2)
     assert rule == "grouped_conv2d_nchwc"
     asm = tvm.compile(tvm.IRModule({"main": scheduled}), target=target.tvm_target).mod.inspect_source("asm")
     assert len(re.findall(r"vfmadd\d+ps\s+[^\n]*%ymm", asm)) >= 8  # the 8-column tile, unrolled

@@ -11,7 +11,7 @@ import tvm
 from reforge.passes import hadamard
 from reforge.targets import get_target
 from reforge.topi_ext import wht
-from reforge.topi_ext.schedule_wht import schedule_wht
+from reforge.topi_ext.schedules.wht import schedule_wht
 
 TARGET = get_target("x86")
 RTOL = 1e-5
@@ -35,7 +35,7 @@ def test_numpy_helpers_match_scipy(n):
 def run_op(x, n, scale=1.0, perm=None, bias=None, threshold=None, scheduled=True):
     func, out = wht.wht_prim_func(x.shape, str(x.dtype), n, scale, perm, bias is not None, threshold is not None)
     if scheduled:
-        func = schedule_wht(func, TARGET.vector_lanes())
+        func = schedule_wht(func, TARGET.machine)
         assert func.attrs["tirx.is_scheduled"]
     lib = tvm.compile(tvm.IRModule({"main": func}), target=TARGET.tvm_target)
     args = [tvm.runtime.tensor(x)]
@@ -99,7 +99,7 @@ def test_input_scale(k, q):
     x = rng.standard_normal((3, k, q)).astype("float32")
     d = rng.uniform(-2, 2, k).astype("float32")
     func, out = wht.wht_prim_func(x.shape, "float32", n, 0.5, in_scale=True)
-    lib = tvm.compile(tvm.IRModule({"main": schedule_wht(func, TARGET.vector_lanes())}), target=TARGET.tvm_target)
+    lib = tvm.compile(tvm.IRModule({"main": schedule_wht(func, TARGET.machine)}), target=TARGET.tvm_target)
     res = tvm.runtime.tensor(np.zeros([int(v) for v in out.shape], "float32"))
     lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(d), res)
     assert rel_err(res.numpy(), reference(x * d[None, :, None], n, 0.5)) <= RTOL
@@ -116,7 +116,7 @@ def test_output_scale_bias_smooth_threshold(q):
     func, out = wht.wht_prim_func(x.shape, "float32", n, 0.125, perm, bias=True, threshold=True, out_scale=True,
                                   smooth=True)
     assert func.attrs["reforge.wht"]["threshold"] == "smooth"
-    lib = tvm.compile(tvm.IRModule({"main": schedule_wht(func, TARGET.vector_lanes())}), target=TARGET.tvm_target)
+    lib = tvm.compile(tvm.IRModule({"main": schedule_wht(func, TARGET.machine)}), target=TARGET.tvm_target)
     res = tvm.runtime.tensor(np.zeros([int(v) for v in out.shape], "float32"))
     lib["main"](*(tvm.runtime.tensor(np.asarray(a, d)) for a, d in
                   ((x, "float32"), (perm, "int32"), (e, "float32"), (bias, "float32"), (thr, "float32"))), res)

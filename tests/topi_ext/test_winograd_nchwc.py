@@ -15,7 +15,7 @@ from tvm import te
 import reforge
 from reforge.targets import get_target, host_can_run
 from reforge.topi_ext import winograd_nchwc as winograd
-from reforge.topi_ext.schedule_x86 import schedule_func
+from reforge.topi_ext.schedules.default import schedule_func
 from tests.helpers import conv_relu_model
 
 RTOL = 1e-5
@@ -40,7 +40,7 @@ def run_op(target_name, cin, cout, height, width, padding, batch):
     u = winograd.transform_kernel(blocked_w)
     data, weight = te.placeholder(blocked_x.shape, "float32", "data"), te.placeholder(u.shape, "float32", "u")
     out = winograd.conv2d_winograd_nchwc(data, weight, padding, "float32")
-    func, rule = schedule_func(te.create_prim_func([data, weight, out]), lanes)
+    func, rule = schedule_func(te.create_prim_func([data, weight, out]), target.machine)
     assert rule == "winograd_nchwc"
     lib = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target)
     t, l, b, r = padding

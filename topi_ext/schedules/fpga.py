@@ -19,15 +19,20 @@ from collections import Counter
 import tvm
 from tvm import s_tir, tirx
 
-from .schedule_x86 import _inline_epilogue
+from ..operators import schedule_operator
+from .helpers import inline_epilogue, is_reduction
 
 UNROLL_MAX = 16
 
 
 def schedule_single_work_item(func: tirx.PrimFunc) -> s_tir.Schedule:
+    """The operator's registered ``fpga`` schedule where it has one, else the single work-item one."""
+    found = schedule_operator(func, None, "fpga")
+    if found is not None:
+        return found[0]
     sch = s_tir.Schedule(func)
     _inline_injective(sch)
-    reductions = [name for name in _block_names(sch) if _is_reduction(sch, sch.get_sblock(name))]
+    reductions = [name for name in _block_names(sch) if is_reduction(sch, sch.get_sblock(name))]
     for name in reductions:
         _accumulate_in_register(sch, sch.get_sblock(name))
     _bind_one_work_item(sch)
@@ -47,10 +52,6 @@ def _block_names(sch: s_tir.Schedule) -> list[str]:
     return [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
 
 
-def _is_reduction(sch: s_tir.Schedule, block) -> bool:
-    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
-
-
 def _spatial_count(sch: s_tir.Schedule, block) -> int:
     return sum(1 for iv in sch.get(block).iter_vars if iv.iter_type == tirx.IterVar.DataPar)
 
@@ -62,7 +63,7 @@ def _inline_injective(sch: s_tir.Schedule) -> None:
         changed = False
         for name in reversed(_block_names(sch)):
             block = sch.get_sblock(name)
-            if _is_reduction(sch, block) or not sch.get_consumers(block):
+            if is_reduction(sch, block) or not sch.get_consumers(block):
                 continue
             try:
                 sch.compute_inline(block)
@@ -76,7 +77,7 @@ def _accumulate_in_register(sch: s_tir.Schedule, block) -> None:
     loops = sch.get_loops(block)
     out = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(out, loops[_spatial_count(sch, block) - 1], preserve_unit_loops=True)
-    _inline_epilogue(sch, out)
+    inline_epilogue(sch, out)
 
 
 def _bind_one_work_item(sch: s_tir.Schedule) -> None:
@@ -97,7 +98,7 @@ def apply_fpga_schedules(mod: tvm.IRModule) -> tuple[tvm.IRModule, Counter]:
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tirx.PrimFunc):
             sch = schedule_single_work_item(func)
-            reduces = any(_is_reduction(sch, b) for b in sch.get_child_blocks(sch.get_sblock("root")))
+            reduces = any(is_reduction(sch, b) for b in sch.get_child_blocks(sch.get_sblock("root")))
             used["single_work_item_reduction" if reduces else "single_work_item"] += 1
             mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
     return mod, used

@@ -1,4 +1,4 @@
-"""x86 (and aarch64) schedule for the fast Walsh-Hadamard transform of :mod:`wht`.
+"""CPU schedule (x86, aarch64) for the fast Walsh-Hadamard transform of :mod:`reforge.topi_ext.wht`.
 
 The transform of one row (``Q = 1``: a matmul input, rows contiguous) or of one strip of ``vec``
 columns (``Q > 1``: the channel axis of NCHW, ``vec`` neighbouring pixels contiguous) is computed by
@@ -13,35 +13,44 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from .schedule_x86 import PARALLEL_MIN_WORK, _blocks, _divisor_at_most, _extents
-from .wht import OUT, STAGE
+from reforge.machine import Machine
+
+from ..wht import OUT, STAGE
+from .helpers import PARALLEL_MIN_WORK, blocks, categorical, divisor_at_most, divisors_up_to, extents, mark_scheduled
+
+MAX_STRIP_VECTORS = 4  # the tuner's strip widths, in vectors
 
 
-def _mark(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    return func.with_attr("tirx.is_scheduled", True)
-
-
-def schedule_wht(func: tirx.PrimFunc, lanes: int = 8) -> tirx.PrimFunc:
-    """Schedule a PrimFunc built by :func:`wht.wht_prim_func` for a CPU with ``lanes`` fp32 lanes."""
+def schedule_wht(func: tirx.PrimFunc, machine: Machine) -> tirx.PrimFunc:
+    """Schedule a PrimFunc built by :func:`wht.wht_prim_func` for ``machine``."""
     sch = s_tir.Schedule(func)
-    schedule_wht_on(sch, lanes)
-    return _mark(sch.mod["main"])
+    schedule_wht_on(sch, machine)
+    return mark_scheduled(sch.mod["main"])
 
 
 def default_strip(_sch: s_tir.Schedule, pixels: int, lanes: int) -> int:
     """Pixels per strip (``Q > 1``): the most up to two vectors."""
-    return _divisor_at_most(pixels, 2 * lanes)
+    return divisor_at_most(pixels, 2 * lanes)
 
 
-def schedule_wht_on(sch: s_tir.Schedule, lanes: int, strip=default_strip) -> None:
+def sampled_strip(sch: s_tir.Schedule, pixels: int, lanes: int):
+    """The tuner's strip: categorical among the divisors of ``pixels`` from 2 up to MAX_STRIP_VECTORS
+    vectors, and the default."""
+    return categorical(sch, divisors_up_to(pixels, MAX_STRIP_VECTORS * lanes, least=2)
+                       | {default_strip(sch, pixels, lanes)})
+
+
+def schedule_wht_on(sch: s_tir.Schedule, machine: Machine, strip=None) -> None:
     """:func:`schedule_wht` on a given schedule (whose trace tuning records keep); ``strip(sch, Q,
-    lanes)`` picks the pixels per strip when ``Q > 1`` (a tuner samples it among divisors above 1)."""
+    lanes)`` picks the pixels per strip when ``Q > 1`` (default :func:`default_strip`; a tuner samples it
+    among divisors above 1)."""
+    lanes, strip = machine.lanes(), strip or default_strip
     func = sch.mod["main"]
-    blocks = {sch.get(b).name_hint: b for b in _blocks(sch)}
-    out = blocks[OUT]
+    by_name = {sch.get(b).name_hint: b for b in blocks(sch)}
+    out = by_name[OUT]
     p, m, q = sch.get_loops(out)
-    P, M, Q = _extents(sch, [p, m, q])
-    stages = sorted((name for name in blocks if name.startswith(STAGE)), key=lambda s: int(s[len(STAGE):]))
+    P, M, Q = extents(sch, [p, m, q])
+    stages = sorted((name for name in by_name if name.startswith(STAGE)), key=lambda s: int(s[len(STAGE):]))
     n = 1 << len(stages)
     if Q == 1:
         vec = 1
@@ -58,11 +67,11 @@ def schedule_wht_on(sch: s_tir.Schedule, lanes: int, strip=default_strip) -> Non
         if vec > 1:
             sch.vectorize(qi)
     for name in reversed(["wht_pad", *stages]):
-        if name in blocks:
-            sch.compute_at(blocks[name], outer, preserve_unit_loops=True)
+        if name in by_name:
+            sch.compute_at(by_name[name], outer, preserve_unit_loops=True)
     for s, name in enumerate(stages):
         h = 1 << s
-        i, c = sch.get_loops(blocks[name])[-2:]
+        i, c = sch.get_loops(by_name[name])[-2:]
         j, t, k = sch.split(i, [n // (2 * h), 2, h])
         sch.unroll(t)
         if vec > 1:
@@ -72,7 +81,7 @@ def schedule_wht_on(sch: s_tir.Schedule, lanes: int, strip=default_strip) -> Non
             sch.vectorize(ki)
         elif h > 1:
             sch.unroll(k)
-    if "wht_pad" in blocks and vec > 1:
-        sch.vectorize(sch.get_loops(blocks["wht_pad"])[-1])
-    if P * M * Q * max(1, len(stages)) >= PARALLEL_MIN_WORK // 4 and _extents(sch, [outer])[0] > 1:
+    if "wht_pad" in by_name and vec > 1:
+        sch.vectorize(sch.get_loops(by_name["wht_pad"])[-1])
+    if P * M * Q * max(1, len(stages)) >= PARALLEL_MIN_WORK // 4 and extents(sch, [outer])[0] > 1:
         sch.parallel(outer)

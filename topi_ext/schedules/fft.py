@@ -1,4 +1,4 @@
-"""x86 (and aarch64) schedule for the FFT conv's channel mix (:func:`fft_conv.mix`), a batched GEMM.
+"""CPU schedule (x86, aarch64) for the FFT conv's channel mix (:func:`reforge.topi_ext.fft_conv.mix`), a batched GEMM.
 
 Per frequency q, ``m_q = x_q [2P, C] @ k_q [C, 2O]`` in register tiles of ``rows × V`` accumulators
 (V the weight spectra's strip width, 16): the strip (``C × V`` values, contiguous, in L1) is reused by
@@ -11,32 +11,40 @@ from __future__ import annotations
 
 from tvm import s_tir
 
-from .fft_conv import MIX_ACC, MIX_OUT, strip_width
-from .schedule_x86 import PARALLEL_MIN_WORK, _blocks, _divisor_at_most, _extents
+from reforge.machine import Machine
+
+from ..fft_conv import MIX_ACC, MIX_OUT, strip_width
+from .helpers import PARALLEL_MIN_WORK, blocks, divisor_at_most, extents
 
 MAX_ROWS = 6  # rows of the register tile (with a 16-column strip on AVX2: 12 accumulators of 16)
 
 
 def default_mix_rows(sch: s_tir.Schedule, i) -> list:
     """The split of the rows (P) whose inner part is the register tile's rows: the most up to MAX_ROWS."""
-    return [None, _divisor_at_most(_extents(sch, [i])[0], MAX_ROWS)]
+    return [None, divisor_at_most(extents(sch, [i])[0], MAX_ROWS)]
 
 
-def schedule_mix_on(sch: s_tir.Schedule, lanes: int, rows=default_mix_rows) -> None:
+def sampled_mix_rows(sch: s_tir.Schedule, i):
+    """The tuner's register rows: a perfect tile of the rows, its inner part up to MAX_ROWS + 2."""
+    return sch.sample_perfect_tile(i, n=2, max_innermost_factor=MAX_ROWS + 2)
+
+
+def schedule_mix_on(sch: s_tir.Schedule, machine: Machine, rows=None) -> None:
     """Schedule a PrimFunc of :func:`fft_conv.mix_prim_func` (on a traced schedule); ``rows(sch, i)``
-    splits the rows into register tiles (a tuner samples it)."""
-    blocks = {sch.get(b).name_hint: b for b in _blocks(sch)}
-    acc, out = blocks[MIX_ACC], blocks[MIX_OUT]
+    splits the rows into register tiles (default :func:`default_mix_rows`; a tuner samples it)."""
+    lanes, rows = machine.lanes(), rows or default_mix_rows
+    by_name = {sch.get(b).name_hint: b for b in blocks(sch)}
+    acc, out = by_name[MIX_ACC], by_name[MIX_OUT]
     oq, _, _, oo = sch.get_loops(out)
     work = 1
-    for e in _extents(sch, sch.get_loops(acc)):
+    for e in extents(sch, sch.get_loops(acc)):
         work *= e
-    _, ov = sch.split(oo, [None, _divisor_at_most(_extents(sch, [oo])[0], lanes)])
+    _, ov = sch.split(oo, [None, divisor_at_most(extents(sch, [oo])[0], lanes)])
     sch.vectorize(ov)
     sch.compute_at(acc, oq)
     i, j, r = sch.get_loops(acc)[-3:]
-    strip = strip_width(_extents(sch, [j])[0])
-    vec = _divisor_at_most(strip, lanes)
+    strip = strip_width(extents(sch, [j])[0])
+    vec = divisor_at_most(strip, lanes)
     io, ii = sch.split(i, rows(sch, i))
     jo, jj, jv = sch.split(j, [None, strip // vec, vec])
     sch.reorder(jo, io, r, ii, jj, jv)

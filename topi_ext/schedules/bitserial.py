@@ -1,4 +1,4 @@
-"""x86 schedules for the bit-serial operators of :mod:`bitserial`.
+"""CPU schedules (x86, aarch64) for the bit-serial operators of :mod:`reforge.topi_ext.bitserial`.
 
 conv2d: output channels are the vector (``lanes`` accumulators per vector register; the weight words of
 one tap are contiguous over output channels, so one vector load serves the whole register tile),
@@ -9,26 +9,22 @@ chunks) run in parallel. The epilogue (border correction, cast, threshold) is ap
 tile before it is stored.
 
 The operators reach a model unscheduled, tagged ``reforge.op``: reforge's default scheduler applies
-:func:`schedule_op` for the target's vector width, and ``reforge tune`` searches the conv's register
-tile (``autotune/space.py``). ``schedule_*`` schedule a PrimFunc directly (tests, benchmarks).
+the ``schedule_*_on`` registered for it (:mod:`reforge.topi_ext.operators`) for the machine's vector
+width, and ``reforge tune`` searches the conv's register tile (:func:`sampled_conv_tiles`). ``schedule_*`` schedule a PrimFunc directly (tests, benchmarks).
 """
 
 from __future__ import annotations
 
 from tvm import s_tir, tirx
 
-from .bitserial import CONV, DENSE, PACK, POOL, _acc_dtype
-from .op_kind import op_kind
-from .schedule_x86 import (PAD_PARALLEL_MIN_WORK, _blocks, _divisor_at_most, _extents, _inline_epilogue,
-                           _parallel_vectorize_spatial)
+from reforge.machine import Machine
 
-def _named(sch: s_tir.Schedule, name: str):
-    found = [b for b in _blocks(sch) if sch.get(b).name_hint == name]
-    return found[0] if found else None
+from ..bitserial import CONV, DENSE, PACK, POOL, accumulator_bits
+from ..op_kind import op_kind
+from .helpers import (PAD_PARALLEL_MIN_WORK, blocks, categorical, divisor_at_most, divisors_up_to, extents,
+                      inline_epilogue, mark_scheduled, named_exactly, vectorize)
 
-
-def _mark(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    return func.with_attr("tirx.is_scheduled", True)
+MAX_COLUMNS, MAX_CHANNELS = 8, 64  # the tuner's register tiles: output columns, output channels
 
 
 def _parallel_outer(sch: s_tir.Schedule, block, count: int) -> None:
@@ -39,7 +35,7 @@ def _parallel_outer(sch: s_tir.Schedule, block, count: int) -> None:
 
 def _vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
     loops = sch.get_loops(block)
-    ext = _extents(sch, loops[-1:])[0]
+    ext = extents(sch, loops[-1:])[0]
     if ext > 1 and ext <= 4 * lanes:
         sch.vectorize(loops[-1])
 
@@ -49,9 +45,9 @@ def conv_tiles(out_width: int, out_channels: int, lanes: int, planes: int = 1) -
     with several bit planes), and
     as many columns as keep the accumulators (one per bit plane) within 8 of AVX2's 16 vector
     registers (the rest hold the weight vector, the popcount's lookup table and masks, temporaries)."""
-    oc_tile = _divisor_at_most(out_channels, max(lanes, 4 * lanes // planes))
+    oc_tile = divisor_at_most(out_channels, max(lanes, 4 * lanes // planes))
     regs = -(-oc_tile // lanes) * planes
-    return _divisor_at_most(out_width, max(1, 8 // regs)), oc_tile
+    return divisor_at_most(out_width, max(1, 8 // regs)), oc_tile
 
 
 def schedule_bitserial_conv2d(func: tirx.PrimFunc, lanes: int = 4, reg_w: int | None = None,
@@ -66,17 +62,17 @@ def schedule_bitserial_conv2d(func: tirx.PrimFunc, lanes: int = 4, reg_w: int | 
 
     sch = s_tir.Schedule(func)
     _conv(sch, lanes, chosen)
-    return _mark(sch.mod["main"])
+    return mark_scheduled(sch.mod["main"])
 
 
 def _fixed_tiles(_sch, ow: int, oc: int, default_w: int, default_oc: int) -> tuple[int, int]:
-    return _divisor_at_most(ow, default_w), _divisor_at_most(oc, default_oc)
+    return divisor_at_most(ow, default_w), divisor_at_most(oc, default_oc)
 
 
 def _conv(sch: s_tir.Schedule, lanes: int, tiles=_fixed_tiles) -> None:
     """The conv schedule on ``sch``; ``tiles(sch, ow, oc, default_w, default_oc)`` picks the register
     tile (ints, or sampled ``ExprRV`` s when tuning)."""
-    conv = _named(sch, CONV)
+    conv = named_exactly(sch, CONV)
     loops = sch.get_loops(conv)
     spatial = sum(int(iv.iter_type) == tirx.IterVar.DataPar for iv in sch.get(conv).iter_vars)
     if spatial == 4:  # ±1 activations: (n, y, x, o | ky, kx, plane, word); ternary: (n, y, x, o | ky, kx, word)
@@ -84,8 +80,8 @@ def _conv(sch: s_tir.Schedule, lanes: int, tiles=_fixed_tiles) -> None:
         planes, tile = 1, []
     else:  # k-bit: (n, y, x, plane, o | ky, kx, word), one accumulator per plane
         i, y, x, p, k, ry, rx, rc = loops
-        planes, reduction, tile = _extents(sch, [p])[0], [ry, rx, rc], [p]
-    ow, oc = _extents(sch, [x, k])
+        planes, reduction, tile = extents(sch, [p])[0], [ry, rx, rc], [p]
+    ow, oc = extents(sch, [x, k])
     default_w, default_oc = conv_tiles(ow, oc, lanes, planes)
     reg_w, vec = tiles(sch, ow, oc, default_w, default_oc)
     xo, xi = sch.split(x, [None, reg_w])
@@ -93,26 +89,26 @@ def _conv(sch: s_tir.Schedule, lanes: int, tiles=_fixed_tiles) -> None:
     vec = vec if isinstance(vec, int) else int(sch.get(vec))
     sch.reorder(i, y, ko, xo, *reduction, *tile, xi, ki)
     write_back = sch.cache_write(conv, 0, "local")
-    _inline_epilogue(sch, write_back)
+    inline_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, xo, preserve_unit_loops=True)
     sch.vectorize(ki)
     sch.unroll(xi)
     for loop in tile:
         sch.unroll(loop)
-    sign = _named(sch, CONV + "_sign")
+    sign = named_exactly(sch, CONV + "_sign")
     if sign is None:
         sch.parallel(sch.fuse(i, y, ko))
     else:  # threshold + pack over all output channels: a thread owns whole rows, packs them while in cache
         rows = sch.fuse(i, y)
         sch.parallel(rows)
-        bits = _extents(sch, sch.get_loops(sign)[-1:])[0]  # the bit loop: the word width
+        bits = extents(sch, sch.get_loops(sign)[-1:])[0]  # the bit loop: the word width
         if oc % bits == 0 and planes == 1:
             sch.reverse_compute_at(sign, rows, preserve_unit_loops=True)
         else:  # the last word's reads are clamped, or the plane epilogue is not under the rows yet:
             # pack separately
             _parallel_outer(sch, sign, 2)
     wb_loops = sch.get_loops(write_back)
-    if _extents(sch, wb_loops[-1:])[0] == vec:
+    if extents(sch, wb_loops[-1:])[0] == vec:
         sch.vectorize(wb_loops[-1])
     epilogue = write_back
     if planes > 1:
@@ -129,12 +125,12 @@ def _conv(sch: s_tir.Schedule, lanes: int, tiles=_fixed_tiles) -> None:
     init = sch.decompose_reduction(conv, reduction[0])
     sch.vectorize(sch.get_loops(init)[-1])
     done = {sch.get(b).name_hint for b in (conv, epilogue, init)} | ({CONV + "_dot_init"} if planes > 1 else set())
-    for block in _blocks(sch):
+    for block in blocks(sch):
         name = sch.get(block).name_hint
         if name in done:
             continue
         if name.startswith(CONV + "_pad"):  # packed words: a few thousand, below a fork-join's worth
-            _parallel_vectorize_spatial(sch, block, lanes, PAD_PARALLEL_MIN_WORK)
+            vectorize(sch, block, lanes, PAD_PARALLEL_MIN_WORK)
         elif name.startswith(CONV + "_sign"):
             continue
         elif name.startswith(PACK):
@@ -147,25 +143,25 @@ def _conv(sch: s_tir.Schedule, lanes: int, tiles=_fixed_tiles) -> None:
 def schedule_bitserial_dense(func: tirx.PrimFunc, lanes: int = 4, vectors: int = 4) -> tirx.PrimFunc:
     sch = s_tir.Schedule(func)
     _dense(sch, lanes, vectors)
-    return _mark(sch.mod["main"])
+    return mark_scheduled(sch.mod["main"])
 
 
 def _dense(sch: s_tir.Schedule, lanes: int, vectors: int = 4) -> None:
     """Dense: output features are the vector, the reduction over words outside it; batch rows and
     output chunks in parallel."""
-    mm = _named(sch, DENSE)
+    mm = named_exactly(sch, DENSE)
     i, k, *reduction = sch.get_loops(mm)
-    (m,) = _extents(sch, [k])
-    vec = _divisor_at_most(m, lanes * vectors)
+    (m,) = extents(sch, [k])
+    vec = divisor_at_most(m, lanes * vectors)
     ko, ki = sch.split(k, [None, vec])
     sch.reorder(i, ko, *reduction, ki)
     write_back = sch.cache_write(mm, 0, "local")
-    _inline_epilogue(sch, write_back)
+    inline_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, ko, preserve_unit_loops=True)
     sch.vectorize(ki)
     sch.parallel(sch.fuse(i, ko))
     wb_loops = sch.get_loops(write_back)
-    if _extents(sch, wb_loops[-1:])[0] == vec:
+    if extents(sch, wb_loops[-1:])[0] == vec:
         sch.vectorize(wb_loops[-1])
     init = sch.decompose_reduction(mm, reduction[0])
     sch.vectorize(sch.get_loops(init)[-1])
@@ -174,7 +170,7 @@ def _dense(sch: s_tir.Schedule, lanes: int, vectors: int = 4) -> None:
 def schedule_bitpack(func: tirx.PrimFunc, lanes: int = 4) -> tirx.PrimFunc:
     sch = s_tir.Schedule(func)
     _pack(sch, lanes)
-    return _mark(sch.mod["main"])
+    return mark_scheduled(sch.mod["main"])
 
 
 def _pack(sch: s_tir.Schedule, lanes: int) -> None:
@@ -184,7 +180,7 @@ def _pack(sch: s_tir.Schedule, lanes: int) -> None:
     NCHW[L]c input (reduction over a word's blocks, then lanes): the lanes are vectorized, each
     accumulating its bits over the blocks, and the L partial words are OR-ed (64 channels at 32², one
     thread, AVX2: 0.027 ms, the row scheme on the same input 0.067)."""
-    block = _named(sch, PACK)
+    block = named_exactly(sch, PACK)
     loops = sch.get_loops(block)
     if len(loops) == 7:  # (n, y, x, plane, word | block, lane)
         partial = sch.rfactor(loops[-1], 0)
@@ -197,7 +193,7 @@ def _pack(sch: s_tir.Schedule, lanes: int) -> None:
         sch.unroll(sch.get_loops(block)[-1])
     elif len(loops) == 6:
         n, y, x, b, k, j = loops
-        xo, xi = sch.split(x, [None, _divisor_at_most(_extents(sch, [x])[0], 2 * lanes)])
+        xo, xi = sch.split(x, [None, divisor_at_most(extents(sch, [x])[0], 2 * lanes)])
         sch.reorder(n, y, b, k, xo, j, xi)
         write_back = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(write_back, k, preserve_unit_loops=True)
@@ -212,26 +208,42 @@ def _pack(sch: s_tir.Schedule, lanes: int) -> None:
 def schedule_bitpool(func: tirx.PrimFunc, lanes: int = 4) -> tirx.PrimFunc:
     sch = s_tir.Schedule(func)
     _pool(sch, lanes)
-    return _mark(sch.mod["main"])
+    return mark_scheduled(sch.mod["main"])
 
 
 def _pool(sch: s_tir.Schedule, lanes: int) -> None:
     """The OR pool on packed bits: rows in parallel, the words of a pixel vectorized."""
-    block = _named(sch, POOL)
+    block = named_exactly(sch, POOL)
     n, y, x, b, c = sch.get_loops(block)
     sch.parallel(sch.fuse(n, y))
     _vectorize_inner(sch, block, lanes)
 
 
-def schedule_op(sch: s_tir.Schedule, fp32_lanes: int, tiles=None) -> str:
-    """Apply the operator's schedule to ``sch`` for a CPU with ``fp32_lanes`` float lanes; ``tiles``
-    (conv only) picks the register tile, as in :func:`_conv`. Returns the operator kind."""
-    func = sch.mod["main"]
-    kind = op_kind(func)
-    word = str(func.params[-1 if kind == PACK else 0].dtype)  # the packed words: the pack's output
-    lanes = fp32_lanes * 32 // (64 if _acc_dtype(word) == "int64" else 32)  # accumulator lanes per register
-    if kind == CONV:
-        _conv(sch, lanes, tiles or _fixed_tiles)
-    else:
-        {DENSE: _dense, PACK: _pack, POOL: _pool}[kind](sch, lanes)
-    return kind
+def _lanes(func: tirx.PrimFunc, machine: Machine) -> int:
+    """Accumulator lanes of one vector register for the operator's packed words (the pack's output)."""
+    return machine.lanes(accumulator_bits(str(func.params[-1 if op_kind(func) == PACK else 0].dtype)))
+
+
+def schedule_conv_on(sch: s_tir.Schedule, machine: Machine, tiles=None) -> None:
+    """The conv's schedule on ``sch``; ``tiles`` picks the register tile, as in :func:`_conv` (the
+    tuner's knob, :func:`sampled_conv_tiles`)."""
+    _conv(sch, _lanes(sch.mod["main"], machine), tiles or _fixed_tiles)
+
+
+def schedule_dense_on(sch: s_tir.Schedule, machine: Machine) -> None:
+    _dense(sch, _lanes(sch.mod["main"], machine))
+
+
+def schedule_pack_on(sch: s_tir.Schedule, machine: Machine) -> None:
+    _pack(sch, _lanes(sch.mod["main"], machine))
+
+
+def schedule_pool_on(sch: s_tir.Schedule, machine: Machine) -> None:
+    _pool(sch, _lanes(sch.mod["main"], machine))
+
+
+def sampled_conv_tiles(sch: s_tir.Schedule, ow: int, oc: int, default_w: int, default_oc: int):
+    """The tuner's conv register tile: columns × channels, categorical among the divisors up to
+    MAX_COLUMNS × MAX_CHANNELS and the default."""
+    return (categorical(sch, divisors_up_to(ow, MAX_COLUMNS) | {default_w}),
+            categorical(sch, divisors_up_to(oc, MAX_CHANNELS) | {default_oc}))

@@ -17,7 +17,8 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 
-from .schedule_x86 import _inline_epilogue
+from ..operators import schedule_operator
+from .helpers import inline_epilogue
 
 K_THREADS, K_INNER = 4, 8  # output channels per block: 32, 8 per thread
 PIXELS = 64  # output pixels per block, one per thread
@@ -56,7 +57,7 @@ def schedule_conv2d_direct(func: tirx.PrimFunc) -> s_tir.Schedule | None:
 
     out = sch.cache_write(conv, 0, "local")
     sch.reverse_compute_at(out, pixel, preserve_unit_loops=True)
-    _inline_epilogue(sch, out)
+    inline_epilogue(sch, out)
 
     pad = producers[0] if producers else None
     data_shared = sch.cache_read(conv, 0, "shared")
@@ -96,7 +97,11 @@ def _tiles(block) -> tuple[int, int, int] | None:
 def default_gpu_schedule(func: tirx.PrimFunc, target: tvm.target.Target) -> tuple[s_tir.Schedule | None, str]:
     """Direct conv2d where it applies, else the first dlight rule that does (a rule that fails on a
     PrimFunc, as Matmul does on the FFT conv's channel mix with its complex combination after the
-    GEMM, passes it to the next); the schedule (None if no rule applies) and the rule's name."""
+    GEMM, passes it to the next); the schedule (None if no rule applies) and the rule's name. A reforge
+    operator with a registered ``cuda`` schedule gets that."""
+    found = schedule_operator(func, None, "cuda")
+    if found is not None:
+        return found
     sch = schedule_conv2d_direct(func)
     if sch is not None:
         return sch, "conv2d_direct"

@@ -1,4 +1,8 @@
-"""Default x86 schedules, applied at compile time to every fused PrimFunc without any search.
+"""The CPU rule list (x86 and aarch64), applied at compile time to every fused PrimFunc without any search.
+
+Each rule reads the :class:`~reforge.machine.Machine` it compiles for: its lanes, its register file
+(the register tile's budget, :func:`conv_tile_budget`), its FMA pipes and latency (the accumulators
+that hide it) and its L1 (when a conv accumulates whole rows).
 
 Six shapes of work cover a CNN:
 - ``conv2d_nchwc``: output-channel lane innermost (one FMA of a broadcast input value with a
@@ -32,220 +36,131 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
+from functools import partial
 
-import tvm
 from tvm import s_tir, tirx
-from tvm_ffi.structural import structural_visit
 
-from .conv2d_nchwc import BLOCK as CONV_NCHWC
-from .dense_packed import BLOCK as DENSE_PACKED, PANEL_VECTORS, panel_vector
-from .fast_math import VECTOR_INTRINSICS
-from .depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
-from .grouped_nchwc import BLOCK as GROUPED_NCHWC
-from .winograd_nchwc import GEMM as WINOGRAD_GEMM, INPUT as WINOGRAD_INPUT, OUTPUT as WINOGRAD_OUTPUT
+from reforge.machine import Machine
 
-PARALLEL_MIN_WORK = 1 << 18  # iterations below which threads cost more than they save
-PAD_PARALLEL_MIN_WORK = 1 << 17  # a conv's input padding (a copy) from this many elements: at 2 threads the
-# 3×3 convs at 56² (161K) ran 1.1x faster, MobileOne-S0's stem (153K) 1.04-1.3x; at 28² (86K) no gain
-PARALLEL_CHUNKS = 16  # parallel over the fewest outer loops giving this many chunks of work
+from ..conv2d_nchwc import BLOCK as CONV_NCHWC
+from ..dense_packed import BLOCK as DENSE_PACKED, PANEL_VECTORS, panel_vector
+from ..depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
+from ..grouped_nchwc import BLOCK as GROUPED_NCHWC
+from ..winograd_nchwc import GEMM as WINOGRAD_GEMM, INPUT as WINOGRAD_INPUT, OUTPUT as WINOGRAD_OUTPUT
+from .helpers import (PAD_PARALLEL_MIN_WORK, blocks, divisor_at_most, divisors, extents,
+                      inline_epilogue, is_reduction, named, parallelize, vectorize)
+
 MAX_REG_N = 12  # accumulators per register tile (output columns x channel vectors)
-MIN_ACC = 8  # accumulators that hide the FMA latency (4 cycles x 2 pipes)
-MAX_CONV_ACC = 8  # a conv tile of 12 (6 x 2, 12 x 1) ran at 0.6-0.85x of 4 x 2: the unrolled tile spills
-VECTOR_REGS = 15  # of AVX2's 16 (ymm): accumulators + weight vectors + a broadcast must fit, one spare
-WIDE_LANES = 16  # AVX-512: 32 zmm registers, and the conv tile rule of WIDE_* below
-WIDE_VECTOR_REGS = 31
-WIDE_MAX_CONV_ACC = 14
-WIDE_MAX_CHUNKS = 2  # channel vectors of a tile: LLVM spills a 2 x 4 tile of zmm (hoisted weights)
-WIDE_ROW_BYTES = 8 << 10  # the row buffer of a row-accumulating conv (width x tile channels)
+WIDE_REGISTERS = 32  # a register file this large takes the wide tile rule (AVX-512, NEON)
+MAX_CONV_ACC = 8  # 16 registers: a conv tile of 12 (6 x 2, 12 x 1) ran at 0.6-0.85x of 4 x 2 (AVX2): it spills
+WIDE_MAX_CONV_ACC = 14  # 32 registers (AVX-512, Zen 4): 7 x 2 within 5 % of the best of 8 tiles
+NARROW_REGISTERS = 16  # the register file the narrow rule was measured on (AVX2's ymm)
+WIDE_MAX_CHUNKS = 2  # channel vectors of a wide tile: LLVM spills a 2 x 4 tile of zmm (hoisted weights)
+WIDE_ROW_BYTES = 8 << 10  # the row buffer of a row-accumulating conv (width x tile channels), wide rule
 WIDE_DEPTHWISE_COLUMNS = 4
 DENSE_ROWS = 4  # rows of x sharing a pass over a weight panel
-L1_BYTES = 32 << 10
 MATMUL_CHUNK = 512  # outputs one thread accumulates in L1 while it streams the weight rows
 INLINE_COPY_CHARS = 600  # a producer printed longer than this is not inlined into a consumer loading it twice
 
 
-def default_schedule(func: tirx.PrimFunc, lanes: int) -> tuple[s_tir.Schedule | None, str]:
-    """The schedule (with its trace) of the first rule that fits, and the rule's name."""
-    from .operator_schedules import schedule_operator  # reforge's operators build on this module's helpers
+@dataclass(frozen=True)
+class ConvTileBudget:
+    """What a register tile of ``lanes``-wide channel vectors may hold on a machine.
 
-    found = schedule_operator(func, lanes)
-    if found is not None:
-        return found
+    ``registers``: vectors for accumulators + weight vectors + a broadcast (one spare);
+    ``min_acc``: accumulators that hide the FMA latency on every pipe (Little's law);
+    ``max_acc``: accumulators before the unrolled tile spills; ``max_chunks``, ``row_bytes``: the wide
+    rule's limits on channel vectors and on a row-accumulating conv's row buffer (None: no limit)."""
+
+    registers: int
+    min_acc: int
+    max_acc: int
+    max_chunks: int | None = None
+    row_bytes: int | None = None
+
+    @property
+    def wide(self) -> bool:
+        return self.max_chunks is not None
+
+
+def conv_tile_budget(machine: Machine, lanes: int) -> ConvTileBudget:
+    """The wide rule when the tile's vectors fill the machine's registers and it has WIDE_REGISTERS of
+    them (AVX-512 at 16 lanes, NEON at 4); else the rule measured on 16 registers (AVX2, and AVX-512
+    with a narrower channel block, whose tiles LLVM keeps in ymm)."""
+    if machine.vector_registers >= WIDE_REGISTERS and lanes == machine.lanes():
+        return ConvTileBudget(machine.vector_registers - 1, machine.min_accumulators, WIDE_MAX_CONV_ACC,
+                              WIDE_MAX_CHUNKS, WIDE_ROW_BYTES)
+    return ConvTileBudget(min(machine.vector_registers, NARROW_REGISTERS) - 1, machine.min_accumulators,
+                          MAX_CONV_ACC)
+
+
+def wide_tiles(machine: Machine, lanes: int) -> bool:
+    """Whether tiles of ``lanes``-wide vectors take the wide rule on ``machine`` (:func:`conv_tile_budget`)."""
+    return conv_tile_budget(machine, lanes).wide
+
+
+def cpu_rule_schedule(func: tirx.PrimFunc, machine: Machine) -> tuple[s_tir.Schedule | None, str]:
+    """The schedule (with its trace) of the first CPU rule that fits, and the rule's name."""
     for rule, apply in (("conv2d_nchwc", _conv2d_nchwc), ("grouped_conv2d_nchwc", _grouped_conv2d_nchwc),
                         ("winograd_nchwc", _winograd_nchwc),
                         ("depthwise_nchwc", _depthwise_nchwc),
                         ("dense_packed", _dense_packed), ("matmul", _matmul), ("generic", _generic)):
         sch = s_tir.Schedule(func)
         try:
-            if apply(sch, lanes):
+            if apply(sch, machine):
                 return sch, rule
         except s_tir.ScheduleError:
             continue
     return None, "none"
 
 
-def schedule_func(func: tirx.PrimFunc, lanes: int) -> tuple[tirx.PrimFunc, str]:
-    """Schedule one PrimFunc; returns it and the rule that applied (``"none"`` if none did)."""
-    sch, rule = default_schedule(func, lanes)
-    return (func if sch is None else sch.mod["main"]), rule
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _blocks(sch: s_tir.Schedule) -> list:
-    return list(sch.get_child_blocks(sch.get_sblock("root")))
-
-
-def _named(sch: s_tir.Schedule, prefix: str):
-    found = [b for b in _blocks(sch) if sch.get(b).name_hint.startswith(prefix)]
-    return found[0] if len(found) == 1 else None
-
-
-def _extents(sch: s_tir.Schedule, loops) -> list[int]:
-    return [int(sch.get(loop).extent) for loop in loops]
-
-
-def _is_reduction(sch: s_tir.Schedule, block) -> bool:
-    return any(int(iv.iter_type) == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
-
-
-def _inline_epilogue(sch: s_tir.Schedule, producer) -> None:
-    """Fold the elementwise consumers of ``producer`` (a write-back block) into it: only those that
-    write a buffer of the producer's shape. A crop or shifted window (``out[h] = conv[h + 1]``) would
-    be written at the producer's indices, past the end of its buffer and into wrong places, because
-    ``reverse_compute_inline`` adds no bounds to the producer's (register-tiled, padded) domain.
-    An epilogue that reads the producer twice (hardswish x · clip(x + 3, 0, 6) / 6) has a diamond: its
-    intermediate blocks are inlined into the block that joins them first, so that one consumer is left
-    (else each step is a pass over the whole output in memory); only where every step is arithmetic, no
-    calls (GELU's erf in the tile ran 2.3x slower than as passes of their own)."""
-    shape = [int(d) for d in sch.get(producer).writes[0].source.shape]
-    while True:
-        consumers = sch.get_consumers(producer)
-        if any([int(d) for d in sch.get(c).writes[0].source.shape] != shape for c in consumers):
-            return
-        if len(consumers) > 1:
-            if not _arithmetic(sch, producer) or not any(_inlined(sch, c) for c in consumers):
-                return
-            continue
-        if not consumers:
-            return
-        try:
-            sch.reverse_compute_inline(consumers[0])
-        except s_tir.ScheduleError:
-            return
-
-
-def _arithmetic(sch: s_tir.Schedule, producer) -> bool:
-    """Whether every block downstream of ``producer`` is arithmetic: no calls (erf, sigmoid, exp) but the
-    elementwise intrinsics that vectorize (``fast_math.VECTOR_INTRINSICS``: exp / erf made arithmetic)."""
-    calls, seen, todo = [], set(), list(sch.get_consumers(producer))
-    while todo:
-        block = todo.pop()
-        if sch.get(block).name_hint in seen:
-            continue
-        seen.add(sch.get(block).name_hint)
-        structural_visit(sch.get(block).body, [(tvm.ir.Call, lambda call, _visitor: calls.append(call)
-                                                 if str(call.op.name) not in VECTOR_INTRINSICS else None)])
-        todo += sch.get_consumers(block)
-    return not calls
-
-
-def _inlined(sch: s_tir.Schedule, block) -> bool:
-    """Inline the elementwise ``block`` into its consumers, if it writes no output of the function."""
-    try:
-        sch.compute_inline(block)
-        return True
-    except s_tir.ScheduleError:
-        return False
-
-
-def _parallelize_outer(sch: s_tir.Schedule, loops: list, work: int, min_work: int = PARALLEL_MIN_WORK) -> None:
-    """Run the shortest prefix of ``loops`` with at least PARALLEL_CHUNKS iterations in parallel, if
-    ``work`` (iterations) reaches ``min_work``."""
-    if work < min_work or not loops:
-        return
-    count, prefix = 1, []
-    for loop in loops:
-        prefix.append(loop)
-        count *= _extents(sch, [loop])[0]
-        if count >= PARALLEL_CHUNKS:
-            break
-    sch.parallel(sch.fuse(*prefix) if len(prefix) > 1 else prefix[0])
-
-
-def _divisor_at_most(n: int, cap: int) -> int:
-    return max(d for d in _divisors(n) if d <= cap)
-
-
-def _parallel_vectorize_spatial(sch: s_tir.Schedule, block, lanes: int, min_work: int = PARALLEL_MIN_WORK) -> None:
-    """Vectorize the innermost loop when it fills vectors; run the outer loops in parallel.
-
-    Loops are not all fused into one: that would put a division per element into the index
-    arithmetic of every non-vectorized access.
-    """
-    loops = sch.get_loops(block)
-    extents = _extents(sch, loops)
-    total = 1
-    for e in extents:
-        total *= e
-    if extents[-1] % lanes == 0:
-        outer, inner = sch.split(loops[-1], [None, lanes])
-        sch.vectorize(inner)
-        loops = loops[:-1] + [outer]
-    _parallelize_outer(sch, loops[:-1], total, min_work)
-
-
 # ----------------------------------------------------------------------------- rules
 
 
-def default_conv_tiles(sch: s_tir.Schedule, ow, oco, accumulate_rows: bool) -> tuple[list, list]:
+def default_conv_tiles(sch: s_tir.Schedule, ow, oco, accumulate_rows: bool, machine: Machine) -> tuple[list, list]:
     """The splits of the output width and of the output-channel chunks whose inner parts are the
     register tile (:func:`conv_tile`)."""
-    lanes = _out_lanes(sch)
-    cols, chunks = conv_tile(*_extents(sch, [ow, oco]), accumulate_rows, lanes)
+    cols, chunks = conv_tile(*extents(sch, [ow, oco]), accumulate_rows, _out_lanes(sch), machine)
     return [None, cols], [None, chunks]
 
 
-def conv_tile(width: int, chunks: int, accumulate_rows: bool, lanes: int = 8) -> tuple[int, int]:
+def conv_tile(width: int, chunks: int, accumulate_rows: bool, lanes: int, machine: Machine) -> tuple[int, int]:
     """Register tile of ``cols`` output columns × ``k`` output-channel vectors of ``lanes``. A reduction
     step broadcasts ``cols`` inputs and loads ``k`` weight vectors for ``cols·k`` FMAs; among the tiles
-    with MIN_ACC to MAX_CONV_ACC accumulators that fit the registers and have 2 to ``width`` columns,
+    with the budget's ``min_acc`` to ``max_acc`` accumulators (:func:`conv_tile_budget`) that fit the registers and have 2 to ``width`` columns,
     the fewest loads per FMA, then the most chunks when the conv accumulates whole rows (its weight
     steps are short and stay in L1), else the most columns. Column counts that divide the width come
     first; a width without one (a prime: 7) takes a tile whose last step is partial (a predicate the
     unrolled tile folds). Measured (1 thread, AVX2): rows of 3×3 convs at 7²-56², 2 × 4 beats 4 × 2
     by 1.02-1.2x; 1×1 convs, 4 × 2 beats 8 × 1 by 1.1-1.25x; at 7² a partial 4 × 2 beats 7 × 1 by 1.15x.
 
-    With WIDE_LANES (AVX-512's 32 registers): up to WIDE_MAX_CONV_ACC accumulators of at most
+    The wide rule (32 registers filled by the tile's vectors: AVX-512, NEON): up to WIDE_MAX_CONV_ACC accumulators of at most
     WIDE_MAX_CHUNKS vectors, and a row buffer of at most WIDE_ROW_BYTES; then the fewest loads per FMA,
     the most columns. Measured (1 thread, Zen 4, ResNet-18's and RepVGG-A0's 3×3 convs at 7²-112²,
     strided ones, 1×1 convs): 7 × 2 within 5 % of the best of 8 tiles except at 112² (14 × 1 there,
     1.2x faster than 7 × 2); the AVX2 rule's 2 × 4 ran 1.2-1.5x slower (LLVM hoists its 12 KB of
     weights per step out of the column loop and spills them)."""
-    wide = lanes >= WIDE_LANES
-    max_acc, regs = (WIDE_MAX_CONV_ACC, WIDE_VECTOR_REGS) if wide else (MAX_CONV_ACC, VECTOR_REGS)
+    budget = conv_tile_budget(machine, lanes)
+    wide = budget.wide
 
     def allowed(c: int, k: int) -> bool:
-        if not (MIN_ACC <= c * k <= max_acc and c * k + k + 1 <= regs):
+        if not (budget.min_acc <= c * k <= budget.max_acc and c * k + k + 1 <= budget.registers):
             return False
-        return not wide or (k <= WIDE_MAX_CHUNKS and not (accumulate_rows and width * k * lanes * 4 > WIDE_ROW_BYTES))
+        return not wide or (k <= budget.max_chunks
+                            and not (accumulate_rows and width * k * lanes * 4 > budget.row_bytes))
 
     def fitting(columns):
-        return [(c, k) for c in columns for k in _divisors(chunks) if allowed(c, k)]
+        return [(c, k) for c in columns for k in divisors(chunks) if allowed(c, k)]
 
-    tiles = fitting(d for d in _divisors(width) if d >= 2) or fitting(range(2, width + 1))
+    tiles = fitting(d for d in divisors(width) if d >= 2) or fitting(range(2, width + 1))
     if not tiles:
-        return _divisor_at_most(width, MAX_REG_N), 1
+        return divisor_at_most(width, MAX_REG_N), 1
     prefer_chunks = accumulate_rows and not wide
     return min(tiles, key=lambda t: ((t[0] + t[1]) / (t[0] * t[1]), -t[1] if prefer_chunks else -t[0]))
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def default_conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici) -> tuple[list, list, list]:
+def default_conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, machine: Machine) -> tuple[list, list, list]:
     """The reduction loops ``(outer, inner, unrolled)``: ``outer`` run outside the loop over column
     tiles, accumulating a whole output row in L1 (a row buffer the tile is loaded from and stored to
     at each step), ``inner`` between that loop and the register tile, ``unrolled`` the ones to unroll.
@@ -256,30 +171,30 @@ def default_conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici) -> tuple[list,
     channels at 7²-56², 1 thread: 1.02-1.3x, strided ones too). Else the whole reduction runs inside:
     a 1×1 conv has no taps to amortize the row buffer's loads and stores over, and a stem's weights
     (3 input channels) stay in L1 anyway (7×7 and 3×3 stems: 1.1-1.3x faster than rows)."""
-    return _conv_reduction(sch, ico, ry, rx, ici, 2)
+    return _conv_reduction(sch, ico, ry, rx, ici, 2, machine)
 
 
-def default_grouped_reduction(sch: s_tir.Schedule, ico, ry, rx, ici) -> tuple[list, list, list]:
+def default_grouped_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, machine: Machine) -> tuple[list, list, list]:
     """:func:`default_conv_reduction` of a grouped conv, whose register tile has at most its block
     group's output-channel vectors."""
     conv = _conv_block(sch)
-    return _conv_reduction(sch, ico, ry, rx, ici, min(2, _extents(sch, sch.get_loops(conv)[1:2])[0]
-                                                        // _block_groups(sch, conv)))
+    return _conv_reduction(sch, ico, ry, rx, ici, min(2, extents(sch, sch.get_loops(conv)[1:2])[0]
+                                                        // _block_groups(sch, conv)), machine)
 
 
-def _conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, vectors: int) -> tuple[list, list, list]:
+def _conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, vectors: int, machine: Machine) -> tuple[list, list, list]:
     """Rows accumulated when a kernel with taps has more weights for a tile of ``vectors`` channel
-    vectors than half of L1 (:func:`default_conv_reduction`)."""
-    chunks, kh, kw, in_lanes = _extents(sch, [ico, ry, rx, ici])
+    vectors than half of the machine's L1 (:func:`default_conv_reduction`)."""
+    chunks, kh, kw, in_lanes = extents(sch, [ico, ry, rx, ici])
     out_lanes = _out_lanes(sch)
-    if kh * kw > 1 and chunks * kh * kw * in_lanes * vectors * out_lanes * 4 > L1_BYTES // 2:
+    if kh * kw > 1 and chunks * kh * kw * in_lanes * vectors * out_lanes * 4 > machine.l1d_bytes // 2:
         return [ico, ry], [rx, ici], []
     return [], [ico, ry, rx, ici], []
 
 
 def _conv_block(sch: s_tir.Schedule):
     """The blocked conv of a function: groups 1 (CONV_NCHWC) or grouped (GROUPED_NCHWC)."""
-    return _named(sch, CONV_NCHWC) or _named(sch, GROUPED_NCHWC)
+    return named(sch, CONV_NCHWC) or named(sch, GROUPED_NCHWC)
 
 
 def _out_lanes(sch: s_tir.Schedule) -> int:
@@ -294,29 +209,31 @@ def _block_groups(sch: s_tir.Schedule, conv) -> int:
     return int(reads[5].shape[1]) // int(reads[6].shape[1])
 
 
-def _conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles,
-                  reduction=default_conv_reduction) -> bool:
+def _conv2d_nchwc(sch: s_tir.Schedule, machine: Machine, tiles=None, reduction=None) -> bool:
     """``reduction(sch, ico, ry, rx, ici)`` orders (and may split) the reduction loops around the
     column tiles (:func:`default_conv_reduction`); ``tiles(sch, ow, oco, accumulate_rows)`` gives the
     splits of the output width and of the output-channel chunks, whose inner parts form the register
-    tile. A tuner samples both."""
-    conv = _named(sch, CONV_NCHWC)
+    tile. A tuner samples both; None takes the default."""
+    conv = named(sch, CONV_NCHWC)
     if conv is None:
         return False
-    return _register_tiled_conv(sch, conv, lanes, tiles, reduction)
+    return _register_tiled_conv(sch, conv, machine, tiles or partial(default_conv_tiles, machine=machine),
+                                reduction or partial(default_conv_reduction, machine=machine))
 
 
-def _grouped_conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_conv_tiles,
-                          reduction=default_grouped_reduction) -> bool:
+def _grouped_conv2d_nchwc(sch: s_tir.Schedule, machine: Machine, tiles=None, reduction=None) -> bool:
     """The conv's rule (:func:`_conv2d_nchwc`) over each block group of a grouped conv: ``tiles`` splits
     the output-channel chunks of one block group, so the tile's vectors share their input values."""
-    conv = _named(sch, GROUPED_NCHWC)
+    conv = named(sch, GROUPED_NCHWC)
     if conv is None:
         return False
-    return _register_tiled_conv(sch, conv, lanes, tiles, reduction, _block_groups(sch, conv))
+    return _register_tiled_conv(sch, conv, machine, tiles or partial(default_conv_tiles, machine=machine),
+                                reduction or partial(default_grouped_reduction, machine=machine),
+                                _block_groups(sch, conv))
 
 
-def _register_tiled_conv(sch: s_tir.Schedule, conv, lanes: int, tiles, reduction, block_groups: int = 1) -> bool:
+def _register_tiled_conv(sch: s_tir.Schedule, conv, machine: Machine, tiles, reduction,
+                         block_groups: int = 1) -> bool:
     """Register tile of output columns × output-channel vectors of one of ``block_groups`` (the outer
     part of the output-channel chunks, run in parallel with the chunks and rows); see :func:`_conv2d_nchwc`."""
     n, oco, oh, ow, oci, ico, ry, rx, ici = sch.get_loops(conv)
@@ -325,7 +242,7 @@ def _register_tiled_conv(sch: s_tir.Schedule, conv, lanes: int, tiles, reduction
         group, oco = sch.split(oco, [block_groups, None])
         groups = [group]
     outer, inner, unrolled = reduction(sch, ico, ry, rx, ici)
-    if outer and _fits_one_row(*_extents(sch, [oh, ow, oco, oci])):
+    if outer and fits_one_row(*extents(sch, [oh, ow, oco, oci]), machine):
         ow = sch.fuse(oh, ow)
         oh = sch.add_unit_loop(ow)
     ow_split, oco_split = tiles(sch, ow, oco, bool(outer))
@@ -337,41 +254,41 @@ def _register_tiled_conv(sch: s_tir.Schedule, conv, lanes: int, tiles, reduction
     parallel = (n, *groups, oco_o, oh) if outer else (n, oh, *groups, oco_o)
     sch.reorder(*parallel, *outer, owo, *inner, oco_i, owi, oci)
     write_back = sch.cache_write(conv, 0, "local")
-    _inline_epilogue(sch, write_back)
+    inline_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, oh if outer else owo, preserve_unit_loops=True)
     sch.vectorize(oci)
     sch.unroll(owi)
     sch.unroll(oco_i)
     sch.parallel(sch.fuse(*parallel))
     sch.vectorize(sch.get_loops(write_back)[-1])
-    pad = _named(sch, "data_pad")
+    pad = named(sch, "data_pad")
     if pad is not None:
-        _parallel_vectorize_spatial(sch, pad, _extents(sch, sch.get_loops(pad))[-1], PAD_PARALLEL_MIN_WORK)
+        vectorize(sch, pad, extents(sch, sch.get_loops(pad))[-1], PAD_PARALLEL_MIN_WORK)
     for loop in unrolled:
         sch.unroll(loop)
     init = sch.decompose_reduction(conv, (outer or inner)[0])
     sch.vectorize(sch.get_loops(init)[-1])
-    return _schedule_rest(sch, lanes, done={conv, write_back, pad, init})
+    return _schedule_rest(sch, machine.lanes(), done={conv, write_back, pad, init})
 
 
-def _fits_one_row(height: int, width: int, chunks: int, lanes: int) -> bool:
+def fits_one_row(height: int, width: int, chunks: int, lanes: int, machine: Machine) -> bool:
     """Accumulate the whole map as one row when the width splits into no full register tiles (a
     prime: 7) and the map's accumulators fit half of L1: the partial tile then comes once per map,
     not once per row (7² maps of 256-1280 channels, 1 thread: 1.05-1.2x)."""
-    cols, k = conv_tile(width, chunks, True, lanes)
-    return width % cols != 0 and height * width * k * lanes * 4 <= L1_BYTES // 2
+    cols, k = conv_tile(width, chunks, True, lanes, machine)
+    return width % cols != 0 and height * width * k * lanes * 4 <= machine.l1d_bytes // 2
 
 
-def default_depthwise_columns(sch: s_tir.Schedule, ow) -> list:
+def default_depthwise_columns(sch: s_tir.Schedule, ow, machine: Machine) -> list:
     """The output width's split whose inner part is the register tile: the most columns up to MAX_REG_N,
-    up to WIDE_DEPTHWISE_COLUMNS with WIDE_LANES (AVX-512, Zen 4, MobileOne-S0's 3×3 depthwise convs at
+    up to WIDE_DEPTHWISE_COLUMNS under the wide rule (:func:`conv_tile_budget`; AVX-512, Zen 4, MobileOne-S0's 3×3 depthwise convs at
     14²-112², 1 thread: 2-4 columns 1.1-1.2x faster than 7-8)."""
-    lanes = _extents(sch, sch.get_loops(_named(sch, DEPTHWISE_NCHWC))[4:5])[0]  # (n, c, oh, ow, lane, ry, rx)
-    cap = WIDE_DEPTHWISE_COLUMNS if lanes >= WIDE_LANES else MAX_REG_N
-    return [None, _divisor_at_most(_extents(sch, [ow])[0], cap)]
+    lanes = extents(sch, sch.get_loops(named(sch, DEPTHWISE_NCHWC))[4:5])[0]  # (n, c, oh, ow, lane, ry, rx)
+    cap = WIDE_DEPTHWISE_COLUMNS if wide_tiles(machine, lanes) else MAX_REG_N
+    return [None, divisor_at_most(extents(sch, [ow])[0], cap)]
 
 
-def _depthwise_nchwc(sch: s_tir.Schedule, lanes: int, columns=default_depthwise_columns) -> bool:
+def _depthwise_nchwc(sch: s_tir.Schedule, machine: Machine, columns=None) -> bool:
     """Register tile of output columns (``columns(sch, ow)``, a split of the width; a tuner samples
     it) × one channel vector; each unrolled kernel tap loads its weight vector once for the tile.
     The padding is inlined (bounds checks on the loads, no padded copy) and rows run outside channel
@@ -379,59 +296,60 @@ def _depthwise_nchwc(sch: s_tir.Schedule, lanes: int, columns=default_depthwise_
     its own core wrote (MobileOne-S0, A/B in one process: 2 threads 1.10x, 1 thread unchanged; alone,
     as fast as a padded copy made per channel chunk, which was 10-30 % faster than padding it all
     first)."""
-    conv = _named(sch, DEPTHWISE_NCHWC)
+    conv = named(sch, DEPTHWISE_NCHWC)
     if conv is None:
         return False
-    work = math.prod(_extents(sch, sch.get_loops(conv)))
+    work = math.prod(extents(sch, sch.get_loops(conv)))
     n, c, oh, ow, lane, ry, rx = sch.get_loops(conv)
-    owo, owi = sch.split(ow, columns(sch, ow))
+    owo, owi = sch.split(ow, (columns or partial(default_depthwise_columns, machine=machine))(sch, ow))
     sch.reorder(n, oh, c, owo, ry, rx, owi, lane)
     write_back = sch.cache_write(conv, 0, "local")
-    _inline_epilogue(sch, write_back)
+    inline_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, owo, preserve_unit_loops=True)
     sch.vectorize(lane)
     for loop in (ry, rx, owi):
         sch.unroll(loop)
     sch.vectorize(sch.get_loops(write_back)[-1])
-    pad = _named(sch, "data_pad")
+    pad = named(sch, "data_pad")
     if pad is not None:
         sch.compute_inline(pad)
-    _parallelize_outer(sch, [n, oh, c], work)
+    parallelize(sch, [n, oh, c], work)
     init = sch.decompose_reduction(conv, ry)
     sch.vectorize(sch.get_loops(init)[-1])
-    return _schedule_rest(sch, lanes, done={conv, write_back, init})
+    return _schedule_rest(sch, machine.lanes(), done={conv, write_back, init})
 
 
-def default_winograd_tiles(sch: s_tir.Schedule, tiles, oco, _accumulate_rows: bool) -> tuple[list, list]:
+def default_winograd_tiles(sch: s_tir.Schedule, tiles, oco, _accumulate_rows: bool,
+                           machine: Machine) -> tuple[list, list]:
     """The splits of the Winograd GEMMs' tile axis and output-channel chunks: :func:`conv_tile` of a
     1×1 conv over the tiles."""
-    lanes = _extents(sch, sch.get_loops(_named(sch, WINOGRAD_GEMM))[5:6])[0]  # (e, nu, n, k, tile, lane, ...)
-    cols, chunks = conv_tile(*_extents(sch, [tiles, oco]), False, lanes)
+    lanes = extents(sch, sch.get_loops(named(sch, WINOGRAD_GEMM))[5:6])[0]  # (e, nu, n, k, tile, lane, ...)
+    cols, chunks = conv_tile(*extents(sch, [tiles, oco]), False, lanes, machine)
     return [None, cols], [None, chunks]
 
 
-def _winograd_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_winograd_tiles) -> bool:
+def _winograd_nchwc(sch: s_tir.Schedule, machine: Machine, tiles=None) -> bool:
     """Winograd F(2×2, 3×3) (:mod:`.winograd_nchwc`) in three parallel stages. Input transform: per
     4×4 input tile (padding inlined), its 16 transformed vectors, lanes vectorized. GEMMs: for each of
     the 16 positions a 1×1 conv over the tile map (``tiles(sch, tile_axis, oco)`` gives the register
     tile, as for the conv; the input channels reduced inside it). Output transform: per 2×2 output
     tile from 16 vectors, the epilogue (bias, activation, residual add) fused."""
-    gemm = _named(sch, WINOGRAD_GEMM)
+    gemm = named(sch, WINOGRAD_GEMM)
     if gemm is None:
         return False
-    pad = _named(sch, "data_pad")
+    pad = named(sch, "data_pad")
     if pad is not None:
         sch.compute_inline(pad)
-    transform = _named(sch, WINOGRAD_INPUT)
+    transform = named(sch, WINOGRAD_INPUT)
     e, nu, n, c, tile, ci = sch.get_loops(transform)
     sch.reorder(n, c, tile, e, nu, ci)
     sch.unroll(e)
     sch.unroll(nu)
     sch.vectorize(ci)
-    _parallelize_outer(sch, [n, c, tile], math.prod(_extents(sch, [n, c, tile, e, nu, ci])))
+    parallelize(sch, [n, c, tile], math.prod(extents(sch, [n, c, tile, e, nu, ci])))
 
     e, nu, n, k, tile, ki, rc, ri = sch.get_loops(gemm)
-    tile_split, k_split = tiles(sch, tile, k, False)
+    tile_split, k_split = (tiles or partial(default_winograd_tiles, machine=machine))(sch, tile, k, False)
     tile_o, tile_i = sch.split(tile, tile_split)
     k_o, k_i = sch.split(k, k_split)
     sch.reorder(e, nu, n, k_o, tile_o, rc, ri, k_i, tile_i, ki)
@@ -445,8 +363,8 @@ def _winograd_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_winograd_tile
     init = sch.decompose_reduction(gemm, rc)
     sch.vectorize(sch.get_loops(init)[-1])
 
-    out = _named(sch, WINOGRAD_OUTPUT)
-    _inline_epilogue(sch, out)
+    out = named(sch, WINOGRAD_OUTPUT)
+    inline_epilogue(sch, out)
     n, k, y, x, lane = sch.get_loops(out)
     y_o, y_i = sch.split(y, [None, 2])
     x_o, x_i = sch.split(x, [None, 2])
@@ -455,91 +373,91 @@ def _winograd_nchwc(sch: s_tir.Schedule, lanes: int, tiles=default_winograd_tile
     sch.unroll(x_i)
     sch.vectorize(lane)
     sch.parallel(sch.fuse(n, k, y_o))
-    return _schedule_rest(sch, lanes, done={transform, gemm, write_back, init, out})
+    return _schedule_rest(sch, machine.lanes(), done={transform, gemm, write_back, init, out})
 
 
-def schedule_winograd_nchwc(sch: s_tir.Schedule, lanes: int, tiles) -> bool:
+def schedule_winograd_nchwc(sch: s_tir.Schedule, machine: Machine, tiles) -> bool:
     """The Winograd rule with caller-chosen GEMM register tiles (the tuner's design space)."""
-    return _winograd_nchwc(sch, lanes, tiles)
+    return _winograd_nchwc(sch, machine, tiles)
 
 
-def schedule_conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles, reduction) -> bool:
+def schedule_conv2d_nchwc(sch: s_tir.Schedule, machine: Machine, tiles, reduction) -> bool:
     """The conv rule with caller-chosen register tiles and reduction loops (the tuner's design space)."""
-    return _conv2d_nchwc(sch, lanes, tiles, reduction)
+    return _conv2d_nchwc(sch, machine, tiles, reduction)
 
 
-def schedule_grouped_conv2d_nchwc(sch: s_tir.Schedule, lanes: int, tiles, reduction) -> bool:
+def schedule_grouped_conv2d_nchwc(sch: s_tir.Schedule, machine: Machine, tiles, reduction) -> bool:
     """The grouped conv rule with caller-chosen register tiles and reduction loops (the tuner's design space)."""
-    return _grouped_conv2d_nchwc(sch, lanes, tiles, reduction)
+    return _grouped_conv2d_nchwc(sch, machine, tiles, reduction)
 
 
-def schedule_depthwise_nchwc(sch: s_tir.Schedule, lanes: int, columns) -> bool:
+def schedule_depthwise_nchwc(sch: s_tir.Schedule, machine: Machine, columns) -> bool:
     """The depthwise rule with caller-chosen register columns (the tuner's design space)."""
-    return _depthwise_nchwc(sch, lanes, columns)
+    return _depthwise_nchwc(sch, machine, columns)
 
 
-def _dense_packed(sch: s_tir.Schedule, lanes: int) -> bool:
+def _dense_packed(sch: s_tir.Schedule, machine: Machine) -> bool:
     """``x @ W`` with W in panels (:mod:`.dense_packed`): up to DENSE_ROWS rows of x × a panel's
     vectors (as many as keep PANEL_VECTORS accumulators) are the register tile, the reduction
     outside it reads the panel front to back once for those rows; panels (and row groups) in parallel."""
-    dense = _named(sch, DENSE_PACKED)
+    dense = named(sch, DENSE_PACKED)
     if dense is None:
         return False
     width = next(int(r.source.shape[2]) for r in sch.get(dense).reads if len(r.source.shape) == 3)
     *rows, j, k = sch.get_loops(dense)
-    work = math.prod(_extents(sch, [*rows, j, k]))
+    work = math.prod(extents(sch, [*rows, j, k]))
     *outer_rows, row = rows  # the tile takes rows of the innermost dimension (a fused one would not be affine)
-    row_tile = _divisor_at_most(_extents(sch, [row])[0], DENSE_ROWS)
+    row_tile = divisor_at_most(extents(sch, [row])[0], DENSE_ROWS)
     row_o, row_i = sch.split(row, [None, row_tile])
-    vec = panel_vector(width, lanes)
-    vectors = _divisor_at_most(width // vec, PANEL_VECTORS // row_tile)
+    vec = panel_vector(width, machine.lanes())
+    vectors = divisor_at_most(width // vec, PANEL_VECTORS // row_tile)
     panel, vector_o, vector_i, lane = sch.split(j, [None, width // vec // vectors, vectors, vec])
     sch.reorder(*outer_rows, row_o, panel, vector_o, k, row_i, vector_i, lane)
     write_back = sch.cache_write(dense, 0, "local")
-    _inline_epilogue(sch, write_back)
+    inline_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, vector_o, preserve_unit_loops=True)
     sch.vectorize(lane)
     sch.unroll(vector_i)
     sch.unroll(row_i)
-    _parallelize_outer(sch, [*outer_rows, row_o, panel], work)
+    parallelize(sch, [*outer_rows, row_o, panel], work)
     sch.vectorize(sch.get_loops(write_back)[-1])
     init = sch.decompose_reduction(dense, k)
     sch.vectorize(sch.get_loops(init)[-1])
-    return _schedule_rest(sch, lanes, done={dense, write_back, init})
+    return _schedule_rest(sch, machine.lanes(), done={dense, write_back, init})
 
 
-def _matmul(sch: s_tir.Schedule, lanes: int) -> bool:
+def _matmul(sch: s_tir.Schedule, machine: Machine) -> bool:
     """``x @ W`` with W ``(K, N)`` row-major: each thread owns a chunk of up to MATMUL_CHUNK
     outputs, kept in L1, and streams the matching part of every weight row contiguously."""
-    mm = _named(sch, "matmul")
+    mm = named(sch, "matmul")
     if mm is None or len(sch.get_loops(mm)) not in (3, 4):
         return False
     *batch, i, j, k = sch.get_loops(mm)
-    m, n, kk = _extents(sch, [i, j, k])
-    chunk = _divisor_at_most(n, MATMUL_CHUNK)
+    m, n, kk = extents(sch, [i, j, k])
+    chunk = divisor_at_most(n, MATMUL_CHUNK)
     jo, jc = sch.split(j, [None, chunk])
-    jc_o, jv = sch.split(jc, [None, _divisor_at_most(chunk, lanes)])
+    jc_o, jv = sch.split(jc, [None, divisor_at_most(chunk, machine.lanes())])
     sch.reorder(*batch, i, jo, k, jc_o, jv)
     write_back = sch.cache_write(mm, 0, "local")
-    _inline_epilogue(sch, write_back)
+    inline_epilogue(sch, write_back)
     sch.reverse_compute_at(write_back, jo, preserve_unit_loops=True)
     sch.vectorize(jv)
-    _parallelize_outer(sch, [*batch, i, jo], m * n * kk * math.prod(_extents(sch, batch)))
+    parallelize(sch, [*batch, i, jo], m * n * kk * math.prod(extents(sch, batch)))
     init = sch.decompose_reduction(mm, k)
     sch.vectorize(sch.get_loops(init)[-1])
-    return _schedule_rest(sch, lanes, done={mm, write_back, init})
+    return _schedule_rest(sch, machine.lanes(), done={mm, write_back, init})
 
 
-def _generic(sch: s_tir.Schedule, lanes: int) -> bool:
-    for block in _blocks(sch):
+def _generic(sch: s_tir.Schedule, machine: Machine) -> bool:
+    for block in blocks(sch):
         # a padded input stays materialized: inlined into a reduction it puts a branch in the inner loop
-        if any(_is_reduction(sch, c) for c in sch.get_consumers(block)) or _inlining_copies_too_much(sch, block):
+        if any(is_reduction(sch, c) for c in sch.get_consumers(block)) or _inlining_copies_too_much(sch, block):
             continue
         try:
             sch.compute_inline(block)
         except s_tir.ScheduleError:
             pass
-    return _schedule_rest(sch, lanes, done=set())
+    return _schedule_rest(sch, machine.lanes(), done=set())
 
 
 def _inlining_copies_too_much(sch: s_tir.Schedule, block) -> bool:
@@ -558,13 +476,13 @@ def _inlining_copies_too_much(sch: s_tir.Schedule, block) -> bool:
 def _schedule_rest(sch: s_tir.Schedule, lanes: int, done: set) -> bool:
     """Schedule the root-level blocks not in ``done``: elementwise or reduction."""
     done_names = {sch.get(b).name_hint for b in done if b is not None}
-    for block in _blocks(sch):
+    for block in blocks(sch):
         if sch.get(block).name_hint in done_names:
             continue
-        if _is_reduction(sch, block):
+        if is_reduction(sch, block):
             _reduction(sch, block, lanes)
         else:
-            _parallel_vectorize_spatial(sch, block, lanes)
+            vectorize(sch, block, lanes)
     return True
 
 
@@ -578,13 +496,13 @@ def _reduction(sch: s_tir.Schedule, block, lanes: int) -> None:
     reduce = [l for l, kind in zip(loops, kinds) if kind != tirx.IterVar.DataPar]
     if not spatial or not reduce:
         return
-    extents = _extents(sch, spatial)
+    sizes = extents(sch, spatial)
     work = 1
-    for e in _extents(sch, loops):
+    for e in extents(sch, loops):
         work *= e
     inner = None
-    if extents[-1] <= 2 * lanes or extents[-1] % lanes == 0:
-        vec = extents[-1] if extents[-1] <= 2 * lanes else lanes
+    if sizes[-1] <= 2 * lanes or sizes[-1] % lanes == 0:
+        vec = sizes[-1] if sizes[-1] <= 2 * lanes else lanes
         outer_last, inner = sch.split(spatial[-1], [None, vec])
         sch.reorder(*spatial[:-1], outer_last, *reduce, inner)
         spatial = spatial[:-1] + [outer_last]
@@ -592,7 +510,7 @@ def _reduction(sch: s_tir.Schedule, block, lanes: int) -> None:
         write_back = sch.cache_write(block, 0, "local")  # the vector accumulator stays in registers
         sch.reverse_compute_at(write_back, outer_last, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(write_back)[-1])
-    _parallelize_outer(sch, spatial, work)
+    parallelize(sch, spatial, work)
     if inner is not None:
         init = sch.decompose_reduction(block, reduce[0])
         sch.vectorize(sch.get_loops(init)[-1])

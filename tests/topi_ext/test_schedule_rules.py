@@ -1,0 +1,133 @@
+"""Item 8 of issue 19: the CPU rules read the machine model and give exactly the choices they gave
+when they read ``lanes`` (the tables below were computed by the code before that change, with 8 lanes
+for AVX2 and 16 for AVX-512), and NEON gets its own register file.
+
+Each conv row: (machine, (cin, cout, size, kernel, stride, pad), rows accumulated, map as one row,
+the split factors of the scheduled function in order: columns, channel vectors, then the padding's
+vector); each depthwise row: (machine, (channels, size, kernel, stride, pad), its split factors)."""
+
+import re
+
+import pytest
+from tvm import s_tir, te
+
+from reforge.machine import AVX2, AVX512, NEON, SSE
+from reforge.topi_ext.conv2d_nchwc import BLOCK, conv2d_nchwc
+from reforge.topi_ext.depthwise_nchwc import depthwise_conv2d_nchwc
+from reforge.topi_ext.layouts import channel_block
+from reforge.topi_ext.schedules.cpu import conv_tile, conv_tile_budget, default_conv_reduction, fits_one_row
+from reforge.topi_ext.schedules.default import default_schedule
+from reforge.topi_ext.schedules.helpers import extents
+
+CONVS = [
+    (AVX2, (3, 64, 224, 7, 2, 3), False, False, (4, 2, 3)),
+    (AVX2, (3, 32, 112, 3, 2, 1), False, False, (4, 2, 3)),
+    (AVX2, (64, 64, 56, 3, 1, 1), True, False, (2, 4, 8)),
+    (AVX2, (64, 128, 56, 3, 2, 1), True, False, (2, 4, 8)),
+    (AVX2, (128, 128, 28, 3, 1, 1), True, False, (2, 4, 8)),
+    (AVX2, (256, 256, 14, 3, 1, 1), True, False, (2, 4, 8)),
+    (AVX2, (512, 512, 7, 3, 1, 1), True, True, (2, 4, 8)),
+    (AVX2, (64, 256, 56, 1, 1, 0), False, False, (4, 2)),
+    (AVX2, (256, 64, 56, 1, 1, 0), False, False, (4, 2)),
+    (AVX2, (512, 2048, 7, 1, 1, 0), False, False, (4, 2)),
+    (AVX2, (32, 64, 112, 3, 1, 1), True, False, (2, 4, 8)),
+    (AVX2, (16, 32, 13, 3, 1, 1), False, False, (4, 2, 8)),
+    (AVX2, (24, 40, 28, 1, 1, 0), False, False, (8, 1)),
+    (AVX2, (8, 24, 9, 1, 1, 0), False, False, (8, 1)),
+    (AVX2, (48, 96, 7, 3, 1, 1), True, True, (2, 4, 8)),
+    (AVX2, (96, 96, 14, 1, 1, 0), False, False, (2, 4)),
+    (AVX512, (3, 64, 224, 7, 2, 3), True, False, (14, 1, 3)),
+    (AVX512, (3, 32, 112, 3, 2, 1), False, False, (7, 2, 3)),
+    (AVX512, (64, 64, 56, 3, 1, 1), True, False, (7, 2, 16)),
+    (AVX512, (64, 128, 56, 3, 2, 1), True, False, (7, 2, 16)),
+    (AVX512, (128, 128, 28, 3, 1, 1), True, False, (7, 2, 16)),
+    (AVX512, (256, 256, 14, 3, 1, 1), True, False, (7, 2, 16)),
+    (AVX512, (512, 512, 7, 3, 1, 1), True, False, (7, 2, 16)),
+    (AVX512, (64, 256, 56, 1, 1, 0), False, False, (7, 2)),
+    (AVX512, (256, 64, 56, 1, 1, 0), False, False, (7, 2)),
+    (AVX512, (512, 2048, 7, 1, 1, 0), False, False, (7, 2)),
+    (AVX512, (32, 64, 112, 3, 1, 1), True, False, (14, 1, 16)),
+    (AVX512, (16, 32, 13, 3, 1, 1), True, False, (13, 1, 16)),
+    (AVX512, (24, 40, 28, 1, 1, 0), False, False, (4, 2)),
+    (AVX512, (8, 24, 9, 1, 1, 0), False, False, (4, 2)),
+    (AVX512, (48, 96, 7, 3, 1, 1), True, False, (7, 2, 16)),
+    (AVX512, (96, 96, 14, 1, 1, 0), False, False, (7, 2)),
+]
+DEPTHWISE = [
+    (AVX2, (32, 112, 3, 1, 1), (8,)),
+    (AVX2, (128, 14, 3, 1, 1), (7,)),
+    (AVX2, (576, 7, 3, 1, 1), (7,)),
+    (AVX2, (48, 28, 5, 2, 2), (7,)),
+    (AVX512, (32, 112, 3, 1, 1), (4,)),
+    (AVX512, (128, 14, 3, 1, 1), (2,)),
+    (AVX512, (576, 7, 3, 1, 1), (1,)),
+    (AVX512, (48, 28, 5, 2, 2), (2,)),
+]
+TILES = {  # (lanes, rows accumulated): per width 7, 13, 14, 56, 112 the tile for 1, 2, 4, 8 channel chunks
+    (8, False): ["7x1 4x2 4x2 4x2", "8x1 4x2 4x2 4x2", "8x1 4x2 2x4 2x4", "8x1 4x2 4x2 4x2", "8x1 4x2 4x2 4x2"],
+    (8, True): ["7x1 4x2 2x4 2x4", "8x1 4x2 2x4 2x4", "8x1 4x2 2x4 2x4", "8x1 4x2 2x4 2x4", "8x1 4x2 2x4 2x4"],
+    (16, False): ["7x1 7x2 7x2 7x2", "13x1 13x1 13x1 13x1", "14x1 7x2 7x2 7x2", "14x1 7x2 7x2 7x2", "14x1 7x2 7x2 7x2"],
+    (16, True): ["7x1 7x2 7x2 7x2", "13x1 13x1 13x1 13x1", "14x1 7x2 7x2 7x2", "14x1 7x2 7x2 7x2", "14x1 14x1 14x1 14x1"],
+}
+
+
+def _conv(cin, cout, size, k, stride, pad, lanes):
+    ib, ob = channel_block(cin, lanes), channel_block(cout, lanes)
+    data = te.placeholder((1, cin // ib, size, size, ib), name="data")
+    kernel = te.placeholder((cout // ob, cin // ib, k, k, ib, ob), name="kernel")
+    return te.create_prim_func([data, kernel, conv2d_nchwc(data, kernel, (stride, stride), (pad,) * 4, (1, 1),
+                                                           "float32")])
+
+
+def _depthwise(c, size, k, stride, pad, lanes):
+    b = channel_block(c, lanes)
+    data = te.placeholder((1, c // b, size, size, b), name="data")
+    kernel = te.placeholder((c // b, 1, k, k, 1, b), name="kernel")
+    return te.create_prim_func([data, kernel, depthwise_conv2d_nchwc(data, kernel, (stride, stride), (pad,) * 4,
+                                                                     (1, 1), "float32")])
+
+
+def _splits(sch) -> tuple[int, ...]:
+    return tuple(int(f.split(",")[-1]) for f in re.findall(r"factors=\[([^\]]*)\]", str(sch.trace)))
+
+
+@pytest.mark.parametrize("machine, shape, rows, one_row, splits", CONVS)
+def test_conv_choices_are_todays(machine, shape, rows, one_row, splits):
+    func = _conv(*shape, machine.lanes())
+    sch = s_tir.Schedule(func)
+    _n, oco, oh, ow, oci, ico, ry, rx, ici = sch.get_loops(sch.get_sblock(BLOCK))
+    assert bool(default_conv_reduction(sch, ico, ry, rx, ici, machine)[0]) == rows
+    assert (rows and fits_one_row(*extents(sch, [oh, ow, oco, oci]), machine)) == one_row
+    scheduled, rule = default_schedule(func, machine)
+    assert rule == "conv2d_nchwc"
+    assert _splits(scheduled) == splits
+
+
+@pytest.mark.parametrize("machine, shape, splits", DEPTHWISE)
+def test_depthwise_choices_are_todays(machine, shape, splits):
+    scheduled, rule = default_schedule(_depthwise(*shape, machine.lanes()), machine)
+    assert rule == "depthwise_nchwc"
+    assert _splits(scheduled) == splits
+
+
+@pytest.mark.parametrize("lanes, rows", sorted(TILES))
+def test_register_tiles_are_todays(lanes, rows):
+    machine = {8: AVX2, 16: AVX512}[lanes]
+    got = [tuple(conv_tile(w, ch, rows, lanes, machine) for ch in (1, 2, 4, 8)) for w in (7, 13, 14, 56, 112)]
+    want = [tuple(tuple(int(v) for v in t.split("x")) for t in row.split()) for row in TILES[(lanes, rows)]]
+    assert got == want
+    if lanes == 8:  # an 8-lane channel block on AVX-512 keeps AVX2's rule (LLVM holds its tile in ymm)
+        assert [tuple(conv_tile(w, ch, rows, 8, AVX512) for ch in (1, 2, 4, 8)) for w in (7, 13, 14, 56, 112)] == got
+
+
+def test_the_budget_reads_the_machine():
+    """AVX2: 15 of 16 registers, 8 accumulators (2 FMA pipes x 4 cycles); AVX-512 and NEON (32 registers
+    their tile's vectors fill): 31, up to 14 accumulators of at most 2 vectors; SSE (one FMA pipe): 4."""
+    assert (conv_tile_budget(AVX2, 8).registers, conv_tile_budget(AVX2, 8).min_acc,
+            conv_tile_budget(AVX2, 8).max_acc, conv_tile_budget(AVX2, 8).wide) == (15, 8, 8, False)
+    for machine in (AVX512, NEON):
+        budget = conv_tile_budget(machine, machine.lanes())
+        assert (budget.registers, budget.min_acc, budget.max_acc, budget.max_chunks) == (31, 8, 14, 2)
+    assert conv_tile_budget(SSE, 4).min_acc == 4
+    assert conv_tile(56, 8, False, 4, NEON) == (7, 2)  # 14 accumulators: with 16 registers it was 4 x 2
+    assert conv_tile(56, 8, False, 4, AVX2) == (4, 2)
