@@ -33,6 +33,7 @@ from reforge.topi_ext.layouts import MIN_BLOCK, channel_block
 from .graph import (callee_attr, cleanup, const_value, is_const, mutate_functions, op_name, tensor_dtype, tensor_shape,
                     use_counts)
 from .report import PassReport
+from .reserved_copies import copy_rows
 
 # the sparsity (fraction of zero weights) from which the sparse operator beat reforge's dense kernel on
 # every layer shape of benchmarks/sparse.py (1 thread, batch 1; docs/sparse.md): 1×1 convs, k×k convs, dense
@@ -184,8 +185,8 @@ class _Rewrite(relax.PyExprMutator):
     def _conv(call, x, weight) -> Layer | None:
         a = call.attrs
         if (a["data_layout"], a["kernel_layout"], a["out_layout"] or "NCHW") != ("NCHW", "OIHW", "NCHW") \
-                or int(a["groups"]) != 1 or any(int(d) != 1 for d in a["dilation"]):
-            return None
+                or int(a["groups"]) != 1 or any(int(d) != 1 for d in a["dilation"]) or copy_rows(weight):
+            return None  # copy rows: remove-residual's reserved channels, which the CPU build turns into copies
         g = sparse_conv.geometry(tensor_shape(x), weight.shape, [int(s) for s in a["strides"]],
                                  [int(p) for p in a["padding"]])
         return Layer("conv 1x1" if (g.kh, g.kw) == (1, 1) else "conv kxk", tensor_shape(x), weight, g.strides,
