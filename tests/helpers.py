@@ -718,3 +718,12 @@ def tracker_with_servers(logs: Path, module: str, count: int):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+def pruned_weight(rng, shape, sparsity: float) -> np.ndarray:
+    """A standard-normal float32 weight with each entry zeroed with probability ``sparsity``."""
+    w = rng.standard_normal(shape).astype("float32")
+    w[rng.random(shape) < sparsity] = 0
+    if sparsity == 1.0:
+        assert not w.any()
+    return w

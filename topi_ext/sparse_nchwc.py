@@ -44,28 +44,14 @@ EPILOGUE_STEPS = ("bias", "relu", "add")  # + per-channel bias, max(·, 0), + a 
 
 
 @dataclass(frozen=True)
-class Spec:
-    """A sparse conv: NCHW geometry (n, c, h, w, o, kh, kw, padding t/l/b/r, strides), its count of
-    nonzeros, input / output channel blocks (1: NCHW) and the epilogue steps in order."""
+class Spec(SparseConvGeometry):
+    """A sparse conv: its NCHW geometry, its count of nonzeros, input / output channel blocks (1: NCHW)
+    and the epilogue steps in order."""
 
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    kh: int
-    kw: int
-    padding: tuple[int, int, int, int]
-    strides: tuple[int, int]
-    nnz: int
+    nnz: int = 0
     ib: int = 1
     ob: int = 1
     epilogue: tuple[str, ...] = ()
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        t, l, b, r = self.padding
-        return ((self.h + t + b - self.kh) // self.strides[0] + 1, (self.w + l + r - self.kw) // self.strides[1] + 1)
 
     @property
     def plane_hw(self) -> tuple[int, int]:

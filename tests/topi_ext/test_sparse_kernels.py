@@ -11,17 +11,10 @@ from tvm import relax
 
 from reforge.targets import get_target
 from reforge.topi_ext import sparse_dense
+from tests.helpers import pruned_weight
 
 RTOL = 1e-5
 SPARSITIES = [0.0, 0.5, 0.9, 0.99, 1.0]
-
-
-def pruned(rng, shape, sparsity):
-    w = rng.standard_normal(shape).astype("float32")
-    w[rng.random(shape) < sparsity] = 0
-    if sparsity == 1.0:
-        assert not w.any()
-    return w
 
 
 def run(x, emit):
@@ -50,7 +43,7 @@ def test_sparse_dense(shape, sparsity):
     lead = m if isinstance(m, tuple) else (m,)
     rng = np.random.default_rng(k + n + int(sparsity * 100))
     x = rng.standard_normal((*lead, k)).astype("float32")
-    wt = pruned(rng, (k, n), sparsity)
+    wt = pruned_weight(rng, (k, n), sparsity)
     ref = x.astype(np.float64) @ wt.astype(np.float64)
     assert np.abs(sparse_dense.sparse_dense_np(x, wt) - ref).max() <= 1e-12 * max(1, np.abs(ref).max())
     check(run(x, lambda bb, xv: sparse_dense.emit_sparse_dense(bb, xv, wt)), ref)

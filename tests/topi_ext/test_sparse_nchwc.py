@@ -17,6 +17,7 @@ from tvm import relax
 from reforge.targets import get_target
 from reforge.topi_ext import sparse_conv
 from reforge.topi_ext import sparse_nchwc as sn
+from tests.helpers import pruned_weight
 
 RTOL = 1e-5
 SPARSITIES = [0.0, 0.5, 0.9, 0.99, 1.0]
@@ -32,14 +33,6 @@ CONVS = [  # n, c, h, w, o, kh, kw, strides, padding, ib, ob
     (1, 16, 4, 67, 16, 3, 3, (1, 1), (1, 1, 1, 1), 16, 16),  # rows not a multiple of the tile
 ]
 EPILOGUES = [(), ("bias", "relu"), ("bias", "add", "relu"), ("relu", "add")]
-
-
-def pruned(rng, shape, sparsity):
-    w = rng.standard_normal(shape).astype("float32")
-    w[rng.random(shape) < sparsity] = 0
-    if sparsity == 1.0:
-        assert not w.any()
-    return w
 
 
 def reference(x, w, s: sn.Spec, bias, res):
@@ -80,7 +73,7 @@ def test_sparse_conv_nchwc(case, sparsity):
     rng = np.random.default_rng(c * 31 + h + w + int(sparsity * 100))
     epilogue = EPILOGUES[(c + int(sparsity * 100)) % len(EPILOGUES)]
     x = rng.standard_normal((n, c, h, w)).astype("float32")
-    wt = pruned(rng, (o, c, kh, kw), sparsity)
+    wt = pruned_weight(rng, (o, c, kh, kw), sparsity)
     g = sparse_conv.geometry(x.shape, wt.shape, strides, pad)
     s = dataclasses.replace(sn.spec(g, int(np.count_nonzero(wt)), epilogue), ib=ib, ob=ob)
     bias = rng.standard_normal(o).astype("float32")
