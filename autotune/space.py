@@ -85,11 +85,8 @@ def block_names(func) -> set[str]:
     return names
 
 
-def space_for(task_mod, target_kind: str, machine: Machine):
-    """The design space of one task (a module holding one fused PrimFunc) for a target of ``target_kind``
-    whose CPU is ``machine``."""
-    if target_kind == "cuda":
-        return ms.space_generator.PostOrderApply(sch_rules="cuda", postprocs="cuda", mutator_probs="cuda")
+def space_for(task_mod, machine: Machine):
+    """The design space of one task (a module holding one fused PrimFunc) for a CPU described by ``machine``."""
     op = operator_of(task_mod["main"])
     if op is not None and ("cpu" in op.schedules or op.emitted_scheduled):
         return _space(lambda sch: schedule_operator_on(sch, op, machine, knob=op.knob))

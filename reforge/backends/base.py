@@ -212,7 +212,7 @@ class Backend(ABC):
         """MetaSchedule's design space of one task (a module holding one fused PrimFunc)."""
         from reforge.autotune.space import space_for
 
-        return space_for(task_mod, self.kind, self.machine)
+        return space_for(task_mod, self.machine)
 
     def tuning_builder(self, workers: int):
         """MetaSchedule's builder of this target's candidates."""

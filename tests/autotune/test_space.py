@@ -77,7 +77,7 @@ def test_sampled_candidates_are_valid_varied_and_replay(name):
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal([int(d) for d in p.shape]).astype("float32") for p in func.params]
     reference = run(func, arrays)  # TVM's plain loop nest: the same math, no schedule
-    space = space_for(mod, "x86", MACHINE)
+    space = space_for(mod, MACHINE)
     assert not isinstance(space, str), f"{name} has no design space of its own"
     decisions = set()
     for seed in range(SAMPLES):
