@@ -727,3 +727,12 @@ def pruned_weight(rng, shape, sparsity: float) -> np.ndarray:
     if sparsity == 1.0:
         assert not w.any()
     return w
+
+
+EM_X86_64, EM_AARCH64 = 62, 183  # ELF e_machine
+
+
+def elf_machine(blob: bytes) -> int:
+    """The e_machine field of an ELF file's header (what CPU its code is for)."""
+    assert blob[:4] == b"\x7fELF"
+    return int.from_bytes(blob[18:20], "little")

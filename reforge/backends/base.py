@@ -8,6 +8,7 @@ import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
+from functools import cached_property
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 import numpy as np
@@ -79,12 +80,10 @@ class Backend(ABC):
         """The compile report's words for the machine: ``mcpu cortex-a72, neon``."""
         return f"mcpu {self.target_json().get('mcpu', '?')}, {', '.join(sorted(self.features)) or 'baseline ISA'}"
 
-    @property
+    @cached_property
     def machine(self) -> Machine:
         """The processor the CPU schedules are parameterised by (``reforge.machine``)."""
-        if "_machine" not in self.__dict__:
-            self._machine = self.make_machine()
-        return self._machine
+        return self.make_machine()
 
     @abstractmethod
     def make_machine(self) -> Machine:

@@ -21,18 +21,10 @@ from reforge import ReforgeError
 from reforge.cli import main
 
 from tests import zoo
-from tests.helpers import (DEPTHWISE_CONVS, binarized_chain, conv_bn_relu_model, conv_relu_model, mobilenet_style,
-                           onnxruntime, pruned_onnx)
+from tests.helpers import (DEPTHWISE_CONVS, EM_AARCH64, binarized_chain, conv_bn_relu_model, conv_relu_model, elf_machine,
+                           mobilenet_style, onnxruntime, pruned_onnx)
 
 RTOL = 1e-4
-EM_AARCH64 = 183  # ELF e_machine
-
-
-def _elf_machine(blob: bytes) -> int:
-    assert blob[:4] == b"\x7fELF"
-    return int.from_bytes(blob[18:20], "little")
-
-
 @pytest.fixture(scope="module")
 def resnet_onnx(tmp_path_factory):
     import torch
@@ -48,7 +40,7 @@ def test_resnet_on_aarch64_matches_x86(resnet_onnx, tmp_path):
     arm = reforge.compile(resnet_onnx, target="arm")
     path = arm.save(str(tmp_path / "resnet_arm.tar"))
     with tarfile.open(path) as tar:
-        assert _elf_machine(tar.extractfile("model.so").read()) == EM_AARCH64
+        assert elf_machine(tar.extractfile("model.so").read()) == EM_AARCH64
     loaded = reforge.load(path)
     assert loaded.manifest["target"]["kind"] == "arm" and "aarch64" in loaded.manifest["run"]
     assert loaded.emulated

@@ -22,16 +22,7 @@ from reforge.backends import ArmBackend, CudaBackend, OpenCLFPGABackend, X86Back
 from reforge.backends.x86 import host_cache_bytes, host_features, parse_size
 from reforge.machine import AVX2, AVX512, NEON, SSE
 
-from tests.helpers import conv_bn_relu_model
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EM_X86_64, EM_AARCH64 = 62, 183  # ELF e_machine
-
-
-def elf_machine(blob: bytes) -> int:
-    assert blob[:4] == b"\x7fELF"
-    return int.from_bytes(blob[18:20], "little")
-
+from tests.helpers import EM_AARCH64, EM_X86_64, ROOT, conv_bn_relu_model, elf_machine
 
 def lscpu_bytes(name: str) -> int:
     """One cache's size in bytes as lscpu reports it (an independent reading of the host's caches)."""
