@@ -122,6 +122,13 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "binary layers in deep neural networks, CVPR-W 2021; Pan, Badawi & Cetin, Block Walsh-Hadamard "
              "transform based binary layers in deep neural networks, ACM TECS 2022",
              level=2, requires=("fold-constants",), rtol=1e-5),
+    PassInfo("binarize", Binarize,
+             "binarized conv / dense (±1 weights, sign / where / STE activations) to bit-packed XNOR-popcount "
+             "operators; BatchNorm + sign between binary convs fused into integer thresholds; before fft-conv and "
+             "sparse, which never see a ±1 conv",
+             "Courbariaux et al., BinaryNet, 2016; Rastegari et al., XNOR-Net, ECCV 2016",
+             level=2, targets=frozenset({"x86", "arm", "cuda", "opencl-fpga"}),
+             requires=("fold-constants", "fold-batchnorm")),
     PassInfo("fft-conv", FFTConv,
              "large-kernel stride-1 convs through overlap-save tiled 2-D real DFTs (weight spectra precomputed, "
              "per-frequency channel mixing as a batched GEMM over the tiles), where a cost model measured on "
@@ -139,12 +146,6 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Park et al., Faster CNNs with Direct Sparse Convolutions and Guided Pruning, ICLR 2017; "
              "Elsen et al., Fast Sparse ConvNets, CVPR 2020",
              level=2, targets=frozenset({"x86"}), requires=("fold-constants",), rtol=1e-5),
-    PassInfo("binarize", Binarize,
-             "binarized conv / dense (±1 weights, sign / where / STE activations) to bit-packed XNOR-popcount "
-             "operators; BatchNorm + sign between binary convs fused into integer thresholds",
-             "Courbariaux et al., BinaryNet, 2016; Rastegari et al., XNOR-Net, ECCV 2016",
-             level=2, targets=frozenset({"x86", "arm", "cuda", "opencl-fpga"}),
-             requires=("fold-constants", "fold-batchnorm")),
     PassInfo("dead-code", DeadCode,
              "remove bindings and functions whose results are never used",
              "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 8.5 dead-code elimination", rtol=1e-5),

@@ -217,7 +217,9 @@ def test_bitserial_conv_is_searched_in_its_own_space(tmp_path):
     net, x = BinaryNet().eval(), torch.randn(1, 3, 12, 12)
     path, records = tmp_path / "binary.pt2", tmp_path / "records.json"
     torch.export.save(torch.export.export(net, (x,)), path)
-    result = tune(str(path), trials=24, output=str(records), log=lambda _m: None)
+    lines = []
+    result = tune(str(path), trials=24, output=str(records), log=lines.append)
+    assert not [m for m in lines if m.startswith("fft-conv, measured")]  # binarize runs first: never an FFT
     (conv,) = [t for t in result.tasks if t.name.startswith("bitserial_conv2d")]
     assert conv.default_ms is not None and conv.best_ms <= conv.default_ms
     art = reforge.compile(str(path), tuning_records=str(records))

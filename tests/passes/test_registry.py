@@ -13,8 +13,8 @@ from reforge import ReforgeError
 from reforge.passes import PASSES, get, select
 
 TABLE = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv",
-         "merge-branches", "fuse-fplus", "remove-residual", "prune-channels", "fwht", "fft-conv", "sparse", "binarize",
-         "dead-code"]
+         "merge-branches", "fuse-fplus", "remove-residual", "prune-channels", "fwht", "binarize", "fft-conv", "sparse",
+         "dead-code"]  # binarize before fft-conv and sparse: a ±1 conv is bit-serial, never measured as FFT
 O1 = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "dead-code"]  # the -O2 passes start at -O2
 O2 = [n for n in TABLE if n != "remove-residual"]  # remove-residual: opencl-fpga
 O2_ARM = [n for n in O2 if n not in ("fft-conv", "sparse")]  # fft-conv, sparse: their costs are measured on x86
