@@ -107,7 +107,8 @@ def test_scheduled_grouped_bias_relu_matches_torch(cin, cout, groups, size, k, s
     (48, 48, 6, 16, (16, 8, 16)), (208, 208, 26, 16, (16, 8, 16)),  # RegNetY-400MF, width 8
     (160, 160, 10, 16, (16, 16, 16)),  # RegNetX-400MF, width 16
     (48, 48, 2, 16, (16, 24, 16)),  # width 24 on 16 lanes: blocks of 2 groups in 3 chunks
-    (104, 104, 13, 16, None),  # RegNetY's 104 channels: blocks of 13 (the 1x1 convs'), which no 8-wide group fills
+    (104, 104, 13, 16, None),  # blocks of 13 (104's own), which no 8-wide group fills: passes.channel_blocks
+    # gives the classes a grouped conv reads blocks of 8 instead (BLOCKS' regnet_y_104)
     (64, 64, 32, 16, None),  # width 2: below a useful vector
     (96, 96, 12, 8, (8, 8, 8)), (96, 96, 24, 8, (8, 4, 8)),  # AVX2: width 8 inside, width 4 two a block
     (96, 96, 24, 16, (16, 4, 16)),  # 16 lanes over groups of 4: 4 groups a block, the most zeros allowed
@@ -179,8 +180,10 @@ class ResNeXtBottleneck(nn.Module):
 
 
 BLOCKS = [  # a ResNeXt-50 stage-2 bottleneck (32 groups of 4), a RegNetX-400MF block (strided, groups of 16),
-    # a RegNetY-style block without SE (groups of 8) and a width-24 group
+    # RegNetY-style blocks without SE (groups of 8; 104 channels, whose own block 13 no group fills) and a
+    # width-24 group
     ("resnext", (256, 128, 32, 256), (1, 256, 14, 14)),
+    ("regnet_y_104", (104, 104, 13, 104), (1, 104, 14, 14)),
     ("regnet_x", (32, 64, 4, 64, 2), (1, 32, 16, 16)),
     ("regnet_y_width8", (48, 48, 6, 48), (1, 48, 14, 14)),
     ("width24", (48, 96, 4, 96, 2), (1, 48, 12, 12)),
