@@ -20,9 +20,11 @@ MAX_TUNED_ROWS = 16  # the tuner's register rows at most
 
 
 def mix_rows(machine: Machine) -> int:
-    """Rows of the register tile at most: two accumulator vectors a row (a 16-column strip at 8 lanes)
-    in the register file less the strip's weight vectors, a broadcast and a spare (AVX2: 6, 32 registers: 14)."""
-    return (machine.vector_registers - 4) // 2
+    """Rows of the register tile at most: as many as the register file holds with two accumulator vectors
+    a row (a 16-column strip at 8 lanes) beside the strip's weight vectors, a broadcast and a spare, up to
+    the accumulators that hide the FMA latency with a one-vector strip (more rows only add broadcast
+    loads). AVX2: 6; AVX-512 and NEON: 8."""
+    return min((machine.vector_registers - 4) // 2, machine.min_accumulators)
 
 
 def sampled_mix_rows(sch: s_tir.Schedule, i):
