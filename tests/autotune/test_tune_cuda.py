@@ -43,7 +43,7 @@ def model(tmp_path_factory):
 def conv_task(path: str):
     """The conv's tuning task, found as ``tune`` finds it."""
     mod = frontend.load(path).mod
-    for name in registry.select(2, TARGET.kind):
+    for name in TARGET.passes(2):
         mod = registry.get(name).make()(mod)
     (task,) = [t for t in extract_tasks(TARGET.fuse(mod, BuildReport()), TARGET) if "conv2d" in t.task_name]
     return task

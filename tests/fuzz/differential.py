@@ -37,7 +37,7 @@ STATS = {"graphs": 0, "configs": 0, "built": 0, "failures": 0, "cpu_s": 0.0,
 
 def configurations() -> list[tuple[str, dict]]:
     """-O0, -O2, -O2 with the on-request passes too, and every pass alone with its prerequisites."""
-    extra = sorted(n for n, p in registry.PASSES.items() if not p.on_by_default(2, "x86"))
+    extra = sorted(set(registry.PASSES) - set(get_target("x86").passes(2)))
     return ([("-O0", {"opt_level": 0}), ("-O2", {"opt_level": 2}),
              ("-O2+" + "+".join(extra), {"opt_level": 2, "enable": extra})]
             + [(name, {"passes": [name]}) for name in sorted(registry.PASSES)])
@@ -69,8 +69,7 @@ def _check(model: onnx.ModelProto, configs: list[tuple[str, dict]], seed: int) -
     built: list[tuple[tvm.IRModule, np.ndarray]] = []
     by_hash: dict[int, list[int]] = {}
     for label, options in configs:
-        names = registry.select(options.get("opt_level", 2), host.kind, options.get("enable", ()), (),
-                                options.get("passes"))
+        names = host.passes(options.get("opt_level", 2), options.get("enable", ()), (), options.get("passes"))
         mod = _rewrite(prefixes, tuple(names))
         STATS["configs"] += 1
         key = tvm_ffi.structural_hash(mod)

@@ -22,7 +22,6 @@ from reforge import ReforgeError
 from reforge.build import BuildReport
 from reforge.cli import main
 from reforge.cuda_emulation import emulate
-from reforge.passes import registry
 from reforge.pipeline import run_passes
 from reforge.targets import get_target
 from reforge.topi_ext import fft_conv
@@ -127,7 +126,7 @@ def emulated(model, example, **options) -> tuple[list[np.ndarray], list[np.ndarr
     """(outputs of the cuda build's kernels run as OpenCL on PoCL, outputs of the x86 build) on the
     example inputs."""
     x86 = reforge.compile(model, example_inputs=example, **options)
-    mod, _ = run_passes(x86.imported.mod, registry.select(2, "cuda", options.get("enable_passes", ())), None, None)
+    mod, _ = run_passes(x86.imported.mod, get_target("cuda").passes(2, options.get("enable_passes", ())), None, None)
     arrays = [t.numpy() for t in example]
     return emulate(mod, get_target("cuda")).run(arrays), x86.runner.run(arrays)
 
