@@ -16,7 +16,7 @@ from torch import nn
 from tvm import relax, te, topi
 
 import reforge
-from reforge.targets import get_target
+from reforge import backends
 from reforge.topi_ext.grouped_nchwc import block_diagonal_kernel, grouped_conv2d_nchwc
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, grouped_blocks
 from reforge.machine import AVX2, AVX512
@@ -26,7 +26,7 @@ from reforge.topi_ext.schedules.default import schedule_func
 from tests.zoo import randomize_batchnorm
 
 RTOL = 1e-4
-TARGET = get_target("x86")
+TARGET = backends.get("x86")
 
 
 def pack_data(x: np.ndarray, b: int) -> np.ndarray:
@@ -150,7 +150,7 @@ def test_register_tile_stays_in_a_block_group(cin, groups, size, lanes, kernel_c
 def test_inner_loop_is_vector_fma():
     """AVX2 code (compiled, not run) of ResNeXt's 32 groups of 4 (two groups a ymm block): ymm FMAs, no
     scalar ones."""
-    target = get_target("x86-avx2")
+    target = backends.get("x86-avx2")
     ib, ki, ob = grouped_blocks(128, 128, 32, 8)
     data = te.placeholder((1, 128 // ib, 28, 28, ib), name="data")
     kernel = te.placeholder((128 // ob, 1, 3, 3, ib, ob), name="kernel")
