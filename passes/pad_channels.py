@@ -300,7 +300,7 @@ def _carries(reader: relax.Binding, var: relax.Var, carriers: set) -> bool:
     if name == "relax.nn.conv2d":
         w, groups = _conv_weight(call), int(call.attrs.groups)
         return w is not None and call.args[0].same_as(var) and w.shape[1] * groups == tensor_shape(var)[1] \
-            and (groups == 1 or groups == w.shape[0])
+            and (groups == 1 or (w.shape[1] == 1 and groups == w.shape[0]))  # dense or depthwise
     if name in ("relax.take", "relax.strided_slice"):
         return call.args[0].same_as(var) and _selected_channels(call) is not None
     if reader.var not in carriers:
