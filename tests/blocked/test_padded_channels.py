@@ -76,6 +76,31 @@ def test_stage_boundary_is_one_gather_between_blocks(tmp_path):
     assert conv_layouts(path) == {"NCHW16c", "NCHW8c"}
 
 
+class ZeroKeepingChain(nn.Module):
+    """58 channels through the operators that keep zero channels: ReLU6 (Clip: max / min), a depthwise conv,
+    tanh, max and average pooling, a per-channel scale and shift, a residual add; then a 1×1 conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(16, 58), nn.ReLU6())
+        self.depthwise = nn.Sequential(*conv_bn(58, 58, 3, groups=58), nn.Tanh())
+        self.pools = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.AvgPool2d(3, 1, 1))
+        self.scale, self.shift = nn.Parameter(torch.rand(1, 58, 1, 1) + 0.5), nn.Parameter(torch.randn(1, 58, 1, 1))
+        self.head = nn.Conv2d(58, 16, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        z = self.pools(self.depthwise(y)) / self.scale - self.shift
+        return self.head(torch.relu(z) + y)
+
+
+def test_zero_channels_ride_through_the_operators_that_keep_them(tmp_path):
+    shape = (1, 16, 12, 12)
+    path = export(make(ZeroKeepingChain()), shape, tmp_path / "chain.onnx")
+    compile_and_check(path, shape)
+    assert conv_layouts(path) == {"NCHW16c"}  # 58 alone: blocks of 2, NCHW
+
+
 class ShuffleReadByOthers(nn.Module):
     """A shuffle of a padded 116-channel concat read by operators that map zero elsewhere (sigmoid, +3), a
     grouped conv (groups 2: not depthwise) and the output, besides a 1×1 conv."""
