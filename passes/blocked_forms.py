@@ -22,7 +22,7 @@ from reforge.topi_ext.channel_norm import OP as CHANNEL_NORM
 from reforge.topi_ext.channel_norm import emit_channel_layer_norm
 
 from .blocked_pack import blocks, unblocks
-from .graph import callee_attr, cleanup, const_value, mutate_functions, op_name, tensor_shape
+from .graph import callee_attr, channel_slice, cleanup, const_value, mutate_functions, op_name, tensor_shape
 
 
 def in_blocked_forms(mod: tvm.IRModule) -> tvm.IRModule:
@@ -149,11 +149,9 @@ class _BlockedForms(relax.PyExprMutator):
         if op_name(call) == "relax.take":
             q = _channel_indices(call)
             return call if q is None else relax.op.take(inner.args[0], relax.const(p[q], "int64"), axis=1)
-        axes, begin, end = (_ints(arg) for arg in call.args[1:4])
-        strides = _ints(call.args[4]) if len(call.args) > 4 else [1]
-        if axes != [1] or strides != [1] or None in (begin, end):
-            return call
-        return relax.op.take(inner.args[0], relax.const(p[begin[0]:end[0]], "int64"), axis=1)
+        kept = channel_slice(call)
+        return call if kept is None else relax.op.take(inner.args[0], relax.const(p[kept.start:kept.stop], "int64"),
+                                                       axis=1)
 
 
 def channel_moves_in_blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
@@ -166,6 +164,8 @@ def channel_moves_in_blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
         concat(unblock(y1), unblock(y2), ...)  ->  unblock(concat(y1, y2, ...))  all in NCHW[L]c
         resize2d(unblock(y)) read by a block or such a concat  ->  unblock(resize2d_blocked(y))
         take(unblock(y), p, axis=1)            ->  unblock(gather(y, p))         len(p) a multiple of L
+        block_M(take(unblock(y), p, axis=1))   ->  gather_M(y, p)                 into another block M
+        block_M(unblock(gather(y, p)))         ->  gather_M(y, p)                 (any other z: gather_M(z, all))
         channel_layer_norm(unblock(y))         ->  unblock(channel_layer_norm(y))
         block_L(unblock_L(z))                  ->  z
 
@@ -176,6 +176,10 @@ def channel_moves_in_blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
 
 @relax.expr_functor.mutator
 class _BlockedMoves(relax.PyExprMutator):
+    def __init__(self, mod):
+        super().__init__(mod)
+        self.gathers: dict[relax.Var, tuple[relax.Expr, np.ndarray]] = {}  # a gather -> (its source, channels)
+
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         name = op_name(call)
@@ -189,7 +193,9 @@ class _BlockedMoves(relax.PyExprMutator):
             return self._layer_norm(call)
         if name == "relax.layout_transform" and blocks(call):
             y = self._unblocked_or_resized(call.args[0])
-            return y if y is not None and tensor_shape(y) == tensor_shape(call) else call
+            if y is not None and tensor_shape(y) == tensor_shape(call):
+                return y
+            return self._take_between_blocks(call)
         return call
 
     def _unblocked_or_resized(self, expr) -> relax.Expr | None:
@@ -221,15 +227,13 @@ class _BlockedMoves(relax.PyExprMutator):
 
     def _slice(self, call):
         y = self._unblocked(call.args[0])
-        axes, begin, end = (_ints(arg) for arg in call.args[1:4])
-        strides = _ints(call.args[4]) if len(call.args) > 4 else [1]
-        channels = tensor_shape(call.args[0])[1] if y is not None else 0
-        if y is None or axes != [1] or strides != [1] or None in (begin, end) or not 0 <= begin[0] < end[0] <= channels:
+        kept = channel_slice(call) if y is not None else None
+        if kept is None or not kept:
             return call
         lanes = int(tensor_shape(y)[4])
-        if begin[0] % lanes or end[0] % lanes:
+        if kept.start % lanes or kept.stop % lanes:
             return call
-        sliced = self.builder_.emit(relax.op.strided_slice(y, [1], [begin[0] // lanes], [end[0] // lanes]))
+        sliced = self.builder_.emit(relax.op.strided_slice(y, [1], [kept.start // lanes], [kept.stop // lanes]))
         return self._unblock(sliced)
 
     def _concat(self, call):
@@ -245,10 +249,30 @@ class _BlockedMoves(relax.PyExprMutator):
         y, indices = self._unblocked(call.args[0]), _channel_indices(call)
         if y is None or indices is None or len(indices) % int(tensor_shape(y)[4]):
             return call
-        gathered = self.builder_.emit_te(_blocked_gather, y, relax.const(indices.astype("int32"), "int32"),
-                                         primfunc_name_hint="channel_permutation")
-        return self._unblock(gathered)
+        return self._unblock(self._gather(y, indices, int(tensor_shape(y)[4])))
 
+
+    def _take_between_blocks(self, call):
+        """A move from L-blocks to M-blocks as one gather: ``block_M(take(unblock_L(y), p))`` (a shuffle
+        between two classes of other blocks: ShuffleNet-V2's 232-channel stage reading the 16-blocked one
+        before it) and ``block_M(unblock_L(z))``, ``z`` itself a gather of ``y`` or any tensor."""
+        z = self._unblocked(call.args[0])
+        if z is not None:
+            y, indices = self.gathers.get(z, (z, np.arange(tensor_shape(call.args[0])[1])))
+        else:
+            bound = self.lookup_binding(call.args[0]) if isinstance(call.args[0], relax.Var) else None
+            indices = _channel_indices(bound)
+            y = self._unblocked(bound.args[0]) if indices is not None else None
+        if y is None:
+            return call
+        return self._gather(y, indices, int(tensor_shape(call)[4]))
+
+    def _gather(self, y: relax.Expr, indices: np.ndarray, lanes: int) -> relax.Var:
+        """Channels ``indices`` of the blocked ``y``, in blocks of ``lanes``."""
+        gathered = self.builder_.emit_te(_blocked_gather, y, relax.const(indices.astype("int32"), "int32"), lanes,
+                                         primfunc_name_hint="channel_permutation")
+        self.gathers[gathered] = (y, indices)
+        return gathered
 
     def _layer_norm(self, call):
         x, gamma, beta = call.args[1].fields
@@ -259,21 +283,15 @@ class _BlockedMoves(relax.PyExprMutator):
         return self._unblock(emit_channel_layer_norm(self.builder_, y, gamma, beta, eps))
 
 
-def _ints(arg: relax.Expr) -> list[int] | None:
-    """The integers of a tuple of constants (a slice's axes, bounds, strides); None if one is computed."""
-    if not isinstance(arg, relax.Tuple) or not all(isinstance(f, tirx.IntImm) for f in arg.fields):
-        return None
-    return [int(f.value) for f in arg.fields]
-
-
-def _blocked_gather(y: te.Tensor, indices: te.Tensor) -> te.Tensor:
+def _blocked_gather(y: te.Tensor, indices: te.Tensor, out_lanes: int) -> te.Tensor:
+    """``out[n, c/M, h, w, c%M] = y[n, p[c]/L, h, w, p[c]%L]``: channels ``p`` of L-blocked ``y``, M-blocked."""
     n, _, h, w, lanes = y.shape
 
     def at(i, b, r, c, lane):
-        p = indices[b * lanes + lane]
+        p = indices[b * out_lanes + lane]
         return y[i, tirx.floordiv(p, lanes), r, c, tirx.floormod(p, lanes)]
 
-    return te.compute((n, indices.shape[0] // lanes, h, w, lanes), at, name="channel_permutation")
+    return te.compute((n, indices.shape[0] // out_lanes, h, w, out_lanes), at, name="channel_permutation")
 
 
 def _clip(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:

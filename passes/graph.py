@@ -85,6 +85,26 @@ def channel_vector(c: np.ndarray, out_shape: tuple[int, ...], axis: int) -> np.n
     return np.broadcast_to(c.reshape(-1) if c.size > 1 else c.reshape(1), (out_shape[axis],)).copy()
 
 
+def channel_slice(call) -> range | None:
+    """The channels a unit-stride ``strided_slice`` of axis 1 of a 4-D tensor keeps (constant bounds, read
+    as Python reads ``x[:, begin:end]``), else None."""
+    shape = tensor_shape(call.args[0]) if op_name(call) == "relax.strided_slice" else None
+    if shape is None or len(shape) != 4:
+        return None
+    axes, begin, end = (_tuple_ints(arg) for arg in call.args[1:4])
+    strides = _tuple_ints(call.args[4]) if len(call.args) > 4 else [1]
+    if axes is None or [a % 4 for a in axes] != [1] or strides != [1] or None in (begin, end):
+        return None
+    return range(shape[1])[begin[0]:end[0]]
+
+
+def _tuple_ints(arg) -> list[int] | None:
+    """The integers of a tuple of constants (a slice's axes, bounds, strides); None if one is computed."""
+    if not isinstance(arg, relax.Tuple) or not all(isinstance(f, tvm.tirx.IntImm) for f in arg.fields):
+        return None
+    return [int(f.value) for f in arg.fields]
+
+
 def ops_histogram(mod: tvm.IRModule) -> Counter:
     """Operator name -> number of calls in ``main``."""
     hist: Counter = Counter()

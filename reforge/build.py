@@ -18,6 +18,7 @@ from reforge.passes.blocked_pack import pack_in_blocked_layout
 from reforge.passes.channel_blocks import conv_channel_blocks
 from reforge.passes.fuse_fplus import fplus_in_blocked_layout
 from reforge.passes.graph import mutate_functions, op_name, ops_histogram
+from reforge.passes.pad_channels import pad_channels
 from reforge.passes.reserved_copies import reserved_channels_as_copies
 from reforge.passes.sparse import sparse_in_blocked_layout
 from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
@@ -44,18 +45,24 @@ class BuildReport:
                 "schedules": dict(self.schedules), "seconds": round(self.seconds, 3)}
 
 
+def layout_forms(mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` as the blocked layout reads it (still NCHW): operators in forms with layout inference
+    (:func:`in_blocked_forms`), BatchNorm as elementwise operators, no dead bindings."""
+    return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),  # batch_norm -> elementwise
+                                     relax.transform.CanonicalizeBindings(),  # (y, mean, var)[0] -> y
+                                     relax.transform.DeadCodeElimination()])(in_blocked_forms(mod))
+
+
 def blocked_layout(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, str]:
     """Convert eligible convs to NCHW[x]c; a graph TVM's layout propagation cannot handle stays NCHW."""
-    mod = in_blocked_forms(mod)
-    mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),  # batch_norm -> elementwise
-                                    relax.transform.CanonicalizeBindings(),  # (y, mean, var)[0] -> y
-                                    relax.transform.DeadCodeElimination()])(mod)
+    mod = layout_forms(mod)
+    padded = pad_channels(mod, lanes)  # channel counts with no good block get zero channels
     try:
         with quiet_stderr():  # TVM logs a BlockBuilder warning while unwinding a refusal
-            policy = blocked_conv2d_layouts(lanes, conv_channel_blocks(mod, lanes))  # one block where tensors meet
-            converted = relax.transform.ConvertLayout({}, policy)(mod)
+            policy = blocked_conv2d_layouts(lanes, conv_channel_blocks(padded, lanes))  # one block where tensors meet
+            converted = relax.transform.ConvertLayout({}, policy)(padded)
     except (tvm.error.InternalError, ValueError, TypeError) as err:  # TVM reports unsupported graphs so
-        return mod, f"NCHW (blocked layout not applied: {one_line(err)})"
+        return mod, f"NCHW (blocked layout not applied: {one_line(err)})"  # unpadded: in NCHW they only cost
     converted = mutate_functions(converted, lambda m, _f: _BoolLayouts(m))
     # one transform of a tensor read blocked twice (a residual block's input: its conv and its add)
     converted = channel_moves_in_blocked_layout(relax.transform.EliminateCommonSubexpr()(converted))

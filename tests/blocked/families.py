@@ -72,6 +72,51 @@ class InvertedResidual(nn.Module):
         return x + self.body(x)
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """ShuffleNet-V2's unit (Ma et al. 2018): split the channels in halves, one half through 1×1 →
+    depthwise 3×3 → 1×1, concat, shuffle with two groups; ``stride`` 2 takes both halves from the
+    whole input of ``cin`` channels (a depthwise → 1×1 shortcut branch); ``split`` "split" (torch.split, ONNX Split, as
+    torchvision's ``chunk``) or "slice" (two ONNX Slices)."""
+
+    def __init__(self, c: int = 64, stride: int = 1, split: str = "split", cin: int | None = None):
+        super().__init__()
+        half = c // 2
+        self.stride, self.split = stride, split
+        cin = (cin or c) if stride == 2 else half
+        self.branch = nn.Sequential(*conv_bn(cin, half), nn.ReLU(), *conv_bn(half, half, 3, stride, half),
+                                    *conv_bn(half, half), nn.ReLU())
+        if stride == 2:
+            self.shortcut = nn.Sequential(*conv_bn(cin, cin, 3, 2, cin), *conv_bn(cin, half), nn.ReLU())
+
+    def forward(self, x):
+        if self.stride == 2:
+            y = torch.cat([self.shortcut(x), self.branch(x)], 1)
+        else:
+            half = x.shape[1] // 2
+            keep, work = torch.split(x, [half] * 2, 1) if self.split == "split" else (x[:, :half], x[:, half:])
+            y = torch.cat([keep, self.branch(work)], 1)
+        return channel_shuffle(y, 2)
+
+
+class ShuffleStage(nn.Module):
+    """A stem conv, then ShuffleNet-V2 units (a strided one, then ``repeats`` stride-1 ones)."""
+
+    def __init__(self, c: int = 64, repeats: int = 2, groups: int = 2, split: str = "split"):
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(16, c), nn.ReLU())
+        self.units = nn.Sequential(ShuffleUnit(c, 2), *(ShuffleUnit(c, split=split) for _ in range(repeats)))
+        self.groups = groups
+        self.head = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return self.head(channel_shuffle(self.units(self.stem(x)), self.groups))
+
+
 class ConvAct(nn.Module):
     """Two 3×3 conv + activation layers (one of them a Winograd conv in the x86 build)."""
 
