@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from tvm import relax
 
+from reforge import backends
 from reforge.build import blocked_layout, layout_forms
 from reforge.frontend import load
-from reforge.passes import registry
 from reforge.passes.graph import bindings, const_value, op_name, tensor_shape
 from reforge.passes.pad_channels import pad_channels, padded_channels
 from reforge.pipeline import run_passes
@@ -27,7 +27,7 @@ LANES = 16  # AVX-512's fp32 lanes: the layouts asserted here are built for them
 
 def rewritten(path: str):
     """The -O2 x86 passes' module of the ONNX file at ``path``."""
-    mod, _ = run_passes(load(path, None, None).mod, registry.select(2, "x86"))
+    mod, _ = run_passes(load(path, None, None).mod, backends.get("x86").passes(2))
     return mod
 
 
