@@ -8,11 +8,13 @@ function becomes arithmetic (plus integer shifts and a bit reinterpretation) tha
   ``e^r`` by Cephes' degree-7 polynomial on [-ln 2 / 2, ln 2 / 2], scaled by ``2^k`` built from exponent bits
   as ``2^(k // 2) · 2^(k - k // 2)`` so that subnormal results (x down to -104) and overflow to inf (x from
   89 on) come out as IEEE arithmetic gives them; nan stays nan.
-- ``sigmoid(x) = 1 / (1 + exp(-x))``: 0 for large negative x (exp(-x) = inf), 1 for large positive x.
+- ``sigmoid(x) = 1 / (1 + exp(-x))`` with one scaling 2^k (k up to 128, where it is inf): 0 for x below -88.37
+  (where the sigmoid is under the smallest normal float), 1 for large positive x.
 - ``erf(x)``: the odd rational approximation p(x) / q(x) of degree 13 / 8 on [-4, 4] (Eigen's, also TVM's
   ``fast_erf``); |x| ≥ 4 gives ±1, as erf rounds to in float32; nan stays nan.
 
-The accuracy of each against numpy / ``math.erf`` over the whole float range is in
+nan is told from its bits (an integer compare): with ``tirx.isnan`` TVM's VectorizeLoop runs the whole loop
+scalar. The accuracy of each against numpy / ``math.erf`` over the whole float range is in
 ``tests/topi_ext/test_fast_math.py``. Other dtypes keep their calls.
 """
 
@@ -28,6 +30,7 @@ LN2_HI = 0.693359375  # ln 2 = LN2_HI + LN2_LO, LN2_HI with few mantissa bits so
 LN2_LO = -2.12194440e-4
 EXP_MIN = -104.0  # below it exp is under half the smallest subnormal: 0
 EXP_MAX = 89.0  # above ln(FLT_MAX) = 88.72: the scaling overflows to inf
+SIGMOID_EXP_MIN = -87.33  # e^-x for sigmoid: k = round(-x / ln 2) from -126 on, 2^k a normal float
 EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
 ERF_MAX = 4.0
 ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
@@ -59,33 +62,50 @@ def _pow2(n):
     return tirx.reinterpret(F32, tirx.shift_left(n + 127, 23))
 
 
+def _isnan(v):
+    """Whether float32 ``v`` is nan, from its bits: exponent all ones, mantissa not zero. ``tirx.isnan`` makes
+    TVM's vectorizer run the loop scalar, and ``v != v`` its simplifier folds to false."""
+    magnitude = tirx.bitwise_and(tirx.reinterpret("int32", v), tirx.const(0x7FFFFFFF, "int32"))
+    return magnitude > tirx.const(0x7F800000, "int32")
+
+
+def _exp_clamped(xc, scale):
+    """e^xc for ``xc`` clamped to a range: ``k = round(xc / ln 2)``, ``r = xc - k ln 2``, e^r by the polynomial
+    scaled by ``scale(e^r, k)`` (times 2^k, for an int32 k)."""
+    return _let(tirx.floor(xc * _f(LOG2E) + _f(0.5)), lambda k: _let(
+        xc - k * _f(LN2_HI) - k * _f(LN2_LO), lambda r: _let(
+            k.astype("int32"), dtype="int32",
+            body=lambda ki: scale(_horner(r, EXP_POLY) * r * r + r + _f(1.0), ki))))
+
+
 def exp_f32(x):
     """e^x for a float32 expression, vectorizable (see the module docstring)."""
-    def body(v):
-        xc = tirx.max(tirx.min(v, _f(EXP_MAX)), _f(EXP_MIN))
-        return _let(tirx.floor(xc * _f(LOG2E) + _f(0.5)), lambda k: _let(
-            xc - k * _f(LN2_HI) - k * _f(LN2_LO), lambda r: _let(
-                k.astype("int32"), dtype="int32", body=lambda ki: tirx.Select(
-                    tirx.isnan(v), v,
-                    (_horner(r, EXP_POLY) * r * r + r + _f(1.0)) * _pow2(tirx.shift_right(ki, 1))
-                    * _pow2(ki - tirx.shift_right(ki, 1))))))
-    return _let(x, body)
+    def scale(y, ki):  # y · 2^(k // 2) first: y · 2^k rounds once, a subnormal result too
+        return y * _pow2(tirx.shift_right(ki, 1)) * _pow2(ki - tirx.shift_right(ki, 1))
+
+    return _let(x, lambda v: tirx.Select(
+        _isnan(v), v, _exp_clamped(tirx.max(tirx.min(v, _f(EXP_MAX)), _f(EXP_MIN)), scale)))
 
 
 def sigmoid_f32(x):
-    """1 / (1 + e^-x), vectorizable."""
-    return _f(1.0) / (_f(1.0) + exp_f32(-x))
+    """1 / (1 + e^-x), vectorizable: e^-x with -x clamped to [SIGMOID_EXP_MIN, EXP_MAX], scaled by one 2^k
+    for k in [-126, 128]: below, e^-x under 2^-126 is nothing against 1; from k = 128 (-x > 88.37) 2^k is inf
+    and the sigmoid 0, where it is under the smallest normal float."""
+    def body(v):
+        e = _exp_clamped(tirx.max(tirx.min(-v, _f(EXP_MAX)), _f(SIGMOID_EXP_MIN)), lambda y, ki: y * _pow2(ki))
+        return _f(1.0) / (_f(1.0) + tirx.Select(_isnan(v), v, e))
+    return _let(x, body)
 
 
 def erf_f32(x):
     """erf(x) for a float32 expression, vectorizable (see the module docstring)."""
     def body(v):
         return _let(tirx.max(tirx.min(v, _f(ERF_MAX)), _f(-ERF_MAX)), lambda c: _let(c * c, lambda c2: tirx.Select(
-            tirx.isnan(v), v, c * (_horner(c2, ERF_P) / _horner(c2, ERF_Q)))))
+            _isnan(v), v, c * (_horner(c2, ERF_P) / _horner(c2, ERF_Q)))))
     return _let(x, body)
 
 
-VECTOR_INTRINSICS = frozenset({"tirx.isnan", "tirx.reinterpret", "tirx.shift_left", "tirx.shift_right",
+VECTOR_INTRINSICS = frozenset({"tirx.bitwise_and", "tirx.reinterpret", "tirx.shift_left", "tirx.shift_right",
                                "tirx.floor"})  # the calls the approximations make: each one vector instruction
 REPLACEMENTS = {"tirx.exp": exp_f32, "tirx.sigmoid": sigmoid_f32, "tirx.erf": erf_f32}
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from tvm import s_tir, te
+from tvm import s_tir, te, tirx
+from tvm_ffi.structural import structural_visit
 from torch import nn
 
 import reforge
@@ -33,15 +34,20 @@ def sweep() -> np.ndarray:
     return np.concatenate([np.linspace(-110, 95, 1 << 20, dtype=np.float32), decades, -decades, SPECIALS])
 
 
-def run(approx, x: np.ndarray) -> np.ndarray:
-    """``approx`` over ``x``, compiled for the x86 target with the loop vectorized by 16 lanes."""
-    n = x.size
+def vectorized(approx, n: int) -> tvm.IRModule:
+    """``y[i] = approx(x[i])`` over ``n`` floats with the loop split by 16 and its inner part vectorized."""
     src = te.placeholder((n,), "float32", name="x")
     out = te.compute((n,), lambda i: approx(src[i]), name="y")
     sch = s_tir.Schedule(te.create_prim_func([src, out]))
     (loop,) = sch.get_loops(sch.get_sblock("y"))
     sch.vectorize(sch.split(loop, [None, 16])[1])
-    lib = tvm.compile(sch.mod, target=get_target("x86").tvm_target)
+    return sch.mod
+
+
+def run(approx, x: np.ndarray) -> np.ndarray:
+    """``approx`` over ``x``, compiled for the x86 target with the loop vectorized by 16 lanes."""
+    n = x.size
+    lib = tvm.compile(vectorized(approx, n), target=get_target("x86").tvm_target)
     result = tvm.runtime.tensor(np.zeros(n, "float32"))
     lib["main"](tvm.runtime.tensor(np.ascontiguousarray(x)), result)
     return result.numpy()
@@ -82,6 +88,25 @@ def test_erf_over_the_float_range():
     normal = finite & (np.abs(ref) >= TINY)
     assert np.max(np.abs(got[normal] - ref[normal]) / np.abs(ref[normal])) <= 5e-7
     assert got[x == np.inf] == 1 and got[x == -np.inf] == -1 and np.isnan(got[np.isnan(x)]).all()
+
+
+@pytest.mark.parametrize("approx", [exp_f32, sigmoid_f32, erf_f32], ids=["exp", "sigmoid", "erf"])
+def test_approximations_stay_16_lane_vectors(approx):
+    """TVM's VectorizeLoop turns the loop into 16-lane vector expressions (a call it cannot vectorize, such as
+    ``tirx.isnan``, makes it run the loop scalar, which LLVM then vectorizes at its preferred 8 lanes)."""
+    mod = vectorized(approx, 64)
+    for lower in (s_tir.transform.LowerInitBlock(), s_tir.transform.ConvertBlocksToOpaque(),
+                  s_tir.transform.LowerOpaqueBlock(), tirx.transform.FlattenBuffer(), tirx.transform.VectorizeLoop()):
+        mod = lower(mod)
+    seen = []
+
+    def loop(node, visitor):
+        seen.append(int(node.extent))
+        visitor.default_visit(node)
+
+    structural_visit(mod["main"].body, [(tirx.BufferStore, lambda store, _v: seen.append(str(store.value.ty))),
+                                        (tirx.For, loop)])
+    assert seen == [4, "float32x16"]  # one loop over the vectors, storing 16 lanes
 
 
 def test_only_float32_calls_are_replaced():
