@@ -4,8 +4,9 @@ LLVM lowers ``tirx.exp`` / ``tirx.erf`` / ``tirx.sigmoid`` of a vector to one sc
 lane, so a fused conv epilogue with SiLU, a sigmoid gate or GELU runs scalar. Here each call of a float32
 function becomes arithmetic (plus integer shifts and a bit reinterpretation) that vectorizes:
 
-- ``exp(x)`` by range reduction: ``k = round(x / ln 2)``, ``r = x - k ln 2`` (Cody-Waite, two constants),
-  ``e^r`` by Cephes' degree-7 polynomial on [-ln 2 / 2, ln 2 / 2], scaled by ``2^k`` built from exponent bits
+- ``exp(x)`` by range reduction: ``k = round(x / ln 2)`` (by adding 1.5 · 2^23, no rounding instruction or
+  conversion), ``r = x - k ln 2`` (Cody-Waite, two constants), ``e^r`` by a degree-6 polynomial (minimax in
+  relative error on [-ln 2 / 2, ln 2 / 2], Horner: six FMAs), scaled by ``2^k`` built from exponent bits
   as ``2^(k // 2) · 2^(k - k // 2)`` so that subnormal results (x down to -104) and overflow to inf (x from
   89 on) come out as IEEE arithmetic gives them; nan stays nan.
 - ``sigmoid(x) = 1 / (1 + exp(-x))`` with one scaling 2^k (k up to 128, where it is inf): 0 for x below -88.37
@@ -31,7 +32,10 @@ LN2_LO = -2.12194440e-4
 EXP_MIN = -104.0  # below it exp is under half the smallest subnormal: 0
 EXP_MAX = 89.0  # above ln(FLT_MAX) = 88.72: the scaling overflows to inf
 SIGMOID_EXP_MIN = -87.33  # e^-x for sigmoid: k = round(-x / ln 2) from -126 on, 2^k a normal float
-EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+EXP_POLY = (1.3843653723597527e-3, 8.37415549904108e-3, 4.166800156235695e-2, 1.6666431725025177e-1,
+            4.999999403953552e-1, 1.0, 1.0)  # r^6 ... r^0, e^r within 2e-9 relative on [-ln 2 / 2, ln 2 / 2]
+ROUND = 12582912.0  # 1.5 · 2^23: x + ROUND is x rounded to an integer, in its low mantissa bits (|x| < 2^22)
+ROUND_BITS = 0x4B400000  # ROUND's bits
 ERF_MAX = 4.0
 ERF_P = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06, -5.69250639462346e-05,
          -7.34990630326855e-04, -2.95459980854025e-03, -1.60960333262415e-02)  # x^13 ... x^1, odd
@@ -70,12 +74,13 @@ def _isnan(v):
 
 
 def _exp_clamped(xc, scale):
-    """e^xc for ``xc`` clamped to a range: ``k = round(xc / ln 2)``, ``r = xc - k ln 2``, e^r by the polynomial
-    scaled by ``scale(e^r, k)`` (times 2^k, for an int32 k)."""
-    return _let(tirx.floor(xc * _f(LOG2E) + _f(0.5)), lambda k: _let(
+    """e^xc for ``xc`` clamped to a range: ``k = round(xc / ln 2)`` (adding ROUND rounds it into t's low mantissa
+    bits: k as a float is t - ROUND, as an int32 t's bits less ROUND's), ``r = xc - k ln 2``, e^r by the
+    polynomial scaled by ``scale(e^r, k)`` (times 2^k, for an int32 k)."""
+    return _let(xc * _f(LOG2E) + _f(ROUND), lambda t: _let(t - _f(ROUND), lambda k: _let(
         xc - k * _f(LN2_HI) - k * _f(LN2_LO), lambda r: _let(
-            k.astype("int32"), dtype="int32",
-            body=lambda ki: scale(_horner(r, EXP_POLY) * r * r + r + _f(1.0), ki))))
+            tirx.reinterpret("int32", t) - tirx.const(ROUND_BITS, "int32"), dtype="int32",
+            body=lambda ki: scale(_horner(r, EXP_POLY), ki)))))
 
 
 def exp_f32(x):
