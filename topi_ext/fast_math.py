@@ -14,13 +14,14 @@ function becomes arithmetic (plus integer shifts and a bit reinterpretation) tha
 - ``erf(x)``: the odd rational approximation p(x) / q(x) of degree 13 / 8 on [-4, 4] (Eigen's, also TVM's
   ``fast_erf``); |x| ≥ 4 gives ±1, as erf rounds to in float32; nan stays nan.
 
-nan is told from its bits (an integer compare): with ``tirx.isnan`` TVM's VectorizeLoop runs the whole loop
-scalar. The accuracy of each against numpy / ``math.erf`` over the whole float range is in
+A division by a float32 constant becomes a multiplication by its reciprocal. nan is told from its bits (an
+integer compare): with ``tirx.isnan`` TVM's VectorizeLoop runs the whole loop scalar. The accuracy of each against numpy / ``math.erf`` over the whole float range is in
 ``tests/topi_ext/test_fast_math.py``. Other dtypes keep their calls.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import tirx
 from tvm_ffi.structural import structural_map
@@ -111,7 +112,7 @@ def erf_f32(x):
 
 
 VECTOR_INTRINSICS = frozenset({"tirx.bitwise_and", "tirx.reinterpret", "tirx.shift_left", "tirx.shift_right",
-                               "tirx.floor"})  # the calls the approximations make: each one vector instruction
+                               "tirx.floor"})  # calls of one vector instruction each (the approximations' among them)
 REPLACEMENTS = {"tirx.exp": exp_f32, "tirx.sigmoid": sigmoid_f32, "tirx.erf": erf_f32}
 
 
@@ -122,9 +123,22 @@ def _replace(call):
     return call if approx is None else approx(call.args[0])
 
 
+def _by_reciprocal(div):
+    """``a / c`` for a float32 constant c as ``a · (1 / c)`` (within 2^-22 relative of the quotient): a vector division
+    takes about ten cycles (hardswish's ``/ 6`` in every conv epilogue), a multiplication one."""
+    c = div.b
+    if not isinstance(c, tirx.FloatImm) or str(c.ty) != F32 or c.value == 0:
+        return div
+    inverse = np.float32(1.0) / np.float32(c.value)
+    if not np.isfinite(inverse) or abs(inverse) < np.finfo(np.float32).tiny:
+        return div
+    return div.a * _f(float(inverse))
+
+
 def vectorizable_math(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with its float32 exp / sigmoid / erf calls replaced by the arithmetic above."""
-    return structural_map(func, [(tvm.ir.Call, _replace)])
+    """``func`` with its float32 exp / sigmoid / erf calls replaced by the arithmetic above, and its divisions
+    by a constant by multiplications."""
+    return structural_map(func, [(tvm.ir.Call, _replace), (tirx.Div, _by_reciprocal)])
 
 
 def vectorizable_math_module(mod: tvm.IRModule) -> tvm.IRModule:

@@ -25,6 +25,7 @@ from tests.helpers import quiet_torch_export
 
 TINY = float(np.finfo(np.float32).tiny)
 LIBM_CALL = re.compile(r"\b(expf|erff)\b")  # the math library's scalar functions, as the assembly names them
+DIVISION = re.compile(r"\bvdiv[ps]s\s+(.*)")  # a float division's operands (AT&T syntax)
 SPECIALS = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-30, -1e-30, 1e-45, 88.72, 88.7229, 88.73, 89.0, 100.0,
                      -87.33, -87.34, -103.9, -104.0, -150.0, 3e38, -3e38], np.float32)
 
@@ -45,10 +46,14 @@ def vectorized(approx, n: int) -> tvm.IRModule:
     return sch.mod
 
 
-def run(approx, x: np.ndarray) -> np.ndarray:
-    """``approx`` over ``x``, compiled for the x86 target with the loop vectorized by 16 lanes."""
+def run(approx, x: np.ndarray, rewrite: bool = False) -> np.ndarray:
+    """``approx`` over ``x``, compiled for the x86 target with the loop vectorized by 16 lanes (``rewrite``: after
+    ``vectorizable_math``, as the build runs it)."""
     n = x.size
-    lib = tvm.compile(vectorized(approx, n), target=get_target("x86").tvm_target)
+    mod = vectorized(approx, n)
+    if rewrite:
+        mod = tvm.IRModule({"main": vectorizable_math(mod["main"])})
+    lib = tvm.compile(mod, target=get_target("x86").tvm_target)
     result = tvm.runtime.tensor(np.zeros(n, "float32"))
     lib["main"](tvm.runtime.tensor(np.ascontiguousarray(x)), result)
     return result.numpy()
@@ -110,6 +115,19 @@ def test_approximations_stay_16_lane_vectors(approx):
     assert seen == [4, "float32x16"]  # one loop over the vectors, storing 16 lanes
 
 
+@pytest.mark.parametrize("c", [6.0, 3.0, 7.0, -1.4142135, 1e-30])
+def test_division_by_a_constant_is_a_multiplication(c):
+    """x / c (hardswish's / 6, GELU's / √2) becomes x · (1 / c): no division left, within 2^-22 relative."""
+    x = te.placeholder((8,), "float32", name="x")
+    script = vectorizable_math(te.create_prim_func([x, te.compute((8,), lambda i: x[i] / c)])).script()
+    assert " / " not in script and " * " in script
+    x = sweep()
+    normal = x[np.isfinite(x) & (np.abs(x / np.float64(c)) >= TINY) & (np.abs(x / np.float64(c)) <= 3e38)]
+    ref = normal.astype(np.float64) / c
+    got = run(lambda v: v / te.const(c, "float32"), normal, rewrite=True)
+    assert np.max(np.abs(got - ref) / np.abs(ref)) <= 2.0 ** -22
+
+
 def test_only_float32_calls_are_replaced():
     """float32 exp / sigmoid / erf become arithmetic; a float64 exp and other calls (tanh) stay calls."""
     x32, x64 = te.placeholder((8,), "float32", name="a"), te.placeholder((8,), "float64", name="b")
@@ -118,6 +136,12 @@ def test_only_float32_calls_are_replaced():
     script = vectorizable_math(te.create_prim_func([x32, x64, *outs])).script()
     assert "T.sigmoid" not in script and "T.erf" not in script
     assert script.count("T.exp(") == 1 and "T.exp(b[" in script and "T.tanh(a[" in script
+
+
+def assert_16_lane_divisions(asm: str) -> None:
+    """The assembly divides (sigmoid's 1 / (1 + e^-x), erf's p / q), on zmm registers only: 16 lanes."""
+    divisions = DIVISION.findall(asm)
+    assert divisions and all(re.fullmatch(r"(%zmm\d+, ){2}%zmm\d+", d.strip()) for d in divisions), divisions
 
 
 class SqueezeExcite(nn.Module):
@@ -149,4 +173,43 @@ def test_models_with_exp_and_erf_match_pytorch(name, tmp_path):
     got = art.runner.run([x.numpy()])[0]
     ref = module(x).detach().numpy()
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
-    assert not LIBM_CALL.search(art.executable.mod.imports[0].inspect_source("asm"))
+    asm = art.executable.mod.imports[0].inspect_source("asm")
+    assert not LIBM_CALL.search(asm)
+    assert_16_lane_divisions(asm)
+
+
+CONV_RULES = {  # id: (conv, the CPU rule that schedules its function)
+    "1x1": (lambda: nn.Conv2d(32, 64, 1), "conv2d_nchwc"),
+    "3x3-stride-2": (lambda: nn.Conv2d(32, 64, 3, stride=2, padding=1), "conv2d_nchwc"),
+    "winograd": (lambda: nn.Conv2d(32, 32, 3, padding=1), "winograd_nchwc"),
+    "depthwise": (lambda: nn.Conv2d(32, 32, 3, padding=1, groups=32), "depthwise_nchwc"),
+    "grouped": (lambda: nn.Conv2d(64, 64, 3, padding=1, groups=4), "grouped_conv2d_nchwc"),
+}
+
+
+def export(module: nn.Module, x: torch.Tensor, path: str) -> str:
+    with quiet_torch_export():
+        torch.onnx.export(module.eval(), (x,), path, input_names=["x"], opset_version=17, dynamo=False)
+    return path
+
+
+@pytest.mark.parametrize("rule", CONV_RULES)
+@pytest.mark.parametrize("act", ["silu", "hardswish"])
+def test_every_conv_rule_has_a_16_lane_epilogue(rule, act, tmp_path):
+    """Each conv rule with a SiLU or hardswish after the conv, at AVX-512's 16-lane channel block: the sigmoid's
+    division runs on zmm registers only (16 lanes, no scalar or 8-lane code), hardswish has no division (its
+    / 6 a multiplication), no math-library call; the network matches PyTorch."""
+    torch.manual_seed(0)
+    conv, expected = CONV_RULES[rule]
+    module = nn.Sequential(conv(), nn.SiLU() if act == "silu" else nn.Hardswish())
+    x = torch.randn(1, module[0].in_channels, 14, 14) * 4
+    art = reforge.compile(export(module, x, str(tmp_path / "m.onnx")), "x86")
+    assert expected in art.manifest["build"]["schedules"], art.manifest["build"]["schedules"]
+    ref = module(x).detach().numpy()
+    assert np.abs(art.runner.run([x.numpy()])[0] - ref).max() <= 1e-4 * np.abs(ref).max()
+    asm = art.executable.mod.imports[0].inspect_source("asm")
+    assert not LIBM_CALL.search(asm)
+    if act == "silu":
+        assert_16_lane_divisions(asm)
+    else:
+        assert not DIVISION.findall(asm)
