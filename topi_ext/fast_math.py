@@ -1,7 +1,7 @@
-"""Vectorizable float32 exp, sigmoid and erf for the CPU path, in place of the math library's calls.
+"""Vectorizable float32 exp, sigmoid, tanh and erf for the CPU path, in place of the math library's calls.
 
-LLVM lowers ``tirx.exp`` / ``tirx.erf`` / ``tirx.sigmoid`` of a vector to one scalar ``expf`` / ``erff`` call per
-lane, so a fused conv epilogue with SiLU, a sigmoid gate or GELU runs scalar. Here each call of a float32
+LLVM lowers ``tirx.exp`` / ``tirx.erf`` / ``tirx.sigmoid`` / ``tirx.tanh`` of a vector to one scalar ``expf`` /
+``erff`` / ``tanhf`` call per lane, so a fused conv epilogue with SiLU, a sigmoid gate or GELU runs scalar. Here each call of a float32
 function becomes arithmetic (plus integer shifts and a bit reinterpretation) that vectorizes:
 
 - ``exp(x)`` by range reduction: ``k = round(x / ln 2)`` (by adding 1.5 · 2^23, no rounding instruction or
@@ -11,6 +11,8 @@ function becomes arithmetic (plus integer shifts and a bit reinterpretation) tha
   89 on) come out as IEEE arithmetic gives them; nan stays nan.
 - ``sigmoid(x) = 1 / (1 + exp(-x))`` with one scaling 2^k (k up to 128, where it is inf): 0 for x below -88.37
   (where the sigmoid is under the smallest normal float), 1 for large positive x.
+- ``tanh(x)``: Cephes' odd polynomial ``x + x^3 P(x^2)`` for |x| < 0.625, else ``±(1 - 2 / (1 + e^2|x|))`` with
+  2|x| clamped to 20 (±1 in float32 from |x| = 10 on); nan stays nan.
 - ``erf(x)``: the odd rational approximation p(x) / q(x) of degree 13 / 8 on [-4, 4] (Eigen's, also TVM's
   ``fast_erf``); |x| ≥ 4 gives ±1, as erf rounds to in float32; nan stays nan.
 
@@ -67,11 +69,15 @@ def _pow2(n):
     return tirx.reinterpret(F32, tirx.shift_left(n + 127, 23))
 
 
+def _magnitude_bits(v):
+    """The bits of |v| for a float32 ``v``, as an int32: its sign bit cleared."""
+    return tirx.bitwise_and(tirx.reinterpret("int32", v), tirx.const(0x7FFFFFFF, "int32"))
+
+
 def _isnan(v):
     """Whether float32 ``v`` is nan, from its bits: exponent all ones, mantissa not zero. ``tirx.isnan`` makes
     TVM's vectorizer run the loop scalar, and ``v != v`` its simplifier folds to false."""
-    magnitude = tirx.bitwise_and(tirx.reinterpret("int32", v), tirx.const(0x7FFFFFFF, "int32"))
-    return magnitude > tirx.const(0x7F800000, "int32")
+    return _magnitude_bits(v) > tirx.const(0x7F800000, "int32")
 
 
 def _exp_clamped(xc, scale):
@@ -103,6 +109,18 @@ def sigmoid_f32(x):
     return _let(x, body)
 
 
+def tanh_f32(x):
+    """tanh(x) for a float32 expression, vectorizable (see the module docstring)."""
+    def body(v):
+        small = _let(v * v, lambda z: _horner(z, TANH_P) * z * v + v)
+        magnitude = tirx.reinterpret(F32, _magnitude_bits(v))
+        big = _f(1.0) - _f(2.0) / (_f(1.0) + _exp_clamped(tirx.min(magnitude * _f(2.0), _f(TANH_EXP_MAX)),
+                                                           lambda y, ki: y * _pow2(ki)))
+        return tirx.Select(_isnan(v), v, tirx.Select(magnitude < _f(TANH_SMALL), small,
+                                                     _let(big, lambda b: tirx.Select(v < _f(0.0), -b, b))))
+    return _let(x, body)
+
+
 def erf_f32(x):
     """erf(x) for a float32 expression, vectorizable (see the module docstring)."""
     def body(v):
@@ -111,9 +129,12 @@ def erf_f32(x):
     return _let(x, body)
 
 
+TANH_SMALL = 0.625  # below: the odd polynomial; from it on: 1 - 2 / (1 + e^2|x|)
+TANH_P = (-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1)  # Cephes
+TANH_EXP_MAX = 20.0  # from |x| = 10 on, tanh rounds to ±1 in float32
 VECTOR_INTRINSICS = frozenset({"tirx.bitwise_and", "tirx.reinterpret", "tirx.shift_left", "tirx.shift_right",
                                "tirx.floor"})  # calls of one vector instruction each (the approximations' among them)
-REPLACEMENTS = {"tirx.exp": exp_f32, "tirx.sigmoid": sigmoid_f32, "tirx.erf": erf_f32}
+REPLACEMENTS = {"tirx.exp": exp_f32, "tirx.sigmoid": sigmoid_f32, "tirx.erf": erf_f32, "tirx.tanh": tanh_f32}
 
 
 def _replace(call):
@@ -136,7 +157,7 @@ def _by_reciprocal(div):
 
 
 def vectorizable_math(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` with its float32 exp / sigmoid / erf calls replaced by the arithmetic above, and its divisions
+    """``func`` with its float32 exp / sigmoid / tanh / erf calls replaced by the arithmetic above, and its divisions
     by a constant by multiplications."""
     return structural_map(func, [(tvm.ir.Call, _replace), (tirx.Div, _by_reciprocal)])
 

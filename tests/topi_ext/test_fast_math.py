@@ -1,11 +1,11 @@
-"""topi_ext/fast_math: float32 exp, sigmoid and erf as vectorizable arithmetic.
+"""topi_ext/fast_math: float32 exp, sigmoid, tanh and erf as vectorizable arithmetic.
 
-Accuracy against float64 references (numpy's exp, ``math.erf``) over a dense sweep of the float range and its
-edges, computed by the compiled, vectorized code: exp within 1e-7 relative where the result is a normal float
-(under 1 ulp) and within 2^-149 absolute where it is subnormal; sigmoid within 2e-7 relative (2.3 ulp) where
-it is normal and 2^-126 absolute below; erf within 5e-7 absolute and relative (4.9 ulp); inf, -inf and nan
-as IEEE gives them. Whole models (conv + SiLU / GELU / sigmoid, EfficientNet's squeeze-excite) against
-PyTorch: max|out - ref| <= 1e-4 · max|ref|."""
+Accuracy against float64 references (numpy's exp and tanh, ``math.erf``) over a dense sweep of the float range
+and its edges, computed by the compiled, vectorized code: exp within 1e-7 relative where the result is a normal
+float (under 1 ulp) and within 2^-149 absolute where it is subnormal; sigmoid within 2e-7 relative (2.3 ulp)
+where it is normal and 2^-126 absolute below; tanh within 2e-7 relative (1.4 ulp); erf within 5e-7 absolute
+and relative (4.9 ulp); inf, -inf and nan as IEEE gives them. Whole models (conv + SiLU / GELU / sigmoid,
+EfficientNet's squeeze-excite) against PyTorch: max|out - ref| <= 1e-4 · max|ref|."""
 
 import math
 import re
@@ -20,11 +20,11 @@ from torch import nn
 
 import reforge
 from reforge.targets import get_target
-from reforge.topi_ext.fast_math import erf_f32, exp_f32, sigmoid_f32, vectorizable_math
+from reforge.topi_ext.fast_math import erf_f32, exp_f32, sigmoid_f32, tanh_f32, vectorizable_math
 from tests.helpers import quiet_torch_export
 
 TINY = float(np.finfo(np.float32).tiny)
-LIBM_CALL = re.compile(r"\b(expf|erff)\b")  # the math library's scalar functions, as the assembly names them
+LIBM_CALL = re.compile(r"\b(expf|erff|tanhf)\b")  # the math library's scalar functions, as the assembly names them
 DIVISION = re.compile(r"\bvdiv[ps]s\s+(.*)")  # a float division's operands (AT&T syntax)
 SPECIALS = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-30, -1e-30, 1e-45, 88.72, 88.7229, 88.73, 89.0, 100.0,
                      -87.33, -87.34, -103.9, -104.0, -150.0, 3e38, -3e38], np.float32)
@@ -85,6 +85,16 @@ def test_sigmoid_over_the_float_range():
     assert got[x == np.inf] == 1 and got[x == -np.inf] == 0 and np.isnan(got[np.isnan(x)]).all()
 
 
+def test_tanh_over_the_float_range():
+    x = sweep()
+    got = run(tanh_f32, x)
+    ref = np.tanh(x.astype(np.float64))
+    normal = ~np.isnan(x) & (np.abs(ref) >= TINY)
+    assert np.max(np.abs(got[normal] - ref[normal]) / np.abs(ref[normal])) <= 2e-7
+    assert np.max(np.abs(got[~normal & ~np.isnan(x)] - ref[~normal & ~np.isnan(x)])) <= TINY
+    assert got[x == np.inf] == 1 and got[x == -np.inf] == -1 and np.isnan(got[np.isnan(x)]).all()
+
+
 def test_erf_over_the_float_range():
     x = sweep()
     got = run(erf_f32, x)
@@ -96,7 +106,7 @@ def test_erf_over_the_float_range():
     assert got[x == np.inf] == 1 and got[x == -np.inf] == -1 and np.isnan(got[np.isnan(x)]).all()
 
 
-@pytest.mark.parametrize("approx", [exp_f32, sigmoid_f32, erf_f32], ids=["exp", "sigmoid", "erf"])
+@pytest.mark.parametrize("approx", [exp_f32, sigmoid_f32, tanh_f32, erf_f32], ids=["exp", "sigmoid", "tanh", "erf"])
 def test_approximations_stay_16_lane_vectors(approx):
     """TVM's VectorizeLoop turns the loop into 16-lane vector expressions (a call it cannot vectorize, such as
     ``tirx.isnan``, makes it run the loop scalar, which LLVM then vectorizes at its preferred 8 lanes)."""
@@ -129,13 +139,13 @@ def test_division_by_a_constant_is_a_multiplication(c):
 
 
 def test_only_float32_calls_are_replaced():
-    """float32 exp / sigmoid / erf become arithmetic; a float64 exp and other calls (tanh) stay calls."""
+    """float32 exp / sigmoid / tanh / erf become arithmetic; a float64 exp and other calls (log) stay calls."""
     x32, x64 = te.placeholder((8,), "float32", name="a"), te.placeholder((8,), "float64", name="b")
-    outs = [te.compute((8,), lambda i: te.exp(x32[i]) + te.sigmoid(x32[i]) + te.erf(x32[i]) + te.tanh(x32[i])),
-            te.compute((8,), lambda i: te.exp(x64[i]))]
+    outs = [te.compute((8,), lambda i: te.exp(x32[i]) + te.sigmoid(x32[i]) + te.erf(x32[i]) + te.tanh(x32[i])
+                       + te.log(x32[i])), te.compute((8,), lambda i: te.exp(x64[i]))]
     script = vectorizable_math(te.create_prim_func([x32, x64, *outs])).script()
-    assert "T.sigmoid" not in script and "T.erf" not in script
-    assert script.count("T.exp(") == 1 and "T.exp(b[" in script and "T.tanh(a[" in script
+    assert "T.sigmoid" not in script and "T.erf" not in script and "T.tanh" not in script
+    assert script.count("T.exp(") == 1 and "T.exp(b[" in script and "T.log(a[" in script
 
 
 def assert_16_lane_divisions(asm: str) -> None:
@@ -158,12 +168,12 @@ class SqueezeExcite(nn.Module):
         return y * self.gate(y)
 
 
-@pytest.mark.parametrize("name", ["silu", "gelu", "sigmoid", "squeeze-excite"])
-def test_models_with_exp_and_erf_match_pytorch(name, tmp_path):
-    """Convs with SiLU, GELU (erf) and sigmoid epilogues, inputs scaled to reach |x| ~ 50 (exp's and erf's
-    clamped ranges), compiled for x86 without a math-library call left in the fused functions."""
+@pytest.mark.parametrize("name", ["silu", "gelu", "gelu-tanh", "sigmoid", "squeeze-excite"])
+def test_models_with_exp_erf_and_tanh_match_pytorch(name, tmp_path):
+    """Convs with SiLU, GELU (erf, and tanh) and sigmoid epilogues, inputs scaled to reach |x| ~ 50 (exp's, erf's
+    and tanh's clamped ranges), compiled for x86 without a math-library call left in the fused functions."""
     torch.manual_seed(0)
-    acts = {"silu": nn.SiLU(), "gelu": nn.GELU(), "sigmoid": nn.Sigmoid()}
+    acts = {"silu": nn.SiLU(), "gelu": nn.GELU(), "gelu-tanh": nn.GELU(approximate="tanh"), "sigmoid": nn.Sigmoid()}
     module = SqueezeExcite(16) if name == "squeeze-excite" else nn.Sequential(nn.Conv2d(16, 64, 1), acts[name])
     x = torch.randn(1, 16, 14, 14) * 10
     path = str(tmp_path / "m.onnx")
