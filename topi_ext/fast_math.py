@@ -1,8 +1,9 @@
 """Vectorizable float32 exp, sigmoid, tanh and erf for the CPU path, in place of the math library's calls.
 
 LLVM lowers ``tirx.exp`` / ``tirx.erf`` / ``tirx.sigmoid`` / ``tirx.tanh`` of a vector to one scalar ``expf`` /
-``erff`` / ``tanhf`` call per lane, so a fused conv epilogue with SiLU, a sigmoid gate or GELU runs scalar. Here each call of a float32
-function becomes arithmetic (plus integer shifts and a bit reinterpretation) that vectorizes:
+``erff`` / ``tanhf`` call per lane, so a fused conv epilogue with SiLU, a sigmoid gate or GELU runs scalar. Here
+each call of a float32 function becomes arithmetic (plus integer shifts and a bit reinterpretation) that
+vectorizes:
 
 - ``exp(x)`` by range reduction: ``k = round(x / ln 2)`` (by adding 1.5 · 2^23, no rounding instruction or
   conversion), ``r = x - k ln 2`` (Cody-Waite, two constants), ``e^r`` by a degree-6 polynomial (minimax in
@@ -17,8 +18,9 @@ function becomes arithmetic (plus integer shifts and a bit reinterpretation) tha
   ``fast_erf``); |x| ≥ 4 gives ±1, as erf rounds to in float32; nan stays nan.
 
 A division by a float32 constant becomes a multiplication by its reciprocal. nan is told from its bits (an
-integer compare): with ``tirx.isnan`` TVM's VectorizeLoop runs the whole loop scalar. The accuracy of each against numpy / ``math.erf`` over the whole float range is in
-``tests/topi_ext/test_fast_math.py``. Other dtypes keep their calls.
+integer compare): with ``tirx.isnan`` TVM's VectorizeLoop runs the whole loop scalar. The accuracy of each
+against numpy / ``math.erf`` over the whole float range is in ``tests/topi_ext/test_fast_math.py``. Other dtypes
+keep their calls.
 """
 
 from __future__ import annotations
@@ -65,8 +67,13 @@ def _let(value, body, dtype: str = F32):
 
 
 def _pow2(n):
-    """2^n as float32 for an int32 n in [-126, 127]: the exponent field n + 127."""
+    """2^n as float32 for an int32 n in [-126, 128] (128: inf): the exponent field n + 127."""
     return tirx.reinterpret(F32, tirx.shift_left(n + 127, 23))
+
+
+def _times_pow2(y, n):
+    """y · 2^n, 2^n one float (:func:`_pow2`)."""
+    return y * _pow2(n)
 
 
 def _magnitude_bits(v):
@@ -104,7 +111,7 @@ def sigmoid_f32(x):
     for k in [-126, 128]: below, e^-x under 2^-126 is nothing against 1; from k = 128 (-x > 88.37) 2^k is inf
     and the sigmoid 0, where it is under the smallest normal float."""
     def body(v):
-        e = _exp_clamped(tirx.max(tirx.min(-v, _f(EXP_MAX)), _f(SIGMOID_EXP_MIN)), lambda y, ki: y * _pow2(ki))
+        e = _exp_clamped(tirx.max(tirx.min(-v, _f(EXP_MAX)), _f(SIGMOID_EXP_MIN)), _times_pow2)
         return _f(1.0) / (_f(1.0) + tirx.Select(_isnan(v), v, e))
     return _let(x, body)
 
@@ -115,7 +122,7 @@ def tanh_f32(x):
         small = _let(v * v, lambda z: _horner(z, TANH_P) * z * v + v)
         magnitude = tirx.reinterpret(F32, _magnitude_bits(v))
         big = _f(1.0) - _f(2.0) / (_f(1.0) + _exp_clamped(tirx.min(magnitude * _f(2.0), _f(TANH_EXP_MAX)),
-                                                           lambda y, ki: y * _pow2(ki)))
+                                                           _times_pow2))
         return tirx.Select(_isnan(v), v, tirx.Select(magnitude < _f(TANH_SMALL), small,
                                                      _let(big, lambda b: tirx.Select(v < _f(0.0), -b, b))))
     return _let(x, body)
