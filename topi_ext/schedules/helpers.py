@@ -101,7 +101,8 @@ def inline_epilogue(sch: s_tir.Schedule, producer) -> None:
 
 def _arithmetic(sch: s_tir.Schedule, producer) -> bool:
     """Whether every block downstream of ``producer`` is arithmetic: no calls (erf, sigmoid, exp) but the
-    elementwise intrinsics that vectorize (``fast_math.VECTOR_INTRINSICS``: exp / erf made arithmetic)."""
+    elementwise intrinsics that vectorize (``fast_math.VECTOR_INTRINSICS``: exp / sigmoid / tanh / erf made
+    arithmetic)."""
     calls, seen, todo = [], set(), list(sch.get_consumers(producer))
     while todo:
         block = todo.pop()
