@@ -163,9 +163,11 @@ def channel_moves_in_blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
     after it. The unblock sinks below them, where the next block cancels it:
 
         slice(unblock(y), channels [lo, hi))  ->  unblock(y[:, lo/L : hi/L])    lo, hi multiples of L
+        slice(unblock(y), rows / columns)       ->  unblock(slice(y))
         concat(unblock(y1), unblock(y2), ...)  ->  unblock(concat(y1, y2, ...))  all in NCHW[L]c
         resize2d(unblock(y)) read by a block or such a concat  ->  unblock(resize2d_blocked(y))
         take(unblock(y), p, axis=1)            ->  unblock(gather(y, p))         len(p) a multiple of L
+        pad(unblock(y)) by rows / columns       ->  unblock(pad(y))               zeros, channels unpadded
         channel_layer_norm(unblock(y))         ->  unblock(channel_layer_norm(y))
         block_L(unblock_L(z))                  ->  z
 
@@ -185,6 +187,8 @@ class _BlockedMoves(relax.PyExprMutator):
             return self._concat(call)
         if name == "relax.take":
             return self._take(call)
+        if name == "relax.nn.pad":
+            return self._pad(call)
         if name == "relax.call_tir" and callee_attr(self.builder_.get(), call, "reforge.op") == CHANNEL_NORM:
             return self._layer_norm(call)
         if name == "relax.layout_transform" and blocks(call):
@@ -224,6 +228,9 @@ class _BlockedMoves(relax.PyExprMutator):
         axes, begin, end = (_ints(arg) for arg in call.args[1:4])
         strides = _ints(call.args[4]) if len(call.args) > 4 else [1]
         channels = tensor_shape(call.args[0])[1] if y is not None else 0
+        if y is not None and axes is not None and 1 not in axes and all(a in (0, 2, 3) for a in axes):
+            # rows / columns (drop-padding-taps' input windows): the same axes of the blocked tensor
+            return self._unblock(self.builder_.emit(relax.op.strided_slice(y, *call.args[1:])))
         if y is None or axes != [1] or strides != [1] or None in (begin, end) or not 0 <= begin[0] < end[0] <= channels:
             return call
         lanes = int(tensor_shape(y)[4])
@@ -231,6 +238,15 @@ class _BlockedMoves(relax.PyExprMutator):
             return call
         sliced = self.builder_.emit(relax.op.strided_slice(y, [1], [begin[0] // lanes], [end[0] // lanes]))
         return self._unblock(sliced)
+
+    def _pad(self, call):
+        """A zero pad of the spatial axes (drop-padding-taps places each term of a split conv with one)."""
+        y = self._unblocked(call.args[0])
+        widths = [int(w) for w in call.attrs.pad_width]
+        if y is None or len(widths) != 8 or any(widths[:4]) or str(call.attrs.pad_mode) != "constant" \
+                or float(call.attrs.pad_value) != 0.0:
+            return call
+        return self._unblock(self.builder_.emit(relax.op.nn.pad(y, [*widths, 0, 0])))
 
     def _concat(self, call):
         parts = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else None
