@@ -18,10 +18,14 @@ is a conv without padding over the input rows those outputs read, zero-padded ba
     conv(x, W)  =  Σ_runs pad(conv(x[a·s + lo·d − p : (b − 1)·s + hi·d − p + 1], W[lo : hi + 1]), a, m − b)
 
 (over both axes: one term per pair of a row run and a column run). FuseOps joins the pads, the sum
-and the epilogue into one elementwise kernel; each term reads its taps' weights once. An axis is
-split where that at least halves its multiply-adds (a 3×3 conv with padding 1 is not: its border
-outputs skip one tap in three), into at most ``MAX_TERMS`` terms in all. Exact: only products with
-zero padding are left out. Groups, strides and bias are kept; NCHW / OIHW only, static shapes.
+and the epilogue into one elementwise kernel; each term reads its taps' weights once. The split
+taken is the one with the fewest multiply-adds among those of at most ``MAX_TERMS`` terms whose
+axes each keep at most ``AXIS_SPLIT_WORK`` of their products, if it keeps at most ``SPLIT_WORK`` of
+the conv's (a 3×3 conv with padding 1 is never split: its border outputs skip one tap in three).
+Measured (960 → 256 channels, 1 thread, a loaded 2-core AVX-512 Xeon, against the unsplit conv):
+rate 12 on 14×14 (18 % of the products) 4-5x faster, rate 24 on 33×33 (27 %) 5.6x, rate 12 on
+33×33 (57 %) 1.55x. Exact: only products with zero padding are left out. Groups, strides and bias
+are kept; NCHW / OIHW only, static shapes.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from .graph import cleanup, const, const_value, is_const, mutate_functions, op_n
 from .report import PassReport
 
 MAX_TERMS = 9  # a 3×3 kernel's taps, each over the outputs it reaches
+AXIS_SPLIT_WORK = 0.8  # an axis is split only where its runs have at most this share of its multiply-adds
+SPLIT_WORK = 0.6  # and the split conv at most this share of the conv's
 DROPPED = "taps reading only padding dropped"
 SPLIT = "conv split into a sum over the outputs its taps reach"
 
@@ -93,13 +99,32 @@ def tap_runs(n: int, m: int, k: int, s: int, d: int, p: int) -> list[Run]:
     return runs
 
 
-def axis_runs(n: int, m: int, k: int, s: int, d: int, pad: tuple[int, int]) -> list[Run]:
-    """One axis' runs: split where that at least halves the axis' multiply-adds, else the dropped run."""
+def axis_options(n: int, m: int, k: int, s: int, d: int, pad: tuple[int, int]) -> list[list[Run]]:
+    """One axis' ways to run: the dropped run, then the split runs where they have at most
+    AXIS_SPLIT_WORK of its multiply-adds."""
     whole = dropped_run(n, m, k, s, d, pad)
     runs = tap_runs(n, m, k, s, d, pad[0])
-    if len(runs) > 1 and 2 * sum(r.work for r in runs) <= whole.work:
-        return runs
-    return [whole]
+    split = len(runs) > 1 and _work(runs) <= AXIS_SPLIT_WORK * whole.work
+    return [[whole], runs] if split else [[whole]]
+
+
+def choose_runs(rows: list[list[Run]], cols: list[list[Run]]) -> tuple[list[Run], list[Run], bool]:
+    """The rows' and columns' runs of the conv: the split (of either axis or both, at most MAX_TERMS
+    terms) with the fewest multiply-adds if it has at most SPLIT_WORK of the unsplit conv's, else the
+    dropped runs; and whether a split of more terms was left out."""
+    whole = _work(rows[0]) * _work(cols[0])
+    splits = [(r, c) for r in rows for c in cols if len(r) * len(c) > 1
+              and _work(r) * _work(c) <= SPLIT_WORK * whole]
+    fitting = [(r, c) for r, c in splits if len(r) * len(c) <= MAX_TERMS]
+    capped = len(fitting) < len(splits)
+    if not fitting:
+        return rows[0], cols[0], capped
+    r, c = min(fitting, key=lambda rc: (_work(rc[0]) * _work(rc[1]), len(rc[0]) * len(rc[1])))
+    return r, c, capped
+
+
+def _work(runs: list[Run]) -> int:
+    return sum(r.work for r in runs)
 
 
 @tvm.transform.module_pass(opt_level=0, name="reforge.drop-padding-taps")
@@ -132,12 +157,10 @@ class _Drop(relax.PyExprMutator):
             return call
         top, left, bottom, right = (int(v) for v in a["padding"])
         (sh, sw), (dh, dw) = (int(v) for v in a["strides"]), (int(v) for v in a["dilation"])
-        rows = axis_runs(shape[2], out[2], w_shape[2], sh, dh, (top, bottom))
-        cols = axis_runs(shape[3], out[3], w_shape[3], sw, dw, (left, right))
-        if len(rows) * len(cols) > MAX_TERMS:
-            self.report.note(f"kept a conv whole that would split into more than {MAX_TERMS} terms")
-            rows, cols = [dropped_run(shape[2], out[2], w_shape[2], sh, dh, (top, bottom))], \
-                [dropped_run(shape[3], out[3], w_shape[3], sw, dw, (left, right))]
+        rows, cols, capped = choose_runs(axis_options(shape[2], out[2], w_shape[2], sh, dh, (top, bottom)),
+                                         axis_options(shape[3], out[3], w_shape[3], sw, dw, (left, right)))
+        if capped:
+            self.report.note(f"left out splits of a conv into more than {MAX_TERMS} terms")
         if len(rows) == len(cols) == 1 and rows[0].taps == w_shape[2] and cols[0].taps == w_shape[3]:
             return call
         self.report.count(SPLIT if len(rows) * len(cols) > 1 else DROPPED)

@@ -17,7 +17,7 @@ from torch import nn
 import reforge
 from reforge.passes import DropPaddingTaps, registry
 from reforge.passes.graph import op_name
-from reforge.passes.padding_taps import DROPPED, MAX_TERMS, SPLIT, axis_runs
+from reforge.passes.padding_taps import DROPPED, MAX_TERMS, SPLIT, axis_options, tap_runs
 from tests.helpers import first_output, max_rel_err, pass_record, randomize_bn, seed_of, to_onnx
 
 RTOL = 1e-5
@@ -57,10 +57,12 @@ def conv_kernels(mod) -> list[tuple[int, ...]]:
     # ASPP at rates 36 / 24 on a 14×14 map: only the centre tap reads the map, a 1×1 conv
     ("aspp36", 16, 8, (14, 14), (3, 3), (36, 36), (36, 36, 36, 36), (1, 1), 1, [(8, 16, 1, 1)]),
     ("aspp24", 16, 8, (14, 13), (3, 3), (24, 24), (24, 24, 24, 24), (1, 1), 1, [(8, 16, 1, 1)]),
-    # rows drop to the centre tap, columns (33 wide) keep all three: a 1×3 conv with column padding 24
-    ("rows-only", 8, 8, (9, 33), (3, 3), (24, 24), (24, 24, 24, 24), (1, 1), 1, [(8, 8, 1, 3)]),
-    # asymmetric padding: the top tap reads only padding, the bottom one is kept (its padding stays >= 0)
-    ("asymmetric", 8, 4, (14, 10), (3, 3), (12, 1), (24, 1, 0, 1), (1, 1), 1, [(4, 8, 2, 3)]),
+    # rows drop to the centre tap, columns (33 wide, rate 12: 75 of 99 products inside) keep all three and stay
+    # whole: a 1×3 conv with column padding 12
+    ("rows-only", 8, 8, (9, 33), (3, 3), (24, 12), (24, 12, 24, 12), (1, 1), 1, [(8, 8, 1, 3)]),
+    # asymmetric padding: the top tap reads only padding, the bottom one is kept (its padding stays >= 0); the
+    # middle tap reaches 8 of 20 rows, too many to split for
+    ("asymmetric", 8, 4, (20, 10), (3, 3), (12, 1), (24, 1, 0, 1), (1, 1), 1, [(4, 8, 2, 3)]),
     # strided, and depthwise
     ("strided", 8, 8, (15, 15), (3, 3), (20, 20), (20, 20, 20, 20), (2, 2), 1, [(8, 8, 1, 1)]),
     ("depthwise", 16, 16, (7, 7), (5, 5), (8, 8), (16, 16, 16, 16), (1, 1), 16, [(16, 1, 1, 1)]),
@@ -74,18 +76,23 @@ def test_padding_taps_dropped(case, c, o, hw, k, dilation, pads, strides, group,
 
 
 @pytest.mark.parametrize("case,hw,k,dilation,pads,terms", [
-    # ASPP at rate 12 on 14×14: the outer taps reach the map from 2 rows / columns at each border
+    # ASPP at rate 12 on 14×14: the outer taps reach the map from 2 rows / columns at each border (18 % of products)
     ("aspp12", (14, 14), (3, 3), (12, 12), (12, 12, 12, 12), 9),
-    # rows split, columns (40 wide) not: 3 terms over whole rows
-    ("rows", (14, 40), (3, 3), (12, 12), (12, 12, 12, 12), 3),
-    # rows: each of the 5 taps reaches other outputs (1, 4, 7, 4, 1 of 7: 17 of 35 products); columns 19 of 27
+    # ASPP at rate 24 on 33×33 (DeepLab at 520²): the outer taps reach 9 of 33 rows (27 %)
+    ("aspp24-33", (33, 33), (3, 3), (24, 24), (24, 24, 24, 24), 9),
+    # rows split, columns (3×3 with padding 1) not: 3 terms over whole rows
+    ("rows", (14, 40), (3, 3), (12, 1), (12, 1, 12, 1), 3),
+    # rows: each of the 5 taps reaches other outputs (1, 4, 7, 4, 1 of 7: 17 of 35 products); columns 19 of 27:
+    # both would be 15 terms, so rows only
     ("5x3", (7, 9), (5, 3), (3, 4), (6, 4, 6, 4), 5),
+    ("5x5", (7, 7), (5, 5), (3, 3), (6, 6, 6, 6), 5),  # 5 runs an axis: 25 terms, one axis split
 ])
 def test_mostly_padding_convs_split(case, hw, k, dilation, pads, terms, harness):
     rng = np.random.default_rng(seed_of(f"split-{case}"))
     res = check(harness, conv_model(harness, rng, 8, 8, hw, k, dilation, pads), rng)
     assert dict(res.report.rewrites) == {SPLIT: 1}
     assert len(conv_kernels(res.mod)) == terms <= MAX_TERMS
+    assert bool(res.report.notes) is (case in ("5x3", "5x5"))  # both axes' split left out: too many terms
 
 
 @pytest.mark.parametrize("case,hw,k,dilation,pads,strides,group", [
@@ -93,16 +100,15 @@ def test_mostly_padding_convs_split(case, hw, k, dilation, pads, terms, harness)
     # every tap reaches the map for some outputs, and splitting would not halve the work
     ("dilated2", (14, 14), (3, 3), (2, 2), (2, 2, 2, 2), (1, 1), 1),
     ("mobilenet-dw", (14, 14), (5, 5), (2, 2), (4, 4, 4, 4), (1, 1), 8),  # DeepLab's backbone, depthwise
-    ("aspp24-33", (33, 33), (3, 3), (24, 24), (24, 24, 24, 24), (1, 1), 1),  # the outer taps reach 9 of 33 rows
+    ("dilated4", (14, 14), (3, 3), (4, 4), (4, 4, 4, 4), (1, 1), 1),  # 34 of 42 products an axis
     ("strided", (14, 14), (3, 3), (1, 1), (1, 1, 1, 1), (2, 2), 1),
-    ("too-many-terms", (7, 7), (5, 5), (3, 3), (6, 6, 6, 6), (1, 1), 1),  # 5 runs an axis: 25 terms
 ])
 def test_taps_partly_inside_the_map_stay(case, hw, k, dilation, pads, strides, group, harness):
     rng = np.random.default_rng(seed_of(f"stay-{case}"))
     res = check(harness, conv_model(harness, rng, 8, 8, hw, k, dilation, pads, strides, group), rng)
     assert res.report.total == 0
     assert conv_kernels(res.mod) == [(8, 8 // group, *k)]
-    assert bool(res.report.notes) is (case == "too-many-terms")
+    assert not res.report.notes
 
 
 def test_computed_weight_is_sliced(harness):
@@ -113,22 +119,24 @@ def test_computed_weight_is_sliced(harness):
     assert dict(res.report.rewrites) == {DROPPED: 1} and res.ops_after.get("strided_slice", 0) == 1
 
 
-def test_axis_runs_keep_every_product_inside_the_map_once():
-    """Every (output, tap) pair that reads inside the map is in exactly one run; a split axis' runs hold no
-    other pair and read inside the input; a dropped run's padding stays >= 0."""
+def test_runs_keep_every_product_inside_the_map_once():
+    """Every (output, tap) pair that reads inside the map is in exactly one run; split runs hold no other pair and
+    read inside the input; a dropped run's padding stays >= 0. For each axis option and for the tap runs."""
     for n, k, s, d, p, q in [(14, 3, 1, 12, 12, 12), (14, 5, 1, 2, 4, 4), (9, 5, 2, 3, 6, 6), (14, 3, 1, 36, 36, 36),
-                             (7, 3, 1, 6, 6, 6), (10, 3, 1, 12, 12, 0), (5, 7, 1, 1, 3, 3), (11, 3, 3, 5, 5, 5)]:
+                             (7, 3, 1, 6, 6, 6), (10, 3, 1, 12, 12, 0), (5, 7, 1, 1, 3, 3), (11, 3, 3, 5, 5, 5),
+                             (33, 3, 1, 24, 24, 24)]:
         m = (n + p + q - (k - 1) * d - 1) // s + 1
-        runs = axis_runs(n, m, k, s, d, (p, q))
-        inside = {(y, t) for y in range(m) for t in range(k) if 0 <= y * s + t * d - p < n}
-        covered = [(y, t) for r in runs for y in range(r.out_start, r.out_stop) for t in range(r.tap_lo, r.tap_hi + 1)]
-        assert inside <= set(covered) and len(covered) == len(set(covered))
-        for r in runs:
-            assert min(r.pad) >= 0 and 0 <= r.in_start < r.in_stop <= n
-            if len(runs) > 1:
-                assert r.pad == (0, 0) and set(covered) == inside
-                assert (r.in_start, r.in_stop) == (r.out_start * s + r.tap_lo * d - p,
-                                                   (r.out_stop - 1) * s + r.tap_hi * d - p + 1)
+        for runs in [*axis_options(n, m, k, s, d, (p, q)), tap_runs(n, m, k, s, d, p)]:
+            inside = {(y, t) for y in range(m) for t in range(k) if 0 <= y * s + t * d - p < n}
+            covered = [(y, t) for r in runs for y in range(r.out_start, r.out_stop)
+                       for t in range(r.tap_lo, r.tap_hi + 1)]
+            assert inside <= set(covered) and len(covered) == len(set(covered))
+            for r in runs:
+                assert min(r.pad) >= 0 and 0 <= r.in_start < r.in_stop <= n
+                if r.pad == (0, 0) and (r.in_start, r.in_stop) != (0, n) or len(runs) > 1:
+                    assert set(covered) == inside
+                    assert (r.in_start, r.in_stop) == (r.out_start * s + r.tap_lo * d - p,
+                                                       (r.out_stop - 1) * s + r.tap_hi * d - p + 1)
 
 
 class ASPP(nn.Module):
