@@ -30,8 +30,8 @@ from tvm import te  # noqa: E402
 
 from benchmarks import onnx_conv  # noqa: E402
 from benchmarks.results import publish  # noqa: E402
+from reforge import backends  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
-from reforge.targets import get_target  # noqa: E402
 from reforge.topi_ext import bitserial as bs  # noqa: E402
 from reforge.topi_ext.schedules.bitserial import schedule_bitpack, schedule_bitserial_conv2d  # noqa: E402
 
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    target = get_target("x86")
+    target = backends.get("x86")
     machine = f"target {target.name}: mcpu={target.tvm_target.mcpu}, features {sorted(target.features)}"
     print(machine)
     rows = []

@@ -25,8 +25,8 @@ import tvm  # noqa: E402
 from tvm import te  # noqa: E402
 
 from benchmarks.results import publish  # noqa: E402
+from reforge import backends  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
-from reforge.targets import get_target  # noqa: E402
 from reforge.topi_ext import bitserial as bs  # noqa: E402
 from reforge.topi_ext.schedules.bitserial import schedule_bitserial_conv2d  # noqa: E402
 
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    target = get_target("x86")
+    target = backends.get("x86")
     tvm.get_global_func("runtime.config_threadpool")(1, 1)
     machine = f"target {target.name}: mcpu={target.tvm_target.mcpu}"
     print(machine)

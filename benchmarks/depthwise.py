@@ -29,9 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.results import markdown_table, write_table  # noqa: E402
 import reforge  # noqa: E402
+from reforge import backends  # noqa: E402
 from reforge.bench import onnxruntime_runner, set_threads  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
-from reforge.targets import get_target  # noqa: E402
 from reforge.topi_ext.depthwise_nchwc import depthwise_conv2d_nchwc  # noqa: E402
 from reforge.topi_ext.layouts import channel_block  # noqa: E402
 from reforge.topi_ext.schedules.default import schedule_func  # noqa: E402
@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
     warnings.filterwarnings("ignore")  # torch.onnx's legacy-exporter notice
-    target = get_target("x86")
+    target = backends.get("x86")
     lanes = target.vector_lanes()
     title = f"depthwise 3x3 + bias + ReLU, {args.threads} thread(s), median ms of {args.repeat} runs"
     print(title)

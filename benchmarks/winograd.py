@@ -27,7 +27,7 @@ from tvm import te  # noqa: E402
 
 from benchmarks import onnx_conv  # noqa: E402
 from benchmarks.results import publish  # noqa: E402
-from reforge.targets import get_target  # noqa: E402
+from reforge import backends  # noqa: E402
 from reforge.topi_ext import winograd_nchwc as winograd  # noqa: E402
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc  # noqa: E402
 from reforge.topi_ext.schedules.default import schedule_func  # noqa: E402
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--target", default="x86")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    target = get_target(args.target)
+    target = backends.get(args.target)
     machine = f"target {target.name}: mcpu={target.tvm_target.mcpu}, {target.vector_lanes()} lanes"
     print(machine)
     rows = []

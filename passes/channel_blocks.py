@@ -13,8 +13,9 @@ result, a slice and its input, a depthwise conv's input and output. A channel sl
 boundaries (MixNet's split of 120 channels in 40s: blocks of 10, not 15), where
 :func:`.blocked_forms.channel_moves_in_blocked_layout` does it on the blocked tensor. A class's block is the largest divisor
 of the gcd of its members' channel counts at most the lanes, so every blocked tensor of a class has
-that block; a conv reads its input in the input's class block (its kernel is packed to match) and
-writes its output's. Tensors outside any class of a conv output (the image, a ``take``'s result) are
+that block, unless a grouped conv reads or writes the class: then the largest such divisor whose blocks whole
+groups fill (:meth:`_Classes.block`). A conv reads its input in the input's class block (its kernel is packed
+to match) and writes its output's. Tensors outside any class of a conv output (the image, a ``take``'s result) are
 in NCHW, which moves to any block. Joining more than TVM would is safe: it only narrows blocks.
 """
 
@@ -25,7 +26,7 @@ import math
 import tvm
 from tvm import relax
 
-from reforge.topi_ext.layouts import channel_block
+from reforge.topi_ext.layouts import MIN_BLOCK, channel_block
 
 from .graph import bindings, op_name, tensor_shape
 
@@ -55,9 +56,12 @@ def _function_blocks(func: relax.Function, lanes: int) -> dict[relax.Call, tuple
         classes.add(out)
         if name == "relax.nn.conv2d":
             convs.append((value, out))
-            w = tensor_shape(value.args[1])
-            if w is not None and int(value.attrs.groups) == w[0] and w[1] == 1:  # depthwise: in and out one block
+            w, groups = tensor_shape(value.args[1]), int(value.attrs.groups)
+            if w is not None and groups == w[0] and w[1] == 1:  # depthwise: in and out one block
                 classes.join(value.args[0], out)
+            elif w is not None and groups > 1:  # grouped: its groups should fill whole blocks
+                classes.group_widths.append((value.args[0], int(w[1])))
+                classes.group_widths.append((out, int(w[0]) // groups))
             continue
         if name == "relax.concat":
             parts = value.args[0].fields if isinstance(value.args[0], relax.Tuple) else []
@@ -85,6 +89,7 @@ class _Classes:
     def __init__(self):
         self.parent: dict = {}
         self.gcd: dict = {}
+        self.group_widths: list = []  # (var, channels per group of a grouped conv reading or writing it)
 
     def add(self, var) -> None:
         if var not in self.parent:
@@ -109,10 +114,19 @@ class _Classes:
             self.gcd[rb] = math.gcd(self.gcd[rb], self.gcd[ra])
 
     def block(self, var, lanes: int) -> int | None:
-        """The block of ``var``'s class; None if ``var`` is in no class."""
+        """The block of ``var``'s class; None if ``var`` is in no class. Where grouped convs read or write
+        the class, the largest divisor of the gcd at most the lanes that divides each group width or is a
+        multiple of it (so whole groups fill whole blocks: RegNetY's 104 channels in groups of 8 take
+        blocks of 8, not 13), if one is at least MIN_BLOCK wide."""
         if not isinstance(var, relax.Var) or var not in self.parent:
             return None
-        return channel_block(self.gcd[self.find(var)], lanes)
+        root = self.find(var)
+        widths = {w for v, w in self.group_widths if isinstance(v, relax.Var) and v in self.parent
+                  and self.find(v).same_as(root)}
+        gcd = self.gcd[root]
+        fitting = [d for d in range(MIN_BLOCK, min(gcd, lanes) + 1)
+                   if gcd % d == 0 and all(w % d == 0 or d % w == 0 for w in widths)]
+        return max(fitting) if widths and fitting else channel_block(gcd, lanes)
 
 
 def _channels(expr) -> int | None:

@@ -1,12 +1,13 @@
 """The pass table: every reforge pass, its summary and paper, prerequisites and defaults.
 
 ``reforge passes`` prints this table, and the pipeline selects from it; nothing else lists passes.
+Which targets run a per-target pass by default is the backends' (``Backend.default_passes``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 import tvm
 
@@ -36,7 +37,8 @@ class PassInfo:
     """One row of the table.
 
     ``level``: the lowest -O level that runs the pass by default (None: only on request);
-    ``targets``: target kinds where it is on by default (None: every target);
+    ``per_target``: whether it pays off only on some targets, so that it is on by default (from ``level``)
+    only where the backend names it in ``default_passes`` (else: on every target);
     ``rtol``: the relative error ``--verify`` accepts after this pass (max|Δ| / max|reference|).
     """
 
@@ -45,13 +47,14 @@ class PassInfo:
     summary: str
     paper: str
     level: int | None = 1
-    targets: frozenset[str] | None = None
+    per_target: bool = False
     requires: tuple[str, ...] = ()
     rtol: float = 1e-4
 
-    def on_by_default(self, opt_level: int, target_kind: str) -> bool:
+    def on_by_default(self, opt_level: int, target_passes: Collection[str]) -> bool:
+        """At ``opt_level``, for a backend whose per-target defaults are ``target_passes``."""
         return (self.level is not None and opt_level >= self.level
-                and (self.targets is None or target_kind in self.targets))
+                and (not self.per_target or self.name in target_passes))
 
 
 PASSES: dict[str, PassInfo] = {p.name: p for p in [
@@ -113,14 +116,14 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "costs multiply-adds (dense reserved channels), so on by default only for FPGA streaming",
              "Meng et al., RMNet: Equivalently Removing Residual Connection from Deep Neural Networks (RM Operation), "
              "arXiv 2021",
-             level=2, targets=frozenset({"opencl-fpga"}), requires=("fold-constants", "fold-batchnorm")),
+             level=2, per_target=True, requires=("fold-constants", "fold-batchnorm")),
     PassInfo("prune-channels", PruneChannels,
              "channel liveness across the graph (per-channel ops, residual adds, concats, depthwise convs): output "
              "channels nothing reads and constant channels (all-zero filters; their bias, affine, activation and "
              "pooling folded into every reader's bias, or an exact bias map before a zero-padding conv) removed",
              "Li et al., Pruning Filters for Efficient ConvNets, ICLR 2017; He, Zhang & Sun, Channel Pruning for "
              "Accelerating Very Deep Neural Networks, ICCV 2017",
-             level=2, targets=frozenset({"x86", "arm"}), requires=("fold-constants", "fold-batchnorm"), rtol=1e-5),
+             level=2, per_target=True, requires=("fold-constants", "fold-batchnorm"), rtol=1e-5),
     PassInfo("fwht", FastWHT,
              "products with a constant Hadamard matrix (MatMul / Gemm / 1×1 conv, either side of a 2-D H·X·Hᵀ; "
              "any scale, natural or sequency order, zero-padded, block-diagonal, rows or columns scaled) and "
@@ -136,15 +139,14 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "operators; BatchNorm + sign between binary convs fused into integer thresholds; before fft-conv and "
              "sparse, which never see a ±1 conv",
              "Courbariaux et al., BinaryNet, 2016; Rastegari et al., XNOR-Net, ECCV 2016",
-             level=2, targets=frozenset({"x86", "arm", "cuda", "opencl-fpga"}),
-             requires=("fold-constants", "fold-batchnorm")),
+             level=2, requires=("fold-constants", "fold-batchnorm")),
     PassInfo("fft-conv", FFTConv,
              "large-kernel stride-1 convs through overlap-save tiled 2-D real DFTs (weight spectra precomputed, "
              "per-frequency channel mixing as a batched GEMM over the tiles), where a cost model measured on "
              "this CPU estimates FFT faster (never 3×3), or where `reforge tune` measured it faster; x86 only",
              "Mathieu, Henaff & LeCun, Fast training of convolutional networks through FFTs, ICLR 2014; "
              "Vasilache et al., Fast convolutional nets with fbfft, ICLR 2015",
-             level=2, targets=frozenset({"x86"}), requires=("fold-constants",)),
+             level=2, per_target=True, requires=("fold-constants",)),
     PassInfo("sparse", Sparse,
              "convs and dense layers whose constant weights are mostly zero (pruned) run as sparse operators: "
              "1×1 / k×k convs as a direct sparse convolution in the blocked layout (nonzero taps per output "
@@ -154,7 +156,7 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "on request for arm",
              "Park et al., Faster CNNs with Direct Sparse Convolutions and Guided Pruning, ICLR 2017; "
              "Elsen et al., Fast Sparse ConvNets, CVPR 2020",
-             level=2, targets=frozenset({"x86"}), requires=("fold-constants",), rtol=1e-5),
+             level=2, per_target=True, requires=("fold-constants",), rtol=1e-5),
     PassInfo("dead-code", DeadCode,
              "remove bindings and functions whose results are never used",
              "Aho, Lam, Sethi, Ullman, Compilers (2nd ed.), sec. 8.5 dead-code elimination", rtol=1e-5),
@@ -167,22 +169,23 @@ def get(name: str) -> PassInfo:
     return PASSES[name]
 
 
-def select(opt_level: int = 2, target_kind: str = "x86", enable=(), disable=(),
+def select(opt_level: int = 2, target_passes: Collection[str] = frozenset(), enable=(), disable=(),
            passes: list[str] | None = None) -> list[str]:
     """The passes to run, in table order, with prerequisites added.
 
-    ``passes`` replaces the -O level's defaults with an explicit list; ``enable`` / ``disable``
-    adjust either. Disabling a prerequisite of a pass that runs is an error.
+    The -O level's defaults are its passes that are not per-target, and those of ``target_passes``
+    (the backend's ``default_passes``); ``passes`` replaces them with an explicit list;
+    ``enable`` / ``disable`` adjust either. Disabling a prerequisite of a pass that runs is an error.
     """
     if opt_level not in OPT_LEVELS:
         raise ReforgeError(f"unknown optimization level -O{opt_level}; use one of "
                            f"{', '.join(f'-O{o}' for o in OPT_LEVELS)}")
-    for name in [*enable, *disable, *(passes or [])]:
+    for name in [*target_passes, *enable, *disable, *(passes or [])]:
         get(name)
     if passes is not None:
         chosen = set(passes)
     else:
-        chosen = {n for n, p in PASSES.items() if p.on_by_default(opt_level, target_kind)}
+        chosen = {n for n, p in PASSES.items() if p.on_by_default(opt_level, target_passes)}
     chosen = (chosen | set(enable)) - set(disable)
     pending = list(chosen)
     while pending:

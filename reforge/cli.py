@@ -258,13 +258,14 @@ def _inspect(args) -> int:
 
 
 def _passes(_args) -> int:
+    from reforge.backends import kinds_defaulting_to
     from reforge.passes.registry import PASSES
     from .report_format import table
 
     rows = []
     for p in PASSES.values():
         default = "off" if p.level is None else f"-O{p.level}+" + (
-            f" on {', '.join(sorted(p.targets))}" if p.targets else "")
+            f" on {', '.join(kinds_defaulting_to(p.name)) or 'no target'}" if p.per_target else "")
         rows.append([p.name, default, ", ".join(p.requires) or "-", p.summary])
     print(table(["pass", "default", "requires", "summary"], rows))
     print("\npapers:")

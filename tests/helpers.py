@@ -33,14 +33,13 @@ from torch.nn.utils import prune
 from tvm import relax, rpc
 
 import reforge
-from reforge import frontend
+from reforge import backends, frontend
 from reforge.frontend.imported import ImportedModel
 from reforge.frontend.qonnx import lower_qonnx
 from reforge.passes.activations import read_activation
 from reforge.passes.analysis import graph_stats
 from reforge.passes.graph import is_const, op_name
 from reforge.passes.report import PassReport
-from reforge.targets import get_target
 from reforge.verify import run_module
 from tests.zoo import randomize_batchnorm
 
@@ -230,7 +229,7 @@ class Harness:
     a BatchNorm itself: it computes every node as the ONNX spec writes it)."""
 
     def __init__(self):
-        self.target = get_target("x86")
+        self.target = backends.get("x86")
 
     @staticmethod
     def model(nodes, inputs: dict, params: dict, outputs=("y",), opset: int = 17) -> onnx.ModelProto:

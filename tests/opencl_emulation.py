@@ -13,12 +13,12 @@ import pyopencl as cl
 import tvm
 from tvm import tirx
 
+from reforge import backends
 from reforge.cuda_emulation import opencl_twin
 from reforge.opencl_plan import launch_dims
 from reforge.opencl_runner import context_and_queue
-from reforge.targets import get_target
 
-OPENCL = opencl_twin(get_target("cuda").tvm_target)
+OPENCL = opencl_twin(backends.get("cuda").tvm_target)
 
 
 def run_kernel(func: tirx.PrimFunc, arrays: list[np.ndarray]) -> str:

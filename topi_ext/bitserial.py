@@ -436,7 +436,7 @@ def accumulator_bits(word: str) -> int:
 
 
 def accumulator_lanes(target, word: str) -> int:
-    """Accumulator lanes per vector register of ``target`` (a reforge TargetSpec) for ``word``."""
+    """Accumulator lanes per vector register of ``target`` (a reforge Backend) for ``word``."""
     return target.vector_lanes(accumulator_bits(word))
 
 

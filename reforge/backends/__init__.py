@@ -12,7 +12,8 @@ from .cuda import CudaBackend
 from .opencl_fpga import OpenCLFPGABackend
 from .x86 import X86Backend
 
-__all__ = ["Backend", "DEFAULT_CUDA_ARCH", "KINDS", "PRESETS", "for_manifest", "get", "preset_name", "tunable_kinds"]
+__all__ = ["Backend", "DEFAULT_CUDA_ARCH", "KINDS", "PRESETS", "for_manifest", "get", "kinds_defaulting_to",
+           "preset_name", "tunable_kinds"]
 
 KINDS: dict[str, type[Backend]] = {cls.kind: cls for cls in (X86Backend, ArmBackend, CudaBackend, OpenCLFPGABackend)}
 
@@ -62,3 +63,8 @@ def preset_name(target: str, cuda_arch: str | None) -> str:
 def tunable_kinds() -> list[str]:
     """The kinds ``reforge tune`` searches schedules for."""
     return [kind for kind, cls in KINDS.items() if cls.tunable]
+
+
+def kinds_defaulting_to(pass_name: str) -> list[str]:
+    """The kinds whose backends run the per-target pass ``pass_name`` by default (``default_passes``)."""
+    return sorted(kind for kind, cls in KINDS.items() if pass_name in cls.default_passes)

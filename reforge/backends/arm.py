@@ -16,6 +16,7 @@ from .cpu import CpuBackend
 class ArmBackend(CpuBackend):
     kind = "arm"
     tensor_intrinsics = "arm_cpu"
+    default_passes = frozenset({"prune-channels"})  # sparse on request: its crossover is measured on x86
 
     @classmethod
     def make(cls, name: str, mcpu: str, cores: int) -> ArmBackend:

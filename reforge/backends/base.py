@@ -41,6 +41,8 @@ class Backend(ABC):
     batches: ClassVar[bool] = False  # builds --max-batch's batch buckets
     tensor_intrinsics: ClassVar[str | None] = None  # module of tvm.s_tir.tensor_intrin its tuning may use
     required_files: ClassVar[tuple[str, ...]] = (LIBRARY,)  # files its artifact must hold beside manifest.json
+    # the per-target passes (``per_target`` in passes/registry.py) it runs by default from their -O level
+    default_passes: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, name: str, target: Target | dict, features=frozenset()):
         self.name, self.features = name, frozenset(features)
@@ -96,10 +98,11 @@ class Backend(ABC):
     # compilation ---------------------------------------------------------------------------------
 
     def passes(self, opt_level: int = 2, enable=(), disable=(), only: list[str] | None = None) -> list[str]:
-        """The rewrite passes to run: the -O level's defaults for this kind (``passes.registry``)."""
+        """The rewrite passes to run: the -O level's defaults (``passes.registry``) with this kind's
+        :attr:`default_passes`."""
         from reforge.passes import registry
 
-        return registry.select(opt_level, self.kind, enable, disable, only)
+        return registry.select(opt_level, self.default_passes, enable, disable, only)
 
     @abstractmethod
     def fuse(self, mod: tvm.IRModule, report: BuildReport) -> tvm.IRModule:

@@ -17,6 +17,8 @@ class OpenCLFPGABackend(Backend):
     device_name = "OpenCL FPGA"
     tunable = False
     required_files = ("kernels.cl", "launch_plan.json", "params.bin")
+    # remove-residual: a plain chain streams without buffering the shortcut, worth its reserved channels' MACs
+    default_passes = frozenset({"remove-residual"})
 
     @classmethod
     def make(cls) -> OpenCLFPGABackend:

@@ -19,6 +19,8 @@ class X86Backend(CpuBackend):
     kind = "x86"
     batches = True
     tensor_intrinsics = "x86"
+    # fft-conv and sparse: their cost models are measured on x86 CPUs
+    default_passes = frozenset({"prune-channels", "fft-conv", "sparse"})
 
     def __init__(self, name: str, target, features=frozenset(), host: bool = False):
         super().__init__(name, target, features)

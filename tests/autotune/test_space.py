@@ -9,15 +9,15 @@ import tvm
 from tvm import s_tir, te, topi
 from tvm.s_tir import meta_schedule as ms
 
+from reforge import backends
 from reforge.autotune import intrinsics
 from reforge.autotune.space import space_for
 from reforge.topi_ext import fft_conv, wht, winograd_nchwc
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
 from reforge.topi_ext.depthwise_nchwc import depthwise_conv2d_nchwc
 from reforge.topi_ext.grouped_nchwc import grouped_conv2d_nchwc
-from reforge.targets import get_target
 
-TARGET = get_target("x86")
+TARGET = backends.get("x86")
 MACHINE = TARGET.machine
 SAMPLES = 12
 intrinsics.load_for(TARGET.kind)  # else the first TuneContext imports every target's (~41 s)

@@ -12,11 +12,10 @@ import pytest
 import tvm
 from tvm import relax
 
-from reforge import ReforgeError
+from reforge import ReforgeError, backends
 from reforge.autotune import TuningRecords
 from reforge.autotune import sparse_choice
 from reforge.passes.sparse import CROSSOVER, Layer, Sparse, eligible_layers
-from reforge.targets import get_target
 
 
 def pruned(shape, sparsity, seed=0):
@@ -41,10 +40,10 @@ def timer(executable, arrays):
 
 def test_measure_records_the_faster_way():
     layer = Layer("conv 1x1", (1, 64, 14, 14), pruned((64, 64, 1, 1), 0.95))
-    found = sparse_choice.measure(layer, get_target("x86"), timer)
+    found = sparse_choice.measure(layer, backends.get("x86"), timer)
     assert set(found["ms"]) == {"dense", "sparse"} and all(v > 0 for v in found["ms"].values())
     assert found["sparse"] == (found["ms"]["sparse"] < found["ms"]["dense"])
-    assert sparse_choice.measure(Layer("dense", (1, 32), pruned((32, 16), 0.3)), get_target("x86"), timer) is None
+    assert sparse_choice.measure(Layer("dense", (1, 32), pruned((32, 16), 0.3)), backends.get("x86"), timer) is None
 
 
 @pytest.mark.parametrize("sparsity,measured", [(0.55, True), (0.97, False)])
@@ -59,7 +58,7 @@ def test_measured_choice_overrides_the_crossover(sparsity, measured):
     out_mod = p(mod)
     assert p.report.total == int(measured) and p.report.notes[0].endswith(", measured")
     x = np.random.default_rng(3).standard_normal(layer.x_shape).astype("float32")
-    ex = tvm.compile(out_mod, target=get_target("x86").tvm_target)
+    ex = tvm.compile(out_mod, target=backends.get("x86").tvm_target)
     out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     import torch
 
@@ -68,7 +67,7 @@ def test_measured_choice_overrides_the_crossover(sparsity, measured):
 
 
 def records_file(tmp_path, choices):
-    target = get_target("x86").describe()
+    target = backends.get("x86").describe()
     path = tmp_path / "records.json"
     path.write_text("\n".join([json.dumps({"format": "reforge-tuning-records/1", "target": target}),
                                *(json.dumps({"choice": c}) for c in choices)]) + "\n")

@@ -10,9 +10,8 @@ import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
 import reforge
-from reforge import ReforgeError
+from reforge import ReforgeError, backends
 from reforge.autotune import TuningRecords, tune
-from reforge.targets import get_target
 
 SHAPE = (1, 8, 12, 12)
 
@@ -161,7 +160,7 @@ def test_malformed_records_name_path_and_line(tuned, tmp_path, mutate, message):
     bad = tmp_path / "records.json"
     bad.write_text("\n".join(mutate(lines)) + "\n")
     with pytest.raises(ReforgeError, match=message):
-        TuningRecords.load(str(bad), get_target("x86").describe())
+        TuningRecords.load(str(bad), backends.get("x86").describe())
 
 
 def test_records_for_another_target_are_refused(tuned, tmp_path):
@@ -237,7 +236,7 @@ def test_settling_ranks_by_remeasured_latency(tuned, tmp_path):
     from reforge.autotune.tune import _settle
 
     _net, _path, records_path, _result = tuned
-    tgt = get_target("x86")
+    tgt = backends.get("x86")
     records = TuningRecords.load(str(records_path), tgt.describe())
     try:
         database = records.database()

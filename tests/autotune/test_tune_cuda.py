@@ -13,17 +13,16 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 import reforge
-from reforge import ReforgeError, frontend
+from reforge import ReforgeError, backends, frontend
 from reforge.autotune import TuningRecords, tune
 from reforge.backends.cuda import CudaBackend
 from reforge.build import BuildReport
 from reforge.passes import registry
-from reforge.targets import get_target
 
 from tests.opencl_emulation import run_kernel
 
 SHAPE = (1, 32, 14, 14)
-TARGET = get_target("cuda")
+TARGET = backends.get("cuda")
 tune_module = importlib.import_module("reforge.autotune.tune")  # the package exports the function by that name
 extract_tasks = tune_module.extract_tasks
 
@@ -43,7 +42,7 @@ def model(tmp_path_factory):
 def conv_task(path: str):
     """The conv's tuning task, found as ``tune`` finds it."""
     mod = frontend.load(path).mod
-    for name in registry.select(2, TARGET.kind):
+    for name in TARGET.passes(2):
         mod = registry.get(name).make()(mod)
     (task,) = [t for t in extract_tasks(TARGET.fuse(mod, BuildReport()), TARGET) if "conv2d" in t.task_name]
     return task

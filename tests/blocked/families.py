@@ -15,11 +15,10 @@ from torch import nn
 from tvm import tirx
 
 import reforge
+from reforge import backends
 from reforge.build import BuildReport, fuse
 from reforge.frontend import load
-from reforge.passes import registry
 from reforge.pipeline import run_passes
-from reforge.targets import get_target
 
 from tests.zoo import randomize_batchnorm
 
@@ -125,8 +124,8 @@ def blocked_edges_only(block: nn.Module, shape: tuple[int, ...], path) -> tuple[
 
 def kernel_funcs(model, input_shapes: dict | None = None) -> dict[str, tirx.PrimFunc]:
     """The fused kernels of the x86 build of ``model`` at -O2, by name."""
-    target = get_target("x86")
-    mod, _ = run_passes(load(model, input_shapes, None).mod, registry.select(2, target.kind, (), (), None))
+    target = backends.get("x86")
+    mod, _ = run_passes(load(model, input_shapes, None).mod, target.passes(2))
     with target.tvm_target:
         fused = fuse(mod, target, BuildReport())
     return {gv.name_hint: f for gv, f in fused.functions_items() if isinstance(f, tirx.PrimFunc)}

@@ -20,11 +20,10 @@ import tvm_ffi
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from reforge import frontend
+from reforge import backends, frontend
 from reforge.build import build
 from reforge.execution import Runner
 from reforge.passes import registry
-from reforge.targets import get_target
 
 from .graphs import cnn_models
 
@@ -37,7 +36,7 @@ STATS = {"graphs": 0, "configs": 0, "built": 0, "failures": 0, "cpu_s": 0.0,
 
 def configurations() -> list[tuple[str, dict]]:
     """-O0, -O2, -O2 with the on-request passes too, and every pass alone with its prerequisites."""
-    extra = sorted(n for n, p in registry.PASSES.items() if not p.on_by_default(2, "x86"))
+    extra = sorted(set(registry.PASSES) - set(backends.get("x86").passes(2)))
     return ([("-O0", {"opt_level": 0}), ("-O2", {"opt_level": 2}),
              ("-O2+" + "+".join(extra), {"opt_level": 2, "enable": extra})]
             + [(name, {"passes": [name]}) for name in sorted(registry.PASSES)])
@@ -63,14 +62,13 @@ def _check(model: onnx.ModelProto, configs: list[tuple[str, dict]], seed: int) -
     feeds = imported.random_inputs(seed)
     arrays = [feeds[s.name] for s in imported.inputs]
     ref = imported.reference(feeds)[0]
-    host = get_target("x86")
+    host = backends.get("x86")
     STATS["graphs"] += 1
     prefixes: dict[tuple[str, ...], tvm.IRModule] = {(): imported.mod}
     built: list[tuple[tvm.IRModule, np.ndarray]] = []
     by_hash: dict[int, list[int]] = {}
     for label, options in configs:
-        names = registry.select(options.get("opt_level", 2), host.kind, options.get("enable", ()), (),
-                                options.get("passes"))
+        names = host.passes(options.get("opt_level", 2), options.get("enable", ()), (), options.get("passes"))
         mod = _rewrite(prefixes, tuple(names))
         STATS["configs"] += 1
         key = tvm_ffi.structural_hash(mod)

@@ -18,10 +18,10 @@ from torch import nn
 from tvm import te
 
 import reforge
+from reforge import backends
 from reforge.autotune.space import block_names
 from reforge.build import BuildReport, fuse, fuse_nchw
 from reforge.passes import FoldConstants, FuseFPlus
-from reforge.targets import get_target
 from reforge.topi_ext.fplus import OP, fplus, fplus_np
 from tests.helpers import max_rel_err, seed_of, to_onnx
 
@@ -132,7 +132,7 @@ def test_fplus_fuses_into_the_conv_epilogue(target_name):
     build (cuda) and after x86's blocked layouts (fplus moved past the layout transform)."""
     module, x = TwoConvs().eval(), torch.randn(1, 3, 8, 8)
     mod = FuseFPlus()(FoldConstants()(reforge.frontend.load(module, example_inputs=(x,)).mod))
-    target = get_target(target_name)
+    target = backends.get(target_name)
     with target.tvm_target:
         fused = fuse(mod, target, BuildReport()) if target_name == "x86" else fuse_nchw(mod, target)
     blocks = [block_names(f) for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]

@@ -23,13 +23,12 @@ import torch.nn.utils.prune as prune
 from torch import nn
 
 import reforge
-from reforge import frontend
+from reforge import backends, frontend
 from reforge.passes import registry
 from reforge.passes.graph import bindings, const_value, is_const, op_name
 from reforge.passes.prune_channels import CONSTANT, DEAD, conv_channels
 from reforge.pipeline import run_passes
 from reforge.report_format import compile_report
-from reforge.targets import get_target
 from reforge.verify import run_module
 from tests.helpers import (BasicBlock, MobileBlock, ResNet, channels_read, conv_bn, max_rel_err, mobile_live,
                            randomize_bn, resnet_ish, resnet_live, seed_of, skip_adds, to_onnx, vgg_ish, vgg_live,
@@ -51,7 +50,7 @@ def run(net: nn.Module, x: torch.Tensor, route: str = "torch.export"):
     imported = frontend.load(to_onnx(net, x) if route == "onnx" else net, None,
                              None if route == "onnx" else (x,))
     mod, records = run_passes(imported.mod, PASSES)
-    out = run_module(mod, [x.numpy()], get_target("x86"))[0]
+    out = run_module(mod, [x.numpy()], backends.get("x86"))[0]
     with torch.no_grad():
         ref = net(x).numpy()
     assert max_rel_err(out, ref) <= RTOL
@@ -154,7 +153,7 @@ def test_zero_filter_with_bias_into_a_padding_conv_keeps_the_border_exact(pad: i
     x = torch.randn(2, 3, 9, 9)
     imported = frontend.load(net, None, (x,))
     mod, records = run_passes(imported.mod, PASSES)
-    out = run_module(mod, [x.numpy()], get_target("x86"))[0]
+    out = run_module(mod, [x.numpy()], backends.get("x86"))[0]
     with torch.no_grad():
         ref = net(x).numpy()
     assert max_rel_err(out, ref) <= RTOL
@@ -201,7 +200,7 @@ def test_rm_resnet_pruned_through_former_blocks():
     names = registry.select(passes=["fold-masks", "remove-residual", "prune-channels"])
     mod, records = run_passes(imported.mod, names)
     assert skip_adds(mod) == 0
-    out = run_module(mod, [x.numpy()], get_target("x86"))[0]
+    out = run_module(mod, [x.numpy()], backends.get("x86"))[0]
     with torch.no_grad():
         ref = net(x).numpy()
     assert max_rel_err(out, ref) <= RTOL

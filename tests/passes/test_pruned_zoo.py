@@ -25,11 +25,10 @@ import torch.nn.utils.prune as prune
 from torch import nn
 
 import reforge
-from reforge import frontend
+from reforge import backends, frontend
 from reforge.passes import registry
 from reforge.passes.prune_channels import conv_channels
 from reforge.pipeline import run_passes
-from reforge.targets import get_target
 from reforge.verify import run_module
 from tests.helpers import (MobileBlock, max_rel_err, mobile_live, prunable, randomize_bn, resnet_ish, resnet_live,
                            seed_of, to_onnx, vgg_ish, vgg_live)
@@ -87,7 +86,7 @@ def test_pruned_zoo_exact_with_live_channels(net_name: str, method: str, amount:
     net, model, x, ref = pruned_case(net_name, method, amount)
     imported = frontend.load(model)
     mod, records = run_passes(imported.mod, PASSES)
-    assert max_rel_err(run_module(mod, [x], get_target("x86"))[0], ref) <= RTOL
+    assert max_rel_err(run_module(mod, [x], backends.get("x86"))[0], ref) <= RTOL
     expected = NETS[net_name][2](net)
     assert conv_channels(mod["main"]) == expected
     report = records[-1].report.to_json()

@@ -10,6 +10,7 @@ from onnx import helper
 
 import reforge
 from reforge import ReforgeError
+from reforge.backends import KINDS, ArmBackend, CudaBackend, OpenCLFPGABackend, X86Backend, kinds_defaulting_to
 from reforge.passes import PASSES, get, select
 
 TABLE = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv",
@@ -35,7 +36,16 @@ def test_table_order_and_prerequisites():
         assert PASSES[name].requires == ("fold-constants",)
     assert all(not PASSES[n].requires for n in TABLE
                if n not in (*REWRITES, "fuse-fplus", "fwht", "fft-conv", "sparse"))
-    assert PASSES["fft-conv"].level == 2 and PASSES["fft-conv"].targets == {"x86"}
+    assert PASSES["fft-conv"].level == 2 and PASSES["fft-conv"].per_target
+    assert kinds_defaulting_to("fft-conv") == ["x86"]
+
+
+def test_backends_name_exactly_the_per_target_passes():
+    """Every per-target pass is some backend's default, and a backend's defaults are per-target passes."""
+    named = set().union(*(cls.default_passes for cls in KINDS.values()))
+    assert named == {n for n, p in PASSES.items() if p.per_target} == {"remove-residual", "prune-channels",
+                                                                          "fft-conv", "sparse"}
+    assert kinds_defaulting_to("prune-channels") == ["arm", "x86"] and kinds_defaulting_to("fwht") == []
 
 
 @pytest.mark.parametrize("name", TABLE)
@@ -78,13 +88,15 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(opt_level=0, passes=["remove-noops"]), ["remove-noops"]),  # an explicit list replaces -O defaults
     (dict(passes=["remove-noops"], enable=["fold-batchnorm"]), ["remove-noops", "fold-constants", "fold-batchnorm"]),
     (dict(passes=["remove-noops", "dead-code"], disable=["dead-code"]), ["remove-noops"]),
-    (dict(opt_level=2, target_kind="arm"), O2_ARM),
-    (dict(opt_level=2, target_kind="cuda"), O2_CUDA),
-    (dict(opt_level=2, target_kind="opencl-fpga"), O2_FPGA),  # remove-residual: on by default for the FPGA only
-    (dict(opt_level=1, target_kind="opencl-fpga"), O1),
+    (dict(opt_level=2, target_passes=ArmBackend.default_passes), O2_ARM),
+    (dict(opt_level=2, target_passes=CudaBackend.default_passes), O2_CUDA),
+    (dict(opt_level=2, target_passes=OpenCLFPGABackend.default_passes), O2_FPGA),  # remove-residual: FPGA only
+    (dict(opt_level=1, target_passes=OpenCLFPGABackend.default_passes), O1),
+    (dict(opt_level=2, target_passes=frozenset()), O2_CUDA),  # no per-target pass
 ])
 def test_select(kwargs, expected):
-    assert select(**kwargs) == expected
+    """x86's per-target defaults unless a case names others."""
+    assert select(**{"target_passes": X86Backend.default_passes, **kwargs}) == expected
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -104,6 +116,7 @@ def test_disabling_fold_batchnorm_at_O2_names_its_users():
 
 @pytest.mark.parametrize("kwargs", [
     dict(enable=["fold-bn"]), dict(disable=["fold-bn"]), dict(passes=["remove-noops", "fold-bn"]),
+    dict(target_passes=["fold-bn"]),
 ])
 def test_unknown_pass_name(kwargs):
     with pytest.raises(ReforgeError, match="unknown pass 'fold-bn'"):

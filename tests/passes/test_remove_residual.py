@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 import reforge
-from reforge import frontend
-from reforge.passes import registry
+from reforge import backends, frontend
 from reforge.passes.analysis import graph_stats
 from reforge.passes.remove_residual import IDENTITY, OFFSET, PAIR, PROJECTION, dirac
 from reforge.passes.reserved_copies import copy_rows, reserved_channels_as_copies
@@ -66,7 +65,7 @@ def test_resnet_becomes_a_plain_chain(name: str, make: Callable[[], nn.Module], 
     model = to_onnx(net, x) if exporter == "onnx" else net
     example = None if exporter == "onnx" else (x,)
 
-    names = registry.select(enable=["remove-residual"])
+    names = backends.get("x86").passes(enable=["remove-residual"])
     imported = frontend.load(model, None, example)
     mod, records = run_passes(imported.mod, names)
     assert skip_adds(imported.mod) == identity + projection
@@ -255,7 +254,7 @@ def test_elu_blocks_reserve_x_plus_alpha(case_id, make, exporter, rewrites):
     x = torch.randn(1, 3, 16, 16) * 2
     model = to_onnx(net, x) if exporter == "onnx" else net
     imported = frontend.load(model, None, None if exporter == "onnx" else (x,))
-    names = registry.select(enable=["remove-residual"])
+    names = backends.get("x86").passes(enable=["remove-residual"])
     mod, records = run_passes(imported.mod, names)
     assert skip_adds(imported.mod) == 2 and skip_adds(mod) == 0
     # the CPU build's copies (through ELUs too) bring the multiply-adds back to the residual network's
@@ -304,11 +303,12 @@ def test_elu_block_without_a_bound_is_kept(case_id, make, exporter, reason):
 
 
 def test_on_by_default_at_O2_only_for_the_fpga():
-    assert "remove-residual" in registry.select(opt_level=2, target_kind="opencl-fpga")
-    for kind in ("x86", "arm", "cuda"):
-        assert "remove-residual" not in registry.select(opt_level=2, target_kind=kind)
-    assert "remove-residual" not in registry.select(opt_level=1, target_kind="opencl-fpga")
-    assert "remove-residual" in registry.select(opt_level=2, target_kind="x86", enable=["remove-residual"])
+    fpga = backends.get("opencl-fpga")
+    assert "remove-residual" in fpga.passes(opt_level=2)
+    for name in ("x86", "arm", "cuda"):
+        assert "remove-residual" not in backends.get(name).passes(opt_level=2)
+    assert "remove-residual" not in fpga.passes(opt_level=1)
+    assert "remove-residual" in backends.get("x86").passes(opt_level=2, enable=["remove-residual"])
 
 
 def test_x86_O2_keeps_the_residual():

@@ -12,7 +12,8 @@ import pytest
 from onnx import helper
 
 import reforge
-from reforge.passes import FoldConstants, Sparse, registry
+from reforge import backends
+from reforge.passes import FoldConstants, Sparse
 from reforge.passes.sparse import CROSSOVER
 from tests.helpers import max_rel_err, onnxruntime, pruned_onnx, seed_of
 
@@ -89,10 +90,11 @@ def test_forced_on_odd_net_matches_onnxruntime(harness):
 
 
 def test_default_on_x86_on_request_for_arm():
-    """At -O2 on x86 (after fft-conv), not below -O2 nor on other targets; enabled on arm, after fwht."""
-    assert all("sparse" not in registry.select(level, "x86") for level in (0, 1))
-    assert all("sparse" not in registry.select(2, kind) for kind in ("arm", "cuda"))
-    names = registry.select(2, "x86")
+    """At -O2 on x86 (after fft-conv), not below -O2 nor on other targets; enabled on arm, after binarize."""
+    x86 = backends.get("x86")
+    assert all("sparse" not in x86.passes(level) for level in (0, 1))
+    assert all("sparse" not in backends.get(name).passes(2) for name in ("arm", "cuda"))
+    names = x86.passes(2)
     assert names[names.index("sparse") - 1] == "fft-conv"
-    names = registry.select(2, "arm", enable=["sparse"])
-    assert names[names.index("sparse") - 1] == "fwht"
+    names = backends.get("arm").passes(2, enable=["sparse"])
+    assert names[names.index("sparse") - 1] == "binarize"

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 import reforge
-from reforge import ReforgeError
+from reforge import ReforgeError, backends
 from tests.helpers import conv_bn_relu_model
 
 
@@ -147,13 +147,11 @@ def test_wrong_inputs_are_refused(saved, inputs, message):
 
 
 def test_cross_compiled_target_records_its_features(onnx_path):
-    from reforge.targets import get_target, host_can_run
-
-    target = get_target("x86-avx512")
+    target = backends.get("x86-avx512")
     art = reforge.compile(onnx_path, target="x86-avx512", verify=True)
     assert art.manifest["target"]["tvm"]["mcpu"] == "icelake-server"
     assert {"avx512f", "avx512vpopcntdq"} <= set(art.manifest["target"]["features"])
     stages = [c["stage"] for c in art.manifest["verification"]["checks"]]
-    runnable = host_can_run(target)
+    runnable = target.runs_on_host_cpu()
     assert ("final module" in stages) == runnable
     assert (art.manifest["verification"]["skipped"] is None) == runnable

@@ -196,18 +196,45 @@ KIND_TEST = re.compile(r"""[=!]=\s*["'](x86|arm|cuda|opencl-fpga)["']|["'](x86|a
                        r"""|get\(\s*["']target["'][^)]*\)\s*\.get\(\s*["']kind""")
 
 
-def test_no_module_outside_backends_tests_the_target_kind():
+SOURCE = ("reforge", "autotune", "passes", "frontend", "topi_ext")
+
+
+def lines_matching(pattern: re.Pattern, folders, suffixes=(".py",)) -> list[str]:
+    """``path:line: text`` of every line of the files under ``folders`` (outside reforge/backends)
+    that ``pattern`` finds."""
     found = []
-    for folder in ("reforge", "autotune", "passes", "frontend", "topi_ext"):
-        for dirpath, _dirs, names in os.walk(os.path.join(ROOT, folder)):
-            if os.path.relpath(dirpath, ROOT).startswith(os.path.join("reforge", "backends")):
+    for folder in (os.path.join(ROOT, name) for name in folders):
+        paths = [folder] if os.path.isfile(folder) else [os.path.join(d, n) for d, _, ns in os.walk(folder) for n in ns]
+        for path in paths:
+            rel = os.path.relpath(path, ROOT)
+            if rel.startswith(os.path.join("reforge", "backends")) or not rel.endswith(suffixes):
                 continue
-            for name in names:
-                rel = os.path.relpath(os.path.join(dirpath, name), ROOT)
-                if not name.endswith(".py"):
-                    continue
-                with open(os.path.join(ROOT, rel)) as f:
-                    found += [f"{rel}:{n}: {line.strip()}" for n, line in enumerate(f, 1) if KIND_TEST.search(line)]
-    assert found == []
+            with open(path, errors="replace") as f:
+                found += [f"{rel}:{n}: {line.strip()}" for n, line in enumerate(f, 1) if pattern.search(line)]
+    return found
+
+
+def test_no_module_outside_backends_tests_the_target_kind():
+    assert lines_matching(KIND_TEST, SOURCE) == []
     assert KIND_TEST.search('if tgt.kind == "cuda":') and KIND_TEST.search('manifest["target"]["kind"]')
     assert not KIND_TEST.search('if layer.kind == "dense":')
+
+
+# a target kind as a string of its own, as the pass table's default targets once were; a parameter naming a kind
+KIND_NAME = re.compile(r"""["'](x86|arm|cuda|opencl-fpga)["']|\btarget_kinds?\b""")
+OLD_TARGETS = re.compile(r"reforge[./]targets\b|from \.+targets import|from reforge import targets\b")
+
+
+def test_pass_defaults_are_the_backends_and_no_module_imports_the_old_targets():
+    """The passes name no target kind (a backend's ``default_passes`` turns its per-target passes on), and
+    nothing reaches the backends through the alias module of old names that ``reforge`` once had."""
+    assert lines_matching(KIND_NAME, ["passes"]) == []
+    assert KIND_NAME.search('targets=frozenset({"x86", "arm"})') and KIND_NAME.search("select(2, target_kind)")
+    assert not KIND_NAME.search('"x86-avx2"') and not KIND_NAME.search("fused for x86 CPUs")
+    assert not os.path.exists(os.path.join(ROOT, "reforge", "targets.py"))
+    everywhere = (*SOURCE, "benchmarks", "tests", "examples", "docs", "Makefile", "pyproject.toml")
+    this = os.path.relpath(__file__, ROOT)  # its patterns and examples
+    assert [hit for hit in lines_matching(OLD_TARGETS, everywhere, (".py", ".md", "Makefile", ".toml"))
+            if not hit.startswith(f"{this}:")] == []
+    assert OLD_TARGETS.search("from reforge.targets import get_target") and OLD_TARGETS.search("from .targets import X")
+    assert OLD_TARGETS.search("reforge/targets.py") and not OLD_TARGETS.search("reforge/backends/targets")

@@ -18,13 +18,11 @@ import tvm
 from tvm import relax, tirx
 
 import reforge
-from reforge import ReforgeError
+from reforge import ReforgeError, backends
 from reforge.build import BuildReport
 from reforge.cli import main
 from reforge.cuda_emulation import emulate
-from reforge.passes import registry
 from reforge.pipeline import run_passes
-from reforge.targets import get_target
 from reforge.topi_ext import fft_conv
 from reforge.topi_ext.schedules.gpu import apply_gpu_schedules
 
@@ -72,7 +70,7 @@ def conv_block(cin, cout, hw, k, pad, stride, residual: bool, seed: int = 0):
 def test_direct_conv2d_schedule_numerics(cin, cout, hw, k, pad, stride, residual):
     mod, w, b, reference, out_hw = conv_block(cin, cout, hw, k, pad, stride, residual)
     report = BuildReport()
-    lowered = get_target("cuda").lower(mod, report)
+    lowered = backends.get("cuda").lower(mod, report)
     assert report.schedules == {"conv2d_direct": 1}
     (func,) = [f for _, f in lowered.functions_items() if isinstance(f, tirx.PrimFunc)]
     rng = np.random.default_rng(1)
@@ -127,9 +125,9 @@ def emulated(model, example, **options) -> tuple[list[np.ndarray], list[np.ndarr
     """(outputs of the cuda build's kernels run as OpenCL on PoCL, outputs of the x86 build) on the
     example inputs."""
     x86 = reforge.compile(model, example_inputs=example, **options)
-    mod, _ = run_passes(x86.imported.mod, registry.select(2, "cuda", options.get("enable_passes", ())), None, None)
+    mod, _ = run_passes(x86.imported.mod, backends.get("cuda").passes(2, options.get("enable_passes", ())), None, None)
     arrays = [t.numpy() for t in example]
-    return emulate(mod, get_target("cuda")).run(arrays), x86.runner.run(arrays)
+    return emulate(mod, backends.get("cuda")).run(arrays), x86.runner.run(arrays)
 
 
 def test_resnet_as_emulated_cuda_kernels_matches_x86():
@@ -203,7 +201,7 @@ def test_fft_conv_builds_and_its_channel_mix_runs():
     assert art.kernel_files["kernels.fatbin"][:4] == FATBIN_MAGIC
     q, p, c, o = 6, 5, 12, 8
     mod, used = apply_gpu_schedules(tvm.IRModule({"mix": fft_conv.mix_prim_func(q, p, c, o)}),
-                                    get_target("cuda").tvm_target)
+                                    backends.get("cuda").tvm_target)
     assert "matmul" not in used and sum(used.values()) == 1
     rng = np.random.default_rng(0)
     x = rng.standard_normal((q, 2 * p, c)).astype("float32")

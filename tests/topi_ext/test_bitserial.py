@@ -10,12 +10,12 @@ import pytest
 import tvm
 from tvm import relax, te
 
-from reforge.targets import get_target
+from reforge import backends
 from reforge.topi_ext import bitserial as bs
 from reforge.topi_ext.schedules.bitserial import (schedule_bitpack, schedule_bitpool, schedule_bitserial_conv2d,
                                                  schedule_bitserial_dense)
 
-TARGET = get_target("x86")
+TARGET = backends.get("x86")
 
 
 def ref_conv(x, w, stride, pad):
@@ -279,7 +279,7 @@ def test_reforge_build_schedules_the_operators():
 def test_conv_kernel_uses_vector_popcount(name):
     """The schedule's point: the popcount runs on vectors of output channels, not scalar popcnt; with
     AVX-512 VPOPCNTDQ, ``vpopcntq`` on 512-bit registers."""
-    target = get_target(name)
+    target = backends.get(name)
     data = te.placeholder((1, 14, 14, 1, 4), "uint64", "data")
     weight = te.placeholder((3, 3, 4, 256), "uint64", "weight")
     border = te.placeholder((3, 3, 256), "int32", "border")

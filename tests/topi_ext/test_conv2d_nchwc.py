@@ -10,7 +10,7 @@ import torch
 import tvm
 from tvm import te, topi
 
-from reforge.targets import get_target
+from reforge import backends
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
 from reforge.topi_ext.fast_math import vectorizable_math
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, channel_block
@@ -47,7 +47,7 @@ CASES = [  # cin, cout, size, kernel, stride, padding (t, l, b, r), dilation
 
 @pytest.mark.parametrize("cin, cout, size, k, stride, pad, dil", CASES)
 def test_scheduled_conv2d_nchwc_matches_torch(cin, cout, size, k, stride, pad, dil):
-    target = get_target("x86")
+    target = backends.get("x86")
     lanes = target.vector_lanes()
     ib, ob = channel_block(cin, lanes), channel_block(cout, lanes)
     rng = np.random.default_rng(cin * 100 + cout)
@@ -87,7 +87,7 @@ def test_conv_padding_is_parallel_from_its_threshold(cin, size):
 def test_a_shifted_crop_stays_out_of_the_tiles(cin, cout, size, k, crop):
     """``out[h, w] = 2 · conv[h + 1, w]`` on a crop: inlined into the register tiles it was written at
     the conv's indices, out of bounds (wrong values, then a crash); it must stay a block of its own."""
-    target = get_target("x86")
+    target = backends.get("x86")
     data = te.placeholder((1, cin // 8, size, size, 8), name="data")
     kernel = te.placeholder((cout // 8, cin // 8, k, k, 8, 8), name="kernel")
     conv = conv2d_nchwc(data, kernel, (1, 1), (k // 2,) * 4, (1, 1), "float32")
@@ -123,7 +123,7 @@ def test_an_epilogue_reading_the_conv_twice(name):
     build does) are inlined into the write-back of the register tile (no block of their own, which would be a
     pass over the output in memory) and vectorized there; a math-library call (``-libm``: erf left as a call)
     keeps its own passes; all match PyTorch."""
-    target, (epilogue, twin, in_tile) = get_target("x86"), EPILOGUES[name]
+    target, (epilogue, twin, in_tile) = backends.get("x86"), EPILOGUES[name]
     data = te.placeholder((1, 2, 14, 14, 8), name="data")
     kernel = te.placeholder((4, 2, 3, 3, 8, 8), name="kernel")
     bias = te.placeholder((1, 4, 1, 1, 8), name="bias")

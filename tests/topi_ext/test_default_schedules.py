@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import reforge
-from reforge.targets import get_target
+from reforge import backends
 from reforge.topi_ext.layouts import grouped_blocks
 
 
@@ -52,7 +52,7 @@ def test_scheduled_model_matches_torch(module, name, shape):
         # the layout policy at this CPU's lanes: the stem and body convs and the depthwise conv blocked (16 and 24
         # channels hold blocks of >= 4), the grouped conv where its groups fit the blocks around it (AVX-512's
         # blocks of 16 and 12 channels, not AVX2's 8), the dense a matmul
-        grouped = grouped_blocks(16, 24, 4, get_target("x86").vector_lanes()) is not None
+        grouped = grouped_blocks(16, 24, 4, backends.get("x86").vector_lanes()) is not None
         blocked = {"conv2d_nchwc": 2, "depthwise_nchwc": 1, "matmul": 1}
         blocked |= {"grouped_conv2d_nchwc": 1} if grouped else {}
         assert {k: v for k, v in rules.items() if k != "generic"} == blocked, rules

@@ -13,7 +13,7 @@ import tvm
 from tvm import relax, te, topi
 
 import reforge
-from reforge.targets import get_target
+from reforge import backends
 from reforge.topi_ext.depthwise_nchwc import depthwise_conv2d_nchwc
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, channel_block
 from reforge.topi_ext.schedules.default import schedule_func
@@ -56,7 +56,7 @@ CASES = [  # channels, size, kernel, stride, padding, dilation
 
 @pytest.mark.parametrize("channels, size, k, stride, pad, dil", CASES)
 def test_scheduled_depthwise_bias_relu_matches_torch(channels, size, k, stride, pad, dil):
-    target = get_target("x86")
+    target = backends.get("x86")
     lanes = target.vector_lanes()
     b = channel_block(channels, lanes)
     func, out_shape = bias_relu_depthwise(channels, b, size, k, stride, pad, dil)
@@ -82,7 +82,7 @@ def test_scheduled_depthwise_bias_relu_matches_torch(channels, size, k, stride, 
 def test_inner_loop_is_vector_fma():
     """AVX2 code (compiled, not run) of a 3x3 depthwise conv: ymm FMAs, one per kernel tap and output
     column of the tile."""
-    target = get_target("x86-avx2")
+    target = backends.get("x86-avx2")
     lanes = target.vector_lanes()
     assert lanes == 8
     func, _ = bias_relu_depthwise(32, 8, 28, 3, 1, 1, 1)

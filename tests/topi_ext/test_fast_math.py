@@ -17,7 +17,7 @@ from tvm import s_tir, te
 from torch import nn
 
 import reforge
-from reforge.targets import get_target
+from reforge import backends
 from reforge.topi_ext.fast_math import erf_f32, exp_f32, sigmoid_f32, vectorizable_math
 from tests.helpers import quiet_torch_export
 
@@ -41,7 +41,7 @@ def run(approx, x: np.ndarray) -> np.ndarray:
     sch = s_tir.Schedule(te.create_prim_func([src, out]))
     (loop,) = sch.get_loops(sch.get_sblock("y"))
     sch.vectorize(sch.split(loop, [None, 16])[1])
-    lib = tvm.compile(sch.mod, target=get_target("x86").tvm_target)
+    lib = tvm.compile(sch.mod, target=backends.get("x86").tvm_target)
     result = tvm.runtime.tensor(np.zeros(n, "float32"))
     lib["main"](tvm.runtime.tensor(np.ascontiguousarray(x)), result)
     return result.numpy()

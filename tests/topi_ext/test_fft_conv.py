@@ -11,7 +11,7 @@ import torch
 import tvm
 from tvm import relax
 
-from reforge.targets import get_target
+from reforge import backends
 from reforge.topi_ext import fft_conv
 
 RTOL = 1e-4
@@ -57,7 +57,7 @@ def build(shape, wt, pad, bias, size=None):
             y = fft_conv.emit_fft_conv2d(bb, xv, wt, pad, bias, tiling=size and fft_conv.Tiling(g, size))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
-    ex = tvm.compile(bb.get(), target=get_target("x86").tvm_target)
+    ex = tvm.compile(bb.get(), target=backends.get("x86").tvm_target)
     return relax.VirtualMachine(ex, tvm.cpu())
 
 
@@ -106,8 +106,8 @@ def test_mix_operator(q, p, c, o):
     """The scheduled channel mix: ``Re / Im`` of per-frequency complex products, vs numpy."""
     from reforge.topi_ext.operators import schedule_operator
 
-    sch, _kind = schedule_operator(fft_conv.mix_prim_func(q, p, c, o), get_target("x86").machine)
-    lib = tvm.compile(sch.mod, target=get_target("x86").tvm_target)
+    sch, _kind = schedule_operator(fft_conv.mix_prim_func(q, p, c, o), backends.get("x86").machine)
+    lib = tvm.compile(sch.mod, target=backends.get("x86").tvm_target)
     rng = np.random.default_rng(q * p)
     x = rng.standard_normal((q, 2 * p, c)).astype("float32")
     k = rng.standard_normal((q, c, 2 * o)).astype("float32")

@@ -16,7 +16,7 @@ from torch import nn
 from tvm import relax, te, topi
 
 import reforge
-from reforge.targets import get_target
+from reforge import backends
 from reforge.topi_ext.grouped_nchwc import block_diagonal_kernel, grouped_conv2d_nchwc
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, grouped_blocks
 from reforge.machine import AVX2, AVX512
@@ -26,7 +26,7 @@ from reforge.topi_ext.schedules.default import schedule_func
 from tests.zoo import randomize_batchnorm
 
 RTOL = 1e-4
-TARGET = get_target("x86")
+TARGET = backends.get("x86")
 
 
 def pack_data(x: np.ndarray, b: int) -> np.ndarray:
@@ -107,7 +107,8 @@ def test_scheduled_grouped_bias_relu_matches_torch(cin, cout, groups, size, k, s
     (48, 48, 6, 16, (16, 8, 16)), (208, 208, 26, 16, (16, 8, 16)),  # RegNetY-400MF, width 8
     (160, 160, 10, 16, (16, 16, 16)),  # RegNetX-400MF, width 16
     (48, 48, 2, 16, (16, 24, 16)),  # width 24 on 16 lanes: blocks of 2 groups in 3 chunks
-    (104, 104, 13, 16, None),  # RegNetY's 104 channels: blocks of 13 (the 1x1 convs'), which no 8-wide group fills
+    (104, 104, 13, 16, None),  # blocks of 13 (104's own), which no 8-wide group fills: passes.channel_blocks
+    # gives the classes a grouped conv reads blocks of 8 instead (BLOCKS' regnet_y_104)
     (64, 64, 32, 16, None),  # width 2: below a useful vector
     (96, 96, 12, 8, (8, 8, 8)), (96, 96, 24, 8, (8, 4, 8)),  # AVX2: width 8 inside, width 4 two a block
     (96, 96, 24, 16, (16, 4, 16)),  # 16 lanes over groups of 4: 4 groups a block, the most zeros allowed
@@ -149,7 +150,7 @@ def test_register_tile_stays_in_a_block_group(cin, groups, size, lanes, kernel_c
 def test_inner_loop_is_vector_fma():
     """AVX2 code (compiled, not run) of ResNeXt's 32 groups of 4 (two groups a ymm block): ymm FMAs, no
     scalar ones."""
-    target = get_target("x86-avx2")
+    target = backends.get("x86-avx2")
     ib, ki, ob = grouped_blocks(128, 128, 32, 8)
     data = te.placeholder((1, 128 // ib, 28, 28, ib), name="data")
     kernel = te.placeholder((128 // ob, 1, 3, 3, ib, ob), name="kernel")
@@ -179,8 +180,10 @@ class ResNeXtBottleneck(nn.Module):
 
 
 BLOCKS = [  # a ResNeXt-50 stage-2 bottleneck (32 groups of 4), a RegNetX-400MF block (strided, groups of 16),
-    # a RegNetY-style block without SE (groups of 8) and a width-24 group
+    # RegNetY-style blocks without SE (groups of 8; 104 channels, whose own block 13 no group fills) and a
+    # width-24 group
     ("resnext", (256, 128, 32, 256), (1, 256, 14, 14)),
+    ("regnet_y_104", (104, 104, 13, 104), (1, 104, 14, 14)),
     ("regnet_x", (32, 64, 4, 64, 2), (1, 32, 16, 16)),
     ("regnet_y_width8", (48, 48, 6, 48), (1, 48, 14, 14)),
     ("width24", (48, 96, 4, 96, 2), (1, 48, 12, 12)),

@@ -12,7 +12,7 @@ import pytest
 import tvm
 from tvm import s_tir, te, topi
 
-from reforge.targets import get_target
+from reforge import backends
 from reforge.topi_ext.schedules.helpers import (blocks, divisor_at_most, divisors, divisors_up_to, extents,
                                                 inline_epilogue, named, vectorize)
 
@@ -26,7 +26,7 @@ def test_divisors():
 
 
 def _run(func, *arrays, out_shape):
-    lib = tvm.compile(tvm.IRModule({"main": func}), target=get_target("x86").tvm_target)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=backends.get("x86").tvm_target)
     out = tvm.runtime.tensor(np.zeros(out_shape, "float32"))
     lib["main"](*[tvm.runtime.tensor(a) for a in arrays], out)
     return out.numpy()

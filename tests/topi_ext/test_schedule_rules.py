@@ -1,6 +1,7 @@
 """Item 8 of issue 19: the CPU rules read the machine model and give exactly the choices they gave
 when they read ``lanes`` (the tables below were computed by the code before that change, with 8 lanes
-for AVX2 and 16 for AVX-512), and NEON gets its own register file.
+for AVX2 and 16 for AVX-512), and NEON gets its own register file; the bit-serial and FFT-mix register
+tiles keep AVX2's choices (the FFT mix's grows to 8 rows with a 32-register file).
 
 Each conv row: (machine, (cin, cout, size, kernel, stride, pad), rows accumulated, map as one row,
 the split factors of the scheduled function in order: columns, channel vectors, then the padding's
@@ -17,7 +18,9 @@ from reforge.topi_ext.depthwise_nchwc import depthwise_conv2d_nchwc
 from reforge.topi_ext.layouts import channel_block
 from reforge.topi_ext.schedules.cpu import conv_tile, conv_tile_budget, default_conv_reduction, fits_one_row
 from reforge.topi_ext.schedules.default import default_schedule
-from reforge.topi_ext.schedules.helpers import extents
+from reforge.topi_ext.schedules.bitserial import accumulator_registers, conv_tiles
+from reforge.topi_ext.schedules.fft import mix_rows
+from reforge.topi_ext.schedules.helpers import divisor_at_most, extents
 
 CONVS = [
     (AVX2, (3, 64, 224, 7, 2, 3), False, False, (4, 2, 3)),
@@ -131,3 +134,25 @@ def test_the_budget_reads_the_machine():
     assert conv_tile_budget(SSE, 4).min_acc == 4
     assert conv_tile(56, 8, False, 4, NEON) == (7, 2)  # 14 accumulators: with 16 registers it was 4 x 2
     assert conv_tile(56, 8, False, 4, AVX2) == (4, 2)
+
+
+@pytest.mark.parametrize("lanes, planes", [(4, 1), (4, 2), (8, 1), (8, 3)])
+def test_bitserial_tiles_are_todays_on_avx2_and_follow_the_registers(lanes, planes):
+    """AVX2, AVX-512 and NEON keep 8 accumulator registers (the tiles the lanes-based rule gave: enough
+    chains for two pipes of latency 4); SSE's one pipe needs 4, half the columns."""
+    def before(ow, oc):  # the rule before it read the machine: 8 accumulators
+        oc_tile = divisor_at_most(oc, max(lanes, 4 * lanes // planes))
+        return divisor_at_most(ow, max(1, 8 // (-(-oc_tile // lanes) * planes))), oc_tile
+
+    shapes = [(ow, oc) for ow in (7, 14, 28, 56) for oc in (32, 64, 128, 256)]
+    for machine in (AVX2, AVX512, NEON):
+        assert accumulator_registers(machine) == 8
+        assert [conv_tiles(ow, oc, lanes, planes, accumulator_registers(machine)) for ow, oc in shapes] == \
+            [before(ow, oc) for ow, oc in shapes]
+    assert conv_tiles(56, 64, 8, 1, accumulator_registers(SSE)) == (1, 32)  # 4 channel vectors x 1 column
+
+
+def test_fft_mix_rows_follow_the_registers():
+    """AVX2 keeps its 6 rows (12 accumulators of a two-vector strip); 32 registers take the 8 rows whose
+    accumulators hide the latency of two FMA pipes; SSE's one pipe 4."""
+    assert (mix_rows(AVX2), mix_rows(AVX512), mix_rows(NEON), mix_rows(SSE)) == (6, 8, 8, 4)

@@ -9,7 +9,7 @@ import pytest
 import tvm
 from tvm import relax
 
-from reforge.targets import get_target
+from reforge import backends
 from reforge.topi_ext import sparse_dense
 from tests.helpers import pruned_weight
 
@@ -24,7 +24,7 @@ def run(x, emit):
         with bb.dataflow():
             out = bb.emit_output(emit(bb, xv))
         bb.emit_func_output(out)
-    ex = tvm.compile(bb.get(), target=get_target("x86").tvm_target)
+    ex = tvm.compile(bb.get(), target=backends.get("x86").tvm_target)
     return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
 
 

@@ -14,7 +14,7 @@ import torch
 import tvm
 from tvm import relax
 
-from reforge.targets import get_target
+from reforge import backends
 from reforge.topi_ext import sparse_conv
 from reforge.topi_ext import sparse_nchwc as sn
 from tests.helpers import pruned_weight
@@ -53,7 +53,7 @@ def run(s: sn.Spec, w, xb, bias, res_b):
         with bb.dataflow():
             out = bb.emit_output(sn.emit(bb, s, sn.arguments(s, xv, sn.taps(w, s), relax.const(bias), rv)))
         bb.emit_func_output(out)
-    ex = tvm.compile(bb.get(), target=get_target("x86").tvm_target)
+    ex = tvm.compile(bb.get(), target=backends.get("x86").tvm_target)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     return vm["main"](tvm.runtime.tensor(xb), tvm.runtime.tensor(res_b)).numpy()
 

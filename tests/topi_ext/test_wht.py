@@ -8,12 +8,12 @@ import pytest
 import scipy.linalg
 import tvm
 
+from reforge import backends
 from reforge.passes import hadamard
-from reforge.targets import get_target
 from reforge.topi_ext import wht
 from reforge.topi_ext.schedules.wht import schedule_wht
 
-TARGET = get_target("x86")
+TARGET = backends.get("x86")
 RTOL = 1e-5
 
 

@@ -13,7 +13,7 @@ import tvm
 from tvm import te
 
 import reforge
-from reforge.targets import get_target, host_can_run
+from reforge import backends
 from reforge.topi_ext import winograd_nchwc as winograd
 from reforge.topi_ext.schedules.default import schedule_func
 from tests.helpers import conv_relu_model
@@ -30,7 +30,7 @@ CASES = [  # cin, cout, height, width, padding (t, l, b, r), batch
 
 
 def run_op(target_name, cin, cout, height, width, padding, batch):
-    target = get_target(target_name)
+    target = backends.get(target_name)
     lanes = target.vector_lanes()
     rng = np.random.default_rng(cin + cout + height)
     x = rng.standard_normal((batch, cin, height, width)).astype("float32")
@@ -54,7 +54,7 @@ def run_op(target_name, cin, cout, height, width, padding, batch):
 def test_winograd_conv_matches_torch(target_name, cin, cout, height, width, padding, batch):
     """Every case is built for both vector widths; it runs where this CPU can (AVX2: everywhere CI runs)."""
     lib, arrays, out, ref = run_op(target_name, cin, cout, height, width, padding, batch)
-    if not host_can_run(get_target(target_name)):
+    if not backends.get(target_name).runs_on_host_cpu():
         return
     result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
     lib["main"](*(tvm.runtime.tensor(a) for a in arrays), result)

@@ -40,28 +40,35 @@ def _vectorize_inner(sch: s_tir.Schedule, block, lanes: int) -> None:
         sch.vectorize(loops[-1])
 
 
-def conv_tiles(out_width: int, out_channels: int, lanes: int, planes: int = 1) -> tuple[int, int]:
+def accumulator_registers(machine: Machine) -> int:
+    """Vector registers the conv's register tile holds as accumulators: the independent chains that hide
+    the add latency on every pipe. The popcounts' throughput bounds the tile, so more columns only add
+    register pressure (on AVX-512, 2 columns x 4 vectors beat the wider tiles: docs/bitserial.md)."""
+    return machine.min_accumulators
+
+
+def conv_tiles(out_width: int, out_channels: int, lanes: int, planes: int = 1,
+               accumulators: int = 8) -> tuple[int, int]:
     """Default register tile (output columns, output channels): up to 4 vectors of channels (fewer
-    with several bit planes), and
-    as many columns as keep the accumulators (one per bit plane) within 8 of AVX2's 16 vector
-    registers (the rest hold the weight vector, the popcount's lookup table and masks, temporaries)."""
+    with several bit planes), and as many columns as keep the accumulators (one vector per bit plane
+    and channel vector) within ``accumulators`` registers (:func:`accumulator_registers`)."""
     oc_tile = divisor_at_most(out_channels, max(lanes, 4 * lanes // planes))
     regs = -(-oc_tile // lanes) * planes
-    return divisor_at_most(out_width, max(1, 8 // regs)), oc_tile
+    return divisor_at_most(out_width, max(1, accumulators // regs)), oc_tile
 
 
 def schedule_bitserial_conv2d(func: tirx.PrimFunc, lanes: int = 4, reg_w: int | None = None,
-                              oc_tile: int | None = None) -> tirx.PrimFunc:
+                              oc_tile: int | None = None, accumulators: int = 8) -> tirx.PrimFunc:
     """Schedule a PrimFunc holding :func:`bitserial.bitserial_conv2d` (and optionally its bitpack).
 
     ``lanes``: accumulator lanes of one vector register (AVX2: 4 for 64-bit words, whose popcounts
     accumulate in int64; 8 for 32-bit words); ``reg_w`` x ``oc_tile``: output columns x output
-    channels of the register tile (default :func:`conv_tiles`)."""
+    channels of the register tile (default :func:`conv_tiles` within ``accumulators`` registers)."""
     def chosen(_sch, ow: int, oc: int, default_w: int, default_oc: int) -> tuple[int, int]:
         return _fixed_tiles(_sch, ow, oc, reg_w or default_w, oc_tile or default_oc)
 
     sch = s_tir.Schedule(func)
-    _conv(sch, lanes, chosen)
+    _conv(sch, lanes, chosen, accumulators)
     return mark_scheduled(sch.mod["main"])
 
 
@@ -69,7 +76,7 @@ def _fixed_tiles(_sch, ow: int, oc: int, default_w: int, default_oc: int) -> tup
     return divisor_at_most(ow, default_w), divisor_at_most(oc, default_oc)
 
 
-def _conv(sch: s_tir.Schedule, lanes: int, tiles=_fixed_tiles) -> None:
+def _conv(sch: s_tir.Schedule, lanes: int, tiles=_fixed_tiles, accumulators: int = 8) -> None:
     """The conv schedule on ``sch``; ``tiles(sch, ow, oc, default_w, default_oc)`` picks the register
     tile (ints, or sampled ``ExprRV`` s when tuning)."""
     conv = named_exactly(sch, CONV)
@@ -82,7 +89,7 @@ def _conv(sch: s_tir.Schedule, lanes: int, tiles=_fixed_tiles) -> None:
         i, y, x, p, k, ry, rx, rc = loops
         planes, reduction, tile = extents(sch, [p])[0], [ry, rx, rc], [p]
     ow, oc = extents(sch, [x, k])
-    default_w, default_oc = conv_tiles(ow, oc, lanes, planes)
+    default_w, default_oc = conv_tiles(ow, oc, lanes, planes, accumulators)
     reg_w, vec = tiles(sch, ow, oc, default_w, default_oc)
     xo, xi = sch.split(x, [None, reg_w])
     ko, ki = sch.split(k, [None, vec])
@@ -227,7 +234,7 @@ def _lanes(func: tirx.PrimFunc, machine: Machine) -> int:
 def schedule_conv_on(sch: s_tir.Schedule, machine: Machine, tiles=None) -> None:
     """The conv's schedule on ``sch``; ``tiles`` picks the register tile, as in :func:`_conv` (the
     tuner's knob, :func:`sampled_conv_tiles`)."""
-    _conv(sch, _lanes(sch.mod["main"], machine), tiles or _fixed_tiles)
+    _conv(sch, _lanes(sch.mod["main"], machine), tiles or _fixed_tiles, accumulator_registers(machine))
 
 
 def schedule_dense_on(sch: s_tir.Schedule, machine: Machine) -> None:

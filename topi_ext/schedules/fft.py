@@ -16,23 +16,27 @@ from reforge.machine import Machine
 from ..fft_conv import MIX_ACC, MIX_OUT, strip_width
 from .helpers import PARALLEL_MIN_WORK, blocks, divisor_at_most, extents
 
-MAX_ROWS = 6  # rows of the register tile (with a 16-column strip on AVX2: 12 accumulators of 16)
+MAX_TUNED_ROWS = 16  # the tuner's register rows at most
 
 
-def default_mix_rows(sch: s_tir.Schedule, i) -> list:
-    """The split of the rows (P) whose inner part is the register tile's rows: the most up to MAX_ROWS."""
-    return [None, divisor_at_most(extents(sch, [i])[0], MAX_ROWS)]
+def mix_rows(machine: Machine) -> int:
+    """Rows of the register tile at most: as many as the register file holds with two accumulator vectors
+    a row (a 16-column strip at 8 lanes) beside the strip's weight vectors, a broadcast and a spare, up to
+    the accumulators that hide the FMA latency with a one-vector strip (more rows only add broadcast
+    loads). AVX2: 6; AVX-512 and NEON: 8."""
+    return min((machine.vector_registers - 4) // 2, machine.min_accumulators)
 
 
 def sampled_mix_rows(sch: s_tir.Schedule, i):
-    """The tuner's register rows: a perfect tile of the rows, its inner part up to MAX_ROWS + 2."""
-    return sch.sample_perfect_tile(i, n=2, max_innermost_factor=MAX_ROWS + 2)
+    """The tuner's register rows: a perfect tile of the rows, its inner part up to MAX_TUNED_ROWS."""
+    return sch.sample_perfect_tile(i, n=2, max_innermost_factor=MAX_TUNED_ROWS)
 
 
 def schedule_mix_on(sch: s_tir.Schedule, machine: Machine, rows=None) -> None:
     """Schedule a PrimFunc of :func:`fft_conv.mix_prim_func` (on a traced schedule); ``rows(sch, i)``
-    splits the rows into register tiles (default :func:`default_mix_rows`; a tuner samples it)."""
-    lanes, rows = machine.lanes(), rows or default_mix_rows
+    splits the rows into register tiles (default: the most up to :func:`mix_rows` that divide them; a
+    tuner samples it)."""
+    lanes = machine.lanes()
     by_name = {sch.get(b).name_hint: b for b in blocks(sch)}
     acc, out = by_name[MIX_ACC], by_name[MIX_OUT]
     oq, _, _, oo = sch.get_loops(out)
@@ -45,7 +49,11 @@ def schedule_mix_on(sch: s_tir.Schedule, machine: Machine, rows=None) -> None:
     i, j, r = sch.get_loops(acc)[-3:]
     strip = strip_width(extents(sch, [j])[0])
     vec = divisor_at_most(strip, lanes)
-    io, ii = sch.split(i, rows(sch, i))
+    if rows is None:
+        split = [None, divisor_at_most(extents(sch, [i])[0], mix_rows(machine))]
+    else:
+        split = rows(sch, i)
+    io, ii = sch.split(i, split)
     jo, jj, jv = sch.split(j, [None, strip // vec, vec])
     sch.reorder(jo, io, r, ii, jj, jv)
     tile = sch.cache_write(acc, 0, "local")
