@@ -9,6 +9,7 @@ from .fold_masks import FoldMasks
 from .fuse_fplus import FuseFPlus
 from .fwht import FastWHT
 from .merge_branches import MergeBranches
+from .padding_taps import DropPaddingTaps
 from .prune_channels import PruneChannels
 from .registry import PASSES, PassInfo, get, select
 from .remove_noops import RemoveNoops
@@ -18,6 +19,6 @@ from .sparse import Sparse
 from .tvm_builtin import DeadCode, FoldConstants
 
 __all__ = ["PASSES", "PassInfo", "PassReport", "get", "select",
-           "Binarize", "ComplexConv", "DeadCode", "FastWHT", "FFTConv", "FoldBatchNorm", "FoldChannelTile",
+           "Binarize", "ComplexConv", "DeadCode", "DropPaddingTaps", "FastWHT", "FFTConv", "FoldBatchNorm", "FoldChannelTile",
            "FoldConstants", "FoldMasks", "FuseFPlus", "MergeBranches", "PruneChannels", "RemoveNoops", "RemoveResidual",
            "Sparse"]

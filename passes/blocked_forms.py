@@ -22,7 +22,8 @@ from reforge.topi_ext.channel_norm import OP as CHANNEL_NORM
 from reforge.topi_ext.channel_norm import emit_channel_layer_norm
 
 from .blocked_pack import blocks, unblocks
-from .graph import callee_attr, channel_slice, cleanup, const_value, mutate_functions, op_name, tensor_shape
+from .graph import (callee_attr, channel_slice, cleanup, const_value, mutate_functions, op_name, tensor_shape,
+                    tuple_ints)
 
 
 def in_blocked_forms(mod: tvm.IRModule) -> tvm.IRModule:
@@ -161,11 +162,13 @@ def channel_moves_in_blocked_layout(mod: tvm.IRModule) -> tvm.IRModule:
     after it. The unblock sinks below them, where the next block cancels it:
 
         slice(unblock(y), channels [lo, hi))  ->  unblock(y[:, lo/L : hi/L])    lo, hi multiples of L
+        slice(unblock(y), rows / columns)       ->  unblock(slice(y))
         concat(unblock(y1), unblock(y2), ...)  ->  unblock(concat(y1, y2, ...))  all in NCHW[L]c
         resize2d(unblock(y)) read by a block or such a concat  ->  unblock(resize2d_blocked(y))
         take(unblock(y), p, axis=1)            ->  unblock(gather(y, p))         len(p) a multiple of L
         block_M(take(unblock(y), p, axis=1))   ->  gather_M(y, p)                 into another block M
         block_M(unblock(gather(y, p)))         ->  gather_M(y, p)                 (any other z: gather_M(z, all))
+        pad(unblock(y)) by rows / columns       ->  unblock(pad(y))               zeros, channels unpadded
         channel_layer_norm(unblock(y))         ->  unblock(channel_layer_norm(y))
         block_L(unblock_L(z))                  ->  z
 
@@ -189,6 +192,8 @@ class _BlockedMoves(relax.PyExprMutator):
             return self._concat(call)
         if name == "relax.take":
             return self._take(call)
+        if name == "relax.nn.pad":
+            return self._pad(call)
         if name == "relax.call_tir" and callee_attr(self.builder_.get(), call, "reforge.op") == CHANNEL_NORM:
             return self._layer_norm(call)
         if name == "relax.layout_transform" and blocks(call):
@@ -227,14 +232,29 @@ class _BlockedMoves(relax.PyExprMutator):
 
     def _slice(self, call):
         y = self._unblocked(call.args[0])
-        kept = channel_slice(call) if y is not None else None
-        if kept is None or not kept:
+        if y is None:
+            return call
+        axes = tuple_ints(call.args[1])
+        if axes and all(a in (0, 2, 3) for a in axes):
+            # rows / columns (drop-padding-taps' input windows): the same axes of the blocked tensor
+            return self._unblock(self.builder_.emit(relax.op.strided_slice(y, *call.args[1:])))
+        kept = channel_slice(call)
+        if not kept:
             return call
         lanes = int(tensor_shape(y)[4])
         if kept.start % lanes or kept.stop % lanes:
             return call
         sliced = self.builder_.emit(relax.op.strided_slice(y, [1], [kept.start // lanes], [kept.stop // lanes]))
         return self._unblock(sliced)
+
+    def _pad(self, call):
+        """A zero pad of the spatial axes (drop-padding-taps places each term of a split conv with one)."""
+        y = self._unblocked(call.args[0])
+        widths = [int(w) for w in call.attrs.pad_width]
+        if y is None or len(widths) != 8 or any(widths[:4]) or str(call.attrs.pad_mode) != "constant" \
+                or float(call.attrs.pad_value) != 0.0:
+            return call
+        return self._unblock(self.builder_.emit(relax.op.nn.pad(y, [*widths, 0, 0])))
 
     def _concat(self, call):
         parts = call.args[0].fields if isinstance(call.args[0], relax.Tuple) else None

@@ -91,14 +91,14 @@ def channel_slice(call) -> range | None:
     shape = tensor_shape(call.args[0]) if op_name(call) == "relax.strided_slice" else None
     if shape is None or len(shape) != 4:
         return None
-    axes, begin, end = (_tuple_ints(arg) for arg in call.args[1:4])
-    strides = _tuple_ints(call.args[4]) if len(call.args) > 4 else [1]
+    axes, begin, end = (tuple_ints(arg) for arg in call.args[1:4])
+    strides = tuple_ints(call.args[4]) if len(call.args) > 4 else [1]
     if axes is None or [a % 4 for a in axes] != [1] or strides != [1] or None in (begin, end):
         return None
     return range(shape[1])[begin[0]:end[0]]
 
 
-def _tuple_ints(arg) -> list[int] | None:
+def tuple_ints(arg) -> list[int] | None:
     """The integers of a tuple of constants (a slice's axes, bounds, strides); None if one is computed."""
     if not isinstance(arg, relax.Tuple) or not all(isinstance(f, tvm.tirx.IntImm) for f in arg.fields):
         return None

@@ -25,6 +25,7 @@ from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
 from reforge.topi_ext.dense_packed import legalize_matmul
 from reforge.topi_ext.fast_math import vectorizable_math_module
 from reforge.topi_ext.layouts import blocked_conv2d_layouts
+from reforge.topi_ext.resize import legalize_resize2d
 
 from .errors import one_line
 from .native_log import quiet_stderr
@@ -113,7 +114,8 @@ def fuse_blocked(mod: tvm.IRModule, target: Backend, report: BuildReport) -> tvm
     report.layout_transforms = ops_histogram(mod)["layout_transform"]
     mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target.tvm_target))(mod)
     legalize = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d,
-                                            "relax.matmul": legalize_matmul(lanes)})
+                                            "relax.matmul": legalize_matmul(lanes),
+                                            "relax.image.resize2d": legalize_resize2d})
     fused = tvm.transform.Sequential(_fusion())(_quiet(legalize, mod))
     return vectorizable_math_module(fused)  # exp / sigmoid / erf as arithmetic, so their epilogues vectorize
 

@@ -14,8 +14,8 @@ from reforge.backends import KINDS, ArmBackend, CudaBackend, OpenCLFPGABackend, 
 from reforge.passes import PASSES, get, select
 
 TABLE = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv",
-         "merge-branches", "fuse-fplus", "remove-residual", "prune-channels", "fwht", "binarize", "fft-conv", "sparse",
-         "dead-code"]  # binarize before fft-conv and sparse: a ±1 conv is bit-serial, never measured as FFT
+         "merge-branches", "drop-padding-taps", "fuse-fplus", "remove-residual", "prune-channels", "fwht", "binarize",
+         "fft-conv", "sparse", "dead-code"]  # binarize before fft-conv and sparse: a ±1 conv is bit-serial, never FFT
 O1 = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "dead-code"]  # the -O2 passes start at -O2
 O2 = [n for n in TABLE if n != "remove-residual"]  # remove-residual: opencl-fpga
 O2_ARM = [n for n in O2 if n not in ("fft-conv", "sparse")]  # fft-conv, sparse: their costs are measured on x86
@@ -23,8 +23,8 @@ O2_CUDA = [n for n in O2_ARM if n != "prune-channels"]  # prune-channels: x86 an
 O2_FPGA = [n for n in TABLE if n not in ("fft-conv", "prune-channels", "sparse")]
 REWRITES = ("fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches", "remove-residual",  # need
             "prune-channels", "binarize")  # fold-batchnorm
-O2_ONLY = ["fold-channel-tile", "complex-conv", "merge-branches", "fuse-fplus", "prune-channels", "fwht", "fft-conv",
-           "sparse", "binarize"]
+O2_ONLY = ["fold-channel-tile", "complex-conv", "merge-branches", "drop-padding-taps", "fuse-fplus", "prune-channels",
+           "fwht", "fft-conv", "sparse", "binarize"]
 
 
 def test_table_order_and_prerequisites():
@@ -64,7 +64,8 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(opt_level=2, disable=O2_ONLY), O1),
     (dict(opt_level=2, disable=["fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches", "binarize",
                                 "prune-channels"]),
-     ["remove-noops", "fold-masks", "fold-constants", "fuse-fplus", "fwht", "fft-conv", "sparse", "dead-code"]),
+     ["remove-noops", "fold-masks", "fold-constants", "drop-padding-taps", "fuse-fplus", "fwht", "fft-conv", "sparse",
+      "dead-code"]),
     (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", *O2_ONLY]),
      ["remove-noops", "fold-masks", "dead-code"]),
     (dict(opt_level=1, enable=["merge-branches"]), ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm",

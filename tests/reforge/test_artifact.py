@@ -70,8 +70,8 @@ def test_manifest_describes_the_module(saved):
     assert manifest["target"]["name"] == "x86" and manifest["target"]["tvm"]["kind"] == "llvm"
     assert [p["name"] for p in manifest["passes"]] == ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm",
                                                       "fold-channel-tile", "complex-conv", "merge-branches",
-                                                      "fuse-fplus", "prune-channels", "fwht", "binarize", "fft-conv",
-                                                      "sparse", "dead-code"]
+                                                      "drop-padding-taps", "fuse-fplus", "prune-channels", "fwht",
+                                                      "binarize", "fft-conv", "sparse", "dead-code"]
     fold = next(p for p in manifest["passes"] if p["name"] == "fold-batchnorm")
     assert fold["rewrites"]["batchnorm as affine"] == 1 and "nn.batch_norm" not in fold["after"]["ops"]
     assert fold["before"]["macs"] == fold["after"]["macs"] == 4 * 8 * 8 * 3 * 9

@@ -54,8 +54,8 @@ def test_compile_verify_report(tmp_path, onnx_path, capsys):
     assert report["verification"]["passed"] is True
     assert [c["stage"] for c in report["verification"]["checks"]] == [
         "import", "remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv",
-        "merge-branches", "fuse-fplus", "prune-channels", "fwht", "binarize", "fft-conv", "sparse", "dead-code",
-        "final module"]
+        "merge-branches", "drop-padding-taps", "fuse-fplus", "prune-channels", "fwht", "binarize", "fft-conv", "sparse",
+        "dead-code", "final module"]
 
 
 def test_run_writes_outputs_matching_onnxruntime(tmp_path, onnx_path, artifact, capsys):
@@ -113,8 +113,8 @@ def test_opt_levels_and_pass_selection(tmp_path, onnx_path, capsys):
                            (["-O0", "--enable-pass", "fold-batchnorm"], ["fold-constants", "fold-batchnorm"]),
                            (["--disable-pass", "remove-noops"],
                             ["fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv",
-                             "merge-branches", "fuse-fplus", "prune-channels", "fwht", "binarize", "fft-conv",
-                             "sparse", "dead-code"]),
+                             "merge-branches", "drop-padding-taps", "fuse-fplus", "prune-channels", "fwht",
+                             "binarize", "fft-conv", "sparse", "dead-code"]),
                            (["--passes", "dead-code"], ["dead-code"])]:
         code, _, err = cli(capsys, "compile", onnx_path, "-o", tmp_path / "m.tar", "--report", tmp_path / "r.json",
                            *argv)

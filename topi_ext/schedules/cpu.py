@@ -4,7 +4,7 @@ Each rule reads the :class:`~reforge.machine.Machine` it compiles for: its lanes
 (the register tile's budget, :func:`conv_tile_budget`), its FMA pipes and latency (the accumulators
 that hide it) and its L1 (when a conv accumulates whole rows).
 
-Six shapes of work cover a CNN:
+Seven shapes of work cover a CNN:
 - ``conv2d_nchwc``: output-channel lane innermost (one FMA of a broadcast input value with a
   weight vector), output columns × output-channel vectors unrolled as a register tile of
   accumulators (:func:`default_conv_tiles`); a kernel with taps and many input channels
@@ -24,6 +24,8 @@ Six shapes of work cover a CNN:
 - ``dense_packed`` (``x @ W``, W a constant packed in panels): a panel's vectors in registers,
   the panel read front to back, panels in parallel.
 - ``matmul`` of two computed tensors ``(K, N)``: output chunks in L1, rows of the right one streamed.
+- ``resize2d`` (bilinear, :mod:`..resize`): its row pass and its column pass each vectorized along
+  the innermost axis, outer loops parallel.
 - anything else: producers inlined; elementwise blocks flattened, parallel and vectorized;
   reductions (pooling, means) parallel over their outer outputs and vectorized along the
   innermost output axis when it is the contiguous channel lane.
@@ -47,6 +49,7 @@ from ..conv2d_nchwc import BLOCK as CONV_NCHWC
 from ..dense_packed import BLOCK as DENSE_PACKED, PANEL_VECTORS, panel_vector
 from ..depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
 from ..grouped_nchwc import BLOCK as GROUPED_NCHWC
+from ..resize import COLS as RESIZE_COLS, ROWS as RESIZE_ROWS
 from ..winograd_nchwc import GEMM as WINOGRAD_GEMM, INPUT as WINOGRAD_INPUT, OUTPUT as WINOGRAD_OUTPUT
 from .helpers import (PAD_PARALLEL_MIN_WORK, blocks, divisor_at_most, divisors, extents,
                       inline_epilogue, is_reduction, named, parallelize, vectorize)
@@ -105,7 +108,8 @@ def cpu_rule_schedule(func: tirx.PrimFunc, machine: Machine) -> tuple[s_tir.Sche
     for rule, apply in (("conv2d_nchwc", _conv2d_nchwc), ("grouped_conv2d_nchwc", _grouped_conv2d_nchwc),
                         ("winograd_nchwc", _winograd_nchwc),
                         ("depthwise_nchwc", _depthwise_nchwc),
-                        ("dense_packed", _dense_packed), ("matmul", _matmul), ("generic", _generic)):
+                        ("dense_packed", _dense_packed), ("matmul", _matmul), ("resize2d", _resize2d),
+                        ("generic", _generic)):
         sch = s_tir.Schedule(func)
         try:
             if apply(sch, machine):
@@ -446,6 +450,27 @@ def _matmul(sch: s_tir.Schedule, machine: Machine) -> bool:
     init = sch.decompose_reduction(mm, k)
     sch.vectorize(sch.get_loops(init)[-1])
     return _schedule_rest(sch, machine.lanes(), done={mm, write_back, init})
+
+
+def _resize2d(sch: s_tir.Schedule, machine: Machine) -> bool:
+    """The separable bilinear resize (:mod:`..resize`): both passes materialized (the generic rule would
+    inline the row pass back into four gathers an output), each vectorized along its innermost axis
+    (the output width, or the channel lane) with the outer loops parallel; producers (a layout
+    transform) inlined into the row pass, elementwise consumers into the column pass."""
+    rows, cols = named(sch, RESIZE_ROWS), named(sch, RESIZE_COLS)
+    if rows is None or cols is None:
+        return False
+    names = {sch.get(rows).name_hint, sch.get(cols).name_hint}
+    for block in blocks(sch):
+        if sch.get(block).name_hint not in names:
+            try:
+                sch.compute_inline(block)
+            except s_tir.ScheduleError:  # a block writing the function's output
+                pass
+    inline_epilogue(sch, cols)
+    for block in (rows, cols):
+        vectorize(sch, block, machine.lanes())
+    return _schedule_rest(sch, machine.lanes(), done={rows, cols})
 
 
 def _generic(sch: s_tir.Schedule, machine: Machine) -> bool:
