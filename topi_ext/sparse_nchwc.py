@@ -17,8 +17,10 @@ the same products as the dense conv, the zeros skipped: one broadcast FMA of a t
 (the pixels vectorized, as XNNPACK's sparse inference does). The staging is where the blocked layout is read:
 it transposes the tile's [pixel][lane] input into per-channel rows once, so the layout costs one pass over
 the input tile instead of a layout transform of the whole tensor before and after the layer, and the
-epilogue writes each output in its lane of the output block. Offsets do not depend on the blocks, so one
-set of constants serves the NCHW and every blocked kernel.
+epilogue writes each output in its lane of the output block. Where the walk is the flattened map (1×1,
+stride 1, no padding) and a block is one vector of channels, both transposes go 16 pixels × 16 channels at a
+time through registers (:func:`transpose_lines`) instead of one value at a time. Offsets do not depend on the
+blocks, so one set of constants serves the NCHW and every blocked kernel.
 
 Emitted scheduled (the loop over a row's nonzeros has data-dependent bounds, which TE cannot express),
 tagged ``reforge.op = "sparse_conv2d_nchwc"``; ``reforge.sparse_nchwc`` holds the geometry and epilogue
@@ -81,6 +83,12 @@ class Spec(SparseConvGeometry):
         reach = self.width + (self.kh - 1) // self.strides[0] * self.plane_hw[1] + (self.kw - 1) // self.strides[1]
         return -(-reach // VECTOR) * VECTOR  # each plane's band starts on a vector boundary
 
+    @property
+    def linear(self) -> bool:
+        """Whether the walk is the flattened map on both sides (1×1, stride 1, no padding: Wq = W = OW), so a
+        tile's positions are consecutive pixels of the blocked input and output."""
+        return (self.kh, self.kw, *self.strides, *self.padding) == (1, 1, 1, 1, 0, 0, 0, 0)
+
     def x_shape(self) -> tuple[int, ...]:
         return _blocked((self.n, self.c, self.h, self.w), self.ib)
 
@@ -133,6 +141,24 @@ def taps(weight: np.ndarray, s: Spec) -> Taps:
     return Taps(indptr, offsets, values)
 
 
+def transpose_lines(load, store, indent: str) -> list[str]:
+    """TVMScript lines transposing a VECTOR × VECTOR block in registers: rows ``load(t)`` (vectors), then
+    ``store(l, value)`` of the block's column l. Four rounds of two-vector shuffles, each swapping the
+    off-diagonal half × half blocks of every pair of rows ``half`` apart (the recursive transpose): 64
+    shuffles per 256 values, where moving them one lane at a time takes one instruction each."""
+    lines = [f"{indent}r0_{t} = T.Bind({load(t)})" for t in range(VECTOR)]
+    level = 0
+    for half in (8, 4, 2, 1):
+        for i in (i for i in range(VECTOR) if not i & half):
+            low = [j if not j & half else VECTOR + j - half for j in range(VECTOR)]
+            high = [j + half if not j & half else VECTOR + j for j in range(VECTOR)]
+            pair = f"[r{level}_{i}, r{level}_{i + half}]"
+            lines += [f"{indent}r{level + 1}_{i} = T.Bind(T.Shuffle({pair}, {low}))",
+                      f"{indent}r{level + 1}_{i + half} = T.Bind(T.Shuffle({pair}, {high}))"]
+        level += 1
+    return lines + [f"{indent}{store(l, f'r{level}_{l}')}" for l in range(VECTOR)]
+
+
 def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
     """``(x, offsets, values, indptr[, bias][, res], out)``, scheduled, tagged ``reforge.op``. Staging reads the
     input a block of ``ib`` channels (one vector) at a time; the accumulators of ``ob`` output channels are
@@ -155,6 +181,26 @@ def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
     for step in s.epilogue:
         value = {"bias": f"({value} + bias[ob * {s.ob} + l])", "relu": f"T.max({value}, T.float32(0))",
                  "add": f"({value} + {out_at('res')})"}[step]
+    staging = f"""
+        for cb, py, px, r, j in T.grid({s.c // s.ib}, {sh}, {sw}, {rows}, {wq}):
+            if 0 <= {v} and {v} < {band}:
+                if 0 <= {iy} and {iy} < {s.h} and 0 <= {ix} and {ix} < {s.w}:
+                    for l in T.vectorized({s.ib}):
+                        staged[{slot}] = {x_at}
+                else:
+                    for l in T.vectorized({s.ib}):
+                        staged[{slot}] = T.float32(0)
+"""
+    writing = f"""
+            for t in range({width}):
+                if {q} < {s.positions} and {ox} < {s.out_hw[1]}:
+                    for l in T.vectorized({s.ob}):
+                        {out_at('out')} = {value}
+"""
+    if s.linear and s.ib == VECTOR:
+        staging = _linear_staging(s)
+    if s.linear and s.ob == VECTOR:
+        writing = _linear_writing(s, writing)
     src = f"""
 @T.prim_func
 def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer(({nnz},), "int32"),
@@ -164,21 +210,13 @@ def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer
     for it in T.parallel({s.n * tiles}):
         staged = T.alloc_buffer(({s.c * sh * sw * band},), "float32")
         block = T.alloc_buffer(({s.ob * width},), "float32")
-        for cb, py, px, r, j in T.grid({s.c // s.ib}, {sh}, {sw}, {rows}, {wq}):
-            if 0 <= {v} and {v} < {band}:
-                if 0 <= {iy} and {iy} < {s.h} and 0 <= {ix} and {ix} < {s.w}:
-                    for l in T.vectorized({s.ib}):
-                        staged[{slot}] = {x_at}
-                else:
-                    for l in T.vectorized({s.ib}):
-                        staged[{slot}] = T.float32(0)
-        for ob in range({s.o // s.ob}):
+{staging}        for ob in range({s.o // s.ob}):
             for l in range({s.ob}):
                 acc = T.alloc_buffer(({2 * width},), "float32", scope="local")
                 for t in T.vectorized({2 * width}):
                     acc[t] = T.float32(0)
-                first = indptr[ob * {s.ob} + l]
-                count = indptr[ob * {s.ob} + l + 1] - first
+                first = T.Bind(indptr[ob * {s.ob} + l])
+                count = T.Bind(indptr[ob * {s.ob} + l + 1] - first)
                 for k in range(count // 2):
                     for h in T.unroll(2):
                         for t in T.vectorized({width}):
@@ -189,15 +227,65 @@ def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer
                         acc[t] = acc[t] + values[first + count - 1] * staged[offsets[first + count - 1] + t]
                 for t in T.vectorized({width}):
                     block[l * {width} + t] = acc[t] + acc[{width} + t]
-            for t in range({width}):
-                if {q} < {s.positions} and {ox} < {s.out_hw[1]}:
-                    for l in T.vectorized({s.ob}):
-                        {out_at('out')} = {value}
-"""
+{writing}"""
     from tvm.script import tirx
 
     func = tvm.script.from_source(src, extra_vars={"T": tirx})
     return tag(func, OP).with_attr(SPEC_ATTR, s.to_json())
+
+
+def _linear_staging(s: Spec) -> str:
+    """Staging of a linear walk (:attr:`Spec.linear`) from NCHW16c: each whole block of 16 pixels × 16
+    channels transposed in registers (:func:`transpose_lines`), a block the map's end cuts a value at a time."""
+    hw, band, vec = s.h * s.w, s.band, VECTOR
+    p = f"(it % {s.tiles} * {s.width} + vb * {vec})"  # the block's first pixel
+    pixel = f"((it // {s.tiles} * {s.c // vec} + cb) * {hw} + {p} + {{t}}) * {vec}"  # a pixel's vector in xf
+    row = f"(cb * {vec} + {{l}}) * {band} + vb * {vec}"  # a channel's row of the block in staged
+    lines = transpose_lines(lambda t: f"xf[T.ramp({pixel.format(t=t)}, 1, {vec})]",
+                            lambda l, v: f"staged[T.ramp({row.format(l=l)}, 1, {vec})] = {v}", " " * 16)
+    body = "\n".join(lines)
+    return f"""
+        xf = T.decl_buffer(({s.n * s.c * hw},), "float32", data=x.data)
+        for cb, vb in T.grid({s.c // vec}, {band // vec}):
+            if {p} + {vec} <= {hw}:
+{body}
+            else:
+                for l, t in T.grid({vec}, {vec}):
+                    if {p} + t < {hw}:
+                        staged[{row.format(l="l")} + t] = xf[{pixel.format(t="t")} + l]
+                    else:
+                        staged[{row.format(l="l")} + t] = T.float32(0)
+"""
+
+
+def _linear_writing(s: Spec, generic: str) -> str:
+    """The output of a linear walk into NCHW16c: each whole block of 16 pixels × 16 channels of ``block``
+    transposed in registers, the epilogue on each pixel's vector; the last, cut block by ``generic`` (the
+    writing of any walk, on its positions ``tb·16 + tt``)."""
+    vec, width = VECTOR, s.width
+    p = f"(it % {s.tiles} * {width} + tb * {vec})"
+    pixel = f"((it // {s.tiles} * {s.o // vec} + ob) * {s.h * s.w} + {p} + {{t}}) * {vec}"
+
+    def written(t, v):
+        for step in s.epilogue:
+            v = {"bias": f"({v} + bias[T.ramp(ob * {vec}, 1, {vec})])",
+                 "relu": f"T.max({v}, T.Broadcast(T.float32(0), {vec}))",
+                 "add": f"({v} + resf[T.ramp({pixel.format(t=t)}, 1, {vec})])"}[step]
+        return f"outf[T.ramp({pixel.format(t=t)}, 1, {vec})] = {v}"
+
+    body = "\n".join(transpose_lines(lambda l: f"block[T.ramp({l} * {width} + tb * {vec}, 1, {vec})]", written,
+                                      " " * 20))
+    cut = generic.replace(f"for t in range({width}):", f"for tt in range({vec}):\n                t = T.Bind(tb * {vec} + tt)")
+    cut = "\n".join(" " * 8 + line if line.strip() else line for line in cut.splitlines())
+    res = f'\n            resf = T.decl_buffer(({s.n * s.o * s.h * s.w},), "float32", data=res.data)' \
+        if "add" in s.epilogue else ""
+    return f"""
+            outf = T.decl_buffer(({s.n * s.o * s.h * s.w},), "float32", data=out.data){res}
+            for tb in range({width // vec}):
+                if {p} + {vec} <= {s.positions}:
+{body}
+                else:{cut}
+"""
 
 
 def arguments(s: Spec, x, t: Taps, bias=None, res=None) -> list:
