@@ -17,9 +17,10 @@ the same products as the dense conv, the zeros skipped: one broadcast FMA of a t
 (the pixels vectorized, as XNNPACK's sparse inference does). The staging is where the blocked layout is read:
 it transposes the tile's [pixel][lane] input into per-channel rows once, so the layout costs one pass over
 the input tile instead of a layout transform of the whole tensor before and after the layer, and the
-epilogue writes each output in its lane of the output block. Where the walk is the flattened map (1×1,
-stride 1, no padding) and a block is one vector of channels, both transposes go 16 pixels × 16 channels at a
-time through registers (:func:`transpose_lines`) instead of one value at a time. Offsets do not depend on the
+epilogue writes each output in its lane of the output block. Where a block is one vector of channels, both
+transposes go 16 pixels × 16 channels at a time through registers (:func:`transpose_lines`) instead of one
+value at a time: across rows where the walk is the flattened map (1×1, stride 1, no padding), else along
+each row of the image (a row's last ``W mod 16`` pixels, and rows narrower than 16, a value at a time). Offsets do not depend on the
 blocks, so one set of constants serves the NCHW and every blocked kernel.
 
 Emitted scheduled (the loop over a row's nonzeros has data-dependent bounds, which TE cannot express),
@@ -197,10 +198,10 @@ def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
                     for l in T.vectorized({s.ob}):
                         {out_at('out')} = {value}
 """
-    if s.linear and s.ib == VECTOR:
-        staging = _linear_staging(s)
-    if s.linear and s.ob == VECTOR:
-        writing = _linear_writing(s, writing)
+    if s.ib == VECTOR:
+        staging = _linear_staging(s) if s.linear else _row_staging(s)
+    if s.ob == VECTOR:
+        writing = _linear_writing(s, writing) if s.linear else _row_writing(s, f"{out_at('out')} = {value}")
     src = f"""
 @T.prim_func
 def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer(({nnz},), "int32"),
@@ -266,25 +267,88 @@ def _linear_writing(s: Spec, generic: str) -> str:
     p = f"(it % {s.tiles} * {width} + tb * {vec})"
     pixel = f"((it // {s.tiles} * {s.o // vec} + ob) * {s.h * s.w} + {p} + {{t}}) * {vec}"
 
-    def written(t, v):
-        for step in s.epilogue:
-            v = {"bias": f"({v} + bias[T.ramp(ob * {vec}, 1, {vec})])",
-                 "relu": f"T.max({v}, T.Broadcast(T.float32(0), {vec}))",
-                 "add": f"({v} + resf[T.ramp({pixel.format(t=t)}, 1, {vec})])"}[step]
-        return f"outf[T.ramp({pixel.format(t=t)}, 1, {vec})] = {v}"
-
-    body = "\n".join(transpose_lines(lambda l: f"block[T.ramp({l} * {width} + tb * {vec}, 1, {vec})]", written,
-                                      " " * 20))
+    body = "\n".join(transpose_lines(lambda l: f"block[T.ramp({l} * {width} + tb * {vec}, 1, {vec})]",
+                                      lambda t, v: _written(s, pixel.format(t=t), v), " " * 20))
     cut = generic.replace(f"for t in range({width}):", f"for tt in range({vec}):\n                t = T.Bind(tb * {vec} + tt)")
     cut = "\n".join(" " * 8 + line if line.strip() else line for line in cut.splitlines())
-    res = f'\n            resf = T.decl_buffer(({s.n * s.o * s.h * s.w},), "float32", data=res.data)' \
-        if "add" in s.epilogue else ""
-    return f"""
-            outf = T.decl_buffer(({s.n * s.o * s.h * s.w},), "float32", data=out.data){res}
+    return f"""{_flat_out(s)}
             for tb in range({width // vec}):
                 if {p} + {vec} <= {s.positions}:
 {body}
                 else:{cut}
+"""
+
+
+def _written(s: Spec, at: str, v: str) -> str:
+    """The store of one pixel's vector ``v`` of an output block at ``at`` in ``outf``, the epilogue applied."""
+    for step in s.epilogue:
+        v = {"bias": f"({v} + bias[T.ramp(ob * {VECTOR}, 1, {VECTOR})])",
+             "relu": f"T.max({v}, T.Broadcast(T.float32(0), {VECTOR}))",
+             "add": f"({v} + resf[T.ramp({at}, 1, {VECTOR})])"}[step]
+    return f"outf[T.ramp({at}, 1, {VECTOR})] = {v}"
+
+
+def _flat_out(s: Spec) -> str:
+    """``outf`` (and ``resf``): the output (and residual) as flat buffers, for :func:`_written`."""
+    size = s.n * s.o * s.out_hw[0] * s.out_hw[1]
+    res = f'\n            resf = T.decl_buffer(({size},), "float32", data=res.data)' if "add" in s.epilogue else ""
+    return f'\n            outf = T.decl_buffer(({size},), "float32", data=out.data){res}'
+
+
+def _row_staging(s: Spec) -> str:
+    """Staging of any walk from NCHW16c: the planes zeroed, then per plane row of the band the columns that
+    read the image, 16 at a time transposed in registers (stride sw: every sw-th pixel), the rest a value at
+    a time."""
+    (sh, sw), (pt, pl), vec = s.strides, s.padding[:2], VECTOR
+    wq, band, tiles, width = s.plane_hw[1], s.band, s.tiles, s.width
+    rows = -(-band // wq) + 1
+    q0 = f"(it % {tiles} * {width})"
+    pixel = f"((((it // {tiles} * {s.c // vec} + cb) * {s.h} + iy) * {s.w} + ({{j}}) * {sw} + px - {pl}) * {vec})"
+    slot = f"(((cb * {vec} + {{l}}) * {sh} + py) * {sw} + px) * {band} + i * {wq} + {{j}} - {q0}"
+    body = "\n".join(transpose_lines(
+        lambda t: f"xf[T.ramp({pixel.format(j=f'lo + k * {vec} + {t}')}, 1, {vec})]",
+        lambda l, v: f"staged[T.ramp({slot.format(l=l, j=f'lo + k * {vec}')}, 1, {vec})] = {v}", " " * 20))
+    return f"""
+        xf = T.decl_buffer(({s.n * s.c * s.h * s.w},), "float32", data=x.data)
+        for z in range({s.c * sh * sw * band // vec}):
+            for l in T.vectorized({vec}):
+                staged[z * {vec} + l] = T.float32(0)
+        for cb, py, px, r in T.grid({s.c // vec}, {sh}, {sw}, {rows}):
+            i = T.Bind({q0} // {wq} + r)
+            iy = T.Bind(i * {sh} + py - {pt})
+            if 0 <= iy and iy < {s.h}:
+                lo = T.Bind(T.max(({pl} - px + {sw - 1}) // {sw}, {q0} - i * {wq}))
+                hi = T.Bind(T.min(({s.w + pl} - px + {sw - 1}) // {sw}, {q0} - i * {wq} + {band}))
+                for k in range(T.max(hi - lo, 0) // {vec}):
+{body}
+                for j in range(lo + T.max(hi - lo, 0) // {vec} * {vec}, hi):
+                    for l in T.vectorized({vec}):
+                        staged[{slot.format(l="l", j="j")}] = xf[{pixel.format(j="j")} + l]
+"""
+
+
+def _row_writing(s: Spec, store: str) -> str:
+    """The output of any walk into NCHW16c: per output row the tile reaches, its pixels 16 at a time from
+    ``block`` transposed in registers, the epilogue on each pixel's vector; the rest by ``store`` (the
+    generic write of position ``t``, lane ``l``)."""
+    vec, width, wq = VECTOR, s.width, s.plane_hw[1]
+    (oh, ow), q0 = s.out_hw, f"(it % {s.tiles} * {s.width})"
+    pixel = f"(((it // {s.tiles} * {s.o // vec} + ob) * {oh} + oy) * {ow} + lo + k * {vec} + {{t}}) * {vec}"
+    t0 = f"oy * {wq} + lo + k * {vec} - {q0}"
+    body = "\n".join(transpose_lines(lambda l: f"block[T.ramp({l} * {width} + {t0}, 1, {vec})]",
+                                      lambda t, v: _written(s, pixel.format(t=t), v), " " * 24))
+    return f"""{_flat_out(s)}
+            for r in range({(width - 1) // wq + 2}):
+                oy = T.Bind({q0} // {wq} + r)
+                if oy < {oh}:
+                    lo = T.Bind(T.max(0, {q0} - oy * {wq}))
+                    hi = T.Bind(T.min({ow}, {q0} + {width} - oy * {wq}))
+                    for k in range(T.max(hi - lo, 0) // {vec}):
+{body}
+                    for ox in range(lo + T.max(hi - lo, 0) // {vec} * {vec}, hi):
+                        t = T.Bind(oy * {wq} + ox - {q0})
+                        for l in T.vectorized({vec}):
+                            {store}
 """
 
 

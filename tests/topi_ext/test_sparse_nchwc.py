@@ -34,6 +34,8 @@ CONVS = [  # n, c, h, w, o, kh, kw, strides, padding, ib, ob
     (2, 48, 10, 10, 32, 1, 1, (1, 1), (0, 0, 0, 0), 16, 16),  # linear walk, transposed in registers: 2 tiles, cut blocks
     (1, 32, 6, 6, 24, 1, 1, (1, 1), (0, 0, 0, 0), 16, 8),  # linear walk: staged transposed, written a lane at a time
     (1, 24, 7, 9, 32, 1, 1, (1, 1), (0, 0, 0, 0), 8, 16),  # linear walk: staged a lane at a time, written transposed
+    (1, 32, 12, 40, 16, 3, 3, (1, 1), (1, 1, 1, 1), 16, 16),  # rows of 40: two 16-pixel transposes and a rest per row
+    (1, 16, 9, 70, 16, 3, 3, (2, 2), (1, 0, 1, 1), 16, 16),  # stride 2: every other pixel transposed, odd phases
 ]
 EPILOGUES = [(), ("bias", "relu"), ("bias", "add", "relu"), ("relu", "add")]
 
