@@ -7,9 +7,10 @@ zero-padded input split into s×s phase planes ``P[c, py, px][i, j] = xpad[c, i�
 ``Wq = ceil(Wp / s)`` columns, output (oy, ox) is position ``q = oy·Wq + ox`` and tap (c, ky, kx) reads plane
 ``(c, ky % s, kx % s)`` at ``q + (ky // s)·Wq + kx // s``: a constant offset, so ``width`` consecutive outputs
 read ``width`` consecutive plane values (the Wq − OW positions past each row are computed and not written).
-A tile of ``width`` positions (a multiple of the vector) stages, per plane, the ``band`` values it reads
-into a contiguous buffer, and with the weight's nonzeros kept per output channel (compressed rows: taps j
-in ``indptr[o] .. indptr[o+1]``, each a value and ``offsets[j] = plane·band + (ky // s)·Wq + kx // s``)
+A tile of ``width`` positions (a multiple of the vector) stages, per plane a tap reads (:attr:`Spec.phases`:
+a strided 1×1 conv reads plane (0, 0) only), the ``band`` values it reads into a contiguous buffer, and
+with the weight's nonzeros kept per output channel (compressed rows: taps j in ``indptr[o] .. indptr[o+1]``,
+each a value and ``offsets[j] = plane·band + (ky // s)·Wq + kx // s``, plane = (c·PH + ky % s)·PW + kx % s)
 
     out[o, q0 + t] = epilogue(Σ_j values[j] · staged[offsets[j] + t])
 
@@ -85,6 +86,12 @@ class Spec(SparseConvGeometry):
         return -(-reach // VECTOR) * VECTOR  # each plane's band starts on a vector boundary
 
     @property
+    def phases(self) -> tuple[int, int]:
+        """(PH, PW): the phase planes a tap reads, ky % sh < min(sh, kh) and kx % sw < min(sw, kw) (a strided
+        1×1 conv reads plane (0, 0) only); only these are staged."""
+        return min(self.strides[0], self.kh), min(self.strides[1], self.kw)
+
+    @property
     def linear(self) -> bool:
         """Whether the walk is the flattened map on both sides (1×1, stride 1, no padding: Wq = W = OW), so a
         tile's positions are consecutive pixels of the blocked input and output."""
@@ -131,10 +138,10 @@ class Taps:
 
 
 def taps(weight: np.ndarray, s: Spec) -> Taps:
-    sh, sw = s.strides
+    (sh, sw), (ph, pw) = s.strides, s.phases
     wq = s.plane_hw[1]
     o, c, ky, kx = np.nonzero(weight)  # row-major: by output channel, then c, ky, kx
-    offsets = (((c * sh + ky % sh) * sw + kx % sw) * s.band + ky // sh * wq + kx // sw).astype("int32")
+    offsets = (((c * ph + ky % sh) * pw + kx % sw) * s.band + ky // sh * wq + kx // sw).astype("int32")
     indptr = np.concatenate([[0], np.cumsum(np.bincount(o, minlength=s.o))]).astype("int32")
     values = weight[o, c, ky, kx].astype("float32")
     if values.size == 0:
@@ -165,7 +172,7 @@ def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
     input a block of ``ib`` channels (one vector) at a time; the accumulators of ``ob`` output channels are
     kept, then written a block (one vector) per position, the epilogue on the vector."""
     nnz = max(s.nnz, 1)
-    (sh, sw), (pt, pl) = s.strides, s.padding[:2]
+    (sh, sw), (ph, pw), (pt, pl) = s.strides, s.phases, s.padding[:2]
     wq, width, band, tiles = s.plane_hw[1], s.width, s.band, s.tiles
     extra = "".join([f', bias: T.Buffer(({s.o},), "float32")' if "bias" in s.epilogue else "",
                      f', res: T.Buffer({s.out_shape()}, "float32")' if "add" in s.epilogue else ""])
@@ -175,7 +182,7 @@ def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
     iy, ix, v = f"({i} * {sh} + py - {pt})", f"(j * {sw} + px - {pl})", f"({i} * {wq} + j - {q0})"
     oy, ox = f"{q} // {wq}", f"{q} % {wq}"
     ch = f"cb * {s.ib} + l" if s.ib > 1 else "cb"
-    slot = f"((({ch}) * {sh} + py) * {sw} + px) * {band} + {v}"
+    slot = f"((({ch}) * {ph} + py) * {pw} + px) * {band} + {v}"
     x_at = f"x[{n}, cb, {iy}, {ix}, l]" if s.ib > 1 else f"x[{n}, cb, {iy}, {ix}]"
     out_at = (lambda name: f"{name}[{n}, ob, {oy}, {ox}, l]") if s.ob > 1 else (lambda name: f"{name}[{n}, ob, {oy}, {ox}]")
     value = "block[l * {width} + t]".format(width=width)
@@ -183,7 +190,7 @@ def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
         value = {"bias": f"({value} + bias[ob * {s.ob} + l])", "relu": f"T.max({value}, T.float32(0))",
                  "add": f"({value} + {out_at('res')})"}[step]
     staging = f"""
-        for cb, py, px, r, j in T.grid({s.c // s.ib}, {sh}, {sw}, {rows}, {wq}):
+        for cb, py, px, r, j in T.grid({s.c // s.ib}, {ph}, {pw}, {rows}, {wq}):
             if 0 <= {v} and {v} < {band}:
                 if 0 <= {iy} and {iy} < {s.h} and 0 <= {ix} and {ix} < {s.w}:
                     for l in T.vectorized({s.ib}):
@@ -209,7 +216,7 @@ def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer
                         out: T.Buffer({s.out_shape()}, "float32")):
     T.func_attr({{"tirx.noalias": True}})
     for it in T.parallel({s.n * tiles}):
-        staged = T.alloc_buffer(({s.c * sh * sw * band},), "float32")
+        staged = T.alloc_buffer(({s.c * ph * pw * band},), "float32")
         block = T.alloc_buffer(({s.ob * width},), "float32")
 {staging}        for ob in range({s.o // s.ob}):
             for l in range({s.ob}):
@@ -299,21 +306,21 @@ def _row_staging(s: Spec) -> str:
     """Staging of any walk from NCHW16c: the planes zeroed, then per plane row of the band the columns that
     read the image, 16 at a time transposed in registers (stride sw: every sw-th pixel), the rest a value at
     a time."""
-    (sh, sw), (pt, pl), vec = s.strides, s.padding[:2], VECTOR
+    (sh, sw), (ph, pw), (pt, pl), vec = s.strides, s.phases, s.padding[:2], VECTOR
     wq, band, tiles, width = s.plane_hw[1], s.band, s.tiles, s.width
     rows = -(-band // wq) + 1
     q0 = f"(it % {tiles} * {width})"
     pixel = f"((((it // {tiles} * {s.c // vec} + cb) * {s.h} + iy) * {s.w} + ({{j}}) * {sw} + px - {pl}) * {vec})"
-    slot = f"(((cb * {vec} + {{l}}) * {sh} + py) * {sw} + px) * {band} + i * {wq} + {{j}} - {q0}"
+    slot = f"(((cb * {vec} + {{l}}) * {ph} + py) * {pw} + px) * {band} + i * {wq} + {{j}} - {q0}"
     body = "\n".join(transpose_lines(
         lambda t: f"xf[T.ramp({pixel.format(j=f'lo + k * {vec} + {t}')}, 1, {vec})]",
         lambda l, v: f"staged[T.ramp({slot.format(l=l, j=f'lo + k * {vec}')}, 1, {vec})] = {v}", " " * 20))
     return f"""
         xf = T.decl_buffer(({s.n * s.c * s.h * s.w},), "float32", data=x.data)
-        for z in range({s.c * sh * sw * band // vec}):
+        for z in range({s.c * ph * pw * band // vec}):
             for l in T.vectorized({vec}):
                 staged[z * {vec} + l] = T.float32(0)
-        for cb, py, px, r in T.grid({s.c // vec}, {sh}, {sw}, {rows}):
+        for cb, py, px, r in T.grid({s.c // vec}, {ph}, {pw}, {rows}):
             i = T.Bind({q0} // {wq} + r)
             iy = T.Bind(i * {sh} + py - {pt})
             if 0 <= iy and iy < {s.h}:
@@ -378,7 +385,9 @@ def sparse_conv2d_nchwc_np(x: np.ndarray, weight: np.ndarray, s: Spec, bias=None
     rows = max(hq, -(-(s.tiles * s.width + s.band) // wq))  # the last tile's band reads zeros past the planes
     xp = np.zeros((s.n, s.c, rows * sh, wq * sw))
     xp[:, :, pt:pt + s.h, pl:pl + s.w] = unblock(x.astype(np.float64), s.ib)
-    planes = xp.reshape(s.n, s.c, -1, sh, wq, sw).transpose(0, 1, 3, 5, 2, 4).reshape(s.n, s.c * sh * sw, -1)
+    (ph, pw) = s.phases
+    planes = xp.reshape(s.n, s.c, -1, sh, wq, sw)[:, :, :, :ph, :, :pw]
+    planes = planes.transpose(0, 1, 3, 5, 2, 4).reshape(s.n, s.c * ph * pw, -1)
     walk = np.zeros((s.n, s.o, s.tiles * s.width))
     for tile in range(s.tiles):
         q0 = tile * s.width

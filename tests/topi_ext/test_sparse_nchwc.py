@@ -141,6 +141,13 @@ def test_linear_walks():
     assert not linear(1, (1, 1), (0, 1, 0, 0))
 
 
+def test_only_the_planes_a_tap_reads_are_staged():
+    """A 1×1 conv of stride 2 reads phase plane (0, 0) only; a 3×3 one all four; a 5×1 of stride (1, 2) one column."""
+    def phases(k, strides):
+        return sn.spec(sparse_conv.geometry((1, 4, 9, 9), (4, 4, *k), strides, (0, 0, 0, 0)), 1).phases
+    assert phases((1, 1), (2, 2)) == (1, 1) and phases((3, 3), (2, 2)) == (2, 2) and phases((5, 1), (1, 2)) == (1, 1)
+
+
 def test_spec_round_trips_as_json():
     s = sn.Spec(1, 8, 5, 5, 16, 3, 3, (1, 1, 1, 1), (2, 2), 40, 8, 16, ("bias", "add", "relu"))
     assert sn.Spec.from_json(s.to_json()) == s
