@@ -89,10 +89,11 @@ def test_forced_on_odd_net_matches_onnxruntime(harness):
 
 
 def test_default_on_x86_on_request_for_arm():
-    """At -O2 on x86 (after fft-conv), not below -O2 nor on other targets; enabled on arm, after fwht."""
+    """At -O2 on x86 (after fft-conv), not below -O2 nor on other targets; enabled on arm, after binarize (which
+    runs before fft-conv and sparse: a ±1 conv is bit-serial)."""
     assert all("sparse" not in registry.select(level, "x86") for level in (0, 1))
     assert all("sparse" not in registry.select(2, kind) for kind in ("arm", "cuda"))
     names = registry.select(2, "x86")
     assert names[names.index("sparse") - 1] == "fft-conv"
     names = registry.select(2, "arm", enable=["sparse"])
-    assert names[names.index("sparse") - 1] == "fwht"
+    assert names[names.index("sparse") - 1] == "binarize"
