@@ -37,7 +37,7 @@ from .reserved_copies import copy_rows
 
 # the sparsity (fraction of zero weights) from which the sparse operator beat reforge's dense kernel on
 # every layer shape of benchmarks/sparse.py (1 thread, batch 1; docs/sparse.md): 1×1 convs, k×k convs, dense
-CROSSOVER = {"conv 1x1": 0.8, "conv kxk": 0.9, "dense": 0.9}
+CROSSOVER = {"conv 1x1": 0.8, "conv kxk": 0.88, "dense": 0.9}
 
 
 @dataclass(frozen=True)

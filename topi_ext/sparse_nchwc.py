@@ -7,9 +7,10 @@ zero-padded input split into s×s phase planes ``P[c, py, px][i, j] = xpad[c, i�
 ``Wq = ceil(Wp / s)`` columns, output (oy, ox) is position ``q = oy·Wq + ox`` and tap (c, ky, kx) reads plane
 ``(c, ky % s, kx % s)`` at ``q + (ky // s)·Wq + kx // s``: a constant offset, so ``width`` consecutive outputs
 read ``width`` consecutive plane values (the Wq − OW positions past each row are computed and not written).
-A tile of ``width`` positions (a multiple of the vector) stages, per plane, the ``band`` values it reads
-into a contiguous buffer, and with the weight's nonzeros kept per output channel (compressed rows: taps j
-in ``indptr[o] .. indptr[o+1]``, each a value and ``offsets[j] = plane·band + (ky // s)·Wq + kx // s``)
+A tile of ``width`` positions (a multiple of the vector) stages, per plane a tap reads (:attr:`Spec.phases`:
+a strided 1×1 conv reads plane (0, 0) only), the ``band`` values it reads into a contiguous buffer, and
+with the weight's nonzeros kept per output channel (compressed rows: taps j in ``indptr[o] .. indptr[o+1]``,
+each a value and ``offsets[j] = plane·band + (ky // s)·Wq + kx // s``, plane = (c·PH + ky % s)·PW + kx % s)
 
     out[o, q0 + t] = epilogue(Σ_j values[j] · staged[offsets[j] + t])
 
@@ -17,8 +18,11 @@ the same products as the dense conv, the zeros skipped: one broadcast FMA of a t
 (the pixels vectorized, as XNNPACK's sparse inference does). The staging is where the blocked layout is read:
 it transposes the tile's [pixel][lane] input into per-channel rows once, so the layout costs one pass over
 the input tile instead of a layout transform of the whole tensor before and after the layer, and the
-epilogue writes each output in its lane of the output block. Offsets do not depend on the blocks, so one
-set of constants serves the NCHW and every blocked kernel.
+epilogue writes each output in its lane of the output block. Where a block is one vector of channels, both
+transposes go 16 pixels × 16 channels at a time through registers (:func:`transpose_lines`) instead of one
+value at a time: across rows where the walk is the flattened map (1×1, stride 1, no padding), else along
+each row of the image (a row's last ``W mod 16`` pixels, and rows narrower than 16, a value at a time). Offsets do not depend on the
+blocks, so one set of constants serves the NCHW and every blocked kernel.
 
 Emitted scheduled (the loop over a row's nonzeros has data-dependent bounds, which TE cannot express),
 tagged ``reforge.op = "sparse_conv2d_nchwc"``; ``reforge.sparse_nchwc`` holds the geometry and epilogue
@@ -81,6 +85,18 @@ class Spec(SparseConvGeometry):
         reach = self.width + (self.kh - 1) // self.strides[0] * self.plane_hw[1] + (self.kw - 1) // self.strides[1]
         return -(-reach // VECTOR) * VECTOR  # each plane's band starts on a vector boundary
 
+    @property
+    def phases(self) -> tuple[int, int]:
+        """(PH, PW): the phase planes a tap reads, ky % sh < min(sh, kh) and kx % sw < min(sw, kw) (a strided
+        1×1 conv reads plane (0, 0) only); only these are staged."""
+        return min(self.strides[0], self.kh), min(self.strides[1], self.kw)
+
+    @property
+    def linear(self) -> bool:
+        """Whether the walk is the flattened map on both sides (1×1, stride 1, no padding: Wq = W = OW), so a
+        tile's positions are consecutive pixels of the blocked input and output."""
+        return (self.kh, self.kw, *self.strides, *self.padding) == (1, 1, 1, 1, 0, 0, 0, 0)
+
     def x_shape(self) -> tuple[int, ...]:
         return _blocked((self.n, self.c, self.h, self.w), self.ib)
 
@@ -122,10 +138,10 @@ class Taps:
 
 
 def taps(weight: np.ndarray, s: Spec) -> Taps:
-    sh, sw = s.strides
+    (sh, sw), (ph, pw) = s.strides, s.phases
     wq = s.plane_hw[1]
     o, c, ky, kx = np.nonzero(weight)  # row-major: by output channel, then c, ky, kx
-    offsets = (((c * sh + ky % sh) * sw + kx % sw) * s.band + ky // sh * wq + kx // sw).astype("int32")
+    offsets = (((c * ph + ky % sh) * pw + kx % sw) * s.band + ky // sh * wq + kx // sw).astype("int32")
     indptr = np.concatenate([[0], np.cumsum(np.bincount(o, minlength=s.o))]).astype("int32")
     values = weight[o, c, ky, kx].astype("float32")
     if values.size == 0:
@@ -133,12 +149,30 @@ def taps(weight: np.ndarray, s: Spec) -> Taps:
     return Taps(indptr, offsets, values)
 
 
+def transpose_lines(load, store, indent: str) -> list[str]:
+    """TVMScript lines transposing a VECTOR × VECTOR block in registers: rows ``load(t)`` (vectors), then
+    ``store(l, value)`` of the block's column l. Four rounds of two-vector shuffles, each swapping the
+    off-diagonal half × half blocks of every pair of rows ``half`` apart (the recursive transpose): 64
+    shuffles per 256 values, where moving them one lane at a time takes one instruction each."""
+    lines = [f"{indent}r0_{t} = T.Bind({load(t)})" for t in range(VECTOR)]
+    level = 0
+    for half in (8, 4, 2, 1):
+        for i in (i for i in range(VECTOR) if not i & half):
+            low = [j if not j & half else VECTOR + j - half for j in range(VECTOR)]
+            high = [j + half if not j & half else VECTOR + j for j in range(VECTOR)]
+            pair = f"[r{level}_{i}, r{level}_{i + half}]"
+            lines += [f"{indent}r{level + 1}_{i} = T.Bind(T.Shuffle({pair}, {low}))",
+                      f"{indent}r{level + 1}_{i + half} = T.Bind(T.Shuffle({pair}, {high}))"]
+        level += 1
+    return lines + [f"{indent}{store(l, f'r{level}_{l}')}" for l in range(VECTOR)]
+
+
 def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
     """``(x, offsets, values, indptr[, bias][, res], out)``, scheduled, tagged ``reforge.op``. Staging reads the
     input a block of ``ib`` channels (one vector) at a time; the accumulators of ``ob`` output channels are
     kept, then written a block (one vector) per position, the epilogue on the vector."""
     nnz = max(s.nnz, 1)
-    (sh, sw), (pt, pl) = s.strides, s.padding[:2]
+    (sh, sw), (ph, pw), (pt, pl) = s.strides, s.phases, s.padding[:2]
     wq, width, band, tiles = s.plane_hw[1], s.width, s.band, s.tiles
     extra = "".join([f', bias: T.Buffer(({s.o},), "float32")' if "bias" in s.epilogue else "",
                      f', res: T.Buffer({s.out_shape()}, "float32")' if "add" in s.epilogue else ""])
@@ -148,23 +182,15 @@ def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
     iy, ix, v = f"({i} * {sh} + py - {pt})", f"(j * {sw} + px - {pl})", f"({i} * {wq} + j - {q0})"
     oy, ox = f"{q} // {wq}", f"{q} % {wq}"
     ch = f"cb * {s.ib} + l" if s.ib > 1 else "cb"
-    slot = f"((({ch}) * {sh} + py) * {sw} + px) * {band} + {v}"
+    slot = f"((({ch}) * {ph} + py) * {pw} + px) * {band} + {v}"
     x_at = f"x[{n}, cb, {iy}, {ix}, l]" if s.ib > 1 else f"x[{n}, cb, {iy}, {ix}]"
     out_at = (lambda name: f"{name}[{n}, ob, {oy}, {ox}, l]") if s.ob > 1 else (lambda name: f"{name}[{n}, ob, {oy}, {ox}]")
     value = "block[l * {width} + t]".format(width=width)
     for step in s.epilogue:
         value = {"bias": f"({value} + bias[ob * {s.ob} + l])", "relu": f"T.max({value}, T.float32(0))",
                  "add": f"({value} + {out_at('res')})"}[step]
-    src = f"""
-@T.prim_func
-def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer(({nnz},), "int32"),
-                        values: T.Buffer(({nnz},), "float32"), indptr: T.Buffer(({s.o + 1},), "int32"){extra},
-                        out: T.Buffer({s.out_shape()}, "float32")):
-    T.func_attr({{"tirx.noalias": True}})
-    for it in T.parallel({s.n * tiles}):
-        staged = T.alloc_buffer(({s.c * sh * sw * band},), "float32")
-        block = T.alloc_buffer(({s.ob * width},), "float32")
-        for cb, py, px, r, j in T.grid({s.c // s.ib}, {sh}, {sw}, {rows}, {wq}):
+    staging = f"""
+        for cb, py, px, r, j in T.grid({s.c // s.ib}, {ph}, {pw}, {rows}, {wq}):
             if 0 <= {v} and {v} < {band}:
                 if 0 <= {iy} and {iy} < {s.h} and 0 <= {ix} and {ix} < {s.w}:
                     for l in T.vectorized({s.ib}):
@@ -172,13 +198,33 @@ def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer
                 else:
                     for l in T.vectorized({s.ib}):
                         staged[{slot}] = T.float32(0)
-        for ob in range({s.o // s.ob}):
+"""
+    writing = f"""
+            for t in range({width}):
+                if {q} < {s.positions} and {ox} < {s.out_hw[1]}:
+                    for l in T.vectorized({s.ob}):
+                        {out_at('out')} = {value}
+"""
+    if s.ib == VECTOR:
+        staging = _linear_staging(s) if s.linear else _row_staging(s)
+    if s.ob == VECTOR:
+        writing = _linear_writing(s, writing) if s.linear else _row_writing(s, f"{out_at('out')} = {value}")
+    src = f"""
+@T.prim_func
+def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer(({nnz},), "int32"),
+                        values: T.Buffer(({nnz},), "float32"), indptr: T.Buffer(({s.o + 1},), "int32"){extra},
+                        out: T.Buffer({s.out_shape()}, "float32")):
+    T.func_attr({{"tirx.noalias": True}})
+    for it in T.parallel({s.n * tiles}):
+        staged = T.alloc_buffer(({s.c * ph * pw * band},), "float32")
+        block = T.alloc_buffer(({s.ob * width},), "float32")
+{staging}        for ob in range({s.o // s.ob}):
             for l in range({s.ob}):
                 acc = T.alloc_buffer(({2 * width},), "float32", scope="local")
                 for t in T.vectorized({2 * width}):
                     acc[t] = T.float32(0)
-                first = indptr[ob * {s.ob} + l]
-                count = indptr[ob * {s.ob} + l + 1] - first
+                first = T.Bind(indptr[ob * {s.ob} + l])
+                count = T.Bind(indptr[ob * {s.ob} + l + 1] - first)
                 for k in range(count // 2):
                     for h in T.unroll(2):
                         for t in T.vectorized({width}):
@@ -189,15 +235,128 @@ def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer
                         acc[t] = acc[t] + values[first + count - 1] * staged[offsets[first + count - 1] + t]
                 for t in T.vectorized({width}):
                     block[l * {width} + t] = acc[t] + acc[{width} + t]
-            for t in range({width}):
-                if {q} < {s.positions} and {ox} < {s.out_hw[1]}:
-                    for l in T.vectorized({s.ob}):
-                        {out_at('out')} = {value}
-"""
+{writing}"""
     from tvm.script import tirx
 
     func = tvm.script.from_source(src, extra_vars={"T": tirx})
     return tag(func, OP).with_attr(SPEC_ATTR, s.to_json())
+
+
+def _linear_staging(s: Spec) -> str:
+    """Staging of a linear walk (:attr:`Spec.linear`) from NCHW16c: each whole block of 16 pixels × 16
+    channels transposed in registers (:func:`transpose_lines`), a block the map's end cuts a value at a time."""
+    hw, band, vec = s.h * s.w, s.band, VECTOR
+    p = f"(it % {s.tiles} * {s.width} + vb * {vec})"  # the block's first pixel
+    pixel = f"((it // {s.tiles} * {s.c // vec} + cb) * {hw} + {p} + {{t}}) * {vec}"  # a pixel's vector in xf
+    row = f"(cb * {vec} + {{l}}) * {band} + vb * {vec}"  # a channel's row of the block in staged
+    lines = transpose_lines(lambda t: f"xf[T.ramp({pixel.format(t=t)}, 1, {vec})]",
+                            lambda l, v: f"staged[T.ramp({row.format(l=l)}, 1, {vec})] = {v}", " " * 16)
+    body = "\n".join(lines)
+    return f"""
+        xf = T.decl_buffer(({s.n * s.c * hw},), "float32", data=x.data)
+        for cb, vb in T.grid({s.c // vec}, {band // vec}):
+            if {p} + {vec} <= {hw}:
+{body}
+            else:
+                for l, t in T.grid({vec}, {vec}):
+                    if {p} + t < {hw}:
+                        staged[{row.format(l="l")} + t] = xf[{pixel.format(t="t")} + l]
+                    else:
+                        staged[{row.format(l="l")} + t] = T.float32(0)
+"""
+
+
+def _linear_writing(s: Spec, generic: str) -> str:
+    """The output of a linear walk into NCHW16c: each whole block of 16 pixels × 16 channels of ``block``
+    transposed in registers, the epilogue on each pixel's vector; the last, cut block by ``generic`` (the
+    writing of any walk, on its positions ``tb·16 + tt``)."""
+    vec, width = VECTOR, s.width
+    p = f"(it % {s.tiles} * {width} + tb * {vec})"
+    pixel = f"((it // {s.tiles} * {s.o // vec} + ob) * {s.h * s.w} + {p} + {{t}}) * {vec}"
+
+    body = "\n".join(transpose_lines(lambda l: f"block[T.ramp({l} * {width} + tb * {vec}, 1, {vec})]",
+                                      lambda t, v: _written(s, pixel.format(t=t), v), " " * 20))
+    cut = generic.replace(f"for t in range({width}):", f"for tt in range({vec}):\n                t = T.Bind(tb * {vec} + tt)")
+    cut = "\n".join(" " * 8 + line if line.strip() else line for line in cut.splitlines())
+    return f"""{_flat_out(s)}
+            for tb in range({width // vec}):
+                if {p} + {vec} <= {s.positions}:
+{body}
+                else:{cut}
+"""
+
+
+def _written(s: Spec, at: str, v: str) -> str:
+    """The store of one pixel's vector ``v`` of an output block at ``at`` in ``outf``, the epilogue applied."""
+    for step in s.epilogue:
+        v = {"bias": f"({v} + bias[T.ramp(ob * {VECTOR}, 1, {VECTOR})])",
+             "relu": f"T.max({v}, T.Broadcast(T.float32(0), {VECTOR}))",
+             "add": f"({v} + resf[T.ramp({at}, 1, {VECTOR})])"}[step]
+    return f"outf[T.ramp({at}, 1, {VECTOR})] = {v}"
+
+
+def _flat_out(s: Spec) -> str:
+    """``outf`` (and ``resf``): the output (and residual) as flat buffers, for :func:`_written`."""
+    size = s.n * s.o * s.out_hw[0] * s.out_hw[1]
+    res = f'\n            resf = T.decl_buffer(({size},), "float32", data=res.data)' if "add" in s.epilogue else ""
+    return f'\n            outf = T.decl_buffer(({size},), "float32", data=out.data){res}'
+
+
+def _row_staging(s: Spec) -> str:
+    """Staging of any walk from NCHW16c: the planes zeroed, then per plane row of the band the columns that
+    read the image, 16 at a time transposed in registers (stride sw: every sw-th pixel), the rest a value at
+    a time."""
+    (sh, sw), (ph, pw), (pt, pl), vec = s.strides, s.phases, s.padding[:2], VECTOR
+    wq, band, tiles, width = s.plane_hw[1], s.band, s.tiles, s.width
+    rows = -(-band // wq) + 1
+    q0 = f"(it % {tiles} * {width})"
+    pixel = f"((((it // {tiles} * {s.c // vec} + cb) * {s.h} + iy) * {s.w} + ({{j}}) * {sw} + px - {pl}) * {vec})"
+    slot = f"(((cb * {vec} + {{l}}) * {ph} + py) * {pw} + px) * {band} + i * {wq} + {{j}} - {q0}"
+    body = "\n".join(transpose_lines(
+        lambda t: f"xf[T.ramp({pixel.format(j=f'lo + k * {vec} + {t}')}, 1, {vec})]",
+        lambda l, v: f"staged[T.ramp({slot.format(l=l, j=f'lo + k * {vec}')}, 1, {vec})] = {v}", " " * 20))
+    return f"""
+        xf = T.decl_buffer(({s.n * s.c * s.h * s.w},), "float32", data=x.data)
+        for z in range({s.c * ph * pw * band // vec}):
+            for l in T.vectorized({vec}):
+                staged[z * {vec} + l] = T.float32(0)
+        for cb, py, px, r in T.grid({s.c // vec}, {ph}, {pw}, {rows}):
+            i = T.Bind({q0} // {wq} + r)
+            iy = T.Bind(i * {sh} + py - {pt})
+            if 0 <= iy and iy < {s.h}:
+                lo = T.Bind(T.max(({pl} - px + {sw - 1}) // {sw}, {q0} - i * {wq}))
+                hi = T.Bind(T.min(({s.w + pl} - px + {sw - 1}) // {sw}, {q0} - i * {wq} + {band}))
+                for k in range(T.max(hi - lo, 0) // {vec}):
+{body}
+                for j in range(lo + T.max(hi - lo, 0) // {vec} * {vec}, hi):
+                    for l in T.vectorized({vec}):
+                        staged[{slot.format(l="l", j="j")}] = xf[{pixel.format(j="j")} + l]
+"""
+
+
+def _row_writing(s: Spec, store: str) -> str:
+    """The output of any walk into NCHW16c: per output row the tile reaches, its pixels 16 at a time from
+    ``block`` transposed in registers, the epilogue on each pixel's vector; the rest by ``store`` (the
+    generic write of position ``t``, lane ``l``)."""
+    vec, width, wq = VECTOR, s.width, s.plane_hw[1]
+    (oh, ow), q0 = s.out_hw, f"(it % {s.tiles} * {s.width})"
+    pixel = f"(((it // {s.tiles} * {s.o // vec} + ob) * {oh} + oy) * {ow} + lo + k * {vec} + {{t}}) * {vec}"
+    t0 = f"oy * {wq} + lo + k * {vec} - {q0}"
+    body = "\n".join(transpose_lines(lambda l: f"block[T.ramp({l} * {width} + {t0}, 1, {vec})]",
+                                      lambda t, v: _written(s, pixel.format(t=t), v), " " * 24))
+    return f"""{_flat_out(s)}
+            for r in range({(width - 1) // wq + 2}):
+                oy = T.Bind({q0} // {wq} + r)
+                if oy < {oh}:
+                    lo = T.Bind(T.max(0, {q0} - oy * {wq}))
+                    hi = T.Bind(T.min({ow}, {q0} + {width} - oy * {wq}))
+                    for k in range(T.max(hi - lo, 0) // {vec}):
+{body}
+                    for ox in range(lo + T.max(hi - lo, 0) // {vec} * {vec}, hi):
+                        t = T.Bind(oy * {wq} + ox - {q0})
+                        for l in T.vectorized({vec}):
+                            {store}
+"""
 
 
 def arguments(s: Spec, x, t: Taps, bias=None, res=None) -> list:
@@ -226,7 +385,9 @@ def sparse_conv2d_nchwc_np(x: np.ndarray, weight: np.ndarray, s: Spec, bias=None
     rows = max(hq, -(-(s.tiles * s.width + s.band) // wq))  # the last tile's band reads zeros past the planes
     xp = np.zeros((s.n, s.c, rows * sh, wq * sw))
     xp[:, :, pt:pt + s.h, pl:pl + s.w] = unblock(x.astype(np.float64), s.ib)
-    planes = xp.reshape(s.n, s.c, -1, sh, wq, sw).transpose(0, 1, 3, 5, 2, 4).reshape(s.n, s.c * sh * sw, -1)
+    (ph, pw) = s.phases
+    planes = xp.reshape(s.n, s.c, -1, sh, wq, sw)[:, :, :, :ph, :, :pw]
+    planes = planes.transpose(0, 1, 3, 5, 2, 4).reshape(s.n, s.c * ph * pw, -1)
     walk = np.zeros((s.n, s.o, s.tiles * s.width))
     for tile in range(s.tiles):
         q0 = tile * s.width

@@ -31,6 +31,11 @@ CONVS = [  # n, c, h, w, o, kh, kw, strides, padding, ib, ob
     (1, 16, 8, 8, 32, 1, 1, (2, 2), (0, 0, 0, 0), 16, 16),
     (1, 12, 5, 150, 20, 1, 3, (1, 1), (0, 1, 0, 1), 4, 4),  # 12 tiles of 64 over 5 rows
     (1, 16, 4, 67, 16, 3, 3, (1, 1), (1, 1, 1, 1), 16, 16),  # rows not a multiple of the tile
+    (2, 48, 10, 10, 32, 1, 1, (1, 1), (0, 0, 0, 0), 16, 16),  # linear walk, transposed in registers: 2 tiles, cut blocks
+    (1, 32, 6, 6, 24, 1, 1, (1, 1), (0, 0, 0, 0), 16, 8),  # linear walk: staged transposed, written a lane at a time
+    (1, 24, 7, 9, 32, 1, 1, (1, 1), (0, 0, 0, 0), 8, 16),  # linear walk: staged a lane at a time, written transposed
+    (1, 32, 12, 40, 16, 3, 3, (1, 1), (1, 1, 1, 1), 16, 16),  # rows of 40: two 16-pixel transposes and a rest per row
+    (1, 16, 9, 70, 16, 3, 3, (2, 2), (1, 0, 1, 1), 16, 16),  # stride 2: every other pixel transposed, odd phases
 ]
 EPILOGUES = [(), ("bias", "relu"), ("bias", "add", "relu"), ("relu", "add")]
 
@@ -105,6 +110,42 @@ def test_tiles_cover_the_walk(hw):
     s = sn.spec(g, 1)
     assert s.width % sn.VECTOR == 0 and s.width <= sn.MAX_WIDTH
     assert (s.tiles - 1) * s.width < s.positions <= s.tiles * s.width
+
+
+def test_transpose_lines_transpose():
+    """The register transpose (four rounds of two-vector shuffles) against numpy, on a 4×16×16 array."""
+    body = "\n".join(sn.transpose_lines(lambda t: f"src[T.ramp(b * 256 + {t} * 16, 1, 16)]",
+                                        lambda l, v: f"dst[T.ramp(b * 256 + {l} * 16, 1, 16)] = {v}", " " * 8))
+    src = f"""
+@T.prim_func
+def main(src: T.Buffer((1024,), "float32"), dst: T.Buffer((1024,), "float32")):
+    for b in range(4):
+{body}
+"""
+    from tvm.script import tirx
+
+    func = tvm.script.from_source(src, extra_vars={"T": tirx})
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=get_target("x86").tvm_target)
+    a = np.random.default_rng(0).standard_normal(1024).astype("float32")
+    out = tvm.runtime.tensor(np.zeros(1024, "float32"))
+    ex["main"](tvm.runtime.tensor(a), out)
+    assert np.array_equal(out.numpy(), a.reshape(4, 16, 16).transpose(0, 2, 1).reshape(-1))
+
+
+def test_linear_walks():
+    """1×1, stride 1, no padding: the walk is the flattened map (staged and written by register transposes)."""
+    def linear(k, strides, pad):
+        return sn.spec(sparse_conv.geometry((1, 16, 5, 5), (16, 16, k, k), strides, pad), 1).linear
+    assert linear(1, (1, 1), (0, 0, 0, 0))
+    assert not linear(3, (1, 1), (1, 1, 1, 1)) and not linear(1, (2, 2), (0, 0, 0, 0))
+    assert not linear(1, (1, 1), (0, 1, 0, 0))
+
+
+def test_only_the_planes_a_tap_reads_are_staged():
+    """A 1×1 conv of stride 2 reads phase plane (0, 0) only; a 3×3 one all four; a 5×1 of stride (1, 2) one column."""
+    def phases(k, strides):
+        return sn.spec(sparse_conv.geometry((1, 4, 9, 9), (4, 4, *k), strides, (0, 0, 0, 0)), 1).phases
+    assert phases((1, 1), (2, 2)) == (1, 1) and phases((3, 3), (2, 2)) == (2, 2) and phases((5, 1), (1, 2)) == (1, 1)
 
 
 def test_spec_round_trips_as_json():
