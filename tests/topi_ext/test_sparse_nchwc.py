@@ -125,7 +125,7 @@ def main(src: T.Buffer((1024,), "float32"), dst: T.Buffer((1024,), "float32")):
     from tvm.script import tirx
 
     func = tvm.script.from_source(src, extra_vars={"T": tirx})
-    ex = tvm.compile(tvm.IRModule({"main": func}), target=get_target("x86").tvm_target)
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=backends.get("x86").tvm_target)
     a = np.random.default_rng(0).standard_normal(1024).astype("float32")
     out = tvm.runtime.tensor(np.zeros(1024, "float32"))
     ex["main"](tvm.runtime.tensor(a), out)
