@@ -219,9 +219,9 @@ def _settle(task, database, records: TuningRecords, tgt, measure) -> float | Non
     default = tgt.default_schedule(func)
     if default is not None:
         traces.setdefault(str(default.trace), default.trace)
-    if len(traces) < 2:
+    if not traces:
         return None
-    libs = {}
+    libs = {}  # one trace too: a record of the default's trace may claim what the default did not measure
     for key, trace in traces.items():
         sch = s_tir.Schedule(func)
         trace.apply_to_schedule(sch, remove_postproc=False)

@@ -96,14 +96,6 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Ding et al., RepVGG, CVPR 2021; Ding et al., ACNet, ICCV 2019; Ding et al., Diverse Branch Block, "
              "CVPR 2021; Vasu et al., MobileOne, CVPR 2023; Chen et al., RepGhost, 2022",
              level=2, requires=("fold-constants", "fold-batchnorm")),
-    PassInfo("drop-padding-taps", DropPaddingTaps,
-             "conv taps that read only zero padding dropped (a dilated conv on a map smaller than its rate keeps "
-             "its centre taps: DeepLab's ASPP at rates 24 / 36 on 14×14 becomes a 1×1 conv); a conv whose taps "
-             "mostly read padding split into a sum of unpadded convs, each run of taps over the outputs it reaches "
-             "inside the map",
-             "Chen et al., Rethinking Atrous Convolution for Semantic Image Segmentation (DeepLab-V3), "
-             "arXiv 1706.05587, 2017 (sec. 3.3: at large rates only the centre filter weight stays effective)",
-             level=2, rtol=1e-5),
     PassInfo("fuse-fplus", FuseFPlus,
              "FPlus / PFPlus activations written with pow / abs / sign or where, λ·((1 + μ|x|)^sign(x) − 1), "
              "become one elementwise operator, fused into the preceding conv's epilogue",
@@ -124,6 +116,14 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "Li et al., Pruning Filters for Efficient ConvNets, ICLR 2017; He, Zhang & Sun, Channel Pruning for "
              "Accelerating Very Deep Neural Networks, ICCV 2017",
              level=2, per_target=True, requires=("fold-constants", "fold-batchnorm"), rtol=1e-5),
+    PassInfo("drop-padding-taps", DropPaddingTaps,
+             "conv taps that read only zero padding dropped (a dilated conv on a map smaller than its rate keeps "
+             "its centre taps: DeepLab's ASPP at rates 24 / 36 on 14×14 becomes a 1×1 conv); a conv whose taps "
+             "mostly read padding split into a sum of unpadded convs, each run of taps over the outputs it reaches "
+             "inside the map",
+             "Chen et al., Rethinking Atrous Convolution for Semantic Image Segmentation (DeepLab-V3), "
+             "arXiv 1706.05587, 2017 (sec. 3.3: at large rates only the centre filter weight stays effective)",
+             level=2, rtol=1e-5),
     PassInfo("fwht", FastWHT,
              "products with a constant Hadamard matrix (MatMul / Gemm / 1×1 conv, either side of a 2-D H·X·Hᵀ; "
              "any scale, natural or sequency order, zero-padded, block-diagonal, rows or columns scaled) and "

@@ -17,7 +17,7 @@ vectorizes:
 - ``erf(x)``: the odd rational approximation p(x) / q(x) of degree 13 / 8 on [-4, 4] (Eigen's, also TVM's
   ``fast_erf``); |x| ≥ 4 gives ±1, as erf rounds to in float32; nan stays nan.
 
-A division by a float32 constant becomes a multiplication by its reciprocal. nan is told from its bits (an
+A division by a float32 constant becomes a multiplication by its reciprocal in a kernel that rounds no float. nan is told from its bits (an
 integer compare): with ``tirx.isnan`` TVM's VectorizeLoop runs the whole loop scalar. The accuracy of each
 against numpy / ``math.erf`` over the whole float range is in ``tests/topi_ext/test_fast_math.py``. Other dtypes
 keep their calls.
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm import tirx
-from tvm_ffi.structural import structural_map
+from tvm_ffi.structural import structural_map, structural_visit
 
 F32 = "float32"
 LOG2E = 1.44269504088896341
@@ -151,6 +151,31 @@ def _replace(call):
     return call if approx is None else approx(call.args[0])
 
 
+ROUNDING = frozenset({"round", "nearbyint", "floor", "ceil", "trunc"})  # as tirx.* or prim.* ops
+
+
+def _rounds(func: tirx.PrimFunc) -> bool:
+    """Whether ``func`` rounds a float (a rounding call, or a float cast to an integer type: a quantizer's
+    ``round(x / s)``, whose division may sit in another block than its rounding). There ``a · (1 / c)`` could
+    land on the other side of a rounding boundary than ``a / c``."""
+    found: list = []
+
+    def call(node, visitor):
+        if isinstance(node.op, tvm.ir.Op) and node.op.name.split(".")[-1] in ROUNDING:
+            found.append(node)
+        else:
+            visitor.default_visit(node)
+
+    def cast(node, visitor):
+        if "int" in str(node.ty) and "float" in str(node.value.ty):
+            found.append(node)
+        else:
+            visitor.default_visit(node)
+
+    structural_visit(func.body, [(tvm.ir.Call, call), (tirx.Cast, cast)])
+    return bool(found)
+
+
 def _by_reciprocal(div):
     """``a / c`` for a float32 constant c as ``a · (1 / c)`` (within 2^-22 relative of the quotient): a vector division
     takes about ten cycles (hardswish's ``/ 6`` in every conv epilogue), a multiplication one."""
@@ -165,8 +190,10 @@ def _by_reciprocal(div):
 
 def vectorizable_math(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with its float32 exp / sigmoid / tanh / erf calls replaced by the arithmetic above, and its divisions
-    by a constant by multiplications."""
-    return structural_map(func, [(tvm.ir.Call, _replace), (tirx.Div, _by_reciprocal)])
+    by a constant by multiplications where it rounds no float (:func:`_rounds`)."""
+    if not _rounds(func):
+        func = structural_map(func, [(tirx.Div, _by_reciprocal)])
+    return structural_map(func, [(tvm.ir.Call, _replace)])
 
 
 def vectorizable_math_module(mod: tvm.IRModule) -> tvm.IRModule:

@@ -14,7 +14,7 @@ from reforge.backends import KINDS, ArmBackend, CudaBackend, OpenCLFPGABackend, 
 from reforge.passes import PASSES, get, select
 
 TABLE = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv",
-         "merge-branches", "drop-padding-taps", "fuse-fplus", "remove-residual", "prune-channels", "fwht", "binarize",
+         "merge-branches", "fuse-fplus", "remove-residual", "prune-channels", "drop-padding-taps", "fwht", "binarize",
          "fft-conv", "sparse", "dead-code"]  # binarize before fft-conv and sparse: a ±1 conv is bit-serial, never FFT
 O1 = ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "dead-code"]  # the -O2 passes start at -O2
 O2 = [n for n in TABLE if n != "remove-residual"]  # remove-residual: opencl-fpga
@@ -64,7 +64,7 @@ def test_every_pass_is_a_tvm_pass_with_a_fresh_report(name):
     (dict(opt_level=2, disable=O2_ONLY), O1),
     (dict(opt_level=2, disable=["fold-batchnorm", "fold-channel-tile", "complex-conv", "merge-branches", "binarize",
                                 "prune-channels"]),
-     ["remove-noops", "fold-masks", "fold-constants", "drop-padding-taps", "fuse-fplus", "fwht", "fft-conv", "sparse",
+     ["remove-noops", "fold-masks", "fold-constants", "fuse-fplus", "drop-padding-taps", "fwht", "fft-conv", "sparse",
       "dead-code"]),
     (dict(opt_level=2, disable=["fold-batchnorm", "fold-constants", *O2_ONLY]),
      ["remove-noops", "fold-masks", "dead-code"]),

@@ -55,7 +55,8 @@ def test_blocked_depthwise_on_aarch64_matches_x86():
     """NEON's 4 lanes give 4-channel blocks: every depthwise conv of a MobileNet-style model runs in
     NCHW4c under the depthwise rule, and the aarch64 module agrees with the x86 one."""
     net, shape = mobilenet_style(), {"image": (1, 3, 24, 24)}
-    arm = reforge.compile(net, target="arm", input_shapes=shape)
+    # drop-padding-taps off: on the last 3×3 maps it splits depthwise convs into sums of several
+    arm = reforge.compile(net, target="arm", input_shapes=shape, disable_passes=["drop-padding-taps"])
     assert arm.manifest["build"]["schedules"].get("depthwise_nchwc") == DEPTHWISE_CONVS
     assert arm.manifest["build"]["layout"].startswith("NCHW4c") and arm.emulated  # runs under qemu
     x = np.random.default_rng(2).standard_normal(shape["image"]).astype("float32")

@@ -70,7 +70,7 @@ def test_manifest_describes_the_module(saved):
     assert manifest["target"]["name"] == "x86" and manifest["target"]["tvm"]["kind"] == "llvm"
     assert [p["name"] for p in manifest["passes"]] == ["remove-noops", "fold-masks", "fold-constants", "fold-batchnorm",
                                                       "fold-channel-tile", "complex-conv", "merge-branches",
-                                                      "drop-padding-taps", "fuse-fplus", "prune-channels", "fwht",
+                                                      "fuse-fplus", "prune-channels", "drop-padding-taps", "fwht",
                                                       "binarize", "fft-conv", "sparse", "dead-code"]
     fold = next(p for p in manifest["passes"] if p["name"] == "fold-batchnorm")
     assert fold["rewrites"]["batchnorm as affine"] == 1 and "nn.batch_norm" not in fold["after"]["ops"]

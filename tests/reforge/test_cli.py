@@ -54,7 +54,7 @@ def test_compile_verify_report(tmp_path, onnx_path, capsys):
     assert report["verification"]["passed"] is True
     assert [c["stage"] for c in report["verification"]["checks"]] == [
         "import", "remove-noops", "fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv",
-        "merge-branches", "drop-padding-taps", "fuse-fplus", "prune-channels", "fwht", "binarize", "fft-conv", "sparse",
+        "merge-branches", "fuse-fplus", "prune-channels", "drop-padding-taps", "fwht", "binarize", "fft-conv", "sparse",
         "dead-code", "final module"]
 
 
@@ -113,7 +113,7 @@ def test_opt_levels_and_pass_selection(tmp_path, onnx_path, capsys):
                            (["-O0", "--enable-pass", "fold-batchnorm"], ["fold-constants", "fold-batchnorm"]),
                            (["--disable-pass", "remove-noops"],
                             ["fold-masks", "fold-constants", "fold-batchnorm", "fold-channel-tile", "complex-conv",
-                             "merge-branches", "drop-padding-taps", "fuse-fplus", "prune-channels", "fwht",
+                             "merge-branches", "fuse-fplus", "prune-channels", "drop-padding-taps", "fwht",
                              "binarize", "fft-conv", "sparse", "dead-code"]),
                            (["--passes", "dead-code"], ["dead-code"])]:
         code, _, err = cli(capsys, "compile", onnx_path, "-o", tmp_path / "m.tar", "--report", tmp_path / "r.json",
