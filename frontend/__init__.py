@@ -1,4 +1,5 @@
-"""Model import: ONNX files, PyTorch modules and ``torch.export`` programs to Relax."""
+"""Model import: ONNX files, PyTorch modules and ``torch.export`` programs to Relax.
+Imported by reforge's pipeline and verify; it imports TVM, onnx / torch (lazily) and reforge's errors and batching."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Graph rewrites on Relax, each a ``tvm.transform.Pass`` with a ``report`` of what it did."""
+"""Graph rewrites on Relax, each a ``tvm.transform.Pass`` with a ``report`` of what it did, and the pass table.
+Imported by reforge's pipeline, build and tuner; passes import TVM, numpy, topi_ext and reforge's errors, never a backend."""
 
 from .binarize import Binarize
 from .complex_conv import ComplexConv
