@@ -37,7 +37,9 @@ from .reserved_copies import copy_rows
 
 # the sparsity (fraction of zero weights) from which the sparse operator beat reforge's dense kernel on
 # every layer shape of benchmarks/sparse.py (1 thread, batch 1; docs/sparse.md): 1×1 convs, k×k convs, dense
-CROSSOVER = {"conv 1x1": 0.8, "conv kxk": 0.88, "dense": 0.9}
+# (dense: of 1024→1000 and 2048→1000; a small 512→256 one lost at every sparsity, in microseconds)
+CROSSOVER = {"conv 1x1": 0.8, "conv kxk": 0.88, "dense": 0.8}
+POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d")  # moved into the blocked layout between sparse convs
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,8 @@ def sparse_in_blocked_layout(mod: tvm.IRModule, lanes: int) -> tvm.IRModule:
     NCHW[ib]c in, NCHW[ob]c out (the blocks a dense conv of its channels takes,
     :func:`reforge.topi_ext.layouts.channel_block`); the layout transforms ConvertLayout put around it
     then meet their inverses and cancel, so it reads its blocked producer and residual directly and its
-    blocked consumers read it."""
+    blocked consumers read it. An input of fewer channels than a vector (a network's RGB image) that no
+    transform brings from a blocked tensor is read in NCHW as it is (ib = 1), not transformed first."""
     if not any(f.attrs is not None and f.attrs.get("reforge.op") == sparse_nchwc.OP for _, f in mod.functions_items()):
         return mod
     return _without_unused_kernels(cleanup(mutate_functions(mod, lambda m, _f: _Blocked(m, lanes))))
@@ -241,30 +244,54 @@ class _Blocked(relax.PyExprMutator):
         super().__init__(mod)
         self.lanes = lanes
         self.blocked: dict[tuple[relax.Expr, int], relax.Expr] = {}  # (NCHW tensor, block) -> blocked once
+        self.pools: set[relax.Var] = set()  # poolings moved into the blocked layout
+
+    def _blocked_source(self, x, b: int):
+        """The NCHW[b]c tensor that ConvertLayout's transform to ``x`` undoes, or None."""
+        index_map = tvm.tirx.IndexMap.from_func(_blocking(b), index_dtype="int64")
+        value = self.lookup_binding(x) if isinstance(x, relax.Var) else None
+        if op_name(value) == "relax.layout_transform" \
+                and _inverse(index_map, value.attrs.index_map, tensor_shape(value.args[0])):
+            return value.args[0]
+        return None
 
     def _block(self, x, b: int):
-        """``x`` in NCHW[b]c: the tensor ConvertLayout's transform of ``x`` undoes, else a transform (one per
-        tensor: a residual block's input is read by its conv and its add)."""
+        """``x`` in NCHW[b]c: :meth:`_blocked_source`, else a transform (one per tensor: a residual block's
+        input is read by its conv and its add)."""
         if (x, b) not in self.blocked:
             index_map = tvm.tirx.IndexMap.from_func(_blocking(b), index_dtype="int64")
-            value = self.lookup_binding(x) if isinstance(x, relax.Var) else None
-            if op_name(value) == "relax.layout_transform" \
-                    and _inverse(index_map, value.attrs.index_map, tensor_shape(value.args[0])):
-                self.blocked[x, b] = value.args[0]
-            else:
+            self.blocked[x, b] = self._blocked_source(x, b)
+            if self.blocked[x, b] is None:
                 self.blocked[x, b] = self.builder_.emit(relax.op.layout_transform(x, index_map))
         return self.blocked[x, b]
+
+    def _pool(self, call):
+        """A pooling of a blocked tensor that ConvertLayout left in NCHW (it follows convs, and a sparse conv
+        is none to it): pooled in the blocked layout, so the transforms on either side of it cancel."""
+        c = tensor_shape(call.args[0])[1]
+        for b in sorted({self.lanes, channel_block(c, self.lanes)}, reverse=True):
+            src = self._blocked_source(call.args[0], b) if c % b == 0 and b >= MIN_BLOCK else None
+            if src is not None:
+                a = call.attrs
+                pooled = self.builder_.emit(getattr(relax.op.nn, op_name(call).split(".")[-1])(
+                    src, a.pool_size, a.strides, a.padding, a.dilation, a.ceil_mode, a.count_include_pad,
+                    layout=f"NCHW{b}c", out_layout=f"NCHW{b}c"))
+                self.pools.add(pooled)
+                return relax.op.layout_transform(pooled, tvm.tirx.IndexMap.from_func(_unblocking(b), index_dtype="int64"))
+        return call
 
     def visit_call_(self, call):
         call = self.visit_expr_post_order(call)
         if op_name(call) == "relax.layout_transform":  # the consumer's block of a sparse conv's output
             value = self.lookup_binding(call.args[0]) if isinstance(call.args[0], relax.Var) else None
             if op_name(value) == "relax.layout_transform" \
-                    and callee_attr(self.builder_.get(), self.lookup_binding(value.args[0]), "reforge.op") \
-                    == sparse_nchwc.OP and _inverse(call.attrs.index_map, value.attrs.index_map,
-                                                     tensor_shape(value.args[0])):
+                    and (value.args[0] in self.pools or callee_attr(self.builder_.get(), self.lookup_binding(
+                        value.args[0]), "reforge.op") == sparse_nchwc.OP) \
+                    and _inverse(call.attrs.index_map, value.attrs.index_map, tensor_shape(value.args[0])):
                 return value.args[0]
             return call
+        if op_name(call) in POOLS and str(call.attrs.layout) == "NCHW" and str(call.attrs.out_layout) == "NCHW":
+            return self._pool(call)
         text = callee_attr(self.builder_.get(), call, sparse_nchwc.SPEC_ATTR)
         if text is None:
             return call
@@ -272,9 +299,12 @@ class _Blocked(relax.PyExprMutator):
         ib, ob = channel_block(spec.c, self.lanes), channel_block(spec.o, self.lanes)
         if ob < MIN_BLOCK or (spec.ib, spec.ob) != (1, 1):
             return call
-        blocked = dataclasses.replace(spec, ib=ib, ob=ob)
         args = list(call.args[1].fields)
-        args[0] = self._block(args[0], ib)
+        if ib < self.lanes and self._blocked_source(args[0], ib) is None:
+            ib = 1  # read NCHW as it comes: staged whole and by vectors, where a narrow block goes a value at a time
+        blocked = dataclasses.replace(spec, ib=ib, ob=ob)
+        args[0] = self._block(args[0], ib) if ib > 1 else args[0]
+        args[1] = relax.const(sparse_nchwc.rebased(const_value(args[1]), spec, blocked))
         if "add" in spec.epilogue:
             args[-1] = self._block(args[-1], ob)
         y = sparse_nchwc.emit(self.builder_, blocked, args)

@@ -7,12 +7,14 @@ zero-padded input split into s×s phase planes ``P[c, py, px][i, j] = xpad[c, i�
 ``Wq = ceil(Wp / s)`` columns, output (oy, ox) is position ``q = oy·Wq + ox`` and tap (c, ky, kx) reads plane
 ``(c, ky % s, kx % s)`` at ``q + (ky // s)·Wq + kx // s``: a constant offset, so ``width`` consecutive outputs
 read ``width`` consecutive plane values (the Wq − OW positions past each row are computed and not written).
-A tile of ``width`` positions (a multiple of the vector) stages, per plane a tap reads (:attr:`Spec.phases`:
-a strided 1×1 conv reads plane (0, 0) only), the ``band`` values it reads into a contiguous buffer, and
-with the weight's nonzeros kept per output channel (compressed rows: taps j in ``indptr[o] .. indptr[o+1]``,
-each a value and ``offsets[j] = plane·band + (ky // s)·Wq + kx // s``, plane = (c·PH + ky % s)·PW + kx % s)
+A tile of ``width`` positions (a multiple of the vector; the last tile only its :attr:`Spec.tail`) stages, per
+plane a tap reads (:attr:`Spec.phases`: a strided 1×1 conv reads plane (0, 0) only), the ``band`` values it
+reads into a contiguous buffer, or the planes are staged whole once per call (:attr:`Spec.whole`: NCHW input,
+and small planes, whose tiles' bands would overlap); with the weight's nonzeros kept per output channel
+(compressed rows: taps j in ``indptr[o] .. indptr[o+1]``, each a value and ``offsets[j] = plane·pitch +
+(ky // s)·Wq + kx // s``, plane = (c·PH + ky % s)·PW + kx % s, pitch the band or the whole plane)
 
-    out[o, q0 + t] = epilogue(Σ_j values[j] · staged[offsets[j] + t])
+    out[o, q0 + t] = epilogue(Σ_j values[j] · staged[q0' + offsets[j] + t])    (q0' = 0 or q0: band or planes)
 
 the same products as the dense conv, the zeros skipped: one broadcast FMA of a tap against ``width`` pixels
 (the pixels vectorized, as XNNPACK's sparse inference does). The staging is where the blocked layout is read:
@@ -21,8 +23,8 @@ the input tile instead of a layout transform of the whole tensor before and afte
 epilogue writes each output in its lane of the output block. Where a block is one vector of channels, both
 transposes go 16 pixels × 16 channels at a time through registers (:func:`transpose_lines`) instead of one
 value at a time: across rows where the walk is the flattened map (1×1, stride 1, no padding), else along
-each row of the image (a row's last ``W mod 16`` pixels, and rows narrower than 16, a value at a time). Offsets do not depend on the
-blocks, so one set of constants serves the NCHW and every blocked kernel.
+each row of the image (a row's last ``W mod 16`` pixels, and rows narrower than 16, a value at a time). Offsets
+depend on the blocks only through the pitch: :func:`rebased` moves the NCHW kernel's taps to a blocked one.
 
 Emitted scheduled (the loop over a row's nonzeros has data-dependent bounds, which TE cannot express),
 tagged ``reforge.op = "sparse_conv2d_nchwc"``; ``reforge.sparse_nchwc`` holds the geometry and epilogue
@@ -44,6 +46,7 @@ OP = "sparse_conv2d_nchwc"  # the PrimFunc's ``reforge.op`` attribute
 SPEC_ATTR = "reforge.sparse_nchwc"  # the PrimFunc attribute holding its Spec as JSON
 MAX_WIDTH = 64  # output positions per tile: 4 AVX-512 vectors of accumulators
 VECTOR = 16  # tiles are whole multiples of this many positions (LLVM splits a 28-wide vector into scalars)
+WHOLE_BYTES = 512 * 1024  # the most NCHW16c input staged as whole planes (a share of a core's L2 cache)
 EPILOGUE_STEPS = ("bias", "relu", "add")  # + per-channel bias, max(·, 0), + a tensor of the output's shape
 
 
@@ -80,10 +83,39 @@ class Spec(SparseConvGeometry):
         return -(-self.positions // self.width)
 
     @property
+    def tail(self) -> int:
+        """Positions the last tile accumulates: the walk's rest past the whole tiles, in whole vectors."""
+        return -(-(self.positions - (self.tiles - 1) * self.width) // VECTOR) * VECTOR
+
+    @property
     def band(self) -> int:
         """Staged values per plane and tile: the tile's positions and the furthest tap's shift."""
         reach = self.width + (self.kh - 1) // self.strides[0] * self.plane_hw[1] + (self.kw - 1) // self.strides[1]
         return -(-reach // VECTOR) * VECTOR  # each plane's band starts on a vector boundary
+
+    @property
+    def plane_length(self) -> int:
+        """Values per phase plane staged whole (NCHW input): the plane, and at least the last tile's furthest
+        read, in whole vectors."""
+        hq, wq = self.plane_hw
+        reach = self.tiles * self.width + (self.kh - 1) // self.strides[0] * wq + (self.kw - 1) // self.strides[1]
+        return -(-max(hq * wq, reach) // VECTOR) * VECTOR
+
+    @property
+    def whole(self) -> bool:
+        """Whether the input is staged as whole phase planes once per call, not a band per tile: NCHW input,
+        and any walk but the linear one from NCHW16c whose planes fit WHOLE_BYTES. A k×k walk's band
+        reaches (k − 1) plane rows past its tile, so per-tile staging copies a value once for each band
+        that overlaps it; but larger planes, read a band at a time, leave the caches (and its compact band
+        stays in them)."""
+        small = self.c * self.phases[0] * self.phases[1] * self.plane_length * 4 <= WHOLE_BYTES
+        return self.ib == 1 or (self.ib == VECTOR and not self.linear and small)
+
+    @property
+    def pitch(self) -> int:
+        """Staged values per plane, the unit of the taps' offsets: the whole plane (:attr:`whole`), else a
+        tile's band."""
+        return self.plane_length if self.whole else self.band
 
     @property
     def phases(self) -> tuple[int, int]:
@@ -141,12 +173,17 @@ def taps(weight: np.ndarray, s: Spec) -> Taps:
     (sh, sw), (ph, pw) = s.strides, s.phases
     wq = s.plane_hw[1]
     o, c, ky, kx = np.nonzero(weight)  # row-major: by output channel, then c, ky, kx
-    offsets = (((c * ph + ky % sh) * pw + kx % sw) * s.band + ky // sh * wq + kx // sw).astype("int32")
+    offsets = (((c * ph + ky % sh) * pw + kx % sw) * s.pitch + ky // sh * wq + kx // sw).astype("int32")
     indptr = np.concatenate([[0], np.cumsum(np.bincount(o, minlength=s.o))]).astype("int32")
     values = weight[o, c, ky, kx].astype("float32")
     if values.size == 0:
         offsets, values = np.zeros(1, "int32"), np.zeros(1, "float32")
     return Taps(indptr, offsets, values)
+
+
+def rebased(offsets: np.ndarray, old: Spec, new: Spec) -> np.ndarray:
+    """Taps' offsets counted in ``old``'s pitch, counted in ``new``'s: plane · pitch + shift, the shift below both."""
+    return (offsets // old.pitch * new.pitch + offsets % old.pitch).astype("int32")
 
 
 def transpose_lines(load, store, indent: str) -> list[str]:
@@ -168,9 +205,11 @@ def transpose_lines(load, store, indent: str) -> list[str]:
 
 
 def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
-    """``(x, offsets, values, indptr[, bias][, res], out)``, scheduled, tagged ``reforge.op``. Staging reads the
-    input a block of ``ib`` channels (one vector) at a time; the accumulators of ``ob`` output channels are
-    kept, then written a block (one vector) per position, the epilogue on the vector."""
+    """``(x, offsets, values, indptr[, bias][, res], out)``, scheduled, tagged ``reforge.op``. NCHW input is
+    staged whole before the tiles (:func:`_plane_staging`), blocked input per tile a block of ``ib`` channels
+    (one vector) at a time; the accumulators of ``ob`` output channels are kept, then written a block (one
+    vector) per position, the epilogue on the vector (NCHW output: a channel's row of positions at a time,
+    :func:`_plain_writing`). The last tile accumulates only its :attr:`Spec.tail`."""
     nnz = max(s.nnz, 1)
     (sh, sw), (ph, pw), (pt, pl) = s.strides, s.phases, s.padding[:2]
     wq, width, band, tiles = s.plane_hw[1], s.width, s.band, s.tiles
@@ -190,6 +229,7 @@ def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
         value = {"bias": f"({value} + bias[ob * {s.ob} + l])", "relu": f"T.max({value}, T.float32(0))",
                  "add": f"({value} + {out_at('res')})"}[step]
     staging = f"""
+        staged = T.alloc_buffer(({s.c * ph * pw * band},), "float32")
         for cb, py, px, r, j in T.grid({s.c // s.ib}, {ph}, {pw}, {rows}, {wq}):
             if 0 <= {v} and {v} < {band}:
                 if 0 <= {iy} and {iy} < {s.h} and 0 <= {ix} and {ix} < {s.w}:
@@ -205,20 +245,46 @@ def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
                     for l in T.vectorized({s.ob}):
                         {out_at('out')} = {value}
 """
-    if s.ib == VECTOR:
-        staging = _linear_staging(s) if s.linear else _row_staging(s)
-    if s.ob == VECTOR:
+    whole, start = "", "0"
+    if s.whole:
+        whole, staging = _plane_staging(s) if s.ib == 1 else _row_staging(s), ""
+        start = f"it // {tiles} * {s.c * ph * pw * s.pitch} + {q0}"  # the tile's first position in staged
+    elif s.ib == VECTOR:
+        staging = f"""
+        staged = T.alloc_buffer(({s.c * ph * pw * band},), "float32"){_linear_staging(s) if s.linear else _band_staging(s)}"""
+    if s.ob == 1:
+        writing = _plain_writing(s)
+    elif s.ob == VECTOR:
         writing = _linear_writing(s, writing) if s.linear else _row_writing(s, f"{out_at('out')} = {value}")
+    body = _accumulating(s, width, start) + writing
+    if s.tail < width:
+        tail = _accumulating(s, s.tail, start) + writing
+        body = f"""
+        if it % {tiles} < {tiles - 1}:{_indented(body)}
+        else:{_indented(tail)}"""
     src = f"""
 @T.prim_func
 def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer(({nnz},), "int32"),
                         values: T.Buffer(({nnz},), "float32"), indptr: T.Buffer(({s.o + 1},), "int32"){extra},
                         out: T.Buffer({s.out_shape()}, "float32")):
-    T.func_attr({{"tirx.noalias": True}})
+    T.func_attr({{"tirx.noalias": True}}){whole}
     for it in T.parallel({s.n * tiles}):
-        staged = T.alloc_buffer(({s.c * ph * pw * band},), "float32")
-        block = T.alloc_buffer(({s.ob * width},), "float32")
-{staging}        for ob in range({s.o // s.ob}):
+        block = T.alloc_buffer(({s.ob * width},), "float32"){staging}{body}"""
+    from tvm.script import tirx
+
+    func = tvm.script.from_source(src, extra_vars={"T": tirx})
+    return tag(func, OP).with_attr(SPEC_ATTR, s.to_json())
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + line if line.strip() else line for line in text.split("\n"))
+
+
+def _accumulating(s: Spec, width: int, start: str) -> str:
+    """Per output channel, its taps as broadcast FMAs against ``width`` staged positions from ``start``,
+    alternating between two sets of accumulators; the sums into ``block`` (a row of the main width per lane)."""
+    return f"""
+        for ob in range({s.o // s.ob}):
             for l in range({s.ob}):
                 acc = T.alloc_buffer(({2 * width},), "float32", scope="local")
                 for t in T.vectorized({2 * width}):
@@ -229,17 +295,73 @@ def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer
                     for h in T.unroll(2):
                         for t in T.vectorized({width}):
                             acc[h * {width} + t] = acc[h * {width} + t] + values[first + 2 * k + h] \
-                                * staged[offsets[first + 2 * k + h] + t]
+                                * staged[{start} + offsets[first + 2 * k + h] + t]
                 if count % 2 == 1:
                     for t in T.vectorized({width}):
-                        acc[t] = acc[t] + values[first + count - 1] * staged[offsets[first + count - 1] + t]
+                        acc[t] = acc[t] + values[first + count - 1] * staged[{start} + offsets[first + count - 1] + t]
                 for t in T.vectorized({width}):
-                    block[l * {width} + t] = acc[t] + acc[{width} + t]
-{writing}"""
-    from tvm.script import tirx
+                    block[l * {s.width} + t] = acc[t] + acc[{width} + t]"""
 
-    func = tvm.script.from_source(src, extra_vars={"T": tirx})
-    return tag(func, OP).with_attr(SPEC_ATTR, s.to_json())
+
+def _plane_staging(s: Spec) -> str:
+    """Staging of NCHW input, once per call: each image channel's phase planes of the padded input, whole
+    (:attr:`Spec.plane_length` values each, zero where they pad), the rows copied a vector at a time (stride
+    sw: every sw-th pixel). A value is copied once however much the tiles' bands overlap (a k×k walk's band
+    reaches (k − 1) rows of the plane past its tile)."""
+    (sh, sw), (ph, pw), (pt, pl), vec = s.strides, s.phases, s.padding[:2], VECTOR
+    (hq, wq), length = s.plane_hw, s.plane_length
+    return f"""
+    staged = T.alloc_buffer(({s.n * s.c * ph * pw * length},), "float32")
+    xf = T.decl_buffer(({s.n * s.c * s.h * s.w},), "float32", data=x.data)
+    for nc in T.parallel({s.n * s.c}):
+        for z in range({ph * pw * length // vec}):
+            for l in T.vectorized({vec}):
+                staged[nc * {ph * pw * length} + z * {vec} + l] = T.float32(0)
+        for py, px, i in T.grid({ph}, {pw}, {hq}):
+            iy = T.Bind(i * {sh} + py - {pt})
+            if 0 <= iy and iy < {s.h}:
+                lo = T.Bind(T.max(0, ({pl} - px + {sw - 1}) // {sw}))
+                hi = T.Bind(T.min({wq}, ({s.w + pl} - px + {sw - 1}) // {sw}))
+                row = T.Bind(((nc * {ph} + py) * {pw} + px) * {length} + i * {wq})
+                pixel = T.Bind((nc * {s.h} + iy) * {s.w} + px - {pl})
+                for k in range((hi - lo) // {vec}):
+                    for l in T.vectorized({vec}):
+                        staged[row + lo + k * {vec} + l] = xf[pixel + (lo + k * {vec} + l) * {sw}]
+                for j in range(lo + (hi - lo) // {vec} * {vec}, hi):
+                    staged[row + j] = xf[pixel + j * {sw}]
+"""
+
+
+def _plain_writing(s: Spec) -> str:
+    """The output of any walk into NCHW: per output row the tile reaches, the channel's sums from ``block``
+    a vector at a time, the epilogue on the vector, the row's rest a value at a time (a linear walk: its
+    positions are the map's, one row)."""
+    vec, width, wq = VECTOR, s.width, s.plane_hw[1]
+    (oh, ow), q0, n = s.out_hw, f"(it % {s.tiles} * {s.width})", f"(it // {s.tiles})"
+    rows, first, row_w = ((1, "0", oh * ow) if s.linear else ((width - 1) // wq + 2, f"{q0} // {wq}", ow))
+
+    def store(t: str) -> str:
+        v = f"block[t0 + {t}]"
+        for step in s.epilogue:
+            v = {"bias": f"({v} + bias[ob])", "relu": f"T.max({v}, T.float32(0))",
+                 "add": f"({v} + resf[dst + {t}])"}[step]
+        return f"outf[dst + {t}] = {v}"
+
+    pitch = 0 if s.linear else wq
+    return f"""{_flat_out(s)}
+            for r in range({rows}):
+                oy = T.Bind({first} + r)
+                if oy < {oh}:
+                    lo = T.Bind(T.max(0, {q0} - oy * {pitch}))
+                    hi = T.Bind(T.min({row_w}, {q0} + {width} - oy * {pitch}))
+                    dst = T.Bind(({n} * {s.o} + ob) * {oh * ow} + oy * {ow})
+                    t0 = T.Bind(oy * {pitch} - {q0})
+                    for k in range(T.max(hi - lo, 0) // {vec}):
+                        for l in T.vectorized({vec}):
+                            {store(f"lo + k * {vec} + l")}
+                    for j in range(lo + T.max(hi - lo, 0) // {vec} * {vec}, hi):
+                        {store("j")}
+"""
 
 
 def _linear_staging(s: Spec) -> str:
@@ -302,19 +424,27 @@ def _flat_out(s: Spec) -> str:
     return f'\n            outf = T.decl_buffer(({size},), "float32", data=out.data){res}'
 
 
-def _row_staging(s: Spec) -> str:
-    """Staging of any walk from NCHW16c: the planes zeroed, then per plane row of the band the columns that
-    read the image, 16 at a time transposed in registers (stride sw: every sw-th pixel), the rest a value at
-    a time."""
+def _row_transposes(pixel: str, slot: str) -> str:
+    """The staging of 16 pixels × 16 channels of an image row from column ``lo + k·16``, transposed in registers:
+    ``pixel`` (column ``{j}``) indexes a pixel's vector in ``xf``, ``slot`` (channel ``{l}``, column ``{j}``) the
+    staged value."""
+    vec = VECTOR
+    return "\n".join(transpose_lines(
+        lambda t: f"xf[T.ramp({pixel.format(j=f'lo + k * {vec} + {t}')}, 1, {vec})]",
+        lambda l, v: f"staged[T.ramp({slot.format(l=l, j=f'lo + k * {vec}')}, 1, {vec})] = {v}", " " * 20))
+
+
+def _band_staging(s: Spec) -> str:
+    """Staging of any walk from NCHW16c, per tile: the planes zeroed, then per plane row of the band the
+    columns that read the image, 16 at a time transposed in registers (stride sw: every sw-th pixel), the rest
+    a value at a time."""
     (sh, sw), (ph, pw), (pt, pl), vec = s.strides, s.phases, s.padding[:2], VECTOR
     wq, band, tiles, width = s.plane_hw[1], s.band, s.tiles, s.width
     rows = -(-band // wq) + 1
     q0 = f"(it % {tiles} * {width})"
     pixel = f"((((it // {tiles} * {s.c // vec} + cb) * {s.h} + iy) * {s.w} + ({{j}}) * {sw} + px - {pl}) * {vec})"
     slot = f"(((cb * {vec} + {{l}}) * {ph} + py) * {pw} + px) * {band} + i * {wq} + {{j}} - {q0}"
-    body = "\n".join(transpose_lines(
-        lambda t: f"xf[T.ramp({pixel.format(j=f'lo + k * {vec} + {t}')}, 1, {vec})]",
-        lambda l, v: f"staged[T.ramp({slot.format(l=l, j=f'lo + k * {vec}')}, 1, {vec})] = {v}", " " * 20))
+    body = _row_transposes(pixel, slot)
     return f"""
         xf = T.decl_buffer(({s.n * s.c * s.h * s.w},), "float32", data=x.data)
         for z in range({s.c * ph * pw * band // vec}):
@@ -329,6 +459,35 @@ def _row_staging(s: Spec) -> str:
                 for k in range(T.max(hi - lo, 0) // {vec}):
 {body}
                 for j in range(lo + T.max(hi - lo, 0) // {vec} * {vec}, hi):
+                    for l in T.vectorized({vec}):
+                        staged[{slot.format(l="l", j="j")}] = xf[{pixel.format(j="j")} + l]
+"""
+
+
+def _row_staging(s: Spec) -> str:
+    """Staging of any walk from NCHW16c, once per call into whole phase planes (:attr:`Spec.plane_length`
+    values each): the planes zeroed, then per plane row the columns that read the image, 16 at a time
+    transposed in registers (stride sw: every sw-th pixel), the rest a value at a time."""
+    (sh, sw), (ph, pw), (pt, pl), vec = s.strides, s.phases, s.padding[:2], VECTOR
+    (hq, wq), length, blocks = s.plane_hw, s.plane_length, s.n * s.c // VECTOR
+    pixel = f"(((nb * {s.h} + iy) * {s.w} + ({{j}}) * {sw} + px - {pl}) * {vec})"
+    slot = f"(((nb * {vec} + {{l}}) * {ph} + py) * {pw} + px) * {length} + i * {wq} + {{j}}"
+    body = _row_transposes(pixel, slot)
+    return f"""
+    staged = T.alloc_buffer(({s.n * s.c * ph * pw * length},), "float32")
+    xf = T.decl_buffer(({s.n * s.c * s.h * s.w},), "float32", data=x.data)
+    for nb in T.parallel({blocks}):
+        for z in range({ph * pw * length}):
+            for l in T.vectorized({vec}):
+                staged[nb * {vec * ph * pw * length} + z * {vec} + l] = T.float32(0)
+        for py, px, i in T.grid({ph}, {pw}, {hq}):
+            iy = T.Bind(i * {sh} + py - {pt})
+            if 0 <= iy and iy < {s.h}:
+                lo = T.Bind(T.max(0, ({pl} - px + {sw - 1}) // {sw}))
+                hi = T.Bind(T.min({wq}, ({s.w + pl} - px + {sw - 1}) // {sw}))
+                for k in range((hi - lo) // {vec}):
+{body}
+                for j in range(lo + (hi - lo) // {vec} * {vec}, hi):
                     for l in T.vectorized({vec}):
                         staged[{slot.format(l="l", j="j")}] = xf[{pixel.format(j="j")} + l]
 """
@@ -391,10 +550,10 @@ def sparse_conv2d_nchwc_np(x: np.ndarray, weight: np.ndarray, s: Spec, bias=None
     walk = np.zeros((s.n, s.o, s.tiles * s.width))
     for tile in range(s.tiles):
         q0 = tile * s.width
-        staged = planes[:, :, q0:q0 + s.band].reshape(s.n, -1)
         for o in range(s.o):
             for j in range(t.indptr[o], t.indptr[o + 1]):
-                walk[:, o, q0:q0 + s.width] += float(t.values[j]) * staged[:, t.offsets[j]:t.offsets[j] + s.width]
+                plane, at = divmod(int(t.offsets[j]), s.pitch)  # offsets: plane · pitch + shift
+                walk[:, o, q0:q0 + s.width] += float(t.values[j]) * planes[:, plane, q0 + at:q0 + at + s.width]
     oh, ow = s.out_hw
     out = np.pad(walk, ((0, 0), (0, 0), (0, oh * wq)))[:, :, :oh * wq].reshape(s.n, s.o, oh, wq)[..., :ow]
     bias_map = None if bias is None else np.asarray(bias, np.float64)[None, :, None, None]

@@ -2,8 +2,8 @@
 float64 references: torch.nn.functional.conv2d, then the epilogue in numpy, in the blocked layouts.
 Sparsities 0 %, 50 %, 90 %, 99 % and 100 % (an all-zero layer), channels and maps not multiples of the
 vector, 1×1 / 3×3 / 5×1 / 1×3 kernels, strides 1 and 2 (and 1 × 2), symmetric and asymmetric zero padding,
-batch 2, walks of one tile and of many, input / output blocks 1 (NCHW), 4, 8 and 16, epilogues of bias, ReLU
-and residual add. Tolerance: max|out − ref| / max|ref| <= 1e-5 (float32 sums of the same products); an
+batch 2, walks of one tile and of many (with a narrower last tile), input / output blocks 1 (NCHW: the planes
+staged whole, rows written as vectors), 4, 8 and 16, epilogues of bias, ReLU and residual add. Tolerance: max|out − ref| / max|ref| <= 1e-5 (float32 sums of the same products); an
 all-zero layer without epilogue must give exactly 0. The numpy twin to 1e-12."""
 
 import dataclasses
@@ -36,6 +36,13 @@ CONVS = [  # n, c, h, w, o, kh, kw, strides, padding, ib, ob
     (1, 24, 7, 9, 32, 1, 1, (1, 1), (0, 0, 0, 0), 8, 16),  # linear walk: staged a lane at a time, written transposed
     (1, 32, 12, 40, 16, 3, 3, (1, 1), (1, 1, 1, 1), 16, 16),  # rows of 40: two 16-pixel transposes and a rest per row
     (1, 16, 9, 70, 16, 3, 3, (2, 2), (1, 0, 1, 1), 16, 16),  # stride 2: every other pixel transposed, odd phases
+    (1, 32, 60, 70, 16, 3, 3, (1, 1), (1, 1, 1, 1), 16, 16),  # planes past WHOLE_BYTES: staged a band per tile
+    (2, 20, 14, 14, 24, 1, 1, (1, 1), (0, 0, 0, 0), 1, 1),  # NCHW linear: 196 positions, a tail tile of 16
+    (1, 13, 7, 7, 19, 3, 3, (1, 1), (1, 1, 1, 1), 1, 1),  # NCHW rows of 7 in a pitch of 9, one tile with a tail
+    (1, 3, 23, 21, 16, 7, 7, (2, 2), (3, 3, 3, 3), 1, 1),  # NCHW stem-like: 7×7 stride 2, four phase planes
+    (2, 8, 11, 37, 9, 3, 3, (2, 1), (0, 2, 1, 0), 1, 1),  # NCHW asymmetric padding, stride 2 × 1, rows of 37
+    (1, 17, 12, 12, 16, 3, 3, (1, 1), (1, 1, 1, 1), 1, 16),  # NCHW in, NCHW16c out
+    (1, 32, 10, 9, 11, 1, 1, (2, 2), (0, 0, 0, 0), 16, 1),  # NCHW16c in, NCHW out, strided 1×1
 ]
 EPILOGUES = [(), ("bias", "relu"), ("bias", "add", "relu"), ("relu", "add")]
 
@@ -99,9 +106,32 @@ def test_taps_index_the_phase_planes():
     s = sn.spec(g, 2)
     assert s.out_hw == (5, 5) and s.plane_hw == (6, 6) and s.positions == 4 * 6 + 5 and s.width == 32
     assert s.band == 48  # 32 + 6 + 1, rounded up to whole vectors
+    assert s.pitch == s.plane_length == 48  # NCHW input: whole planes, 6 × 6, and the tile's reach 32 + 6 + 1
     t = sn.taps(w, s)
     assert list(t.indptr) == [0, 0, 2] and list(t.values) == [7, 5]
-    assert list(t.offsets) == [((0 * 2 + 0) * 2 + 0) * s.band + 6 + 1, ((2 * 2 + 0) * 2 + 1) * s.band + 0]
+    assert list(t.offsets) == [((0 * 2 + 0) * 2 + 0) * s.pitch + 6 + 1, ((2 * 2 + 0) * 2 + 1) * s.pitch + 0]
+
+
+def test_staged_whole_where_planes_are_small():
+    """NCHW input always; NCHW16c input for a walk other than the linear one, while its planes fit WHOLE_BYTES."""
+    def whole(c, h, k, stride, ib):
+        g = sparse_conv.geometry((1, c, h, h), (16, c, k, k), (stride, stride), (k // 2,) * 4)
+        return dataclasses.replace(sn.spec(g, 1), ib=ib, ob=16).whole
+    assert whole(64, 56, 1, 1, 1) and whole(3, 224, 7, 2, 1)
+    assert whole(256, 14, 3, 1, 16) and whole(512, 7, 3, 1, 16) and whole(256, 14, 1, 2, 16)
+    assert not whole(256, 14, 1, 1, 16) and not whole(64, 56, 3, 1, 16) and not whole(128, 56, 3, 2, 16)
+    assert not whole(24, 14, 3, 1, 8)
+
+
+def test_offsets_rebase_between_pitches():
+    """The taps of the NCHW kernel (whole planes) rebased to a blocked one (a tile's band) are that kernel's own."""
+    rng = np.random.default_rng(5)
+    w = pruned_weight(rng, (16, 64, 3, 3), 0.9)
+    g = sparse_conv.geometry((1, 64, 56, 56), w.shape, (1, 1), (1, 1, 1, 1))
+    plain = sn.spec(g, int(np.count_nonzero(w)))
+    blocked = dataclasses.replace(plain, ib=16, ob=16)
+    assert plain.pitch != blocked.pitch
+    assert np.array_equal(sn.rebased(sn.taps(w, plain).offsets, plain, blocked), sn.taps(w, blocked).offsets)
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (7, 7), (56, 56), (4, 67), (5, 150)])
@@ -110,6 +140,7 @@ def test_tiles_cover_the_walk(hw):
     s = sn.spec(g, 1)
     assert s.width % sn.VECTOR == 0 and s.width <= sn.MAX_WIDTH
     assert (s.tiles - 1) * s.width < s.positions <= s.tiles * s.width
+    assert s.tail % sn.VECTOR == 0 and s.positions <= (s.tiles - 1) * s.width + s.tail < s.positions + sn.VECTOR
 
 
 def test_transpose_lines_transpose():
