@@ -17,7 +17,7 @@ from reforge.topi_ext.layouts import blocked_conv2d_layouts, channel_block
 from reforge.machine import AVX2, AVX512
 from reforge.topi_ext.schedules.cpu import default_conv_reduction, default_conv_tiles
 from reforge.topi_ext.schedules.default import schedule_func
-from reforge.topi_ext.schedules.helpers import PAD_PARALLEL_MIN_WORK
+from reforge.topi_ext.schedules.helpers import PAD_PARALLEL_MIN_WORK, extents
 
 
 def pack_data(x, ib):
@@ -42,7 +42,12 @@ CASES = [  # cin, cout, size, kernel, stride, padding (t, l, b, r), dilation
     (16, 32, 13, 3, 1, (1, 1, 1, 1), 1),  # a map too large for one row: rows of 2-column tiles, the last partial
     (32, 32, 7, 1, 1, (0, 0, 0, 0), 1),  # 1x1 at a prime width: tiles of 4 columns, the last one partial
     (48, 16, 56, 3, 1, (1, 1, 1, 1), 1),  # padding of 161K elements: copied in parallel
+    # 1x1 convs whose kernel exceeds half of L2: rows accumulated over blocks of input chunks
+    (1024, 512, 7, 1, 1, (0, 0, 0, 0), 1),  # the 7² map as one row
+    (1024, 512, 14, 1, 2, (0, 0, 0, 0), 1),  # strided
+    (2048, 272, 9, 1, 1, (0, 0, 0, 0), 1),  # an odd number of output chunks, a map with a partial tile
 ]
+POINTWISE_BLOCKED = {case for case in CASES if case[0] >= 1024}
 
 
 @pytest.mark.parametrize("cin, cout, size, k, stride, pad, dil", CASES)
@@ -58,6 +63,11 @@ def test_scheduled_conv2d_nchwc_matches_torch(cin, cout, size, k, stride, pad, d
     out = conv2d_nchwc(data, kernel, (stride, stride), pad, (dil, dil), "float32")
     func, rule = schedule_func(te.create_prim_func([data, kernel, out]), target.machine)
     assert rule == "conv2d_nchwc"
+    sch = tvm.s_tir.Schedule(te.create_prim_func([data, kernel, out]))
+    _n, _oco, _oh, _ow, _oci, ico, ry, rx, ici = sch.get_loops(sch.get_sblock("conv2d_nchwc"))
+    outer, _inner, _unrolled = default_conv_reduction(sch, ico, ry, rx, ici, target.machine)
+    if (cin, cout, size, k, stride, pad, dil) in POINTWISE_BLOCKED:  # the path these cases are here for
+        assert len(outer) == 1 and extents(sch, outer)[0] > 1
     lib = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target)
     result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
     lib["main"](tvm.runtime.tensor(pack_data(x, ib)), tvm.runtime.tensor(pack_kernel(w, ib, ob)), result)
