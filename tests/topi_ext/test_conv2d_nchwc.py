@@ -206,3 +206,36 @@ def test_layout_policy_blocks_by_groups_and_skips_narrow_convs():
     assert choose(conv(16, groups=4)) == {"relax.nn.conv2d": ["NCHW8c", "OIHW4i8o", "NCHW8c"]}  # 2 groups a block
     assert choose(conv(3)) == {"relax.nn.conv2d": ["NCHW", "OIHW"]}  # a 3-lane output block does not pay
     assert choose(relax.op.nn.relu(x)) == {}
+
+
+def test_a_gate_broadcast_over_the_map_is_one_pass():
+    """Squeeze-excite's gate: a 1x1 conv over the pooled vector, its sigmoid joining the tile; then the gate
+    multiplies a map, a residual is added and ReLU applied: those steps past the change of shape are one
+    block (one pass over the map, no intermediate buffer), and all match PyTorch (1e-4 of the largest)."""
+    target = backends.get("x86")
+    data = te.placeholder((1, 2, 1, 1, 8), name="pooled")
+    kernel = te.placeholder((4, 2, 1, 1, 8, 8), name="kernel")
+    bias = te.placeholder((1, 4, 1, 1, 8), name="bias")
+    fmap = te.placeholder((1, 4, 9, 9, 8), name="fmap")
+    residual = te.placeholder((1, 4, 9, 9, 8), name="residual")
+    gate = topi.sigmoid(conv2d_nchwc(data, kernel, (1, 1), (0, 0, 0, 0), (1, 1), "float32") + bias)
+    out = topi.nn.relu(fmap * gate + residual)
+    func, rule = schedule_func(vectorizable_math(te.create_prim_func([data, kernel, bias, fmap, residual, out])),
+                               target.machine)
+    assert rule == "conv2d_nchwc"
+    blocks = set(re.findall(r'T\.sblock\("(\w+)"\)', func.script()))
+    assert len(blocks - {"root", "conv2d_nchwc_init", "conv2d_nchwc_update", "conv2d_nchwc_local"}) == 1, blocks
+    assert func.script().count("T.sblock_alloc_buffer") == 2  # the gate and the tile's accumulators
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((1, 16, 1, 1)).astype("float32"), rng.standard_normal((32, 16, 1, 1)).astype("float32")
+    b = rng.standard_normal(32).astype("float32")
+    m, r = (rng.standard_normal((1, 32, 9, 9)).astype("float32") for _ in range(2))
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target)
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
+    lib["main"](tvm.runtime.tensor(pack_data(x, 8)), tvm.runtime.tensor(pack_kernel(w, 8, 8)),
+                tvm.runtime.tensor(b.reshape(1, 4, 8)[:, :, None, None, :].copy()),
+                tvm.runtime.tensor(pack_data(m, 8)), tvm.runtime.tensor(pack_data(r, 8)), result)
+    g = torch.sigmoid(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)))
+    ref = torch.relu(torch.from_numpy(m) * g + torch.from_numpy(r)).numpy()
+    got = result.numpy().transpose(0, 1, 4, 2, 3).reshape(ref.shape)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
