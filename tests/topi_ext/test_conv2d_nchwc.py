@@ -46,6 +46,7 @@ CASES = [  # cin, cout, size, kernel, stride, padding (t, l, b, r), dilation
     (1024, 512, 7, 1, 1, (0, 0, 0, 0), 1),  # the 7² map as one row
     (1024, 512, 14, 1, 2, (0, 0, 0, 0), 1),  # strided
     (2048, 272, 9, 1, 1, (0, 0, 0, 0), 1),  # an odd number of output chunks, a map with a partial tile
+    (400, 400, 7, 1, 1, (0, 0, 0, 0), 1),  # 25 chunks; with L1 under 50 KB rows over blocks, the map as one row
 ]
 POINTWISE_BLOCKED = {case for case in CASES if case[0] >= 1024}
 

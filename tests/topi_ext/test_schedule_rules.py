@@ -48,13 +48,14 @@ CONVS = [
     (AVX512, (512, 512, 7, 3, 1, 1), True, False, (7, 2, 16)),
     (AVX512, (64, 256, 56, 1, 1, 0), False, False, (7, 2)),
     (AVX512, (256, 64, 56, 1, 1, 0), False, False, (7, 2)),
-    # a 1×1 conv whose tile's weights exceed L1 and whose kernel exceeds half of L2 accumulates rows over
+    # a 1×1 conv whose tile's weights exceed L1 and whose kernel exceeds half of L2 (or map fits one row) accumulates rows over
     # blocks of 4 input chunks (weights in L1 for the row), its 7² map as one row (ResNeXt-50's 1×1 convs
     # at 14² and 7², 1 thread, loaded AVX-512 Xeon: 1.25-1.7x; AVX2 code 1.2-1.5x); with the kernel within
     # L2 (28²) the whole reduction stays in the tile
     (AVX512, (512, 2048, 7, 1, 1, 0), True, True, (4, 7, 2)),
     (AVX512, (1024, 512, 14, 1, 1, 0), True, False, (4, 7, 2)),
     (AVX512, (512, 256, 28, 1, 1, 0), False, False, (7, 2)),
+    (AVX512, (400, 400, 7, 1, 1, 0), True, True, (1, 14, 1)),  # kernel within L2, the map one row (RegNetX: 1.11x)
     (AVX2, (1024, 512, 14, 1, 1, 0), True, False, (16, 2, 4)),
     (AVX2, (512, 256, 28, 1, 1, 0), False, False, (4, 2)),
     (AVX512, (32, 64, 112, 3, 1, 1), True, False, (14, 1, 16)),

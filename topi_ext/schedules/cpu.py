@@ -175,10 +175,12 @@ def default_conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, machine: Machi
     channels at 7²-56², 1 thread: 1.02-1.3x, strided ones too). Else the whole reduction runs inside:
     a 1×1 conv has no taps to amortize the row buffer's loads and stores over, and a stem's weights
     (3 input channels) stay in L1 anyway (7×7 and 3×3 stems: 1.1-1.3x faster than rows). Except a 1×1
-    conv whose tile's weights exceed all of L1 (512-2048 input channels on 16 lanes): each tile would
-    stream them from L2, so it accumulates rows over blocks of input chunks whose weights stay in L1
-    (:func:`pointwise_input_block`; ResNeXt-50's 1×1 convs at 14² and 7², 1 thread, loaded AVX-512
-    Xeon: 1.25-1.5x; at 28² unchanged)."""
+    conv whose tile's weights exceed all of L1 (512-2048 input channels on 16 lanes) and whose whole
+    kernel exceeds half of L2, or whose map fits one row (7²): each tile would stream its weights, and
+    each row the whole kernel from beyond L2, so it accumulates rows over blocks of input chunks whose
+    weights stay in L1 for the row, or the map (:func:`pointwise_input_block`; ResNeXt-50's 1×1 convs
+    at 14² and 7², 1 thread, loaded AVX-512 Xeon: 1.25-1.7x, its AVX2 code 1.2-1.5x; RegNetX-400MF's
+    400 → 400 at 7² 1.11x; with a kernel within L2 at 28², 0.95-0.98x, so not there)."""
     return _conv_reduction(sch, ico, ry, rx, ici, 2, machine)
 
 
@@ -193,12 +195,13 @@ def default_grouped_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, machine: Ma
 def _conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, vectors: int, machine: Machine) -> tuple[list, list, list]:
     """Rows accumulated when a kernel with taps has more weights for a tile of ``vectors`` channel
     vectors than half of the machine's L1, or a 1×1 kernel more than all of it while the whole kernel
-    exceeds half of L2 (:func:`default_conv_reduction`)."""
+    exceeds half of L2 or the map is accumulated as one row (:func:`default_conv_reduction`)."""
     chunks, kh, kw, in_lanes = extents(sch, [ico, ry, rx, ici])
     step = kh * kw * in_lanes * vectors * _out_lanes(sch) * 4  # the tile's weight bytes per input chunk
     if kh * kw > 1 and chunks * step > machine.l1d_bytes // 2:
         return [ico, ry], [rx, ici], []
-    if kh * kw == 1 and chunks * step > machine.l1d_bytes and _kernel_bytes(sch) > machine.l2_bytes // 2:
+    if kh * kw == 1 and chunks * step > machine.l1d_bytes and (_kernel_bytes(sch) > machine.l2_bytes // 2
+                                                               or _pointwise_map_is_one_row(sch, machine)):
         block, rest = sch.split(ico, [None, pointwise_input_block(chunks, step, machine)])
         return [block], [rest, ry, rx, ici], []
     return [], [ico, ry, rx, ici], []
@@ -208,6 +211,13 @@ def _kernel_bytes(sch: s_tir.Schedule) -> int:
     """The bytes of the blocked conv's (packed) kernel."""
     kernel = next(r.source for r in sch.get(_conv_block(sch)).reads if len(r.source.shape) == 6)
     return math.prod(int(d) for d in kernel.shape) * 4
+
+
+def _pointwise_map_is_one_row(sch: s_tir.Schedule, machine: Machine) -> bool:
+    """Whether a 1×1 conv accumulating rows would accumulate its whole map as one (:func:`fits_one_row`)."""
+    conv = _conv_block(sch)
+    _, chunks, height, width, lanes = (int(d) for d in sch.get(conv).writes[0].source.shape)
+    return fits_one_row(height, width, chunks // _block_groups(sch, conv), lanes, machine, taps=False)
 
 
 def pointwise_input_block(chunks: int, step: int, machine: Machine) -> int:
