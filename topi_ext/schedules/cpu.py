@@ -309,10 +309,11 @@ def _register_tiled_conv(sch: s_tir.Schedule, conv, machine: Machine, tiles, red
 
 
 def _inline_elementwise(sch: s_tir.Schedule, done: set) -> None:
-    """Inline the root blocks not in ``done`` into their consumers, as the generic rule does: an
-    epilogue past a change of shape (squeeze-excite's gate broadcast over the map, then a residual add
-    and ReLU) is then one pass over the map, not one pass and one buffer per step (SE-ResNeXt-26d's
-    gated maps at 7²-56², 1 thread, loaded AVX-512 Xeon: 1.5-2.1x)."""
+    """Inline the root blocks not in ``done`` into their consumers (the generic rule, and a conv's epilogue
+    past a change of shape: squeeze-excite's gate broadcast over the map, then a residual add and ReLU,
+    is then one pass over the map, not one pass and one buffer per step; SE-ResNeXt-26d's gated maps at
+    7²-56², 1 thread, loaded AVX-512 Xeon: 1.5-2.1x). A padded input stays materialized (inlined into a
+    reduction it puts a branch in the inner loop), and so does a long expression loaded more than once."""
     done_names = {sch.get(b).name_hint for b in done if b is not None}
     for block in blocks(sch):
         if sch.get(block).name_hint in done_names or is_reduction(sch, block):
@@ -527,14 +528,7 @@ def _resize2d(sch: s_tir.Schedule, machine: Machine) -> bool:
 
 
 def _generic(sch: s_tir.Schedule, machine: Machine) -> bool:
-    for block in blocks(sch):
-        # a padded input stays materialized: inlined into a reduction it puts a branch in the inner loop
-        if any(is_reduction(sch, c) for c in sch.get_consumers(block)) or _inlining_copies_too_much(sch, block):
-            continue
-        try:
-            sch.compute_inline(block)
-        except s_tir.ScheduleError:
-            pass
+    _inline_elementwise(sch, done=set())
     return _schedule_rest(sch, machine.lanes(), done=set())
 
 
