@@ -17,7 +17,7 @@ from reforge.topi_ext.layouts import blocked_conv2d_layouts, channel_block
 from reforge.machine import AVX2, AVX512
 from reforge.topi_ext.schedules.cpu import default_conv_reduction, default_conv_tiles
 from reforge.topi_ext.schedules.default import schedule_func
-from reforge.topi_ext.schedules.helpers import PAD_PARALLEL_MIN_WORK
+from reforge.topi_ext.schedules.helpers import PAD_PARALLEL_MIN_WORK, extents
 
 
 def pack_data(x, ib):
@@ -42,7 +42,13 @@ CASES = [  # cin, cout, size, kernel, stride, padding (t, l, b, r), dilation
     (16, 32, 13, 3, 1, (1, 1, 1, 1), 1),  # a map too large for one row: rows of 2-column tiles, the last partial
     (32, 32, 7, 1, 1, (0, 0, 0, 0), 1),  # 1x1 at a prime width: tiles of 4 columns, the last one partial
     (48, 16, 56, 3, 1, (1, 1, 1, 1), 1),  # padding of 161K elements: copied in parallel
+    # 1x1 convs whose kernel exceeds half of L2: rows accumulated over blocks of input chunks
+    (1024, 512, 7, 1, 1, (0, 0, 0, 0), 1),  # the 7² map as one row
+    (1024, 512, 14, 1, 2, (0, 0, 0, 0), 1),  # strided
+    (2048, 272, 9, 1, 1, (0, 0, 0, 0), 1),  # an odd number of output chunks, a map with a partial tile
+    (400, 400, 7, 1, 1, (0, 0, 0, 0), 1),  # 25 chunks; with L1 under 50 KB rows over blocks, the map as one row
 ]
+POINTWISE_BLOCKED = {case for case in CASES if case[0] >= 1024}
 
 
 @pytest.mark.parametrize("cin, cout, size, k, stride, pad, dil", CASES)
@@ -58,6 +64,11 @@ def test_scheduled_conv2d_nchwc_matches_torch(cin, cout, size, k, stride, pad, d
     out = conv2d_nchwc(data, kernel, (stride, stride), pad, (dil, dil), "float32")
     func, rule = schedule_func(te.create_prim_func([data, kernel, out]), target.machine)
     assert rule == "conv2d_nchwc"
+    sch = tvm.s_tir.Schedule(te.create_prim_func([data, kernel, out]))
+    _n, _oco, _oh, _ow, _oci, ico, ry, rx, ici = sch.get_loops(sch.get_sblock("conv2d_nchwc"))
+    outer, _inner, _unrolled = default_conv_reduction(sch, ico, ry, rx, ici, target.machine)
+    if (cin, cout, size, k, stride, pad, dil) in POINTWISE_BLOCKED:  # the path these cases are here for
+        assert len(outer) == 1 and extents(sch, outer)[0] > 1
     lib = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target)
     result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
     lib["main"](tvm.runtime.tensor(pack_data(x, ib)), tvm.runtime.tensor(pack_kernel(w, ib, ob)), result)
@@ -196,3 +207,36 @@ def test_layout_policy_blocks_by_groups_and_skips_narrow_convs():
     assert choose(conv(16, groups=4)) == {"relax.nn.conv2d": ["NCHW8c", "OIHW4i8o", "NCHW8c"]}  # 2 groups a block
     assert choose(conv(3)) == {"relax.nn.conv2d": ["NCHW", "OIHW"]}  # a 3-lane output block does not pay
     assert choose(relax.op.nn.relu(x)) == {}
+
+
+def test_a_gate_broadcast_over_the_map_is_one_pass():
+    """Squeeze-excite's gate: a 1x1 conv over the pooled vector, its sigmoid joining the tile; then the gate
+    multiplies a map, a residual is added and ReLU applied: those steps past the change of shape are one
+    block (one pass over the map, no intermediate buffer), and all match PyTorch (1e-4 of the largest)."""
+    target = backends.get("x86")
+    data = te.placeholder((1, 2, 1, 1, 8), name="pooled")
+    kernel = te.placeholder((4, 2, 1, 1, 8, 8), name="kernel")
+    bias = te.placeholder((1, 4, 1, 1, 8), name="bias")
+    fmap = te.placeholder((1, 4, 9, 9, 8), name="fmap")
+    residual = te.placeholder((1, 4, 9, 9, 8), name="residual")
+    gate = topi.sigmoid(conv2d_nchwc(data, kernel, (1, 1), (0, 0, 0, 0), (1, 1), "float32") + bias)
+    out = topi.nn.relu(fmap * gate + residual)
+    func, rule = schedule_func(vectorizable_math(te.create_prim_func([data, kernel, bias, fmap, residual, out])),
+                               target.machine)
+    assert rule == "conv2d_nchwc"
+    blocks = set(re.findall(r'T\.sblock\("(\w+)"\)', func.script()))
+    assert len(blocks - {"root", "conv2d_nchwc_init", "conv2d_nchwc_update", "conv2d_nchwc_local"}) == 1, blocks
+    assert func.script().count("T.sblock_alloc_buffer") == 2  # the gate and the tile's accumulators
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((1, 16, 1, 1)).astype("float32"), rng.standard_normal((32, 16, 1, 1)).astype("float32")
+    b = rng.standard_normal(32).astype("float32")
+    m, r = (rng.standard_normal((1, 32, 9, 9)).astype("float32") for _ in range(2))
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target)
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
+    lib["main"](tvm.runtime.tensor(pack_data(x, 8)), tvm.runtime.tensor(pack_kernel(w, 8, 8)),
+                tvm.runtime.tensor(b.reshape(1, 4, 8)[:, :, None, None, :].copy()),
+                tvm.runtime.tensor(pack_data(m, 8)), tvm.runtime.tensor(pack_data(r, 8)), result)
+    g = torch.sigmoid(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)))
+    ref = torch.relu(torch.from_numpy(m) * g + torch.from_numpy(r)).numpy()
+    got = result.numpy().transpose(0, 1, 4, 2, 3).reshape(ref.shape)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()

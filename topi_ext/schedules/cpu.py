@@ -174,7 +174,13 @@ def default_conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, machine: Machi
     vectors a chunk) are read from L1, not streamed from L2 once per tile (3×3 convs of 32-512
     channels at 7²-56², 1 thread: 1.02-1.3x, strided ones too). Else the whole reduction runs inside:
     a 1×1 conv has no taps to amortize the row buffer's loads and stores over, and a stem's weights
-    (3 input channels) stay in L1 anyway (7×7 and 3×3 stems: 1.1-1.3x faster than rows)."""
+    (3 input channels) stay in L1 anyway (7×7 and 3×3 stems: 1.1-1.3x faster than rows). Except a 1×1
+    conv whose tile's weights exceed all of L1 (512-2048 input channels on 16 lanes) and whose whole
+    kernel exceeds half of L2, or whose map fits one row (7²): each tile would stream its weights, and
+    each row the whole kernel from beyond L2, so it accumulates rows over blocks of input chunks whose
+    weights stay in L1 for the row, or the map (:func:`pointwise_input_block`; ResNeXt-50's 1×1 convs
+    at 14² and 7², 1 thread, loaded AVX-512 Xeon: 1.25-1.7x, its AVX2 code 1.2-1.5x; RegNetX-400MF's
+    400 → 400 at 7² 1.11x; with a kernel within L2 at 28², 0.95-0.98x, so not there)."""
     return _conv_reduction(sch, ico, ry, rx, ici, 2, machine)
 
 
@@ -188,12 +194,37 @@ def default_grouped_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, machine: Ma
 
 def _conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, vectors: int, machine: Machine) -> tuple[list, list, list]:
     """Rows accumulated when a kernel with taps has more weights for a tile of ``vectors`` channel
-    vectors than half of the machine's L1 (:func:`default_conv_reduction`)."""
+    vectors than half of the machine's L1, or a 1×1 kernel more than all of it while the whole kernel
+    exceeds half of L2 or the map is accumulated as one row (:func:`default_conv_reduction`)."""
     chunks, kh, kw, in_lanes = extents(sch, [ico, ry, rx, ici])
-    out_lanes = _out_lanes(sch)
-    if kh * kw > 1 and chunks * kh * kw * in_lanes * vectors * out_lanes * 4 > machine.l1d_bytes // 2:
+    step = kh * kw * in_lanes * vectors * _out_lanes(sch) * 4  # the tile's weight bytes per input chunk
+    if kh * kw > 1 and chunks * step > machine.l1d_bytes // 2:
         return [ico, ry], [rx, ici], []
+    if kh * kw == 1 and chunks * step > machine.l1d_bytes and (_kernel_bytes(sch) > machine.l2_bytes // 2
+                                                               or _pointwise_map_is_one_row(sch, machine)):
+        block, rest = sch.split(ico, [None, pointwise_input_block(chunks, step, machine)])
+        return [block], [rest, ry, rx, ici], []
     return [], [ico, ry, rx, ici], []
+
+
+def _kernel_bytes(sch: s_tir.Schedule) -> int:
+    """The bytes of the blocked conv's (packed) kernel."""
+    kernel = next(r.source for r in sch.get(_conv_block(sch)).reads if len(r.source.shape) == 6)
+    return math.prod(int(d) for d in kernel.shape) * 4
+
+
+def _pointwise_map_is_one_row(sch: s_tir.Schedule, machine: Machine) -> bool:
+    """Whether a 1×1 conv accumulating rows would accumulate its whole map as one (:func:`fits_one_row`)."""
+    conv = _conv_block(sch)
+    _, chunks, height, width, lanes = (int(d) for d in sch.get(conv).writes[0].source.shape)
+    return fits_one_row(height, width, chunks // _block_groups(sch, conv), lanes, machine, taps=False)
+
+
+def pointwise_input_block(chunks: int, step: int, machine: Machine) -> int:
+    """Input-channel chunks a row-accumulating 1×1 conv reduces per pass over a row: the most (dividing
+    ``chunks``) whose weights for the tile (``step`` bytes a chunk) fill at most a quarter of L1, so they
+    stay there for every column tile of the row while the row's inputs stream past them."""
+    return divisor_at_most(chunks, max(1, machine.l1d_bytes // 4 // step))
 
 
 def _conv_block(sch: s_tir.Schedule):
@@ -246,7 +277,7 @@ def _register_tiled_conv(sch: s_tir.Schedule, conv, machine: Machine, tiles, red
         group, oco = sch.split(oco, [block_groups, None])
         groups = [group]
     outer, inner, unrolled = reduction(sch, ico, ry, rx, ici)
-    if outer and fits_one_row(*extents(sch, [oh, ow, oco, oci]), machine):
+    if outer and fits_one_row(*extents(sch, [oh, ow, oco, oci]), machine, math.prod(extents(sch, [ry, rx])) > 1):
         ow = sch.fuse(oh, ow)
         oh = sch.add_unit_loop(ow)
     ow_split, oco_split = tiles(sch, ow, oco, bool(outer))
@@ -272,15 +303,38 @@ def _register_tiled_conv(sch: s_tir.Schedule, conv, machine: Machine, tiles, red
         sch.unroll(loop)
     init = sch.decompose_reduction(conv, (outer or inner)[0])
     sch.vectorize(sch.get_loops(init)[-1])
-    return _schedule_rest(sch, machine.lanes(), done={conv, write_back, pad, init})
+    done = {conv, write_back, pad, init}
+    _inline_elementwise(sch, done)
+    return _schedule_rest(sch, machine.lanes(), done=done)
 
 
-def fits_one_row(height: int, width: int, chunks: int, lanes: int, machine: Machine) -> bool:
-    """Accumulate the whole map as one row when the width splits into no full register tiles (a
-    prime: 7) and the map's accumulators fit half of L1: the partial tile then comes once per map,
-    not once per row (7² maps of 256-1280 channels, 1 thread: 1.05-1.2x)."""
+def _inline_elementwise(sch: s_tir.Schedule, done: set) -> None:
+    """Inline the root blocks not in ``done`` into their consumers (the generic rule, and a conv's epilogue
+    past a change of shape: squeeze-excite's gate broadcast over the map, then a residual add and ReLU,
+    is then one pass over the map, not one pass and one buffer per step; SE-ResNeXt-26d's gated maps at
+    7²-56², 1 thread, loaded AVX-512 Xeon: 1.5-2.1x). A padded input stays materialized (inlined into a
+    reduction it puts a branch in the inner loop), and so does a long expression loaded more than once."""
+    done_names = {sch.get(b).name_hint for b in done if b is not None}
+    for block in blocks(sch):
+        if sch.get(block).name_hint in done_names or is_reduction(sch, block):
+            continue
+        if any(is_reduction(sch, c) for c in sch.get_consumers(block)) or _inlining_copies_too_much(sch, block):
+            continue
+        try:
+            sch.compute_inline(block)
+        except s_tir.ScheduleError:  # a block writing the function's output
+            pass
+
+
+def fits_one_row(height: int, width: int, chunks: int, lanes: int, machine: Machine, taps: bool = True) -> bool:
+    """Accumulate the whole map as one row when the map's accumulators fit half of L1 and either the
+    width splits into no full register tiles (a prime: 7), so the partial tile comes once per map, not
+    once per row (7² maps of 256-1280 channels, 1 thread: 1.05-1.2x), or the kernel has no ``taps``
+    (a 1×1 conv accumulating rows over input blocks, :func:`pointwise_input_block`), so each block's
+    weights are read once per map, not once per row (7² maps of 1024-2048 channels, 1 thread, loaded
+    AVX-512 Xeon: 1.07-1.1x)."""
     cols, k = conv_tile(width, chunks, True, lanes, machine)
-    return width % cols != 0 and height * width * k * lanes * 4 <= machine.l1d_bytes // 2
+    return (width % cols != 0 or not taps) and height * width * k * lanes * 4 <= machine.l1d_bytes // 2
 
 
 def default_depthwise_columns(sch: s_tir.Schedule, ow, machine: Machine) -> list:
@@ -474,14 +528,7 @@ def _resize2d(sch: s_tir.Schedule, machine: Machine) -> bool:
 
 
 def _generic(sch: s_tir.Schedule, machine: Machine) -> bool:
-    for block in blocks(sch):
-        # a padded input stays materialized: inlined into a reduction it puts a branch in the inner loop
-        if any(is_reduction(sch, c) for c in sch.get_consumers(block)) or _inlining_copies_too_much(sch, block):
-            continue
-        try:
-            sch.compute_inline(block)
-        except s_tir.ScheduleError:
-            pass
+    _inline_elementwise(sch, done=set())
     return _schedule_rest(sch, machine.lanes(), done=set())
 
 
