@@ -42,6 +42,8 @@ CASES = [  # cin, cout, size, kernel, stride, padding (t, l, b, r), dilation
     (16, 32, 13, 3, 1, (1, 1, 1, 1), 1),  # a map too large for one row: rows of 2-column tiles, the last partial
     (32, 32, 7, 1, 1, (0, 0, 0, 0), 1),  # 1x1 at a prime width: tiles of 4 columns, the last one partial
     (48, 16, 56, 3, 1, (1, 1, 1, 1), 1),  # padding of 161K elements: copied in parallel
+    (32, 64, 17, 1, 1, (0, 0, 0, 0), 1),  # 17 columns: a partial tile (6 x 2 with 16 lanes)
+    (16, 32, 35, 3, 2, (0, 0, 0, 0), 1),  # strided to 17 columns without padding
 ]
 
 

@@ -136,6 +136,18 @@ def test_the_budget_reads_the_machine():
     assert conv_tile(56, 8, False, 4, AVX2) == (4, 2)
 
 
+def test_a_wide_partial_tile_has_the_fewest_predicated_columns():
+    """A width with no divisor tile (a prime: 17, 109, 149) takes, under the wide rule, the partial tile whose
+    last step has the fewest columns past the width: LLVM keeps a predicated column's accumulators in memory
+    when it does not unswitch the tile (Inception-v3's 17-wide 1x1 and 1x7 convs: 6 x 2 ran 2-3x faster than
+    7 x 2, whose last tile has 4 of 7 columns past the width). The 16-register rule keeps its choice."""
+    assert conv_tile(17, 12, False, 16, AVX512) == (6, 2)  # 7 x 2 leaves 4 columns past 17, 6 x 2 one
+    assert conv_tile(17, 12, True, 16, AVX512) == (6, 2)
+    assert conv_tile(149, 2, False, 16, AVX512) == (6, 2)
+    assert conv_tile(109, 6, False, 16, AVX512) == (5, 2)
+    assert conv_tile(17, 24, False, 8, AVX2) == (4, 2)
+
+
 @pytest.mark.parametrize("lanes, planes", [(4, 1), (4, 2), (8, 1), (8, 3)])
 def test_bitserial_tiles_are_todays_on_avx2_and_follow_the_registers(lanes, planes):
     """AVX2, AVX-512 and NEON keep 8 accumulator registers (the tiles the lanes-based rule gave: enough
