@@ -50,10 +50,15 @@ _BINARY = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply":
 
 def padded_channels(channels: int, lanes: int) -> int | None:
     """The channel count a conv writing ``channels`` is padded to: the next multiple of ``lanes`` where
-    ``channels`` has no block of half the lanes and that multiple is at most ``MAX_GROWTH`` times it; else None."""
-    if channel_block(channels, lanes) >= max(lanes // 2, 2):
+    ``channels`` has no block of half the lanes and that multiple is at most ``MAX_GROWTH`` times it, or where
+    its block is no power of two (LLVM splits such a vector: 10 lanes as 8 + 2) and the multiple adds at most
+    one channel in ``lanes`` (SqueezeNet's 1000 classes in blocks of 10 on 16 lanes: 1008; its 1×1 conv
+    512 → 1000 at 13², AVX-512, 1 thread: 2x faster); else None."""
+    block, padded = channel_block(channels, lanes), -(-channels // lanes) * lanes
+    if block & (block - 1) and block < lanes and padded * lanes <= channels * (lanes + 1):
+        return padded
+    if block >= max(lanes // 2, 2):
         return None
-    padded = -(-channels // lanes) * lanes
     return padded if padded <= MAX_GROWTH * channels else None
 
 
@@ -121,7 +126,9 @@ class _PadChannels(relax.PyExprMutator):
         if var in self.padded or var in self.logical:
             if var not in self.logical:
                 p = self.padded[var]
-                self.logical[var] = self.builder_.emit(_select(p.var, p.positions), name_hint=var.name)
+                pooled = [int(d) for d in tensor_shape(p.var)[2:]] == [1, 1]  # a gather of C values: the slice
+                # would join the tensors' channel blocks (1008 and 1000 in blocks of 8, not 16)
+                self.logical[var] = self.builder_.emit(_select(p.var, p.positions, gather=pooled), name_hint=var.name)
             return self.logical[var]
         return super().visit_dataflow_var_(var)
 
@@ -238,10 +245,10 @@ def _selected_channels(call) -> np.ndarray | None:
     return q.astype(np.int64)
 
 
-def _select(x: relax.Expr, channels: np.ndarray) -> relax.Expr:
-    """``x[:, channels]``: a slice where ``channels`` is a range, else a take."""
+def _select(x: relax.Expr, channels: np.ndarray, gather: bool = False) -> relax.Expr:
+    """``x[:, channels]``: a slice where ``channels`` is a range (unless ``gather``), else a take."""
     first = int(channels[0])
-    if np.array_equal(channels, np.arange(first, first + len(channels))):
+    if not gather and np.array_equal(channels, np.arange(first, first + len(channels))):
         return relax.op.strided_slice(x, axes=[1], begin=[first], end=[first + len(channels)])
     return relax.op.take(x, relax.const(channels.astype(np.int64), "int64"), axis=1)
 
@@ -278,8 +285,9 @@ def _keeps_zero_channels(call) -> bool:
 
 def _carriers(func: relax.Function) -> set:
     """The variables every reader of which carries zero channels on: a conv (dense or depthwise), a channel
-    selection, or an operator keeping them whose result is itself such a variable. Only these are padded
-    (a conv writing the output, or read by a sigmoid, would pay for channels that are sliced off at once)."""
+    selection, a global average pool (its readers slice one value a channel), or an operator keeping them whose
+    result is itself such a variable. Only these are padded (a conv writing the output, or read by a sigmoid,
+    would pay for channels that are sliced off at once)."""
     readers: dict = {}
     for binding in bindings(func):
         for var in relax.analysis.free_vars(binding.value):
@@ -303,6 +311,8 @@ def _carries(reader: relax.Binding, var: relax.Var, carriers: set) -> bool:
             and (groups == 1 or (w.shape[1] == 1 and groups == w.shape[0]))  # dense or depthwise
     if name in ("relax.take", "relax.strided_slice"):
         return call.args[0].same_as(var) and _selected_channels(call) is not None
+    if _spatial_mean(call):
+        return True  # one value a channel: a reader that is no carrier takes the real ones back for almost nothing
     if reader.var not in carriers:
         return False
     if name in _BINARY:

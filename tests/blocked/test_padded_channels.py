@@ -43,6 +43,30 @@ def test_padded_counts():
     # a block of half the lanes or more (232: 8, 24: 12), or a pad costing more than a quarter (6, 20): as they are
     assert padded_channels(232, 16) is None and padded_channels(24, 16) is None
     assert padded_channels(6, 16) is None and padded_channels(36, 16) is None and padded_channels(64, 16) is None
+    # a block no power of two (10: LLVM splits it 8 + 2) padded where that adds at most one channel in 16
+    assert padded_channels(1000, 16) == 1008 and padded_channels(250, 16) == 256
+    assert padded_channels(40, 16) is None and padded_channels(30, 16) is None and padded_channels(1000, 8) is None
+
+
+class PooledClassifier(nn.Module):
+    """SqueezeNet's head: a 1×1 conv to 250 classes (blocks of 10 on 16 lanes), ReLU, global average pool,
+    flatten: the conv writes 256 channels in blocks of 16, the pooled values are gathered back to 250."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(32, 250, 1)
+
+    def forward(self, x):
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1), 1)
+
+
+def test_a_pooled_head_of_1000_classes_style_runs_in_blocks_of_16(tmp_path):
+    shape = (1, 32, 13, 13)
+    path, _ = blocked_edges_only(make(PooledClassifier()), shape, tmp_path / "head.onnx")
+    assert conv_layouts(path) == {"NCHW16c"}  # 250 alone: blocks of 10
+    mod, _ = blocked_layout(rewritten(path), LANES)
+    convs = [b.value for b in bindings(mod["main"]) if op_name(b.value) == "relax.nn.conv2d"]
+    assert [int(tensor_shape(c)[1]) * int(tensor_shape(c)[4]) for c in convs] == [256]
 
 
 @pytest.mark.parametrize("split", ["split", "slice"])

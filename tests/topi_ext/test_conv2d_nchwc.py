@@ -47,6 +47,10 @@ CASES = [  # cin, cout, size, kernel, stride, padding (t, l, b, r), dilation
     (1024, 512, 14, 1, 2, (0, 0, 0, 0), 1),  # strided
     (2048, 272, 9, 1, 1, (0, 0, 0, 0), 1),  # an odd number of output chunks, a map with a partial tile
     (400, 400, 7, 1, 1, (0, 0, 0, 0), 1),  # 25 chunks; with L1 under 50 KB rows over blocks, the map as one row
+    (32, 64, 17, 1, 1, (0, 0, 0, 0), 1),  # 17 columns: a partial tile (6 x 2 with 16 lanes)
+    (16, 32, 35, 3, 2, (0, 0, 0, 0), 1),  # strided to 17 columns without padding
+    (256, 64, 7, 1, 1, (0, 0, 0, 0), 1),  # 1x1 whose tile weights fit L1: the whole reduction in the tile
+    (512, 48, 8, 1, 1, (0, 0, 0, 0), 1),  # tile weights past L1 over an 8² map: input-chunk blocks, the map one row
 ]
 POINTWISE_BLOCKED = {case for case in CASES if case[0] >= 1024}
 
@@ -162,7 +166,8 @@ def test_an_epilogue_reading_the_conv_twice(name):
 
 @pytest.mark.parametrize("cin, channels, size, k, rows, tile, lanes", [
     (64, 64, 56, 3, True, (2, 4), 8), (512, 512, 7, 3, True, (2, 4), 8),  # 7 has no 2-8 divisor: a partial last tile
-    (128, 128, 28, 1, False, (4, 2), 8), (512, 512, 7, 1, False, (4, 2), 8), (256, 256, 14, 1, False, (2, 4), 8),
+    (128, 128, 28, 1, False, (4, 2), 8), (256, 256, 14, 1, False, (2, 4), 8),
+    (512, 512, 7, 1, True, (2, 4), 8),  # a 1x1 whose weights a tile exceed half of L1: input-chunk blocks, rows
     (32, 16, 28, 3, True, (4, 2), 8),  # two channel vectors: the columns make the 8 accumulators
     (8, 64, 56, 3, False, (4, 2), 8),  # few input channels: the weights stay in L1, no row buffer
     # AVX-512: up to 14 accumulators of at most 2 vectors

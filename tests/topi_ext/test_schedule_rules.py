@@ -32,7 +32,7 @@ CONVS = [
     (AVX2, (512, 512, 7, 3, 1, 1), True, True, (2, 4, 8)),
     (AVX2, (64, 256, 56, 1, 1, 0), False, False, (4, 2)),
     (AVX2, (256, 64, 56, 1, 1, 0), False, False, (4, 2)),
-    (AVX2, (512, 2048, 7, 1, 1, 0), False, False, (4, 2)),
+    (AVX2, (512, 2048, 7, 1, 1, 0), True, True, (16, 2, 4)),  # blocks of 16 input chunks over the 7² map
     (AVX2, (32, 64, 112, 3, 1, 1), True, False, (2, 4, 8)),
     (AVX2, (16, 32, 13, 3, 1, 1), False, False, (4, 2, 8)),
     (AVX2, (24, 40, 28, 1, 1, 0), False, False, (8, 1)),
@@ -55,7 +55,8 @@ CONVS = [
     (AVX512, (512, 2048, 7, 1, 1, 0), True, True, (4, 7, 2)),
     (AVX512, (1024, 512, 14, 1, 1, 0), True, False, (4, 7, 2)),
     (AVX512, (512, 256, 28, 1, 1, 0), False, False, (7, 2)),
-    (AVX512, (400, 400, 7, 1, 1, 0), True, True, (1, 14, 1)),  # kernel within L2, the map one row (RegNetX: 1.11x)
+    (AVX512, (400, 400, 7, 1, 1, 0), True, True, (1, 10, 1)),  # kernel within L2, the map one row (RegNetX: 1.11x);
+    # 10 columns: one past the 49 (the fewest)
     (AVX2, (1024, 512, 14, 1, 1, 0), True, False, (16, 2, 4)),
     (AVX2, (512, 256, 28, 1, 1, 0), False, False, (4, 2)),
     (AVX512, (32, 64, 112, 3, 1, 1), True, False, (14, 1, 16)),
@@ -143,6 +144,18 @@ def test_the_budget_reads_the_machine():
     assert conv_tile_budget(SSE, 4).min_acc == 4
     assert conv_tile(56, 8, False, 4, NEON) == (7, 2)  # 14 accumulators: with 16 registers it was 4 x 2
     assert conv_tile(56, 8, False, 4, AVX2) == (4, 2)
+
+
+def test_a_wide_partial_tile_has_the_fewest_predicated_columns():
+    """A width with no divisor tile (a prime: 17, 109, 149) takes, under the wide rule, the partial tile whose
+    last step has the fewest columns past the width: LLVM keeps a predicated column's accumulators in memory
+    when it does not unswitch the tile (Inception-v3's 17-wide 1x1 and 1x7 convs: 6 x 2 ran 2-3x faster than
+    7 x 2, whose last tile has 4 of 7 columns past the width). The 16-register rule keeps its choice."""
+    assert conv_tile(17, 12, False, 16, AVX512) == (6, 2)  # 7 x 2 leaves 4 columns past 17, 6 x 2 one
+    assert conv_tile(17, 12, True, 16, AVX512) == (6, 2)
+    assert conv_tile(149, 2, False, 16, AVX512) == (6, 2)
+    assert conv_tile(109, 6, False, 16, AVX512) == (5, 2)
+    assert conv_tile(17, 24, False, 8, AVX2) == (4, 2)
 
 
 @pytest.mark.parametrize("lanes, planes", [(4, 1), (4, 2), (8, 1), (8, 3)])

@@ -136,7 +136,10 @@ def conv_tile(width: int, chunks: int, accumulate_rows: bool, lanes: int, machin
     the fewest loads per FMA, then the most chunks when the conv accumulates whole rows (its weight
     steps are short and stay in L1), else the most columns. Column counts that divide the width come
     first; a width without one (a prime: 7) takes a tile whose last step is partial (a predicate the
-    unrolled tile folds). Measured (1 thread, AVX2): rows of 3×3 convs at 7²-56², 2 × 4 beats 4 × 2
+    unrolled tile folds), under the wide rule the one with the fewest columns past the width first: where
+    LLVM does not unswitch the predicate, each predicated column's accumulators stay in memory (Inception-v3's
+    17-wide 1×1, 1×7 and strided 3×3 convs, AVX-512, 1 thread: 6 × 2, one column past, 2-3x faster than
+    7 × 2, four past; the 3-channel stem at 149 columns 2.4x; the 16-register rule measured neutral). Measured (1 thread, AVX2): rows of 3×3 convs at 7²-56², 2 × 4 beats 4 × 2
     by 1.02-1.2x; 1×1 convs, 4 × 2 beats 8 × 1 by 1.1-1.25x; at 7² a partial 4 × 2 beats 7 × 1 by 1.15x.
 
     The wide rule (32 registers filled by the tile's vectors: AVX-512, NEON): up to WIDE_MAX_CONV_ACC accumulators of at most
@@ -161,7 +164,8 @@ def conv_tile(width: int, chunks: int, accumulate_rows: bool, lanes: int, machin
     if not tiles:
         return divisor_at_most(width, MAX_REG_N), 1
     prefer_chunks = accumulate_rows and not wide
-    return min(tiles, key=lambda t: ((t[0] + t[1]) / (t[0] * t[1]), -t[1] if prefer_chunks else -t[0]))
+    return min(tiles, key=lambda t: (-width % t[0] if wide else 0, (t[0] + t[1]) / (t[0] * t[1]),
+                                     -t[1] if prefer_chunks else -t[0]))
 
 
 def default_conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, machine: Machine) -> tuple[list, list, list]:
@@ -176,11 +180,12 @@ def default_conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, machine: Machi
     a 1×1 conv has no taps to amortize the row buffer's loads and stores over, and a stem's weights
     (3 input channels) stay in L1 anyway (7×7 and 3×3 stems: 1.1-1.3x faster than rows). Except a 1×1
     conv whose tile's weights exceed all of L1 (512-2048 input channels on 16 lanes) and whose whole
-    kernel exceeds half of L2, or whose map fits one row (7²): each tile would stream its weights, and
+    kernel exceeds half of L2, or half of L1 and whose map fits one row (7², 8²): each tile would stream its weights, and
     each row the whole kernel from beyond L2, so it accumulates rows over blocks of input chunks whose
     weights stay in L1 for the row, or the map (:func:`pointwise_input_block`; ResNeXt-50's 1×1 convs
     at 14² and 7², 1 thread, loaded AVX-512 Xeon: 1.25-1.7x, its AVX2 code 1.2-1.5x; RegNetX-400MF's
-    400 → 400 at 7² 1.11x; with a kernel within L2 at 28², 0.95-0.98x, so not there)."""
+    400 → 400 at 7² 1.11x; Inception-v3's 1280 → 448 at 8² 0.55 ms against 2.6-3.7; with a kernel
+    within L2 at 28², 0.95-0.98x, so not there)."""
     return _conv_reduction(sch, ico, ry, rx, ici, 2, machine)
 
 
@@ -195,13 +200,14 @@ def default_grouped_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, machine: Ma
 def _conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici, vectors: int, machine: Machine) -> tuple[list, list, list]:
     """Rows accumulated when a kernel with taps has more weights for a tile of ``vectors`` channel
     vectors than half of the machine's L1, or a 1×1 kernel more than all of it while the whole kernel
-    exceeds half of L2 or the map is accumulated as one row (:func:`default_conv_reduction`)."""
+    exceeds half of L2, or more than half of it while the map is accumulated as one row
+    (:func:`default_conv_reduction`)."""
     chunks, kh, kw, in_lanes = extents(sch, [ico, ry, rx, ici])
     step = kh * kw * in_lanes * vectors * _out_lanes(sch) * 4  # the tile's weight bytes per input chunk
     if kh * kw > 1 and chunks * step > machine.l1d_bytes // 2:
         return [ico, ry], [rx, ici], []
-    if kh * kw == 1 and chunks * step > machine.l1d_bytes and (_kernel_bytes(sch) > machine.l2_bytes // 2
-                                                               or _pointwise_map_is_one_row(sch, machine)):
+    if kh * kw == 1 and (chunks * step > machine.l1d_bytes and _kernel_bytes(sch) > machine.l2_bytes // 2
+                         or chunks * step > machine.l1d_bytes // 2 and _pointwise_map_is_one_row(sch, machine)):
         block, rest = sch.split(ico, [None, pointwise_input_block(chunks, step, machine)])
         return [block], [rest, ry, rx, ici], []
     return [], [ico, ry, rx, ici], []
@@ -276,6 +282,7 @@ def _register_tiled_conv(sch: s_tir.Schedule, conv, machine: Machine, tiles, red
     if block_groups > 1:
         group, oco = sch.split(oco, [block_groups, None])
         groups = [group]
+    taps = math.prod(extents(sch, [ry, rx]))
     outer, inner, unrolled = reduction(sch, ico, ry, rx, ici)
     if outer and fits_one_row(*extents(sch, [oh, ow, oco, oci]), machine, math.prod(extents(sch, [ry, rx])) > 1):
         ow = sch.fuse(oh, ow)
