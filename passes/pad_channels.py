@@ -30,6 +30,8 @@ output, or read by a sigmoid: there the zero channels would be sliced off at onc
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -49,25 +51,47 @@ _BINARY = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply":
 
 
 def padded_channels(channels: int, lanes: int) -> int | None:
-    """The channel count a conv writing ``channels`` is padded to: the next multiple of ``lanes`` where
-    ``channels`` has no block of half the lanes and that multiple is at most ``MAX_GROWTH`` times it, or where
-    its block is no power of two (LLVM splits such a vector: 10 lanes as 8 + 2) and the multiple adds at most
-    one channel in ``lanes`` (SqueezeNet's 1000 classes in blocks of 10 on 16 lanes: 1008; its 1×1 conv
-    512 → 1000 at 13², AVX-512, 1 thread: 2x faster); else None."""
-    block, padded = channel_block(channels, lanes), -(-channels // lanes) * lanes
-    if block & (block - 1) and block < lanes and padded * lanes <= channels * (lanes + 1):
-        return padded
-    if block >= max(lanes // 2, 2):
+    """The channel count a conv writing ``channels`` is padded to: the next multiple of ``lanes`` where ``channels``
+    has no block of the full lanes and that multiple is at most ``MAX_GROWTH`` times it and fewer times it than the
+    lanes over its block's vector width (:func:`block_vector_width`), so the padded conv does less vector work;
+    else None."""
+    block = channel_block(channels, lanes)
+    if block == lanes:
         return None
-    return padded if padded <= MAX_GROWTH * channels else None
+    padded = -(-channels // lanes) * lanes
+    return padded if padded <= MAX_GROWTH * channels and padded * block_vector_width(block) < lanes * channels else None
+
+
+def block_vector_width(block: int) -> int:
+    """The lanes a block of ``block`` channels runs at: the largest power of two at most ``block``. LLVM splits a
+    vector of another width into power-of-two pieces (a block of 11 on 16 lanes: 8 + 2 + 1 loads a weight vector),
+    so it runs no faster than that (a 1×1 conv of 440 channels at 7², 1 thread: blocks of 11 0.73x blocks of 8)."""
+    return 1 << (block.bit_length() - 1)
+
+
+def narrow_block(channels: int, lanes: int) -> bool:
+    """Whether ``channels`` has no block of half the lanes: padded wherever its readers carry zeros. A wider block
+    (a block of 11 or 8 on 16 lanes) is padded only where no reader needs the real channels gathered back out
+    of the large tensor (:func:`pad_channels`): that copy costs more than the lanes gain."""
+    return channel_block(channels, lanes) < max(lanes // 2, 2)
 
 
 def pad_channels(mod: tvm.IRModule, lanes: int) -> tvm.IRModule:
-    """Pad the channels of every Relax function of ``mod`` whose convs write counts with no good block."""
+    """Pad the channels of every Relax function of ``mod`` whose convs write counts with no good block.
+
+    A conv whose count has a block of half the lanes or more is left unpadded where a reader of a tensor its
+    zero channels reach (other than a spatial mean's small result) needs the real channels back (an add with a
+    tensor that is not padded alike, a concat gathered back): the pass runs again without it until none does."""
     funcs = [f for _, f in mod.functions_items() if isinstance(f, relax.Function)]
     if not any(_pads(b.value, lanes) for func in funcs for b in bindings(func)):
         return mod
-    return cleanup(mutate_functions(mod, lambda m, f: _PadChannels(m, f, lanes)))
+    unpaid: set = set()
+    while True:
+        found: set = set()
+        padded = mutate_functions(mod, lambda m, f: _PadChannels(m, f, lanes, unpaid, found))
+        if not found - unpaid:
+            return cleanup(padded)
+        unpaid |= found
 
 
 def _pads(call, lanes: int) -> bool:
@@ -85,10 +109,11 @@ def _conv_weight(call) -> np.ndarray | None:
 
 
 class _Padded:
-    """A stored tensor (``var``) standing for a logical one through its channel ``positions``."""
+    """A stored tensor (``var``) standing for a logical one through its channel ``positions``; ``origins``: the
+    convs of wide blocks (:func:`narrow_block`) whose zero channels it carries."""
 
-    def __init__(self, var: relax.Expr, positions: np.ndarray):
-        self.var, self.positions = var, positions
+    def __init__(self, var: relax.Expr, positions: np.ndarray, origins: frozenset = frozenset()):
+        self.var, self.positions, self.origins = var, positions, origins
 
     @property
     def stored(self) -> int:
@@ -102,9 +127,11 @@ class _Padded:
 
 @relax.expr_functor.mutator
 class _PadChannels(relax.PyExprMutator):
-    def __init__(self, mod, func: relax.Function, lanes: int):
+    def __init__(self, mod, func: relax.Function, lanes: int, unpaid: set, found: set):
         super().__init__(mod)
         self.lanes, self.carriers, self.current = lanes, _carriers(func), None
+        self.unpaid, self.found = unpaid, found  # wide-block convs left unpadded; those found needing a gather back
+        self.origins: frozenset = frozenset()  # of the binding being rewritten
         self.padded: dict[relax.Var, _Padded] = {}  # original var -> its padded form
         self.logical: dict[relax.Var, relax.Var] = {}  # original var -> its logical tensor, once a reader needs it
 
@@ -120,7 +147,10 @@ class _PadChannels(relax.PyExprMutator):
         if int(tensor_shape(new)[1]) == len(positions) and np.array_equal(positions, np.arange(len(positions))):
             self.logical[var] = new  # no zero channels (a conv reading padded channels, writing a good count)
         else:
-            self.padded[var] = _Padded(new, positions)
+            args = [f for a in value.args for f in (a.fields if isinstance(a, relax.Tuple) else [a])]
+            origins = self.origins.union(*(self.padded[a].origins for a in args
+                                           if isinstance(a, relax.Var) and a in self.padded))
+            self.padded[var] = _Padded(new, positions, origins)
 
     def visit_dataflow_var_(self, var):
         if var in self.padded or var in self.logical:
@@ -128,6 +158,8 @@ class _PadChannels(relax.PyExprMutator):
                 p = self.padded[var]
                 pooled = [int(d) for d in tensor_shape(p.var)[2:]] == [1, 1]  # a gather of C values: the slice
                 # would join the tensors' channel blocks (1008 and 1000 in blocks of 8, not 16)
+                if not pooled:
+                    self.found |= p.origins  # a gather of the real channels out of a large tensor
                 self.logical[var] = self.builder_.emit(_select(p.var, p.positions, gather=pooled), name_hint=var.name)
             return self.logical[var]
         return super().visit_dataflow_var_(var)
@@ -135,6 +167,7 @@ class _PadChannels(relax.PyExprMutator):
     # -- one rewrite per operator kind: (the stored expression, its positions), or None (left as it is)
 
     def _rewrite(self, call: relax.Call):
+        self.origins = frozenset()
         name = op_name(call)
         if name == "relax.nn.conv2d":
             return self._conv(call)
@@ -178,7 +211,12 @@ class _PadChannels(relax.PyExprMutator):
 
     def _padded_count(self, channels: int) -> int | None:
         """The stored channels of the current result: padded where that pays and its readers keep them."""
-        return padded_channels(channels, self.lanes) if self.current in self.carriers else None
+        if self.current not in self.carriers or (not narrow_block(channels, self.lanes) and self.current in self.unpaid):
+            return None
+        target = padded_channels(channels, self.lanes)
+        if target is not None and not narrow_block(channels, self.lanes):
+            self.origins = frozenset([self.current])
+        return target
 
     def _binary(self, call, fn):
         a, b = call.args

@@ -139,8 +139,8 @@ def parallelize(sch: s_tir.Schedule, loops: list, work: int, min_work: int = PAR
 
 
 def vectorize(sch: s_tir.Schedule, block, lanes: int, min_work: int = PARALLEL_MIN_WORK) -> None:
-    """Vectorize the innermost loop of ``block`` when it fills vectors of ``lanes``; run the outer loops
-    in parallel (:func:`parallelize`).
+    """Vectorize the innermost loop of ``block`` when it fills vectors of ``lanes``, or half a vector or more of
+    them (a channel block narrower than the vector); run the outer loops in parallel (:func:`parallelize`).
 
     Loops are not all fused into one: that would put a division per element into the index
     arithmetic of every non-vectorized access.
@@ -154,4 +154,6 @@ def vectorize(sch: s_tir.Schedule, block, lanes: int, min_work: int = PARALLEL_M
         outer, inner = sch.split(loops[-1], [None, lanes])
         sch.vectorize(inner)
         loops = loops[:-1] + [outer]
+    elif lanes // 2 <= sizes[-1] < lanes:  # a channel block narrower than the vector (15 on 16 lanes): one vector
+        sch.vectorize(loops[-1])
     parallelize(sch, loops[:-1], total, min_work)
