@@ -118,12 +118,28 @@ def compose_convs(w1: np.ndarray, g1: int, w2: np.ndarray, g2: int) -> tuple[np.
     dense = np.zeros((d2.shape[0], d1.shape[1], k1h + k2h - 1, k1w + k2w - 1), np.result_type(d1, d2))
     for bh in range(k2h):
         for bw in range(k2w):
-            dense[:, :, bh:bh + k1h, bw:bw + k1w] += np.einsum("om,mcij->ocij", d2[:, :, bh, bw], d1)
+            dense[:, :, bh:bh + k1h, bw:bw + k1w] += _tap_product(d2[:, :, bh, bw], d1, g1, g2)
     groups = int(np.gcd(g1, g2))
     out_per_group, in_per_group = dense.shape[0] // groups, dense.shape[1] // groups
     group = np.arange(dense.shape[0]) // out_per_group
     cols = group[:, None] * in_per_group + np.arange(in_per_group)[None, :]
     return dense[np.arange(dense.shape[0])[:, None], cols], groups
+
+
+def _tap_product(a: np.ndarray, d1: np.ndarray, first_groups: int, second_groups: int) -> np.ndarray:
+    """``Σ_m a[o, m]·d1[m, c, i, j]``: one tap ``a`` of the second kernel through the first kernel
+    ``d1`` (both regrouped to groups 1). Where every pair (o, c) meets through a single middle
+    channel m (the first conv has one output channel per group: an average pooling, a channel
+    scale, a depthwise conv; or the second is depthwise), the other terms are zeros and that one
+    product is the sum exactly, so it is taken alone instead of the dense O·M·C contraction."""
+    out_ch, mid = a.shape
+    in_ch = d1.shape[1]
+    if first_groups == mid:  # input channel c feeds only the middle channel of its group
+        m = np.arange(in_ch) // (in_ch // mid)
+        return a[:, m][:, :, None, None] * d1[m, np.arange(in_ch)][None]
+    if second_groups == out_ch == mid:  # output channel o reads only middle channel o
+        return np.diagonal(a)[:, None, None, None] * d1
+    return np.einsum("om,mcij->ocij", a, d1)
 
 
 def binary_scales(w: np.ndarray, out_axis: int = 0) -> tuple[np.ndarray | None, bool]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import tvm
 from tvm import relax
@@ -16,6 +16,7 @@ from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from reforge.passes.blocked_forms import in_blocked_forms, channel_moves_in_blocked_layout
 from reforge.passes.blocked_pack import pack_in_blocked_layout
 from reforge.passes.channel_blocks import conv_channel_blocks
+from reforge.passes.constant_moves import fold_constants
 from reforge.passes.fuse_fplus import fplus_in_blocked_layout
 from reforge.passes.graph import mutate_functions, op_name, ops_histogram
 from reforge.passes.pad_channels import pad_channels
@@ -68,7 +69,7 @@ def blocked_layout(mod: tvm.IRModule, lanes: int) -> tuple[tvm.IRModule, str]:
     # one transform of a tensor read blocked twice (a residual block's input: its conv and its add)
     converted = channel_moves_in_blocked_layout(relax.transform.EliminateCommonSubexpr()(converted))
     # pre-pack the weights into their blocked layout
-    return _quiet(relax.transform.FoldConstant(), converted), f"NCHW{lanes}c where channels allow"
+    return _quiet(fold_constants, converted), f"NCHW{lanes}c where channels allow"
 
 
 @relax.expr_functor.mutator
@@ -92,7 +93,7 @@ def _fusion() -> list[tvm.transform.Pass]:
             relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()]
 
 
-def _quiet(transform: tvm.transform.Pass, mod: tvm.IRModule) -> tvm.IRModule:
+def _quiet(transform: Callable[[tvm.IRModule], tvm.IRModule], mod: tvm.IRModule) -> tvm.IRModule:
     """Run a pass that legalizes operators (LegalizeOps, FoldConstant) without TVM's log lines: it
     warns for every ``take`` in its default "fast" mode (no bounds checks), and reforge's takes
     (fft-conv's windows) index with in-bound constants, so on a user's terminal that is noise.

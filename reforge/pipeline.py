@@ -59,13 +59,16 @@ def run_passes(mod: tvm.IRModule, names: list[str], after_pass=None,
     the record.
     """
     records = []
+    stats = graph_stats(mod) if names else None  # a pass's "after" is the next one's "before"
     for name in names:
         if before_pass is not None:
             before_pass(name, mod)
         pass_ = registry.get(name).make(**(pass_options(name) if pass_options else {}))
-        before, start, received = graph_stats(mod), time.perf_counter(), mod
+        before, start, received = stats, time.perf_counter(), mod
         mod = pass_(mod)
-        record = PassRecord(name, pass_.report, before, graph_stats(mod), time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        stats = graph_stats(mod)
+        record = PassRecord(name, pass_.report, before, stats, seconds)
         if after_pass is not None:
             record.check = after_pass(name, received, mod)
         records.append(record)

@@ -132,13 +132,18 @@ class Backend(ABC):
         with self.tvm_target, database:
             return relax.transform.MetaScheduleApplyDatabase()(fused)
 
-    def relax_build(self, scheduled: tvm.IRModule, pipeline) -> object:
+    def relax_build(self, scheduled: tvm.IRModule, pipeline, parallel: bool = False) -> object:
         """A VM executable through TVM's lowering ``pipeline`` module for this target
-        (``tvm.relax.backend.cpu_generic.pipeline``, ``...cuda.pipeline``)."""
+        (``tvm.relax.backend.cpu_generic.pipeline``, ``...cuda.pipeline``); ``parallel`` (CPU code
+        only): the kernels compiled by several threads (:func:`reforge.codegen.vm_build`)."""
         import tvm
+
+        from reforge.codegen import vm_build
 
         tgt = self.tvm_target
         passes = pipeline.dataflow_lower_passes(tgt) + pipeline.finalize_passes(tgt)
+        if parallel:
+            return vm_build(scheduled, tgt, passes)
         return tvm.compile(scheduled, target=tgt, relax_pipeline=tvm.transform.Sequential(passes))
 
     @abstractmethod

@@ -1,5 +1,5 @@
 """What the CPU backends (x86, arm) share: blocked-layout lowering, reforge's CPU default schedules,
-and code generation through TVM's generic CPU pipeline."""
+and code generation through TVM's generic CPU pipeline (kernels compiled in parallel, :mod:`reforge.codegen`)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class CpuBackend(Backend):
     def codegen(self, scheduled):
         from tvm.relax.backend.cpu_generic import pipeline
 
-        return self.relax_build(scheduled, pipeline)
+        return self.relax_build(scheduled, pipeline, parallel=True)
 
     def default_schedule(self, func):
         from reforge.topi_ext.schedules.default import default_schedule

@@ -195,6 +195,32 @@ def test_compose_convs(g1, g2):
     close(conv2d(x, w, g, padding=1), conv2d(conv2d(x, w1, g1, padding=1), w2, g2))
 
 
+@pytest.mark.parametrize("shape1,g1,shape2,g2", [
+    ((8, 1, 3, 3), 8, (4, 8, 1, 1), 1),  # average pooling (depthwise) then a 1x1 conv
+    ((8, 2, 3, 1), 8, (6, 8, 3, 3), 1),  # one output channel per group, two inputs each
+    ((8, 4, 1, 1), 2, (8, 1, 3, 3), 8),  # a depthwise second
+    ((8, 1, 5, 5), 8, (8, 1, 3, 3), 8),  # both depthwise
+])
+def test_compose_convs_single_middle_channel_is_the_dense_sum_bit_for_bit(shape1, g1, shape2, g2):
+    """Where each (output, input) channel pair meets through one middle channel, compose_convs takes
+    that product alone: equal, bit for bit, to the dense contraction over all middle channels (the
+    others add exact zeros), and the composition of the two convs (1e-9 in float64)."""
+    rng = np.random.default_rng(sum(shape1) + g2)
+    w1, w2 = rng.standard_normal(shape1), rng.standard_normal(shape2)
+    w1[w1 > 1.2], w2[w2 < -1.2] = 0.0, -0.0
+    w, g = ka.compose_convs(w1, g1, w2, g2)
+    d1, d2 = ka.regroup_conv(w1, g1, 1), ka.regroup_conv(w2, g2, 1)
+    (k1h, k1w), (k2h, k2w) = shape1[2:], shape2[2:]
+    dense = np.zeros((shape2[0], d1.shape[1], k1h + k2h - 1, k1w + k2w - 1))
+    for bh in range(k2h):
+        for bw in range(k2w):
+            dense[:, :, bh:bh + k1h, bw:bw + k1w] += np.einsum("om,mcij->ocij", d2[:, :, bh, bw], d1)
+    np.testing.assert_array_equal(ka.regroup_conv(w, g, 1).view(np.int64), dense.view(np.int64))
+    x = rng.standard_normal((1, d1.shape[1], 9, 9))
+    np.testing.assert_allclose(conv2d(x, w, g, padding=1),
+                               conv2d(conv2d(x, w1, g1, padding=1), w2, g2), rtol=1e-9, atol=1e-9)
+
+
 # ----------------------------------------------------------------------------- binary layers
 
 
