@@ -60,7 +60,7 @@ CONVS = [
     (AVX2, (1024, 512, 14, 1, 1, 0), True, False, (16, 2, 4)),
     (AVX2, (512, 256, 28, 1, 1, 0), False, False, (4, 2)),
     (AVX512, (32, 64, 112, 3, 1, 1), True, False, (14, 1, 16)),
-    (AVX512, (16, 32, 13, 3, 1, 1), True, False, (13, 1, 16)),
+    (AVX512, (16, 32, 13, 3, 1, 1), True, False, (7, 2, 16)),  # 13 x 1 broadcast an input per FMA: 7 x 2, one past
     (AVX512, (24, 40, 28, 1, 1, 0), False, False, (4, 2)),
     (AVX512, (8, 24, 9, 1, 1, 0), False, False, (4, 2)),
     (AVX512, (48, 96, 7, 3, 1, 1), True, False, (7, 2, 16)),
@@ -79,8 +79,8 @@ DEPTHWISE = [
 TILES = {  # (lanes, rows accumulated): per width 7, 13, 14, 56, 112 the tile for 1, 2, 4, 8 channel chunks
     (8, False): ["7x1 4x2 4x2 4x2", "8x1 4x2 4x2 4x2", "8x1 4x2 2x4 2x4", "8x1 4x2 4x2 4x2", "8x1 4x2 4x2 4x2"],
     (8, True): ["7x1 4x2 2x4 2x4", "8x1 4x2 2x4 2x4", "8x1 4x2 2x4 2x4", "8x1 4x2 2x4 2x4", "8x1 4x2 2x4 2x4"],
-    (16, False): ["7x1 7x2 7x2 7x2", "13x1 13x1 13x1 13x1", "14x1 7x2 7x2 7x2", "14x1 7x2 7x2 7x2", "14x1 7x2 7x2 7x2"],
-    (16, True): ["7x1 7x2 7x2 7x2", "13x1 13x1 13x1 13x1", "14x1 7x2 7x2 7x2", "14x1 7x2 7x2 7x2", "14x1 14x1 14x1 14x1"],
+    (16, False): ["7x1 7x2 7x2 7x2", "13x1 7x2 7x2 7x2", "14x1 7x2 7x2 7x2", "14x1 7x2 7x2 7x2", "14x1 7x2 7x2 7x2"],
+    (16, True): ["7x1 7x2 7x2 7x2", "13x1 7x2 7x2 7x2", "14x1 7x2 7x2 7x2", "14x1 7x2 7x2 7x2", "14x1 14x1 14x1 14x1"],
 }
 
 
