@@ -349,9 +349,12 @@ def fits_one_row(height: int, width: int, chunks: int, lanes: int, machine: Mach
     once per row (7² maps of 256-1280 channels, 1 thread: 1.05-1.2x), or the kernel has no ``taps``
     (a 1×1 conv accumulating rows over input blocks, :func:`pointwise_input_block`), so each block's
     weights are read once per map, not once per row (7² maps of 1024-2048 channels, 1 thread, loaded
-    AVX-512 Xeon: 1.07-1.1x)."""
+    AVX-512 Xeon: 1.07-1.1x). Under the wide rule a vector of the map's row must fit its row buffer, else
+    no register tile fits the row (a 13² map with a 48 KB L1: one column a tile, 3x slower)."""
     cols, k = conv_tile(width, chunks, True, lanes, machine)
-    return (width % cols != 0 or not taps) and height * width * k * lanes * 4 <= machine.l1d_bytes // 2
+    row_bytes = conv_tile_budget(machine, lanes).row_bytes
+    return ((width % cols != 0 or not taps) and height * width * k * lanes * 4 <= machine.l1d_bytes // 2
+            and (row_bytes is None or height * width * lanes * 4 <= row_bytes))
 
 
 def default_depthwise_columns(sch: s_tir.Schedule, ow, machine: Machine) -> list:
