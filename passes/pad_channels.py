@@ -218,10 +218,11 @@ class _PadChannels(relax.PyExprMutator):
 
     def _padded_count(self, channels: int) -> int | None:
         """The stored channels of the current result: padded where that pays and its readers keep them."""
-        if self.current not in self.carriers or (not narrow_block(channels, self.lanes) and self.current in self.unpaid):
+        wide = not narrow_block(channels, self.lanes)
+        if self.current not in self.carriers or (wide and self.current in self.unpaid):
             return None
         target = padded_channels(channels, self.lanes)
-        if target is not None and not narrow_block(channels, self.lanes):
+        if target is not None and wide:
             self.origins = frozenset([self.current])
         return target
 

@@ -162,9 +162,10 @@ def conv_tile(width: int, chunks: int, accumulate_rows: bool, lanes: int, machin
     def fitting(columns):
         return [(c, k) for c in columns for k in divisors(chunks) if allowed(c, k)]
 
-    tiles = fitting(d for d in divisors(width) if d >= 2) or fitting(range(2, width + 1))
-    if wide and all(k == 1 for _, k in tiles):  # one vector a tile broadcasts an input per FMA: a partial tile
-        tiles = fitting(range(2, width + 1))     # of two vectors does half the loads (13 and 27 wide: 1.1-3.3x)
+    tiles = fitting(d for d in divisors(width) if d >= 2)
+    # none divides, or (wide) each has one vector, broadcasting an input per FMA: partial tiles too (13, 27 wide)
+    if not tiles or (wide and all(k == 1 for _, k in tiles)):
+        tiles = fitting(range(2, width + 1))
     if not tiles:
         return divisor_at_most(width, MAX_REG_N), 1
     prefer_chunks = accumulate_rows and not wide
@@ -288,7 +289,7 @@ def _register_tiled_conv(sch: s_tir.Schedule, conv, machine: Machine, tiles, red
         groups = [group]
     taps = math.prod(extents(sch, [ry, rx]))
     outer, inner, unrolled = reduction(sch, ico, ry, rx, ici)
-    if outer and fits_one_row(*extents(sch, [oh, ow, oco, oci]), machine, math.prod(extents(sch, [ry, rx])) > 1):
+    if outer and fits_one_row(*extents(sch, [oh, ow, oco, oci]), machine, taps > 1):
         ow = sch.fuse(oh, ow)
         oh = sch.add_unit_loop(ow)
     ow_split, oco_split = tiles(sch, ow, oco, bool(outer))
