@@ -27,6 +27,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from reforge.machine import Machine
 from reforge.topi_ext import sparse_conv, sparse_dense, sparse_nchwc
 from reforge.topi_ext.layouts import MIN_BLOCK, channel_block
 
@@ -195,16 +196,17 @@ class _Rewrite(relax.PyExprMutator):
                      g.padding)
 
 
-def sparse_in_blocked_layout(mod: tvm.IRModule, lanes: int) -> tvm.IRModule:
+def sparse_in_blocked_layout(mod: tvm.IRModule, machine: Machine) -> tvm.IRModule:
     """After the x86 / arm build's blocked conv layouts: each sparse conv, emitted in NCHW, re-emitted for
     NCHW[ib]c in, NCHW[ob]c out (the blocks a dense conv of its channels takes,
     :func:`reforge.topi_ext.layouts.channel_block`); the layout transforms ConvertLayout put around it
     then meet their inverses and cancel, so it reads its blocked producer and residual directly and its
-    blocked consumers read it. An input of fewer channels than a vector (a network's RGB image) that no
+    blocked consumers read it; its input channels summed in chunks that fit ``machine``'s L1 data cache
+    (:func:`reforge.topi_ext.sparse_nchwc.chunked`). An input of fewer channels than a vector (a network's RGB image) that no
     transform brings from a blocked tensor is read in NCHW as it is (ib = 1), not transformed first."""
     if not any(f.attrs is not None and f.attrs.get("reforge.op") == sparse_nchwc.OP for _, f in mod.functions_items()):
         return mod
-    return _without_unused_kernels(cleanup(mutate_functions(mod, lambda m, _f: _Blocked(m, lanes))))
+    return _without_unused_kernels(cleanup(mutate_functions(mod, lambda m, _f: _Blocked(m, machine))))
 
 
 def _without_unused_kernels(mod: tvm.IRModule) -> tvm.IRModule:
@@ -240,9 +242,9 @@ def _inverse(outer, inner, shape: tuple[int, ...]) -> bool:
 
 @relax.expr_functor.mutator
 class _Blocked(relax.PyExprMutator):
-    def __init__(self, mod, lanes: int):
+    def __init__(self, mod, machine: Machine):
         super().__init__(mod)
-        self.lanes = lanes
+        self.machine, self.lanes = machine, machine.lanes()
         self.blocked: dict[tuple[relax.Expr, int], relax.Expr] = {}  # (NCHW tensor, block) -> blocked once
         self.pools: set[relax.Var] = set()  # poolings moved into the blocked layout
 
@@ -302,9 +304,11 @@ class _Blocked(relax.PyExprMutator):
         args = list(call.args[1].fields)
         if ib < self.lanes and self._blocked_source(args[0], ib) is None:
             ib = 1  # read NCHW as it comes: staged whole and by vectors, where a narrow block goes a value at a time
-        blocked = dataclasses.replace(spec, ib=ib, ob=ob)
+        blocked = sparse_nchwc.chunked(dataclasses.replace(spec, ib=ib, ob=ob), self.machine.l1d_bytes)
         args[0] = self._block(args[0], ib) if ib > 1 else args[0]
-        args[1] = relax.const(sparse_nchwc.rebased(const_value(args[1]), spec, blocked))
+        taps = sparse_nchwc.retapped(sparse_nchwc.Taps(*(const_value(a) for a in (args[3], args[1], args[2]))),
+                                     spec, blocked)
+        args[1:4] = [relax.const(taps.offsets), relax.const(taps.values), relax.const(taps.indptr)]
         if "add" in spec.epilogue:
             args[-1] = self._block(args[-1], ob)
         y = sparse_nchwc.emit(self.builder_, blocked, args)

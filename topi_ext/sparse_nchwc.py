@@ -24,7 +24,9 @@ epilogue writes each output in its lane of the output block. Where a block is on
 transposes go 16 pixels × 16 channels at a time through registers (:func:`transpose_lines`) instead of one
 value at a time: across rows where the walk is the flattened map (1×1, stride 1, no padding), else along
 each row of the image (a row's last ``W mod 16`` pixels, and rows narrower than 16, a value at a time). Offsets
-depend on the blocks only through the pitch: :func:`rebased` moves the NCHW kernel's taps to a blocked one.
+depend on the blocks only through the pitch: :func:`retapped` moves the NCHW kernel's taps to a blocked one.
+Where a tile's staged values outgrow the L1 cache (:func:`chunked`), the taps are summed a chunk of input
+channels at a time (rows ``k·O + o``), the sums of every output channel kept between the passes.
 
 Emitted scheduled (the loop over a row's nonzeros has data-dependent bounds, which TE cannot express),
 tagged ``reforge.op = "sparse_conv2d_nchwc"``; ``reforge.sparse_nchwc`` holds the geometry and epilogue
@@ -34,7 +36,7 @@ tagged ``reforge.op = "sparse_conv2d_nchwc"``; ``reforge.sparse_nchwc`` holds th
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import tvm
@@ -59,6 +61,12 @@ class Spec(SparseConvGeometry):
     ib: int = 1
     ob: int = 1
     epilogue: tuple[str, ...] = ()
+    chunk: int = 0  # input channels per pass over the output channels (0: all of them, one pass)
+
+    @property
+    def chunks(self) -> int:
+        """Passes over the output channels, each summing the taps of ``chunk`` input channels."""
+        return -(-self.c // self.chunk) if self.chunk else 1
 
     @property
     def plane_hw(self) -> tuple[int, int]:
@@ -155,6 +163,18 @@ def spec(geometry: SparseConvGeometry, nnz: int, epilogue=()) -> Spec:
     return Spec(g.n, g.c, g.h, g.w, g.o, g.kh, g.kw, tuple(g.padding), tuple(g.strides), nnz, 1, 1, tuple(epilogue))
 
 
+def chunked(s: Spec, l1d_bytes: int) -> Spec:
+    """``s`` summing its input channels in chunks whose staged values for a tile fit half the L1 data cache,
+    where a k×k walk's do not all fit it: each pass reads its chunk from L1 instead of every tap's band from L2,
+    and adds to the sums kept in ``block`` (1×1 walks measured no faster chunked: their taps read aligned
+    vectors, which the L2 streams). Chunks are whole vectors of channels."""
+    per_channel = s.phases[0] * s.phases[1] * s.band * 4
+    if s.kh * s.kw == 1 or s.c * per_channel <= l1d_bytes:
+        return s
+    chunk = max(VECTOR, l1d_bytes // 2 // per_channel // VECTOR * VECTOR)
+    return replace(s, chunk=chunk) if chunk < s.c else s
+
+
 @dataclass(frozen=True)
 class Taps:
     """Compressed rows of an OIHW weight with offsets into the band (module docstring); at least one
@@ -174,16 +194,29 @@ def taps(weight: np.ndarray, s: Spec) -> Taps:
     wq = s.plane_hw[1]
     o, c, ky, kx = np.nonzero(weight)  # row-major: by output channel, then c, ky, kx
     offsets = (((c * ph + ky % sh) * pw + kx % sw) * s.pitch + ky // sh * wq + kx // sw).astype("int32")
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(o, minlength=s.o))]).astype("int32")
-    values = weight[o, c, ky, kx].astype("float32")
+    return _rows(s, o, c, offsets, weight[o, c, ky, kx].astype("float32"))
+
+
+def _rows(s: Spec, o: np.ndarray, c: np.ndarray, offsets: np.ndarray, values: np.ndarray) -> Taps:
+    """Taps (output channel ``o``, input channel ``c``, ``offsets``, ``values``, row-major by o then c) as
+    compressed rows: row ``k·O + o`` holds output channel o's taps of the k-th chunk of input channels."""
+    row = (c // s.chunk if s.chunk else 0) * s.o + o
+    order = np.argsort(row, kind="stable")  # each row keeps its taps in input-channel order
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=s.chunks * s.o))]).astype("int32")
+    offsets, values = offsets[order].astype("int32"), values[order]
     if values.size == 0:
         offsets, values = np.zeros(1, "int32"), np.zeros(1, "float32")
     return Taps(indptr, offsets, values)
 
 
-def rebased(offsets: np.ndarray, old: Spec, new: Spec) -> np.ndarray:
-    """Taps' offsets counted in ``old``'s pitch, counted in ``new``'s: plane · pitch + shift, the shift below both."""
-    return (offsets // old.pitch * new.pitch + offsets % old.pitch).astype("int32")
+def retapped(t: Taps, old: Spec, new: Spec) -> Taps:
+    """Taps of ``old``'s kernel for ``new``'s (other blocks, so another pitch, or other chunks of input channels):
+    offsets plane · pitch + shift (the shift below both pitches) counted in ``new``'s pitch, the rows regrouped."""
+    count = np.diff(t.indptr)
+    o = np.repeat(np.arange(count.size) % old.o, count)
+    offsets, values = t.offsets[:t.nnz], t.values[:t.nnz]
+    plane = offsets // old.pitch
+    return _rows(new, o, plane // (old.phases[0] * old.phases[1]), plane * new.pitch + offsets % old.pitch, values)
 
 
 def transpose_lines(load, store, indent: str) -> list[str]:
@@ -224,7 +257,7 @@ def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
     slot = f"((({ch}) * {ph} + py) * {pw} + px) * {band} + {v}"
     x_at = f"x[{n}, cb, {iy}, {ix}, l]" if s.ib > 1 else f"x[{n}, cb, {iy}, {ix}]"
     out_at = (lambda name: f"{name}[{n}, ob, {oy}, {ox}, l]") if s.ob > 1 else (lambda name: f"{name}[{n}, ob, {oy}, {ox}]")
-    value = "block[l * {width} + t]".format(width=width)
+    value = f"block[{_sum_row(s, 'l')} + t]"
     for step in s.epilogue:
         value = {"bias": f"({value} + bias[ob * {s.ob} + l])", "relu": f"T.max({value}, T.float32(0))",
                  "add": f"({value} + {out_at('res')})"}[step]
@@ -265,11 +298,11 @@ def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
     src = f"""
 @T.prim_func
 def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer(({nnz},), "int32"),
-                        values: T.Buffer(({nnz},), "float32"), indptr: T.Buffer(({s.o + 1},), "int32"){extra},
+                        values: T.Buffer(({nnz},), "float32"), indptr: T.Buffer(({s.chunks * s.o + 1},), "int32"){extra},
                         out: T.Buffer({s.out_shape()}, "float32")):
     T.func_attr({{"tirx.noalias": True}}){whole}
     for it in T.parallel({s.n * tiles}):
-        block = T.alloc_buffer(({s.ob * width},), "float32"){staging}{body}"""
+        block = T.alloc_buffer(({(s.o if s.chunks > 1 else s.ob) * width},), "float32"){staging}{body}"""
     from tvm.script import tirx
 
     func = tvm.script.from_source(src, extra_vars={"T": tirx})
@@ -282,15 +315,25 @@ def _indented(text: str) -> str:
 
 def _accumulating(s: Spec, width: int, start: str) -> str:
     """Per output channel, its taps as broadcast FMAs against ``width`` staged positions from ``start``,
-    alternating between two sets of accumulators; the sums into ``block`` (a row of the main width per lane)."""
-    return f"""
+    alternating between two sets of accumulators; the sums into ``block`` (a row of the main width per lane;
+    chunked: a row per output channel, each pass adding its chunk's taps to the sums so far)."""
+    chunked = s.chunks > 1
+    row = f"kc * {s.o} + ob * {s.ob} + l" if chunked else f"ob * {s.ob} + l"
+    at = f"{_sum_row(s, 'l')} + t"
+    loop = f"""
         for ob in range({s.o // s.ob}):
             for l in range({s.ob}):
                 acc = T.alloc_buffer(({2 * width},), "float32", scope="local")
                 for t in T.vectorized({2 * width}):
-                    acc[t] = T.float32(0)
-                first = T.Bind(indptr[ob * {s.ob} + l])
-                count = T.Bind(indptr[ob * {s.ob} + l + 1] - first)
+                    acc[t] = T.float32(0)"""
+    if chunked:
+        loop += f"""
+                if kc > 0:
+                    for t in T.vectorized({width}):
+                        acc[t] = block[{at}]"""
+    loop += f"""
+                first = T.Bind(indptr[{row}])
+                count = T.Bind(indptr[{row} + 1] - first)
                 for k in range(count // 2):
                     for h in T.unroll(2):
                         for t in T.vectorized({width}):
@@ -300,7 +343,18 @@ def _accumulating(s: Spec, width: int, start: str) -> str:
                     for t in T.vectorized({width}):
                         acc[t] = acc[t] + values[first + count - 1] * staged[{start} + offsets[first + count - 1] + t]
                 for t in T.vectorized({width}):
-                    block[l * {s.width} + t] = acc[t] + acc[{width} + t]"""
+                    block[{at}] = acc[t] + acc[{width} + t]"""
+    if not chunked:
+        return loop
+    return f"""
+        for kc in range({s.chunks}):{_indented(loop)}
+        for ob in range({s.o // s.ob}):"""
+
+
+def _sum_row(s: Spec, lane: str) -> str:
+    """Where lane ``lane`` of output block ``ob`` keeps its row of sums in ``block``: one block's rows, written
+    before the next block's are summed; chunked, every output channel's, kept across the passes."""
+    return f"(ob * {s.ob} + {lane}) * {s.width}" if s.chunks > 1 else f"{lane} * {s.width}"
 
 
 def _plane_staging(s: Spec) -> str:
@@ -341,7 +395,7 @@ def _plain_writing(s: Spec) -> str:
     rows, first, row_w = ((1, "0", oh * ow) if s.linear else ((width - 1) // wq + 2, f"{q0} // {wq}", ow))
 
     def store(t: str) -> str:
-        v = f"block[t0 + {t}]"
+        v = f"block[{_sum_row(s, '0')} + t0 + {t}]"
         for step in s.epilogue:
             v = {"bias": f"({v} + bias[ob])", "relu": f"T.max({v}, T.float32(0))",
                  "add": f"({v} + resf[dst + {t}])"}[step]
@@ -396,7 +450,7 @@ def _linear_writing(s: Spec, generic: str) -> str:
     p = f"(it % {s.tiles} * {width} + tb * {vec})"
     pixel = f"((it // {s.tiles} * {s.o // vec} + ob) * {s.h * s.w} + {p} + {{t}}) * {vec}"
 
-    body = "\n".join(transpose_lines(lambda l: f"block[T.ramp({l} * {width} + tb * {vec}, 1, {vec})]",
+    body = "\n".join(transpose_lines(lambda l: f"block[T.ramp({_sum_row(s, l)} + tb * {vec}, 1, {vec})]",
                                       lambda t, v: _written(s, pixel.format(t=t), v), " " * 20))
     cut = generic.replace(f"for t in range({width}):", f"for tt in range({vec}):\n                t = T.Bind(tb * {vec} + tt)")
     cut = "\n".join(" " * 8 + line if line.strip() else line for line in cut.splitlines())
@@ -501,7 +555,7 @@ def _row_writing(s: Spec, store: str) -> str:
     (oh, ow), q0 = s.out_hw, f"(it % {s.tiles} * {s.width})"
     pixel = f"(((it // {s.tiles} * {s.o // vec} + ob) * {oh} + oy) * {ow} + lo + k * {vec} + {{t}}) * {vec}"
     t0 = f"oy * {wq} + lo + k * {vec} - {q0}"
-    body = "\n".join(transpose_lines(lambda l: f"block[T.ramp({l} * {width} + {t0}, 1, {vec})]",
+    body = "\n".join(transpose_lines(lambda l: f"block[T.ramp({_sum_row(s, l)} + {t0}, 1, {vec})]",
                                       lambda t, v: _written(s, pixel.format(t=t), v), " " * 24))
     return f"""{_flat_out(s)}
             for r in range({(width - 1) // wq + 2}):
@@ -550,8 +604,9 @@ def sparse_conv2d_nchwc_np(x: np.ndarray, weight: np.ndarray, s: Spec, bias=None
     walk = np.zeros((s.n, s.o, s.tiles * s.width))
     for tile in range(s.tiles):
         q0 = tile * s.width
-        for o in range(s.o):
-            for j in range(t.indptr[o], t.indptr[o + 1]):
+        for row in range(s.chunks * s.o):
+            o = row % s.o
+            for j in range(t.indptr[row], t.indptr[row + 1]):
                 plane, at = divmod(int(t.offsets[j]), s.pitch)  # offsets: plane · pitch + shift
                 walk[:, o, q0:q0 + s.width] += float(t.values[j]) * planes[:, plane, q0 + at:q0 + at + s.width]
     oh, ow = s.out_hw

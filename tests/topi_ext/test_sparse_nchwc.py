@@ -44,6 +44,13 @@ CONVS = [  # n, c, h, w, o, kh, kw, strides, padding, ib, ob
     (1, 17, 12, 12, 16, 3, 3, (1, 1), (1, 1, 1, 1), 1, 16),  # NCHW in, NCHW16c out
     (1, 32, 10, 9, 11, 1, 1, (2, 2), (0, 0, 0, 0), 16, 1),  # NCHW16c in, NCHW out, strided 1×1
 ]
+CHUNKED = [  # the same and a chunk of input channels: n, c, h, w, o, kh, kw, strides, padding, ib, ob, chunk
+    (2, 48, 7, 7, 32, 3, 3, (1, 1), (1, 1, 1, 1), 16, 16, 16),  # whole planes, three chunks, batch 2
+    (1, 40, 14, 14, 16, 3, 3, (2, 2), (1, 1, 1, 1), 8, 16, 16),  # a last chunk of 8, stride 2, a tail tile
+    (1, 36, 12, 40, 24, 3, 3, (1, 1), (1, 1, 1, 1), 1, 8, 32),  # NCHW in: the last chunk 4 channels
+    (1, 32, 9, 13, 48, 1, 1, (1, 1), (0, 0, 0, 0), 16, 16, 16),  # linear walk, written transposed
+    (1, 21, 7, 7, 19, 3, 3, (1, 1), (1, 1, 1, 1), 1, 1, 5),  # NCHW out
+]
 EPILOGUES = [(), ("bias", "relu"), ("bias", "add", "relu"), ("relu", "add")]
 
 
@@ -97,6 +104,25 @@ def test_sparse_conv_nchwc(case, sparsity):
     check(run(s, wt, xb, bias, res_b), ref, sparsity == 1.0 and not epilogue)
 
 
+@pytest.mark.parametrize("sparsity", [0.0, 0.9, 1.0])
+@pytest.mark.parametrize("case", CHUNKED)
+def test_sparse_conv_nchwc_chunked(case, sparsity):
+    """Input channels summed a chunk at a time (the sums of every output channel kept between the passes)."""
+    n, c, h, w, o, kh, kw, strides, pad, ib, ob, chunk = case
+    rng = np.random.default_rng(c * 7 + chunk + int(sparsity * 100))
+    x = rng.standard_normal((n, c, h, w)).astype("float32")
+    wt = pruned_weight(rng, (o, c, kh, kw), sparsity)
+    g = sparse_conv.geometry(x.shape, wt.shape, strides, pad)
+    s = dataclasses.replace(sn.spec(g, int(np.count_nonzero(wt)), ("bias", "add", "relu")), ib=ib, ob=ob, chunk=chunk)
+    assert s.chunks == -(-c // chunk)
+    bias = rng.standard_normal(o).astype("float32")
+    res = rng.standard_normal((n, o, *s.out_hw)).astype("float32")
+    ref = reference(x, wt, s, bias, res)
+    xb, res_b = sn.block(x, ib), sn.block(res, ob)
+    assert np.abs(sn.sparse_conv2d_nchwc_np(xb, wt, s, bias, res_b) - ref).max() <= 1e-12 * np.abs(ref).max()
+    check(run(s, wt, xb, bias, res_b), ref, False)
+
+
 def test_taps_index_the_phase_planes():
     """Offsets name the (c, ky % s, kx % s) plane's band, shifted by (ky // s)·Wq + kx // s; rows in output-channel
     order."""
@@ -123,15 +149,33 @@ def test_staged_whole_where_planes_are_small():
     assert not whole(24, 14, 3, 1, 8)
 
 
-def test_offsets_rebase_between_pitches():
-    """The taps of the NCHW kernel (whole planes) rebased to a blocked one (a tile's band) are that kernel's own."""
+@pytest.mark.parametrize("chunks", [(0, 0), (0, 16), (32, 0), (16, 48)])
+def test_taps_move_between_pitches_and_chunks(chunks):
+    """The taps of the NCHW kernel (whole planes) moved to a blocked one (a tile's band), and between chunkings of
+    the input channels, are that kernel's own: offsets, values and rows alike."""
     rng = np.random.default_rng(5)
     w = pruned_weight(rng, (16, 64, 3, 3), 0.9)
     g = sparse_conv.geometry((1, 64, 56, 56), w.shape, (1, 1), (1, 1, 1, 1))
-    plain = sn.spec(g, int(np.count_nonzero(w)))
-    blocked = dataclasses.replace(plain, ib=16, ob=16)
+    plain = dataclasses.replace(sn.spec(g, int(np.count_nonzero(w))), chunk=chunks[0])
+    blocked = dataclasses.replace(plain, ib=16, ob=16, chunk=chunks[1])
     assert plain.pitch != blocked.pitch
-    assert np.array_equal(sn.rebased(sn.taps(w, plain).offsets, plain, blocked), sn.taps(w, blocked).offsets)
+    moved, own = sn.retapped(sn.taps(w, plain), plain, blocked), sn.taps(w, blocked)
+    for a, b in zip((moved.indptr, moved.offsets, moved.values), (own.indptr, own.offsets, own.values)):
+        assert np.array_equal(a, b)
+    assert own.indptr.size == blocked.chunks * 16 + 1
+
+
+def test_chunks_where_staged_values_outgrow_l1():
+    """k×k walks whose tile stages more than the L1 cache take chunks of whole vectors of channels filling half
+    of it; 1×1 walks and walks that fit do not."""
+    def chunk(c, h, k, stride, l1=48 << 10):
+        g = sparse_conv.geometry((1, c, h, h), (16, c, k, k), (stride, stride), (k // 2,) * 4)
+        s = dataclasses.replace(sn.spec(g, 1), ib=16, ob=16)
+        return sn.chunked(s, l1).chunk, s
+    assert chunk(512, 7, 3, 1)[0] == 64  # 96 staged values per channel: 24 KiB / 384 B
+    assert chunk(512, 7, 3, 1, 32 << 10)[0] == 32
+    assert chunk(256, 14, 3, 1)[0] == 48
+    assert chunk(1024, 14, 1, 1)[0] == 0 and chunk(64, 56, 3, 1)[0] == 0 and chunk(32, 7, 3, 1)[0] == 0
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (7, 7), (56, 56), (4, 67), (5, 150)])
