@@ -320,30 +320,40 @@ def _accumulating(s: Spec, width: int, start: str) -> str:
     chunked = s.chunks > 1
     row = f"kc * {s.o} + ob * {s.ob} + l" if chunked else f"ob * {s.ob} + l"
     at = f"{_sum_row(s, 'l')} + t"
+    vectors = f"for v in T.unroll({width // VECTOR}):"  # one vector at a time: LLVM scalarizes a 48-wide one
     loop = f"""
         for ob in range({s.o // s.ob}):
             for l in range({s.ob}):
                 acc = T.alloc_buffer(({2 * width},), "float32", scope="local")
-                for t in T.vectorized({2 * width}):
-                    acc[t] = T.float32(0)"""
+                for v in T.unroll({2 * width // VECTOR}):
+                    for u in T.vectorized({VECTOR}):
+                        acc[v * {VECTOR} + u] = T.float32(0)"""
     if chunked:
         loop += f"""
                 if kc > 0:
-                    for t in T.vectorized({width}):
-                        acc[t] = block[{at}]"""
+                    {vectors}
+                        for u in T.vectorized({VECTOR}):
+                            t = T.Bind(v * {VECTOR} + u)
+                            acc[t] = block[{at}]"""
     loop += f"""
                 first = T.Bind(indptr[{row}])
                 count = T.Bind(indptr[{row} + 1] - first)
                 for k in range(count // 2):
                     for h in T.unroll(2):
-                        for t in T.vectorized({width}):
-                            acc[h * {width} + t] = acc[h * {width} + t] + values[first + 2 * k + h] \
-                                * staged[{start} + offsets[first + 2 * k + h] + t]
+                        {vectors}
+                            for u in T.vectorized({VECTOR}):
+                                t = T.Bind(v * {VECTOR} + u)
+                                acc[h * {width} + t] = acc[h * {width} + t] + values[first + 2 * k + h] \
+                                    * staged[{start} + offsets[first + 2 * k + h] + t]
                 if count % 2 == 1:
-                    for t in T.vectorized({width}):
-                        acc[t] = acc[t] + values[first + count - 1] * staged[{start} + offsets[first + count - 1] + t]
-                for t in T.vectorized({width}):
-                    block[{at}] = acc[t] + acc[{width} + t]"""
+                    {vectors}
+                        for u in T.vectorized({VECTOR}):
+                            t = T.Bind(v * {VECTOR} + u)
+                            acc[t] = acc[t] + values[first + count - 1] * staged[{start} + offsets[first + count - 1] + t]
+                {vectors}
+                    for u in T.vectorized({VECTOR}):
+                        t = T.Bind(v * {VECTOR} + u)
+                        block[{at}] = acc[t] + acc[{width} + t]"""
     if not chunked:
         return loop
     return f"""
