@@ -103,3 +103,42 @@ def test_silu_over_a_concat_in_narrow_channel_blocks_is_vectorized_per_block():
     z = np.concatenate(args[:2], axis=1) * args[2] + args[3]
     ref = z / (1 + np.exp(-z))
     assert np.abs(result.numpy() - ref).max() <= 1e-6 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_a_pooling_reads_its_padded_input_in_place(pool):
+    """A blocked 3×3 stride-2 pooling with padding 1 (ResNet's stem pool, Inception's average branch at stride 1
+    alike): the pad is inlined into the window (a select per loaded vector, no padded copy of the map), and the
+    result matches torch's pooling of the NCHW tensor exactly (max) / within 1e-6 relative (average)."""
+    import tvm
+    from tvm import relax
+
+    from reforge.machine import AVX512
+    from reforge.topi_ext.schedules.cpu import cpu_rule_schedule
+
+    shape = (1, 2, 13, 11, 16)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "float32"))
+    with bb.function("main", [x]):
+        op = relax.op.nn.max_pool2d if pool == "max" else relax.op.nn.avg_pool2d
+        out = bb.emit(op(x, (3, 3), (2, 2), (1, 1, 1, 1), layout="NCHW16c", out_layout="NCHW16c"))
+        bb.emit_func_output(out)
+    legal = relax.transform.LegalizeOps()(bb.get())
+    func = next(f for gv, f in legal.functions_items() if gv.name_hint != "main")
+    sch, rule = cpu_rule_schedule(func, AVX512)
+    assert rule == "generic"
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    assert not any("pad" in n for n in names), names
+    lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), target="llvm")
+    data = np.random.default_rng(2).standard_normal(shape).astype("float32")
+    result = tvm.runtime.tensor(np.zeros((1, 2, 7, 6, 16), "float32"))
+    lib["main"](tvm.runtime.tensor(data), result)
+    nchw = torch.from_numpy(data.transpose(0, 1, 4, 2, 3).reshape(1, 32, 13, 11))
+    with torch.no_grad():
+        ref = (torch.nn.functional.max_pool2d(nchw, 3, 2, 1) if pool == "max" else
+               torch.nn.functional.avg_pool2d(nchw, 3, 2, 1, count_include_pad=False)).numpy()
+    got = result.numpy().transpose(0, 1, 4, 2, 3).reshape(1, 32, 7, 6)
+    if pool == "max":
+        assert np.array_equal(got, ref)
+    else:
+        assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()

@@ -326,13 +326,16 @@ def _inline_elementwise(sch: s_tir.Schedule, done: set) -> list:
     is then one pass over the map, not one pass and one buffer per step; SE-ResNeXt-26d's gated maps at
     7²-56², 1 thread, loaded AVX-512 Xeon: 1.5-2.1x). A padded input stays materialized (inlined into a
     reduction it puts a branch in the inner loop), and so does a long expression loaded more than once:
-    those are returned."""
+    those are returned. Only into a window reduction (a pooling) is the pad inlined: its select costs less
+    than a pass over the map."""
     done_names = {sch.get(b).name_hint for b in done if b is not None}
     kept = []
     for block in blocks(sch):
         if sch.get(block).name_hint in done_names or is_reduction(sch, block):
             continue
-        if any(is_reduction(sch, c) for c in sch.get_consumers(block)):
+        consumers = sch.get_consumers(block)
+        if any(is_reduction(sch, c) for c in consumers) \
+                and not (len(consumers) == 1 and _reads_one_tensor(sch, consumers[0])):
             continue
         if _inlining_copies_too_much(sch, block):
             kept.append(block)
@@ -578,6 +581,14 @@ def _compute_at_consumer(sch: s_tir.Schedule, block, lanes: int) -> None:
     inner = sch.get_loops(block)[-1]
     if extents(sch, [inner])[0] <= lanes:
         sch.vectorize(inner)
+
+
+def _reads_one_tensor(sch: s_tir.Schedule, block) -> bool:
+    """Whether ``block`` reads one buffer besides what it writes (a pooling window, a mean: one compare or
+    add per loaded value, no second operand a branch would delay)."""
+    body = sch.get(block)
+    written = {w.source.name for w in body.writes}
+    return len({r.source.name for r in body.reads} - written) == 1
 
 
 def _inlining_copies_too_much(sch: s_tir.Schedule, block) -> bool:
