@@ -111,13 +111,13 @@ class Spec(SparseConvGeometry):
 
     @property
     def whole(self) -> bool:
-        """Whether the input is staged as whole phase planes once per call, not a band per tile: NCHW input,
-        and any walk but the linear one from NCHW16c whose planes fit WHOLE_BYTES. A k×k walk's band
+        """Whether the input is staged as whole phase planes once per call, not a band per tile: any walk but
+        the linear one, from NCHW, and from NCHW16c where its planes fit WHOLE_BYTES. A k×k walk's band
         reaches (k − 1) plane rows past its tile, so per-tile staging copies a value once for each band
         that overlaps it; but larger planes, read a band at a time, leave the caches (and its compact band
-        stays in them)."""
+        stays in them). A linear walk's bands do not overlap: staged per tile, its rows stay in L1."""
         small = self.c * self.phases[0] * self.phases[1] * self.plane_length * 4 <= WHOLE_BYTES
-        return self.ib == 1 or (self.ib == VECTOR and not self.linear and small)
+        return not self.linear and (self.ib == 1 or (self.ib == VECTOR and small))
 
     @property
     def pitch(self) -> int:
@@ -282,9 +282,10 @@ def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
     if s.whole:
         whole, staging = _plane_staging(s) if s.ib == 1 else _row_staging(s), ""
         start = f"it // {tiles} * {s.c * ph * pw * s.pitch} + {q0}"  # the tile's first position in staged
-    elif s.ib == VECTOR:
+    elif s.ib == VECTOR or (s.ib == 1 and s.linear):
+        rows = _linear_staging(s) if s.linear and s.ib == VECTOR else _linear_rows(s) if s.linear else _band_staging(s)
         staging = f"""
-        staged = T.alloc_buffer(({s.c * ph * pw * band},), "float32"){_linear_staging(s) if s.linear else _band_staging(s)}"""
+        staged = T.alloc_buffer(({s.c * ph * pw * band},), "float32"){rows}"""
     if s.ob == 1:
         writing = _plain_writing(s)
     elif s.ob == VECTOR:
@@ -449,6 +450,24 @@ def _linear_staging(s: Spec) -> str:
                         staged[{row.format(l="l")} + t] = xf[{pixel.format(t="t")} + l]
                     else:
                         staged[{row.format(l="l")} + t] = T.float32(0)
+"""
+
+
+def _linear_rows(s: Spec) -> str:
+    """Staging of a linear walk (:attr:`Spec.linear`) from NCHW: each channel's ``band`` pixels of the tile,
+    contiguous in the input, copied a vector at a time (zeros past the map's end)."""
+    hw, band, vec = s.h * s.w, s.band, VECTOR
+    p = f"it % {s.tiles} * {s.width} + v * {vec}"  # the vector's first pixel
+    return f"""
+        xf = T.decl_buffer(({s.n * s.c * hw},), "float32", data=x.data)
+        for c, v in T.grid({s.c}, {band // vec}):
+            if {p} + {vec} <= {hw}:
+                for l in T.vectorized({vec}):
+                    staged[c * {band} + v * {vec} + l] = xf[(it // {s.tiles} * {s.c} + c) * {hw} + {p} + l]
+            else:
+                for l in range({vec}):
+                    staged[c * {band} + v * {vec} + l] = T.if_then_else({p} + l < {hw},
+                        xf[(it // {s.tiles} * {s.c} + c) * {hw} + {p} + l], T.float32(0))
 """
 
 

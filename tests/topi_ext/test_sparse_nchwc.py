@@ -139,11 +139,13 @@ def test_taps_index_the_phase_planes():
 
 
 def test_staged_whole_where_planes_are_small():
-    """NCHW input always; NCHW16c input for a walk other than the linear one, while its planes fit WHOLE_BYTES."""
+    """A walk other than the linear one: from NCHW always, from NCHW16c while its planes fit WHOLE_BYTES. A linear
+    walk (its bands do not overlap) never: from NCHW too its rows are copied per tile."""
     def whole(c, h, k, stride, ib):
         g = sparse_conv.geometry((1, c, h, h), (16, c, k, k), (stride, stride), (k // 2,) * 4)
         return dataclasses.replace(sn.spec(g, 1), ib=ib, ob=16).whole
-    assert whole(64, 56, 1, 1, 1) and whole(3, 224, 7, 2, 1)
+    assert whole(64, 56, 3, 1, 1) and whole(3, 224, 7, 2, 1) and whole(64, 56, 1, 2, 1)
+    assert not whole(64, 56, 1, 1, 1) and not whole(256, 14, 1, 1, 1)
     assert whole(256, 14, 3, 1, 16) and whole(512, 7, 3, 1, 16) and whole(256, 14, 1, 2, 16)
     assert not whole(256, 14, 1, 1, 16) and not whole(64, 56, 3, 1, 16) and not whole(128, 56, 3, 2, 16)
     assert not whole(24, 14, 3, 1, 8)
