@@ -31,8 +31,8 @@ from reforge.machine import Machine
 from reforge.topi_ext import sparse_conv, sparse_dense, sparse_nchwc
 from reforge.topi_ext.layouts import MIN_BLOCK, channel_block
 
-from .graph import (callee_attr, cleanup, const_value, is_const, mutate_functions, op_name, tensor_dtype, tensor_shape,
-                    use_counts)
+from .graph import (bindings, callee_attr, cleanup, const_value, is_const, mutate_functions, op_name, tensor_dtype,
+                    tensor_shape, use_counts)
 from .report import PassReport
 from .reserved_copies import copy_rows
 
@@ -202,11 +202,12 @@ def sparse_in_blocked_layout(mod: tvm.IRModule, machine: Machine) -> tvm.IRModul
     :func:`reforge.topi_ext.layouts.channel_block`); the layout transforms ConvertLayout put around it
     then meet their inverses and cancel, so it reads its blocked producer and residual directly and its
     blocked consumers read it; its input channels summed in chunks that fit ``machine``'s L1 data cache
-    (:func:`reforge.topi_ext.sparse_nchwc.chunked`). An input of fewer channels than a vector (a network's RGB image) that no
-    transform brings from a blocked tensor is read in NCHW as it is (ib = 1), not transformed first."""
+    (:func:`reforge.topi_ext.sparse_nchwc.chunked`). An input that no transform brings from a blocked tensor (a
+    network's RGB image, an NCHW operator's output) is read in NCHW as it is (ib = 1), not transformed for this
+    conv alone; an output that no consumer reads blocked is written in NCHW (ob = 1), not transformed back."""
     if not any(f.attrs is not None and f.attrs.get("reforge.op") == sparse_nchwc.OP for _, f in mod.functions_items()):
         return mod
-    return _without_unused_kernels(cleanup(mutate_functions(mod, lambda m, _f: _Blocked(m, machine))))
+    return _without_unused_kernels(cleanup(mutate_functions(mod, lambda m, f: _Blocked(m, f, machine))))
 
 
 def _without_unused_kernels(mod: tvm.IRModule) -> tvm.IRModule:
@@ -242,9 +243,16 @@ def _inverse(outer, inner, shape: tuple[int, ...]) -> bool:
 
 @relax.expr_functor.mutator
 class _Blocked(relax.PyExprMutator):
-    def __init__(self, mod, machine: Machine):
+    def __init__(self, mod, func, machine: Machine):
         super().__init__(mod)
         self.machine, self.lanes = machine, machine.lanes()
+        self.bound = {b.value: b.var for b in bindings(func)}  # each call -> the variable it is bound to
+        # the tensors some consumer will read blocked: transformed for a blocked operator, pooled (:meth:`_pool`)
+        # or read by a sparse conv
+        self.read_blocked = {b.value.args[0] for b in bindings(func)
+                             if op_name(b.value) == "relax.layout_transform" or op_name(b.value) in POOLS}
+        self.read_blocked |= {a for b in bindings(func) if callee_attr(mod, b.value, "reforge.op") == sparse_nchwc.OP
+                              for a in b.value.args[1].fields}
         self.blocked: dict[tuple[relax.Expr, int], relax.Expr] = {}  # (NCHW tensor, block) -> blocked once
         self.pools: set[relax.Var] = set()  # poolings moved into the blocked layout
 
@@ -283,6 +291,7 @@ class _Blocked(relax.PyExprMutator):
         return call
 
     def visit_call_(self, call):
+        var = self.bound.get(call)
         call = self.visit_expr_post_order(call)
         if op_name(call) == "relax.layout_transform":  # the consumer's block of a sparse conv's output
             value = self.lookup_binding(call.args[0]) if isinstance(call.args[0], relax.Var) else None
@@ -302,14 +311,18 @@ class _Blocked(relax.PyExprMutator):
         if ob < MIN_BLOCK or (spec.ib, spec.ob) != (1, 1):
             return call
         args = list(call.args[1].fields)
-        if ib < self.lanes and self._blocked_source(args[0], ib) is None:
-            ib = 1  # read NCHW as it comes: staged whole and by vectors, where a narrow block goes a value at a time
+        if self._blocked_source(args[0], ib) is None:
+            ib = 1  # read NCHW as it comes (staged by vectors) rather than transformed for this conv alone
+        if var is not None and var not in self.read_blocked:
+            ob = 1  # no consumer reads it blocked: written in NCHW, not transformed back
         blocked = sparse_nchwc.chunked(dataclasses.replace(spec, ib=ib, ob=ob), self.machine.l1d_bytes)
         args[0] = self._block(args[0], ib) if ib > 1 else args[0]
         taps = sparse_nchwc.retapped(sparse_nchwc.Taps(*(const_value(a) for a in (args[3], args[1], args[2]))),
                                      spec, blocked)
         args[1:4] = [relax.const(taps.offsets), relax.const(taps.values), relax.const(taps.indptr)]
-        if "add" in spec.epilogue:
+        if "add" in spec.epilogue and ob > 1:
             args[-1] = self._block(args[-1], ob)
         y = sparse_nchwc.emit(self.builder_, blocked, args)
+        if ob == 1:
+            return y
         return relax.op.layout_transform(y, tvm.tirx.IndexMap.from_func(_unblocking(ob), index_dtype="int64"))
