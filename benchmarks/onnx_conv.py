@@ -39,10 +39,11 @@ def session(model: bytes, threads: int) -> ort.InferenceSession:
 
 
 def time_pass(model, x: np.ndarray, threads: int, pass_name: str, labels: tuple[str, str], rtol: float,
-              repeat: int, rounds: int) -> dict[str, float]:
+              repeat: int, rounds: int, kernels: dict | None = None) -> dict[str, float]:
     """ms of one layer (input ``x``) under onnxruntime and reforge -O2 with ``pass_name`` off and on (``labels``):
     both reforge outputs checked against onnxruntime's (max|Δ| <= rtol·max|ref|), then each runtime timed for
-    ``repeat`` calls in ``rounds`` interleaved rounds; the best round's median of each."""
+    ``repeat`` calls in ``rounds`` interleaved rounds; the best round's median of each. ``kernels``, if given,
+    receives per label the ms of the layer's kernels alone (the profiler's, layout transforms left out)."""
     import reforge
     import tvm
     from reforge.execution import time_calls
@@ -57,5 +58,8 @@ def time_pass(model, x: np.ndarray, threads: int, pass_name: str, labels: tuple[
         err = float(np.abs(out - ref).max() / np.abs(ref).max())
         assert err <= rtol, (label, err)
         fns[label] = (lambda main: lambda: main(*tx))(art.runner.vm["main"])
+        if kernels is not None:
+            profile = art.profile({"x": x}, repeat)
+            kernels[label] = sum(k.ms for k in profile.kernels if "layout_transform" not in k.name)
     found = [{n: statistics.median(time_calls(fn, repeat, warmup=3)) for n, fn in fns.items()} for _ in range(rounds)]
     return {n: min(r[n] for r in found) for n in fns}

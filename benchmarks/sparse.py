@@ -6,7 +6,9 @@ on, in this process, interleaved, on the same inputs, 1 thread by default.
     .venv/bin/python benchmarks/sparse.py [--layers conv:256:256:28:1 dense:1024:1000] [--sparsity 50 90]
 
 A layer is conv:C:O:H:k (C→O channels, H×H map, k×k kernel, stride 1, same padding) or dense:K:N.
-(Nx) = time / sparse time; the crossover is the lowest sparsity at which the sparse kernel won.
+(Nx) = time / sparse time; the crossover is the lowest sparsity at which the sparse kernel won. The kernel
+columns: the layer's kernel alone in each reforge build (the profiler's; the dense build reads and writes the
+blocked layout, so a one-layer model of it also transforms its NCHW input and output, which a network does once).
 """
 
 from __future__ import annotations
@@ -68,20 +70,23 @@ def main() -> None:
         won = []
         for pct in args.sparsity:
             m, x = model(layer, pct / 100, np.random.default_rng(pct))
+            kernels = {}
             r = onnx_conv.time_pass(m, x, args.threads, "sparse", ("reforge dense", "reforge sparse"), 1e-5,
-                                    args.repeat, args.rounds)
-            ours = r["reforge sparse"]
+                                    args.repeat, args.rounds, kernels)
+            ours, ours_kernel = r["reforge sparse"], kernels["reforge sparse"]
             if ours < r["reforge dense"]:
                 won.append(pct)
             rows.append(f"| {layer} | {pct} % | {r['onnxruntime']:.3f} ({r['onnxruntime'] / ours:.2f}x) | "
-                        f"{r['reforge dense']:.3f} ({r['reforge dense'] / ours:.2f}x) | {ours:.3f} |")
+                        f"{r['reforge dense']:.3f} ({r['reforge dense'] / ours:.2f}x) | {ours:.3f} | "
+                        f"{kernels['reforge dense']:.3f} ({kernels['reforge dense'] / ours_kernel:.2f}x) | "
+                        f"{ours_kernel:.3f} |")
             print(rows[-1], flush=True)
         rows.append(f"| {layer} | crossover | sparse faster from {min(won) if won else '(never)'} % of the "
-                    f"sparsities run | | |")
+                    f"sparsities run | | | | |")
     timing = (f"ms, median of {args.repeat} calls, best of {args.rounds} interleaved rounds; (Nx) = time / "
               f"reforge sparse; {args.threads} thread(s); a shared machine loaded by other sessions")
-    table = "\n".join(["| layer | sparsity | onnxruntime | reforge dense | reforge sparse |",
-                       "|---|---|---|---|---|", *rows])
+    header = "| layer | sparsity | onnxruntime | reforge dense | reforge sparse | dense kernel | sparse kernel |"
+    table = "\n".join([header, "|---|---|---|---|---|---|---|", *rows])
     publish("sparse", f"Sparse kernels against the dense kernels and onnxruntime, {args.threads} thread(s)",
             table, timing)
 
