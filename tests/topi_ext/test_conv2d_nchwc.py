@@ -15,7 +15,7 @@ from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
 from reforge.topi_ext.fast_math import vectorizable_math
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, channel_block
 from reforge.machine import AVX2, AVX512
-from reforge.topi_ext.schedules.cpu import default_conv_reduction, default_conv_tiles
+from reforge.topi_ext.schedules.cpu import default_conv_reduction, default_conv_tiles, row_band, wide_tiles
 from reforge.topi_ext.schedules.default import schedule_func
 from reforge.topi_ext.schedules.helpers import PAD_PARALLEL_MIN_WORK, extents
 
@@ -81,6 +81,39 @@ def test_scheduled_conv2d_nchwc_matches_torch(cin, cout, size, k, stride, pad, d
     ref = torch.nn.functional.conv2d(xp, torch.from_numpy(w), stride=stride, dilation=dil).numpy()
     got = result.numpy().transpose(0, 1, 4, 2, 3).reshape(ref.shape)
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("cin, cout, size, k, stride, pad", [  # under the wide rule each accumulates bands of rows
+    (256, 256, 13, 3, 2, (1, 1, 1, 1)),  # strided to a 7² map: the map one band of 7 × 2 tiles
+    (192, 320, 17, 3, 2, (0, 0, 0, 0)),  # Inception-v3's Mixed_7a: 17² to 8², no padding
+    (128, 128, 27, 3, 2, (1, 1, 1, 1)),  # an odd input strided to 14²: bands of 2 rows
+    (96, 192, 15, 3, 2, (0, 1, 1, 0)),  # asymmetric padding to 7²
+    (64, 96, 14, 5, 1, (2, 2, 2, 2)),  # stride 1, 5 × 5
+])
+def test_row_bands_match_torch(cin, cout, size, k, stride, pad):
+    """A conv with taps accumulating bands of rows (:func:`row_band`) against PyTorch's conv2d in float64:
+    max|out - ref| <= 1e-5 · max|ref|."""
+    target = backends.get("x86")
+    lanes = target.vector_lanes()
+    rng = np.random.default_rng(cin + cout + size)
+    x = rng.standard_normal((1, cin, size, size)).astype("float32")
+    w = rng.standard_normal((cout, cin, k, k)).astype("float32")
+    data = te.placeholder((1, cin // lanes, size, size, lanes), name="data")
+    kernel = te.placeholder((cout // lanes, cin // lanes, k, k, lanes, lanes), name="kernel")
+    out = conv2d_nchwc(data, kernel, (stride, stride), pad, (1, 1), "float32")
+    func, rule = schedule_func(te.create_prim_func([data, kernel, out]), target.machine)
+    assert rule == "conv2d_nchwc"
+    _, chunks, height, width, _ = (int(d) for d in out.shape)
+    if wide_tiles(target.machine, lanes):  # the path this test is for
+        assert row_band(height, width, chunks, lanes, target.machine) > 1
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target)
+    result = tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], "float32"))
+    lib["main"](tvm.runtime.tensor(pack_data(x, lanes)), tvm.runtime.tensor(pack_kernel(w, lanes, lanes)), result)
+    t, l, b, r = pad
+    xp = torch.nn.functional.pad(torch.from_numpy(x).double(), (l, r, t, b))
+    ref = torch.nn.functional.conv2d(xp, torch.from_numpy(w).double(), stride=stride).numpy()
+    got = result.numpy().transpose(0, 1, 4, 2, 3).reshape(ref.shape)
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 @pytest.mark.parametrize("cin, size", [(48, 56), (96, 28), (8, 130)])
