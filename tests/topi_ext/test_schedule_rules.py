@@ -68,6 +68,8 @@ CONVS = [
     (AVX512, (48, 96, 7, 3, 1, 1), True, False, (49, 7, 2, 16)),
     (AVX512.with_(cores=2), (48, 96, 7, 3, 1, 1), True, False, (7, 2, 16)),  # 3 tasks for 2 cores: row by row
     (AVX512, (288, 384, 35, 3, 2, 0), True, False, (6, 2)),  # 17 columns: no band splits into whole 6 x 2 tiles
+    (NEON, (256, 256, 14, 3, 1, 1), True, False, (196, 7, 2, 4)),  # 4-lane rows are short: the 14² map one band
+    (NEON, (128, 128, 56, 3, 2, 1), True, False, (196, 7, 2, 4)),  # strided to 28²: bands of 7 rows
     (AVX512, (96, 96, 14, 1, 1, 0), False, False, (7, 2)),
 ]
 DEPTHWISE = [

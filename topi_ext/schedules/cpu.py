@@ -376,7 +376,8 @@ def row_band(height: int, width: int, chunks: int, lanes: int, machine: Machine)
     Inception-v3's 192 → 320 and 192 → 192 at 8² 1.05x, stride-1 3×3 at 7²-28² 1.04-1.2x; bands past the row
     buffer (7 rows of 14², 4 of 28²) 0.9x. On several cores the bands leave each at least BAND_TASKS parallel
     tasks (tile channel chunks × bands), so the last round of tasks idles at most a third of them. Row by row
-    under 16 registers (AVX2 code of the 2 × 4 tile on the same Xeon: bands 0.97-1.03x on the same convs)."""
+    under 16 registers (AVX2 code of the 2 × 4 tile on the same Xeon: bands 0.97-1.03x on the same convs). NEON
+    takes the wide rule's bands too (checked under qemu for its results, not timed on NEON hardware)."""
     row_bytes = conv_tile_budget(machine, lanes).row_bytes
     if row_bytes is None:
         return 1
