@@ -83,14 +83,15 @@ def test_scheduled_conv2d_nchwc_matches_torch(cin, cout, size, k, stride, pad, d
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("cin, cout, size, k, stride, pad", [  # under the wide rule each accumulates bands of rows
-    (256, 256, 13, 3, 2, (1, 1, 1, 1)),  # strided to a 7² map: the map one band of 7 × 2 tiles
-    (192, 320, 17, 3, 2, (0, 0, 0, 0)),  # Inception-v3's Mixed_7a: 17² to 8², no padding
-    (128, 128, 27, 3, 2, (1, 1, 1, 1)),  # an odd input strided to 14²: bands of 2 rows
-    (96, 192, 15, 3, 2, (0, 1, 1, 0)),  # asymmetric padding to 7²
-    (64, 96, 14, 5, 1, (2, 2, 2, 2)),  # stride 1, 5 × 5
+@pytest.mark.parametrize("cin, cout, size, k, stride, pad, dil", [  # under the wide rule each accumulates bands of rows
+    (256, 256, 13, 3, 2, (1, 1, 1, 1), 1),  # strided to a 7² map: the map one band of 7 × 2 tiles
+    (192, 320, 17, 3, 2, (0, 0, 0, 0), 1),  # Inception-v3's Mixed_7a: 17² to 8², no padding
+    (128, 128, 27, 3, 2, (1, 1, 1, 1), 1),  # an odd input strided to 14²: bands of 2 rows
+    (96, 192, 15, 3, 2, (0, 1, 1, 0), 1),  # asymmetric padding to 7²
+    (64, 96, 14, 5, 1, (2, 2, 2, 2), 1),  # stride 1, 5 × 5
+    (64, 64, 15, 3, 1, (2, 2, 2, 2), 2),  # dilated: 15² in bands of 3 rows of 5 × 2 tiles
 ])
-def test_row_bands_match_torch(cin, cout, size, k, stride, pad):
+def test_row_bands_match_torch(cin, cout, size, k, stride, pad, dil):
     """A conv with taps accumulating bands of rows (:func:`row_band`) against PyTorch's conv2d in float64:
     max|out - ref| <= 1e-5 · max|ref|."""
     target = backends.get("x86")
@@ -100,7 +101,7 @@ def test_row_bands_match_torch(cin, cout, size, k, stride, pad):
     w = rng.standard_normal((cout, cin, k, k)).astype("float32")
     data = te.placeholder((1, cin // lanes, size, size, lanes), name="data")
     kernel = te.placeholder((cout // lanes, cin // lanes, k, k, lanes, lanes), name="kernel")
-    out = conv2d_nchwc(data, kernel, (stride, stride), pad, (1, 1), "float32")
+    out = conv2d_nchwc(data, kernel, (stride, stride), pad, (dil, dil), "float32")
     func, rule = schedule_func(te.create_prim_func([data, kernel, out]), target.machine)
     assert rule == "conv2d_nchwc"
     _, chunks, height, width, _ = (int(d) for d in out.shape)
@@ -111,8 +112,22 @@ def test_row_bands_match_torch(cin, cout, size, k, stride, pad):
     lib["main"](tvm.runtime.tensor(pack_data(x, lanes)), tvm.runtime.tensor(pack_kernel(w, lanes, lanes)), result)
     t, l, b, r = pad
     xp = torch.nn.functional.pad(torch.from_numpy(x).double(), (l, r, t, b))
-    ref = torch.nn.functional.conv2d(xp, torch.from_numpy(w).double(), stride=stride).numpy()
+    ref = torch.nn.functional.conv2d(xp, torch.from_numpy(w).double(), stride=stride, dilation=dil).numpy()
     got = result.numpy().transpose(0, 1, 4, 2, 3).reshape(ref.shape)
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_a_banded_conv_with_its_epilogue_matches_onnxruntime():
+    """Conv(256 → 256, 3×3, stride 2, bias) → ReLU at 12² → 6²: built by reforge, its bias and ReLU applied to the
+    band's accumulators (the 6² map one band under the wide rule) as they are stored; against onnxruntime,
+    max|out - ref| <= 1e-5 · max|ref|."""
+    import reforge
+    from tests.helpers import conv_relu_model, onnxruntime
+
+    model = conv_relu_model(256, 256, 2, 3)
+    x = np.random.default_rng(4).standard_normal((1, 256, 12, 12)).astype("float32")
+    (got,) = reforge.compile(model, target="x86").run({"x": x}).values()
+    ref = onnxruntime(model, x)
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
