@@ -83,7 +83,7 @@ def test_scheduled_conv2d_nchwc_matches_torch(cin, cout, size, k, stride, pad, d
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("cin, cout, size, k, stride, pad, dil", [  # under the wide rule each accumulates bands of rows
+@pytest.mark.parametrize("cin, cout, size, k, stride, pad, dil", [  # under the wide rule: bands of rows
     (256, 256, 13, 3, 2, (1, 1, 1, 1), 1),  # strided to a 7² map: the map one band of 7 × 2 tiles
     (192, 320, 17, 3, 2, (0, 0, 0, 0), 1),  # Inception-v3's Mixed_7a: 17² to 8², no padding
     (128, 128, 27, 3, 2, (1, 1, 1, 1), 1),  # an odd input strided to 14²: bands of 2 rows
@@ -118,8 +118,8 @@ def test_row_bands_match_torch(cin, cout, size, k, stride, pad, dil):
 
 
 def test_a_banded_conv_with_its_epilogue_matches_onnxruntime():
-    """Conv(256 → 256, 3×3, stride 2, bias) → ReLU at 12² → 6²: built by reforge, its bias and ReLU applied to the
-    band's accumulators (the 6² map one band under the wide rule) as they are stored; against onnxruntime,
+    """Conv(256 → 256, 3×3, stride 2, bias) → ReLU at 12² → 6²: built by reforge, its bias and ReLU applied to
+    the band's accumulators (the 6² map one band under the wide rule) as they are stored; against onnxruntime,
     max|out - ref| <= 1e-5 · max|ref|."""
     import reforge
     from tests.helpers import conv_relu_model, onnxruntime

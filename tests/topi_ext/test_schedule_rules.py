@@ -4,8 +4,9 @@ for AVX2 and 16 for AVX-512), and NEON gets its own register file; the bit-seria
 tiles keep AVX2's choices (the FFT mix's grows to 8 rows with a 32-register file).
 
 Each conv row: (machine, (cin, cout, size, kernel, stride, pad), rows accumulated, map as one row,
-the split factors of the scheduled function in order: a 1×1 conv's input-chunk block or a band's columns where it has one,
-columns, channel vectors, then the padding's vector); each depthwise row: (machine, (channels, size, kernel, stride, pad), its split factors)."""
+the split factors of the scheduled function in order: a 1×1 conv's input-chunk block or a band's columns where it
+has one, columns, channel vectors, then the padding's vector); each depthwise row: (machine, (channels, size, kernel,
+stride, pad), its split factors)."""
 
 import re
 

@@ -372,7 +372,7 @@ def row_band(height: int, width: int, chunks: int, lanes: int, machine: Machine)
     register tile (:func:`conv_tile` of the band's columns) is the row's and splits the band into whole tiles (a
     partial tile inside a band is predicated on every pass) and whose accumulators fit the wide rule's row buffer
     (:func:`conv_tile_budget`). Measured (1 thread, loaded AVX-512 Xeon, 48 KB L1): ResNet-50's strided 3×3
-    convs 256 → 256 at 14² in bands of 2 rows 1.17x, 512 → 512 at 7² the map 1.09x, 128 → 128 at 28² 1.02x,
+    convs 256 → 256 at 14² in bands of 2 rows 1.17x, 512 → 512 at 7² the map 1.09x, 128 → 128 at 28² 1.0-1.02x,
     Inception-v3's 192 → 320 and 192 → 192 at 8² 1.05x, stride-1 3×3 at 7²-28² 1.04-1.2x; bands past the row
     buffer (7 rows of 14², 4 of 28²) 0.9x. On several cores the bands leave each at least BAND_TASKS parallel
     tasks (tile channel chunks × bands), so the last round of tasks idles at most a third of them. Row by row
@@ -382,10 +382,14 @@ def row_band(height: int, width: int, chunks: int, lanes: int, machine: Machine)
     if row_bytes is None:
         return 1
     cols, k = conv_tile(width, chunks, True, lanes, machine)
-    return max(rows for rows in divisors(height)
-               if rows == 1 or (rows * width % cols == 0 and rows * width * k * lanes * 4 <= row_bytes
-                                and conv_tile(rows * width, chunks, True, lanes, machine) == (cols, k)
-                                and (machine.cores == 1 or chunks // k * (height // rows) >= BAND_TASKS * machine.cores)))
+
+    def fits(rows: int) -> bool:
+        tasks = chunks // k * (height // rows)
+        return (rows * width % cols == 0 and rows * width * k * lanes * 4 <= row_bytes
+                and conv_tile(rows * width, chunks, True, lanes, machine) == (cols, k)
+                and (machine.cores == 1 or tasks >= BAND_TASKS * machine.cores))
+
+    return max(rows for rows in divisors(height) if rows == 1 or fits(rows))
 
 
 def default_depthwise_columns(sch: s_tir.Schedule, ow, machine: Machine) -> list:
