@@ -168,27 +168,30 @@ def test_inner_loop_is_vector_fma():
     assert not re.search(r"vfmadd\d+ss", asm)
 
 
-ROTATED_CASES = [  # channels, group width, size, stride, lanes
-    (32, 2, 9, 1, 16), (32, 2, 11, 2, 16),  # 8 groups of 2 a vector
-    (128, 4, 13, 1, 16), (64, 4, 15, 2, 16),  # ResNeXt's groups of 4 on 16 lanes
-    (48, 8, 15, 1, 16), (64, 8, 9, 2, 16),  # RegNet's groups of 8 on 16 lanes
-    (64, 4, 11, 1, 8), (32, 4, 13, 2, 8), (16, 2, 7, 1, 8),  # AVX2's 8 lanes
+ROTATED_CASES = [  # channels, group width, size, stride, lanes, kernel, padding (t, l, b, r), dilation
+    (32, 2, 9, 1, 16, 3, (1, 1, 1, 1), 1), (32, 2, 11, 2, 16, 3, (1, 1, 1, 1), 1),  # 8 groups of 2 a vector
+    (128, 4, 13, 1, 16, 3, (1, 1, 1, 1), 1), (64, 4, 15, 2, 16, 3, (1, 1, 1, 1), 1),  # ResNeXt's groups of 4
+    (48, 8, 15, 1, 16, 3, (1, 1, 1, 1), 1), (64, 8, 9, 2, 16, 3, (1, 1, 1, 1), 1),  # RegNet's groups of 8
+    (64, 4, 11, 1, 8, 3, (1, 1, 1, 1), 1), (32, 4, 13, 2, 8, 3, (1, 1, 1, 1), 1), (16, 2, 7, 1, 8, 3, (1, 1, 1, 1), 1),
+    (64, 8, 9, 2, 16, 1, (0, 0, 0, 0), 1),  # 1x1, strided
+    (32, 4, 11, 1, 16, 3, (2, 1, 2, 0), 2),  # dilated, asymmetric padding
 ]
 
 
-@pytest.mark.parametrize("channels, width, size, stride, lanes", ROTATED_CASES)
-def test_rotated_grouped_bias_relu_matches_torch(channels, width, size, stride, lanes):
+@pytest.mark.parametrize("channels, width, size, stride, lanes, k, pad, dilation", ROTATED_CASES)
+def test_rotated_grouped_bias_relu_matches_torch(channels, width, size, stride, lanes, k, pad, dilation):
     """relu(grouped_conv(x) + bias) in the rotated form (its kernel from OIHW[g]i[x]o by rotated_kernel,
     in the same function) under the rule, odd maps, against PyTorch at 1e-5."""
     groups = channels // width
     rng = np.random.default_rng(channels * 100 + width * 10 + stride)
     x = rng.standard_normal((1, channels, size, size)).astype("float32")
-    w = rng.standard_normal((channels, width, 3, 3)).astype("float32")
+    w = rng.standard_normal((channels, width, k, k)).astype("float32")
     bias = rng.standard_normal(channels).astype("float32")
     data = te.placeholder((1, channels // lanes, size, size, lanes), name="data")
-    kernel = te.placeholder((channels // lanes, 1, 3, 3, width, lanes), name="kernel")
+    kernel = te.placeholder((channels // lanes, 1, k, k, width, lanes), name="kernel")
     bias_t = te.placeholder((1, channels // lanes, 1, 1, lanes), name="bias")
-    conv = rotated_grouped_conv2d_nchwc(data, rotated_kernel(kernel), (stride, stride), (1, 1, 1, 1), (1, 1), "float32")
+    conv = rotated_grouped_conv2d_nchwc(data, rotated_kernel(kernel), (stride, stride), pad, (dilation, dilation),
+                                        "float32")
     out = topi.nn.relu(topi.add(conv, bias_t))
     scheduled, rule = schedule_func(te.create_prim_func([data, kernel, bias_t, out]), {8: AVX2, 16: AVX512}[lanes])
     assert rule == "grouped_conv2d_nchwc"
@@ -197,8 +200,10 @@ def test_rotated_grouped_bias_relu_matches_torch(channels, width, size, stride, 
     assert 'scope="local"' in script  # the partial sums of a tile stay in registers
     got = run(scheduled, [pack_data(x, lanes), pack_kernel(w, width, lanes), pack_data(bias.reshape(1, -1, 1, 1), lanes)],
               out.shape)
-    ref = torch.relu(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias),
-                                                stride=stride, padding=1, groups=groups)).numpy()
+    t, l, b, r = pad
+    xp = torch.nn.functional.pad(torch.from_numpy(x), (l, r, t, b))
+    ref = torch.relu(torch.nn.functional.conv2d(xp, torch.from_numpy(w), torch.from_numpy(bias), stride=stride,
+                                                dilation=dilation, groups=groups)).numpy()
     got = got.transpose(0, 1, 4, 2, 3).reshape(ref.shape)
     assert np.abs(got - ref).max() <= ROTATED_RTOL * np.abs(ref).max()
 
