@@ -8,7 +8,8 @@ fully scheduled function:
   (whole rows accumulated over input-channel chunks and kernel rows, or all of the reduction inside
   the tile with the chunks outside or inside the kernel taps), and how many lane steps are unrolled;
 - blocked grouped conv (``grouped_conv2d_nchwc``): the same knobs, the channel vectors drawn among
-  the output-channel chunks of one block group;
+  the output-channel chunks of one block group; in the rotated form (groups narrower than the
+  block) the output columns of the register tile (``sample_perfect_tile``);
 - blocked depthwise conv: output columns of the register tile (``sample_perfect_tile``);
 - Winograd conv's GEMMs: tiles × output-channel vectors of the register tile (``sample_perfect_tile``);
 - FFT conv's channel mix: rows of the register tile (``sample_perfect_tile``);
@@ -34,7 +35,7 @@ from tvm.s_tir import meta_schedule as ms
 from reforge.machine import Machine
 from reforge.topi_ext.conv2d_nchwc import BLOCK as CONV_NCHWC
 from reforge.topi_ext.depthwise_nchwc import BLOCK as DEPTHWISE_NCHWC
-from reforge.topi_ext.grouped_nchwc import BLOCK as GROUPED_NCHWC
+from reforge.topi_ext.grouped_nchwc import BLOCK as GROUPED_NCHWC, ROTATED as GROUPED_ROTATED
 from reforge.topi_ext.operators import operator_of, schedule_operator_on
 from reforge.topi_ext.schedules.cpu import (MAX_REG_N, schedule_conv2d_nchwc, schedule_depthwise_nchwc,
                                             schedule_grouped_conv2d_nchwc, schedule_winograd_nchwc)
@@ -61,7 +62,7 @@ def _sampled_conv_reduction(sch: s_tir.Schedule, ico, ry, rx, ici):
     return [], ([ry, rx, ico, ici_o, ici_i] if order == 2 else [ico, ry, rx, ici_o, ici_i]), [ici_i]
 
 
-def _sampled_depthwise_columns(sch: s_tir.Schedule, ow):
+def _sampled_depthwise_columns(sch: s_tir.Schedule, ow):  # also the rotated grouped conv's columns
     return sch.sample_perfect_tile(ow, n=2, max_innermost_factor=MAX_REG_N + 2)
 
 
@@ -94,9 +95,9 @@ def space_for(task_mod, machine: Machine):
     if CONV_NCHWC in blocks:
         return _space(lambda sch: schedule_conv2d_nchwc(sch, machine, _sampled_conv_tiles,
                                                                 _sampled_conv_reduction))
-    if GROUPED_NCHWC in blocks:
+    if GROUPED_NCHWC in blocks or GROUPED_ROTATED in blocks:
         return _space(lambda sch: schedule_grouped_conv2d_nchwc(sch, machine, _sampled_conv_tiles,
-                                                                _sampled_conv_reduction))
+                                                                _sampled_conv_reduction, _sampled_depthwise_columns))
     if WINOGRAD_GEMM in blocks:
         return _space(lambda sch: schedule_winograd_nchwc(sch, machine, _sampled_conv_tiles))
     if DEPTHWISE_NCHWC in blocks:

@@ -15,7 +15,9 @@ the wall time):
 ``conv`` columns: the grouped conv's kernel alone in each reforge build (``reforge run --profile``).
 ``--onnx``: whole networks too (torchvision's resnext50_32x4d, regnet_x_400mf exported to ONNX), the
 ``conv`` columns then the sum of their grouped convs' kernels.
-``--target x86-avx2`` builds reforge's code for AVX2 (8 lanes, ymm) on the machine at hand, whatever
+``--baseline block-diagonal``: the first column is reforge with groups narrower than the block run
+on the block-diagonal kernel (k − 1 zero products in k) instead of the rotated form, the kernel
+before it; ``--only`` picks layers by name. ``--target x86-avx2`` builds reforge's code for AVX2 (8 lanes, ymm) on the machine at hand, whatever
 its ISA (onnxruntime picks its own kernels). Writes ``benchmarks/results/grouped.md``.
 """
 
@@ -40,6 +42,7 @@ import reforge  # noqa: E402
 from reforge import build  # noqa: E402
 from reforge.bench import onnxruntime_runner, set_threads  # noqa: E402
 from reforge.execution import time_calls  # noqa: E402
+from reforge.topi_ext import grouped_nchwc  # noqa: E402
 from reforge.topi_ext.layouts import blocked_conv2d_layouts  # noqa: E402
 
 from benchmarks.results import write_table  # noqa: E402
@@ -83,13 +86,18 @@ def nchw_grouped_policy(lanes: int, blocks=None):
     return old
 
 
-def compile_both(path: str, target: str):
-    """reforge's build of ``path`` with the grouped conv in NCHW and blocked."""
-    with mock.patch.object(build, "blocked_conv2d_layouts", nchw_grouped_policy):
-        old = reforge.compile(path, target)
+def compile_both(path: str, target: str, baseline: str = "nchw"):
+    """reforge's build of ``path`` with the grouped conv in NCHW (or, ``baseline`` "block-diagonal",
+    without the rotated form) and as it is."""
+    if baseline == "nchw":
+        with mock.patch.object(build, "blocked_conv2d_layouts", nchw_grouped_policy):
+            old = reforge.compile(path, target)
+        assert "grouped_conv2d_nchwc" not in old.manifest["build"]["schedules"], old.manifest["build"]
+    else:
+        with mock.patch.object(grouped_nchwc, "rotated_group_width", lambda _call: None):
+            old = reforge.compile(path, target)
     new = reforge.compile(path, target)
     assert new.manifest["build"]["schedules"].get("grouped_conv2d_nchwc", 0) >= 1, new.manifest["build"]
-    assert "grouped_conv2d_nchwc" not in old.manifest["build"]["schedules"], old.manifest["build"]
     return old, new
 
 
@@ -103,16 +111,18 @@ def grouped_kernels_ms(art, x: np.ndarray, repeat: int) -> float:
     return sum(k.ms for k in grouped)
 
 
-def measure_layer(module: nn.Module, shape: tuple, threads: int, rounds: int, target: str) -> dict[str, float]:
+def measure_layer(module: nn.Module, shape: tuple, threads: int, rounds: int, target: str,
+                  baseline: str = "nchw") -> dict[str, float]:
     x = torch.randn(*shape)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "layer.onnx")
         torch.onnx.export(module, (x,), path, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
-        return measure(path, x.numpy(), threads, rounds, target)
+        return measure(path, x.numpy(), threads, rounds, target, baseline)
 
 
-def measure(path: str, x: np.ndarray, threads: int, rounds: int, target: str) -> dict[str, float]:
-    old, new = compile_both(path, target)
+def measure(path: str, x: np.ndarray, threads: int, rounds: int, target: str,
+            baseline: str = "nchw") -> dict[str, float]:
+    old, new = compile_both(path, target, baseline)
     ort_run = onnxruntime_runner(path, new.imported, threads)
     feeds, arrays = {"x": x}, [x]
     ref = ort_run(feeds)[0]
@@ -143,32 +153,39 @@ def main() -> None:
     parser.add_argument("--target", default="x86", help="reforge's target: x86 (this machine), x86-avx2")
     parser.add_argument("--onnx", nargs="*", default=[], help="whole networks (1×3×224×224 input) to add")
     parser.add_argument("--only-onnx", action="store_true", help="skip the layers and blocks")
+    parser.add_argument("--baseline", default="nchw", choices=["nchw", "block-diagonal"],
+                        help="the first column: grouped convs in NCHW, or narrow groups on the block-diagonal kernel")
+    parser.add_argument("--only", nargs="*", default=None, help="layers / blocks whose name starts with one of these")
     args = parser.parse_args()
+    picked = lambda name: args.only is None or any(name.startswith(p) for p in args.only)  # noqa: E731
+    old = {"nchw": "NCHW path", "block-diagonal": "block-diagonal"}[args.baseline]
     set_threads(args.threads)
     warnings.filterwarnings("ignore")  # torch.onnx's legacy-exporter notice
     torch.manual_seed(0)
-    lines = ["| layer | NCHW path ms | blocked ms | onnxruntime ms | blocked vs NCHW | blocked vs onnxruntime "
-             "| NCHW conv ms | blocked conv ms |", "|---|---|---|---|---|---|---|---|"]
-    for name, channels, groups, size, stride in [] if args.only_onnx else LAYERS:
+    lines = [f"| layer | {old} ms | blocked ms | onnxruntime ms | blocked vs {old} | blocked vs onnxruntime "
+             f"| {old} conv ms | blocked conv ms |", "|---|---|---|---|---|---|---|---|"]
+    for name, channels, groups, size, stride in [] if args.only_onnx else filter(lambda l: picked(l[0]), LAYERS):
         layer = nn.Sequential(nn.Conv2d(channels, channels, 3, stride, 1, groups=groups), nn.ReLU()).eval()
         lines.append(row(f"{name}: {channels}ch {size}², {groups} groups of {channels // groups}",
-                         measure_layer(layer, (1, channels, size, size), args.threads, args.rounds, args.target)))
+                         measure_layer(layer, (1, channels, size, size), args.threads, args.rounds, args.target,
+                                       args.baseline)))
         print(lines[-1], flush=True)
-    for name, channels, width, size in [] if args.only_onnx else BLOCKS:
+    for name, channels, width, size in [] if args.only_onnx else filter(lambda b: picked(b[0]), BLOCKS):
         block = Bottleneck(channels, width)
         for bn in (m for m in block.modules() if isinstance(m, nn.BatchNorm2d)):
             bn.running_mean.uniform_(-0.5, 0.5)
             bn.running_var.uniform_(0.5, 2.0)
         lines.append(row(f"{name}: {channels}ch {size}², width {width}",
                          measure_layer(block.eval(), (1, channels, size, size), args.threads, args.rounds,
-                                       args.target)))
+                                       args.target, args.baseline)))
         print(lines[-1], flush=True)
     for path in args.onnx:
         x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype("float32")
-        lines.append(row(os.path.basename(path), measure(path, x, args.threads, args.rounds, args.target)))
+        lines.append(row(os.path.basename(path), measure(path, x, args.threads, args.rounds, args.target,
+                                                         args.baseline)))
         print(lines[-1], flush=True)
     path = write_table("grouped", f"Grouped 3×3 convs, ResNeXt blocks and networks, reforge target {args.target}, "
-                       f"{args.threads} thread(s), median ms", "\n".join(lines),
+                       f"{args.threads} thread(s), against {old}, median ms", "\n".join(lines),
                        note=f"{os.cpu_count()} cores on the machine, shared with other work (the line above counts the "
                        "cores this process may use once its threads are set). "
                        f"Interleaved in one process, {args.rounds} rounds of 5 runs; models NCHW in and out; "

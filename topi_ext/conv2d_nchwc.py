@@ -38,6 +38,16 @@ def output_size(data: te.Tensor, kernel_hw: tuple[int, int], strides, padding, d
     return (height + top + bottom - (kh - 1) * dh - 1) // sh + 1, (width + left + right - (kw - 1) * dw - 1) // sw + 1
 
 
+def window(data: te.Tensor, kernel_hw: tuple[int, int], strides, padding, dilation):
+    """A kh×kw window over ``data`` (N, C/b, H, W, b): (out_h, out_w, ry, rx, read), the reduction axes of
+    its taps and ``read(n, c, y, x, lane)`` = pad(data)[n, c, y·sh + ry·dh, x·sw + rx·dw, lane]."""
+    (sh, sw), (dh, dw) = (int(s) for s in strides), (int(d) for d in dilation)
+    out_h, out_w = output_size(data, kernel_hw, strides, padding, dilation)
+    padded = pad_nchwc(data, padding)
+    ry, rx = te.reduce_axis((0, kernel_hw[0]), "ry"), te.reduce_axis((0, kernel_hw[1]), "rx")
+    return out_h, out_w, ry, rx, lambda b, c, y, x, lane: padded[b, c, y * sh + ry * dh, x * sw + rx * dw, lane]
+
+
 def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding, dilation, out_dtype: str) -> te.Tensor:
     _, ic_chunks, _, _, ib = (int(d) for d in data.shape)
     _, k_chunks, _, _, kib, _ = (int(d) for d in kernel.shape)
@@ -73,7 +83,7 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     it applies), :func:`conv2d_nchwc` (groups 1), :func:`depthwise_conv2d_nchwc` (groups =
     channels) or :func:`grouped_conv2d_nchwc` (other groups), the rest as TVM does."""
     from .depthwise_nchwc import depthwise_conv2d_nchwc, is_blocked_depthwise
-    from .grouped_nchwc import block_group_kernel, grouped_conv2d_nchwc, is_blocked_grouped
+    from .grouped_nchwc import grouped_compute, is_blocked_grouped
 
     a = call.attrs
     data, kernel = BLOCKED_DATA.match(a.data_layout), BLOCKED_KERNEL.match(a.kernel_layout)
@@ -90,7 +100,7 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     elif is_blocked_depthwise(call):
         compute, name = depthwise_conv2d_nchwc, "depthwise_conv2d_nchwc"
     elif is_blocked_grouped(call):
-        compute, name, kernel = grouped_conv2d_nchwc, "grouped_conv2d_nchwc", block_group_kernel(bb, call)
+        (compute, kernel), name = grouped_compute(bb, call), "grouped_conv2d_nchwc"
     else:
         return _tvm_default(bb, call)
     return bb.call_te(compute, call.args[0], kernel, a.strides, a.padding, a.dilation, out_dtype,

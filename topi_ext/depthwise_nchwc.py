@@ -14,7 +14,7 @@ import re
 
 from tvm import relax, te
 
-from .conv2d_nchwc import output_size, pad_nchwc
+from .conv2d_nchwc import window
 
 BLOCK = "depthwise_conv2d_nchwc"
 _KERNEL = re.compile(r"^OIHW1i(\d+)o$")
@@ -37,16 +37,9 @@ def depthwise_conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding,
     n, chunks, _, _, block = (int(d) for d in data.shape)
     k_chunks, one_o, kh, kw, one_i, k_block = (int(d) for d in kernel.shape)
     assert (k_chunks, one_o, one_i, k_block) == (chunks, 1, 1, block), "depthwise, channel multiplier 1"
-    sh, sw = (int(s) for s in strides)
-    dh, dw = (int(d) for d in dilation)
-    out_h, out_w = output_size(data, (kh, kw), strides, padding, dilation)
-    data = pad_nchwc(data, padding)
-    ry = te.reduce_axis((0, kh), "ry")
-    rx = te.reduce_axis((0, kw), "rx")
+    out_h, out_w, ry, rx, read = window(data, (kh, kw), strides, padding, dilation)
     return te.compute(
         (n, chunks, out_h, out_w, block),
-        lambda b, c, y, x, lane: te.sum(
-            data[b, c, y * sh + ry * dh, x * sw + rx * dw, lane].astype(out_dtype)
-            * kernel[c, 0, ry, rx, 0, lane].astype(out_dtype),
-            axis=[ry, rx]),
+        lambda b, c, y, x, lane: te.sum(read(b, c, y, x, lane).astype(out_dtype)
+                                        * kernel[c, 0, ry, rx, 0, lane].astype(out_dtype), axis=[ry, rx]),
         name=BLOCK)

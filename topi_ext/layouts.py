@@ -22,9 +22,10 @@ def grouped_blocks(in_ch: int, out_ch: int, groups: int, lanes: int,
     """(data block x, kernel input block, output block y) of a grouped conv (1 < groups < channels),
     or None (NCHW). The blocks the convs around it take (:func:`channel_block` of its channels), over
     block groups of the fewest k whole groups whose channels are whole blocks (:mod:`.grouped_nchwc`):
-    k = 1 (x | I/groups, y | O/groups), kernel OIHW[x]i[y]o; else kernel OIHW[I/groups]i[y]o, made the
-    block groups' at legalization with k − 1 zero products in k, taken for groups at least MIN_BLOCK
-    wide and k at most lanes / MIN_BLOCK (a vector of one group's width wastes as many lanes).
+    k = 1 (x | I/groups, y | O/groups), kernel OIHW[x]i[y]o; else kernel OIHW[I/groups]i[y]o, made at
+    legalization the rotated form's (groups of g in and out, one block a multiple of g) or the block
+    groups' with k − 1 zero products in k, taken for groups at least MIN_BLOCK wide and k at most
+    lanes / MIN_BLOCK (a vector of one group's width wastes as many lanes).
     Otherwise NCHW: TVM's ConvertLayout cannot move a tensor between two channel blocks (NCHW13c to
     NCHW8c failed for RegNetY's 104 channels in groups of 8), so other blocks would leave the whole
     graph in NCHW. ``ib`` / ``ob``, where given, are the data / output blocks of the tensors around it."""

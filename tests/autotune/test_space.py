@@ -1,4 +1,5 @@
-"""reforge's design spaces: every sampled candidate of the blocked conv, blocked grouped and depthwise conv,
+"""reforge's design spaces: every sampled candidate of the blocked conv, blocked grouped (block groups and the
+rotated form of narrow groups) and depthwise conv,
 Winograd conv, FFT channel mix and channel-wise fast WHT is a valid schedule that computes what the unscheduled function
 computes (1e-5 relative, fp32: the same sums in another order), the knob really varies across samples,
 and a candidate's trace replays to the same function (how records are applied)."""
@@ -15,7 +16,7 @@ from reforge.autotune.space import space_for
 from reforge.topi_ext import fft_conv, wht, winograd_nchwc
 from reforge.topi_ext.conv2d_nchwc import conv2d_nchwc
 from reforge.topi_ext.depthwise_nchwc import depthwise_conv2d_nchwc
-from reforge.topi_ext.grouped_nchwc import grouped_conv2d_nchwc
+from reforge.topi_ext.grouped_nchwc import grouped_conv2d_nchwc, rotated_grouped_conv2d_nchwc
 
 TARGET = backends.get("x86")
 MACHINE = TARGET.machine
@@ -39,6 +40,14 @@ def blocked_grouped():
     return te.create_prim_func([data, kernel, out])
 
 
+def rotated_grouped():
+    """Groups of 4 on 16 lanes in the rotated form (its kernel (O/x, kh, kw, shifts, x) given)."""
+    data = te.placeholder((1, 2, 12, 12, 16), name="data")
+    kernel = te.placeholder((2, 3, 3, 4, 16), name="kernel")
+    out = topi.nn.relu(rotated_grouped_conv2d_nchwc(data, kernel, (1, 1), (1, 1, 1, 1), (1, 1), "float32"))
+    return te.create_prim_func([data, kernel, out])
+
+
 def blocked_depthwise():
     data = te.placeholder((1, 4, 24, 24, 8), name="data")
     kernel = te.placeholder((4, 1, 3, 3, 1, 8), name="kernel")
@@ -58,7 +67,8 @@ def channel_wht():
     return func
 
 
-FUNCS = {"conv2d_nchwc": blocked_conv, "grouped_conv2d_nchwc": blocked_grouped, "depthwise_nchwc": blocked_depthwise,
+FUNCS = {"conv2d_nchwc": blocked_conv, "grouped_conv2d_nchwc": blocked_grouped, "rotated grouped": rotated_grouped,
+         "depthwise_nchwc": blocked_depthwise,
          "winograd_nchwc": blocked_winograd, "fft mix": lambda: fft_conv.mix_prim_func(4, 12, 16, 16),
          "wht over channels": channel_wht}
 

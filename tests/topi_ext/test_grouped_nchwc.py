@@ -1,9 +1,12 @@
 """Grouped conv2d (1 < groups < channels) in NCHW[x]c: the compute under its default x86 schedule
 against PyTorch, for the block groupings the layout policy picks with 8 lanes (AVX2) and 16 lanes
-(AVX-512); the policy itself; and a ResNeXt bottleneck and a RegNet X block through reforge.compile
-against onnxruntime, with the grouped conv scheduled by its rule and no layout transforms around it.
+(AVX-512), and the rotated form of groups narrower than the block (widths 2, 4, 8); the policy
+itself and which convs take the rotated form; and ResNeXt bottlenecks and a RegNet X block through
+reforge.compile against onnxruntime, with the grouped conv scheduled by its rule and no layout
+transforms around it.
 
-Tolerance: max|out - ref| <= 1e-4 * max|ref| (fp32; the sums in another order)."""
+Tolerance: max|out - ref| <= 1e-4 * max|ref| (fp32; the sums in another order); the rotated form
+alone 1e-5 (nine taps and g shifts a sum)."""
 
 import re
 
@@ -17,15 +20,18 @@ from tvm import relax, te, topi
 
 import reforge
 from reforge import backends
-from reforge.topi_ext.grouped_nchwc import block_diagonal_kernel, grouped_conv2d_nchwc
+from reforge.topi_ext.conv2d_nchwc import legalize_conv2d
+from reforge.topi_ext.grouped_nchwc import (ROTATED, block_diagonal_kernel, grouped_conv2d_nchwc,
+                                            rotated_group_width, rotated_grouped_conv2d_nchwc, rotated_kernel)
 from reforge.topi_ext.layouts import blocked_conv2d_layouts, grouped_blocks
 from reforge.machine import AVX2, AVX512
-from reforge.topi_ext.schedules.cpu import default_conv_tiles, default_grouped_reduction
+from reforge.topi_ext.schedules.cpu import default_conv_tiles, default_grouped_reduction, rotated_columns
 from reforge.topi_ext.schedules.default import schedule_func
 
 from tests.zoo import randomize_batchnorm
 
 RTOL = 1e-4
+ROTATED_RTOL = 1e-5
 TARGET = backends.get("x86")
 
 
@@ -162,6 +168,82 @@ def test_inner_loop_is_vector_fma():
     assert not re.search(r"vfmadd\d+ss", asm)
 
 
+ROTATED_CASES = [  # channels, group width, size, stride, lanes, kernel, padding (t, l, b, r), dilation
+    (32, 2, 9, 1, 16, 3, (1, 1, 1, 1), 1), (32, 2, 11, 2, 16, 3, (1, 1, 1, 1), 1),  # 8 groups of 2 a vector
+    (128, 4, 13, 1, 16, 3, (1, 1, 1, 1), 1), (64, 4, 15, 2, 16, 3, (1, 1, 1, 1), 1),  # ResNeXt's groups of 4
+    (48, 8, 15, 1, 16, 3, (1, 1, 1, 1), 1), (64, 8, 9, 2, 16, 3, (1, 1, 1, 1), 1),  # RegNet's groups of 8
+    (64, 4, 11, 1, 8, 3, (1, 1, 1, 1), 1), (32, 4, 13, 2, 8, 3, (1, 1, 1, 1), 1), (16, 2, 7, 1, 8, 3, (1, 1, 1, 1), 1),
+    (64, 8, 9, 2, 16, 1, (0, 0, 0, 0), 1),  # 1x1, strided
+    (32, 4, 11, 1, 16, 3, (2, 1, 2, 0), 2),  # dilated, asymmetric padding
+]
+
+
+@pytest.mark.parametrize("channels, width, size, stride, lanes, k, pad, dilation", ROTATED_CASES)
+def test_rotated_grouped_bias_relu_matches_torch(channels, width, size, stride, lanes, k, pad, dilation):
+    """relu(grouped_conv(x) + bias) in the rotated form (its kernel from OIHW[g]i[x]o by rotated_kernel,
+    in the same function) under the rule, odd maps, against PyTorch at 1e-5."""
+    groups = channels // width
+    rng = np.random.default_rng(channels * 100 + width * 10 + stride)
+    x = rng.standard_normal((1, channels, size, size)).astype("float32")
+    w = rng.standard_normal((channels, width, k, k)).astype("float32")
+    bias = rng.standard_normal(channels).astype("float32")
+    data = te.placeholder((1, channels // lanes, size, size, lanes), name="data")
+    kernel = te.placeholder((channels // lanes, 1, k, k, width, lanes), name="kernel")
+    bias_t = te.placeholder((1, channels // lanes, 1, 1, lanes), name="bias")
+    conv = rotated_grouped_conv2d_nchwc(data, rotated_kernel(kernel), (stride, stride), pad, (dilation, dilation),
+                                        "float32")
+    out = topi.nn.relu(topi.add(conv, bias_t))
+    scheduled, rule = schedule_func(te.create_prim_func([data, kernel, bias_t, out]), {8: AVX2, 16: AVX512}[lanes])
+    assert rule == "grouped_conv2d_nchwc"
+    script = scheduled.script()
+    assert 'T.sblock("T_add")' not in script and 'T.sblock("T_relu")' not in script  # epilogue in the tile
+    assert 'scope="local"' in script  # the partial sums of a tile stay in registers
+    got = run(scheduled, [pack_data(x, lanes), pack_kernel(w, width, lanes), pack_data(bias.reshape(1, -1, 1, 1), lanes)],
+              out.shape)
+    t, l, b, r = pad
+    xp = torch.nn.functional.pad(torch.from_numpy(x), (l, r, t, b))
+    ref = torch.relu(torch.nn.functional.conv2d(xp, torch.from_numpy(w), torch.from_numpy(bias), stride=stride,
+                                                dilation=dilation, groups=groups)).numpy()
+    got = got.transpose(0, 1, 4, 2, 3).reshape(ref.shape)
+    assert np.abs(got - ref).max() <= ROTATED_RTOL * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("cin, cout, groups, lanes, width", [
+    (128, 128, 32, 16, 4), (128, 128, 32, 8, 4),  # ResNeXt stage 1: groups of 4 on 16 and 8 lanes
+    (256, 256, 32, 16, 8), (48, 48, 6, 16, 8),  # groups of 8 on 16 lanes (ResNeXt stage 2, RegNetY)
+    (256, 256, 32, 8, None), (512, 512, 32, 16, None),  # blocks inside a group: the dense block group
+    (48, 48, 2, 16, None),  # width 24: block-diagonal over 3 chunks
+    (32, 64, 4, 16, None),  # 8 in, 16 out a group: block-diagonal
+])
+def test_rotated_form_takes_the_narrow_groups(cin, cout, groups, lanes, width):
+    """rotated_group_width on the layouts the policy picks, and legalization emitting the rotated compute
+    exactly there."""
+    x = relax.Var("x", relax.TensorType((1, cin, 10, 10), "float32"))
+    w = relax.const(np.zeros((cout, cin // groups, 3, 3), "float32"))
+    layouts = blocked_conv2d_layouts(lanes)(relax.op.nn.conv2d(x, w, padding=1, groups=groups))["relax.nn.conv2d"]
+    ib = int(layouts[0][4:-1])
+    xb = relax.Var("xb", relax.TensorType((1, cin // ib, 10, 10, ib), "float32"))
+    ki, ob = (int(v) for v in re.match(r"OIHW(\d+)i(\d+)o", layouts[1]).groups())
+    wb = relax.const(np.zeros((cout // ob, cin // groups // ki, 3, 3, ki, ob), "float32"))
+    call = relax.op.nn.conv2d(xb, wb, padding=1, groups=groups, data_layout=layouts[0], kernel_layout=layouts[1],
+                              out_layout=layouts[2])
+    bb = relax.BlockBuilder()
+    with bb.function("main", [xb]):
+        call = bb.normalize(call)
+        assert rotated_group_width(call) == width
+        bb.emit_func_output(legalize_conv2d(bb, call))
+    blocks = " ".join(str(f) for f in bb.get().functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    assert (f'"{ROTATED}"' in blocks) == (width is not None)
+
+
+@pytest.mark.parametrize("width, shifts, lanes, machine, columns", [
+    (56, 4, 16, AVX512, 4), (28, 8, 16, AVX512, 2), (14, 8, 16, AVX512, 2), (7, 8, 16, AVX512, 1),
+    (56, 4, 8, AVX2, 2), (13, 2, 16, AVX512, 1),
+])
+def test_rotated_tile_fills_half_the_registers(width, shifts, lanes, machine, columns):
+    assert rotated_columns(width, shifts, lanes, machine) == columns
+
+
 class ResNeXtBottleneck(nn.Module):
     """1×1 → grouped 3×3 → 1×1, BatchNorm after each, ReLU after the first two and the residual add;
     a strided block has a 1×1 strided projection on its shortcut (torchvision's Bottleneck)."""
@@ -179,10 +261,11 @@ class ResNeXtBottleneck(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-BLOCKS = [  # a ResNeXt-50 stage-2 bottleneck (32 groups of 4), a RegNetX-400MF block (strided, groups of 16),
+BLOCKS = [  # a ResNeXt-50 stage-2 bottleneck (32 groups of 4; rotated form), a strided one on an odd map, a RegNetX-400MF block (strided, groups of 16),
     # RegNetY-style blocks without SE (groups of 8; 104 channels, whose own block 13 no group fills) and a
     # width-24 group
     ("resnext", (256, 128, 32, 256), (1, 256, 14, 14)),
+    ("resnext_strided", (256, 128, 32, 512, 2), (1, 256, 15, 15)),
     ("regnet_y_104", (104, 104, 13, 104), (1, 104, 14, 14)),
     ("regnet_x", (32, 64, 4, 64, 2), (1, 32, 16, 16)),
     ("regnet_y_width8", (48, 48, 6, 48), (1, 48, 14, 14)),
