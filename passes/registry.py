@@ -152,8 +152,8 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
              "1×1 / k×k convs as a direct sparse convolution in the blocked layout (nonzero taps per output "
              "channel, pixels vectorized, bias / ReLU / residual add fused), dense as compressed columns against "
              "gathered activations; per layer where the sparsity reaches the crossover measured on this CPU, or "
-             "where `reforge tune` measured sparse faster; a no-op on a dense network; on by default for x86, "
-             "on request for arm",
+             "where `reforge tune` measured sparse faster; a no-op on a dense network; on by default for x86 and arm "
+             "(arm with x86's crossovers), kernels in the machine's vectors",
              "Park et al., Faster CNNs with Direct Sparse Convolutions and Guided Pruning, ICLR 2017; "
              "Elsen et al., Fast Sparse ConvNets, CVPR 2020",
              level=2, per_target=True, requires=("fold-constants",), rtol=1e-5),

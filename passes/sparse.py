@@ -5,16 +5,17 @@ summed in another order.
 
 Rewritten: ``relax.nn.conv2d`` with a constant float32 weight, NCHW / OIHW, groups 1, dilation 1,
 static shapes, and ``relax.matmul`` of a float32 tensor by a constant 2-D float32 weight, where the
-weight's sparsity reaches the crossover measured on this CPU (``CROSSOVER`` below, from
-benchmarks/sparse.py: the sparsity from which the sparse operator beats reforge's dense kernel).
+weight's sparsity reaches the crossover (``CROSSOVER`` below, from benchmarks/sparse.py: the sparsity
+from which the sparse operator beats reforge's dense kernel), measured on x86 (AVX-512) and used for arm
+too: no aarch64 board has measured it; there ``reforge tune`` over RPC measures each layer on the device.
 Where ``reforge tune`` measured a layer (its records' ``sparse`` choices,
 ``autotune/sparse_choice.py``), the faster way as measured. The report names each layer with its
 sparsity and what was done with it.
 
 A sparse conv takes in the bias add, ReLU and residual add that follow it (each read only by the next),
 as the dense conv's fused epilogue does. The pass emits it in NCHW; the x86 / arm build
-(:func:`sparse_in_blocked_layout`) re-emits it for the channel blocks of the layout it chose, so a sparse
-layer reads and writes its neighbours' NCHW[x]c tensors with no layout transform.
+(:func:`sparse_in_blocked_layout`) re-emits it in the machine's vectors and for the channel blocks of the
+layout it chose, so a sparse layer reads and writes its neighbours' NCHW[x]c tensors with no layout transform.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from .report import PassReport
 from .reserved_copies import copy_rows
 
 # the sparsity (fraction of zero weights) from which the sparse operator beat reforge's dense kernel on
-# every layer shape of benchmarks/sparse.py (1 thread, batch 1; docs/sparse.md): 1×1 convs, k×k convs, dense
+# every layer shape of benchmarks/sparse.py (x86, AVX-512; arm uses them unmeasured: 1 thread, batch 1;
+# docs/sparse.md): 1×1 convs, k×k convs, dense
 # (dense: of 1024→1000 and 2048→1000; a small 512→256 one lost at every sparsity, in microseconds)
 CROSSOVER = {"conv 1x1": 0.8, "conv kxk": 0.88, "dense": 0.8}
 POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d")  # moved into the blocked layout between sparse convs
@@ -196,9 +198,11 @@ class _Rewrite(relax.PyExprMutator):
                      g.padding)
 
 
-def sparse_in_blocked_layout(mod: tvm.IRModule, machine: Machine) -> tvm.IRModule:
-    """After the x86 / arm build's blocked conv layouts: each sparse conv, emitted in NCHW, re-emitted for
-    NCHW[ib]c in, NCHW[ob]c out (the blocks a dense conv of its channels takes,
+def sparse_in_blocked_layout(mod: tvm.IRModule, machine: Machine, blocked: bool = True) -> tvm.IRModule:
+    """After the x86 / arm build's blocked conv layouts: each sparse conv, emitted in NCHW, re-emitted in
+    ``machine``'s vectors (:func:`reforge.topi_ext.sparse_nchwc.for_machine`: its lanes, and a tile its
+    registers hold) and, where the build's convs took the blocked layout (``blocked``), for NCHW[ib]c in,
+    NCHW[ob]c out (the blocks a dense conv of its channels takes,
     :func:`reforge.topi_ext.layouts.channel_block`); the layout transforms ConvertLayout put around it
     then meet their inverses and cancel, so it reads its blocked producer and residual directly and its
     blocked consumers read it; its input channels summed in chunks that fit ``machine``'s L1 data cache
@@ -207,7 +211,7 @@ def sparse_in_blocked_layout(mod: tvm.IRModule, machine: Machine) -> tvm.IRModul
     conv alone; an output that no consumer reads blocked is written in NCHW (ob = 1), not transformed back."""
     if not any(f.attrs is not None and f.attrs.get("reforge.op") == sparse_nchwc.OP for _, f in mod.functions_items()):
         return mod
-    return _without_unused_kernels(cleanup(mutate_functions(mod, lambda m, f: _Blocked(m, f, machine))))
+    return _without_unused_kernels(cleanup(mutate_functions(mod, lambda m, f: _Blocked(m, f, machine, blocked))))
 
 
 def _without_unused_kernels(mod: tvm.IRModule) -> tvm.IRModule:
@@ -243,9 +247,9 @@ def _inverse(outer, inner, shape: tuple[int, ...]) -> bool:
 
 @relax.expr_functor.mutator
 class _Blocked(relax.PyExprMutator):
-    def __init__(self, mod, func, machine: Machine):
+    def __init__(self, mod, func, machine: Machine, blocks: bool):
         super().__init__(mod)
-        self.machine, self.lanes = machine, machine.lanes()
+        self.machine, self.lanes, self.blocks = machine, machine.lanes(), blocks
         self.bound = {b.value: b.var for b in bindings(func)}  # each call -> the variable it is bound to
         # the tensors some consumer will read blocked: transformed for a blocked operator, pooled (:meth:`_pool`)
         # or read by a sparse conv
@@ -293,6 +297,8 @@ class _Blocked(relax.PyExprMutator):
     def visit_call_(self, call):
         var = self.bound.get(call)
         call = self.visit_expr_post_order(call)
+        if not self.blocks:
+            return self._sparse_conv(call, var)
         if op_name(call) == "relax.layout_transform":  # the consumer's block of a sparse conv's output
             value = self.lookup_binding(call.args[0]) if isinstance(call.args[0], relax.Var) else None
             if op_name(value) == "relax.layout_transform" \
@@ -303,26 +309,36 @@ class _Blocked(relax.PyExprMutator):
             return call
         if op_name(call) in POOLS and str(call.attrs.layout) == "NCHW" and str(call.attrs.out_layout) == "NCHW":
             return self._pool(call)
+        return self._sparse_conv(call, var)
+
+    def _sparse_conv(self, call, var):
+        """A sparse conv the pass emitted (NCHW; bound to ``var``) re-emitted in the machine's vectors, blocked
+        where the layout is and its output channels fill a block; any other call as it is."""
         text = callee_attr(self.builder_.get(), call, sparse_nchwc.SPEC_ATTR)
-        if text is None:
-            return call
-        spec = sparse_nchwc.Spec.from_json(str(text))
-        ib, ob = channel_block(spec.c, self.lanes), channel_block(spec.o, self.lanes)
-        if ob < MIN_BLOCK or (spec.ib, spec.ob) != (1, 1):
+        spec = None if text is None else sparse_nchwc.Spec.from_json(str(text))
+        if spec is None or (spec.ib, spec.ob) != (1, 1):
             return call
         args = list(call.args[1].fields)
+        ours = sparse_nchwc.for_machine(spec, self.machine)
+        ib, ob = channel_block(spec.c, self.lanes), channel_block(spec.o, self.lanes)
+        if not self.blocks or ob < MIN_BLOCK:  # stays NCHW
+            return call if ours == spec else self._emit(spec, ours, args)
         if self._blocked_source(args[0], ib) is None:
             ib = 1  # read NCHW as it comes (staged by vectors) rather than transformed for this conv alone
         if var is not None and var not in self.read_blocked:
             ob = 1  # no consumer reads it blocked: written in NCHW, not transformed back
-        blocked = sparse_nchwc.chunked(dataclasses.replace(spec, ib=ib, ob=ob), self.machine.l1d_bytes)
         args[0] = self._block(args[0], ib) if ib > 1 else args[0]
-        taps = sparse_nchwc.retapped(sparse_nchwc.Taps(*(const_value(a) for a in (args[3], args[1], args[2]))),
-                                     spec, blocked)
-        args[1:4] = [relax.const(taps.offsets), relax.const(taps.values), relax.const(taps.indptr)]
         if "add" in spec.epilogue and ob > 1:
             args[-1] = self._block(args[-1], ob)
-        y = sparse_nchwc.emit(self.builder_, blocked, args)
+        y = self._emit(spec, sparse_nchwc.chunked(dataclasses.replace(ours, ib=ib, ob=ob), self.machine.l1d_bytes),
+                       args)
         if ob == 1:
             return y
         return relax.op.layout_transform(y, tvm.tirx.IndexMap.from_func(_unblocking(ob), index_dtype="int64"))
+
+    def _emit(self, old, new, args):
+        """The kernel of Spec ``new`` on ``args`` (the call's of ``old``'s kernel), its taps moved to ``new``'s."""
+        taps = sparse_nchwc.retapped(sparse_nchwc.Taps(*(const_value(a) for a in (args[3], args[1], args[2]))),
+                                     old, new)
+        args[1:4] = [relax.const(taps.offsets), relax.const(taps.values), relax.const(taps.indptr)]
+        return sparse_nchwc.emit(self.builder_, new, args)

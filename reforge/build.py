@@ -110,8 +110,8 @@ def fuse_blocked(mod: tvm.IRModule, target: Backend, report: BuildReport) -> tvm
     mod, report.layout = blocked_layout(mod, lanes)
     mod = fplus_in_blocked_layout(mod)  # fplus reads the blocked conv, to fuse into its epilogue
     mod = pack_in_blocked_layout(mod)  # a bit pack reads the blocked conv, not an NCHW copy of it
-    if report.layout.startswith(f"NCHW{lanes}c"):  # sparse convs read and write NCHW[x]c too
-        mod = sparse_in_blocked_layout(mod, target.machine)
+    # sparse convs in the machine's vectors, reading and writing NCHW[x]c too where the convs took it
+    mod = sparse_in_blocked_layout(mod, target.machine, blocked=report.layout.startswith(f"NCHW{lanes}c"))
     report.layout_transforms = ops_histogram(mod)["layout_transform"]
     mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target.tvm_target))(mod)
     legalize = relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d,

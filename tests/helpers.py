@@ -40,6 +40,8 @@ from reforge.passes.activations import read_activation
 from reforge.passes.analysis import graph_stats
 from reforge.passes.graph import is_const, op_name
 from reforge.passes.report import PassReport
+from reforge.pipeline import rewrite_and_fuse
+from reforge.topi_ext import sparse_nchwc
 from reforge.verify import run_module
 from tests.zoo import randomize_batchnorm
 
@@ -608,6 +610,23 @@ def pruned_onnx(amount: float, seed: int) -> onnx.ModelProto:
         prune.l1_unstructured(layer, "weight", amount=amount)
         prune.remove(layer, "weight")
     return to_onnx(net, torch.randn(1, 3, 17, 19), constant_folding=True)
+
+
+def pruned_l1(net: nn.Module, amount: float) -> nn.Module:
+    """``net`` with every conv and linear pruned by l1_unstructured at ``amount``, made permanent."""
+    for layer in prunable(net):
+        prune.l1_unstructured(layer, "weight", amount=amount)
+        prune.remove(layer, "weight")
+    return net
+
+
+def sparse_kernel_specs(model, target: str) -> list:
+    """The :class:`reforge.topi_ext.sparse_nchwc.Spec` of every sparse conv kernel that ``compile`` at -O2 builds
+    for ``model`` on ``target`` (read from the fused module, where the build re-emitted them for the machine)."""
+    tgt = backends.get(target)
+    fused = rewrite_and_fuse(model, tgt, tgt.passes(2)).fused
+    return [sparse_nchwc.Spec.from_json(str(f.attrs[sparse_nchwc.SPEC_ATTR])) for _, f in fused.functions_items()
+            if f.attrs is not None and sparse_nchwc.SPEC_ATTR in f.attrs]
 
 
 # ----------------------------------------------------------------------------- blocked depthwise convs

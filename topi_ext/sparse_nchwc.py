@@ -7,7 +7,9 @@ zero-padded input split into s×s phase planes ``P[c, py, px][i, j] = xpad[c, i�
 ``Wq = ceil(Wp / s)`` columns, output (oy, ox) is position ``q = oy·Wq + ox`` and tap (c, ky, kx) reads plane
 ``(c, ky % s, kx % s)`` at ``q + (ky // s)·Wq + kx // s``: a constant offset, so ``width`` consecutive outputs
 read ``width`` consecutive plane values (the Wq − OW positions past each row are computed and not written).
-A tile of ``width`` positions (a multiple of the vector; the last tile only its :attr:`Spec.tail`) stages, per
+A tile of ``width`` positions (whole vectors of the machine, as many as two alternating sets of accumulators
+that keep its FMA pipes busy: 64 on AVX-512, 32 on AVX2, 16 on NEON, :func:`for_machine`; the last tile only its
+:attr:`Spec.tail`) stages, per
 plane a tap reads (:attr:`Spec.phases`: a strided 1×1 conv reads plane (0, 0) only), the ``band`` values it
 reads into a contiguous buffer, or the planes are staged whole once per call (:attr:`Spec.whole`: NCHW input,
 and small planes, whose tiles' bands would overlap); with the weight's nonzeros kept per output channel
@@ -21,16 +23,17 @@ the same products as the dense conv, the zeros skipped: one broadcast FMA of a t
 it transposes the tile's [pixel][lane] input into per-channel rows once, so the layout costs one pass over
 the input tile instead of a layout transform of the whole tensor before and after the layer, and the
 epilogue writes each output in its lane of the output block. Where a block is one vector of channels, both
-transposes go 16 pixels × 16 channels at a time through registers (:func:`transpose_lines`) instead of one
-value at a time: across rows where the walk is the flattened map (1×1, stride 1, no padding), else along
-each row of the image (a row's last ``W mod 16`` pixels, and rows narrower than 16, a value at a time). Offsets
+transposes go a vector of pixels × a vector of channels at a time through registers (16 × 16 on AVX-512, 4 × 4 on
+NEON, :func:`transpose_lines`) instead of one value at a time: across rows where the walk is the flattened map
+(1×1, stride 1, no padding), else along each row of the image (a row's last ``W mod vector`` pixels, and rows
+narrower than a vector, a value at a time). Offsets
 depend on the blocks only through the pitch: :func:`retapped` moves the NCHW kernel's taps to a blocked one.
 Where a tile's staged values outgrow the L1 cache (:func:`chunked`), the taps are summed a chunk of input
 channels at a time (rows ``k·O + o``), the sums of every output channel kept between the passes.
 
 Emitted scheduled (the loop over a row's nonzeros has data-dependent bounds, which TE cannot express),
 tagged ``reforge.op = "sparse_conv2d_nchwc"``; ``reforge.sparse_nchwc`` holds the geometry and epilogue
-(JSON) from which the build re-emits the kernel for the blocks of the layout it chose.
+(JSON) from which the build re-emits the kernel for the machine's vectors and the blocks of the layout it chose.
 """
 
 from __future__ import annotations
@@ -41,14 +44,16 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import tvm
 
+from reforge.machine import Machine
+
 from .op_kind import tag
 from .sparse_conv import SparseConvGeometry
 
 OP = "sparse_conv2d_nchwc"  # the PrimFunc's ``reforge.op`` attribute
 SPEC_ATTR = "reforge.sparse_nchwc"  # the PrimFunc attribute holding its Spec as JSON
-MAX_WIDTH = 64  # output positions per tile: 4 AVX-512 vectors of accumulators
-VECTOR = 16  # tiles are whole multiples of this many positions (LLVM splits a 28-wide vector into scalars)
-WHOLE_BYTES = 512 * 1024  # the most NCHW16c input staged as whole planes (a share of a core's L2 cache)
+VECTOR = 16  # lanes of a vector where no machine is named (the pass's NCHW kernel): AVX-512's floats
+ACCUMULATORS = 8  # vector FMA chains in flight where no machine is named: AVX-512's 2 FMA pipes × latency 4
+WHOLE_BYTES = 512 * 1024  # the most blocked input staged as whole planes (a share of a core's L2 cache)
 EPILOGUE_STEPS = ("bias", "relu", "add")  # + per-channel bias, max(·, 0), + a tensor of the output's shape
 
 
@@ -62,6 +67,8 @@ class Spec(SparseConvGeometry):
     ob: int = 1
     epilogue: tuple[str, ...] = ()
     chunk: int = 0  # input channels per pass over the output channels (0: all of them, one pass)
+    vector: int = VECTOR  # lanes of the machine's vector: tiles, bands and chunks are whole vectors
+    accumulators: int = ACCUMULATORS  # vectors of sums in flight: two alternating sets of half the tile each
 
     @property
     def chunks(self) -> int:
@@ -83,8 +90,9 @@ class Spec(SparseConvGeometry):
 
     @property
     def width(self) -> int:
-        """Positions per tile."""
-        return min(MAX_WIDTH, -(-self.positions // VECTOR) * VECTOR)
+        """Positions per tile: the vectors of one set of accumulators (LLVM splits a vector of positions that
+        is not whole vectors, 28 of them, into scalars), or the walk where it is shorter."""
+        return min(self.accumulators // 2 * self.vector, -(-self.positions // self.vector) * self.vector)
 
     @property
     def tiles(self) -> int:
@@ -93,13 +101,13 @@ class Spec(SparseConvGeometry):
     @property
     def tail(self) -> int:
         """Positions the last tile accumulates: the walk's rest past the whole tiles, in whole vectors."""
-        return -(-(self.positions - (self.tiles - 1) * self.width) // VECTOR) * VECTOR
+        return -(-(self.positions - (self.tiles - 1) * self.width) // self.vector) * self.vector
 
     @property
     def band(self) -> int:
         """Staged values per plane and tile: the tile's positions and the furthest tap's shift."""
         reach = self.width + (self.kh - 1) // self.strides[0] * self.plane_hw[1] + (self.kw - 1) // self.strides[1]
-        return -(-reach // VECTOR) * VECTOR  # each plane's band starts on a vector boundary
+        return -(-reach // self.vector) * self.vector  # each plane's band starts on a vector boundary
 
     @property
     def plane_length(self) -> int:
@@ -107,7 +115,7 @@ class Spec(SparseConvGeometry):
         read, in whole vectors."""
         hq, wq = self.plane_hw
         reach = self.tiles * self.width + (self.kh - 1) // self.strides[0] * wq + (self.kw - 1) // self.strides[1]
-        return -(-max(hq * wq, reach) // VECTOR) * VECTOR
+        return -(-max(hq * wq, reach) // self.vector) * self.vector
 
     @property
     def whole(self) -> bool:
@@ -117,7 +125,7 @@ class Spec(SparseConvGeometry):
         that overlaps it; but larger planes, read a band at a time, leave the caches (and its compact band
         stays in them). A linear walk's bands do not overlap: staged per tile, its rows stay in L1."""
         small = self.c * self.phases[0] * self.phases[1] * self.plane_length * 4 <= WHOLE_BYTES
-        return not self.linear and (self.ib == 1 or (self.ib == VECTOR and small))
+        return not self.linear and (self.ib == 1 or (self.ib == self.vector and small))
 
     @property
     def pitch(self) -> int:
@@ -163,6 +171,14 @@ def spec(geometry: SparseConvGeometry, nnz: int, epilogue=()) -> Spec:
     return Spec(g.n, g.c, g.h, g.w, g.o, g.kh, g.kw, tuple(g.padding), tuple(g.strides), nnz, 1, 1, tuple(epilogue))
 
 
+def for_machine(s: Spec, machine: Machine) -> Spec:
+    """``s`` in ``machine``'s vectors: as many lanes, and a tile of as many positions as keep its FMA pipes busy
+    in two alternating sets of accumulators (:attr:`Machine.min_accumulators`: 8 vectors on AVX-512, AVX2 and
+    NEON, so 64, 32 and 16 positions; the tile, its staged loads and the broadcast tap stay well inside the
+    registers, 32 on AVX-512 and NEON, 16 on AVX2)."""
+    return replace(s, vector=machine.lanes(), accumulators=max(2, machine.min_accumulators))
+
+
 def chunked(s: Spec, l1d_bytes: int) -> Spec:
     """``s`` summing its input channels in chunks whose staged values for a tile fit half the L1 data cache,
     where a k×k walk's do not all fit it: each pass reads its chunk from L1 instead of every tap's band from L2,
@@ -171,7 +187,7 @@ def chunked(s: Spec, l1d_bytes: int) -> Spec:
     per_channel = s.phases[0] * s.phases[1] * s.band * 4
     if s.kh * s.kw == 1 or s.c * per_channel <= l1d_bytes:
         return s
-    chunk = max(VECTOR, l1d_bytes // 2 // per_channel // VECTOR * VECTOR)
+    chunk = max(s.vector, l1d_bytes // 2 // per_channel // s.vector * s.vector)
     return replace(s, chunk=chunk) if chunk < s.c else s
 
 
@@ -219,22 +235,24 @@ def retapped(t: Taps, old: Spec, new: Spec) -> Taps:
     return _rows(new, o, plane // (old.phases[0] * old.phases[1]), plane * new.pitch + offsets % old.pitch, values)
 
 
-def transpose_lines(load, store, indent: str) -> list[str]:
-    """TVMScript lines transposing a VECTOR × VECTOR block in registers: rows ``load(t)`` (vectors), then
-    ``store(l, value)`` of the block's column l. Four rounds of two-vector shuffles, each swapping the
-    off-diagonal half × half blocks of every pair of rows ``half`` apart (the recursive transpose): 64
-    shuffles per 256 values, where moving them one lane at a time takes one instruction each."""
-    lines = [f"{indent}r0_{t} = T.Bind({load(t)})" for t in range(VECTOR)]
-    level = 0
-    for half in (8, 4, 2, 1):
-        for i in (i for i in range(VECTOR) if not i & half):
-            low = [j if not j & half else VECTOR + j - half for j in range(VECTOR)]
-            high = [j + half if not j & half else VECTOR + j for j in range(VECTOR)]
+def transpose_lines(load, store, indent: str, vector: int) -> list[str]:
+    """TVMScript lines transposing a ``vector`` × ``vector`` block in registers (``vector`` a power of two): rows
+    ``load(t)`` (vectors), then ``store(l, value)`` of the block's column l. log2(vector) rounds of two-vector
+    shuffles, each swapping the off-diagonal half × half blocks of every pair of rows ``half`` apart (the
+    recursive transpose): vector · log2(vector) shuffles per vector² values (16 lanes: 64 per 256; NEON's 4: 8
+    per 16, its zip / trn instructions), where moving them one lane at a time takes one instruction each."""
+    assert vector & (vector - 1) == 0, vector
+    lines = [f"{indent}r0_{t} = T.Bind({load(t)})" for t in range(vector)]
+    level, half = 0, vector // 2
+    while half:
+        for i in (i for i in range(vector) if not i & half):
+            low = [j if not j & half else vector + j - half for j in range(vector)]
+            high = [j + half if not j & half else vector + j for j in range(vector)]
             pair = f"[r{level}_{i}, r{level}_{i + half}]"
             lines += [f"{indent}r{level + 1}_{i} = T.Bind(T.Shuffle({pair}, {low}))",
                       f"{indent}r{level + 1}_{i + half} = T.Bind(T.Shuffle({pair}, {high}))"]
-        level += 1
-    return lines + [f"{indent}{store(l, f'r{level}_{l}')}" for l in range(VECTOR)]
+        level, half = level + 1, half // 2
+    return lines + [f"{indent}{store(l, f'r{level}_{l}')}" for l in range(vector)]
 
 
 def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
@@ -282,13 +300,13 @@ def prim_func(s: Spec) -> tvm.tirx.PrimFunc:
     if s.whole:
         whole, staging = _plane_staging(s) if s.ib == 1 else _row_staging(s), ""
         start = f"it // {tiles} * {s.c * ph * pw * s.pitch} + {q0}"  # the tile's first position in staged
-    elif s.ib == VECTOR or (s.ib == 1 and s.linear):
-        rows = _linear_staging(s) if s.linear and s.ib == VECTOR else _linear_rows(s) if s.linear else _band_staging(s)
+    elif s.ib == s.vector or (s.ib == 1 and s.linear):
+        rows = _linear_staging(s) if s.linear and s.ib == s.vector else _linear_rows(s) if s.linear else _band_staging(s)
         staging = f"""
         staged = T.alloc_buffer(({s.c * ph * pw * band},), "float32"){rows}"""
     if s.ob == 1:
         writing = _plain_writing(s)
-    elif s.ob == VECTOR:
+    elif s.ob == s.vector:
         writing = _linear_writing(s, writing) if s.linear else _row_writing(s, f"{out_at('out')} = {value}")
     body = _accumulating(s, width, start) + writing
     if s.tail < width:
@@ -321,20 +339,20 @@ def _accumulating(s: Spec, width: int, start: str) -> str:
     chunked = s.chunks > 1
     row = f"kc * {s.o} + ob * {s.ob} + l" if chunked else f"ob * {s.ob} + l"
     at = f"{_sum_row(s, 'l')} + t"
-    vectors = f"for v in T.unroll({width // VECTOR}):"  # one vector at a time: LLVM scalarizes a 48-wide one
+    vectors = f"for v in T.unroll({width // s.vector}):"  # one vector at a time: LLVM scalarizes a 48-wide one
     loop = f"""
         for ob in range({s.o // s.ob}):
             for l in range({s.ob}):
                 acc = T.alloc_buffer(({2 * width},), "float32", scope="local")
-                for v in T.unroll({2 * width // VECTOR}):
-                    for u in T.vectorized({VECTOR}):
-                        acc[v * {VECTOR} + u] = T.float32(0)"""
+                for v in T.unroll({2 * width // s.vector}):
+                    for u in T.vectorized({s.vector}):
+                        acc[v * {s.vector} + u] = T.float32(0)"""
     if chunked:
         loop += f"""
                 if kc > 0:
                     {vectors}
-                        for u in T.vectorized({VECTOR}):
-                            t = T.Bind(v * {VECTOR} + u)
+                        for u in T.vectorized({s.vector}):
+                            t = T.Bind(v * {s.vector} + u)
                             acc[t] = block[{at}]"""
     loop += f"""
                 first = T.Bind(indptr[{row}])
@@ -342,18 +360,18 @@ def _accumulating(s: Spec, width: int, start: str) -> str:
                 for k in range(count // 2):
                     for h in T.unroll(2):
                         {vectors}
-                            for u in T.vectorized({VECTOR}):
-                                t = T.Bind(v * {VECTOR} + u)
+                            for u in T.vectorized({s.vector}):
+                                t = T.Bind(v * {s.vector} + u)
                                 acc[h * {width} + t] = acc[h * {width} + t] + values[first + 2 * k + h] \
                                     * staged[{start} + offsets[first + 2 * k + h] + t]
                 if count % 2 == 1:
                     {vectors}
-                        for u in T.vectorized({VECTOR}):
-                            t = T.Bind(v * {VECTOR} + u)
+                        for u in T.vectorized({s.vector}):
+                            t = T.Bind(v * {s.vector} + u)
                             acc[t] = acc[t] + values[first + count - 1] * staged[{start} + offsets[first + count - 1] + t]
                 {vectors}
-                    for u in T.vectorized({VECTOR}):
-                        t = T.Bind(v * {VECTOR} + u)
+                    for u in T.vectorized({s.vector}):
+                        t = T.Bind(v * {s.vector} + u)
                         block[{at}] = acc[t] + acc[{width} + t]"""
     if not chunked:
         return loop
@@ -373,7 +391,7 @@ def _plane_staging(s: Spec) -> str:
     (:attr:`Spec.plane_length` values each, zero where they pad), the rows copied a vector at a time (stride
     sw: every sw-th pixel). A value is copied once however much the tiles' bands overlap (a k×k walk's band
     reaches (k − 1) rows of the plane past its tile)."""
-    (sh, sw), (ph, pw), (pt, pl), vec = s.strides, s.phases, s.padding[:2], VECTOR
+    (sh, sw), (ph, pw), (pt, pl), vec = s.strides, s.phases, s.padding[:2], s.vector
     (hq, wq), length = s.plane_hw, s.plane_length
     return f"""
     staged = T.alloc_buffer(({s.n * s.c * ph * pw * length},), "float32")
@@ -401,7 +419,7 @@ def _plain_writing(s: Spec) -> str:
     """The output of any walk into NCHW: per output row the tile reaches, the channel's sums from ``block``
     a vector at a time, the epilogue on the vector, the row's rest a value at a time (a linear walk: its
     positions are the map's, one row)."""
-    vec, width, wq = VECTOR, s.width, s.plane_hw[1]
+    vec, width, wq = s.vector, s.width, s.plane_hw[1]
     (oh, ow), q0, n = s.out_hw, f"(it % {s.tiles} * {s.width})", f"(it // {s.tiles})"
     rows, first, row_w = ((1, "0", oh * ow) if s.linear else ((width - 1) // wq + 2, f"{q0} // {wq}", ow))
 
@@ -432,12 +450,12 @@ def _plain_writing(s: Spec) -> str:
 def _linear_staging(s: Spec) -> str:
     """Staging of a linear walk (:attr:`Spec.linear`) from NCHW16c: each whole block of 16 pixels × 16
     channels transposed in registers (:func:`transpose_lines`), a block the map's end cuts a value at a time."""
-    hw, band, vec = s.h * s.w, s.band, VECTOR
+    hw, band, vec = s.h * s.w, s.band, s.vector
     p = f"(it % {s.tiles} * {s.width} + vb * {vec})"  # the block's first pixel
     pixel = f"((it // {s.tiles} * {s.c // vec} + cb) * {hw} + {p} + {{t}}) * {vec}"  # a pixel's vector in xf
     row = f"(cb * {vec} + {{l}}) * {band} + vb * {vec}"  # a channel's row of the block in staged
     lines = transpose_lines(lambda t: f"xf[T.ramp({pixel.format(t=t)}, 1, {vec})]",
-                            lambda l, v: f"staged[T.ramp({row.format(l=l)}, 1, {vec})] = {v}", " " * 16)
+                            lambda l, v: f"staged[T.ramp({row.format(l=l)}, 1, {vec})] = {v}", " " * 16, vec)
     body = "\n".join(lines)
     return f"""
         xf = T.decl_buffer(({s.n * s.c * hw},), "float32", data=x.data)
@@ -456,7 +474,7 @@ def _linear_staging(s: Spec) -> str:
 def _linear_rows(s: Spec) -> str:
     """Staging of a linear walk (:attr:`Spec.linear`) from NCHW: each channel's ``band`` pixels of the tile,
     contiguous in the input, copied a vector at a time (zeros past the map's end)."""
-    hw, band, vec = s.h * s.w, s.band, VECTOR
+    hw, band, vec = s.h * s.w, s.band, s.vector
     p = f"it % {s.tiles} * {s.width} + v * {vec}"  # the vector's first pixel
     return f"""
         xf = T.decl_buffer(({s.n * s.c * hw},), "float32", data=x.data)
@@ -475,12 +493,12 @@ def _linear_writing(s: Spec, generic: str) -> str:
     """The output of a linear walk into NCHW16c: each whole block of 16 pixels × 16 channels of ``block``
     transposed in registers, the epilogue on each pixel's vector; the last, cut block by ``generic`` (the
     writing of any walk, on its positions ``tb·16 + tt``)."""
-    vec, width = VECTOR, s.width
+    vec, width = s.vector, s.width
     p = f"(it % {s.tiles} * {width} + tb * {vec})"
     pixel = f"((it // {s.tiles} * {s.o // vec} + ob) * {s.h * s.w} + {p} + {{t}}) * {vec}"
 
     body = "\n".join(transpose_lines(lambda l: f"block[T.ramp({_sum_row(s, l)} + tb * {vec}, 1, {vec})]",
-                                      lambda t, v: _written(s, pixel.format(t=t), v), " " * 20))
+                                      lambda t, v: _written(s, pixel.format(t=t), v), " " * 20, vec))
     cut = generic.replace(f"for t in range({width}):", f"for tt in range({vec}):\n                t = T.Bind(tb * {vec} + tt)")
     cut = "\n".join(" " * 8 + line if line.strip() else line for line in cut.splitlines())
     return f"""{_flat_out(s)}
@@ -493,11 +511,12 @@ def _linear_writing(s: Spec, generic: str) -> str:
 
 def _written(s: Spec, at: str, v: str) -> str:
     """The store of one pixel's vector ``v`` of an output block at ``at`` in ``outf``, the epilogue applied."""
+    vec = s.vector
     for step in s.epilogue:
-        v = {"bias": f"({v} + bias[T.ramp(ob * {VECTOR}, 1, {VECTOR})])",
-             "relu": f"T.max({v}, T.Broadcast(T.float32(0), {VECTOR}))",
-             "add": f"({v} + resf[T.ramp({at}, 1, {VECTOR})])"}[step]
-    return f"outf[T.ramp({at}, 1, {VECTOR})] = {v}"
+        v = {"bias": f"({v} + bias[T.ramp(ob * {vec}, 1, {vec})])",
+             "relu": f"T.max({v}, T.Broadcast(T.float32(0), {vec}))",
+             "add": f"({v} + resf[T.ramp({at}, 1, {vec})])"}[step]
+    return f"outf[T.ramp({at}, 1, {vec})] = {v}"
 
 
 def _flat_out(s: Spec) -> str:
@@ -507,27 +526,26 @@ def _flat_out(s: Spec) -> str:
     return f'\n            outf = T.decl_buffer(({size},), "float32", data=out.data){res}'
 
 
-def _row_transposes(pixel: str, slot: str) -> str:
-    """The staging of 16 pixels × 16 channels of an image row from column ``lo + k·16``, transposed in registers:
-    ``pixel`` (column ``{j}``) indexes a pixel's vector in ``xf``, ``slot`` (channel ``{l}``, column ``{j}``) the
-    staged value."""
-    vec = VECTOR
+def _row_transposes(pixel: str, slot: str, vec: int) -> str:
+    """The staging of ``vec`` pixels × ``vec`` channels of an image row from column ``lo + k·vec``, transposed in
+    registers: ``pixel`` (column ``{j}``) indexes a pixel's vector in ``xf``, ``slot`` (channel ``{l}``, column
+    ``{j}``) the staged value."""
     return "\n".join(transpose_lines(
         lambda t: f"xf[T.ramp({pixel.format(j=f'lo + k * {vec} + {t}')}, 1, {vec})]",
-        lambda l, v: f"staged[T.ramp({slot.format(l=l, j=f'lo + k * {vec}')}, 1, {vec})] = {v}", " " * 20))
+        lambda l, v: f"staged[T.ramp({slot.format(l=l, j=f'lo + k * {vec}')}, 1, {vec})] = {v}", " " * 20, vec))
 
 
 def _band_staging(s: Spec) -> str:
     """Staging of any walk from NCHW16c, per tile: the planes zeroed, then per plane row of the band the
     columns that read the image, 16 at a time transposed in registers (stride sw: every sw-th pixel), the rest
     a value at a time."""
-    (sh, sw), (ph, pw), (pt, pl), vec = s.strides, s.phases, s.padding[:2], VECTOR
+    (sh, sw), (ph, pw), (pt, pl), vec = s.strides, s.phases, s.padding[:2], s.vector
     wq, band, tiles, width = s.plane_hw[1], s.band, s.tiles, s.width
     rows = -(-band // wq) + 1
     q0 = f"(it % {tiles} * {width})"
     pixel = f"((((it // {tiles} * {s.c // vec} + cb) * {s.h} + iy) * {s.w} + ({{j}}) * {sw} + px - {pl}) * {vec})"
     slot = f"(((cb * {vec} + {{l}}) * {ph} + py) * {pw} + px) * {band} + i * {wq} + {{j}} - {q0}"
-    body = _row_transposes(pixel, slot)
+    body = _row_transposes(pixel, slot, vec)
     return f"""
         xf = T.decl_buffer(({s.n * s.c * s.h * s.w},), "float32", data=x.data)
         for z in range({s.c * ph * pw * band // vec}):
@@ -551,11 +569,11 @@ def _row_staging(s: Spec) -> str:
     """Staging of any walk from NCHW16c, once per call into whole phase planes (:attr:`Spec.plane_length`
     values each): the planes zeroed, then per plane row the columns that read the image, 16 at a time
     transposed in registers (stride sw: every sw-th pixel), the rest a value at a time."""
-    (sh, sw), (ph, pw), (pt, pl), vec = s.strides, s.phases, s.padding[:2], VECTOR
-    (hq, wq), length, blocks = s.plane_hw, s.plane_length, s.n * s.c // VECTOR
+    (sh, sw), (ph, pw), (pt, pl), vec = s.strides, s.phases, s.padding[:2], s.vector
+    (hq, wq), length, blocks = s.plane_hw, s.plane_length, s.n * s.c // s.vector
     pixel = f"(((nb * {s.h} + iy) * {s.w} + ({{j}}) * {sw} + px - {pl}) * {vec})"
     slot = f"(((nb * {vec} + {{l}}) * {ph} + py) * {pw} + px) * {length} + i * {wq} + {{j}}"
-    body = _row_transposes(pixel, slot)
+    body = _row_transposes(pixel, slot, vec)
     return f"""
     staged = T.alloc_buffer(({s.n * s.c * ph * pw * length},), "float32")
     xf = T.decl_buffer(({s.n * s.c * s.h * s.w},), "float32", data=x.data)
@@ -580,12 +598,12 @@ def _row_writing(s: Spec, store: str) -> str:
     """The output of any walk into NCHW16c: per output row the tile reaches, its pixels 16 at a time from
     ``block`` transposed in registers, the epilogue on each pixel's vector; the rest by ``store`` (the
     generic write of position ``t``, lane ``l``)."""
-    vec, width, wq = VECTOR, s.width, s.plane_hw[1]
+    vec, width, wq = s.vector, s.width, s.plane_hw[1]
     (oh, ow), q0 = s.out_hw, f"(it % {s.tiles} * {s.width})"
     pixel = f"(((it // {s.tiles} * {s.o // vec} + ob) * {oh} + oy) * {ow} + lo + k * {vec} + {{t}}) * {vec}"
     t0 = f"oy * {wq} + lo + k * {vec} - {q0}"
     body = "\n".join(transpose_lines(lambda l: f"block[T.ramp({_sum_row(s, l)} + {t0}, 1, {vec})]",
-                                      lambda t, v: _written(s, pixel.format(t=t), v), " " * 24))
+                                      lambda t, v: _written(s, pixel.format(t=t), v), " " * 24, vec))
     return f"""{_flat_out(s)}
             for r in range({(width - 1) // wq + 2}):
                 oy = T.Bind({q0} // {wq} + r)

@@ -16,7 +16,8 @@ from .cpu import CpuBackend
 class ArmBackend(CpuBackend):
     kind = "arm"
     tensor_intrinsics = "arm_cpu"
-    default_passes = frozenset({"prune-channels"})  # sparse on request: its crossover is measured on x86
+    # sparse with x86's crossovers (no aarch64 board measured them; `reforge tune` measures each layer on a device)
+    default_passes = frozenset({"prune-channels", "sparse"})
 
     @classmethod
     def make(cls, name: str, mcpu: str, cores: int) -> ArmBackend:

@@ -2,7 +2,8 @@
 to ONNX runs its mostly-zero convs and dense layer as sparse operators at -O2, exact against
 onnxruntime (graph optimizations off): max|out − ref| / max|ref| <= 1e-5; the pass report names every
 layer with its sparsity and choice; layers below the measured crossover, grouped and dilated convs stay
-dense; on by default at -O2 for x86 only (on request for arm); the build report counts the sparse kernels."""
+dense; on by default at -O2 for x86 and arm (tests/reforge/test_arm.py runs it under qemu); the build report counts
+the sparse kernels; an AVX2 build's kernels take 8-lane vectors."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import reforge
 from reforge import backends
 from reforge.passes import FoldConstants, Sparse
 from reforge.passes.sparse import CROSSOVER
-from tests.helpers import max_rel_err, onnxruntime, pruned_onnx, seed_of
+from tests.helpers import max_rel_err, onnxruntime, pruned_onnx, seed_of, sparse_kernel_specs
 
 RTOL = 1e-5
 
@@ -49,6 +50,19 @@ def test_pruned_net_at_O2_matches_onnxruntime():
     assert "sparse_conv2d_nchwc" not in dense.manifest["build"]["schedules"]
     # the 3-channel image is read by the first sparse conv in NCHW and the last writes NCHW for the classifier
     assert dense.manifest["build"]["layout_transforms"] == 2 and art.manifest["build"]["layout_transforms"] == 0
+
+
+def test_avx2_build_takes_8_lane_kernels():
+    """On an AVX2 CPU (x86-avx2: 16 ymm registers) the sparse convs take 8-lane vectors and blocks and tiles of 32
+    positions (8 accumulators), not AVX-512's 16 and 64; the pruned net stays exact against onnxruntime."""
+    model = pruned_onnx(0.9, 0)
+    specs = sparse_kernel_specs(model, "x86-avx2")
+    assert len(specs) == 4 and all(s.vector == 8 and s.width <= 32 for s in specs)
+    assert all(s.vector == 16 and s.width <= 64 for s in sparse_kernel_specs(model, "x86"))
+    art = reforge.compile(model, target="x86-avx2")
+    assert art.manifest["build"]["schedules"]["sparse_conv2d_nchwc"] == 4
+    x = np.random.default_rng(seed_of("sparse-avx2")).standard_normal((1, 3, 17, 19)).astype("float32")
+    assert max_rel_err(list(art.run({"x": x}).values())[0], onnxruntime(model, x)) <= RTOL
 
 
 def test_below_crossover_stays_dense():
@@ -90,12 +104,12 @@ def test_forced_on_odd_net_matches_onnxruntime(harness):
     assert max_rel_err(harness.run(res.mod, res.imported, feeds)[0], harness.onnxruntime(model, feeds)[0]) <= RTOL
 
 
-def test_default_on_x86_on_request_for_arm():
-    """At -O2 on x86 (after fft-conv), not below -O2 nor on other targets; enabled on arm, after binarize."""
-    x86 = backends.get("x86")
-    assert all("sparse" not in x86.passes(level) for level in (0, 1))
-    assert all("sparse" not in backends.get(name).passes(2) for name in ("arm", "cuda"))
-    names = x86.passes(2)
-    assert names[names.index("sparse") - 1] == "fft-conv"
-    names = backends.get("arm").passes(2, enable=["sparse"])
-    assert names[names.index("sparse") - 1] == "binarize"
+def test_default_on_x86_and_arm():
+    """At -O2 on x86 (after fft-conv) and arm (after binarize: arm has no fft-conv), not below -O2 nor on the
+    device targets."""
+    for name, before in (("x86", "fft-conv"), ("arm", "binarize")):
+        target = backends.get(name)
+        assert all("sparse" not in target.passes(level) for level in (0, 1))
+        names = target.passes(2)
+        assert names[names.index("sparse") - 1] == before
+    assert "sparse" not in backends.get("cuda").passes(2)
