@@ -5,7 +5,7 @@ vector, 1×1 / 3×3 / 5×1 / 1×3 kernels, strides 1 and 2 (and 1 × 2), symmetr
 batch 2, walks of one tile and of many (with a narrower last tile), input / output blocks 1 (NCHW: the planes
 staged whole, rows written as vectors), 4, 8 and 16, epilogues of bias, ReLU and residual add; and in NEON's
 vectors (4 lanes, tiles of 16, 4-channel blocks transposed in registers), built for x86 and for aarch64 (run under
-qemu), whose tap loops keep their sums in registers. Tolerance: max|out − ref| / max|ref| <= 1e-5 (float32 sums of the same products); an
+qemu), whose tap loops keep their sums in registers, and in AVX2's (8 lanes, tiles of 32) built for an AVX2 CPU. Tolerance: max|out − ref| / max|ref| <= 1e-5 (float32 sums of the same products); an
 all-zero layer without epilogue must give exactly 0. The numpy twin to 1e-12."""
 
 import dataclasses
@@ -69,6 +69,13 @@ NEON_CONVS = [  # at NEON's width (4 lanes, tiles of 16): n, c, h, w, o, kh, kw,
     (1, 32, 60, 70, 8, 3, 3, (1, 1), (1, 1, 1, 1), 4, 4, 0),  # planes past WHOLE_BYTES: a band per tile
     (1, 40, 10, 10, 12, 3, 3, (1, 1), (1, 1, 1, 1), 4, 4, 12),  # input channels summed in chunks of 12
 ]
+AVX2_CONVS = [  # at AVX2's width (8 lanes, tiles of 32), the same fields
+    (1, 32, 9, 13, 24, 1, 1, (1, 1), (0, 0, 0, 0), 8, 8, 0),  # 1×1 linear: 8×8 register transposes
+    (1, 16, 12, 14, 24, 3, 3, (1, 1), (1, 1, 1, 1), 8, 8, 0),  # 3×3 stride 1, planes staged whole
+    (1, 24, 13, 11, 16, 3, 3, (2, 2), (1, 0, 1, 1), 8, 8, 0),  # 3×3 stride 2
+    (2, 3, 17, 19, 16, 3, 3, (1, 1), (1, 1, 1, 1), 1, 8, 0),  # NCHW input, batch 2
+    (1, 32, 60, 70, 8, 3, 3, (1, 1), (1, 1, 1, 1), 8, 8, 16),  # a band per tile, chunks of 16 channels
+]
 EPILOGUES = [(), ("bias", "relu"), ("bias", "add", "relu"), ("relu", "add")]
 
 
@@ -130,9 +137,9 @@ def test_sparse_conv_nchwc(case, sparsity):
     check(run(s, wt, xb, bias, res_b), ref, sparsity == 1.0 and not epilogue)
 
 
-def check_neon(case, sparsity: float, target: str):
-    """A NEON_CONVS case in NEON's vectors (:func:`sn.for_machine`), built for ``target``, against the float64
-    reference (and the numpy twin to 1e-12)."""
+def check_in_vectors(case, sparsity: float, machine, target: str):
+    """A NEON_CONVS / AVX2_CONVS case in ``machine``'s vectors (:func:`sn.for_machine`), built for ``target``, against
+    the float64 reference (and the numpy twin to 1e-12)."""
     n, c, h, w, o, kh, kw, strides, pad, ib, ob, chunk = case
     rng = np.random.default_rng(c * 13 + h + o + int(sparsity * 100))
     epilogue = EPILOGUES[(c + o) % len(EPILOGUES)]
@@ -140,8 +147,9 @@ def check_neon(case, sparsity: float, target: str):
     wt = pruned_weight(rng, (o, c, kh, kw), sparsity)
     g = sparse_conv.geometry(x.shape, wt.shape, strides, pad)
     s = sn.for_machine(dataclasses.replace(sn.spec(g, int(np.count_nonzero(wt)), epilogue), ib=ib, ob=ob, chunk=chunk),
-                       NEON)
-    assert (s.vector, s.width) == (4, min(16, -(-s.positions // 4) * 4))
+                       machine)
+    vec = machine.lanes()
+    assert (s.vector, s.width) == (vec, min(4 * vec, -(-s.positions // vec) * vec))
     bias = rng.standard_normal(o).astype("float32")
     res = rng.standard_normal((n, o, *s.out_hw)).astype("float32")
     ref = reference(x, wt, s, bias, res)
@@ -155,13 +163,20 @@ def check_neon(case, sparsity: float, target: str):
 def test_sparse_conv_at_neon_width(case, sparsity):
     """The kernel in NEON's vectors, built for this x86 CPU (the TIR is the aarch64 build's; LLVM splits nothing:
     4-lane vectors are SSE's)."""
-    check_neon(case, sparsity, "x86")
+    check_in_vectors(case, sparsity, NEON, "x86")
 
 
 @pytest.mark.parametrize("case", NEON_CONVS[:6])
 def test_sparse_conv_at_neon_width_on_aarch64(case):
     """The same kernels as aarch64 code, run under qemu-aarch64 (90 % zeros)."""
-    check_neon(case, 0.9, "arm")
+    check_in_vectors(case, 0.9, NEON, "arm")
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.9, 1.0])
+@pytest.mark.parametrize("case", AVX2_CONVS)
+def test_sparse_conv_at_avx2_width(case, sparsity):
+    """The kernel in AVX2's vectors (8-channel blocks transposed 8 × 8 in registers), built for an AVX2 CPU."""
+    check_in_vectors(case, sparsity, AVX2, "x86-avx2")
 
 
 TAP_LOOP_FMA = re.compile(r"\tfmla\tv\d+\.4s, v\d+\.4s, v\d+\.s\[\d\]")  # a vector FMA by a broadcast tap
