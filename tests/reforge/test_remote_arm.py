@@ -9,6 +9,7 @@ differ), and exactly between the same aarch64 module run remotely and under the 
 
 from __future__ import annotations
 
+import gc
 import json
 
 import numpy as np
@@ -71,6 +72,7 @@ def test_sparse_choice_measured_on_an_emulated_device(devices):
     and sparse (the kernel at NEON's width), each timed on a device through the target's timer (the cross-compiled
     library uploaded over RPC); the record names the faster of the two times. qemu's times say nothing of a
     device's: only the path is checked."""
+    gc.collect()  # the device sessions of the modules earlier tests loaded (in reference cycles) go back
     layer = Layer("conv 1x1", (1, 16, 8, 8), pruned_weight(np.random.default_rng(7), (16, 16, 1, 1), 0.95))
     arm = backends.get("arm")
     found = sparse_choice.measure(layer, arm, arm.timer(devices))
