@@ -206,7 +206,8 @@ def sparse_in_blocked_layout(mod: tvm.IRModule, machine: Machine, blocked: bool 
     :func:`reforge.topi_ext.layouts.channel_block`); the layout transforms ConvertLayout put around it
     then meet their inverses and cancel, so it reads its blocked producer and residual directly and its
     blocked consumers read it; its input channels summed in chunks that fit ``machine``'s L1 data cache
-    (:func:`reforge.topi_ext.sparse_nchwc.chunked`). An input that no transform brings from a blocked tensor (a
+    (:func:`reforge.topi_ext.sparse_nchwc.chunked`), and the output blocks of a few tiles split over the machine's
+    cores (:func:`reforge.topi_ext.sparse_nchwc.spread`). An input that no transform brings from a blocked tensor (a
     network's RGB image, an NCHW operator's output) is read in NCHW as it is (ib = 1), not transformed for this
     conv alone; an output that no consumer reads blocked is written in NCHW (ob = 1), not transformed back."""
     if not any(f.attrs is not None and f.attrs.get("reforge.op") == sparse_nchwc.OP for _, f in mod.functions_items()):
@@ -322,6 +323,7 @@ class _Blocked(relax.PyExprMutator):
         ours = sparse_nchwc.for_machine(spec, self.machine)
         ib, ob = channel_block(spec.c, self.lanes), channel_block(spec.o, self.lanes)
         if not self.blocks or ob < MIN_BLOCK:  # stays NCHW
+            ours = sparse_nchwc.spread(ours, self.machine.cores)
             return call if ours == spec else self._emit(spec, ours, args)
         if self._blocked_source(args[0], ib) is None:
             ib = 1  # read NCHW as it comes (staged by vectors) rather than transformed for this conv alone
@@ -330,8 +332,8 @@ class _Blocked(relax.PyExprMutator):
         args[0] = self._block(args[0], ib) if ib > 1 else args[0]
         if "add" in spec.epilogue and ob > 1:
             args[-1] = self._block(args[-1], ob)
-        y = self._emit(spec, sparse_nchwc.chunked(dataclasses.replace(ours, ib=ib, ob=ob), self.machine.l1d_bytes),
-                       args)
+        ours = sparse_nchwc.chunked(dataclasses.replace(ours, ib=ib, ob=ob), self.machine.l1d_bytes)
+        y = self._emit(spec, sparse_nchwc.spread(ours, self.machine.cores), args)
         if ob == 1:
             return y
         return relax.op.layout_transform(y, tvm.tirx.IndexMap.from_func(_unblocking(ob), index_dtype="int64"))

@@ -69,6 +69,7 @@ class Spec(SparseConvGeometry):
     chunk: int = 0  # input channels per pass over the output channels (0: all of them, one pass)
     vector: int = VECTOR  # lanes of the machine's vector: tiles, bands and chunks are whole vectors
     accumulators: int = ACCUMULATORS  # vectors of sums in flight: two alternating sets of half the tile each
+    splits: int = 1  # parallel tasks per tile, each summing its share of the output blocks
 
     @property
     def chunks(self) -> int:
@@ -189,6 +190,17 @@ def chunked(s: Spec, l1d_bytes: int) -> Spec:
         return s
     chunk = max(s.vector, l1d_bytes // 2 // per_channel // s.vector * s.vector)
     return replace(s, chunk=chunk) if chunk < s.c else s
+
+
+def spread(s: Spec, cores: int) -> Spec:
+    """``s`` with each tile's output blocks split over parallel tasks where the tiles alone are fewer than the
+    tasks ``cores`` can share (a 7×7 map is one tile): 2 tasks a core where the input is staged whole before the
+    tiles, one where each task of a tile repeats its staging."""
+    target = (2 if s.whole else 1) * cores
+    tasks = s.n * s.tiles
+    if cores < 2 or tasks >= target:
+        return s
+    return replace(s, splits=max(1, min(s.o // s.ob, -(-target // tasks))))
 
 
 @dataclass(frozen=True)
@@ -320,12 +332,21 @@ def sparse_conv2d_nchwc(x: T.Buffer({s.x_shape()}, "float32"), offsets: T.Buffer
                         values: T.Buffer(({nnz},), "float32"), indptr: T.Buffer(({s.chunks * s.o + 1},), "int32"){extra},
                         out: T.Buffer({s.out_shape()}, "float32")):
     T.func_attr({{"tirx.noalias": True}}){whole}
-    for it in T.parallel({s.n * tiles}):
+    for {"it" if s.splits == 1 else "task"} in T.parallel({s.n * tiles * s.splits}):{_task(s)}
         block = T.alloc_buffer(({(s.o if s.chunks > 1 else s.ob) * width},), "float32"){staging}{body}"""
     from tvm.script import tirx
 
     func = tvm.script.from_source(src, extra_vars={"T": tirx})
     return tag(func, OP).with_attr(SPEC_ATTR, s.to_json())
+
+
+def _task(s: Spec) -> str:
+    """A split tile's task: its tile ``it`` (as unsplit) and its share ``sp`` of the output blocks."""
+    if s.splits == 1:
+        return ""
+    return f"""
+        it = T.Bind(task // {s.splits})
+        sp = T.Bind(task % {s.splits})"""
 
 
 def _indented(text: str) -> str:
@@ -341,7 +362,7 @@ def _accumulating(s: Spec, width: int, start: str) -> str:
     at = f"{_sum_row(s, 'l')} + t"
     vectors = f"for v in T.unroll({width // s.vector}):"  # one vector at a time: LLVM scalarizes a 48-wide one
     loop = f"""
-        for ob in range({s.o // s.ob}):
+        for ob in {_blocks(s)}:
             for l in range({s.ob}):
                 acc = T.alloc_buffer(({2 * width},), "float32", scope="local")
                 for v in T.unroll({2 * width // s.vector}):
@@ -377,7 +398,15 @@ def _accumulating(s: Spec, width: int, start: str) -> str:
         return loop
     return f"""
         for kc in range({s.chunks}):{_indented(loop)}
-        for ob in range({s.o // s.ob}):"""
+        for ob in {_blocks(s)}:"""
+
+
+def _blocks(s: Spec) -> str:
+    """The range of output blocks a task sums: all of them, or task ``sp``'s share of :attr:`Spec.splits`."""
+    blocks = s.o // s.ob
+    if s.splits == 1:
+        return f"range({blocks})"
+    return f"range(sp * {blocks} // {s.splits}, (sp + 1) * {blocks} // {s.splits})"
 
 
 def _sum_row(s: Spec, lane: str) -> str:

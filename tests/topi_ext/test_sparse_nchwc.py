@@ -240,6 +240,40 @@ def test_sparse_conv_nchwc_chunked(case, sparsity):
     check(run(s, wt, xb, bias, res_b), ref, False)
 
 
+SPLIT = [  # a tile's output blocks over parallel tasks: n, c, h, w, o, kh, kw, strides, padding, ib, ob, chunk, splits
+    (1, 32, 7, 7, 48, 3, 3, (1, 1), (1, 1, 1, 1), 16, 16, 16, 2),  # one tile, 3 blocks in 2 shares, chunked
+    (1, 64, 7, 7, 80, 1, 1, (1, 1), (0, 0, 0, 0), 16, 16, 0, 4),  # linear: 5 blocks in 4 shares, staged per task
+    (2, 16, 6, 6, 24, 3, 3, (2, 2), (1, 1, 1, 1), 1, 1, 0, 3),  # NCHW in and out, batch 2, 24 channels in 3
+]
+
+
+@pytest.mark.parametrize("case", SPLIT)
+def test_sparse_conv_nchwc_split(case):
+    """A tile's output blocks summed by several parallel tasks, each its share (uneven where they do not divide)."""
+    n, c, h, w, o, kh, kw, strides, pad, ib, ob, chunk, splits = case
+    rng = np.random.default_rng(c + o + splits)
+    x = rng.standard_normal((n, c, h, w)).astype("float32")
+    wt = pruned_weight(rng, (o, c, kh, kw), 0.9)
+    g = sparse_conv.geometry(x.shape, wt.shape, strides, pad)
+    s = dataclasses.replace(sn.spec(g, int(np.count_nonzero(wt)), ("bias", "add", "relu")), ib=ib, ob=ob, chunk=chunk,
+                            splits=splits)
+    bias = rng.standard_normal(o).astype("float32")
+    res = rng.standard_normal((n, o, *s.out_hw)).astype("float32")
+    xb, res_b = sn.block(x, ib), sn.block(res, ob)
+    check(run(s, wt, xb, bias, res_b), reference(x, wt, s, bias, res), False)
+
+
+def test_few_tiles_spread_over_the_cores():
+    """A walk of fewer tiles than 2 a core (whole planes) or 1 a core (staged per tile) splits its output blocks:
+    a 7×7 3×3 conv (one tile, planes whole) into 4 shares on 2 cores, a 7×7 1×1 (staged per task) into 2; a 14×14
+    1×1 (4 tiles) and any conv on one core not at all; never more shares than output blocks."""
+    def splits(c, h, k, o, cores):
+        g = sparse_conv.geometry((1, c, h, h), (o, c, k, k), (1, 1), (k // 2,) * 4)
+        return sn.spread(dataclasses.replace(sn.spec(g, 1), ib=16, ob=16), cores).splits
+    assert splits(512, 7, 3, 512, 2) == 4 and splits(2048, 7, 1, 512, 2) == 2
+    assert splits(1024, 14, 1, 256, 2) == 1 and splits(512, 7, 3, 512, 1) == 1 and splits(64, 7, 3, 32, 2) == 2
+
+
 def test_taps_index_the_phase_planes():
     """Offsets name the (c, ky % s, kx % s) plane's band, shifted by (ky // s)·Wq + kx // s; rows in output-channel
     order."""
