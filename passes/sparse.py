@@ -251,12 +251,13 @@ class _Blocked(relax.PyExprMutator):
     def __init__(self, mod, func, machine: Machine, blocks: bool):
         super().__init__(mod)
         self.machine, self.lanes, self.blocks = machine, machine.lanes(), blocks
-        self.bound = {b.value: b.var for b in bindings(func)}  # each call -> the variable it is bound to
+        binds = bindings(func)
+        self.bound = {b.value: b.var for b in binds}  # each call -> the variable it is bound to
         # the tensors some consumer will read blocked: transformed for a blocked operator, pooled (:meth:`_pool`)
         # or read by a sparse conv
-        self.read_blocked = {b.value.args[0] for b in bindings(func)
+        self.read_blocked = {b.value.args[0] for b in binds
                              if op_name(b.value) == "relax.layout_transform" or op_name(b.value) in POOLS}
-        self.read_blocked |= {a for b in bindings(func) if callee_attr(mod, b.value, "reforge.op") == sparse_nchwc.OP
+        self.read_blocked |= {a for b in binds if callee_attr(mod, b.value, "reforge.op") == sparse_nchwc.OP
                               for a in b.value.args[1].fields}
         self.blocked: dict[tuple[relax.Expr, int], relax.Expr] = {}  # (NCHW tensor, block) -> blocked once
         self.pools: set[relax.Var] = set()  # poolings moved into the blocked layout

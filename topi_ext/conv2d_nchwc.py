@@ -61,18 +61,13 @@ def blocked_conv(data: te.Tensor, kernel: te.Tensor, data_chunk, strides, paddin
     chunk oco and the kernel's input chunk ico (``ico`` for groups 1; :mod:`.grouped_nchwc`'s block groups)."""
     n, _, _, _, ib = (int(d) for d in data.shape)
     oc_chunks, k_chunks, kh, kw, _, ob = (int(d) for d in kernel.shape)
-    sh, sw = (int(s) for s in strides)
-    dh, dw = (int(d) for d in dilation)
-    out_h, out_w = output_size(data, (kh, kw), strides, padding, dilation)
-    data = pad_nchwc(data, padding)
+    out_h, out_w, ry, rx, read = window(data, (kh, kw), strides, padding, dilation)
     ico = te.reduce_axis((0, k_chunks), "ico")
-    ry = te.reduce_axis((0, kh), "ry")
-    rx = te.reduce_axis((0, kw), "rx")
     ici = te.reduce_axis((0, ib), "ici")
     return te.compute(
         (n, oc_chunks, out_h, out_w, ob),
         lambda b, oco, y, x, oci: te.sum(
-            data[b, data_chunk(oco, ico), y * sh + ry * dh, x * sw + rx * dw, ici].astype(out_dtype)
+            read(b, data_chunk(oco, ico), y, x, ici).astype(out_dtype)
             * kernel[oco, ico, ry, rx, ici, oci].astype(out_dtype),
             axis=[ico, ry, rx, ici]),
         name=name)

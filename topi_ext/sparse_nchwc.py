@@ -360,7 +360,12 @@ def _accumulating(s: Spec, width: int, start: str) -> str:
     chunked = s.chunks > 1
     row = f"kc * {s.o} + ob * {s.ob} + l" if chunked else f"ob * {s.ob} + l"
     at = f"{_sum_row(s, 'l')} + t"
-    vectors = f"for v in T.unroll({width // s.vector}):"  # one vector at a time: LLVM scalarizes a 48-wide one
+
+    def vectors(indent: int, statement: str) -> str:
+        """``statement`` on positions ``t`` of the tile, one vector at a time (LLVM scalarizes a 48-wide one)."""
+        pad = " " * indent
+        return (f"{pad}for v in T.unroll({width // s.vector}):\n{pad}    for u in T.vectorized({s.vector}):\n"
+                f"{pad}        t = T.Bind(v * {s.vector} + u)\n{pad}        {statement}")
     loop = f"""
         for ob in {_blocks(s)}:
             for l in range({s.ob}):
@@ -371,29 +376,18 @@ def _accumulating(s: Spec, width: int, start: str) -> str:
     if chunked:
         loop += f"""
                 if kc > 0:
-                    {vectors}
-                        for u in T.vectorized({s.vector}):
-                            t = T.Bind(v * {s.vector} + u)
-                            acc[t] = block[{at}]"""
+{vectors(20, f"acc[t] = block[{at}]")}"""
+    def tap(j: str, a: str) -> str:  # accumulator row ``a`` += tap j's value × its staged positions
+        return f"acc[{a} + t] = acc[{a} + t] + values[{j}] * staged[{start} + offsets[{j}] + t]"
     loop += f"""
                 first = T.Bind(indptr[{row}])
                 count = T.Bind(indptr[{row} + 1] - first)
                 for k in range(count // 2):
                     for h in T.unroll(2):
-                        {vectors}
-                            for u in T.vectorized({s.vector}):
-                                t = T.Bind(v * {s.vector} + u)
-                                acc[h * {width} + t] = acc[h * {width} + t] + values[first + 2 * k + h] \
-                                    * staged[{start} + offsets[first + 2 * k + h] + t]
+{vectors(24, tap("first + 2 * k + h", f"h * {width}"))}
                 if count % 2 == 1:
-                    {vectors}
-                        for u in T.vectorized({s.vector}):
-                            t = T.Bind(v * {s.vector} + u)
-                            acc[t] = acc[t] + values[first + count - 1] * staged[{start} + offsets[first + count - 1] + t]
-                {vectors}
-                    for u in T.vectorized({s.vector}):
-                        t = T.Bind(v * {s.vector} + u)
-                        block[{at}] = acc[t] + acc[{width} + t]"""
+{vectors(20, tap("first + count - 1", "0"))}
+{vectors(16, f"block[{at}] = acc[t] + acc[{width} + t]")}"""
     if not chunked:
         return loop
     return f"""
@@ -477,7 +471,7 @@ def _plain_writing(s: Spec) -> str:
 
 
 def _linear_staging(s: Spec) -> str:
-    """Staging of a linear walk (:attr:`Spec.linear`) from NCHW16c: each whole block of 16 pixels × 16
+    """Staging of a linear walk (:attr:`Spec.linear`) from NCHW[v]c (v the vector): each whole block of v pixels × v
     channels transposed in registers (:func:`transpose_lines`), a block the map's end cuts a value at a time."""
     hw, band, vec = s.h * s.w, s.band, s.vector
     p = f"(it % {s.tiles} * {s.width} + vb * {vec})"  # the block's first pixel
@@ -519,9 +513,9 @@ def _linear_rows(s: Spec) -> str:
 
 
 def _linear_writing(s: Spec, generic: str) -> str:
-    """The output of a linear walk into NCHW16c: each whole block of 16 pixels × 16 channels of ``block``
+    """The output of a linear walk into NCHW[v]c: each whole block of v pixels × v channels of ``block``
     transposed in registers, the epilogue on each pixel's vector; the last, cut block by ``generic`` (the
-    writing of any walk, on its positions ``tb·16 + tt``)."""
+    writing of any walk, on its positions ``tb·v + tt``)."""
     vec, width = s.vector, s.width
     p = f"(it % {s.tiles} * {width} + tb * {vec})"
     pixel = f"((it // {s.tiles} * {s.o // vec} + ob) * {s.h * s.w} + {p} + {{t}}) * {vec}"
@@ -566,7 +560,7 @@ def _row_transposes(pixel: str, slot: str, vec: int) -> str:
 
 def _band_staging(s: Spec) -> str:
     """Staging of any walk from NCHW16c, per tile: the planes zeroed, then per plane row of the band the
-    columns that read the image, 16 at a time transposed in registers (stride sw: every sw-th pixel), the rest
+    columns that read the image, a vector at a time transposed in registers (stride sw: every sw-th pixel), the rest
     a value at a time."""
     (sh, sw), (ph, pw), (pt, pl), vec = s.strides, s.phases, s.padding[:2], s.vector
     wq, band, tiles, width = s.plane_hw[1], s.band, s.tiles, s.width
@@ -596,7 +590,7 @@ def _band_staging(s: Spec) -> str:
 
 def _row_staging(s: Spec) -> str:
     """Staging of any walk from NCHW16c, once per call into whole phase planes (:attr:`Spec.plane_length`
-    values each): the planes zeroed, then per plane row the columns that read the image, 16 at a time
+    values each): the planes zeroed, then per plane row the columns that read the image, a vector at a time
     transposed in registers (stride sw: every sw-th pixel), the rest a value at a time."""
     (sh, sw), (ph, pw), (pt, pl), vec = s.strides, s.phases, s.padding[:2], s.vector
     (hq, wq), length, blocks = s.plane_hw, s.plane_length, s.n * s.c // s.vector
@@ -624,7 +618,7 @@ def _row_staging(s: Spec) -> str:
 
 
 def _row_writing(s: Spec, store: str) -> str:
-    """The output of any walk into NCHW16c: per output row the tile reaches, its pixels 16 at a time from
+    """The output of any walk into NCHW16c: per output row the tile reaches, its pixels a vector at a time from
     ``block`` transposed in registers, the epilogue on each pixel's vector; the rest by ``store`` (the
     generic write of position ``t``, lane ``l``)."""
     vec, width, wq = s.vector, s.width, s.plane_hw[1]

@@ -641,9 +641,10 @@ def _resize2d(sch: s_tir.Schedule, machine: Machine) -> bool:
 
 
 def _generic(sch: s_tir.Schedule, machine: Machine) -> bool:
-    """Producers inlined (:func:`_inline_elementwise`), except a padded input feeding a reduction and a long
-    expression loaded more than once (:func:`_inlining_copies_too_much`): that one is computed in its consumer's
-    loop instead (:func:`_compute_at_consumer`); then the rest (:func:`_schedule_rest`)."""
+    """Producers inlined (:func:`_inline_elementwise`), except a padded input feeding a reduction other than a
+    pooling window and a long expression loaded more than once (:func:`_inlining_copies_too_much`): that one
+    is computed in its consumer's loop instead (:func:`_compute_at_consumer`); then the rest
+    (:func:`_schedule_rest`)."""
     kept = _inline_elementwise(sch, done=set())
     _schedule_rest(sch, machine.lanes(), done=set())
     for block in reversed(kept):
