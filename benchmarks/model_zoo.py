@@ -19,6 +19,7 @@ geometric mean, goes to ``benchmarks/results/model_zoo.md``.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import subprocess
@@ -106,6 +107,10 @@ def measure(model: ZooModel, args: argparse.Namespace) -> dict:
         runners = baseline_runners(path, art.imported, PEERS, threads, spin=False)
         for timing in bench(art, art.imported, runners, threads, args.repeat):
             row[timing.runtime, threads] = timing.unavailable or timing.median
+        # the peers go before the next thread count: OpenVINO's compiled 1-thread model, left alive, slowed
+        # every runtime's runs at 2 threads
+        del runners
+        gc.collect()
     return row
 
 

@@ -39,9 +39,8 @@ from .reserved_copies import copy_rows
 
 # the sparsity (fraction of zero weights) from which the sparse operator beat reforge's dense kernel on
 # every layer shape of benchmarks/sparse.py (x86, AVX-512; arm uses them unmeasured: 1 thread, batch 1;
-# docs/sparse.md): 1×1 convs, k×k convs, dense
-# (dense: of 1024→1000 and 2048→1000; a small 512→256 one lost at every sparsity, in microseconds)
-CROSSOVER = {"conv 1x1": 0.8, "conv kxk": 0.88, "dense": 0.8}
+# docs/sparse.md): 1×1 convs, k×k convs, dense (Zen 4, whose dense kernel reads its weight from a fast L3)
+CROSSOVER = {"conv 1x1": 0.8, "conv kxk": 0.88, "dense": 0.85}
 POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d")  # moved into the blocked layout between sparse convs
 
 

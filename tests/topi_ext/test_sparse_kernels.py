@@ -49,10 +49,15 @@ def test_sparse_dense(shape, sparsity):
     check(run(x, lambda bb, xv: sparse_dense.emit_sparse_dense(bb, xv, wt)), ref)
 
 
-def test_columns_padded_to_groups():
-    w = np.zeros((40, 3), "float32")
-    w[np.arange(17), 0] = 1
+def test_blocks_sorted_by_nonzeros_and_padded_to_the_longest_column():
+    lanes = sparse_dense.LANES
+    w = np.zeros((40, lanes + 2), "float32")
+    w[np.arange(17), 0] = 1  # the longest column: first lane of the first block
     w[5, 2] = 2
-    s = sparse_dense.columns(w)
-    assert list(s.indptr) == [0, 32, 32, 48] and s.nnz == 18
-    assert s.indices[32] == 5 and s.values[32] == 2 and not s.values[33:48].any()
+    w[[3, 9], lanes + 1] = 3  # second longest: second lane
+    s = sparse_dense.blocks(w)
+    assert list(s.cols[:3]) == [0, lanes + 1, 2] and list(s.cols[lanes + 2:]) == [-1] * (lanes - 2)
+    assert list(s.bptr) == [0, 17, 17] and s.nnz == 20  # the second block's columns are all zero: no steps
+    steps = s.values[:17 * lanes].reshape(17, lanes)
+    assert (steps[:, 0] == 1).all() and list(steps[:2, 1]) == [3, 3] and not steps[2:, 1].any()
+    assert list(s.indices[:2 * lanes].reshape(2, lanes)[:, 1]) == [3, 9] and steps[0, 2] == 2

@@ -18,6 +18,8 @@ PARALLEL_MIN_WORK = 1 << 18  # iterations below which threads cost more than the
 PAD_PARALLEL_MIN_WORK = 1 << 17  # a conv's input padding (a copy) from this many elements: at 2 threads the
 # 3×3 convs at 56² (161K) ran 1.1x faster, MobileOne-S0's stem (153K) 1.04-1.3x; at 28² (86K) no gain
 PARALLEL_CHUNKS = 16  # parallel over the fewest outer loops giving this many chunks of work
+CHEAP_OPS = 4  # float operations per element of the bodies PARALLEL_MIN_WORK was set for (a copy, bias, ReLU)
+_OPS = (tirx.Add, tirx.Sub, tirx.Mul, tirx.Div, tirx.Min, tirx.Max, tirx.Select, tirx.Cast, tvm.ir.Call)
 
 
 def blocks(sch: s_tir.Schedule) -> list:
@@ -138,9 +140,23 @@ def parallelize(sch: s_tir.Schedule, loops: list, work: int, min_work: int = PAR
     sch.parallel(sch.fuse(*prefix) if len(prefix) > 1 else prefix[0])
 
 
+def operations(sch: s_tir.Schedule, block) -> int:
+    """Float operations in ``block``'s body (not its index arithmetic): the work of one iteration."""
+    count = [0]
+
+    def seen(node, visitor):
+        count[0] += str(node.ty).startswith("float")
+        visitor.default_visit(node)
+
+    structural_visit(sch.get(block).body, [(kind, seen) for kind in _OPS])
+    return count[0]
+
+
 def vectorize(sch: s_tir.Schedule, block, lanes: int, min_work: int = PARALLEL_MIN_WORK) -> None:
     """Vectorize the innermost loop of ``block`` when it fills vectors of ``lanes``, or half a vector or more of
-    them (a channel block narrower than the vector); run the outer loops in parallel (:func:`parallelize`).
+    them (a channel block narrower than the vector); run the outer loops in parallel (:func:`parallelize`),
+    the work weighed by the arithmetic of an iteration against CHEAP_OPS (x · sigmoid(x) is some 30
+    operations an element: worth the threads over fewer elements than a copy).
 
     Loops are not all fused into one: that would put a division per element into the index
     arithmetic of every non-vectorized access.
@@ -156,4 +172,4 @@ def vectorize(sch: s_tir.Schedule, block, lanes: int, min_work: int = PARALLEL_M
         loops = loops[:-1] + [outer]
     elif lanes // 2 <= sizes[-1] < lanes:  # a channel block narrower than the vector (15 on 16 lanes): one vector
         sch.vectorize(loops[-1])
-    parallelize(sch, loops[:-1], total, min_work)
+    parallelize(sch, loops[:-1], total * max(1, operations(sch, block) // CHEAP_OPS), min_work)
