@@ -150,9 +150,10 @@ PASSES: dict[str, PassInfo] = {p.name: p for p in [
     PassInfo("sparse", Sparse,
              "convs and dense layers whose constant weights are mostly zero (pruned) run as sparse operators: "
              "1×1 / k×k convs as a direct sparse convolution in the blocked layout (nonzero taps per output "
-             "channel, pixels vectorized, bias / ReLU / residual add fused), dense as compressed columns against "
-             "gathered activations; per layer where the sparsity reaches the crossover measured on this CPU, or "
-             "where `reforge tune` measured sparse faster; a no-op on a dense network; on by default for x86 and arm "
+             "channel, pixels vectorized, bias / ReLU / residual add fused), dense as blocks of 16 output columns "
+             "(one per lane, sorted by their nonzeros) against gathered activations; per layer where the sparsity "
+             "reaches the crossover measured on this CPU, or where `reforge tune` measured sparse faster; a no-op on "
+             "a dense network; on by default for x86 and arm "
              "(arm with x86's crossovers), kernels in the machine's vectors",
              "Park et al., Faster CNNs with Direct Sparse Convolutions and Guided Pruning, ICLR 2017; "
              "Elsen et al., Fast Sparse ConvNets, CVPR 2020",

@@ -1,6 +1,6 @@
 """sparse: convs and dense layers whose constant weights are mostly zero run as sparse operators
 (:mod:`reforge.topi_ext.sparse_nchwc`, the direct sparse conv, 1×1 included, with its epilogue;
-:mod:`reforge.topi_ext.sparse_dense`, ``x @ W`` over W's compressed columns). Exact: the same products,
+:mod:`reforge.topi_ext.sparse_dense`, ``x @ W`` over W's columns in blocks of 16 lanes). Exact: the same products,
 summed in another order.
 
 Rewritten: ``relax.nn.conv2d`` with a constant float32 weight, NCHW / OIHW, groups 1, dilation 1,
