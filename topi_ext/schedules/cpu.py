@@ -286,9 +286,7 @@ def rotated_columns(width: int, shifts: int, lanes: int, machine: Machine) -> in
     """Output columns of the rotated grouped conv's register tile: columns × ``shifts`` accumulators, a
     weight vector per shift and the input vector in registers. The most columns dividing ``width`` whose
     accumulators fill at most half of the machine's vector registers and whose tile fits the budget's
-    registers (:func:`conv_tile_budget`); one at least. Measured (AVX-512, 1 thread, loaded Xeon): groups
-    of 8 at 28² and 56², 2 × 8 accumulators 1.15x faster than 1 × 8, 4 × 8 (spilled) 0.7-0.75x; groups
-    of 4 at 56², 2-7 columns within 6 %."""
+    registers (:func:`conv_tile_budget`); one at least: more accumulators spill (docs/schedules.md)."""
     registers = conv_tile_budget(machine, lanes).registers
     fitting = [c for c in divisors(width)
                if c * shifts <= machine.vector_registers // 2 and c * shifts + shifts + 1 <= registers]
@@ -428,13 +426,10 @@ def row_band(height: int, width: int, chunks: int, lanes: int, machine: Machine)
     once and serve every register tile of the band, not only a row's. The most rows dividing the height whose
     register tile (:func:`conv_tile` of the band's columns) is the row's and splits the band into whole tiles (a
     partial tile inside a band is predicated on every pass) and whose accumulators fit the wide rule's row buffer
-    (:func:`conv_tile_budget`). Measured (1 thread, loaded AVX-512 Xeon, 48 KB L1): ResNet-50's strided 3×3
-    convs 256 → 256 at 14² in bands of 2 rows 1.17x, 512 → 512 at 7² the map 1.09x, 128 → 128 at 28² 1.0-1.02x,
-    Inception-v3's 192 → 320 and 192 → 192 at 8² 1.05x, stride-1 3×3 at 7²-28² 1.04-1.2x; bands past the row
-    buffer (7 rows of 14², 4 of 28²) 0.9x. On several cores the bands leave each at least BAND_TASKS parallel
-    tasks (tile channel chunks × bands), so the last round of tasks idles at most a third of them. Row by row
-    under 16 registers (AVX2 code of the 2 × 4 tile on the same Xeon: bands 0.97-1.03x on the same convs). NEON
-    takes the wide rule's bands too (checked under qemu for its results, not timed on NEON hardware)."""
+    (:func:`conv_tile_budget`); a band past that buffer ran slower. On several cores the bands leave each at
+    least BAND_TASKS parallel tasks (tile channel chunks × bands), so the last round of tasks idles at most a third
+    of them. Row by row under 16 registers: AVX2's 2 × 4 tile already serves each weight vector twice. NEON takes
+    the wide rule's bands too. Measurements: docs/schedules.md, "Bands of rows"."""
     row_bytes = conv_tile_budget(machine, lanes).row_bytes
     if row_bytes is None:
         return 1
