@@ -30,6 +30,7 @@ from reforge.backends import Backend
 from reforge.errors import ReforgeError, one_line
 from reforge.passes.fft_conv import eligible_convs
 from reforge.passes.sparse import eligible_layers
+from reforge.topi_ext.fast_math import without_lets_module
 
 from . import fft_choice, sparse_choice
 from .progress import Budgeted, Progress
@@ -136,8 +137,9 @@ def tune(model, target="x86", *, trials: int, output: str, prior: str | None = N
 
 
 def extract_tasks(fused: tvm.IRModule, tgt: Backend) -> list[ms.ExtractedTask]:
-    """The tuning tasks of a module fused for ``tgt`` (``Backend.fuse``): the functions ``compile`` schedules."""
-    return ms.relax_integration.extract_tasks(fused, tgt.tvm_target)
+    """The tuning tasks of a module fused for ``tgt`` (``Backend.fuse``): the functions ``compile`` schedules, in the
+    form their records are keyed by (``fast_math.without_lets``; ``Backend.tuned`` looks them up alike)."""
+    return ms.relax_integration.extract_tasks(without_lets_module(fused), tgt.tvm_target)
 
 
 def _search(extracted, database, tgt, trials, timeout, runner, log, checkpoint) -> TuneResult:

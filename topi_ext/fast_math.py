@@ -196,6 +196,28 @@ def vectorizable_math(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return structural_map(func, [(tvm.ir.Call, _replace)])
 
 
+def without_lets(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with each ``Let`` expression of the approximations replaced by its body, the bound value written
+    in at every use: the form MetaSchedule tunes and keys its records by (its FLOP estimate has no rule for
+    ``Let``). Same blocks and loops, so a trace found on it replays on ``func``; not the same numbers: written
+    out, ``(y + ROUND) − ROUND`` is simplified to ``y`` and e^x loses its rounding step, so only the
+    original is built (``Backend.tuned``)."""
+    def expand(node):
+        var, value = node.var, node.value
+        return structural_map(node.body, [(tirx.Var, lambda v: value if v.same_as(var) else v)])
+
+    return structural_map(func, [(tirx.Let, expand)])
+
+
+def without_lets_module(mod: tvm.IRModule) -> tvm.IRModule:
+    """:func:`without_lets` on every PrimFunc of a copy of ``mod``."""
+    out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc):
+            out.update_func(gv, without_lets(func))
+    return out
+
+
 def vectorizable_math_module(mod: tvm.IRModule) -> tvm.IRModule:
     """:func:`vectorizable_math` on every PrimFunc of ``mod``."""
     for gv, func in list(mod.functions_items()):

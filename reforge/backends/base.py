@@ -124,13 +124,34 @@ class Backend(ABC):
         """The scheduled module as this target's executable."""
 
     def tuned(self, fused: tvm.IRModule, database) -> tvm.IRModule:
-        """``fused`` with the records of ``database`` (None: none) applied to the functions they cover."""
+        """``fused`` with the records of ``database`` (None: none) applied to the functions they cover. A record
+        is looked up by the form tuning measured (``fast_math.without_lets``) and its trace replayed on the
+        function itself (the same blocks and loops), whose approximations keep their bound values (the
+        rounding step of e^x relies on one)."""
         if database is None:
             return fused
-        from tvm import relax
+        import tvm
+        from tvm import s_tir
+        from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
-        with self.tvm_target, database:
-            return relax.transform.MetaScheduleApplyDatabase()(fused)
+        from reforge.topi_ext.fast_math import without_lets
+
+        out = tvm.IRModule(dict(fused.functions_items()), attrs=fused.attrs)
+        with self.tvm_target:
+            for gv, func in fused.functions_items():
+                if not isinstance(func, tvm.tirx.PrimFunc) or _scheduled(func):
+                    continue
+                record = database.query_tuning_record(_normalize_mod(without_lets(func)), self.tvm_target,
+                                                      gv.name_hint)
+                if record is None:
+                    continue
+                sch = s_tir.Schedule(_normalize_mod(func))
+                record.trace.apply_to_schedule(sch, remove_postproc=False)
+                scheduled = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                if "global_symbol" not in (func.attrs or {}):  # the normal form names every function main
+                    scheduled = scheduled.without_attr("global_symbol")
+                out.update_func(gv, scheduled)
+        return out
 
     def relax_build(self, scheduled: tvm.IRModule, pipeline, parallel: bool = False) -> object:
         """A VM executable through TVM's lowering ``pipeline`` module for this target
@@ -269,3 +290,8 @@ def timed(module, dev, arrays, relax_vm: bool) -> float:
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
     runner = relax.VirtualMachine(module, dev) if relax_vm else module
     return float(np.median(runner.time_evaluator("main", dev, number=3, repeat=3, min_repeat_ms=20)(*args).results))
+
+
+def _scheduled(func) -> bool:
+    """Whether a PrimFunc carries a schedule (MetaSchedule's record applied, or emitted scheduled)."""
+    return bool(func.attrs is not None and func.attrs.get("tirx.is_scheduled", False))

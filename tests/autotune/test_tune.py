@@ -253,3 +253,32 @@ def test_settling_ranks_by_remeasured_latency(tuned, tmp_path):
         assert float(settled.get_top_k(settled.commit_workload(workload.mod), 1)[0].run_secs[0]) == min(secs)
     finally:
         records.close()
+
+
+def test_nets_with_vectorized_exp_tune_and_their_records_apply(tmp_path):
+    """SiLU, sigmoid (squeeze-excite) and GELU epilogues compute e^x and erf as arithmetic that binds values with
+    ``Let`` (topi_ext/fast_math.py), which MetaSchedule cannot estimate: tuning keys those functions by their
+    Let-free form and compile replays the record on the function itself. Tuned output against PyTorch at 1e-4."""
+    torch.manual_seed(0)
+
+    class SiLUSE(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.squeeze = torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Conv2d(16, 16, 1)
+            self.out = torch.nn.Conv2d(16, 8, 1)
+
+        def forward(self, x):
+            y = torch.nn.functional.silu(self.conv(x))
+            y = y * torch.sigmoid(self.squeeze(y.mean((2, 3), keepdim=True)))
+            return torch.nn.functional.gelu(self.out(y))
+
+    net, x = SiLUSE().eval(), np.random.default_rng(1).standard_normal(SHAPE).astype("float32")
+    path, records = tmp_path / "silu.pt2", tmp_path / "records.json"
+    torch.export.save(torch.export.export(net, (torch.from_numpy(x),)), path)
+    result = tune(str(path), trials=8, output=str(records), log=lambda _m: None)
+    assert result.trials >= 1
+    art = reforge.compile(str(path), tuning_records=str(records))
+    assert art.manifest["build"]["schedules"].get("tuned", 0) >= 3
+    ref = reference(net, x)
+    out = list(art.run([x]).values())[0]
+    assert np.abs(out - ref).max() <= 1e-4 * np.abs(ref).max()
