@@ -47,7 +47,7 @@ bench: install
 # with its own torch (a CUDA build, run on the CPU; pip takes torch and torchvision from local wheels where
 # its config has them, about 5.6 GB) exports the networks; neither the package, its tests nor CI depend on
 # it. timm is pinned: its networks' definitions change between releases. make zoo [MODELS=a,b] [THREADS=1,2]
-# [REPEAT=30] [ZOO_VENV=path of an existing such venv]
+# [REPEAT=30] [TUNE=trials] [ZOO_VENV=path of an existing such venv]
 ZOO_VENV ?= .venv-zoo
 $(ZOO_VENV)/bin/.installed:
 	python3 -m venv $(ZOO_VENV)
@@ -57,7 +57,7 @@ $(ZOO_VENV)/bin/.installed:
 
 zoo: install $(ZOO_VENV)/bin/.installed
 	$(BIN)/python benchmarks/model_zoo.py --zoo-python $(ZOO_VENV)/bin/python $(if $(MODELS),--models $(MODELS)) \
-	  $(if $(THREADS),--threads $(THREADS)) $(if $(REPEAT),--repeat $(REPEAT))
+	  $(if $(THREADS),--threads $(THREADS)) $(if $(REPEAT),--repeat $(REPEAT)) $(if $(TUNE),--tune $(TUNE))
 
 clean:
 	rm -rf $(VENV) $(ZOO_VENV) $(OUT) .pytest_cache *.egg-info

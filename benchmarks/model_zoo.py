@@ -2,7 +2,7 @@
 
     make zoo [MODELS=a,b] [THREADS=1,2]
     .venv/bin/python benchmarks/model_zoo.py [--models a,b] [--threads 1,2] [--repeat 30] [--skip-export]
-                                             [--zoo-python .venv-zoo/bin/python] [--out out/zoo]
+                                             [--zoo-python .venv-zoo/bin/python] [--out out/zoo] [--tune TRIALS]
 
 First exports the networks of ``benchmarks/zoo_export.py`` (run with ``--zoo-python``, the second venv
 that holds torchvision and timm; ``--skip-export`` reuses ``OUT/NAME.onnx`` and ``OUT/NAME.npz``). Then,
@@ -13,7 +13,8 @@ the layout transforms the blocked layout left in the module and profiles it for 
 (first thread count); then at each thread count times reforge, onnxruntime (CPU provider, no spin-waiting)
 and OpenVINO (CPU plugin, latency hint, f32) on the same inputs, taking turns (``reforge.bench``).
 The table, with each network's speed-up over the faster of the two (its time / reforge's) and their
-geometric mean, goes to ``benchmarks/results/model_zoo.md``.
+geometric mean, goes to ``benchmarks/results/model_zoo.md``. ``--tune TRIALS`` also tunes each network
+(``reforge tune``, records in ``--out``) and times the tuned build in the same turns.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from reforge.verify import compare  # noqa: E402
 CORES = physical_cores()
 TOLERANCE = 1e-4
 PEERS = ("onnxruntime", "openvino")
+TUNED = "reforge tuned"
 
 
 def _threads(text: str) -> list[int]:
@@ -64,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the python of the venv with torchvision and timm (make zoo creates .venv-zoo)")
     parser.add_argument("--out", default=os.path.join(ROOT, "out", "zoo"), help="where the exported files go")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--tune", type=int, default=0, metavar="TRIALS",
+                        help="also `reforge tune` each network with this many trials (records in --out) and time "
+                             "the tuned build beside the untuned one")
     return parser.parse_args(argv)
 
 
@@ -103,9 +108,19 @@ def measure(model: ZooModel, args: argparse.Namespace) -> dict:
     profile = art.profile({INPUT: data["input"]}, args.profile_runs)
     slowest = profile.kernels[0]
     row["slowest"] = f"{slowest.name} {slowest.ms:.2f} ms ({100 * slowest.ms / profile.run_ms:.0f}%)"
+    tuned = {}
+    if args.tune:
+        from reforge.autotune import tune
+
+        records = os.path.join(args.out, f"{model.name}.records.json")
+        start = time.perf_counter()
+        with quiet_stderr():
+            tune(path, trials=args.tune, output=records, log=lambda _line: None)
+            tuned = {TUNED: reforge.compile(path, tuning_records=records)}
+        row["tune_s"] = time.perf_counter() - start
     for threads in args.threads:
         runners = baseline_runners(path, art.imported, PEERS, threads, spin=False)
-        for timing in bench(art, art.imported, runners, threads, args.repeat):
+        for timing in bench(art, art.imported, runners, threads, args.repeat, artifacts=tuned):
             row[timing.runtime, threads] = timing.unavailable or timing.median
         # the peers go before the next thread count: OpenVINO's compiled 1-thread model, left alive, slowed
         # every runtime's runs at 2 threads
@@ -118,12 +133,12 @@ def _ms(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) else "-"
 
 
-def speedup(row: dict, threads: int) -> float | None:
-    """The faster peer's median over reforge's (above 1: reforge is faster)."""
+def speedup(row: dict, threads: int, ours: str = "reforge") -> float | None:
+    """The faster peer's median over reforge's (``ours``: "reforge" or TUNED; above 1: reforge is faster)."""
     peers = [row.get((p, threads)) for p in PEERS]
     peers = [p for p in peers if isinstance(p, float)]
-    ours = row.get(("reforge", threads))
-    return min(peers) / ours if peers and isinstance(ours, float) else None
+    mine = row.get((ours, threads))
+    return min(peers) / mine if peers and isinstance(mine, float) else None
 
 
 def matched(row: dict) -> bool:
@@ -139,7 +154,8 @@ def progress(row: dict, threads: list[int]) -> str:
     if "failed" in row:
         return f"failed: {row['failed']}"
     said = lambda v: f"{v:.2f} ms" if isinstance(v, float) else f"unavailable ({v})"  # noqa: E731
-    timed = "; ".join(f"{t}t: " + ", ".join(f"{r} {said(row.get((r, t)))}" for r in ("reforge", *PEERS))
+    builds = ("reforge", TUNED) if (TUNED, threads[0]) in row else ("reforge",)
+    timed = "; ".join(f"{t}t: " + ", ".join(f"{r} {said(row.get((r, t)))}" for r in (*builds, *PEERS))
                       for t in threads)
     return (f"compile {row['compile_s']:.1f} s, layout {row['layout']}, {row['layout_transforms']} layout "
             f"transforms, rel err "
@@ -149,8 +165,13 @@ def progress(row: dict, threads: list[int]) -> str:
 def table(models: list[ZooModel], rows: list[dict], threads: list[int]) -> str:
     head = ["network", "family", "GMACs", "compile s", "layout transforms", "max rel err",
             f"slowest kernel ({threads[0]}t)"]
+    builds = ("reforge", TUNED) if any(TUNED in k for row in rows for k in row) else ("reforge",)
+    if len(builds) > 1:
+        head.append("tuning s")
     for t in threads:
-        head += [f"reforge ms ({t}t)", f"onnxruntime ms ({t}t)", f"OpenVINO ms ({t}t)", f"speed-up ({t}t)"]
+        head += [f"reforge ms ({t}t)"] + ([f"tuned ms ({t}t)"] if len(builds) > 1 else []) + [
+            f"onnxruntime ms ({t}t)", f"OpenVINO ms ({t}t)", f"speed-up ({t}t)"] + (
+            [f"tuned speed-up ({t}t)"] if len(builds) > 1 else [])
     lines = []
     for model, row in zip(models, rows):
         if "failed" in row:
@@ -159,15 +180,18 @@ def table(models: list[ZooModel], rows: list[dict], threads: list[int]) -> str:
             cells = [model.label, model.family, "-" if row["macs"] is None else f"{row['macs'] / 1e9:.2f}",
                      f"{row['compile_s']:.1f}", f"{row['layout_transforms']}{blocked(row)}",
                      f"{row['rel_err']:.1e}" + ("" if matched(row) else " **mismatch**"), f"`{row['slowest']}`"]
+            if len(builds) > 1:
+                cells.append(f"{row['tune_s']:.0f}" if "tune_s" in row else "-")
             for t in threads:
-                ratio = speedup(row, t)
-                cells += [_ms(row.get((r, t))) for r in ("reforge", *PEERS)]
-                cells.append("-" if ratio is None else f"{ratio:.2f}x")
+                cells += [_ms(row.get((r, t))) for r in (*builds, *PEERS)]
+                cells += ["-" if ratio is None else f"{ratio:.2f}x" for ratio in (speedup(row, t, b) for b in builds)]
         lines.append(cells)
-    geo = ["**geometric mean**", "", "", "", "", "", ""]
+    geo = ["**geometric mean**", "", "", "", "", "", ""] + ([""] if len(builds) > 1 else [])
     for t in threads:
-        ratios = [r for r in (speedup(row, t) for row in rows if matched(row)) if r]
-        geo += ["", "", "", f"**{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x**" if ratios else "-"]
+        geo += [""] * (len(builds) + len(PEERS))
+        for b in builds:
+            ratios = [r for r in (speedup(row, t, b) for row in rows if matched(row)) if r]
+            geo.append(f"**{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x**" if ratios else "-")
     return markdown_table(head, lines + [geo])
 
 
@@ -196,6 +220,9 @@ def main(argv=None) -> int:
             f"{args.repeat} runs, the runtimes taking turns in one process; speed-up = the faster peer's "
             f"ms / reforge's, its geometric mean over the networks that match; max rel err = "
             f"max|reforge - PyTorch| / max|PyTorch| (tolerance {TOLERANCE:g}).")
+    if args.tune:
+        note += (f" Tuned: `reforge tune` with {args.tune} trials per network (its seconds: tuning s), the tuned "
+                 f"build timed in the same turns as the untuned one.")
     if args.no_write:
         print(f"\n{note}\n\n{body}")
     else:

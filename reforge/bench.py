@@ -153,8 +153,9 @@ def baseline_runners(model, imported, against, threads: int, spin: bool = True) 
 
 
 def bench(artifact, imported, runners: dict[str, Runner | str], threads: int = 1, repeat: int = 30,
-          seed: int = 0) -> list[Timing]:
-    """Median latency of reforge's ``artifact`` and of each baseline runner on one set of random inputs.
+          seed: int = 0, artifacts: dict | None = None) -> list[Timing]:
+    """Median latency of reforge's ``artifact``, of other builds of it (``artifacts``: name -> artifact, a tuned
+    one, timed as it is) and of each baseline runner on one set of random inputs.
 
     The runtimes take turns, ROUND runs each, so a slow phase of a shared machine falls on all of them."""
     if repeat < 20:
@@ -163,14 +164,19 @@ def bench(artifact, imported, runners: dict[str, Runner | str], threads: int = 1
     feeds = imported.random_inputs(seed)
     arrays = list(feeds.values())
     ours = artifact.runner.run(arrays)
+    others = artifacts or {}
     timed = {name: run for name, run in runners.items() if not isinstance(run, str)}
     errors = {name: compare(run(feeds), ours)[1] for name, run in timed.items()}
-    times: dict[str, list[float]] = {"reforge": [], **{name: [] for name in timed}}
+    errors.update({name: compare(other.runner.run(arrays), ours)[1] for name, other in others.items()})
+    times: dict[str, list[float]] = {"reforge": [], **{name: [] for name in (*others, *timed)}}
     for count in [ROUND] * (repeat // ROUND) + ([repeat % ROUND] if repeat % ROUND else []):
         times["reforge"] += artifact.runner.time(arrays, count)
+        for name, other in others.items():
+            times[name] += other.runner.time(arrays, count)
         for name, run in timed.items():
             times[name] += time_calls(lambda: run(feeds), count, warmup=1)
     return [Timing("reforge", times["reforge"])] + [
+        Timing(name, times[name], rel_err=errors[name]) for name in others] + [
         Timing(name, unavailable=run) if isinstance(run, str) else Timing(name, times[name], rel_err=errors[name])
         for name, run in runners.items()]
 

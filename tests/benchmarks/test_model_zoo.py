@@ -76,3 +76,27 @@ def test_model_zoo_end_to_end(tmp_path, monkeypatch, capsys):
     assert rows["broken (tests)"][2] == "**failed** export: RuntimeError: the exporter gave up"
     geo = rows["**geometric mean**"]  # over the matching network alone: its own speed-up
     assert geo[10].strip("*") == good[10], (geo, good)
+
+
+def test_model_zoo_times_a_tuned_build_beside_the_untuned_one(tmp_path, monkeypatch):
+    out = tmp_path / "zoo"
+    out.mkdir()
+    zoo_export.save(randomize_batchnorm(AllConvNet().eval()), "allconv", 32, str(out))
+    monkeypatch.setattr(model_zoo, "pick", lambda names: [zoo_export.ZooModel("allconv", "plain", "tests")])
+    monkeypatch.setattr(results, "RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
+
+    assert model_zoo.main(["--skip-export", "--out", str(out), "--threads", "1", "--repeat", "20",
+                           "--profile-runs", "2", "--tune", "4"]) == 0
+    assert (out / "allconv.records.json").exists()
+    with open(tmp_path / "results" / "model_zoo.md") as f:
+        text = f.read()
+    assert "Tuned: `reforge tune` with 4 trials per network" in text
+    rows = {row[0]: row for row in ([c.strip() for c in line.strip().strip("|").split("|")]
+                                    for line in text.splitlines() if line.startswith("| "))}
+    head, good = rows["network"], rows["allconv (tests)"]
+    assert head[7:] == ["tuning s", "reforge ms (1t)", "tuned ms (1t)", "onnxruntime ms (1t)", "OpenVINO ms (1t)",
+                        "speed-up (1t)", "tuned speed-up (1t)"]
+    assert float(good[7]) > 0 and all(float(ms) > 0 for ms in good[8:12]), good
+    assert re.fullmatch(r"[\d.]+x", good[12]) and re.fullmatch(r"[\d.]+x", good[13]), good  # ms cells round
+    assert rows["**geometric mean**"][13].strip("*") == good[13]
