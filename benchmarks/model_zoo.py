@@ -110,14 +110,15 @@ def measure(model: ZooModel, args: argparse.Namespace) -> dict:
     row["slowest"] = f"{slowest.name} {slowest.ms:.2f} ms ({100 * slowest.ms / profile.run_ms:.0f}%)"
     tuned = {}
     if args.tune:
-        from reforge.autotune import tune
-
+        # in a process of its own: the search's builders and cost model left in this one slowed every runtime's
+        # runs at 2 threads
         records = os.path.join(args.out, f"{model.name}.records.json")
         start = time.perf_counter()
-        with quiet_stderr():
-            tune(path, trials=args.tune, output=records, log=lambda _line: None)
-            tuned = {TUNED: reforge.compile(path, tuning_records=records)}
+        subprocess.run([sys.executable, "-m", "reforge", "tune", path, "--trials", str(args.tune), "-o", records],
+                       check=True, stdout=subprocess.DEVNULL)
         row["tune_s"] = time.perf_counter() - start
+        with quiet_stderr():
+            tuned = {TUNED: reforge.compile(path, tuning_records=records)}
     for threads in args.threads:
         runners = baseline_runners(path, art.imported, PEERS, threads, spin=False)
         for timing in bench(art, art.imported, runners, threads, args.repeat, artifacts=tuned):

@@ -29,10 +29,12 @@ def _cpuinfo() -> dict[str, str]:
 
 
 def machine() -> str:
-    """``Intel(R) Xeon(R) Processor, AVX-512 VNNI VPOPCNTDQ, 2 cores`` for this machine: the CPU model, the widest
+    """``AMD EPYC (family 25, model 17), AVX-512 VNNI VPOPCNTDQ, 2 cores`` for this machine: the CPU model, the widest
     vector ISA (and the extensions the kernels use), the cores this process may run on."""
     info = _cpuinfo()
     model = info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
+    if "cpu family" in info and "model" in info:  # a VM's model name is often generic ("AMD EPYC"): which core
+        model += f" (family {info['cpu family']}, model {info['model']})"
     flags = set((info.get("flags") or info.get("Features") or "").split())
     isa = [name for flag, name in _ISA_FLAGS if flag in flags]
     if "AVX-512" in isa and "AVX2" in isa:
