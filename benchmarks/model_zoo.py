@@ -166,7 +166,7 @@ def progress(row: dict, threads: list[int]) -> str:
 def table(models: list[ZooModel], rows: list[dict], threads: list[int]) -> str:
     head = ["network", "family", "GMACs", "compile s", "layout transforms", "max rel err",
             f"slowest kernel ({threads[0]}t)"]
-    builds = ("reforge", TUNED) if any(TUNED in k for row in rows for k in row) else ("reforge",)
+    builds = ("reforge", TUNED) if any((TUNED, threads[0]) in row for row in rows) else ("reforge",)
     if len(builds) > 1:
         head.append("tuning s")
     for t in threads:
