@@ -151,13 +151,17 @@ def blocked(row: dict) -> str:
     return " (NCHW)" if row["layout"].startswith("NCHW (") else ""
 
 
+def builds(rows: list[dict], threads: list[int]) -> tuple[str, ...]:
+    """The reforge builds the rows timed: the untuned one, and the tuned one where ``--tune`` made it."""
+    return ("reforge", TUNED) if any((TUNED, threads[0]) in row for row in rows) else ("reforge",)
+
+
 def progress(row: dict, threads: list[int]) -> str:
     if "failed" in row:
         return f"failed: {row['failed']}"
     said = lambda v: f"{v:.2f} ms" if isinstance(v, float) else f"unavailable ({v})"  # noqa: E731
-    builds = ("reforge", TUNED) if (TUNED, threads[0]) in row else ("reforge",)
-    timed = "; ".join(f"{t}t: " + ", ".join(f"{r} {said(row.get((r, t)))}" for r in (*builds, *PEERS))
-                      for t in threads)
+    shown = (*builds([row], threads), *PEERS)
+    timed = "; ".join(f"{t}t: " + ", ".join(f"{r} {said(row.get((r, t)))}" for r in shown) for t in threads)
     return (f"compile {row['compile_s']:.1f} s, layout {row['layout']}, {row['layout_transforms']} layout "
             f"transforms, rel err "
             f"{row['rel_err']:.1e}, slowest {row['slowest']}; {timed}")
@@ -166,13 +170,13 @@ def progress(row: dict, threads: list[int]) -> str:
 def table(models: list[ZooModel], rows: list[dict], threads: list[int]) -> str:
     head = ["network", "family", "GMACs", "compile s", "layout transforms", "max rel err",
             f"slowest kernel ({threads[0]}t)"]
-    builds = ("reforge", TUNED) if any((TUNED, threads[0]) in row for row in rows) else ("reforge",)
-    if len(builds) > 1:
+    ours = builds(rows, threads)
+    if len(ours) > 1:
         head.append("tuning s")
     for t in threads:
-        head += [f"reforge ms ({t}t)"] + ([f"tuned ms ({t}t)"] if len(builds) > 1 else []) + [
+        head += [f"reforge ms ({t}t)"] + ([f"tuned ms ({t}t)"] if len(ours) > 1 else []) + [
             f"onnxruntime ms ({t}t)", f"OpenVINO ms ({t}t)", f"speed-up ({t}t)"] + (
-            [f"tuned speed-up ({t}t)"] if len(builds) > 1 else [])
+            [f"tuned speed-up ({t}t)"] if len(ours) > 1 else [])
     lines = []
     for model, row in zip(models, rows):
         if "failed" in row:
@@ -181,16 +185,16 @@ def table(models: list[ZooModel], rows: list[dict], threads: list[int]) -> str:
             cells = [model.label, model.family, "-" if row["macs"] is None else f"{row['macs'] / 1e9:.2f}",
                      f"{row['compile_s']:.1f}", f"{row['layout_transforms']}{blocked(row)}",
                      f"{row['rel_err']:.1e}" + ("" if matched(row) else " **mismatch**"), f"`{row['slowest']}`"]
-            if len(builds) > 1:
+            if len(ours) > 1:
                 cells.append(f"{row['tune_s']:.0f}" if "tune_s" in row else "-")
             for t in threads:
-                cells += [_ms(row.get((r, t))) for r in (*builds, *PEERS)]
-                cells += ["-" if ratio is None else f"{ratio:.2f}x" for ratio in (speedup(row, t, b) for b in builds)]
+                cells += [_ms(row.get((r, t))) for r in (*ours, *PEERS)]
+                cells += ["-" if ratio is None else f"{ratio:.2f}x" for ratio in (speedup(row, t, b) for b in ours)]
         lines.append(cells)
-    geo = ["**geometric mean**", "", "", "", "", "", ""] + ([""] if len(builds) > 1 else [])
+    geo = ["**geometric mean**", "", "", "", "", "", ""] + ([""] if len(ours) > 1 else [])
     for t in threads:
-        geo += [""] * (len(builds) + len(PEERS))
-        for b in builds:
+        geo += [""] * (len(ours) + len(PEERS))
+        for b in ours:
             ratios = [r for r in (speedup(row, t, b) for row in rows if matched(row)) if r]
             geo.append(f"**{math.exp(sum(map(math.log, ratios)) / len(ratios)):.2f}x**" if ratios else "-")
     return markdown_table(head, lines + [geo])

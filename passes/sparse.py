@@ -247,9 +247,9 @@ def _inverse(outer, inner, shape: tuple[int, ...]) -> bool:
 
 @relax.expr_functor.mutator
 class _Blocked(relax.PyExprMutator):
-    def __init__(self, mod, func, machine: Machine, blocks: bool):
+    def __init__(self, mod, func, machine: Machine, blocked_layout: bool):
         super().__init__(mod)
-        self.machine, self.lanes, self.blocks = machine, machine.lanes(), blocks
+        self.machine, self.lanes, self.blocked_layout = machine, machine.lanes(), blocked_layout
         binds = bindings(func)
         self.bound = {b.value: b.var for b in binds}  # each call -> the variable it is bound to
         # the tensors some consumer will read blocked: transformed for a blocked operator, pooled (:meth:`_pool`)
@@ -298,7 +298,7 @@ class _Blocked(relax.PyExprMutator):
     def visit_call_(self, call):
         var = self.bound.get(call)
         call = self.visit_expr_post_order(call)
-        if not self.blocks:
+        if not self.blocked_layout:
             return self._sparse_conv(call, var)
         if op_name(call) == "relax.layout_transform":  # the consumer's block of a sparse conv's output
             value = self.lookup_binding(call.args[0]) if isinstance(call.args[0], relax.Var) else None
@@ -322,7 +322,7 @@ class _Blocked(relax.PyExprMutator):
         args = list(call.args[1].fields)
         ours = sparse_nchwc.for_machine(spec, self.machine)
         ib, ob = channel_block(spec.c, self.lanes), channel_block(spec.o, self.lanes)
-        if not self.blocks or ob < MIN_BLOCK:  # stays NCHW
+        if not self.blocked_layout or ob < MIN_BLOCK:  # stays NCHW
             ours = sparse_nchwc.spread(ours, self.machine.cores)
             return call if ours == spec else self._emit(spec, ours, args)
         if self._blocked_source(args[0], ib) is None:
